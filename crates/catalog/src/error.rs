@@ -1,0 +1,27 @@
+//! Errors of the catalog layer.
+
+/// What can go wrong in the catalog, named for what the caller decides.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The instance already has a pending or running job (of `kind`).
+    #[error("instance already has an active {kind} job {job_id}")]
+    ActiveJobExists { job_id: i64, kind: String },
+    /// A row the caller named does not exist (or is not in the state the call needs).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The job is not running under this owner any more (recovery failed it).
+    #[error("job {0} is not running under this owner")]
+    LostOwnership(i64),
+    /// Bad catalog configuration.
+    #[error("catalog configuration: {0}")]
+    Config(String),
+    /// A stored value could not be decoded: the catalog was written by something else or is damaged.
+    #[error("corrupt catalog data: {0}")]
+    Corrupt(String),
+    /// The storage engine failed.
+    #[error("catalog storage: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// Schema migration failed.
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}

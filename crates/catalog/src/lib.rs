@@ -1,0 +1,135 @@
+//! The metadata catalog: access keys, registered instances, backup policies, jobs and backup sets.
+//!
+//! Everything that must survive a restart or be visible to another ddsvault process lives here: a job is a row that
+//! any process can claim, not a task in memory. Callers see the [`Catalog`] handle and the record types; the storage
+//! engine sits behind the crate-private [`CatalogBackend`] trait so that PostgreSQL can join SQLite without touching
+//! callers. One conformance suite ([`conformance`]) runs against every engine.
+
+mod error;
+mod model;
+mod sqlite;
+
+pub mod conformance;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use error::CatalogError;
+pub use model::*;
+pub use sqlite::SqliteCatalog;
+
+/// Operations the rest of ddsvault needs from a catalog engine.
+///
+/// Each method is one atomic unit: a caller never has to compose two calls into a transaction itself.
+#[async_trait]
+pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
+    /// Reads a free-form setting (node id, schema facts).
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, CatalogError>;
+    /// Writes a setting only if it is not set yet; returns the value that is stored afterwards.
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String, CatalogError>;
+
+    /// Inserts or replaces an AccessKey.
+    async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError>;
+    /// All AccessKeys, secrets included (callers keep them out of logs).
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, CatalogError>;
+
+    /// Registers an instance id; the first registration time is kept as its creation time.
+    async fn register_instance(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InstanceRecord, CatalogError>;
+    /// Reads the stored backup policy of an instance.
+    async fn get_policy(&self, instance_id: &str) -> Result<Option<BackupPolicy>, CatalogError>;
+    /// Stores the backup policy of an instance.
+    async fn put_policy(
+        &self,
+        instance_id: &str,
+        policy: &BackupPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+
+    /// Creates a pending backup job and the backup set it will fill, atomically.
+    ///
+    /// # Errors
+    /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
+    async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError>;
+    /// Claims the oldest pending job for `owner`, moving it to Running.
+    async fn claim_next_job(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Job>, CatalogError>;
+    /// Records progress of a running job and refreshes its heartbeat. Returns false if the job is no longer
+    /// running under `owner` (it was failed by recovery, so the worker must stop).
+    async fn heartbeat(
+        &self,
+        job_id: i64,
+        owner: &str,
+        progress: i32,
+        now: DateTime<Utc>,
+    ) -> Result<bool, CatalogError>;
+    /// Marks a running backup job and its backup set Success. Called only after every byte is durably stored.
+    async fn complete_backup(
+        &self,
+        job_id: i64,
+        owner: &str,
+        done: &BackupCompletion,
+    ) -> Result<(), CatalogError>;
+    /// Marks a job (and its backup set, if any) Failed with a reason.
+    async fn fail_job(
+        &self,
+        job_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+    /// Fails every Running job that belonged to `owner` (a previous life of this process) or whose heartbeat is
+    /// older than `stale_before` (a dead process), and returns them so their partial files can be removed.
+    async fn recover_interrupted(
+        &self,
+        owner: &str,
+        stale_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>, CatalogError>;
+    /// One job by id.
+    async fn get_job(&self, job_id: i64) -> Result<Option<Job>, CatalogError>;
+    /// Jobs of an instance, newest first; `active_only` keeps Pending and Running ones.
+    async fn list_jobs(
+        &self,
+        instance_id: &str,
+        active_only: bool,
+    ) -> Result<Vec<Job>, CatalogError>;
+
+    /// One backup set by id.
+    async fn get_backup(&self, backup_id: i64) -> Result<Option<Backup>, CatalogError>;
+    /// A page of backup sets matching `filter`, newest first, with the total count.
+    async fn list_backups(
+        &self,
+        filter: &BackupFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<Backup>), CatalogError>;
+}
+
+/// Shared handle to the catalog engine chosen by configuration.
+pub type Catalog = Arc<dyn CatalogBackend>;
+
+/// Opens the catalog named by `url`. Only `sqlite:` URLs exist today; the URL scheme is the extension point for
+/// PostgreSQL.
+///
+/// # Errors
+/// [`CatalogError::Config`] for an unsupported URL, or the engine's error when it cannot open or migrate.
+pub async fn open(url: &str) -> Result<Catalog, CatalogError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(
+            SqliteCatalog::open_file(std::path::Path::new(path)).await?,
+        ));
+    }
+    if url == "sqlite::memory:" {
+        return Ok(Arc::new(SqliteCatalog::open_memory().await?));
+    }
+    Err(CatalogError::Config(format!(
+        "unsupported catalog url {url:?}: expected sqlite://<path> or sqlite::memory:"
+    )))
+}

@@ -1,0 +1,231 @@
+//! Record types stored in the catalog.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An AccessKey and whom it belongs to. `user == "root"` is the account itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKeyRecord {
+    pub id: String,
+    pub secret: String,
+    pub user: String,
+    pub active: bool,
+    /// `config` for keys from the configuration file, `generated` for the root key created on first start.
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for AccessKeyRecord {
+    // Hand-written so that a stray `{:?}` can never print a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeyRecord")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("user", &self.user)
+            .field("active", &self.active)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What the catalog keeps of a registered instance (the connection URI stays in the configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The standard Dds backup policy of an instance (dds-api.md §6.6). Stored as JSON so later fields need no
+/// migration; absent fields take the Dds defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct BackupPolicy {
+    pub preferred_backup_period: String,
+    pub preferred_backup_time: String,
+    pub backup_retention_period: i64,
+    pub enable_backup_log: i64,
+    pub log_backup_retention_period: i64,
+    pub snapshot_backup_type: String,
+    pub backup_interval: i64,
+    pub high_frequency_backup_retention: i64,
+    pub preserve_one_each_hour: bool,
+    pub backup_retention_policy_on_cluster_deletion: i64,
+}
+
+impl Default for BackupPolicy {
+    /// Dds defaults for instances created after 2021-09-10: 30 days retention, daily in one UTC hour, log backup
+    /// off, standard snapshots, no high-frequency backup.
+    fn default() -> Self {
+        Self {
+            preferred_backup_period: "Monday,Tuesday,Wednesday,Thursday,Friday,Saturday,Sunday"
+                .into(),
+            preferred_backup_time: "03:00Z-04:00Z".into(),
+            backup_retention_period: 30,
+            enable_backup_log: 0,
+            log_backup_retention_period: 7,
+            snapshot_backup_type: "Standard".into(),
+            backup_interval: -1,
+            high_frequency_backup_retention: 1,
+            preserve_one_each_hour: false,
+            backup_retention_policy_on_cluster_deletion: 0,
+        }
+    }
+}
+
+/// Lifecycle of a job. A job is claimable only while Pending; only Running jobs carry an owner and heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Running,
+    Success,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "Pending",
+            JobState::Running => "Running",
+            JobState::Success => "Success",
+            JobState::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Pending" => JobState::Pending,
+            "Running" => JobState::Running,
+            "Success" => JobState::Success,
+            "Failed" => JobState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A unit of work stored in the catalog.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    /// `backup` (later also `restore`).
+    pub kind: String,
+    pub instance_id: String,
+    pub backup_id: Option<i64>,
+    pub state: JobState,
+    /// `Manual` | `Automated`.
+    pub mode: String,
+    /// Percent, 0–100.
+    pub progress: i32,
+    pub error: Option<String>,
+    /// Kind-specific parameters, e.g. the backup method and compression.
+    pub params: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub owner: Option<String>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// Status of a backup set as DescribeBackups shows it; `Running` sets are not listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupStatus {
+    Running,
+    Success,
+    Failed,
+}
+
+impl BackupStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Running => "Running",
+            BackupStatus::Success => "Success",
+            BackupStatus::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Running" => BackupStatus::Running,
+            "Success" => BackupStatus::Success,
+            "Failed" => BackupStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A backup set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backup {
+    pub id: i64,
+    pub job_id: i64,
+    pub instance_id: String,
+    pub status: BackupStatus,
+    /// `Logical` | `Physical` | `Snapshot`.
+    pub method: String,
+    pub mode: String,
+    /// `FullBackup` | `IncrementalBackup`.
+    pub backup_type: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// `None` while running; `9999-01-01T00:00:00Z` for permanent backups.
+    pub expire_time: Option<DateTime<Utc>>,
+    /// Days; -1 = permanent.
+    pub retention_days: i64,
+    pub size: i64,
+    /// Comma-separated database names.
+    pub db_names: String,
+    pub engine_version: String,
+    /// Repository prefix holding the files and the manifest.
+    pub repo_prefix: String,
+    /// Method-specific facts (compression, archive name, document counts, failure reason…).
+    pub details: serde_json::Value,
+}
+
+/// Input of [`crate::CatalogBackend::create_backup_job`].
+#[derive(Clone, Debug)]
+pub struct NewBackupJob {
+    pub instance_id: String,
+    pub method: String,
+    pub mode: String,
+    pub retention_days: i64,
+    pub engine_version: String,
+    pub params: serde_json::Value,
+    pub now: DateTime<Utc>,
+}
+
+/// Input of [`crate::CatalogBackend::complete_backup`].
+#[derive(Clone, Debug)]
+pub struct BackupCompletion {
+    pub end_time: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+    pub size: i64,
+    pub db_names: String,
+    pub repo_prefix: String,
+    pub details: serde_json::Value,
+}
+
+/// Filter of [`crate::CatalogBackend::list_backups`]. `None` fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct BackupFilter {
+    pub instance_id: Option<String>,
+    pub backup_id: Option<i64>,
+    pub job_id: Option<i64>,
+    /// Start time >= this.
+    pub start_from: Option<DateTime<Utc>>,
+    /// Start time <= this.
+    pub start_to: Option<DateTime<Utc>>,
+    /// Include backup sets still running (DescribeBackups does not).
+    pub include_running: bool,
+}
+
+/// 1-based page request.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub number: u32,
+    pub size: u32,
+}
+
+/// The permanent expiry time Dds shows for backups kept forever.
+pub fn permanent_expiry() -> DateTime<Utc> {
+    // 9999-01-01T00:00:00Z is a valid instant, so this cannot fail; the fallback only satisfies the type.
+    DateTime::from_timestamp(253_370_764_800, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

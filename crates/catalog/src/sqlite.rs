@@ -1,0 +1,597 @@
+//! SQLite engine of the catalog (the embedded default).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+
+use crate::{
+    AccessKeyRecord, Backup, BackupCompletion, BackupFilter, BackupPolicy, BackupStatus,
+    CatalogBackend, CatalogError, InstanceRecord, Job, JobState, NewBackupJob, Page,
+};
+
+/// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
+/// connection per process avoids `SQLITE_BUSY` on lock upgrades; reads use a small pool of their own.
+#[derive(Debug, Clone)]
+pub struct SqliteCatalog {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+const JOB_COLUMNS: &str =
+    "id, kind, instance_id, backup_id, state, mode, progress, error, params, created_at, \
+     started_at, finished_at, owner, heartbeat_at";
+const BACKUP_COLUMNS: &str =
+    "id, job_id, instance_id, status, method, mode, backup_type, start_time, end_time, \
+     expire_time, retention_days, size, db_names, engine_version, repo_prefix, details";
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog file and brings its schema up to date.
+    ///
+    /// # Errors
+    /// Storage or migration errors.
+    pub async fn open_file(path: &Path) -> Result<Self, CatalogError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    CatalogError::Config(format!("create catalog directory {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A backup is reported Success only after its catalog row is durable: FULL syncs the WAL on commit.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { write, read })
+    }
+
+    /// An in-memory catalog (tests, dry runs): one connection shared by reads and writes.
+    ///
+    /// # Errors
+    /// Storage or migration errors.
+    pub async fn open_memory() -> Result<Self, CatalogError> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            // The database lives only as long as its one connection.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            write: pool.clone(),
+            read: pool,
+        })
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> Result<DateTime<Utc>, CatalogError> {
+    DateTime::from_timestamp_millis(v)
+        .ok_or_else(|| CatalogError::Corrupt(format!("timestamp {v}")))
+}
+
+fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>, CatalogError> {
+    v.map(from_ms).transpose()
+}
+
+fn json(text: &str, what: &str) -> Result<serde_json::Value, CatalogError> {
+    serde_json::from_str(text).map_err(|e| CatalogError::Corrupt(format!("{what}: {e}")))
+}
+
+fn job_from_row(r: &SqliteRow) -> Result<Job, CatalogError> {
+    let state: String = r.try_get("state")?;
+    let params: String = r.try_get("params")?;
+    Ok(Job {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        instance_id: r.try_get("instance_id")?,
+        backup_id: r.try_get("backup_id")?,
+        state: JobState::parse(&state)
+            .ok_or_else(|| CatalogError::Corrupt(format!("job state {state:?}")))?,
+        mode: r.try_get("mode")?,
+        progress: r.try_get("progress")?,
+        error: r.try_get("error")?,
+        params: json(&params, "job params")?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        started_at: opt_from_ms(r.try_get("started_at")?)?,
+        finished_at: opt_from_ms(r.try_get("finished_at")?)?,
+        owner: r.try_get("owner")?,
+        heartbeat_at: opt_from_ms(r.try_get("heartbeat_at")?)?,
+    })
+}
+
+fn backup_from_row(r: &SqliteRow) -> Result<Backup, CatalogError> {
+    let status: String = r.try_get("status")?;
+    let details: String = r.try_get("details")?;
+    Ok(Backup {
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        instance_id: r.try_get("instance_id")?,
+        status: BackupStatus::parse(&status)
+            .ok_or_else(|| CatalogError::Corrupt(format!("backup status {status:?}")))?,
+        method: r.try_get("method")?,
+        mode: r.try_get("mode")?,
+        backup_type: r.try_get("backup_type")?,
+        start_time: from_ms(r.try_get("start_time")?)?,
+        end_time: opt_from_ms(r.try_get("end_time")?)?,
+        expire_time: opt_from_ms(r.try_get("expire_time")?)?,
+        retention_days: r.try_get("retention_days")?,
+        size: r.try_get("size")?,
+        db_names: r.try_get("db_names")?,
+        engine_version: r.try_get("engine_version")?,
+        repo_prefix: r.try_get("repo_prefix")?,
+        details: json(&details, "backup details")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl CatalogBackend for SqliteCatalog {
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String, CatalogError> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.write)
+            .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO access_keys (id, secret, user_name, status, source, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET secret = excluded.secret, user_name = excluded.user_name, \
+             status = excluded.status, source = excluded.source",
+        )
+        .bind(&key.id)
+        .bind(&key.secret)
+        .bind(&key.user)
+        .bind(if key.active { "Active" } else { "Inactive" })
+        .bind(&key.source)
+        .bind(ms(key.created_at))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT id, secret, user_name, status, source, created_at FROM access_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(AccessKeyRecord {
+                    id: r.try_get("id")?,
+                    secret: r.try_get("secret")?,
+                    user: r.try_get("user_name")?,
+                    active: status == "Active",
+                    source: r.try_get("source")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn register_instance(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InstanceRecord, CatalogError> {
+        sqlx::query(
+            "INSERT INTO instances (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .execute(&self.write)
+        .await?;
+        let row = sqlx::query("SELECT id, created_at FROM instances WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(InstanceRecord {
+            id: row.try_get("id")?,
+            created_at: from_ms(row.try_get("created_at")?)?,
+        })
+    }
+
+    async fn get_policy(&self, instance_id: &str) -> Result<Option<BackupPolicy>, CatalogError> {
+        let row = sqlx::query("SELECT policy FROM backup_policies WHERE instance_id = ?")
+            .bind(instance_id)
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let text: String = r.try_get("policy")?;
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| CatalogError::Corrupt(format!("backup policy: {e}")))
+            }
+        }
+    }
+
+    async fn put_policy(
+        &self,
+        instance_id: &str,
+        policy: &BackupPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let text = serde_json::to_string(policy)
+            .map_err(|e| CatalogError::Corrupt(format!("encode backup policy: {e}")))?;
+        sqlx::query(
+            "INSERT INTO backup_policies (instance_id, policy, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (instance_id) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        )
+        .bind(instance_id)
+        .bind(text)
+        .bind(ms(now))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (kind, instance_id, state, mode, params, created_at) VALUES ('backup', ?, 'Pending', ?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(&new.instance_id)
+        .bind(&new.mode)
+        .bind(new.params.to_string())
+        .bind(ms(new.now))
+        .fetch_one(&mut *tx)
+        .await;
+        let job_id: i64 = match inserted {
+            Ok(row) => row.try_get("id")?,
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                let active = sqlx::query(
+                    "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
+                )
+                .bind(&new.instance_id)
+                .fetch_optional(&self.write)
+                .await?;
+                return Err(match active {
+                    Some(r) => CatalogError::ActiveJobExists {
+                        job_id: r.try_get("id")?,
+                        kind: r.try_get("kind")?,
+                    },
+                    // The other job finished between our insert and this look-up; the caller may retry.
+                    None => CatalogError::ActiveJobExists {
+                        job_id: 0,
+                        kind: "backup".into(),
+                    },
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let backup_id: i64 = sqlx::query(
+            "INSERT INTO backups (job_id, instance_id, status, method, mode, backup_type, start_time, retention_days, \
+             engine_version) VALUES (?, ?, 'Running', ?, ?, 'FullBackup', ?, ?, ?) RETURNING id",
+        )
+        .bind(job_id)
+        .bind(&new.instance_id)
+        .bind(&new.method)
+        .bind(&new.mode)
+        .bind(ms(new.now))
+        .bind(new.retention_days)
+        .bind(&new.engine_version)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        sqlx::query("UPDATE jobs SET backup_id = ? WHERE id = ?")
+            .bind(backup_id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        let job = job_from_row(
+            &sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await?,
+        )?;
+        let backup = backup_from_row(
+            &sqlx::query(&format!(
+                "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?"
+            ))
+            .bind(backup_id)
+            .fetch_one(&mut *tx)
+            .await?,
+        )?;
+        tx.commit().await?;
+        Ok((job, backup))
+    }
+
+    async fn claim_next_job(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Job>, CatalogError> {
+        // A single conditional UPDATE is the claim: two processes racing for the same row cannot both win.
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' ORDER BY id LIMIT 1) AND state = 'Pending' \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(ms(now))
+        .bind(ms(now))
+        .fetch_optional(&self.write)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: i64,
+        owner: &str,
+        progress: i32,
+        now: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET progress = ?, heartbeat_at = ? WHERE id = ? AND owner = ? AND state = 'Running'",
+        )
+        .bind(progress.clamp(0, 100))
+        .bind(ms(now))
+        .bind(job_id)
+        .bind(owner)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn complete_backup(
+        &self,
+        job_id: i64,
+        owner: &str,
+        done: &BackupCompletion,
+    ) -> Result<(), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ? \
+             WHERE id = ? AND owner = ? AND state = 'Running' RETURNING backup_id",
+        )
+        .bind(ms(done.end_time))
+        .bind(ms(done.end_time))
+        .bind(job_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = updated else {
+            return Err(CatalogError::LostOwnership(job_id));
+        };
+        let backup_id: Option<i64> = row.try_get("backup_id")?;
+        let backup_id =
+            backup_id.ok_or_else(|| CatalogError::NotFound(format!("backup of job {job_id}")))?;
+        sqlx::query(
+            "UPDATE backups SET status = 'Success', end_time = ?, expire_time = ?, size = ?, db_names = ?, \
+             repo_prefix = ?, details = ? WHERE id = ?",
+        )
+        .bind(ms(done.end_time))
+        .bind(ms(done.expire_time))
+        .bind(done.size)
+        .bind(&done.db_names)
+        .bind(&done.repo_prefix)
+        .bind(done.details.to_string())
+        .bind(backup_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail_job(
+        &self,
+        job_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'Failed', error = ?, finished_at = ? WHERE id = ? AND state IN ('Pending', 'Running') \
+             RETURNING backup_id",
+        )
+        .bind(reason)
+        .bind(ms(now))
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            let backup_id: Option<i64> = row.try_get("backup_id")?;
+            if let Some(id) = backup_id {
+                sqlx::query(
+                    "UPDATE backups SET status = 'Failed', end_time = ?, \
+                     details = json_set(details, '$.error', ?) WHERE id = ? AND status = 'Running'",
+                )
+                .bind(ms(now))
+                .bind(reason)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recover_interrupted(
+        &self,
+        owner: &str,
+        stale_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>, CatalogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'Running' AND (owner = ? OR heartbeat_at < ?) ORDER BY id"
+        ))
+        .bind(owner)
+        .bind(ms(stale_before))
+        .fetch_all(&self.write)
+        .await?;
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for job in &jobs {
+            self.fail_job(
+                job.id,
+                "interrupted: the ddsvault process running this job stopped before it finished",
+                now,
+            )
+            .await?;
+        }
+        Ok(jobs)
+    }
+
+    async fn get_job(&self, job_id: i64) -> Result<Option<Job>, CatalogError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(job_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(
+        &self,
+        instance_id: &str,
+        active_only: bool,
+    ) -> Result<Vec<Job>, CatalogError> {
+        let sql = if active_only {
+            format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') ORDER BY id DESC"
+            )
+        } else {
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE instance_id = ? ORDER BY id DESC")
+        };
+        let rows = sqlx::query(&sql)
+            .bind(instance_id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn get_backup(&self, backup_id: i64) -> Result<Option<Backup>, CatalogError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?"
+        ))
+        .bind(backup_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(backup_from_row).transpose()
+    }
+
+    async fn list_backups(
+        &self,
+        filter: &BackupFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<Backup>), CatalogError> {
+        let mut clauses: Vec<&str> = Vec::new();
+        if filter.instance_id.is_some() {
+            clauses.push("instance_id = ?");
+        }
+        if filter.backup_id.is_some() {
+            clauses.push("id = ?");
+        }
+        if filter.job_id.is_some() {
+            clauses.push("job_id = ?");
+        }
+        if filter.start_from.is_some() {
+            clauses.push("start_time >= ?");
+        }
+        if filter.start_to.is_some() {
+            clauses.push("start_time <= ?");
+        }
+        if !filter.include_running {
+            clauses.push("status <> 'Running'");
+        }
+        let where_sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        // Binds are applied in the same order as the clauses above, for both statements.
+        macro_rules! bind_filter {
+            ($q:expr) => {{
+                let mut q = $q;
+                if let Some(v) = &filter.instance_id {
+                    q = q.bind(v);
+                }
+                if let Some(v) = filter.backup_id {
+                    q = q.bind(v);
+                }
+                if let Some(v) = filter.job_id {
+                    q = q.bind(v);
+                }
+                if let Some(v) = filter.start_from {
+                    q = q.bind(ms(v));
+                }
+                if let Some(v) = filter.start_to {
+                    q = q.bind(ms(v));
+                }
+                q
+            }};
+        }
+        let count_sql = format!("SELECT COUNT(*) AS n FROM backups {where_sql}");
+        let total: i64 = bind_filter!(sqlx::query(&count_sql))
+            .fetch_one(&self.read)
+            .await?
+            .try_get("n")?;
+        let size = i64::from(page.size.max(1));
+        let offset = i64::from(page.number.max(1) - 1) * size;
+        let list_sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups {where_sql} ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?"
+        );
+        let rows = bind_filter!(sqlx::query(&list_sql))
+            .bind(size)
+            .bind(offset)
+            .fetch_all(&self.read)
+            .await?;
+        let backups = rows
+            .iter()
+            .map(backup_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((u64::try_from(total).unwrap_or(0), backups))
+    }
+}

@@ -1,0 +1,272 @@
+//! Execution of a logical backup job.
+//!
+//! Order of durability (why a crash can never leave a complete-looking backup):
+//! 1. the archive streams into `staging/job-<id>/` (an unfinished upload is never published);
+//! 2. the finished archive is renamed into `backups/<instance>/<backup_id>/`;
+//! 3. `manifest.json` (sizes, SHA-256) is written last in that prefix;
+//! 4. only then does the catalog mark the job and backup Success.
+//!
+//! A crash before 4 leaves the job Running in the catalog; the next start fails it and deletes both prefixes.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
+use ddsvault_mongo::archive::Compression;
+use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
+use ddsvault_mongo::topology::{connect, discover, list_user_databases};
+use ddsvault_repo::{Manifest, ManifestFile, Repository, UploadOptions, UploadWriter};
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::{staging_token, HEARTBEAT_INTERVAL};
+use crate::{JobError, Runner};
+
+pub(crate) async fn run(
+    runner: &Runner,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let backup_id = job
+        .backup_id
+        .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
+    let spec = runner
+        .instances
+        .get(&job.instance_id)
+        .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
+
+    let client = connect(&spec.uri).await?;
+    let topology = discover(&client).await?;
+    let databases = list_user_databases(&client).await?;
+    if databases.is_empty() {
+        return Err(JobError::NoDatabase(job.instance_id.clone()));
+    }
+
+    let compression = compression_for(job, &runner.settings.compression);
+    let archive_name = format!("archive{}", compression.extension());
+    let staging = Repository::staging_prefix(&staging_token(job.id));
+    let staged_archive = staging.join(&archive_name)?;
+    let (writer, upload) = runner
+        .repo
+        .upload(&staged_archive, UploadOptions::default());
+
+    // The dump owns its writer on a blocking thread and drops it when done, while an unclosed UploadWriter
+    // aborts on drop. Sharing it lets us close it only when the dump reports success.
+    let shared = Arc::new(Mutex::new(Some(writer)));
+    let sink = SharedWriter(Arc::clone(&shared));
+
+    let percent = Arc::new(AtomicI32::new(0));
+    let progress_cell = Arc::clone(&percent);
+    let progress = move |p: DumpProgress| {
+        // Estimates can undershoot; stay below 100 until the job is really done.
+        let pct = p
+            .docs_done
+            .saturating_mul(100)
+            .checked_div(p.docs_total_estimate)
+            .map_or(0, |v| v.min(99) as i32);
+        progress_cell.store(pct, Ordering::Relaxed);
+    };
+
+    let opts = DumpOptions {
+        compression,
+        parallel_collections: runner.settings.parallel_collections,
+        ..DumpOptions::default()
+    };
+    let dump_cancel = cancel.child_token();
+    let dump = logical_dump(
+        &client,
+        &databases,
+        &opts,
+        Box::new(sink),
+        &progress,
+        &dump_cancel,
+    );
+    let heartbeat = heartbeat_loop(runner, job.id, &percent, &dump_cancel);
+    let summary = tokio::select! {
+        r = dump => r,
+        lost = heartbeat => {
+            dump_cancel.cancel();
+            return Err(lost);
+        }
+    };
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    };
+    let writer = shared
+        .lock()
+        .map_err(|_| JobError::Other("archive writer lock poisoned".into()))?
+        .take()
+        .ok_or_else(|| JobError::Other("archive writer already taken".into()))?;
+    close_writer(writer).await?;
+    let uploaded = upload.finish().await?;
+
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
+    let final_archive = prefix.join(&archive_name)?;
+    runner.repo.rename(&staged_archive, &final_archive).await?;
+    let end_time = Utc::now();
+    let details = serde_json::json!({
+        "archive": archive_name,
+        "compression": compression_name(&compression),
+        "format": "mongodump-archive",
+        "documents": summary.documents,
+        "raw_bytes": summary.raw_bytes,
+        "collections": summary.namespaces.len(),
+        "server_version": topology.server_version,
+        "topology": format!("{:?}", topology.kind),
+        "set_name": topology.set_name,
+        "sha256": uploaded.sha256,
+    });
+    let manifest = Manifest {
+        format: 1,
+        backup_id,
+        instance_id: job.instance_id.clone(),
+        method: "Logical".into(),
+        created_at: end_time,
+        files: vec![ManifestFile {
+            name: archive_name.clone(),
+            size: uploaded.size,
+            sha256: uploaded.sha256.clone(),
+        }],
+        extra: serde_json::json!({
+            "databases": summary.databases,
+            "namespaces": summary.namespaces.iter().map(|n| serde_json::json!({
+                "db": n.db, "collection": n.collection, "documents": n.documents,
+                "raw_bytes": n.raw_bytes, "crc": n.crc,
+            })).collect::<Vec<_>>(),
+            "details": details,
+        }),
+    };
+    runner.repo.write_manifest(&prefix, &manifest).await?;
+
+    let retention = job
+        .params
+        .get("retention_days")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(30);
+    let expire_time = if retention < 0 {
+        permanent_expiry()
+    } else {
+        end_time + chrono::Duration::days(retention)
+    };
+    let done = BackupCompletion {
+        end_time,
+        expire_time,
+        size: i64::try_from(uploaded.size).unwrap_or(i64::MAX),
+        db_names: summary.databases.join(","),
+        repo_prefix: prefix.to_string(),
+        details,
+    };
+    if let Err(e) = runner
+        .catalog
+        .complete_backup(job.id, &runner.node_id, &done)
+        .await
+    {
+        // Whoever took the job from us (recovery) also owns the cleanup decision; our files must not survive
+        // as an orphan that looks complete.
+        let _ = runner.repo.delete_prefix(&prefix).await;
+        return Err(e.into());
+    }
+    let _ = runner.repo.delete_prefix(&staging).await;
+    Ok(())
+}
+
+fn compression_for(job: &Job, default: &Compression) -> Compression {
+    match job.params.get("compression").and_then(|v| v.as_str()) {
+        Some("gzip") => Compression::Gzip,
+        Some("zstd") => match default {
+            Compression::Zstd { .. } => *default,
+            _ => Compression::Zstd { level: 3 },
+        },
+        _ => *default,
+    }
+}
+
+fn compression_name(c: &Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Zstd { .. } => "zstd",
+        Compression::Gzip => "gzip",
+    }
+}
+
+/// Refreshes the heartbeat until cancelled; returns only if the catalog says the job is no longer ours (or the
+/// catalog keeps failing), which must stop the dump.
+async fn heartbeat_loop(
+    runner: &Runner,
+    job_id: i64,
+    percent: &AtomicI32,
+    cancel: &CancellationToken,
+) -> JobError {
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Never resolve on cancellation: the dump observes the same token and ends the select.
+                std::future::pending::<()>().await;
+            }
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+        match runner
+            .catalog
+            .heartbeat(
+                job_id,
+                &runner.node_id,
+                percent.load(Ordering::Relaxed),
+                Utc::now(),
+            )
+            .await
+        {
+            Ok(true) => failures = 0,
+            Ok(false) => {
+                return JobError::Cancelled("the job was taken over or failed by recovery".into())
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "heartbeat failed");
+                if failures >= 10 {
+                    return JobError::Catalog(e);
+                }
+            }
+        }
+    }
+}
+
+async fn close_writer(writer: UploadWriter) -> Result<(), JobError> {
+    // Closing flushes the last chunk through a bounded channel: a blocking call, kept off the runtime threads.
+    tokio::task::spawn_blocking(move || writer.close())
+        .await
+        .map_err(|e| JobError::Other(format!("close archive writer: {e}")))?
+        .map_err(|e| JobError::Other(format!("close archive writer: {e}")))
+}
+
+/// A `Write` that forwards to an `UploadWriter` still owned by the job.
+struct SharedWriter(Arc<Mutex<Option<UploadWriter>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut guard = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("archive writer lock poisoned"))?;
+        match guard.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(std::io::Error::other("archive writer already closed")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut guard = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("archive writer lock poisoned"))?;
+        match guard.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Background work: the named-task helper every background task goes through, and the job runner that claims
+//! jobs from the catalog and executes them.
+//!
+//! Jobs live in the catalog, never only in memory: any ddsvault process sharing the catalog can claim a pending
+//! job, and a job whose process died is failed by the next process that starts (or notices its stale heartbeat).
+
+mod backup;
+mod error;
+mod runner;
+mod tasks;
+
+pub use error::JobError;
+pub use runner::{BackupSettings, InstanceSpec, Runner};
+pub use tasks::Tasks;

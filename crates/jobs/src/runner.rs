@@ -1,0 +1,200 @@
+//! The job runner: claims pending jobs from the catalog and runs them, a bounded number at a time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ddsvault_catalog::{Catalog, Job};
+use ddsvault_repo::Repository;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{JobError, Tasks};
+
+/// How often an idle runner looks for jobs created by another process (its own are signalled at once).
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a running job refreshes its heartbeat and progress in the catalog.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A running job whose heartbeat is older than this is considered orphaned by a dead process.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// What the runner needs to know of an instance.
+#[derive(Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    /// Connection string; never logged.
+    pub uri: String,
+    pub storage_type: String,
+}
+
+impl std::fmt::Debug for InstanceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSpec")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logical backup tuning.
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    pub compression: ddsvault_mongo::archive::Compression,
+    pub parallel_collections: usize,
+}
+
+/// Claims and runs jobs.
+#[derive(Debug)]
+pub struct Runner {
+    pub(crate) catalog: Catalog,
+    pub(crate) repo: Repository,
+    pub(crate) instances: Arc<HashMap<String, InstanceSpec>>,
+    pub(crate) node_id: String,
+    pub(crate) settings: BackupSettings,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+}
+
+impl Runner {
+    pub fn new(
+        catalog: Catalog,
+        repo: Repository,
+        instances: Arc<HashMap<String, InstanceSpec>>,
+        node_id: String,
+        settings: BackupSettings,
+        max_concurrent_jobs: usize,
+    ) -> Self {
+        Self {
+            catalog,
+            repo,
+            instances,
+            node_id,
+            settings,
+            wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(max_concurrent_jobs.max(1))),
+        }
+    }
+
+    /// Tells the runner a job was just created, so it does not wait for the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Fails the jobs a previous life of this node (or a dead node) left running and removes their partial files.
+    /// Called once at start, before serving.
+    ///
+    /// # Errors
+    /// Catalog errors. Failing to delete leftover files is logged, not fatal: the files are unreachable (no
+    /// catalog row points at them as Success) and are retried at the next start.
+    pub async fn recover(&self) -> Result<usize, JobError> {
+        let now = Utc::now();
+        let stale =
+            now - chrono::Duration::from_std(STALE_AFTER).unwrap_or(chrono::Duration::minutes(2));
+        let jobs = self
+            .catalog
+            .recover_interrupted(&self.node_id, stale, now)
+            .await?;
+        for job in &jobs {
+            tracing::warn!(job_id = job.id, instance = %job.instance_id, "failed a job interrupted by a stop");
+            self.remove_job_files(job).await;
+        }
+        Ok(jobs.len())
+    }
+
+    /// Deletes everything a job may have written: its staging area and its (never completed) backup prefix.
+    pub(crate) async fn remove_job_files(&self, job: &Job) {
+        let mut prefixes = vec![Repository::staging_prefix(&staging_token(job.id))];
+        if let Some(backup_id) = job.backup_id {
+            prefixes.push(Repository::backup_prefix(&job.instance_id, backup_id));
+        }
+        for p in prefixes {
+            if let Err(e) = self.repo.delete_prefix(&p).await {
+                tracing::warn!(job_id = job.id, prefix = %p, error = %e, "could not remove partial files");
+            }
+        }
+    }
+
+    /// Claims and runs jobs until `cancel` fires. Each job runs as its own named task.
+    pub async fn run(
+        self: Arc<Self>,
+        tasks: Tasks,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                p = Arc::clone(&self.slots).acquire_owned() => p.map_err(|e| e.to_string())?,
+            };
+            let claimed = self.catalog.claim_next_job(&self.node_id, Utc::now()).await;
+            match claimed {
+                Ok(Some(job)) => {
+                    let me = Arc::clone(&self);
+                    tasks.spawn(format!("job-{}", job.id), move |token| async move {
+                        me.execute(job, token).await;
+                        drop(permit);
+                        Ok(())
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(error = %e, "could not claim a job; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, job: Job, cancel: CancellationToken) {
+        let span = tracing::info_span!("job", job_id = job.id, instance = %job.instance_id, kind = %job.kind);
+        async {
+            tracing::info!("job started");
+            let result = match job.kind.as_str() {
+                "backup" => crate::backup::run(self, &job, &cancel).await,
+                other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
+            };
+            self.settle(&job, result, &cancel).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn settle(&self, job: &Job, result: Result<(), JobError>, cancel: &CancellationToken) {
+        match result {
+            Ok(()) => tracing::info!("job succeeded"),
+            Err(e) => {
+                // A job cancelled by shutdown stays Running in the catalog: the next start fails it and cleans
+                // up (recover), which is the same path as a crash, so there is only one way out.
+                if cancel.is_cancelled() {
+                    tracing::warn!(error = %e, "job interrupted by shutdown");
+                    return;
+                }
+                tracing::warn!(error = %e, "job failed");
+                self.remove_job_files(job).await;
+                if let Err(ce) = self
+                    .catalog
+                    .fail_job(job.id, &e.to_string(), Utc::now())
+                    .await
+                {
+                    tracing::error!(error = %ce, "could not record the job failure");
+                }
+            }
+        }
+    }
+}
+
+/// The staging area of a job: derived from the job id so recovery can find it without any other record.
+pub(crate) fn staging_token(job_id: i64) -> String {
+    format!("job-{job_id}")
+}

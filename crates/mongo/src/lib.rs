@@ -1,0 +1,16 @@
+//! MongoDB side of ddsvault: the `mongodump --archive` format, topology discovery,
+//! and the logical (document-level) backup engine.
+//!
+//! * [`archive`]: writer, validating reader and compression of the archive format
+//!   (byte-compatible with mongo-tools `mongodump --archive` / `mongorestore --archive`).
+//! * [`topology`]: connecting with fast failure, and `hello`/`buildInfo` discovery.
+//! * [`logical`]: streaming logical dumps into an archive with bounded memory.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod archive;
+mod error;
+pub mod logical;
+pub mod topology;
+
+pub use error::{MongoError, Result};

@@ -1,0 +1,779 @@
+//! Logical backup: stream every document of the selected databases into one
+//! `mongodump --archive` compatible archive.
+//!
+//! # Pipeline
+//!
+//! ```text
+//!  find (raw BSON, explicit batchSize) ─┐  up to `parallel_collections` collections at a time,
+//!  find ───────────────────────────────┤  each packing documents into segments ≤ segment_bytes
+//!  find ───────────────────────────────┘
+//!        │ bounded mpsc (channel_segments)
+//!        ▼
+//!  one blocking writer thread: ArchiveWriter → BufWriter → Compression → HashingWriter → out
+//! ```
+//!
+//! 1. **Plan**: for each database, `listCollections` (skipping `system.*` except
+//!    `system.js`), `listIndexes`, and the collection UUID (`info.uuid`, as 32 hex chars)
+//!    give the `metadata.json` text mongodump would write (canonical Extended JSON, keys
+//!    `options`, `indexes`, `uuid`, `collectionName`, `type`). `estimatedDocumentCount`
+//!    gives the progress total.
+//! 2. **Prelude**: the writer thread writes the header and one prelude entry per namespace.
+//! 3. **Data**: collections are dumped `parallel_collections` at a time, largest first. Each
+//!    reads raw documents (`RawDocumentBuf` cursor, never decoded), packs them into segments
+//!    of at most `segment_bytes` (a single larger document makes a segment of its own), and
+//!    sends each segment through the bounded channel. The namespace is closed (EOF + CRC)
+//!    once its cursor is exhausted; views get an empty namespace.
+//! 4. **Finish**: the writer checks every namespace was closed, ends the compressed
+//!    stream and reports the byte count and SHA-256 of what went to `out`.
+//!
+//! # Memory bound
+//!
+//! With `P = parallel_collections`, `S = segment_bytes`, `C = channel_segments` and
+//! `B` = one server batch (`batch_size` documents, at most ≈16 MiB per reply):
+//!
+//! ```text
+//! peak ≈ P × (S + B)        one segment being filled + one driver batch per collection task
+//!      + (C + 1) × S        segments queued in the channel + the one being written
+//!      + 256 KiB            write buffer in front of the compressor
+//!      + compressor state   zstd: a few MiB at low levels (window 2^(level-dependent) up to 8 MiB
+//!                           at level ≤ 19); gzip: ~300 KiB
+//! ```
+//!
+//! A document larger than `S` raises `S` to that document's size (≤ 16 MiB) for its
+//! segment. Defaults (P=4, S=1 MiB, B≈1000 docs, C=8) stay in the tens of MiB whatever the
+//! data size: no collection is ever held in memory.
+//!
+//! # Oplog
+//!
+//! Point-in-time capture for replica sets is not implemented yet. It will be one more
+//! [`Source`] variant whose namespace is `db: ""`, `collection: "oplog"`
+//! ([`CollectionMetadata::oplog`]), dumped after the collections through the same channel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use futures::TryStreamExt;
+use mongodb::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::archive::{
+    ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression, HashingWriter, NamespaceStats,
+    MAX_BSON_SIZE,
+};
+use crate::error::{MongoError, Result};
+use crate::topology;
+
+/// Tool name written into the archive header (`tool_version`).
+pub const TOOL_VERSION: &str = concat!("ddsvault-mongo ", env!("CARGO_PKG_VERSION"));
+
+/// Options of [`logical_dump`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpOptions {
+    /// Compression of the whole archive stream.
+    pub compression: Compression,
+    /// Collections dumped concurrently (default 4; also the archive's `concurrent_collections`).
+    pub parallel_collections: usize,
+    /// Maximum bytes of documents per archive segment (default 1 MiB, at most 16 MiB).
+    pub segment_bytes: usize,
+    /// `batchSize` of every `find`/`getMore` (default 1000).
+    pub batch_size: u32,
+    /// Segments that may wait for the writer (default 8).
+    pub channel_segments: usize,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            compression: Compression::None,
+            parallel_collections: 4,
+            segment_bytes: 1024 * 1024,
+            batch_size: 1000,
+            channel_segments: 8,
+        }
+    }
+}
+
+impl DumpOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(MongoError::InvalidArgument(what.to_string()));
+        if self.parallel_collections == 0 {
+            return bad("parallel_collections must be at least 1");
+        }
+        if self.segment_bytes == 0 || self.segment_bytes > MAX_BSON_SIZE {
+            return bad("segment_bytes must be between 1 and 16 MiB");
+        }
+        if self.batch_size == 0 || self.batch_size > i32::MAX as u32 {
+            return bad("batch_size must be between 1 and 2^31-1");
+        }
+        if self.channel_segments == 0 {
+            return bad("channel_segments must be at least 1");
+        }
+        if let Compression::Zstd { level } = self.compression {
+            if !(1..=22).contains(&level) {
+                return bad("zstd level must be between 1 and 22");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress report passed to the callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpProgress {
+    /// Documents handed to the archive writer so far.
+    pub docs_done: u64,
+    /// Sum of `estimatedDocumentCount` over the planned collections (may be exceeded).
+    pub docs_total_estimate: u64,
+}
+
+/// Totals of one namespace of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceSummary {
+    /// Database.
+    pub db: String,
+    /// Collection.
+    pub collection: String,
+    /// Documents written.
+    pub documents: u64,
+    /// Sum of the documents' BSON sizes.
+    pub raw_bytes: u64,
+    /// CRC-64/XZ of the namespace's document bytes (the archive's EOF CRC as `u64`).
+    pub crc: u64,
+}
+
+/// Result of a successful [`logical_dump`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpSummary {
+    /// Databases dumped, sorted.
+    pub databases: Vec<String>,
+    /// One entry per namespace, in prelude order.
+    pub namespaces: Vec<NamespaceSummary>,
+    /// Total documents.
+    pub documents: u64,
+    /// Total BSON bytes of the documents.
+    pub raw_bytes: u64,
+    /// Bytes written to `out` (after compression).
+    pub archive_bytes: u64,
+    /// Lowercase hex SHA-256 of the bytes written to `out`.
+    pub archive_sha256: String,
+}
+
+/// Where a namespace's documents come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A regular collection, read with `find`.
+    Collection,
+    /// A view: metadata only, the namespace is opened and closed with no data
+    /// (mongorestore needs the empty namespace to create the view).
+    View,
+    // Oplog { from: Timestamp, to: Timestamp } will read local.oplog.rs into db "", collection "oplog".
+}
+
+#[derive(Debug, Clone)]
+struct NamespacePlan {
+    meta: CollectionMetadata,
+    source: Source,
+    estimate: u64,
+}
+
+enum WriterMsg {
+    Segment { ns: usize, docs: Vec<u8> },
+    Close { ns: usize },
+}
+
+struct WriterOutcome {
+    stats: Vec<NamespaceStats>,
+    archive_bytes: u64,
+    archive_sha256: String,
+}
+
+/// Dumps `databases` (all user databases if empty) into `out` as a mongodump archive.
+///
+/// `progress` is called from the dump's async tasks after every segment and once at the
+/// end, so it must be cheap and must not block. `cancel` stops the dump promptly; the
+/// output is then incomplete and must be discarded. When this function returns (with any
+/// result) nothing writes to `out` any more.
+///
+/// An empty `databases` means every user database (`admin`, `local`, `config` excluded).
+///
+/// # Errors
+/// [`MongoError::Cancelled`] when cancelled; server errors wrapped with the namespace;
+/// [`MongoError::Unsupported`] for timeseries collections; output/compression errors as
+/// [`MongoError::Io`] or [`MongoError::Archive`].
+pub async fn logical_dump(
+    client: &Client,
+    databases: &[String],
+    opts: &DumpOptions,
+    out: Box<dyn std::io::Write + Send>,
+    progress: &(dyn Fn(DumpProgress) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<DumpSummary> {
+    opts.validate()?;
+    dump_inner(client, databases, opts, out, progress, cancel).await
+}
+
+/// Runs `fut` unless `cancel` fires first.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(MongoError::Cancelled),
+        r = fut => r,
+    }
+}
+
+async fn dump_inner(
+    client: &Client,
+    databases: &[String],
+    opts: &DumpOptions,
+    out: Box<dyn std::io::Write + Send>,
+    progress: &(dyn Fn(DumpProgress) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<DumpSummary> {
+    let mut databases: Vec<String> = if databases.is_empty() {
+        cancellable(cancel, topology::list_user_databases(client)).await?
+    } else {
+        databases.to_vec()
+    };
+    databases.sort();
+    databases.dedup();
+    if let Some(bad) = databases
+        .iter()
+        .find(|d| d.is_empty() || d.contains(['.', '/', '\0']))
+    {
+        return Err(MongoError::InvalidArgument(format!(
+            "invalid database name {bad:?}"
+        )));
+    }
+
+    let server = cancellable(cancel, async { Ok(server_info(client).await) }).await?;
+    let mut plans = Vec::new();
+    for db in &databases {
+        plans.extend(cancellable(cancel, plan_database(client, db, server.is_ferretdb)).await?);
+    }
+    let total_estimate: u64 = plans.iter().map(|p| p.estimate).sum();
+    info!(
+        databases = databases.len(),
+        namespaces = plans.len(),
+        docs_estimate = total_estimate,
+        "logical dump planned"
+    );
+    progress(DumpProgress {
+        docs_done: 0,
+        docs_total_estimate: total_estimate,
+    });
+
+    let header = ArchiveHeader::new(
+        i32::try_from(opts.parallel_collections).unwrap_or(i32::MAX),
+        server.archive_version,
+        TOOL_VERSION,
+    );
+    let metas: Vec<CollectionMetadata> = plans.iter().map(|p| p.meta.clone()).collect();
+    let (tx, rx) = mpsc::channel::<WriterMsg>(opts.channel_segments);
+    let compression = opts.compression;
+    // Stops the writer on cancellation, or when a collection task fails.
+    let writer_cancel = cancel.child_token();
+    let abort_writer = writer_cancel.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        run_writer(rx, out, compression, header, metas, writer_cancel)
+    });
+
+    // Largest collections first: the long tail then runs in parallel with the big ones.
+    let mut order: Vec<usize> = (0..plans.len()).collect();
+    order.sort_by(|&a, &b| plans[b].estimate.cmp(&plans[a].estimate).then(a.cmp(&b)));
+
+    let done = AtomicU64::new(0);
+    let ctx = TaskCtx {
+        client,
+        opts,
+        tx: &tx,
+        done: &done,
+        total_estimate,
+        progress,
+    };
+    let dump_all = futures::stream::iter(order.into_iter().map(Ok))
+        .try_for_each_concurrent(opts.parallel_collections, |i| {
+            dump_namespace(&ctx, i, &plans[i])
+        });
+    let dump_result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(TaskError::Mongo(MongoError::Cancelled)),
+        r = dump_all => r,
+    };
+    // Closing the channel ends the writer; waiting for it guarantees nothing touches
+    // `out` after we return, even when cancelled or failed.
+    if dump_result.is_err() {
+        abort_writer.cancel();
+    }
+    drop(tx);
+
+    let writer_result = match writer.await {
+        Ok(r) => r,
+        Err(e) => Err(MongoError::Internal(format!(
+            "archive writer task failed: {e}"
+        ))),
+    };
+    let outcome = match (dump_result, writer_result) {
+        (Ok(()), Ok(o)) => o,
+        _ if cancel.is_cancelled() => return Err(MongoError::Cancelled),
+        // The writer stopping makes the senders fail; its own error is the cause.
+        (Err(TaskError::WriterGone) | Ok(()), Err(w)) => return Err(w),
+        (Err(TaskError::Mongo(e)), _) => return Err(e),
+        (Err(TaskError::WriterGone), Ok(_)) => {
+            return Err(MongoError::Internal(
+                "archive writer stopped without an error".into(),
+            ))
+        }
+    };
+
+    let namespaces: Vec<NamespaceSummary> = plans
+        .iter()
+        .zip(&outcome.stats)
+        .map(|(p, s)| NamespaceSummary {
+            db: p.meta.db.clone(),
+            collection: p.meta.collection.clone(),
+            documents: s.documents,
+            raw_bytes: s.bytes,
+            crc: s.crc,
+        })
+        .collect();
+    let documents = namespaces.iter().map(|n| n.documents).sum();
+    let raw_bytes = namespaces.iter().map(|n| n.raw_bytes).sum();
+    progress(DumpProgress {
+        docs_done: documents,
+        docs_total_estimate: total_estimate,
+    });
+    info!(
+        documents,
+        raw_bytes,
+        archive_bytes = outcome.archive_bytes,
+        "logical dump finished"
+    );
+    Ok(DumpSummary {
+        databases,
+        namespaces,
+        documents,
+        raw_bytes,
+        archive_bytes: outcome.archive_bytes,
+        archive_sha256: outcome.archive_sha256,
+    })
+}
+
+/// Why a collection task stopped.
+enum TaskError {
+    Mongo(MongoError),
+    /// A send failed because the writer thread is gone (its result says why).
+    WriterGone,
+}
+
+impl From<MongoError> for TaskError {
+    fn from(e: MongoError) -> Self {
+        TaskError::Mongo(e)
+    }
+}
+
+struct TaskCtx<'a> {
+    client: &'a Client,
+    opts: &'a DumpOptions,
+    tx: &'a mpsc::Sender<WriterMsg>,
+    done: &'a AtomicU64,
+    total_estimate: u64,
+    progress: &'a (dyn Fn(DumpProgress) + Send + Sync),
+}
+
+impl TaskCtx<'_> {
+    async fn send(&self, msg: WriterMsg) -> Result<(), TaskError> {
+        self.tx.send(msg).await.map_err(|_| TaskError::WriterGone)
+    }
+
+    fn report(&self, docs: u64) {
+        let done = self.done.fetch_add(docs, Ordering::Relaxed) + docs;
+        (self.progress)(DumpProgress {
+            docs_done: done,
+            docs_total_estimate: self.total_estimate,
+        });
+    }
+}
+
+async fn dump_namespace(
+    ctx: &TaskCtx<'_>,
+    ns: usize,
+    plan: &NamespacePlan,
+) -> Result<(), TaskError> {
+    let name = plan.meta.namespace();
+    if plan.source == Source::Collection {
+        let coll = ctx
+            .client
+            .database(&plan.meta.db)
+            .collection::<RawDocumentBuf>(&plan.meta.collection);
+        let mut cursor = coll
+            .find(doc! {})
+            .batch_size(ctx.opts.batch_size)
+            .await
+            .map_err(|e| MongoError::from_driver(format!("run find on {name}"), e))?;
+        let seg_max = ctx.opts.segment_bytes;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_docs = 0u64;
+        let mut total_docs = 0u64;
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| MongoError::from_driver(format!("read cursor of {name}"), e))?
+        {
+            let doc = cursor.current().as_bytes();
+            if !buf.is_empty() && buf.len() + doc.len() > seg_max {
+                let docs = std::mem::replace(&mut buf, Vec::with_capacity(seg_max));
+                ctx.send(WriterMsg::Segment { ns, docs }).await?;
+                ctx.report(buf_docs);
+                buf_docs = 0;
+            }
+            if buf.capacity() == 0 {
+                buf.reserve(seg_max.max(doc.len()));
+            }
+            buf.extend_from_slice(doc);
+            buf_docs += 1;
+            total_docs += 1;
+        }
+        if !buf.is_empty() {
+            ctx.send(WriterMsg::Segment { ns, docs: buf }).await?;
+            ctx.report(buf_docs);
+        }
+        debug!(namespace = %name, documents = total_docs, "collection dumped");
+    }
+    ctx.send(WriterMsg::Close { ns }).await
+}
+
+fn run_writer(
+    mut rx: mpsc::Receiver<WriterMsg>,
+    out: Box<dyn std::io::Write + Send>,
+    compression: Compression,
+    header: ArchiveHeader,
+    metas: Vec<CollectionMetadata>,
+    cancel: CancellationToken,
+) -> Result<WriterOutcome> {
+    let hashing = HashingWriter::new(out);
+    let compressed = compression
+        .wrap_writer(hashing)
+        .map_err(|e| MongoError::io("start compressor", e))?;
+    let buffered = std::io::BufWriter::with_capacity(256 * 1024, compressed);
+    let mut w = ArchiveWriter::new(buffered, &header)?;
+    for m in metas {
+        w.add_namespace(m)?;
+    }
+    w.finish_prelude()?;
+    let mut stats = vec![NamespaceStats::default(); w.namespaces().count()];
+    while let Some(msg) = rx.blocking_recv() {
+        if cancel.is_cancelled() {
+            return Err(MongoError::Cancelled);
+        }
+        match msg {
+            WriterMsg::Segment { ns, docs } => w.write_segment(ns, &docs)?,
+            WriterMsg::Close { ns } => {
+                let s = w.close_namespace(ns)?;
+                if let Some(slot) = stats.get_mut(ns) {
+                    *slot = s;
+                }
+            }
+        }
+    }
+    let buffered = w.finish()?;
+    let compressed = buffered
+        .into_inner()
+        .map_err(|e| MongoError::io("flush archive buffer", e.into_error()))?;
+    let hashing = compressed
+        .finish()
+        .map_err(|e| MongoError::io("finish compressed stream", e))?;
+    let (mut out, archive_bytes, archive_sha256) = hashing.into_parts();
+    out.flush()
+        .map_err(|e| MongoError::io("flush archive output", e))?;
+    Ok(WriterOutcome {
+        stats,
+        archive_bytes,
+        archive_sha256,
+    })
+}
+
+/// What the dump needs to know about the server (from `buildInfo`, best effort).
+struct ServerInfo {
+    /// Version for the archive header, always `major.minor.patch[-suffix]`.
+    archive_version: String,
+    /// FerretDB answers `count` by reading every document; its `collStats` is cheap.
+    is_ferretdb: bool,
+}
+
+/// The server version for the archive header. mongorestore ≥ 100.10 parses it with
+/// `db.StrToVersion` (`major.minor.patch`, build suffix after `-`/`+` ignored) and refuses
+/// the archive if that fails, so anything unparseable becomes `0.0.0`.
+async fn server_info(client: &Client) -> ServerInfo {
+    let reply = client
+        .database("admin")
+        .run_command(doc! { "buildInfo": 1 })
+        .await
+        .ok();
+    let reported = reply
+        .as_ref()
+        .and_then(|d| d.get_str("version").ok().map(str::to_string));
+    ServerInfo {
+        archive_version: archive_server_version(reported.as_deref()),
+        is_ferretdb: reply.is_some_and(|d| d.contains_key("ferretdbVersion")),
+    }
+}
+
+fn archive_server_version(v: Option<&str>) -> String {
+    let Some(v) = v else {
+        return "0.0.0".to_string();
+    };
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.splitn(3, '.').collect();
+    let numeric = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if numeric {
+        v.to_string()
+    } else {
+        "0.0.0".to_string()
+    }
+}
+
+/// Lists the namespaces of one database with their metadata.
+async fn plan_database(
+    client: &Client,
+    db_name: &str,
+    is_ferretdb: bool,
+) -> Result<Vec<NamespacePlan>> {
+    let db = client.database(db_name);
+    let colls: Vec<Document> = db
+        .run_cursor_command(doc! { "listCollections": 1 })
+        .await
+        .map_err(|e| MongoError::from_driver(format!("run listCollections on {db_name}"), e))?
+        .try_collect()
+        .await
+        .map_err(|e| MongoError::from_driver(format!("read listCollections of {db_name}"), e))?;
+
+    let mut plans = Vec::new();
+    for c in colls {
+        let name = c.get_str("name").map_err(|_| MongoError::Protocol {
+            context: format!("run listCollections on {db_name}"),
+            detail: "entry without a string \"name\"".into(),
+        })?;
+        if name.starts_with("system.") && name != "system.js" {
+            continue;
+        }
+        let ns = format!("{db_name}.{name}");
+        let ctype = c.get_str("type").ok();
+        let source = match ctype.unwrap_or("collection") {
+            "collection" => Source::Collection,
+            "view" => Source::View,
+            other => {
+                return Err(MongoError::Unsupported(format!(
+                    "{ns} is a {other} collection; logical dumps support collections and views"
+                )))
+            }
+        };
+        let options = c.get_document("options").cloned().unwrap_or_default();
+        let uuid = match c.get_document("info").ok().and_then(|i| i.get("uuid")) {
+            Some(Bson::Binary(b)) => Some(hex::encode(&b.bytes)),
+            _ => None,
+        };
+        let (indexes, estimate) = if source == Source::Collection {
+            let indexes: Vec<Document> = db
+                .run_cursor_command(doc! { "listIndexes": name })
+                .await
+                .map_err(|e| MongoError::from_driver(format!("run listIndexes on {ns}"), e))?
+                .try_collect()
+                .await
+                .map_err(|e| MongoError::from_driver(format!("read listIndexes of {ns}"), e))?;
+            let estimate = estimate_documents(&db, name, is_ferretdb).await;
+            (indexes, estimate)
+        } else {
+            (Vec::new(), 0)
+        };
+        let metadata = metadata_json(&options, &indexes, uuid.as_deref(), name, ctype);
+        plans.push(NamespacePlan {
+            meta: CollectionMetadata {
+                db: db_name.to_string(),
+                collection: name.to_string(),
+                metadata,
+                size: 0,
+                collection_type: ctype.unwrap_or("collection").to_string(),
+            },
+            source,
+            estimate,
+        });
+    }
+    plans.sort_by(|a, b| a.meta.collection.cmp(&b.meta.collection));
+    Ok(plans)
+}
+
+/// Document count for progress only; failures give 0 (the dump itself decides success).
+///
+/// MongoDB answers `estimatedDocumentCount` from metadata. FerretDB v1 implements `count`
+/// by reading every document (as slow as half the dump itself), while its `collStats`
+/// count comes from SQLite page statistics in milliseconds.
+async fn estimate_documents(db: &mongodb::Database, coll: &str, is_ferretdb: bool) -> u64 {
+    let ns = format!("{}.{coll}", db.name());
+    if is_ferretdb {
+        match db.run_command(doc! { "collStats": coll }).await {
+            Ok(stats) => {
+                let n = match stats.get("count") {
+                    Some(Bson::Int32(n)) => i64::from(*n),
+                    Some(Bson::Int64(n)) => *n,
+                    Some(Bson::Double(n)) => *n as i64,
+                    _ => 0,
+                };
+                return u64::try_from(n).unwrap_or(0);
+            }
+            Err(e) => warn!(namespace = %ns, error = %e, "collStats failed; trying count"),
+        }
+    }
+    match db
+        .collection::<Document>(coll)
+        .estimated_document_count()
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "cannot estimate document count");
+            0
+        }
+    }
+}
+
+/// The text mongodump writes to `<coll>.metadata.json` (and into the archive prelude):
+/// canonical Extended JSON v2 of `{options?, indexes, uuid?, collectionName, type?}`,
+/// with `options` omitted when empty and `indexes` always present.
+pub fn metadata_json(
+    options: &Document,
+    indexes: &[Document],
+    uuid: Option<&str>,
+    collection_name: &str,
+    collection_type: Option<&str>,
+) -> String {
+    let mut m = serde_json::Map::new();
+    if !options.is_empty() {
+        m.insert(
+            "options".into(),
+            Bson::Document(options.clone()).into_canonical_extjson(),
+        );
+    }
+    m.insert(
+        "indexes".into(),
+        serde_json::Value::Array(
+            indexes
+                .iter()
+                .map(|i| Bson::Document(i.clone()).into_canonical_extjson())
+                .collect(),
+        ),
+    );
+    if let Some(u) = uuid.filter(|u| !u.is_empty()) {
+        m.insert("uuid".into(), u.into());
+    }
+    m.insert("collectionName".into(), collection_name.into());
+    if let Some(t) = collection_type.filter(|t| !t.is_empty()) {
+        m.insert("type".into(), t.into());
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Recomputes the CRC-64 of a namespace's documents; exposed for tests and verification.
+pub fn documents_crc(docs: &[u8]) -> u64 {
+    crate::archive::CRC64.checksum(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_json_matches_mongodump_shape() {
+        let idx = vec![
+            doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+            doc! { "v": 2, "key": { "email": 1 }, "name": "email_1", "unique": true },
+        ];
+        let s = metadata_json(
+            &Document::new(),
+            &idx,
+            Some("0123456789abcdef0123456789abcdef"),
+            "users",
+            Some("collection"),
+        );
+        assert_eq!(
+            s,
+            r#"{"indexes":[{"v":{"$numberInt":"2"},"key":{"_id":{"$numberInt":"1"}},"name":"_id_"},{"v":{"$numberInt":"2"},"key":{"email":{"$numberInt":"1"}},"name":"email_1","unique":true}],"uuid":"0123456789abcdef0123456789abcdef","collectionName":"users","type":"collection"}"#
+        );
+
+        let opts = doc! { "capped": true, "size": 4096_i64, "max": 10 };
+        let s = metadata_json(&opts, &[], None, "c", None);
+        assert_eq!(
+            s,
+            r#"{"options":{"capped":true,"size":{"$numberLong":"4096"},"max":{"$numberInt":"10"}},"indexes":[],"collectionName":"c"}"#
+        );
+        // Must parse back as canonical extended JSON.
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let b = Bson::try_from(v).unwrap();
+        let d = b.as_document().unwrap();
+        assert_eq!(
+            d.get_document("options").unwrap().get_i64("size").unwrap(),
+            4096
+        );
+    }
+
+    /// Callers spawn the dump on the runtime: its future must be `Send`.
+    #[allow(dead_code)]
+    fn dump_future_is_send(c: &Client, o: &DumpOptions, t: &CancellationToken) {
+        fn is_send<T: Send>(_: T) {}
+        let out: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
+        is_send(logical_dump(c, &[], o, out, &|_| {}, t));
+    }
+
+    #[test]
+    fn header_server_version_is_parseable_by_mongorestore() {
+        assert_eq!(archive_server_version(Some("7.0.42")), "7.0.42");
+        assert_eq!(archive_server_version(Some("8.0.1-rc0")), "8.0.1-rc0");
+        assert_eq!(archive_server_version(Some("unknown")), "0.0.0");
+        assert_eq!(archive_server_version(Some("7.0")), "0.0.0");
+        assert_eq!(archive_server_version(Some("7.x.1")), "0.0.0");
+        assert_eq!(archive_server_version(None), "0.0.0");
+    }
+
+    #[test]
+    fn options_validation() {
+        assert!(DumpOptions::default().validate().is_ok());
+        for bad in [
+            DumpOptions {
+                parallel_collections: 0,
+                ..Default::default()
+            },
+            DumpOptions {
+                segment_bytes: 0,
+                ..Default::default()
+            },
+            DumpOptions {
+                segment_bytes: MAX_BSON_SIZE + 1,
+                ..Default::default()
+            },
+            DumpOptions {
+                batch_size: 0,
+                ..Default::default()
+            },
+            DumpOptions {
+                channel_segments: 0,
+                ..Default::default()
+            },
+            DumpOptions {
+                compression: Compression::Zstd { level: 0 },
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(MongoError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

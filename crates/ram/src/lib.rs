@@ -1,0 +1,57 @@
+//! RAM identity policies for ddsvault: parsing, validation and evaluation.
+//!
+//! ddsvault speaks Alibaba Cloud's Dds API, and RAM users' access is governed
+//! by the same JSON policy language as on Alibaba Cloud (protocol.md §8):
+//!
+//! ```
+//! use ddsvault_ram::{evaluate, Decision, Policy, Request};
+//!
+//! let policy = Policy::parse(r#"{
+//!     "Version": "1",
+//!     "Statement": [
+//!         {"Effect": "Allow", "Action": "dds:Describe*", "Resource": "*"},
+//!         {"Effect": "Deny", "Action": "dds:*",
+//!          "Resource": "acs:dds:*:*:dbinstance/dds-prod-*"}
+//!     ]
+//! }"#)?;
+//! let req = Request::new("dds:DescribeBackups", "*");
+//! assert_eq!(evaluate(&[&policy], &req), Decision::Allow);
+//! let req = Request::new("dds:DescribeBackups", "acs:dds:cn-hangzhou:1:dbinstance/dds-prod-1");
+//! assert_eq!(evaluate(&[&policy], &req), Decision::ExplicitDeny);
+//! # Ok::<(), ddsvault_ram::PolicyError>(())
+//! ```
+//!
+//! Design choices, all in favour of a policy meaning exactly what it says:
+//!
+//! - **Strict validation.** Unknown elements (`Principal`, typos such as
+//!   `Actions`), duplicate elements, wrong types, malformed actions and
+//!   resources are errors with a message naming the statement and the
+//!   problem. Nothing is silently ignored, because an ignored element changes
+//!   what a policy grants without its author noticing.
+//! - **`Condition` is refused** with [`PolicyError::ConditionNotSupported`]
+//!   until conditions are implemented: dropping one would widen the
+//!   statement.
+//! - **Matching:** actions case-insensitively (ASCII), resources
+//!   case-sensitively, both with `*` (any run, including empty) and `?`
+//!   (exactly one character). The matcher is the two-pointer wildcard
+//!   algorithm, so hostile patterns cannot trigger exponential backtracking.
+//! - **Evaluation:** explicit Deny beats Allow beats implicit deny; statement
+//!   and policy order never matter.
+//!
+//! Root-account requests bypass RAM entirely; that decision belongs to the
+//! caller, not to this crate.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod detail;
+mod error;
+mod eval;
+mod glob;
+mod json;
+mod policy;
+
+pub use detail::access_denied_detail;
+pub use error::{Location, PolicyError};
+pub use eval::{evaluate, Decision, Request};
+pub use policy::{Policy, MAX_POLICY_DOCUMENT_CHARS};

@@ -1,0 +1,168 @@
+//! The repository error type.
+
+use std::ops::Range;
+
+/// Errors of the repository layer. Variants are named for what the caller has to decide;
+/// [`RepoError::is_permanent`] tells whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The object (or the manifest) does not exist.
+    #[error("object not found: {path}")]
+    NotFound {
+        /// The path that was looked up.
+        path: String,
+    },
+
+    /// A path broke the [`crate::RepoPath`] rules.
+    #[error("invalid repository path {path:?}: {reason}")]
+    InvalidPath {
+        /// The rejected path.
+        path: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+
+    /// A range read asked for bytes the object does not have.
+    #[error("range {}..{} not satisfiable for {path} (size {size})", range.start, range.end)]
+    RangeNotSatisfiable {
+        /// The object.
+        path: String,
+        /// The requested range.
+        range: Range<u64>,
+        /// The object size.
+        size: u64,
+    },
+
+    /// Stored data does not match what the manifest says (or what was expected).
+    #[error("integrity check failed for {path}: {what} expected {expected}, found {actual}")]
+    Integrity {
+        /// The file that failed the check.
+        path: String,
+        /// What was compared: `"size"` or `"sha256"`.
+        what: &'static str,
+        /// The expected value (from the manifest).
+        expected: String,
+        /// The value found in the store.
+        actual: String,
+    },
+
+    /// The manifest could not be encoded or decoded, or is not one we understand.
+    #[error("bad manifest {path}: {reason}")]
+    Manifest {
+        /// The manifest path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The operation was cancelled through a cancellation token or by
+    /// [`crate::UploadHandle::abort`]/dropping the handle.
+    #[error("operation cancelled")]
+    Cancelled,
+
+    /// The producer dropped its [`crate::UploadWriter`] without calling
+    /// [`crate::UploadWriter::close`] (it failed or panicked), so the upload was aborted and
+    /// nothing was published.
+    #[error("upload of {path} aborted: the writer was dropped without close()")]
+    WriterDropped {
+        /// The destination that was not written.
+        path: String,
+    },
+
+    /// An error from the underlying object store.
+    #[error("object store: {0}")]
+    Store(#[source] object_store::Error),
+
+    /// A local I/O error (creating the repository directory, or from the upload writer).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// An internal task failed (panicked or was lost).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RepoError {
+    /// `true` when retrying the same operation cannot succeed: missing objects, bad input,
+    /// corrupt data, cancellation, and store errors of the same kinds. Network and other
+    /// generic store errors, I/O errors and internal errors are considered transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RepoError::NotFound { .. }
+            | RepoError::InvalidPath { .. }
+            | RepoError::RangeNotSatisfiable { .. }
+            | RepoError::Integrity { .. }
+            | RepoError::Manifest { .. }
+            | RepoError::Cancelled
+            | RepoError::WriterDropped { .. } => true,
+            RepoError::Store(e) => store_error_is_permanent(e),
+            RepoError::Io(_) | RepoError::Internal(_) => false,
+        }
+    }
+
+    /// `true` for [`RepoError::NotFound`] (including a store-level not-found).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RepoError::NotFound { .. })
+            || matches!(self, RepoError::Store(object_store::Error::NotFound { .. }))
+    }
+
+    /// Maps a store error for an operation on `path`, lifting not-found into our variant.
+    pub(crate) fn from_store(path: &crate::RepoPath, e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => RepoError::NotFound {
+                path: path.to_string(),
+            },
+            other => RepoError::Store(other),
+        }
+    }
+}
+
+fn store_error_is_permanent(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::NotImplemented
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. } => true,
+        // Generic (network, 5xx, local I/O), JoinError and future variants: worth a retry.
+        _ => false,
+    }
+}
+
+impl From<object_store::Error> for RepoError {
+    fn from(e: object_store::Error) -> Self {
+        RepoError::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanence() {
+        assert!(RepoError::NotFound { path: "x".into() }.is_permanent());
+        assert!(RepoError::Cancelled.is_permanent());
+        assert!(RepoError::Integrity {
+            path: "x".into(),
+            what: "size",
+            expected: "1".into(),
+            actual: "2".into()
+        }
+        .is_permanent());
+        assert!(!RepoError::Io(std::io::Error::other("x")).is_permanent());
+        let generic = object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
+        assert!(!RepoError::Store(generic).is_permanent());
+        assert!(RepoError::Store(object_store::Error::NotImplemented).is_permanent());
+    }
+}

@@ -1,0 +1,87 @@
+//! `ddsvault-repo`: the backup repository.
+//!
+//! Every byte of backup data is read and written through [`Repository`], a thin, validated
+//! layer over an [`object_store::ObjectStore`]: a local directory today
+//! ([`Repository::local`]), S3/OSS later by configuration ([`Repository::from_store`]), memory
+//! in tests ([`Repository::memory`]). Apart from `Repository::local` (and its private store
+//! wrapper) nothing here assumes a filesystem.
+//!
+//! # Layout
+//!
+//! Defined once, in [`layout`]:
+//!
+//! ```text
+//! backups/<instance>/<backup_id>/manifest.json   commit marker, written last
+//! backups/<instance>/<backup_id>/<files…>        data files (names relative to the prefix)
+//! staging/<job_token>/<files…>                   per-job scratch space
+//! ```
+//!
+//! Paths are [`RepoPath`]s: relative, `/`-separated, validated (no `..`, `.`, empty segments,
+//! backslashes, control characters); the string is the object key verbatim. Ids coming from
+//! outside are escaped into a single segment, so no id can leave its prefix.
+//!
+//! # What is visible when
+//!
+//! | operation | local directory | S3 / OSS |
+//! |---|---|---|
+//! | [`Repository::put`] | data goes to a hidden staging file `<name>#<n>` in the same directory, then `rename(2)` replaces `<name>`: readers see the old object or the whole new one. The file and its directories are fsynced before `put` returns. | one `PUT`: the object appears whole when the request succeeds (both are strongly read-after-write consistent), or not at all. |
+//! | [`Repository::upload`] | parts are written into the staging file; completion renames it into place (then fsync). Aborting removes it. | a multipart upload: nothing is visible until `CompleteMultipartUpload`. Aborted uploads are cleaned with `AbortMultipartUpload`; uploads lost to a crash leave invisible, billed parts — configure the bucket lifecycle rule *AbortIncompleteMultipartUpload* (e.g. 1 day). |
+//! | [`Repository::rename`] | atomic `rename(2)` (replaces the target). | copy then delete: the target appears whole, the source lingers until the delete; a crash in between leaves both. Single-request copy is limited to 5 GiB. |
+//! | [`Repository::delete_prefix`] | file by file (manifests first), empty directories removed; not atomic. | object by object (manifests first); not atomic. |
+//! | [`Repository::list`] | hides staging files. | lists only completed objects. |
+//!
+//! A streaming upload is published only when the producer called [`UploadWriter::close`]
+//! *and* the consumer awaited [`UploadHandle::finish`]: a producer that fails, panics or is
+//! cancelled drops its writer unclosed, which aborts the upload, so no complete-looking object
+//! is ever published from a partial stream.
+//!
+//! # Backups are committed by their manifest
+//!
+//! A backup is complete if and only if `<prefix>/manifest.json` exists and decodes
+//! ([`Repository::read_manifest`]). Writers store every data file (directly under the backup
+//! prefix, or in staging and then renamed), then call [`Repository::write_manifest`] (an atomic
+//! `put`). Readers ignore prefixes without a manifest (a crashed or running backup).
+//! [`Repository::delete_prefix`] deletes manifests before anything else, so a half-deleted
+//! backup is never mistaken for a complete one. [`Repository::verify`] re-reads every file and checks its
+//! size and SHA-256 against the manifest.
+//!
+//! Crash caveat (local directory): the fsync follows the rename, so a power loss *during* a
+//! `put` may leave the final name with partial content (never for a `put` that returned).
+//! Because the manifest is written last, such a file belongs to an uncommitted backup, and a
+//! torn manifest fails to decode ([`RepoError::Manifest`]): both read as "not a complete
+//! backup". Staging files (`<name>#<n>`) left by a crash are invisible to every operation,
+//! including `delete_prefix`, so they stay on disk until swept by hand.
+//!
+//! One writer per backup prefix is assumed (backup ids and job tokens are unique); the
+//! repository does no locking.
+//!
+//! # CPU work
+//!
+//! Hashing never runs on the async runtime's worker threads: uploads hash in the producer's
+//! blocking thread ([`UploadWriter`]), `verify` hashes on a blocking thread fed by a bounded
+//! channel, and local file I/O goes through `object_store`'s `spawn_blocking`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod hash;
+pub mod layout;
+mod local;
+mod manifest;
+mod path;
+mod repository;
+pub mod upload;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::RepoError;
+pub use hash::sha256_hex;
+pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};
+pub use path::RepoPath;
+pub use repository::{ObjectInfo, Repository};
+pub use upload::{UploadHandle, UploadOptions, UploadWriter, UploadedObject};

@@ -1,0 +1,326 @@
+//! [`Repository`]: typed, validated access to an object store.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore, PutPayload};
+
+use crate::{layout, RepoError, RepoPath};
+
+/// Metadata of one stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Where the object is.
+    pub path: RepoPath,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time as reported by the store.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// The backup repository: every read and write of backup data goes through here.
+///
+/// Cheap to clone (an `Arc`). Backed by any [`ObjectStore`]: a local directory
+/// ([`Repository::local`]), memory ([`Repository::memory`]) or anything built by the caller,
+/// e.g. S3/OSS or a wrapper (throttling, fault injection) via [`Repository::from_store`].
+///
+/// Cancellation: every async method may be cancelled by dropping its future. Because each
+/// write publishes atomically (see the crate docs), a dropped `put`/`write_manifest` leaves
+/// either the old state or the new one, never a partial object. Long uploads additionally take
+/// a cancellation token in [`crate::UploadOptions`].
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// Root directory of a local repository: abandoned upload files (`<name>#<n>`, left by a crash) are
+    /// invisible to the store, so `delete_prefix` removes them from the filesystem itself.
+    local_root: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.store)
+    }
+}
+
+impl Repository {
+    /// A repository in the local directory `dir`, created (with parents) if missing.
+    ///
+    /// Writes are staged in a sibling file and renamed into place, then fsynced (file and
+    /// parent directories) before the call returns; see the crate docs.
+    ///
+    /// # Errors
+    /// [`RepoError::Io`] if the directory cannot be created, [`RepoError::Store`] if it cannot
+    /// be opened.
+    pub fn local(dir: &std::path::Path) -> Result<Self, RepoError> {
+        std::fs::create_dir_all(dir)?;
+        let store = crate::local::DurableLocalFs::new(dir)?;
+        Ok(Self {
+            store: Arc::new(store),
+            local_root: Some(std::fs::canonicalize(dir)?),
+        })
+    }
+
+    /// A repository over any object store (S3, OSS, a wrapper, …).
+    pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            local_root: None,
+        }
+    }
+
+    /// An empty in-memory repository, for tests.
+    pub fn memory() -> Self {
+        Self::from_store(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    /// The underlying store, for wrappers and diagnostics. Writing through it bypasses the
+    /// path rules of this type.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// `backups/<instance>/<backup_id>` (see [`crate::layout`]).
+    pub fn backup_prefix(instance_id: &str, backup_id: i64) -> RepoPath {
+        layout::backup_prefix(instance_id, backup_id)
+    }
+
+    /// `backups/<instance>`: the parent of every backup prefix of that instance.
+    pub fn instance_prefix(instance_id: &str) -> RepoPath {
+        layout::instance_prefix(instance_id)
+    }
+
+    /// `staging/<job_token>` (see [`crate::layout`]).
+    pub fn staging_prefix(job_token: &str) -> RepoPath {
+        layout::staging_prefix(job_token)
+    }
+
+    /// `<prefix>/manifest.json`.
+    pub fn manifest_path(prefix: &RepoPath) -> RepoPath {
+        layout::manifest_path(prefix)
+    }
+
+    /// Stores `bytes` at `path`, replacing any existing object. Atomic: readers see the old
+    /// object (or none) until the new one is complete, never a prefix of it.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] on store failure.
+    pub async fn put(&self, path: &RepoPath, bytes: Bytes) -> Result<(), RepoError> {
+        let location = path.to_location()?;
+        self.store
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        Ok(())
+    }
+
+    /// Reads a whole object into memory. Use [`Repository::get_stream`] for large objects.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] if there is no object at `path`.
+    pub async fn get(&self, path: &RepoPath) -> Result<Bytes, RepoError> {
+        let location = path.to_location()?;
+        let result = self
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| RepoError::from_store(path, e))
+    }
+
+    /// Reads exactly the bytes `range` of an object. An empty range returns empty bytes
+    /// without contacting the store.
+    ///
+    /// # Errors
+    /// [`RepoError::RangeNotSatisfiable`] if the range is inverted or extends past the end of
+    /// the object (backends differ: some clamp, some fail; we always fail), and
+    /// [`RepoError::NotFound`] if there is no object.
+    pub async fn get_range(&self, path: &RepoPath, range: Range<u64>) -> Result<Bytes, RepoError> {
+        if range.start > range.end {
+            return Err(RepoError::RangeNotSatisfiable {
+                path: path.to_string(),
+                range,
+                size: 0,
+            });
+        }
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        let location = path.to_location()?;
+        match self.store.get_range(&location, range.clone()).await {
+            Ok(bytes) if bytes.len() as u64 == range.end - range.start => Ok(bytes),
+            Ok(bytes) => Err(RepoError::RangeNotSatisfiable {
+                path: path.to_string(),
+                size: range.start + bytes.len() as u64,
+                range,
+            }),
+            Err(e @ object_store::Error::NotFound { .. }) => Err(RepoError::from_store(path, e)),
+            Err(e) => {
+                // Stores report "start past the end" in backend-specific ways (416, a generic
+                // local error, …). Classify it so callers see one permanent error.
+                match self.head(path).await {
+                    Ok(info) if range.end > info.size => Err(RepoError::RangeNotSatisfiable {
+                        path: path.to_string(),
+                        range,
+                        size: info.size,
+                    }),
+                    _ => Err(RepoError::from_store(path, e)),
+                }
+            }
+        }
+    }
+
+    /// Opens an object for streaming. Returns its size and a stream of its bytes.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] if there is no object; the stream yields store errors.
+    pub async fn get_stream(
+        &self,
+        path: &RepoPath,
+    ) -> Result<(u64, BoxStream<'static, Result<Bytes, RepoError>>), RepoError> {
+        let location = path.to_location()?;
+        let result = self
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        let size = result.meta.size;
+        let owned = path.clone();
+        let stream = result
+            .into_stream()
+            .map_err(move |e| RepoError::from_store(&owned, e))
+            .boxed();
+        Ok((size, stream))
+    }
+
+    /// Size and modification time of an object.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] if there is no object.
+    pub async fn head(&self, path: &RepoPath) -> Result<ObjectInfo, RepoError> {
+        let location = path.to_location()?;
+        let meta = self
+            .store
+            .head(&location)
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        Ok(ObjectInfo {
+            path: path.clone(),
+            size: meta.size,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    /// Every object under the directory `prefix` (recursively), sorted by path. An object
+    /// *at* `prefix` itself is not included. A missing prefix lists as empty.
+    ///
+    /// Objects whose key is not a valid [`RepoPath`] (written by someone else) are skipped with
+    /// a warning; [`Repository::delete_prefix`] still removes them.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] on store failure.
+    pub async fn list(&self, prefix: &RepoPath) -> Result<Vec<ObjectInfo>, RepoError> {
+        let metas = self.list_raw(prefix).await?;
+        let mut out = Vec::with_capacity(metas.len());
+        for meta in metas {
+            match RepoPath::from_location(&meta.location) {
+                Ok(path) => out.push(ObjectInfo {
+                    path,
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                }),
+                Err(e) => {
+                    tracing::warn!(location = %meta.location, error = %e, "skipping foreign object in listing")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn list_raw(&self, prefix: &RepoPath) -> Result<Vec<ObjectMeta>, RepoError> {
+        let location = prefix.to_location()?;
+        self.store
+            .list(Some(&location))
+            .try_collect()
+            .await
+            .map_err(|e| RepoError::from_store(prefix, e))
+    }
+
+    /// Deletes every object under the directory `prefix`; returns how many were deleted.
+    /// Idempotent: deleting an empty or missing prefix returns `Ok(0)`, and objects that
+    /// vanish concurrently are not errors.
+    ///
+    /// Not atomic, but ordered: every `manifest.json` under the prefix is deleted before any
+    /// other object, so a backup whose deletion fails half-way no longer looks complete.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] on store failure (retrying is safe).
+    pub async fn delete_prefix(&self, prefix: &RepoPath) -> Result<u64, RepoError> {
+        // List first, then delete: deleting while a local directory walk is in progress
+        // (with empty-directory cleanup) would be needlessly subtle.
+        let (manifests, data): (Vec<_>, Vec<_>) = self
+            .list_raw(prefix)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .partition(|l| l.filename() == Some(layout::MANIFEST_FILE));
+        let mut deleted = 0u64;
+        for batch in [manifests, data] {
+            let locations = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
+            let mut results = self.store.delete_stream(locations);
+            while let Some(r) = results.next().await {
+                match r {
+                    Ok(_) => deleted += 1,
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(RepoError::from_store(prefix, e)),
+                }
+            }
+        }
+        if let Some(root) = &self.local_root {
+            let dir = prefix.segments().fold(root.clone(), |d, seg| d.join(seg));
+            deleted +=
+                tokio::task::spawn_blocking(move || crate::local::remove_abandoned_uploads(&dir))
+                    .await
+                    .map_err(|e| RepoError::Internal(format!("remove abandoned uploads: {e}")))??;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes one object. Idempotent: a missing object is not an error.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] on store failure.
+    pub async fn delete(&self, path: &RepoPath) -> Result<(), RepoError> {
+        let location = path.to_location()?;
+        match self.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(RepoError::from_store(path, e)),
+        }
+    }
+
+    /// Moves an object, replacing `to` if it exists.
+    ///
+    /// Atomic on a local filesystem (`rename(2)`). On S3/OSS it is a server-side copy followed
+    /// by a delete: `to` appears complete (copies are atomic) but `from` may briefly coexist
+    /// with it, and a crash in between leaves both. S3's single-request copy is limited to
+    /// 5 GiB, so prefer uploading directly under the final prefix and committing with the
+    /// manifest over staging + rename for large files.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] (naming `from`) if there is no source object.
+    pub async fn rename(&self, from: &RepoPath, to: &RepoPath) -> Result<(), RepoError> {
+        let from_location = from.to_location()?;
+        let to_location = to.to_location()?;
+        self.store
+            .rename(&from_location, &to_location)
+            .await
+            .map_err(|e| RepoError::from_store(from, e))
+    }
+}

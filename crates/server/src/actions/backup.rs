@@ -1,0 +1,319 @@
+//! Backup sets and backup jobs: CreateBackup, DescribeBackups, DescribeBackupTasks.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use ddsvault_api::{ApiError, Params};
+use ddsvault_catalog::{Backup, BackupFilter, BackupStatus, JobState, NewBackupJob};
+use ddsvault_mongo::topology::TopologyKind;
+use serde_json::{json, Map, Value};
+
+use super::{dds_time, page};
+use crate::error::ActionError;
+use crate::router::ActionResult;
+use crate::state::AppState;
+
+const METHODS: [&str; 3] = ["Snapshot", "Logical", "Physical"];
+
+/// Decides the backup method from the request and what the instance is (the seed's rules):
+/// standalone → Snapshot only; cloud disks → Snapshot only; replica sets and sharded clusters on local disks
+/// choose, default Physical.
+fn choose_method(
+    requested: Option<&str>,
+    kind: TopologyKind,
+    cloud_disk: bool,
+) -> Result<&'static str, ActionError> {
+    let requested = match requested {
+        None => None,
+        Some(m) => Some(*METHODS.iter().find(|v| **v == m).ok_or_else(|| {
+            ActionError::BackupMethodNotSupported(format!(
+                "Valid values: Snapshot, Logical, Physical; got {m:?}."
+            ))
+        })?),
+    };
+    if kind == TopologyKind::Standalone {
+        return match requested {
+            None | Some("Snapshot") => Ok("Snapshot"),
+            Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
+                "The instance is a standalone server, which takes snapshot backups only; {m} is not available for it."
+            ))),
+        };
+    }
+    if cloud_disk {
+        return match requested {
+            None | Some("Snapshot") => Ok("Snapshot"),
+            Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
+                "Instances on cloud disks support only snapshot backups; {m} is not available."
+            ))),
+        };
+    }
+    Ok(requested.unwrap_or("Physical"))
+}
+
+/// `BackupRetentionPeriod`: 7–730 days or -1 (permanent); default from the instance's backup policy.
+fn retention(p: &Params, policy_default: i64) -> Result<i64, ActionError> {
+    let Some(raw) = p.get("BackupRetentionPeriod") else {
+        return Ok(policy_default);
+    };
+    let days: i64 = raw.trim().parse().map_err(|_| {
+        ActionError::InvalidRetention(format!(
+            "{raw:?} is not an integer; valid values: 7 to 730, or -1 (permanent)."
+        ))
+    })?;
+    if days == -1 || (7..=730).contains(&days) {
+        Ok(days)
+    } else {
+        Err(ActionError::InvalidRetention(format!(
+            "{days} is out of range; valid values: 7 to 730, or -1 (permanent)."
+        )))
+    }
+}
+
+pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    let inst = st.instance(id)?;
+    // Cheap parameter checks first, so a bad request never waits on the instance.
+    let requested = p.get("BackupMethod");
+    if let Some(m) = requested {
+        if !METHODS.contains(&m) {
+            return Err(ActionError::BackupMethodNotSupported(format!(
+                "Valid values: Snapshot, Logical, Physical; got {m:?}."
+            ))
+            .into());
+        }
+    }
+    let policy = st
+        .catalog
+        .get_policy(id)
+        .await
+        .map_err(ActionError::from)?
+        .unwrap_or_default();
+    let retention_days = retention(p, policy.backup_retention_period)?;
+
+    let (client, topo) = st.probe(inst).await?;
+    let method = choose_method(requested, topo.kind, inst.is_cloud_disk())?;
+    if method != "Logical" {
+        return Err(ActionError::BackupMethodNotSupported(format!(
+            "{method} backups are not implemented by this ddsvault version yet; use BackupMethod=Logical on a replica set or sharded cluster."
+        ))
+        .into());
+    }
+    let databases = tokio::time::timeout(
+        crate::state::PROBE_TIMEOUT,
+        ddsvault_mongo::topology::list_user_databases(&client),
+    )
+    .await
+    .map_err(|_| ActionError::InstanceUnreachable("listDatabases did not answer in time".into()))?
+    .map_err(|e| {
+        ActionError::InstanceUnreachable(crate::state::redact(&e.to_string(), &inst.uri))
+    })?;
+    if databases.is_empty() {
+        return Err(ActionError::NoDatabase.into());
+    }
+
+    let (job, backup) = st
+        .catalog
+        .create_backup_job(&NewBackupJob {
+            instance_id: id.to_string(),
+            method: method.to_string(),
+            mode: "Manual".into(),
+            retention_days,
+            engine_version: topo.engine_version.clone(),
+            params: json!({
+                "method": method,
+                "retention_days": retention_days,
+                "compression": st.default_compression,
+            }),
+            now: Utc::now(),
+        })
+        .await
+        .map_err(ActionError::from)?;
+    st.runner.wake();
+    let mut out = Map::new();
+    out.insert("BackupId".into(), Value::String(backup.id.to_string()));
+    out.insert("BackupJobId".into(), Value::String(job.id.to_string()));
+    Ok(out)
+}
+
+/// Parses the `yyyy-MM-ddTHH:mmZ` times of DescribeBackups (seconds tolerated).
+fn list_time(p: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(raw) = p.get(name) else {
+        return Ok(None);
+    };
+    for fmt in ["%Y-%m-%dT%H:%MZ", "%Y-%m-%dT%H:%M:%SZ"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(raw, fmt) {
+            return Ok(Some(t.and_utc()));
+        }
+    }
+    Err(ApiError::invalid_parameter(
+        name,
+        "Use the format yyyy-MM-ddTHH:mmZ (UTC).",
+    ))
+}
+
+fn opt_id(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    match p.get(name) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::invalid_parameter(name, "It must be a numeric id.")),
+    }
+}
+
+fn backup_json(b: &Backup) -> Value {
+    json!({
+        "BackupId": b.id.to_string(),
+        "BackupJobId": b.job_id.to_string(),
+        "BackupStatus": b.status.as_str(),
+        "BackupStartTime": dds_time(b.start_time),
+        "BackupEndTime": b.end_time.map(dds_time).unwrap_or_default(),
+        "BackupExpireTime": b.expire_time.map(dds_time).unwrap_or_default(),
+        "BackupSize": b.size,
+        "BackupMethod": b.method,
+        "BackupMode": b.mode,
+        "BackupType": b.backup_type,
+        "BackupDBNames": b.db_names,
+        // Download URLs come with the restore/download issue; "" is Dds' value for "not downloadable".
+        "BackupDownloadURL": "",
+        "BackupIntranetDownloadURL": "",
+        "BackupName": "",
+        "BackupScale": "",
+        "EngineVersion": b.engine_version,
+        "IsAvail": b.status == BackupStatus::Success,
+    })
+}
+
+pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let backup_id = opt_id(p, "BackupId")?;
+    let job_id = opt_id(p, "BackupJobId")?;
+    // Dds ignores the time window when a BackupId is given.
+    let (start, end) = if backup_id.is_some() {
+        (None, None)
+    } else {
+        (list_time(p, "StartTime")?, list_time(p, "EndTime")?)
+    };
+    if let (Some(s), Some(e)) = (start, end) {
+        if e <= s {
+            return Err(ApiError::invalid_parameter(
+                "EndTime",
+                "EndTime must be later than StartTime.",
+            ));
+        }
+    }
+    let pg = page(p)?;
+    let (total, backups) = st
+        .catalog
+        .list_backups(
+            &BackupFilter {
+                instance_id: Some(id.to_string()),
+                backup_id,
+                job_id,
+                start_from: start,
+                start_to: end,
+                include_running: false,
+            },
+            pg,
+        )
+        .await
+        .map_err(ActionError::from)?;
+    let mut out = Map::new();
+    out.insert(
+        "Backups".into(),
+        json!({ "Backup": backups.iter().map(backup_json).collect::<Vec<_>>() }),
+    );
+    out.insert("TotalCount".into(), json!(total));
+    out.insert("PageNumber".into(), json!(pg.number));
+    out.insert("PageSize".into(), json!(pg.size));
+    Ok(out)
+}
+
+pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let job_id = opt_id(p, "BackupJobId")?;
+    // Without a job id: the jobs still to finish. With one: that job in any state, so a caller can follow it
+    // to the end.
+    let jobs = st
+        .catalog
+        .list_jobs(id, job_id.is_none())
+        .await
+        .map_err(ActionError::from)?;
+    let items: Vec<Value> = jobs
+        .iter()
+        .filter(|j| j.kind == "backup" && job_id.is_none_or(|want| want == j.id))
+        .map(|j| {
+            let status = match j.state {
+                JobState::Pending => "Scheduled",
+                JobState::Running => "Backuping",
+                JobState::Success | JobState::Failed => "Finished",
+            };
+            json!({
+                "BackupjobId": j.id.to_string(),
+                "BackupSetStatus": status,
+                "BackupStartTime": dds_time(j.started_at.unwrap_or(j.created_at)),
+                "JobMode": j.mode,
+                "Progress": j.progress.to_string(),
+            })
+        })
+        .collect();
+    let mut out = Map::new();
+    out.insert("BackupJobs".into(), Value::Array(items));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_rules_follow_the_seed() {
+        use TopologyKind::*;
+        assert_eq!(
+            choose_method(None, ReplicaSet, false).ok(),
+            Some("Physical")
+        );
+        assert_eq!(
+            choose_method(Some("Logical"), ReplicaSet, false).ok(),
+            Some("Logical")
+        );
+        assert_eq!(
+            choose_method(Some("Logical"), Sharded, false).ok(),
+            Some("Logical")
+        );
+        assert_eq!(
+            choose_method(None, Standalone, false).ok(),
+            Some("Snapshot")
+        );
+        assert_eq!(
+            choose_method(Some("Snapshot"), Standalone, false).ok(),
+            Some("Snapshot")
+        );
+        assert!(choose_method(Some("Logical"), Standalone, false).is_err());
+        assert!(choose_method(Some("Physical"), Standalone, false).is_err());
+        assert_eq!(choose_method(None, ReplicaSet, true).ok(), Some("Snapshot"));
+        assert!(choose_method(Some("Logical"), ReplicaSet, true).is_err());
+        assert!(choose_method(Some("logical"), ReplicaSet, false).is_err());
+        assert!(choose_method(Some(""), ReplicaSet, false).is_err());
+    }
+
+    #[test]
+    fn retention_bounds() {
+        let mk = |v: &str| {
+            let mut m = std::collections::BTreeMap::new();
+            m.insert("BackupRetentionPeriod".to_string(), v.to_string());
+            Params::new(m)
+        };
+        assert_eq!(
+            retention(&Params::new(Default::default()), 30).ok(),
+            Some(30)
+        );
+        for ok in ["7", "730", "-1", "100"] {
+            assert!(retention(&mk(ok), 30).is_ok(), "{ok}");
+        }
+        for bad in ["6", "731", "0", "-2", "abc", "", "7.5"] {
+            assert!(retention(&mk(bad), 30).is_err(), "{bad}");
+        }
+    }
+}

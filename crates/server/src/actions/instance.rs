@@ -1,0 +1,156 @@
+//! Instance discovery: DescribeDBInstances, DescribeDBInstanceAttribute.
+//!
+//! Type, engine version and replica-set facts come from the server itself (`hello`, `buildInfo`), never from the
+//! configuration; an instance that does not answer shows `DBInstanceStatus = Unavailable`.
+
+use ddsvault_api::{ApiError, Params};
+use ddsvault_mongo::topology::{Topology, TopologyKind};
+use futures::future::join_all;
+use serde_json::{json, Map, Value};
+
+use super::{dds_time, page};
+use crate::router::ActionResult;
+use crate::state::{AppState, Instance};
+
+fn dds_type(kind: TopologyKind) -> &'static str {
+    match kind {
+        TopologyKind::Sharded => "sharding",
+        // Dds lists standalone instances (and anything else that is not a router) under "replicate".
+        _ => "replicate",
+    }
+}
+
+fn instance_json(st: &AppState, inst: &Instance, topo: Option<&Topology>, detailed: bool) -> Value {
+    let mut v = json!({
+        "DBInstanceId": inst.id,
+        "DBInstanceDescription": inst.description,
+        "DBInstanceType": topo.map(|t| dds_type(t.kind)).unwrap_or("replicate"),
+        "DBInstanceStatus": if topo.is_some() { "Running" } else { "Unavailable" },
+        "Engine": "MongoDB",
+        "EngineVersion": topo.map(|t| t.engine_version.clone()).unwrap_or_default(),
+        "StorageType": inst.storage_type,
+        "RegionId": st.region_id,
+        "ZoneId": "",
+        "CreationTime": dds_time(inst.created_at),
+        "ChargeType": "PostPaid",
+        "LockMode": "Unlock",
+        "ReplicationFactor": topo.map(|t| t.hosts.len().max(1).to_string()).unwrap_or_default(),
+        "DBInstanceClass": "",
+        "DBInstanceStorage": 0,
+        "NetworkType": "VPC",
+        "Tags": {"Tag": []},
+    });
+    if detailed {
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "ReplicaSetName".into(),
+                json!(topo.and_then(|t| t.set_name.clone()).unwrap_or_default()),
+            );
+            m.insert(
+                "CurrentKernelVersion".into(),
+                json!(topo.map(|t| t.server_version.clone()).unwrap_or_default()),
+            );
+            m.insert("UseClusterBackup".into(), json!(false));
+            m.insert("Encrypted".into(), json!(false));
+            let members: Vec<Value> = topo
+                .map(|t| {
+                    t.hosts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| {
+                            let (host, port) = h.rsplit_once(':').unwrap_or((h.as_str(), ""));
+                            json!({
+                                "ReplicaSetRole": if i == 0 { "Primary" } else { "Secondary" },
+                                "ConnectionDomain": host,
+                                "ConnectionPort": port,
+                                "NetworkType": "VPC",
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            m.insert("ReplicaSets".into(), json!({ "ReplicaSet": members }));
+        }
+    }
+    v
+}
+
+pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
+    let pg = page(p)?;
+    if let Some(r) = p.get("RegionId") {
+        if !r.is_empty() && r != st.region_id {
+            // Another region holds none of our instances.
+            let mut out = Map::new();
+            out.insert("DBInstances".into(), json!({"DBInstance": []}));
+            out.insert("TotalCount".into(), json!(0));
+            out.insert("PageNumber".into(), json!(pg.number));
+            out.insert("PageSize".into(), json!(pg.size));
+            return Ok(out);
+        }
+    }
+    let want_type = p
+        .get("DBInstanceType")
+        .filter(|s| !s.is_empty())
+        .unwrap_or("replicate");
+    if !["replicate", "sharding", "serverless"].contains(&want_type) {
+        return Err(ApiError::invalid_parameter(
+            "DBInstanceType",
+            "Valid values: replicate, sharding.",
+        ));
+    }
+    let want_id = p.get("DBInstanceId").filter(|s| !s.is_empty());
+    let mut candidates: Vec<&Instance> = st
+        .instances
+        .values()
+        .filter(|i| want_id.is_none_or(|w| w.split(',').any(|x| x.trim() == i.id)))
+        .collect();
+    candidates.sort_by(|a, b| a.id.cmp(&b.id));
+    let probes = join_all(candidates.iter().map(|i| st.probe(i))).await;
+    let mut rows: Vec<Value> = Vec::new();
+    for (inst, probe) in candidates.iter().zip(probes) {
+        let topo = probe.ok().map(|(_, t)| t);
+        let ty = topo
+            .as_ref()
+            .map(|t| dds_type(t.kind))
+            .unwrap_or("replicate");
+        if ty != want_type {
+            continue;
+        }
+        if let Some(s) = p.get("DBInstanceStatus").filter(|s| !s.is_empty()) {
+            let status = if topo.is_some() {
+                "Running"
+            } else {
+                "Unavailable"
+            };
+            if s != status {
+                continue;
+            }
+        }
+        rows.push(instance_json(st, inst, topo.as_ref(), false));
+    }
+    let total = rows.len();
+    let start = (pg.number as usize - 1).saturating_mul(pg.size as usize);
+    let page_rows: Vec<Value> = rows
+        .into_iter()
+        .skip(start)
+        .take(pg.size as usize)
+        .collect();
+    let mut out = Map::new();
+    out.insert("DBInstances".into(), json!({ "DBInstance": page_rows }));
+    out.insert("TotalCount".into(), json!(total));
+    out.insert("PageNumber".into(), json!(pg.number));
+    out.insert("PageSize".into(), json!(pg.size));
+    Ok(out)
+}
+
+pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    let inst = st.instance(id)?;
+    let topo = st.probe(inst).await.ok().map(|(_, t)| t);
+    let mut out = Map::new();
+    out.insert(
+        "DBInstances".into(),
+        json!({ "DBInstance": [instance_json(st, inst, topo.as_ref(), true)] }),
+    );
+    Ok(out)
+}

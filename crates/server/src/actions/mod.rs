@@ -1,0 +1,119 @@
+//! The Dds actions, one file per family. `Action` is the table of every action ddsvault knows: implemented ones
+//! dispatch to their handler; known Dds backup actions that are not implemented yet answer a documented
+//! `UnsupportedOperation` instead of pretending to succeed.
+
+mod backup;
+mod instance;
+mod policy;
+
+use ddsvault_api::{ApiError, Params};
+
+use crate::router::ActionResult;
+use crate::state::AppState;
+
+macro_rules! actions {
+    ($($name:ident),* $(,)?) => {
+        /// Every action name ddsvault recognises.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Action { $($name),* }
+
+        impl Action {
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $(stringify!($name) => Some(Action::$name),)*
+                    _ => None,
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Action::$name => stringify!($name),)*
+                }
+            }
+        }
+    };
+}
+
+actions!(
+    CreateBackup,
+    DescribeBackups,
+    DescribeBackupTasks,
+    DescribeBackupPolicy,
+    DescribeDBInstances,
+    DescribeDBInstanceAttribute,
+    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
+    RestoreDBInstance,
+    DeleteBackup,
+    ModifyBackupPolicy,
+    ModifyBackupExpireTime,
+    DescribeBackupStorage,
+    DescribeBackupDBs,
+    DescribeClusterBackups,
+    DescribeClusterRecoverTime,
+    DescribeInstanceRecoverTime,
+    DescribeRestoreDBInstanceList,
+    CheckRecoveryCondition,
+    DescribeAdvancedBackupPolicy,
+    ModifyAdvancedBackupPolicy,
+    DescribeAdvancedBackupStatus,
+    ModifyAdvancedBackupStatus,
+    TransferClusterBackup,
+    DescribeBinlogFiles,
+);
+
+impl Action {
+    /// The parameter naming the instance the action works on: its ARN is the RAM resource. Actions without one
+    /// are authorized on `*`.
+    pub fn instance_param(self) -> Option<&'static str> {
+        match self {
+            Action::DescribeBackupDBs | Action::CheckRecoveryCondition => Some("SourceDBInstance"),
+            _ => Some("DBInstanceId"),
+        }
+    }
+}
+
+pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
+    match act {
+        Action::CreateBackup => backup::create_backup(st, p).await,
+        Action::DescribeBackups => backup::describe_backups(st, p).await,
+        Action::DescribeBackupTasks => backup::describe_backup_tasks(st, p).await,
+        Action::DescribeBackupPolicy => policy::describe_backup_policy(st, p).await,
+        Action::DescribeDBInstances => instance::describe_db_instances(st, p).await,
+        Action::DescribeDBInstanceAttribute => instance::describe_db_instance_attribute(st, p).await,
+        other => Err(ApiError::new(
+            400,
+            "UnsupportedOperation",
+            format!(
+                "The action {} is not implemented by this ddsvault version yet. See the API coverage table in the README.",
+                other.name()
+            ),
+        )),
+    }
+}
+
+/// Formats a time the way Dds answers it: `yyyy-MM-ddTHH:mm:ssZ` (UTC).
+pub(crate) fn dds_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Validates `PageNumber` (≥ 1, default 1) and `PageSize` (30 | 50 | 100, default 30) as Dds does.
+pub(crate) fn page(p: &Params) -> Result<ddsvault_catalog::Page, ApiError> {
+    let number = p.opt_i64("PageNumber")?.unwrap_or(1);
+    if number < 1 || number > i64::from(u32::MAX) {
+        return Err(ApiError::invalid_parameter(
+            "PageNumber",
+            "It must be a positive integer.",
+        ));
+    }
+    let size = p.opt_i64("PageSize")?.unwrap_or(30);
+    if ![30, 50, 100].contains(&size) {
+        return Err(ApiError::invalid_parameter(
+            "PageSize",
+            "Valid values: 30, 50, 100.",
+        ));
+    }
+    Ok(ddsvault_catalog::Page {
+        number: number as u32,
+        size: size as u32,
+    })
+}

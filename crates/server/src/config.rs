@@ -1,0 +1,409 @@
+//! The configuration file (TOML). Every key is documented in the README; `README.md`'s example is loaded by a test.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Default listen address: loopback only, so a fresh start never exposes the API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_REGION: &str = "cn-hangzhou";
+pub const DEFAULT_DATA_DIR: &str = "./ddsvault-data";
+/// Alibaba accepts request timestamps within 15 minutes of its clock.
+pub const DEFAULT_SKEW_SECS: u64 = 900;
+
+/// Storage types Dds knows; the `cloud_*` ones are cloud disks, which take only snapshot backups.
+pub const STORAGE_TYPES: [&str; 5] = [
+    "local_ssd",
+    "cloud_essd1",
+    "cloud_essd2",
+    "cloud_essd3",
+    "cloud_auto",
+];
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `host:port` the API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Region reported in answers and used in resource ARNs.
+    #[serde(default = "default_region")]
+    pub region_id: String,
+    /// Account id used in ARNs and AccessDeniedDetail. Generated once and stored in the catalog when absent.
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// Holds the SQLite catalog and the local repository unless `catalog_url` / `[repository]` say otherwise.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Catalog location; default `sqlite://<data_dir>/catalog.db`.
+    #[serde(default)]
+    pub catalog_url: Option<String>,
+    /// Where backup files go.
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    /// Accepted clock difference for signed requests, in seconds (both directions).
+    #[serde(default = "default_skew")]
+    pub timestamp_skew_secs: u64,
+    /// `HostId` in error bodies; default: the listen address.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// Backup engine tuning.
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub access_keys: Vec<AccessKeyConfig>,
+    #[serde(default)]
+    pub ram_users: Vec<RamUserConfig>,
+    #[serde(default)]
+    pub ram_policies: Vec<RamPolicyConfig>,
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// `[repository]`: where backup files are kept.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Local directory; default `<data_dir>/repository`.
+    #[serde(default)]
+    pub local_path: Option<PathBuf>,
+}
+
+/// `[backup]`: how backups are made.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// `zstd` (default) or `gzip` for logical archives.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// zstd level, 1–19.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Collections dumped at once by one logical backup.
+    #[serde(default = "default_parallel")]
+    pub parallel_collections: usize,
+    /// Jobs one ddsvault process runs at once.
+    #[serde(default = "default_jobs")]
+    pub max_concurrent_jobs: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            compression: default_compression(),
+            zstd_level: default_zstd_level(),
+            parallel_collections: default_parallel(),
+            max_concurrent_jobs: default_jobs(),
+        }
+    }
+}
+
+/// `[[access_keys]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    pub id: String,
+    pub secret: String,
+    /// `root` for the account itself, otherwise the name of a `[[ram_users]]` entry.
+    pub user: String,
+}
+
+impl std::fmt::Debug for AccessKeyConfig {
+    // Secrets never reach logs, even through `{:?}` of the whole configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeyConfig")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// `[[ram_users]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamUserConfig {
+    pub name: String,
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+/// `[[ram_policies]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamPolicyConfig {
+    pub name: String,
+    /// A RAM policy document (JSON).
+    pub document: String,
+}
+
+/// `[[instances]]`: a MongoDB-wire deployment ddsvault backs up.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub id: String,
+    /// MongoDB connection string; may hold a password, so it is never logged or returned.
+    pub uri: String,
+    #[serde(default = "default_storage_type")]
+    pub storage_type: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl std::fmt::Debug for InstanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceConfig")
+            .field("id", &self.id)
+            .field("uri", &"***")
+            .field("storage_type", &self.storage_type)
+            .finish()
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_region() -> String {
+    DEFAULT_REGION.into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+fn default_skew() -> u64 {
+    DEFAULT_SKEW_SECS
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_parallel() -> usize {
+    4
+}
+fn default_jobs() -> usize {
+    2
+}
+fn default_storage_type() -> String {
+    "local_ssd".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document takes every default, so the two can never disagree.
+        match toml::from_str("") {
+            Ok(c) => c,
+            Err(_) => unreachable!("the empty configuration is valid"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML syntax, unknown keys, or a failed validation rule (message names the key).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    ///
+    /// # Errors
+    /// TOML syntax, unknown keys, or a failed validation rule.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err(format!(
+                "listen = {:?} is not an ip:port address",
+                self.listen
+            ));
+        }
+        if self.region_id.is_empty() {
+            return err("region_id must not be empty".into());
+        }
+        if let Some(a) = &self.account_id {
+            if a.is_empty() || !a.chars().all(|c| c.is_ascii_digit()) {
+                return err(format!("account_id = {a:?} must be digits"));
+            }
+        }
+        match self.backup.compression.as_str() {
+            "zstd" | "gzip" => {}
+            other => {
+                return err(format!(
+                    "backup.compression = {other:?}: expected \"zstd\" or \"gzip\""
+                ))
+            }
+        }
+        if !(1..=19).contains(&self.backup.zstd_level) {
+            return err(format!(
+                "backup.zstd_level = {} is outside 1..=19",
+                self.backup.zstd_level
+            ));
+        }
+        if self.backup.parallel_collections == 0 || self.backup.parallel_collections > 64 {
+            return err("backup.parallel_collections must be 1..=64".into());
+        }
+        if self.backup.max_concurrent_jobs == 0 || self.backup.max_concurrent_jobs > 64 {
+            return err("backup.max_concurrent_jobs must be 1..=64".into());
+        }
+        let mut policy_names = HashSet::new();
+        for p in &self.ram_policies {
+            if !policy_names.insert(p.name.as_str()) {
+                return err(format!("ram_policies: duplicate name {:?}", p.name));
+            }
+            if let Err(e) = ddsvault_ram::Policy::parse(&p.document) {
+                return err(format!("ram_policies {:?}: {e}", p.name));
+            }
+        }
+        let mut user_names = HashSet::new();
+        for u in &self.ram_users {
+            if u.name == "root" {
+                return err("ram_users: \"root\" is the account itself, not a RAM user".into());
+            }
+            if !user_names.insert(u.name.as_str()) {
+                return err(format!("ram_users: duplicate name {:?}", u.name));
+            }
+            for p in &u.policies {
+                if !policy_names.contains(p.as_str()) {
+                    return err(format!("ram_users {:?}: unknown policy {p:?}", u.name));
+                }
+            }
+        }
+        let mut key_ids = HashSet::new();
+        for k in &self.access_keys {
+            if k.id.is_empty() || k.secret.is_empty() {
+                return err("access_keys: id and secret must not be empty".into());
+            }
+            if !key_ids.insert(k.id.as_str()) {
+                return err(format!("access_keys: duplicate id {:?}", k.id));
+            }
+            if k.user != "root" && !user_names.contains(k.user.as_str()) {
+                return err(format!("access_keys {:?}: unknown user {:?}", k.id, k.user));
+            }
+        }
+        let mut instance_ids = HashSet::new();
+        for i in &self.instances {
+            if i.id.is_empty() || i.id.contains(['/', '\\']) || i.id.contains("..") {
+                return err(format!("instances: invalid id {:?}", i.id));
+            }
+            if !instance_ids.insert(i.id.as_str()) {
+                return err(format!("instances: duplicate id {:?}", i.id));
+            }
+            if !STORAGE_TYPES.contains(&i.storage_type.as_str()) {
+                return err(format!(
+                    "instances {:?}: storage_type {:?} is not one of {}",
+                    i.id,
+                    i.storage_type,
+                    STORAGE_TYPES.join(" | ")
+                ));
+            }
+            if !(i.uri.starts_with("mongodb://") || i.uri.starts_with("mongodb+srv://")) {
+                return err(format!(
+                    "instances {:?}: uri must start with mongodb:// or mongodb+srv://",
+                    i.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog URL in effect.
+    pub fn catalog_url(&self) -> String {
+        self.catalog_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("catalog.db").display()))
+    }
+
+    /// The local repository directory in effect.
+    pub fn repository_path(&self) -> PathBuf {
+        self.repository
+            .local_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("repository"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_defaults() {
+        let c = Config::parse("").expect("valid");
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.region_id, DEFAULT_REGION);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.timestamp_skew_secs, 900);
+        assert_eq!(c.backup.compression, "zstd");
+        assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
+    }
+
+    /// The example in the README must load as documented.
+    #[test]
+    fn readme_example_loads() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("<!-- config-example -->")
+            .expect("README has a config example marker");
+        let rest = &readme[start..];
+        let body_start = rest.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let body_end = rest[body_start..].find("```").expect("block end");
+        let c = Config::parse(&rest[body_start..body_start + body_end])
+            .expect("README example is valid");
+        assert_eq!(c.instances.len(), 1);
+        assert_eq!(c.instances[0].id, "dds-bp1aaaa");
+        assert_eq!(c.access_keys.len(), 2);
+        assert_eq!(c.ram_users[0].policies, vec!["BackupOnly".to_string()]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let cases = [
+            ("listen = \"nope\"", "listen"),
+            ("bogus = 1", "unknown field"),
+            ("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nstorage_type = \"floppy\"", "storage_type"),
+            ("[[instances]]\nid = \"a\"\nuri = \"http://x\"", "uri"),
+            ("[[access_keys]]\nid = \"k\"\nsecret = \"s\"\nuser = \"ghost\"", "unknown user"),
+            ("[[ram_users]]\nname = \"u\"\npolicies = [\"P\"]", "unknown policy"),
+            (
+                "[[ram_policies]]\nname = \"P\"\ndocument = '{\"Version\":\"1\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"dds:*\",\"Resource\":\"*\",\"Condition\":{\"Bool\":{\"acs:SecureTransport\":\"true\"}}}]}'",
+                "Condition",
+            ),
+            ("[backup]\ncompression = \"lz4\"", "compression"),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(text).expect_err(text);
+            assert!(
+                e.0.contains(needle),
+                "{text:?} gave {:?}, expected mention of {needle:?}",
+                e.0
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Config::parse(
+            "[[access_keys]]\nid = \"k\"\nsecret = \"TOPSECRET\"\nuser = \"root\"\n[[instances]]\nid = \"a\"\nuri = \"mongodb://u:PASSWORD@h\"",
+        )
+        .expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("TOPSECRET") && !dbg.contains("PASSWORD"),
+            "{dbg}"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! Errors of the server layer and the ONE place where every ddsvault error becomes a Dds code and HTTP status.
+//!
+//! Protocol-level codes (signatures, timestamps, …) are built by `ddsvault-api`; business codes of the Dds actions
+//! are listed here. `docs/errors.md` documents both.
+
+use ddsvault_api::ApiError;
+use ddsvault_catalog::CatalogError;
+
+/// A configuration file that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything that can go wrong while serving or starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("repository: {0}")]
+    Repo(#[from] ddsvault_repo::RepoError),
+    #[error("jobs: {0}")]
+    Jobs(#[from] ddsvault_jobs::JobError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Business errors of the Dds actions, named for what the client must do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// A parameter-level error already expressed as an API error (missing / invalid parameter).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("instance {0} not found")]
+    InstanceNotFound(String),
+    #[error("backup {0} not found")]
+    BackupNotFound(String),
+    #[error("a {kind} job ({job_id}) is already pending or running for the instance")]
+    JobExists { job_id: i64, kind: String },
+    #[error("the instance has no user database")]
+    NoDatabase,
+    #[error("backup method not supported: {0}")]
+    BackupMethodNotSupported(String),
+    #[error("invalid BackupRetentionPeriod: {0}")]
+    InvalidRetention(String),
+    /// The instance cannot be reached; the text is already free of credentials.
+    #[error("instance unreachable: {0}")]
+    InstanceUnreachable(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        to_api_error(e)
+    }
+}
+
+/// The single mapping from ddsvault errors to Dds codes and statuses.
+pub fn to_api_error(e: ActionError) -> ApiError {
+    match e {
+        ActionError::Api(a) => a,
+        ActionError::InstanceNotFound(id) => ApiError::new(
+            404,
+            "InvalidDBInstanceId.NotFound",
+            format!("The specified instance \"{id}\" is not found."),
+        ),
+        ActionError::BackupNotFound(id) => ApiError::new(
+            404,
+            "InvalidBackupId.NotFound",
+            format!("The specified backup \"{id}\" is not found."),
+        ),
+        ActionError::JobExists { job_id, kind } => ApiError::new(
+            403,
+            "OperationDenied.BackupJobExists",
+            format!(
+                "The operation is not permitted due to backup job exist. A {kind} job ({job_id}) is pending or running for this instance; try again when it has finished."
+            ),
+        ),
+        ActionError::NoDatabase => ApiError::new(
+            403,
+            "OperationDenied.NoDatabase",
+            "The operation is not permitted due to no database. The instance holds no user database to back up.",
+        ),
+        ActionError::BackupMethodNotSupported(why) => ApiError::new(
+            400,
+            "InvalidBackupMethod.ValueNotSupport",
+            format!("The specified parameter BackupMethod is not valid. {why}"),
+        ),
+        ActionError::InvalidRetention(why) => ApiError::new(
+            400,
+            "InvalidBackupRetentionPeriod.Malformed",
+            format!("The specified parameter BackupRetentionPeriod is not valid. {why}"),
+        ),
+        ActionError::InstanceUnreachable(why) => ApiError::new(
+            403,
+            "OperationDenied.DBInstanceStatus",
+            format!("The operation is not permitted due to status of instance. The instance cannot be reached: {why}"),
+        ),
+        ActionError::Catalog(CatalogError::ActiveJobExists { job_id, kind }) => {
+            to_api_error(ActionError::JobExists { job_id, kind })
+        }
+        ActionError::Catalog(c) => ApiError::internal(c.to_string()),
+        ActionError::Internal(m) => ApiError::internal(m),
+    }
+}

@@ -1,0 +1,196 @@
+//! Shared state of a running server: what every request handler may read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ddsvault_api::{ApiError, KeyState, MemoryNonceStore, Secret, SecretLookup};
+use ddsvault_catalog::{AccessKeyRecord, Catalog};
+use ddsvault_jobs::Runner;
+use ddsvault_mongo::topology::Topology;
+use ddsvault_ram::Policy;
+use tokio::sync::Mutex;
+
+use crate::error::ActionError;
+
+/// The account itself; never evaluated against RAM policies.
+pub const ROOT_USER: &str = "root";
+
+/// How long to wait for an instance to answer before calling it unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// AccessKeys known to this process, loaded from the catalog at start.
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    keys: RwLock<HashMap<String, AccessKeyRecord>>,
+}
+
+impl KeyStore {
+    pub fn new(records: Vec<AccessKeyRecord>) -> Self {
+        Self {
+            keys: RwLock::new(records.into_iter().map(|r| (r.id.clone(), r)).collect()),
+        }
+    }
+
+    /// The user an AccessKey belongs to.
+    pub fn user_of(&self, id: &str) -> Option<String> {
+        self.keys
+            .read()
+            .ok()
+            .and_then(|k| k.get(id).map(|r| r.user.clone()))
+    }
+}
+
+impl SecretLookup for KeyStore {
+    fn secret(&self, access_key_id: &str) -> Result<Option<KeyState>, ApiError> {
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| ApiError::internal("access key store lock poisoned"))?;
+        Ok(keys.get(access_key_id).map(|r| {
+            if r.active {
+                KeyState::Active(Secret::new(r.secret.clone()))
+            } else {
+                KeyState::Inactive
+            }
+        }))
+    }
+}
+
+/// An instance as configured, plus its first-registration time.
+#[derive(Clone)]
+pub struct Instance {
+    pub id: String,
+    pub uri: String,
+    pub storage_type: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Instance {
+    /// Cloud disks take snapshot backups only (seed: "Instances that use disks support only snapshot backups").
+    pub fn is_cloud_disk(&self) -> bool {
+        self.storage_type.starts_with("cloud_")
+    }
+}
+
+/// Everything a request handler can reach.
+pub struct AppState {
+    pub region_id: String,
+    pub account_id: String,
+    pub host_id: String,
+    pub skew: chrono::Duration,
+    pub catalog: Catalog,
+    pub keys: KeyStore,
+    pub nonces: MemoryNonceStore,
+    /// RAM user → attached policies.
+    pub ram_users: HashMap<String, Vec<Arc<Policy>>>,
+    pub instances: HashMap<String, Instance>,
+    pub runner: Arc<Runner>,
+    pub default_compression: String,
+    /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
+    clients: Mutex<HashMap<String, mongodb::Client>>,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        region_id: String,
+        account_id: String,
+        host_id: String,
+        skew: chrono::Duration,
+        catalog: Catalog,
+        keys: KeyStore,
+        ram_users: HashMap<String, Vec<Arc<Policy>>>,
+        instances: HashMap<String, Instance>,
+        runner: Arc<Runner>,
+        default_compression: String,
+    ) -> Self {
+        Self {
+            region_id,
+            account_id,
+            host_id,
+            skew,
+            catalog,
+            keys,
+            nonces: MemoryNonceStore::new(),
+            ram_users,
+            instances,
+            runner,
+            default_compression,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ARN of an instance, as RAM policies name it.
+    pub fn instance_arn(&self, id: &str) -> String {
+        format!(
+            "acs:dds:{}:{}:dbinstance/{}",
+            self.region_id, self.account_id, id
+        )
+    }
+
+    /// A configured instance, or the Dds not-found error.
+    pub fn instance(&self, id: &str) -> Result<&Instance, ActionError> {
+        self.instances
+            .get(id)
+            .ok_or_else(|| ActionError::InstanceNotFound(id.to_string()))
+    }
+
+    async fn client(&self, inst: &Instance) -> Result<mongodb::Client, ActionError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&inst.id) {
+            return Ok(c.clone());
+        }
+        let c = ddsvault_mongo::topology::connect(&inst.uri)
+            .await
+            .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
+        clients.insert(inst.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Asks the server what it is (topology comes from the server, never from the configuration).
+    pub async fn probe(&self, inst: &Instance) -> Result<(mongodb::Client, Topology), ActionError> {
+        let client = self.client(inst).await?;
+        let topo = tokio::time::timeout(PROBE_TIMEOUT, ddsvault_mongo::topology::discover(&client))
+            .await
+            .map_err(|_| {
+                ActionError::InstanceUnreachable(format!(
+                    "no answer within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
+        Ok((client, topo))
+    }
+}
+
+/// Removes the password of `uri` (and the whole URI) from a message before it can reach a client or a log.
+pub fn redact(message: &str, uri: &str) -> String {
+    let mut out = message.replace(uri, "<instance uri>");
+    if let Some(rest) = uri.split("://").nth(1) {
+        if let Some((userinfo, _)) = rest.split_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                if !password.is_empty() {
+                    out = out.replace(password, "***");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_removes_password_and_uri() {
+        let uri = "mongodb://admin:s3cr3t@db:27017/?authSource=admin";
+        let msg = format!("failed to parse {uri}; auth with s3cr3t failed");
+        let r = redact(&msg, uri);
+        assert!(!r.contains("s3cr3t"), "{r}");
+        assert!(r.contains("<instance uri>"), "{r}");
+    }
+}

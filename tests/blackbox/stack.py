@@ -1,0 +1,216 @@
+"""Helpers for the black-box tests: locate the stack installed by scripts/setup-stack.sh and
+run throwaway FerretDB (SQLite backend) servers.
+
+Only the standard library and pymongo are used.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+# Same resolution as scripts/setup-stack.sh: $STACK_DIR or <repo>/.stack
+STACK_DIR = Path(os.environ.get("STACK_DIR") or (REPO_DIR / ".stack")).resolve()
+
+OPLOG_SIZE = 536870912
+
+
+def bin(name: str) -> str:  # noqa: A001 - the name is part of the fixture API
+    """Absolute path of a binary installed by setup-stack.sh ($STACK_DIR/bin/<name>)."""
+    return str(STACK_DIR / "bin" / name)
+
+
+def has_bin(name: str) -> bool:
+    p = STACK_DIR / "bin" / name
+    return p.is_file() and os.access(p, os.X_OK)
+
+
+def mongo_tools_unavailable_reason() -> Optional[str]:
+    """None if mongodump and mongorestore are installed, otherwise why they are not."""
+    if has_bin("mongodump") and has_bin("mongorestore"):
+        return None
+    mark = STACK_DIR / "mongo-tools.unavailable"
+    detail = mark.read_text(errors="replace").strip() if mark.is_file() else "run scripts/setup-stack.sh"
+    return f"mongodump/mongorestore not installed in {STACK_DIR / 'bin'}: {detail}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+
+
+class _PortInUse(RuntimeError):
+    pass
+
+
+class FerretDB:
+    """A FerretDB v1.24 process with the SQLite backend, listening on 127.0.0.1:<free port>.
+
+    Usable as a context manager or started by the constructor and stopped with stop():
+
+        with FerretDB(tmp_path / "src", repl_set_name="rs0", create_oplog=True) as f:
+            f.client().db.c.insert_one({"a": 1})
+
+    Layout under `tmpdir`: data/ (SQLite files, `<db>.sqlite`), state/ (state.json) and
+    ferretdb.log (stdout+stderr).
+    """
+
+    START_TIMEOUT = 30.0
+
+    def __init__(self, tmpdir, repl_set_name: Optional[str] = None, create_oplog: bool = False,
+                 port: Optional[int] = None, log_level: str = "warn", extra_args=()):
+        self.dir = Path(tmpdir).resolve()
+        self.data_dir = self.dir / "data"
+        self.state_dir = self.dir / "state"
+        self.log_path = self.dir / "ferretdb.log"
+        self.repl_set_name = repl_set_name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: Optional[subprocess.Popen] = None
+        self._clients = []
+        self._log_level = log_level
+        self._extra_args = list(extra_args)
+        self._set_port(port or free_port())
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except _PortInUse:
+                if port is not None or attempt == 2:
+                    raise
+                self._set_port(free_port())  # lost the race for the port: pick another
+        if create_oplog:
+            self.create_oplog()
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
+        self.uri = f"mongodb://127.0.0.1:{port}/"
+        self.args = [
+            bin("ferretdb"),
+            "--handler=sqlite",
+            f"--sqlite-url=file:{self.data_dir}/",
+            f"--listen-addr=127.0.0.1:{port}",
+            f"--state-dir={self.state_dir}",
+            "--telemetry=disable",
+            "--debug-addr=-",
+            f"--log-level={self._log_level}",
+        ]
+        if self.repl_set_name:
+            self.args.append(f"--repl-set-name={self.repl_set_name}")
+        self.args.extend(self._extra_args)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "FerretDB":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if not has_bin("ferretdb"):
+            raise RuntimeError(f"{bin('ferretdb')} not found: run scripts/setup-stack.sh")
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.dir)
+        finally:
+            log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        import pymongo
+        from pymongo.errors import PyMongoError
+
+        deadline = time.monotonic() + self.START_TIMEOUT
+        last_err: Optional[BaseException] = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = _PortInUse if "address already in use" in _tail(self.log_path, 5) else RuntimeError
+                raise err(
+                    f"ferretdb exited with code {self.proc.returncode} during startup\n"
+                    f"command: {' '.join(self.args)}\nlog tail ({self.log_path}):\n{_tail(self.log_path)}")
+            c = pymongo.MongoClient(self.uri, directConnection=True, serverSelectionTimeoutMS=500,
+                                    connectTimeoutMS=500)
+            try:
+                c.admin.command("ping")
+                return
+            except PyMongoError as e:
+                last_err = e
+            finally:
+                c.close()
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"ferretdb did not answer ping on {self.uri} within {self.START_TIMEOUT}s ({last_err!r})\n"
+            f"command: {' '.join(self.args)}\nlog tail ({self.log_path}):\n{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for c in self._clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._clients = []
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout)
+
+    def restart(self) -> "FerretDB":
+        """Stop and start again on the same port and data (FerretDB reads the DB list at startup)."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "FerretDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # best effort: never leave a server behind
+        try:
+            self.stop(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, **kwargs):
+        """A pymongo MongoClient (directConnection=True), closed by stop()."""
+        import pymongo
+
+        kwargs.setdefault("directConnection", True)
+        kwargs.setdefault("serverSelectionTimeoutMS", 5000)
+        c = pymongo.MongoClient(self.uri, **kwargs)
+        self._clients.append(c)
+        return c
+
+    def create_oplog(self, size: int = OPLOG_SIZE) -> None:
+        """Create the capped local.oplog.rs that turns on FerretDB's oplog emulation."""
+        c = self.client()
+        if "oplog.rs" not in c.local.list_collection_names():
+            c.local.create_collection("oplog.rs", capped=True, size=size)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    def __repr__(self) -> str:
+        return f"FerretDB(uri={self.uri!r}, data_dir={str(self.data_dir)!r}, running={self.running})"

@@ -199,6 +199,41 @@ impl Repository {
         Ok((size, stream))
     }
 
+    /// Streams the bytes `range` of an object (for HTTP range requests), without buffering it.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] if there is no object; [`RepoError::RangeNotSatisfiable`] if the range is empty,
+    /// inverted or past the end.
+    pub async fn get_range_stream(
+        &self,
+        path: &RepoPath,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes, RepoError>>, RepoError> {
+        let size = self.head(path).await?.size;
+        if range.start >= range.end || range.end > size {
+            return Err(RepoError::RangeNotSatisfiable {
+                path: path.to_string(),
+                range: range.clone(),
+                size,
+            });
+        }
+        let location = path.to_location()?;
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&location, options)
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        let owned = path.clone();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| RepoError::from_store(&owned, e))
+            .boxed())
+    }
+
     /// Size and modification time of an object.
     ///
     /// # Errors

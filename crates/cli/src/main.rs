@@ -33,6 +33,24 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Copies a backup's archive out of the repository, verified against its manifest.
+    Download {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The BackupId shown by DescribeBackups.
+        #[arg(long)]
+        backup_id: i64,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
 }
 
 fn init_logging() {
@@ -77,10 +95,7 @@ async fn serve(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut cfg = match &config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let mut cfg = load_config(config.as_ref())?;
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -120,5 +135,21 @@ fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
         } => rt.block_on(serve(config, listen, data_dir)),
+        Command::Download {
+            config,
+            backup_id,
+            output,
+        } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            let d = ddsvault_server::offline::download(&cfg, backup_id, &output).await?;
+            println!(
+                "{}: {} ({} bytes, sha256 {}, verified against the manifest)",
+                output.display(),
+                d.file,
+                d.size,
+                d.sha256
+            );
+            Ok(())
+        }),
     }
 }

@@ -63,6 +63,17 @@ pub enum MongoError {
         source: std::io::Error,
     },
 
+    /// A restore target already holds collections the restore would create; nothing was
+    /// written. Restore with `drop` to replace them.
+    #[error(
+        "the target already has {}; restore with drop to replace them",
+        namespaces_list(.namespaces)
+    )]
+    TargetExists {
+        /// The existing namespaces (`db.collection`), in archive order.
+        namespaces: Vec<String>,
+    },
+
     /// The operation was cancelled through its cancellation token.
     #[error("operation cancelled")]
     Cancelled,
@@ -88,6 +99,7 @@ impl MongoError {
             | MongoError::Protocol { .. }
             | MongoError::Unsupported(_)
             | MongoError::InvalidArgument(_)
+            | MongoError::TargetExists { .. }
             | MongoError::Cancelled
             | MongoError::Internal(_) => true,
         }
@@ -115,6 +127,15 @@ impl MongoError {
             source,
         }
     }
+}
+
+fn namespaces_list(ns: &[String]) -> String {
+    let noun = if ns.len() == 1 {
+        "collection"
+    } else {
+        "collections"
+    };
+    format!("{noun} {}", ns.join(", "))
 }
 
 fn is_transient_driver_error(e: &mongodb::error::Error) -> bool {

@@ -5,12 +5,14 @@
 //!   (byte-compatible with mongo-tools `mongodump --archive` / `mongorestore --archive`).
 //! * [`topology`]: connecting with fast failure, and `hello`/`buildInfo` discovery.
 //! * [`logical`]: streaming logical dumps into an archive with bounded memory.
+//! * [`restore`]: verifying archives and restoring them into a server (logical restore).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod archive;
 mod error;
 pub mod logical;
+pub mod restore;
 pub mod topology;
 
 pub use error::{MongoError, Result};

@@ -51,6 +51,12 @@ pub struct Config {
     /// `HostId` in error bodies; default: the listen address.
     #[serde(default)]
     pub host_id: Option<String>,
+    /// Base URL put in `BackupDownloadURL` (e.g. `https://backup.example.com`); default `http://<listen address>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Lifetime of download URLs, in seconds.
+    #[serde(default = "default_url_ttl")]
+    pub download_url_ttl_secs: u64,
     /// Backup engine tuning.
     #[serde(default)]
     pub backup: BackupConfig,
@@ -175,6 +181,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_skew() -> u64 {
     DEFAULT_SKEW_SECS
+}
+fn default_url_ttl() -> u64 {
+    3600
 }
 fn default_compression() -> String {
     "zstd".into()

@@ -6,7 +6,9 @@
 
 mod actions;
 pub mod config;
+mod download;
 pub mod error;
+pub mod offline;
 mod router;
 mod state;
 
@@ -46,10 +48,25 @@ pub struct Prepared {
     state: Arc<AppState>,
     tasks: Tasks,
     listen: String,
+    public_url: Option<String>,
     /// Set when this start created the root AccessKey.
     pub created_root_key: Option<CreatedRootKey>,
     /// The root AccessKeyId in effect (generated or configured).
     pub root_key_id: Option<String>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill(buf.as_mut_slice());
+    hex::encode(buf)
+}
+
+fn hex_decode_or_regenerate(s: &str) -> Vec<u8> {
+    // A damaged setting must not disable downloads silently with an empty key.
+    match hex::decode(s) {
+        Ok(k) if k.len() >= 16 => k,
+        _ => hex::decode(random_hex(32)).unwrap_or_default(),
+    }
 }
 
 fn random_string(len: usize) -> String {
@@ -203,6 +220,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         );
     }
 
+    // The key of download URLs lives in the catalog so every process sharing it signs and verifies alike.
+    let download_key = hex_decode_or_regenerate(
+        &catalog
+            .init_setting("download_url_key", &random_hex(32))
+            .await?,
+    );
     let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
     let state = Arc::new(AppState::new(
         cfg.region_id.clone(),
@@ -210,6 +233,11 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         cfg.host_id.clone().unwrap_or_else(|| cfg.listen.clone()),
         skew,
         catalog,
+        repo,
+        download::UrlSigner::new(
+            download_key,
+            i64::try_from(cfg.download_url_ttl_secs).unwrap_or(3600),
+        ),
         KeyStore::new(keys),
         ram_users,
         instances,
@@ -221,6 +249,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         state,
         tasks: Tasks::new(),
         listen: cfg.listen.clone(),
+        public_url: cfg.public_url.clone(),
         created_root_key,
         root_key_id,
     })
@@ -245,6 +274,14 @@ impl Prepared {
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         on_listening(addr);
+        let base = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let _ = self
+            .state
+            .public_base
+            .set(base.trim_end_matches('/').to_string());
 
         let runner = Arc::clone(&self.state.runner);
         let tasks = self.tasks.clone();

@@ -33,6 +33,10 @@ pub type ActionResult = Result<Map<String, Value>, ApiError>;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", any(handle))
+        .route(
+            "/download/{backup_id}/{file}",
+            axum::routing::get(crate::download::serve_download),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

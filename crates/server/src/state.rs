@@ -10,6 +10,7 @@ use ddsvault_catalog::{AccessKeyRecord, Catalog};
 use ddsvault_jobs::Runner;
 use ddsvault_mongo::topology::Topology;
 use ddsvault_ram::Policy;
+use ddsvault_repo::Repository;
 use tokio::sync::Mutex;
 
 use crate::error::ActionError;
@@ -82,6 +83,10 @@ pub struct AppState {
     pub host_id: String,
     pub skew: chrono::Duration,
     pub catalog: Catalog,
+    pub repo: Repository,
+    pub downloads: crate::download::UrlSigner,
+    /// Base of download URLs: `public_url` from the configuration, else `http://<bound address>`.
+    pub public_base: std::sync::OnceLock<String>,
     pub keys: KeyStore,
     pub nonces: MemoryNonceStore,
     /// RAM user → attached policies.
@@ -101,6 +106,8 @@ impl AppState {
         host_id: String,
         skew: chrono::Duration,
         catalog: Catalog,
+        repo: Repository,
+        downloads: crate::download::UrlSigner,
         keys: KeyStore,
         ram_users: HashMap<String, Vec<Arc<Policy>>>,
         instances: HashMap<String, Instance>,
@@ -113,6 +120,9 @@ impl AppState {
             host_id,
             skew,
             catalog,
+            repo,
+            downloads,
+            public_base: std::sync::OnceLock::new(),
             keys,
             nonces: MemoryNonceStore::new(),
             ram_users,

@@ -3,13 +3,13 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::{Backup, BackupFilter, BackupStatus, JobState, NewBackupJob};
-use ddsvault_mongo::topology::TopologyKind;
+use ddsvault_mongo::topology::{list_user_databases, Topology, TopologyKind};
 use serde_json::{json, Map, Value};
 
 use super::{dds_time, page};
 use crate::error::ActionError;
 use crate::router::ActionResult;
-use crate::state::AppState;
+use crate::state::{redact, AppState, Instance, PROBE_TIMEOUT};
 
 const METHODS: [&str; 3] = ["Snapshot", "Logical", "Physical"];
 
@@ -88,7 +88,19 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         .unwrap_or_default();
     let retention_days = retention(p, policy.backup_retention_period)?;
 
-    let (client, topo) = st.probe(inst).await?;
+    // Fast path for the common refusal: an active job is visible in the catalog without asking the instance.
+    // The unique index in the catalog still decides races between concurrent calls.
+    refuse_if_active(st, id).await?;
+    let (topo, databases) = match inspect(st, inst).await {
+        Ok(found) => found,
+        // A job that started meanwhile keeps the instance busy (a dump can slow its answers down): that, not
+        // the slowness, is the reason to give.
+        Err(e @ ActionError::InstanceUnreachable(_)) => {
+            refuse_if_active(st, id).await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let method = choose_method(requested, topo.kind, inst.is_cloud_disk())?;
     if method != "Logical" {
         return Err(ActionError::BackupMethodNotSupported(format!(
@@ -96,15 +108,6 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         ))
         .into());
     }
-    let databases = tokio::time::timeout(
-        crate::state::PROBE_TIMEOUT,
-        ddsvault_mongo::topology::list_user_databases(&client),
-    )
-    .await
-    .map_err(|_| ActionError::InstanceUnreachable("listDatabases did not answer in time".into()))?
-    .map_err(|e| {
-        ActionError::InstanceUnreachable(crate::state::redact(&e.to_string(), &inst.uri))
-    })?;
     if databases.is_empty() {
         return Err(ActionError::NoDatabase.into());
     }
@@ -131,6 +134,28 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     out.insert("BackupId".into(), Value::String(backup.id.to_string()));
     out.insert("BackupJobId".into(), Value::String(job.id.to_string()));
     Ok(out)
+}
+
+async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
+    match st.catalog.list_jobs(id, true).await?.first() {
+        Some(active) => Err(ActionError::JobExists {
+            job_id: active.id,
+            kind: active.kind.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What the server is and which user databases it holds, within the probe timeout.
+async fn inspect(st: &AppState, inst: &Instance) -> Result<(Topology, Vec<String>), ActionError> {
+    let (client, topo) = st.probe(inst).await?;
+    let databases = tokio::time::timeout(PROBE_TIMEOUT, list_user_databases(&client))
+        .await
+        .map_err(|_| {
+            ActionError::InstanceUnreachable("listDatabases did not answer in time".into())
+        })?
+        .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
+    Ok((topo, databases))
 }
 
 /// Parses the `yyyy-MM-ddTHH:mmZ` times of DescribeBackups (seconds tolerated).
@@ -160,7 +185,12 @@ fn opt_id(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn backup_json(b: &Backup) -> Value {
+fn backup_json(st: &AppState, b: &Backup) -> Value {
+    let url = st
+        .public_base
+        .get()
+        .map(|base| st.downloads.url_for(base, b))
+        .unwrap_or_default();
     json!({
         "BackupId": b.id.to_string(),
         "BackupJobId": b.job_id.to_string(),
@@ -173,9 +203,9 @@ fn backup_json(b: &Backup) -> Value {
         "BackupMode": b.mode,
         "BackupType": b.backup_type,
         "BackupDBNames": b.db_names,
-        // Download URLs come with the restore/download issue; "" is Dds' value for "not downloadable".
-        "BackupDownloadURL": "",
-        "BackupIntranetDownloadURL": "",
+        // One address serves both networks here; "" (Dds' "not downloadable") for failed backups.
+        "BackupDownloadURL": url,
+        "BackupIntranetDownloadURL": url,
         "BackupName": "",
         "BackupScale": "",
         "EngineVersion": b.engine_version,
@@ -221,7 +251,7 @@ pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
     let mut out = Map::new();
     out.insert(
         "Backups".into(),
-        json!({ "Backup": backups.iter().map(backup_json).collect::<Vec<_>>() }),
+        json!({ "Backup": backups.iter().map(|b| backup_json(st, b)).collect::<Vec<_>>() }),
     );
     out.insert("TotalCount".into(), json!(total));
     out.insert("PageNumber".into(), json!(pg.number));

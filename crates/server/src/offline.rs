@@ -1,0 +1,101 @@
+//! Commands that work on the catalog and repository directly, without a running server (`ddsvault download`,
+//! `ddsvault verify`). They open the same catalog and repository the server uses, so they work beside it.
+
+use std::io::Write;
+use std::path::Path;
+
+use ddsvault_catalog::{Backup, BackupStatus, Catalog};
+use ddsvault_repo::{RepoPath, Repository};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::{Config, ConfigError, ServerError};
+
+/// What `download` wrote.
+#[derive(Debug)]
+pub struct Downloaded {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+async fn open(cfg: &Config) -> Result<(Catalog, Repository), ServerError> {
+    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let repo = Repository::local(&cfg.repository_path())?;
+    Ok((catalog, repo))
+}
+
+async fn finished_backup(catalog: &Catalog, backup_id: i64) -> Result<Backup, ServerError> {
+    match catalog.get_backup(backup_id).await? {
+        Some(b) if b.status == BackupStatus::Success => Ok(b),
+        Some(b) => Err(ConfigError(format!(
+            "backup {backup_id} is {} and has nothing to download",
+            b.status.as_str()
+        ))
+        .into()),
+        None => Err(ConfigError(format!("backup {backup_id} does not exist")).into()),
+    }
+}
+
+/// Copies the archive of a backup to `out`, checking its size and SHA-256 against the manifest as it goes. The
+/// file is written under a temporary name and renamed only once it is verified.
+///
+/// # Errors
+/// Unknown or unfinished backup, repository errors, a checksum mismatch (the partial file is removed).
+pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downloaded, ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = repo.read_manifest(&prefix).await?.ok_or_else(|| {
+        ConfigError(format!(
+            "backup {backup_id} has no manifest in the repository"
+        ))
+    })?;
+    let file = backup
+        .details
+        .get("archive")
+        .and_then(|v| v.as_str())
+        .unwrap_or("archive.zst")
+        .to_string();
+    let expected = manifest
+        .files
+        .iter()
+        .find(|f| f.name == file)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "manifest of backup {backup_id} does not list {file}"
+            ))
+        })?;
+    let (size, mut stream) = repo.get_stream(&prefix.join(&file)?).await?;
+    let tmp = out.with_extension("partial");
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(&tmp)
+            .map_err(|e| ConfigError(format!("create {}: {e}", tmp.display())))?,
+    );
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        written += chunk.len() as u64;
+        w.write_all(&chunk).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    let sha256 = hex::encode(hasher.finalize());
+    if written != expected.size || size != expected.size || sha256 != expected.sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ConfigError(format!(
+            "backup {backup_id} file {file} is corrupt: manifest says {} bytes sha256 {}, repository gave {written} bytes sha256 {sha256}",
+            expected.size, expected.sha256
+        ))
+        .into());
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| ConfigError(format!("rename to {}: {e}", out.display())))?;
+    Ok(Downloaded {
+        file,
+        size: written,
+        sha256,
+    })
+}

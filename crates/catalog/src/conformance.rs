@@ -7,7 +7,7 @@ use chrono::{Duration, TimeZone, Utc};
 
 use crate::{
     BackupCompletion, BackupFilter, BackupPolicy, BackupStatus, Catalog, CatalogError, JobState,
-    NewBackupJob, Page,
+    NewBackupJob, NewJob, Page,
 };
 
 fn new_job(instance: &str, secs: i64) -> NewBackupJob {
@@ -33,6 +33,60 @@ pub async fn run_all(cat: Catalog) {
     one_active_job_under_concurrency(&cat).await;
     recovery(&cat).await;
     listing(&cat).await;
+    restore_jobs(&cat).await;
+}
+
+async fn restore_jobs(cat: &Catalog) {
+    let now = Utc::now();
+    while let Some(j) = cat.claim_next_job("drain", now).await.expect("claim") {
+        cat.fail_job(j.id, "drained", now).await.expect("fail");
+    }
+    let new = NewJob {
+        kind: "restore".into(),
+        instance_id: "dds-restore".into(),
+        backup_id: Some(42),
+        mode: "Manual".into(),
+        params: serde_json::json!({"drop": true}),
+        now,
+    };
+    let job = cat.create_job(&new).await.expect("create restore job");
+    assert_eq!(
+        (job.kind.as_str(), job.backup_id, job.state),
+        ("restore", Some(42), JobState::Pending)
+    );
+    // A restore and a backup of the same instance never run at once, whichever came first.
+    match cat.create_backup_job(&new_job("dds-restore", 0)).await {
+        Err(CatalogError::ActiveJobExists { job_id, kind }) => {
+            assert_eq!((job_id, kind.as_str()), (job.id, "restore"))
+        }
+        other => panic!("expected ActiveJobExists, got {other:?}"),
+    }
+    match cat.create_job(&new).await {
+        Err(CatalogError::ActiveJobExists { kind, .. }) => assert_eq!(kind, "restore"),
+        other => panic!("expected ActiveJobExists, got {other:?}"),
+    }
+    let claimed = cat
+        .claim_next_job("node-r", now)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, job.id);
+    let result = serde_json::json!({"documents": 7});
+    assert!(matches!(
+        cat.complete_job(job.id, "other", &result, now).await,
+        Err(CatalogError::LostOwnership(_))
+    ));
+    cat.complete_job(job.id, "node-r", &result, now)
+        .await
+        .expect("complete");
+    let done = cat.get_job(job.id).await.expect("get").expect("exists");
+    assert_eq!((done.state, done.result), (JobState::Success, result));
+    // The backup can go ahead now.
+    let (b, _) = cat
+        .create_backup_job(&new_job("dds-restore", 1))
+        .await
+        .expect("backup after restore");
+    assert_eq!(b.result, serde_json::Value::Null);
 }
 
 async fn settings(cat: &Catalog) {

@@ -56,6 +56,19 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
     async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError>;
+    /// Creates a pending job of another kind than backup (e.g. a restore).
+    ///
+    /// # Errors
+    /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
+    async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError>;
+    /// Marks a running non-backup job Success with its result.
+    async fn complete_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        result: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
     /// Claims the oldest pending job for `owner`, moving it to Running.
     async fn claim_next_job(
         &self,

@@ -123,6 +123,8 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     pub owner: Option<String>,
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// What a finished job produced (e.g. a restore summary); `Null` until then.
+    pub result: serde_json::Value,
 }
 
 /// Status of a backup set as DescribeBackups shows it; `Running` sets are not listed.
@@ -188,6 +190,20 @@ pub struct NewBackupJob {
     pub mode: String,
     pub retention_days: i64,
     pub engine_version: String,
+    pub params: serde_json::Value,
+    pub now: DateTime<Utc>,
+}
+
+/// Input of [`crate::CatalogBackend::create_job`]: a job that is not a backup (a restore, …).
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// `restore`.
+    pub kind: String,
+    /// The instance the job works on (a restore's target): one active job per instance.
+    pub instance_id: String,
+    /// The backup set the job reads, if any.
+    pub backup_id: Option<i64>,
+    pub mode: String,
     pub params: serde_json::Value,
     pub now: DateTime<Utc>,
 }

@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, Backup, BackupCompletion, BackupFilter, BackupPolicy, BackupStatus,
-    CatalogBackend, CatalogError, InstanceRecord, Job, JobState, NewBackupJob, Page,
+    CatalogBackend, CatalogError, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page,
 };
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
@@ -27,7 +27,7 @@ pub struct SqliteCatalog {
 
 const JOB_COLUMNS: &str =
     "id, kind, instance_id, backup_id, state, mode, progress, error, params, created_at, \
-     started_at, finished_at, owner, heartbeat_at";
+     started_at, finished_at, owner, heartbeat_at, result";
 const BACKUP_COLUMNS: &str =
     "id, job_id, instance_id, status, method, mode, backup_type, start_time, end_time, \
      expire_time, retention_days, size, db_names, engine_version, repo_prefix, details";
@@ -122,6 +122,10 @@ fn job_from_row(r: &SqliteRow) -> Result<Job, CatalogError> {
         finished_at: opt_from_ms(r.try_get("finished_at")?)?,
         owner: r.try_get("owner")?,
         heartbeat_at: opt_from_ms(r.try_get("heartbeat_at")?)?,
+        result: match r.try_get::<Option<String>, _>("result")? {
+            Some(text) => json(&text, "job result")?,
+            None => serde_json::Value::Null,
+        },
     })
 }
 
@@ -151,6 +155,30 @@ fn backup_from_row(r: &SqliteRow) -> Result<Backup, CatalogError> {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl SqliteCatalog {
+    /// The error for an insert refused by the one-active-job index, naming the job that holds the instance.
+    async fn active_job_conflict(&self, instance_id: &str) -> CatalogError {
+        let active = sqlx::query(
+            "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
+        )
+        .bind(instance_id)
+        .fetch_optional(&self.write)
+        .await;
+        match active {
+            Ok(Some(r)) => match (r.try_get("id"), r.try_get("kind")) {
+                (Ok(job_id), Ok(kind)) => CatalogError::ActiveJobExists { job_id, kind },
+                (Err(e), _) | (_, Err(e)) => e.into(),
+            },
+            // The other job finished between our insert and this look-up; the caller may retry.
+            Ok(None) => CatalogError::ActiveJobExists {
+                job_id: 0,
+                kind: "unknown".into(),
+            },
+            Err(e) => e.into(),
+        }
+    }
 }
 
 #[async_trait]
@@ -288,23 +316,7 @@ impl CatalogBackend for SqliteCatalog {
             Ok(row) => row.try_get("id")?,
             Err(e) if is_unique_violation(&e) => {
                 drop(tx);
-                let active = sqlx::query(
-                    "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
-                )
-                .bind(&new.instance_id)
-                .fetch_optional(&self.write)
-                .await?;
-                return Err(match active {
-                    Some(r) => CatalogError::ActiveJobExists {
-                        job_id: r.try_get("id")?,
-                        kind: r.try_get("kind")?,
-                    },
-                    // The other job finished between our insert and this look-up; the caller may retry.
-                    None => CatalogError::ActiveJobExists {
-                        job_id: 0,
-                        kind: "backup".into(),
-                    },
-                });
+                return Err(self.active_job_conflict(&new.instance_id).await);
             }
             Err(e) => return Err(e.into()),
         };
@@ -343,6 +355,53 @@ impl CatalogBackend for SqliteCatalog {
         )?;
         tx.commit().await?;
         Ok((job, backup))
+    }
+
+    async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \
+             VALUES (?, ?, ?, 'Pending', ?, ?, ?) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(&new.kind)
+        .bind(&new.instance_id)
+        .bind(new.backup_id)
+        .bind(&new.mode)
+        .bind(new.params.to_string())
+        .bind(ms(new.now))
+        .fetch_one(&self.write)
+        .await;
+        match inserted {
+            Ok(row) => job_from_row(&row),
+            Err(e) if is_unique_violation(&e) => {
+                Err(self.active_job_conflict(&new.instance_id).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn complete_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        result: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ?, result = ? \
+             WHERE id = ? AND owner = ? AND state = 'Running'",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(result.to_string())
+        .bind(job_id)
+        .bind(owner)
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CatalogError::LostOwnership(job_id))
+        }
     }
 
     async fn claim_next_job(

@@ -196,7 +196,7 @@ fn compression_name(c: &Compression) -> &'static str {
 
 /// Refreshes the heartbeat until cancelled; returns only if the catalog says the job is no longer ours (or the
 /// catalog keeps failing), which must stop the dump.
-async fn heartbeat_loop(
+pub(crate) async fn heartbeat_loop(
     runner: &Runner,
     job_id: i64,
     percent: &AtomicI32,

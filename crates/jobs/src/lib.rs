@@ -6,9 +6,11 @@
 
 mod backup;
 mod error;
+mod restore;
 mod runner;
 mod tasks;
 
 pub use error::JobError;
+pub use restore::{archive_opener, compression_of};
 pub use runner::{BackupSettings, InstanceSpec, Runner};
 pub use tasks::Tasks;

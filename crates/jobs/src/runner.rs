@@ -102,8 +102,13 @@ impl Runner {
         Ok(jobs.len())
     }
 
-    /// Deletes everything a job may have written: its staging area and its (never completed) backup prefix.
+    /// Deletes everything a backup job may have written: its staging area and its (never completed) backup
+    /// prefix. Other kinds write nothing to the repository; a restore's `backup_id` names the backup it READS,
+    /// which must never be touched.
     pub(crate) async fn remove_job_files(&self, job: &Job) {
+        if job.kind != "backup" {
+            return;
+        }
         let mut prefixes = vec![Repository::staging_prefix(&staging_token(job.id))];
         if let Some(backup_id) = job.backup_id {
             prefixes.push(Repository::backup_prefix(&job.instance_id, backup_id));
@@ -162,6 +167,7 @@ impl Runner {
             tracing::info!("job started");
             let result = match job.kind.as_str() {
                 "backup" => crate::backup::run(self, &job, &cancel).await,
+                "restore" => crate::restore::run(self, &job, &cancel).await,
                 other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
             };
             self.settle(&job, result, &cancel).await;

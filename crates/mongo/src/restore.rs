@@ -887,6 +887,8 @@ struct WorkerCtx<'a> {
     done: &'a AtomicU64,
     docs_total: u64,
     progress: &'a (dyn Fn(RestoreProgress) + Send + Sync),
+    /// Set when the reader failed (or on cancellation): workers stop at the next batch.
+    abort: &'a CancellationToken,
 }
 
 async fn apply(
@@ -932,6 +934,7 @@ async fn apply(
         done: &done,
         docs_total: plan.docs_total,
         progress,
+        abort: &abort,
     };
     let build_indexes = opts.build_indexes;
     let workers = futures::future::try_join_all(
@@ -992,7 +995,12 @@ async fn run_worker(
         .collection::<RawDocumentBuf>(&w.collection);
     let mut documents = 0u64;
     loop {
-        match rx.recv().await {
+        let msg = tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => return Ok(None),
+            m = rx.recv() => m,
+        };
+        match msg {
             None => return Ok(None),
             Some(WorkerMsg::End) => break,
             Some(WorkerMsg::Batch(batch)) => {
@@ -1089,6 +1097,16 @@ struct ApplyReader {
 impl ApplyReader {
     /// Reads the archive to the end; returns the number of oplog entries seen.
     fn run(mut self, open: OpenInput) -> Result<u64, ReaderStop> {
+        let result = self.read_all(open);
+        if let Err(ReaderStop::Failed(_)) = &result {
+            // Workers stop taking batches: nothing more is written once the archive
+            // turned out unusable.
+            self.abort.cancel();
+        }
+        result
+    }
+
+    fn read_all(&mut self, open: OpenInput) -> Result<u64, ReaderStop> {
         let input = open().map_err(|e| MongoError::io("reopen the backup archive", e))?;
         let mut reader = ArchiveReader::new(input);
         match reader.next_event()? {

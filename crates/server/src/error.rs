@@ -78,6 +78,13 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             "InvalidBackupId.NotFound",
             format!("The specified backup \"{id}\" is not found."),
         ),
+        ActionError::JobExists { job_id, kind } if kind == "restore" => ApiError::new(
+            403,
+            "OperationDenied.DBInstanceStatus",
+            format!(
+                "The operation is not permitted due to status of instance. The instance is being restored (job {job_id}); try again when the restore has finished."
+            ),
+        ),
         ActionError::JobExists { job_id, kind } => ApiError::new(
             403,
             "OperationDenied.BackupJobExists",

@@ -99,3 +99,97 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
         sha256,
     })
 }
+
+/// What `verify` checked.
+#[derive(Debug)]
+pub struct Verified {
+    pub files: usize,
+    pub bytes: u64,
+    pub namespaces: usize,
+    pub documents: u64,
+}
+
+/// Re-reads a backup: every file against the manifest (size, SHA-256), then the archive's own framing and
+/// per-collection CRC-64.
+///
+/// # Errors
+/// Unknown backup, or the first problem found, naming the file or namespace.
+pub async fn verify(cfg: &Config, backup_id: i64) -> Result<Verified, ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = repo.verify(&prefix).await?;
+    let archive = backup
+        .details
+        .get("archive")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ConfigError(format!("backup {backup_id} records no archive")))?;
+    let opener = ddsvault_jobs::archive_opener(
+        repo.clone(),
+        prefix.join(archive)?,
+        ddsvault_jobs::compression_of(&backup.details),
+    );
+    let summary = tokio::task::spawn_blocking(move || {
+        let input = opener().map_err(|e| format!("open archive: {e}"))?;
+        ddsvault_mongo::restore::verify_archive(input).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ConfigError(format!("verify task: {e}")))?
+    .map_err(|e| {
+        ConfigError(format!(
+            "backup {backup_id} archive {archive} is corrupt: {e}"
+        ))
+    })?;
+    Ok(Verified {
+        files: manifest.files.len(),
+        bytes: manifest.files.iter().map(|f| f.size).sum(),
+        namespaces: summary.namespaces.len(),
+        documents: summary.documents,
+    })
+}
+
+/// Restores a logical backup straight into `to_uri` from this process (no server, no job).
+///
+/// # Errors
+/// Unknown backup, a corrupt backup (nothing written), existing target collections without `drop`, server errors.
+pub async fn restore(
+    cfg: &Config,
+    backup_id: i64,
+    to_uri: &str,
+    select: Vec<ddsvault_mongo::restore::NsSelector>,
+    drop: bool,
+) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    repo.verify(&prefix).await?;
+    let archive = backup
+        .details
+        .get("archive")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ConfigError(format!("backup {backup_id} records no archive")))?;
+    let opener = ddsvault_jobs::archive_opener(
+        repo.clone(),
+        prefix.join(archive)?,
+        ddsvault_jobs::compression_of(&backup.details),
+    );
+    let client = ddsvault_mongo::topology::connect(to_uri)
+        .await
+        .map_err(|e| ConfigError(crate::redact(&e.to_string(), to_uri)))?;
+    let opts = ddsvault_mongo::restore::RestoreOptions {
+        drop,
+        select,
+        parallel_collections: cfg.backup.parallel_collections,
+        ..Default::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    ddsvault_mongo::restore::logical_restore(&client, opener, &opts, &|_| {}, &cancel)
+        .await
+        .map_err(|e| {
+            ConfigError(format!(
+                "restore of backup {backup_id}: {}",
+                crate::redact(&e.to_string(), to_uri)
+            ))
+            .into()
+        })
+}

@@ -154,32 +154,39 @@ fn authorize(
         return Ok(());
     }
     let ram_action = format!("dds:{}", act.name());
-    let resource = act
-        .instance_param()
-        .and_then(|p| params.get(p))
+    let mut resources: Vec<String> = act
+        .instance_params()
+        .iter()
+        .filter_map(|p| params.get(p))
         .filter(|id| !id.is_empty())
         .map(|id| st.instance_arn(id))
-        .unwrap_or_else(|| "*".to_string());
+        .collect();
+    if resources.is_empty() {
+        resources.push("*".to_string());
+    }
     let policies: Vec<&ddsvault_ram::Policy> = st
         .ram_users
         .get(&user)
         .map(|ps| ps.iter().map(|p| p.as_ref()).collect())
         .unwrap_or_default();
-    let decision = evaluate(
-        &policies,
-        &RamRequest {
-            action: &ram_action,
-            resource: &resource,
-        },
-    );
-    match decision {
-        Decision::Allow => Ok(()),
-        denied => Err(ApiError::forbidden_ram(access_denied_detail(
-            denied,
-            &ram_action,
-            &resource,
-            &user,
-            &st.account_id,
-        ))),
+    // Every resource the call touches must be allowed.
+    for resource in &resources {
+        let decision = evaluate(
+            &policies,
+            &RamRequest {
+                action: &ram_action,
+                resource,
+            },
+        );
+        if decision != Decision::Allow {
+            return Err(ApiError::forbidden_ram(access_denied_detail(
+                decision,
+                &ram_action,
+                resource,
+                &user,
+                &st.account_id,
+            )));
+        }
     }
+    Ok(())
 }

@@ -963,7 +963,8 @@ fn target_exists_error_names_the_namespaces() {
     };
     assert_eq!(
         e.to_string(),
-        "the target already has collections shop.users, shop.orders; restore with drop to replace them"
+        "the target already has collections shop.users, shop.orders; nothing was restored \
+         (use drop to replace existing collections)"
     );
     assert!(e.is_permanent());
 }

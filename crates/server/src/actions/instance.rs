@@ -20,12 +20,29 @@ fn dds_type(kind: TopologyKind) -> &'static str {
     }
 }
 
-fn instance_json(st: &AppState, inst: &Instance, topo: Option<&Topology>, detailed: bool) -> Value {
+/// `Running`, `Restoring` while a restore job is pending or running, `Unavailable` when the server does not answer.
+async fn status(st: &AppState, inst: &Instance, reachable: bool) -> &'static str {
+    if !reachable {
+        return "Unavailable";
+    }
+    match st.catalog.list_jobs(&inst.id, true).await {
+        Ok(jobs) if jobs.iter().any(|j| j.kind == "restore") => "Restoring",
+        _ => "Running",
+    }
+}
+
+fn instance_json(
+    st: &AppState,
+    inst: &Instance,
+    topo: Option<&Topology>,
+    status: &str,
+    detailed: bool,
+) -> Value {
     let mut v = json!({
         "DBInstanceId": inst.id,
         "DBInstanceDescription": inst.description,
         "DBInstanceType": topo.map(|t| dds_type(t.kind)).unwrap_or("replicate"),
-        "DBInstanceStatus": if topo.is_some() { "Running" } else { "Unavailable" },
+        "DBInstanceStatus": status,
         "Engine": "MongoDB",
         "EngineVersion": topo.map(|t| t.engine_version.clone()).unwrap_or_default(),
         "StorageType": inst.storage_type,
@@ -116,17 +133,13 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
         if ty != want_type {
             continue;
         }
+        let status = status(st, inst, topo.is_some()).await;
         if let Some(s) = p.get("DBInstanceStatus").filter(|s| !s.is_empty()) {
-            let status = if topo.is_some() {
-                "Running"
-            } else {
-                "Unavailable"
-            };
             if s != status {
                 continue;
             }
         }
-        rows.push(instance_json(st, inst, topo.as_ref(), false));
+        rows.push(instance_json(st, inst, topo.as_ref(), status, false));
     }
     let total = rows.len();
     let start = (pg.number as usize - 1).saturating_mul(pg.size as usize);
@@ -147,10 +160,11 @@ pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> Action
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
     let topo = st.probe(inst).await.ok().map(|(_, t)| t);
+    let status = status(st, inst, topo.is_some()).await;
     let mut out = Map::new();
     out.insert(
         "DBInstances".into(),
-        json!({ "DBInstance": [instance_json(st, inst, topo.as_ref(), true)] }),
+        json!({ "DBInstance": [instance_json(st, inst, topo.as_ref(), status, true)] }),
     );
     Ok(out)
 }

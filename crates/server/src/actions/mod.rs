@@ -5,6 +5,7 @@
 mod backup;
 mod instance;
 mod policy;
+mod restore;
 
 use ddsvault_api::{ApiError, Params};
 
@@ -41,13 +42,15 @@ actions!(
     DescribeBackupPolicy,
     DescribeDBInstances,
     DescribeDBInstanceAttribute,
-    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     RestoreDBInstance,
+    DescribeBackupDBs,
+    // ddsvault extension: follow restore jobs.
+    DescribeRestoreTasks,
+    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DeleteBackup,
     ModifyBackupPolicy,
     ModifyBackupExpireTime,
     DescribeBackupStorage,
-    DescribeBackupDBs,
     DescribeClusterBackups,
     DescribeClusterRecoverTime,
     DescribeInstanceRecoverTime,
@@ -62,12 +65,13 @@ actions!(
 );
 
 impl Action {
-    /// The parameter naming the instance the action works on: its ARN is the RAM resource. Actions without one
-    /// are authorized on `*`.
-    pub fn instance_param(self) -> Option<&'static str> {
+    /// The parameters naming the instances the action touches: each one's ARN is a RAM resource that must be
+    /// allowed. A call naming none is authorized on `*`.
+    pub fn instance_params(self) -> &'static [&'static str] {
         match self {
-            Action::DescribeBackupDBs | Action::CheckRecoveryCondition => Some("SourceDBInstance"),
-            _ => Some("DBInstanceId"),
+            Action::DescribeBackupDBs | Action::CheckRecoveryCondition => &["SourceDBInstance"],
+            Action::RestoreDBInstance => &["DBInstanceId", "TargetDBInstanceId"],
+            _ => &["DBInstanceId"],
         }
     }
 }
@@ -80,6 +84,9 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::DescribeBackupPolicy => policy::describe_backup_policy(st, p).await,
         Action::DescribeDBInstances => instance::describe_db_instances(st, p).await,
         Action::DescribeDBInstanceAttribute => instance::describe_db_instance_attribute(st, p).await,
+        Action::RestoreDBInstance => restore::restore_db_instance(st, p).await,
+        Action::DescribeRestoreTasks => restore::describe_restore_tasks(st, p).await,
+        Action::DescribeBackupDBs => restore::describe_backup_dbs(st, p).await,
         other => Err(ApiError::new(
             400,
             "UnsupportedOperation",

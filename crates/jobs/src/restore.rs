@@ -1,0 +1,188 @@
+//! Execution of a restore job: a logical backup from the repository into a registered instance.
+//!
+//! Before anything is written the backup is checked twice: every file against the manifest (size, SHA-256), then
+//! the archive itself by the engine's verify pass (framing, CRC-64 of every collection). A corrupt backup fails
+//! the job and the target is left untouched.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use ddsvault_catalog::{BackupStatus, Job};
+use ddsvault_mongo::archive::Compression;
+use ddsvault_mongo::restore::{logical_restore, NsSelector, RestoreOptions, RestoreProgress};
+use ddsvault_mongo::topology::connect;
+use ddsvault_repo::{RepoError, RepoPath, Repository};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::heartbeat_loop;
+use crate::{JobError, Runner};
+
+/// Parameters of a restore job, as stored in the catalog.
+fn selectors(params: &serde_json::Value) -> Vec<NsSelector> {
+    params
+        .get("select")
+        .and_then(|v| v.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    let db = i.get("db")?.as_str()?.to_string();
+                    let collection = i
+                        .get("collection")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string);
+                    Some(NsSelector { db, collection })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The compression a backup was written with, from its recorded details.
+pub fn compression_of(details: &serde_json::Value) -> Compression {
+    match details.get("compression").and_then(|v| v.as_str()) {
+        Some("gzip") => Compression::Gzip,
+        Some("none") => Compression::None,
+        _ => Compression::Zstd { level: 3 },
+    }
+}
+
+/// Opens decompressed readers over a repository object, for engines that read on a blocking thread.
+pub fn archive_opener(
+    repo: Repository,
+    path: RepoPath,
+    compression: Compression,
+) -> Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync> {
+    let handle = Handle::current();
+    Box::new(move || {
+        // Called on a blocking thread, where waiting on the runtime is allowed.
+        let (_, stream) = handle
+            .block_on(repo.get_stream(&path))
+            .map_err(std::io::Error::other)?;
+        let raw = StreamReader {
+            handle: handle.clone(),
+            stream,
+            buf: Bytes::new(),
+        };
+        let reader = compression.wrap_reader(std::io::BufReader::with_capacity(256 * 1024, raw))?;
+        Ok(Box::new(reader) as Box<dyn Read + Send>)
+    })
+}
+
+/// A blocking `Read` over an async byte stream.
+struct StreamReader {
+    handle: Handle,
+    stream: BoxStream<'static, Result<Bytes, RepoError>>,
+    buf: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
+
+pub(crate) async fn run(
+    runner: &Runner,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let backup_id = job
+        .backup_id
+        .ok_or_else(|| JobError::Other("restore job names no backup".into()))?;
+    let backup = runner
+        .catalog
+        .get_backup(backup_id)
+        .await?
+        .filter(|b| b.status == BackupStatus::Success)
+        .ok_or_else(|| {
+            JobError::Other(format!(
+                "backup {backup_id} does not exist or did not succeed"
+            ))
+        })?;
+    if backup.method != "Logical" {
+        return Err(JobError::Other(format!(
+            "backup {backup_id} is a {} backup; only logical backups can be restored into a running instance",
+            backup.method
+        )));
+    }
+    let spec = runner
+        .instances
+        .get(&job.instance_id)
+        .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    runner.repo.verify(&prefix).await?;
+    let archive = backup
+        .details
+        .get("archive")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| JobError::Other(format!("backup {backup_id} records no archive file")))?;
+    let opener = archive_opener(
+        runner.repo.clone(),
+        prefix.join(archive)?,
+        compression_of(&backup.details),
+    );
+
+    let client = connect(&spec.uri).await?;
+    let opts = RestoreOptions {
+        drop: job
+            .params
+            .get("drop")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        select: selectors(&job.params),
+        parallel_collections: runner.settings.parallel_collections,
+        ..RestoreOptions::default()
+    };
+    let percent = Arc::new(AtomicI32::new(0));
+    let cell = Arc::clone(&percent);
+    let progress = move |p: RestoreProgress| {
+        let pct = p
+            .docs_done
+            .saturating_mul(100)
+            .checked_div(p.docs_total)
+            .map_or(0, |v| v.min(99) as i32);
+        cell.store(pct, Ordering::Relaxed);
+    };
+    let restore_cancel = cancel.child_token();
+    let restore = logical_restore(&client, opener, &opts, &progress, &restore_cancel);
+    let heartbeat = heartbeat_loop(runner, job.id, &percent, &restore_cancel);
+    let summary = tokio::select! {
+        r = restore => r?,
+        lost = heartbeat => {
+            restore_cancel.cancel();
+            return Err(lost);
+        }
+    };
+    let result = serde_json::json!({
+        "source_instance": backup.instance_id,
+        "backup_id": backup_id,
+        "documents": summary.documents,
+        "bytes": summary.bytes,
+        "namespaces": summary.namespaces.iter().map(|n| serde_json::json!({
+            "db": n.db, "collection": n.collection, "documents": n.documents, "indexes": n.indexes,
+        })).collect::<Vec<_>>(),
+        "warnings": summary.warnings,
+    });
+    runner
+        .catalog
+        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Restores: RestoreDBInstance (legacy Dds action, with ddsvault extensions), DescribeRestoreTasks (ddsvault
+//! extension) and DescribeBackupDBs.
+//!
+//! Extensions of RestoreDBInstance, all optional:
+//! - `TargetDBInstanceId`: restore into another registered instance instead of `DBInstanceId` itself;
+//! - `DatabaseNames`: only these databases (comma-separated, or a JSON array as Dds' CreateDBInstance takes it);
+//! - `CollectionNames`: only these collections, as `db.collection` (same formats);
+//! - `DropExisting`: `true` replaces collections that exist in the target; by default the restore is refused
+//!   if any collection it would write already exists there.
+
+use chrono::Utc;
+use ddsvault_api::{ApiError, Params};
+use ddsvault_catalog::{Backup, BackupStatus, JobState, NewJob};
+use ddsvault_repo::RepoPath;
+use serde_json::{json, Map, Value};
+
+use super::{dds_time, page};
+use crate::error::ActionError;
+use crate::router::ActionResult;
+use crate::state::AppState;
+
+/// A list parameter: a JSON array of strings or a comma-separated string.
+fn list_param(p: &Params, name: &str) -> Result<Vec<String>, ApiError> {
+    let Some(raw) = p.get(name).map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<String> = if raw.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(raw).map_err(|_| {
+            ApiError::invalid_parameter(
+                name,
+                "Use a JSON array of strings or a comma-separated list.",
+            )
+        })?
+    } else {
+        raw.split(',').map(|s| s.trim().to_string()).collect()
+    };
+    if items.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::invalid_parameter(
+            name,
+            "Empty names are not allowed.",
+        ));
+    }
+    Ok(items)
+}
+
+fn bool_param(p: &Params, name: &str) -> Result<bool, ApiError> {
+    match p.get(name).map(|s| s.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(s) if s.is_empty() || s == "false" => Ok(false),
+        Some(s) if s == "true" => Ok(true),
+        Some(_) => Err(ApiError::invalid_parameter(
+            name,
+            "Valid values: true, false.",
+        )),
+    }
+}
+
+/// The backup `BackupId` of instance `id`, which must have succeeded.
+async fn usable_backup(
+    st: &AppState,
+    id: &str,
+    p: &Params,
+    param: &str,
+) -> Result<Backup, ActionError> {
+    let raw = p.required(param)?;
+    let backup_id: i64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::invalid_parameter(param, "It must be a numeric backup id."))?;
+    let backup = st
+        .catalog
+        .get_backup(backup_id)
+        .await?
+        .filter(|b| b.instance_id == id)
+        .ok_or_else(|| ActionError::BackupNotFound(raw.to_string()))?;
+    if backup.status != BackupStatus::Success {
+        return Err(ApiError::new(
+            403,
+            "OperationDenied.BackupStatus",
+            format!(
+                "The backup {backup_id} is {} and cannot be restored.",
+                backup.status.as_str()
+            ),
+        )
+        .into());
+    }
+    Ok(backup)
+}
+
+/// `(db, collection)` pairs the backup holds, from its manifest.
+async fn backup_namespaces(
+    st: &AppState,
+    backup: &Backup,
+) -> Result<Vec<(String, String)>, ActionError> {
+    let prefix = RepoPath::new(backup.repo_prefix.clone())
+        .map_err(|e| ActionError::Internal(e.to_string()))?;
+    let manifest = st
+        .repo
+        .read_manifest(&prefix)
+        .await
+        .map_err(|e| ActionError::Internal(e.to_string()))?
+        .ok_or_else(|| ActionError::Internal(format!("backup {} has no manifest", backup.id)))?;
+    Ok(manifest.extra["namespaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| {
+                    Some((
+                        n["db"].as_str()?.to_string(),
+                        n["collection"].as_str()?.to_string(),
+                    ))
+                })
+                .filter(|(db, _)| !db.is_empty())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
+    let source = p.required("DBInstanceId")?;
+    st.instance(source)?;
+    let backup = usable_backup(st, source, p, "BackupId").await?;
+    if backup.method != "Logical" {
+        return Err(ActionError::BackupMethodNotSupported(format!(
+            "Backup {} is a {} backup; only logical backups can be restored into a running instance.",
+            backup.id, backup.method
+        ))
+        .into());
+    }
+    let target_id = p
+        .get("TargetDBInstanceId")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(source);
+    let target = st.instance(target_id)?;
+    let databases = list_param(p, "DatabaseNames")?;
+    let collections = list_param(p, "CollectionNames")?;
+    let drop = bool_param(p, "DropExisting")?;
+
+    let held = backup_namespaces(st, &backup).await?;
+    let mut select = Vec::new();
+    for db in &databases {
+        if !held.iter().any(|(d, _)| d == db) {
+            return Err(ApiError::invalid_parameter(
+                "DatabaseNames",
+                &format!(
+                    "The backup holds no database {db:?}; DescribeBackupDBs lists what it holds."
+                ),
+            ));
+        }
+        select.push(json!({"db": db}));
+    }
+    for ns in &collections {
+        let Some((db, coll)) = ns.split_once('.') else {
+            return Err(ApiError::invalid_parameter(
+                "CollectionNames",
+                "Name collections as db.collection.",
+            ));
+        };
+        if !held.iter().any(|(d, c)| d == db && c == coll) {
+            return Err(ApiError::invalid_parameter(
+                "CollectionNames",
+                &format!("The backup holds no collection {ns:?}."),
+            ));
+        }
+        select.push(json!({"db": db, "collection": coll}));
+    }
+
+    // Refuse early, with the namespace named, rather than fail the job later; the job checks again before
+    // writing, since the target may change in between.
+    let (client, _) = st.probe(target).await?;
+    if !drop {
+        let chosen: Vec<&(String, String)> = held
+            .iter()
+            .filter(|(d, c)| {
+                (databases.is_empty() && collections.is_empty())
+                    || databases.contains(d)
+                    || collections.contains(&format!("{d}.{c}"))
+            })
+            .collect();
+        for (db, coll) in chosen {
+            let existing = client
+                .database(db)
+                .list_collection_names()
+                .await
+                .map_err(|e| {
+                    ActionError::InstanceUnreachable(crate::state::redact(
+                        &e.to_string(),
+                        &target.uri,
+                    ))
+                })?;
+            if existing.iter().any(|c| c == coll) {
+                return Err(ApiError::new(
+                    403,
+                    "OperationDenied.NamespaceExists",
+                    format!(
+                        "The collection {db}.{coll} already exists in instance {target_id}; pass DropExisting=true to replace it."
+                    ),
+                ));
+            }
+        }
+    }
+
+    let job = st
+        .catalog
+        .create_job(&NewJob {
+            kind: "restore".into(),
+            instance_id: target_id.to_string(),
+            backup_id: Some(backup.id),
+            mode: "Manual".into(),
+            params: json!({"source_instance": source, "drop": drop, "select": select}),
+            now: Utc::now(),
+        })
+        .await
+        .map_err(ActionError::from)?;
+    st.runner.wake();
+    let mut out = Map::new();
+    out.insert("RestoreJobId".into(), Value::String(job.id.to_string()));
+    Ok(out)
+}
+
+pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let want: Option<i64> = match p.get("RestoreJobId").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(v) => Some(v.trim().parse().map_err(|_| {
+            ApiError::invalid_parameter("RestoreJobId", "It must be a numeric id.")
+        })?),
+    };
+    let jobs = st
+        .catalog
+        .list_jobs(id, false)
+        .await
+        .map_err(ActionError::from)?;
+    let items: Vec<Value> = jobs
+        .iter()
+        .filter(|j| j.kind == "restore" && want.is_none_or(|w| w == j.id))
+        .map(|j| {
+            json!({
+                "RestoreJobId": j.id.to_string(),
+                "BackupId": j.backup_id.map(|b| b.to_string()).unwrap_or_default(),
+                "SourceDBInstanceId": j.params["source_instance"].as_str().unwrap_or_default(),
+                "Status": match j.state {
+                    JobState::Pending => "Scheduled",
+                    JobState::Running => "Restoring",
+                    JobState::Success => "Success",
+                    JobState::Failed => "Failed",
+                },
+                "Progress": j.progress.to_string(),
+                "CreateTime": dds_time(j.created_at),
+                "EndTime": j.finished_at.map(dds_time).unwrap_or_default(),
+                "ErrorMessage": j.error.clone().unwrap_or_default(),
+                "RestoredDocuments": j.result["documents"].as_i64().unwrap_or(0),
+            })
+        })
+        .collect();
+    let mut out = Map::new();
+    out.insert("RestoreJobs".into(), Value::Array(items));
+    Ok(out)
+}
+
+pub async fn describe_backup_dbs(st: &AppState, p: &Params) -> ActionResult {
+    let source = p.required("SourceDBInstance")?;
+    st.instance(source)?;
+    if p.get("BackupId").is_none_or(str::is_empty) {
+        return Err(ApiError::new(
+            400,
+            "UnsupportedOperation",
+            "Only BackupId is supported; RestoreTime (point in time) is not implemented by this ddsvault version.",
+        ));
+    }
+    let backup = usable_backup(st, source, p, "BackupId").await?;
+    let pg = page(p)?;
+    let names: Vec<&str> = backup
+        .db_names
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let start = (pg.number as usize - 1).saturating_mul(pg.size as usize);
+    let rows: Vec<Value> = names
+        .iter()
+        .skip(start)
+        .take(pg.size as usize)
+        .map(|n| json!({"DBName": n}))
+        .collect();
+    let mut out = Map::new();
+    out.insert("Databases".into(), json!({ "Database": rows }));
+    out.insert("TotalCount".into(), json!(names.len()));
+    out.insert("PageNumber".into(), json!(pg.number));
+    out.insert("PageSize".into(), json!(pg.size));
+    Ok(out)
+}

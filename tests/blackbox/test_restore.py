@@ -103,7 +103,7 @@ def test_restore_into_another_instance_then_refuse_then_drop(env):
                                                      (403, "OperationDenied.NoDatabase"))
     statuses = []
     job = wait_restore(server, "dds-dst", job_id, statuses=statuses)
-    assert job["Status"] == "Success", job
+    assert job["Status"] == "Success", job["ErrorMessage"]
     assert job["SourceDBInstanceId"] == "dds-src" and job["BackupId"] == env["backup_id"]
     assert job["RestoredDocuments"] == sum(len(v) for v in env["expected"].values())
     assert "Restoring" in statuses, statuses
@@ -124,7 +124,8 @@ def test_restore_into_another_instance_then_refuse_then_drop(env):
     c.shop.orders.insert_one({"_id": "extra"})
     out = call(server, "RestoreDBInstance", DBInstanceId="dds-src", BackupId=env["backup_id"],
                TargetDBInstanceId="dds-dst", DropExisting="true")
-    assert wait_restore(server, "dds-dst", out["RestoreJobId"])["Status"] == "Success"
+    job = wait_restore(server, "dds-dst", out["RestoreJobId"])
+    assert job["Status"] == "Success", job["ErrorMessage"]
     assert c.shop.orders.count_documents({"_id": "extra"}) == 0
     assert c.shop.orders.count_documents({}) == len(env["expected"]["shop.orders"])
 
@@ -133,7 +134,8 @@ def test_restore_selection_and_parameter_errors(env):
     server = env["server"]
     out = call(server, "RestoreDBInstance", DBInstanceId="dds-src", BackupId=env["backup_id"],
                TargetDBInstanceId="dds-dst2", DatabaseNames='["crm"]', CollectionNames="shop.customers")
-    assert wait_restore(server, "dds-dst2", out["RestoreJobId"])["Status"] == "Success"
+    job = wait_restore(server, "dds-dst2", out["RestoreJobId"])
+    assert job["Status"] == "Success", job["ErrorMessage"]
     c = env["dst2"].client()
     assert sorted(c.list_database_names()) == ["crm", "shop"]
     assert c.shop.list_collection_names() == ["customers"]

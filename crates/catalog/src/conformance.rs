@@ -34,6 +34,314 @@ pub async fn run_all(cat: Catalog) {
     recovery(&cat).await;
     listing(&cat).await;
     restore_jobs(&cat).await;
+    retention(&cat).await;
+    schedule(&cat).await;
+}
+
+async fn schedule(cat: &Catalog) {
+    use crate::ScheduledJob;
+    let slot = Utc.timestamp_opt(1_900_000_000, 0).single().expect("time");
+    let auto = |instance: &str| NewBackupJob {
+        mode: "Automated".into(),
+        ..new_job(instance, 0)
+    };
+    drain(cat).await;
+    let created = match cat
+        .create_scheduled_backup_job(&auto("dds-sched"), slot, "n1")
+        .await
+        .expect("schedule")
+    {
+        ScheduledJob::Created(c) => c,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    let (job, backup) = *created;
+    assert_eq!(
+        (job.mode.as_str(), backup.mode.as_str()),
+        ("Automated", "Automated")
+    );
+    assert_eq!(job.backup_id, Some(backup.id));
+    // The same slot again (another process, or after a restart): nothing happens.
+    assert_eq!(
+        cat.create_scheduled_backup_job(&auto("dds-sched"), slot, "n2")
+            .await
+            .expect("again"),
+        ScheduledJob::AlreadyTaken
+    );
+    // The next slot meets the still-pending job: skipped and recorded, not piled up.
+    let next = slot + Duration::days(1);
+    assert_eq!(
+        cat.create_scheduled_backup_job(&auto("dds-sched"), next, "n1")
+            .await
+            .expect("next"),
+        ScheduledJob::Skipped {
+            job_id: job.id,
+            kind: "backup".into()
+        }
+    );
+    assert_eq!(
+        cat.list_jobs("dds-sched", true).await.expect("jobs").len(),
+        1
+    );
+    let runs = cat.list_schedule_runs("dds-sched", 10).await.expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].slot_start, runs[0].outcome.as_str(), runs[0].job_id),
+        (next, "Skipped", Some(job.id))
+    );
+    assert_eq!(
+        (
+            runs[1].slot_start,
+            runs[1].outcome.as_str(),
+            runs[1].job_id,
+            runs[1].owner.as_str()
+        ),
+        (slot, "Created", Some(job.id), "n1")
+    );
+    // A skipped slot stays taken.
+    drain(cat).await;
+    assert_eq!(
+        cat.create_scheduled_backup_job(&auto("dds-sched"), next, "n1")
+            .await
+            .expect("again"),
+        ScheduledJob::AlreadyTaken
+    );
+    // Many processes racing for one slot: exactly one job.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let cat = Arc::clone(cat);
+        let new = auto("dds-sched-race");
+        tasks.push(tokio::spawn(async move {
+            cat.create_scheduled_backup_job(&new, slot, &format!("node-{i}"))
+                .await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("schedule") {
+            ScheduledJob::Created(_) => created += 1,
+            ScheduledJob::AlreadyTaken => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(
+        cat.list_jobs("dds-sched-race", false)
+            .await
+            .expect("jobs")
+            .len(),
+        1
+    );
+    drain(cat).await;
+}
+
+/// Fails every pending job so that the next claim takes the caller's job.
+async fn drain(cat: &Catalog) {
+    let now = Utc::now();
+    while let Some(j) = cat.claim_next_job("drain", now).await.expect("claim") {
+        cat.fail_job(j.id, "drained", now).await.expect("fail");
+    }
+}
+
+/// A successful backup of `instance` that expires at `expire`.
+async fn successful_backup(cat: &Catalog, instance: &str, expire: chrono::DateTime<Utc>) -> i64 {
+    drain(cat).await;
+    let (job, backup) = cat
+        .create_backup_job(&new_job(instance, 0))
+        .await
+        .expect("create");
+    let claimed = cat
+        .claim_next_job("node-ret", Utc::now())
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, job.id);
+    cat.complete_backup(
+        job.id,
+        "node-ret",
+        &BackupCompletion {
+            end_time: backup.start_time + Duration::minutes(5),
+            expire_time: expire,
+            size: 10,
+            db_names: "shop".into(),
+            repo_prefix: format!("backups/{instance}/{}", backup.id),
+            details: serde_json::json!({}),
+        },
+    )
+    .await
+    .expect("complete");
+    backup.id
+}
+
+async fn retention(cat: &Catalog) {
+    let t = Utc.timestamp_opt(1_800_000_000, 0).single().expect("time");
+    let inst = "dds-ret";
+    let b1 = successful_backup(cat, inst, t + Duration::days(1)).await;
+    let b2 = successful_backup(cat, inst, crate::permanent_expiry()).await;
+    drain(cat).await;
+    let (_, running) = cat
+        .create_backup_job(&new_job(inst, 1))
+        .await
+        .expect("running backup");
+    let b3 = running.id;
+
+    let expired_ids = |v: Vec<crate::Backup>| {
+        v.into_iter()
+            .filter(|b| b.instance_id == inst)
+            .map(|b| b.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(expired_ids(cat.list_expired_backups(t, 100).await.expect("exp")).is_empty());
+    assert_eq!(
+        expired_ids(
+            cat.list_expired_backups(t + Duration::days(2), 100)
+                .await
+                .expect("exp")
+        ),
+        vec![b1]
+    );
+    // Extending the expiry takes the backup out of the expired list; only successful backups have one.
+    cat.set_backup_expire_time(b1, t + Duration::days(10))
+        .await
+        .expect("extend");
+    assert_eq!(
+        cat.get_backup(b1)
+            .await
+            .expect("get")
+            .expect("b1")
+            .expire_time,
+        Some(t + Duration::days(10))
+    );
+    assert!(expired_ids(
+        cat.list_expired_backups(t + Duration::days(2), 100)
+            .await
+            .expect("exp")
+    )
+    .is_empty());
+    assert!(matches!(
+        cat.set_backup_expire_time(b3, t).await,
+        Err(CatalogError::NotFound(_))
+    ));
+
+    // A pending restore that reads b1 protects it.
+    cat.fail_job(running.job_id, "done", t)
+        .await
+        .expect("end b3");
+    let restore = cat
+        .create_job(&NewJob {
+            kind: "restore".into(),
+            instance_id: "dds-ret-target".into(),
+            backup_id: Some(b1),
+            mode: "Manual".into(),
+            params: serde_json::json!({}),
+            now: t,
+        })
+        .await
+        .expect("restore job");
+    assert_eq!(
+        cat.mark_backup_deleting(b1).await.expect("mark"),
+        crate::DeleteMark::InUse { job_id: restore.id }
+    );
+    assert_eq!(
+        cat.get_backup(b1).await.expect("get").expect("b1").status,
+        BackupStatus::Success
+    );
+    cat.fail_job(restore.id, "done", t)
+        .await
+        .expect("end restore");
+
+    // Marking: hidden from listings, visible to get_backup and list_deleting_backups, idempotent.
+    let marked = match cat.mark_backup_deleting(b1).await.expect("mark") {
+        crate::DeleteMark::Marked(b) => b,
+        other => panic!("expected Marked, got {other:?}"),
+    };
+    assert_eq!((marked.id, marked.status), (b1, BackupStatus::Deleting));
+    assert!(matches!(
+        cat.mark_backup_deleting(b1).await.expect("mark again"),
+        crate::DeleteMark::Marked(_)
+    ));
+    let filter = BackupFilter {
+        instance_id: Some(inst.into()),
+        include_running: true,
+        ..Default::default()
+    };
+    let page = Page {
+        number: 1,
+        size: 100,
+    };
+    let (_, listed) = cat.list_backups(&filter, page).await.expect("list");
+    assert!(
+        listed.iter().all(|b| b.id != b1),
+        "Deleting backups are not listed"
+    );
+    let (n, _) = cat
+        .list_backups(
+            &BackupFilter {
+                backup_id: Some(b1),
+                ..filter.clone()
+            },
+            page,
+        )
+        .await
+        .expect("list one");
+    assert_eq!(n, 0);
+    assert_eq!(
+        cat.get_backup(b1).await.expect("get").expect("b1").status,
+        BackupStatus::Deleting
+    );
+    assert!(cat
+        .list_deleting_backups()
+        .await
+        .expect("deleting")
+        .iter()
+        .any(|b| b.id == b1));
+    assert!(cat
+        .set_backup_expire_time(b1, t + Duration::days(20))
+        .await
+        .is_err());
+
+    // A backup whose job failed can be deleted; an unknown one is NotFound.
+    assert!(matches!(
+        cat.mark_backup_deleting(b3).await.expect("mark failed"),
+        crate::DeleteMark::Marked(_)
+    ));
+    assert_eq!(
+        cat.mark_backup_deleting(i64::MAX).await.expect("mark"),
+        crate::DeleteMark::NotFound
+    );
+    // A running backup cannot be deleted.
+    drain(cat).await;
+    let (_, still_running) = cat
+        .create_backup_job(&new_job(inst, 2))
+        .await
+        .expect("running backup");
+    assert_eq!(
+        cat.mark_backup_deleting(still_running.id)
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Running
+    );
+
+    // Row deletion only ever removes Deleting rows.
+    assert!(cat.delete_backup_row(b1).await.expect("delete"));
+    assert!(!cat.delete_backup_row(b1).await.expect("delete again"));
+    assert!(!cat.delete_backup_row(b2).await.expect("not deleting"));
+    assert!(cat.delete_backup_row(b3).await.expect("delete b3"));
+    assert_eq!(cat.get_backup(b1).await.expect("get"), None);
+    assert!(cat.get_backup(b2).await.expect("get").is_some());
+    assert!(cat
+        .list_deleting_backups()
+        .await
+        .expect("deleting")
+        .iter()
+        .all(|b| b.id != b1 && b.id != b3));
+    // Ids are never reused (repository prefixes derive from them).
+    drain(cat).await;
+    let (_, next) = cat
+        .create_backup_job(&new_job(inst, 3))
+        .await
+        .expect("next backup");
+    assert!(next.id > still_running.id);
+    drain(cat).await;
 }
 
 async fn restore_jobs(cat: &Catalog) {

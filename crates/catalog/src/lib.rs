@@ -7,6 +7,7 @@
 
 mod error;
 mod model;
+pub mod policy;
 mod sqlite;
 
 pub mod conformance;
@@ -123,6 +124,45 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         filter: &BackupFilter,
         page: Page,
     ) -> Result<(u64, Vec<Backup>), CatalogError>;
+
+    /// Sets the expiry of a successful backup.
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] when there is no such backup in `Success`.
+    async fn set_backup_expire_time(
+        &self,
+        backup_id: i64,
+        expire_time: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+    /// Marks a `Success`, `Failed` (or already `Deleting`) backup `Deleting`, atomically with the check that no
+    /// pending or running restore job reads it. From then on it is not listed, downloaded or restored.
+    async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError>;
+    /// Successful backups whose expiry is at or before `now`, oldest expiry first, at most `limit`.
+    async fn list_expired_backups(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Backup>, CatalogError>;
+    /// Backups left in `Deleting` (a deletion interrupted by a crash, or in progress elsewhere).
+    async fn list_deleting_backups(&self) -> Result<Vec<Backup>, CatalogError>;
+    /// Deletes the row of a `Deleting` backup (its files are already gone). Returns false if there was none.
+    async fn delete_backup_row(&self, backup_id: i64) -> Result<bool, CatalogError>;
+
+    /// Takes the automatic-backup slot `(new.instance_id, slot_start)` and creates its job, in one transaction:
+    /// a slot is run at most once whatever the number of processes or restarts. An instance with an active job
+    /// gets the slot recorded as skipped instead.
+    async fn create_scheduled_backup_job(
+        &self,
+        new: &NewBackupJob,
+        slot_start: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<ScheduledJob, CatalogError>;
+    /// The recorded slots of an instance, newest first, at most `limit`.
+    async fn list_schedule_runs(
+        &self,
+        instance_id: &str,
+        limit: u32,
+    ) -> Result<Vec<ScheduleRun>, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -127,12 +127,14 @@ pub struct Job {
     pub result: serde_json::Value,
 }
 
-/// Status of a backup set as DescribeBackups shows it; `Running` sets are not listed.
+/// Status of a backup set as DescribeBackups shows it; `Running` and `Deleting` sets are not listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackupStatus {
     Running,
     Success,
     Failed,
+    /// Being removed (expired or `DeleteBackup`): its files may be partly gone. The row is deleted last.
+    Deleting,
 }
 
 impl BackupStatus {
@@ -141,6 +143,7 @@ impl BackupStatus {
             BackupStatus::Running => "Running",
             BackupStatus::Success => "Success",
             BackupStatus::Failed => "Failed",
+            BackupStatus::Deleting => "Deleting",
         }
     }
 
@@ -149,9 +152,47 @@ impl BackupStatus {
             "Running" => BackupStatus::Running,
             "Success" => BackupStatus::Success,
             "Failed" => BackupStatus::Failed,
+            "Deleting" => BackupStatus::Deleting,
             _ => return None,
         })
     }
+}
+
+/// Outcome of [`crate::CatalogBackend::mark_backup_deleting`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeleteMark {
+    /// The backup is now (or already was) `Deleting`; its files may be removed, then its row.
+    Marked(Box<Backup>),
+    /// A pending or running restore job reads the backup: it was left untouched.
+    InUse { job_id: i64 },
+    /// The backup is still being taken.
+    Running,
+    /// No such backup.
+    NotFound,
+}
+
+/// Outcome of [`crate::CatalogBackend::create_scheduled_backup_job`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduledJob {
+    /// The slot was free: the automatic backup job (and its backup set) exist now.
+    Created(Box<(Job, Backup)>),
+    /// The slot was already taken (by another process, or before a restart): nothing was done.
+    AlreadyTaken,
+    /// The slot is recorded as skipped: the instance had an active job (e.g. a manual backup or a restore).
+    Skipped { job_id: i64, kind: String },
+}
+
+/// A slot recorded in the schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleRun {
+    pub instance_id: String,
+    pub slot_start: DateTime<Utc>,
+    pub owner: String,
+    pub claimed_at: DateTime<Utc>,
+    /// `Created` | `Skipped`.
+    pub outcome: String,
+    pub job_id: Option<i64>,
+    pub detail: String,
 }
 
 /// A backup set.

@@ -14,7 +14,8 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, Backup, BackupCompletion, BackupFilter, BackupPolicy, BackupStatus,
-    CatalogBackend, CatalogError, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page,
+    CatalogBackend, CatalogError, DeleteMark, InstanceRecord, Job, JobState, NewBackupJob, NewJob,
+    Page, ScheduleRun, ScheduledJob,
 };
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
@@ -155,6 +156,63 @@ fn backup_from_row(r: &SqliteRow) -> Result<Backup, CatalogError> {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Inserts a pending backup job and its backup set inside `tx`. `None` when the one-active-job index refused the
+/// job (the transaction is still usable: SQLite rolls back only the failed statement).
+async fn insert_backup_job(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    new: &NewBackupJob,
+) -> Result<Option<(Job, Backup)>, CatalogError> {
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (kind, instance_id, state, mode, params, created_at) VALUES ('backup', ?, 'Pending', ?, ?, ?) \
+         RETURNING id",
+    )
+    .bind(&new.instance_id)
+    .bind(&new.mode)
+    .bind(new.params.to_string())
+    .bind(ms(new.now))
+    .fetch_one(&mut **tx)
+    .await;
+    let job_id: i64 = match inserted {
+        Ok(row) => row.try_get("id")?,
+        Err(e) if is_unique_violation(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let backup_id: i64 = sqlx::query(
+        "INSERT INTO backups (job_id, instance_id, status, method, mode, backup_type, start_time, retention_days, \
+         engine_version) VALUES (?, ?, 'Running', ?, ?, 'FullBackup', ?, ?, ?) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(&new.instance_id)
+    .bind(&new.method)
+    .bind(&new.mode)
+    .bind(ms(new.now))
+    .bind(new.retention_days)
+    .bind(&new.engine_version)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    sqlx::query("UPDATE jobs SET backup_id = ? WHERE id = ?")
+        .bind(backup_id)
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+    let job = job_from_row(
+        &sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?,
+    )?;
+    let backup = backup_from_row(
+        &sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?"
+        ))
+        .bind(backup_id)
+        .fetch_one(&mut **tx)
+        .await?,
+    )?;
+    Ok(Some((job, backup)))
 }
 
 impl SqliteCatalog {
@@ -302,59 +360,16 @@ impl CatalogBackend for SqliteCatalog {
 
     async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError> {
         let mut tx = self.write.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (kind, instance_id, state, mode, params, created_at) VALUES ('backup', ?, 'Pending', ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(&new.instance_id)
-        .bind(&new.mode)
-        .bind(new.params.to_string())
-        .bind(ms(new.now))
-        .fetch_one(&mut *tx)
-        .await;
-        let job_id: i64 = match inserted {
-            Ok(row) => row.try_get("id")?,
-            Err(e) if is_unique_violation(&e) => {
-                drop(tx);
-                return Err(self.active_job_conflict(&new.instance_id).await);
+        match insert_backup_job(&mut tx, new).await? {
+            Some(created) => {
+                tx.commit().await?;
+                Ok(created)
             }
-            Err(e) => return Err(e.into()),
-        };
-        let backup_id: i64 = sqlx::query(
-            "INSERT INTO backups (job_id, instance_id, status, method, mode, backup_type, start_time, retention_days, \
-             engine_version) VALUES (?, ?, 'Running', ?, ?, 'FullBackup', ?, ?, ?) RETURNING id",
-        )
-        .bind(job_id)
-        .bind(&new.instance_id)
-        .bind(&new.method)
-        .bind(&new.mode)
-        .bind(ms(new.now))
-        .bind(new.retention_days)
-        .bind(&new.engine_version)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
-        sqlx::query("UPDATE jobs SET backup_id = ? WHERE id = ?")
-            .bind(backup_id)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-        let job = job_from_row(
-            &sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
-                .bind(job_id)
-                .fetch_one(&mut *tx)
-                .await?,
-        )?;
-        let backup = backup_from_row(
-            &sqlx::query(&format!(
-                "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?"
-            ))
-            .bind(backup_id)
-            .fetch_one(&mut *tx)
-            .await?,
-        )?;
-        tx.commit().await?;
-        Ok((job, backup))
+            None => {
+                drop(tx);
+                Err(self.active_job_conflict(&new.instance_id).await)
+            }
+        }
     }
 
     async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError> {
@@ -605,6 +620,8 @@ impl CatalogBackend for SqliteCatalog {
         if !filter.include_running {
             clauses.push("status <> 'Running'");
         }
+        // Backups being deleted are never listed: their files may already be partly gone.
+        clauses.push("status <> 'Deleting'");
         let where_sql = if clauses.is_empty() {
             String::new()
         } else {
@@ -652,5 +669,187 @@ impl CatalogBackend for SqliteCatalog {
             .map(backup_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((u64::try_from(total).unwrap_or(0), backups))
+    }
+
+    async fn set_backup_expire_time(
+        &self,
+        backup_id: i64,
+        expire_time: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let done =
+            sqlx::query("UPDATE backups SET expire_time = ? WHERE id = ? AND status = 'Success'")
+                .bind(ms(expire_time))
+                .bind(backup_id)
+                .execute(&self.write)
+                .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CatalogError::NotFound(format!(
+                "successful backup {backup_id}"
+            )))
+        }
+    }
+
+    async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError> {
+        // One writer transaction: the restore-job check and the status change cannot interleave with a restore
+        // job being created (writes are serialised, in this process and across processes).
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(&format!(
+            "UPDATE backups SET status = 'Deleting' WHERE id = ? AND status IN ('Success', 'Failed', 'Deleting') \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                             AND state IN ('Pending', 'Running')) \
+             RETURNING {BACKUP_COLUMNS}"
+        ))
+        .bind(backup_id)
+        .bind(backup_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mark = if let Some(row) = updated {
+            DeleteMark::Marked(Box::new(backup_from_row(&row)?))
+        } else {
+            let status: Option<String> = sqlx::query("SELECT status FROM backups WHERE id = ?")
+                .bind(backup_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("status"))
+                .transpose()?;
+            match status.as_deref() {
+                None => DeleteMark::NotFound,
+                Some("Running") => DeleteMark::Running,
+                Some(_) => {
+                    let job_id: i64 = sqlx::query(
+                        "SELECT id FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                         AND state IN ('Pending', 'Running') ORDER BY id LIMIT 1",
+                    )
+                    .bind(backup_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+                    DeleteMark::InUse { job_id }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(mark)
+    }
+
+    async fn list_expired_backups(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Backup>, CatalogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'Success' AND expire_time IS NOT NULL \
+             AND expire_time <= ? ORDER BY expire_time, id LIMIT ?"
+        ))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(backup_from_row).collect()
+    }
+
+    async fn list_deleting_backups(&self) -> Result<Vec<Backup>, CatalogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'Deleting' ORDER BY id"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(backup_from_row).collect()
+    }
+
+    async fn delete_backup_row(&self, backup_id: i64) -> Result<bool, CatalogError> {
+        let done = sqlx::query("DELETE FROM backups WHERE id = ? AND status = 'Deleting'")
+            .bind(backup_id)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_scheduled_backup_job(
+        &self,
+        new: &NewBackupJob,
+        slot_start: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<ScheduledJob, CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO schedule_runs (instance_id, slot_start, owner, claimed_at, outcome) \
+             VALUES (?, ?, ?, ?, 'Created') ON CONFLICT (instance_id, slot_start) DO NOTHING",
+        )
+        .bind(&new.instance_id)
+        .bind(ms(slot_start))
+        .bind(owner)
+        .bind(ms(new.now))
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(ScheduledJob::AlreadyTaken);
+        }
+        let outcome = match insert_backup_job(&mut tx, new).await? {
+            Some((job, backup)) => {
+                sqlx::query(
+                    "UPDATE schedule_runs SET job_id = ? WHERE instance_id = ? AND slot_start = ?",
+                )
+                .bind(job.id)
+                .bind(&new.instance_id)
+                .bind(ms(slot_start))
+                .execute(&mut *tx)
+                .await?;
+                ScheduledJob::Created(Box::new((job, backup)))
+            }
+            None => {
+                let active = sqlx::query(
+                    "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
+                )
+                .bind(&new.instance_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let job_id: i64 = active.try_get("id")?;
+                let kind: String = active.try_get("kind")?;
+                sqlx::query(
+                    "UPDATE schedule_runs SET outcome = 'Skipped', job_id = ?, detail = ? \
+                     WHERE instance_id = ? AND slot_start = ?",
+                )
+                .bind(job_id)
+                .bind(format!("a {kind} job ({job_id}) was active"))
+                .bind(&new.instance_id)
+                .bind(ms(slot_start))
+                .execute(&mut *tx)
+                .await?;
+                ScheduledJob::Skipped { job_id, kind }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn list_schedule_runs(
+        &self,
+        instance_id: &str,
+        limit: u32,
+    ) -> Result<Vec<ScheduleRun>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT instance_id, slot_start, owner, claimed_at, outcome, job_id, detail FROM schedule_runs \
+             WHERE instance_id = ? ORDER BY slot_start DESC LIMIT ?",
+        )
+        .bind(instance_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleRun {
+                    instance_id: r.try_get("instance_id")?,
+                    slot_start: from_ms(r.try_get("slot_start")?)?,
+                    owner: r.try_get("owner")?,
+                    claimed_at: from_ms(r.try_get("claimed_at")?)?,
+                    outcome: r.try_get("outcome")?,
+                    job_id: r.try_get("job_id")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 }

@@ -42,3 +42,77 @@ async fn unsupported_url_is_refused() {
         .expect_err("must fail");
     assert!(err.to_string().contains("unsupported catalog url"), "{err}");
 }
+
+/// A catalog created before the retention migration keeps its backups, ids and AUTOINCREMENT sequence.
+#[tokio::test]
+async fn upgrade_from_the_first_schema_keeps_backups() {
+    use ddsvault_catalog::{BackupStatus, CatalogBackend, DeleteMark};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).expect("mkdir");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in ["0001_init.sql", "0002_job_result.sql"] {
+        std::fs::copy(src.join(f), old.join(f)).expect("copy");
+    }
+    let path = dir.path().join("c.db");
+    {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("pool");
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("old schema");
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, instance_id, backup_id, state, mode, params, created_at) \
+             VALUES (3, 'backup', 'dds-old', 7, 'Success', 'Manual', '{}', 1)",
+        )
+        .execute(&pool)
+        .await
+        .expect("job");
+        sqlx::query(
+            "INSERT INTO backups (id, job_id, instance_id, status, method, mode, backup_type, start_time, \
+             end_time, expire_time, retention_days) VALUES (7, 3, 'dds-old', 'Success', 'Logical', 'Manual', \
+             'FullBackup', 1, 2, 3, 30)",
+        )
+        .execute(&pool)
+        .await
+        .expect("backup");
+        pool.close().await;
+    }
+    let cat = ddsvault_catalog::SqliteCatalog::open_file(&path)
+        .await
+        .expect("upgrade");
+    let b = cat.get_backup(7).await.expect("get").expect("kept");
+    assert_eq!(
+        (b.status, b.job_id, b.retention_days),
+        (BackupStatus::Success, 3, 30)
+    );
+    let (_, next) = cat
+        .create_backup_job(&ddsvault_catalog::NewBackupJob {
+            instance_id: "dds-old".into(),
+            method: "Logical".into(),
+            mode: "Manual".into(),
+            retention_days: 30,
+            engine_version: String::new(),
+            params: serde_json::json!({}),
+            now: chrono::Utc::now(),
+        })
+        .await
+        .expect("new backup");
+    assert!(next.id > 7, "ids continue after the old ones: {}", next.id);
+    assert!(matches!(
+        cat.mark_backup_deleting(7).await.expect("mark"),
+        DeleteMark::Marked(_)
+    ));
+}

@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         drop: bool,
     },
+    /// Runs one retention pass now: deletes expired backups and finishes interrupted deletions (the server does
+    /// this every `[retention] gc_interval_secs`).
+    Gc {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -115,31 +121,28 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGTERM/SIGINT handlers now (so a signal sent right after start-up is never missed) and
+/// returns a future that cancels `token` when one arrives.
+fn shutdown_signal(
+    token: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listen for SIGTERM")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listen for SIGINT")?;
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown signal received");
-    token.cancel();
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+        token.cancel();
+    })
 }
 
 async fn serve(
@@ -165,7 +168,7 @@ async fn serve(
         println!("Root AccessKeyId: {id}");
     }
     let token = CancellationToken::new();
-    tokio::spawn(shutdown_signal(token.clone()));
+    tokio::spawn(shutdown_signal(token.clone())?);
     prepared
         .serve(token, |addr| {
             println!("ddsvault listening on http://{addr}");
@@ -231,6 +234,19 @@ fn main() -> anyhow::Result<()> {
                 s.namespaces.len(),
                 s.documents
             );
+            Ok(())
+        }),
+        Command::Gc { config } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            let r = ddsvault_server::retention_pass(&cfg).await?;
+            println!(
+                "retention pass: {} backup(s) deleted {:?}, {} kept because a restore reads them, {} failed",
+                r.deleted.len(),
+                r.deleted,
+                r.in_use.len(),
+                r.failed
+            );
+            anyhow::ensure!(r.failed == 0, "{} deletion(s) failed; see the log", r.failed);
             Ok(())
         }),
     }

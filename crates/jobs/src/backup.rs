@@ -109,7 +109,7 @@ pub(crate) async fn run(
     let final_archive = prefix.join(&archive_name)?;
     runner.repo.rename(&staged_archive, &final_archive).await?;
     let end_time = Utc::now();
-    let details = serde_json::json!({
+    let mut details = serde_json::json!({
         "archive": archive_name,
         "compression": compression_name(&compression),
         "format": "mongodump-archive",
@@ -121,6 +121,18 @@ pub(crate) async fn run(
         "set_name": topology.set_name,
         "sha256": uploaded.sha256,
     });
+    // The consistency point: restores replay the oplog up to this entry (ddsvault_mongo::oplog).
+    if let Some(o) = &summary.oplog {
+        let consistent_time = chrono::DateTime::from_timestamp(i64::from(o.end_ts.time), 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        details["consistent_ts"] =
+            serde_json::json!({ "t": o.end_ts.time, "i": o.end_ts.increment });
+        details["consistent_time"] = serde_json::json!(consistent_time);
+        details["oplog_start_ts"] =
+            serde_json::json!({ "t": o.start_ts.time, "i": o.start_ts.increment });
+        details["oplog_entries"] = serde_json::json!(o.entries);
+    }
     let manifest = Manifest {
         format: 1,
         backup_id,

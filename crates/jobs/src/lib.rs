@@ -6,11 +6,15 @@
 
 mod backup;
 mod error;
+pub mod gc;
 mod restore;
 mod runner;
+pub mod scheduler;
 mod tasks;
 
 pub use error::JobError;
+pub use gc::{Clock, Gc, ManualClock, SystemClock};
 pub use restore::{archive_opener, compression_of};
 pub use runner::{BackupSettings, InstanceSpec, Runner};
+pub use scheduler::Scheduler;
 pub use tasks::Tasks;

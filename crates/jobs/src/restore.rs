@@ -179,6 +179,7 @@ pub(crate) async fn run(
             "db": n.db, "collection": n.collection, "documents": n.documents, "indexes": n.indexes,
         })).collect::<Vec<_>>(),
         "warnings": summary.warnings,
+        "oplog_replayed": summary.oplog_replayed,
     });
     runner
         .catalog

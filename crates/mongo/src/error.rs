@@ -74,6 +74,15 @@ pub enum MongoError {
         namespaces: Vec<String>,
     },
 
+    /// The oplog cannot be used for a consistent backup (empty, not capped).
+    #[error("oplog unusable: {0}")]
+    OplogUnusable(String),
+
+    /// Entries of the backup's oplog window were evicted from the capped oplog before
+    /// they could be read: the window cannot be replayed.
+    #[error("oplog overflow: the oplog is too small for this backup ({0})")]
+    OplogOverflow(String),
+
     /// The operation was cancelled through its cancellation token.
     #[error("operation cancelled")]
     Cancelled,
@@ -100,6 +109,8 @@ impl MongoError {
             | MongoError::Unsupported(_)
             | MongoError::InvalidArgument(_)
             | MongoError::TargetExists { .. }
+            | MongoError::OplogUnusable(_)
+            | MongoError::OplogOverflow(_)
             | MongoError::Cancelled
             | MongoError::Internal(_) => true,
         }

@@ -5,6 +5,7 @@
 //!   (byte-compatible with mongo-tools `mongodump --archive` / `mongorestore --archive`).
 //! * [`topology`]: connecting with fast failure, and `hello`/`buildInfo` discovery.
 //! * [`logical`]: streaming logical dumps into an archive with bounded memory.
+//! * [`oplog`]: oplog capture during a dump and replay after a restore (one consistency point).
 //! * [`restore`]: verifying archives and restoring them into a server (logical restore).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod archive;
 mod error;
 pub mod logical;
+pub mod oplog;
 pub mod restore;
 pub mod topology;
 

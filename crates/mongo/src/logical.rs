@@ -45,9 +45,12 @@
 //!
 //! # Oplog
 //!
-//! Point-in-time capture for replica sets is not implemented yet. It will be one more
-//! [`Source`] variant whose namespace is `db: ""`, `collection: "oplog"`
-//! ([`CollectionMetadata::oplog`]), dumped after the collections through the same channel.
+//! On a replica set with `local.oplog.rs`, the dump captures the oplog like
+//! `mongodump --oplog` (see [`crate::oplog`] for the algorithm, the decisions and the exact
+//! consistency guarantee): `oplogStart` is read before the first collection, the window
+//! `oplogStart..=oplogEnd` is read after the last one and written, in natural order,
+//! into the namespace `db: ""`, `collection: "oplog"` ([`CollectionMetadata::oplog`],
+//! last in the prelude) through the same channel. [`DumpSummary::oplog`] reports it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,6 +66,7 @@ use crate::archive::{
     MAX_BSON_SIZE,
 };
 use crate::error::{MongoError, Result};
+use crate::oplog::{self, OplogSummary};
 use crate::topology;
 
 /// Tool name written into the archive header (`tool_version`).
@@ -158,6 +162,9 @@ pub struct DumpSummary {
     pub archive_bytes: u64,
     /// Lowercase hex SHA-256 of the bytes written to `out`.
     pub archive_sha256: String,
+    /// The oplog window captured (replica sets with `local.oplog.rs`); `None` for a plain
+    /// dump. Not counted in `namespaces`, `documents` or `raw_bytes`.
+    pub oplog: Option<OplogSummary>,
 }
 
 /// Where a namespace's documents come from.
@@ -168,7 +175,7 @@ enum Source {
     /// A view: metadata only, the namespace is opened and closed with no data
     /// (mongorestore needs the empty namespace to create the view).
     View,
-    // Oplog { from: Timestamp, to: Timestamp } will read local.oplog.rs into db "", collection "oplog".
+    // The oplog is not planned like a collection: `dump_oplog` writes it last.
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +183,22 @@ struct NamespacePlan {
     meta: CollectionMetadata,
     source: Source,
     estimate: u64,
+    /// Documents asked per `find`/`getMore` reply for this collection.
+    batch_size: u32,
+}
+
+/// Bytes aimed at per server reply. mongod caps a reply at 16 MiB whatever `batchSize` says; FerretDB 1.24
+/// does not, and a reply over the driver's 48 MB message limit fails the dump. So on FerretDB the batch size
+/// comes from the collection's average document size. A collection whose sizes vary wildly can still exceed
+/// the target; 4 MiB leaves a 12× margin before the 48 MB limit.
+const FIND_REPLY_TARGET_BYTES: u64 = 4 * 1024 * 1024;
+
+fn batch_size_for(max: u32, avg_obj_size: u64) -> u32 {
+    if avg_obj_size == 0 {
+        return max;
+    }
+    let fit = (FIND_REPLY_TARGET_BYTES / avg_obj_size).max(1);
+    u32::try_from(fit).unwrap_or(u32::MAX).min(max)
 }
 
 enum WriterMsg {
@@ -201,7 +224,8 @@ struct WriterOutcome {
 /// # Errors
 /// [`MongoError::Cancelled`] when cancelled; server errors wrapped with the namespace;
 /// [`MongoError::Unsupported`] for timeseries collections; output/compression errors as
-/// [`MongoError::Io`] or [`MongoError::Archive`].
+/// [`MongoError::Io`] or [`MongoError::Archive`]; [`MongoError::OplogUnusable`] /
+/// [`MongoError::OplogOverflow`] when the oplog cannot give a consistent window.
 pub async fn logical_dump(
     client: &Client,
     databases: &[String],
@@ -253,15 +277,26 @@ async fn dump_inner(
     let server = cancellable(cancel, async { Ok(server_info(client).await) }).await?;
     let mut plans = Vec::new();
     for db in &databases {
-        plans.extend(cancellable(cancel, plan_database(client, db, server.is_ferretdb)).await?);
+        plans.extend(
+            cancellable(
+                cancel,
+                plan_database(client, db, server.is_ferretdb, opts.batch_size),
+            )
+            .await?,
+        );
     }
+    let with_oplog = cancellable(cancel, oplog::capture_enabled(client)).await?;
     let total_estimate: u64 = plans.iter().map(|p| p.estimate).sum();
     info!(
         databases = databases.len(),
         namespaces = plans.len(),
         docs_estimate = total_estimate,
+        oplog = with_oplog,
         "logical dump planned"
     );
+    if !with_oplog {
+        info!("no oplog to capture (not a replica set, or no local.oplog.rs): plain dump without a consistency point");
+    }
     progress(DumpProgress {
         docs_done: 0,
         docs_total_estimate: total_estimate,
@@ -272,7 +307,17 @@ async fn dump_inner(
         server.archive_version,
         TOOL_VERSION,
     );
-    let metas: Vec<CollectionMetadata> = plans.iter().map(|p| p.meta.clone()).collect();
+    let mut metas: Vec<CollectionMetadata> = plans.iter().map(|p| p.meta.clone()).collect();
+    let oplog_ns = plans.len();
+    // Read before the writer starts and before any collection is read.
+    let oplog_start = if with_oplog {
+        metas.push(CollectionMetadata::oplog());
+        let start = cancellable(cancel, oplog::newest_ts(client)).await?;
+        info!(oplog_start = %oplog::fmt_ts(start), "oplog window starts");
+        Some(start)
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel::<WriterMsg>(opts.channel_segments);
     let compression = opts.compression;
     // Stops the writer on cancellation, or when a collection task fails.
@@ -295,10 +340,17 @@ async fn dump_inner(
         total_estimate,
         progress,
     };
-    let dump_all = futures::stream::iter(order.into_iter().map(Ok))
-        .try_for_each_concurrent(opts.parallel_collections, |i| {
-            dump_namespace(&ctx, i, &plans[i])
-        });
+    let dump_all = async {
+        futures::stream::iter(order.into_iter().map(Ok))
+            .try_for_each_concurrent(opts.parallel_collections, |i| {
+                dump_namespace(&ctx, i, &plans[i])
+            })
+            .await?;
+        match oplog_start {
+            Some(start) => dump_oplog(&ctx, oplog_ns, start).await.map(Some),
+            None => Ok(None),
+        }
+    };
     let dump_result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(TaskError::Mongo(MongoError::Cancelled)),
@@ -317,11 +369,11 @@ async fn dump_inner(
             "archive writer task failed: {e}"
         ))),
     };
-    let outcome = match (dump_result, writer_result) {
-        (Ok(()), Ok(o)) => o,
+    let (outcome, oplog_end) = match (dump_result, writer_result) {
+        (Ok(end), Ok(o)) => (o, end),
         _ if cancel.is_cancelled() => return Err(MongoError::Cancelled),
         // The writer stopping makes the senders fail; its own error is the cause.
-        (Err(TaskError::WriterGone) | Ok(()), Err(w)) => return Err(w),
+        (Err(TaskError::WriterGone) | Ok(_), Err(w)) => return Err(w),
         (Err(TaskError::Mongo(e)), _) => return Err(e),
         (Err(TaskError::WriterGone), Ok(_)) => {
             return Err(MongoError::Internal(
@@ -341,6 +393,17 @@ async fn dump_inner(
             crc: s.crc,
         })
         .collect();
+    let oplog = match (oplog_start, oplog_end) {
+        (Some(start_ts), Some(end_ts)) => Some(OplogSummary {
+            start_ts,
+            end_ts,
+            entries: outcome
+                .stats
+                .get(oplog_ns)
+                .map_or(0, |s: &NamespaceStats| s.documents),
+        }),
+        _ => None,
+    };
     let documents = namespaces.iter().map(|n| n.documents).sum();
     let raw_bytes = namespaces.iter().map(|n| n.raw_bytes).sum();
     progress(DumpProgress {
@@ -360,7 +423,49 @@ async fn dump_inner(
         raw_bytes,
         archive_bytes: outcome.archive_bytes,
         archive_sha256: outcome.archive_sha256,
+        oplog,
     })
+}
+
+/// After the collections: reads `oplogEnd`, checks for overflow, writes the window into
+/// namespace `ns` and checks again. Returns `oplogEnd`.
+async fn dump_oplog(
+    ctx: &TaskCtx<'_>,
+    ns: usize,
+    start: bson::Timestamp,
+) -> Result<bson::Timestamp, TaskError> {
+    let end = oplog::newest_ts(ctx.client).await?;
+    oplog::check_no_overflow(ctx.client, start).await?;
+    let mut cursor = oplog::window_cursor(ctx.client, start, end, ctx.opts.batch_size).await?;
+    let seg_max = ctx.opts.segment_bytes;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut entries = 0u64;
+    while cursor
+        .advance()
+        .await
+        .map_err(|e| MongoError::from_driver("read cursor of local.oplog.rs", e))?
+    {
+        let doc = cursor.current().as_bytes();
+        if !buf.is_empty() && buf.len() + doc.len() > seg_max {
+            let docs = std::mem::take(&mut buf);
+            ctx.send(WriterMsg::Segment { ns, docs }).await?;
+        }
+        buf.extend_from_slice(doc);
+        entries += 1;
+    }
+    if !buf.is_empty() {
+        ctx.send(WriterMsg::Segment { ns, docs: buf }).await?;
+    }
+    // Entries evicted while we read would be missing from the window.
+    oplog::check_no_overflow(ctx.client, start).await?;
+    ctx.send(WriterMsg::Close { ns }).await?;
+    info!(
+        oplog_start = %oplog::fmt_ts(start),
+        oplog_end = %oplog::fmt_ts(end),
+        entries,
+        "oplog window captured"
+    );
+    Ok(end)
 }
 
 /// Why a collection task stopped.
@@ -412,7 +517,7 @@ async fn dump_namespace(
             .collection::<RawDocumentBuf>(&plan.meta.collection);
         let mut cursor = coll
             .find(doc! {})
-            .batch_size(ctx.opts.batch_size)
+            .batch_size(plan.batch_size)
             .await
             .map_err(|e| MongoError::from_driver(format!("run find on {name}"), e))?;
         let seg_max = ctx.opts.segment_bytes;
@@ -545,6 +650,7 @@ async fn plan_database(
     client: &Client,
     db_name: &str,
     is_ferretdb: bool,
+    opts_batch_size: u32,
 ) -> Result<Vec<NamespacePlan>> {
     let db = client.database(db_name);
     let colls: Vec<Document> = db
@@ -588,10 +694,10 @@ async fn plan_database(
                 .try_collect()
                 .await
                 .map_err(|e| MongoError::from_driver(format!("read listIndexes of {ns}"), e))?;
-            let estimate = estimate_documents(&db, name, is_ferretdb).await;
-            (indexes, estimate)
+            let size = estimate_documents(&db, name, is_ferretdb).await;
+            (indexes, size)
         } else {
-            (Vec::new(), 0)
+            (Vec::new(), CollectionSize::default())
         };
         let metadata = metadata_json(&options, &indexes, uuid.as_deref(), name, ctype);
         plans.push(NamespacePlan {
@@ -603,7 +709,8 @@ async fn plan_database(
                 collection_type: ctype.unwrap_or("collection").to_string(),
             },
             source,
-            estimate,
+            estimate: estimate.count,
+            batch_size: batch_size_for(opts_batch_size, estimate.avg_obj_size),
         });
     }
     plans.sort_by(|a, b| a.meta.collection.cmp(&b.meta.collection));
@@ -615,18 +722,30 @@ async fn plan_database(
 /// MongoDB answers `estimatedDocumentCount` from metadata. FerretDB v1 implements `count`
 /// by reading every document (as slow as half the dump itself), while its `collStats`
 /// count comes from SQLite page statistics in milliseconds.
-async fn estimate_documents(db: &mongodb::Database, coll: &str, is_ferretdb: bool) -> u64 {
+async fn estimate_documents(
+    db: &mongodb::Database,
+    coll: &str,
+    is_ferretdb: bool,
+) -> CollectionSize {
     let ns = format!("{}.{coll}", db.name());
     if is_ferretdb {
         match db.run_command(doc! { "collStats": coll }).await {
             Ok(stats) => {
-                let n = match stats.get("count") {
-                    Some(Bson::Int32(n)) => i64::from(*n),
-                    Some(Bson::Int64(n)) => *n,
-                    Some(Bson::Double(n)) => *n as i64,
+                let num = |k: &str| match stats.get(k) {
+                    Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
                     _ => 0,
                 };
-                return u64::try_from(n).unwrap_or(0);
+                let count = num("count");
+                let avg = match num("avgObjSize") {
+                    0 => num("size").checked_div(count).unwrap_or(0),
+                    a => a,
+                };
+                return CollectionSize {
+                    count,
+                    avg_obj_size: avg,
+                };
             }
             Err(e) => warn!(namespace = %ns, error = %e, "collStats failed; trying count"),
         }
@@ -636,12 +755,52 @@ async fn estimate_documents(db: &mongodb::Database, coll: &str, is_ferretdb: boo
         .estimated_document_count()
         .await
     {
-        Ok(n) => n,
+        Ok(n) => CollectionSize {
+            count: n,
+            avg_obj_size: 0,
+        },
         Err(e) => {
             warn!(namespace = %ns, error = %e, "cannot estimate document count");
-            0
+            CollectionSize::default()
         }
     }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::batch_size_for;
+
+    #[test]
+    fn batch_size_keeps_replies_near_the_target() {
+        assert_eq!(
+            batch_size_for(1000, 0),
+            1000,
+            "unknown size: the configured batch"
+        );
+        assert_eq!(
+            batch_size_for(1000, 100),
+            1000,
+            "small documents: the configured batch"
+        );
+        assert_eq!(
+            batch_size_for(1000, 51_200),
+            81,
+            "50 KiB documents: about 4 MiB per reply"
+        );
+        assert_eq!(
+            batch_size_for(1000, 15 * 1024 * 1024),
+            1,
+            "huge documents: one per reply"
+        );
+    }
+}
+
+/// What planning learns of a collection's size: the progress estimate and the reply sizing.
+#[derive(Default)]
+struct CollectionSize {
+    count: u64,
+    /// Average document size in bytes; 0 when the server does not say (mongod: replies are capped anyway).
+    avg_obj_size: u64,
 }
 
 /// The text mongodump writes to `<coll>.metadata.json` (and into the archive prelude):

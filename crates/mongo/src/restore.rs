@@ -65,11 +65,23 @@
 //! a slot: slots are only ever waited for while all of them belong to batches that workers
 //! will insert, so the wait always ends.
 //!
+//! # Oplog replay
+//!
+//! When the archive holds an oplog (db `""`, collection `"oplog"`; written by a dump of a
+//! replica set with `local.oplog.rs`, ours or `mongodump --oplog`), a third pass runs once
+//! every collection is fully inserted: `open_input` is called a third time, only the oplog
+//! namespace's entries are read (streamed through a small bounded channel, so memory stays
+//! bounded) and applied one at a time, in archive order, by [`crate::oplog::convert_entry`]
+//! and [`crate::oplog::ReplayOp::apply`], restricted to the namespaces this restore
+//! restores. Secondary indexes are then built **after** the replay (not per collection as
+//! without an oplog): the collections are a fuzzy copy, and replaying from it passes
+//! through states the source never had together, which a unique index could refuse. See
+//! [`crate::oplog`] for the supported entry forms and the exact consistency guarantee.
+//! [`RestoreOptions::replay_oplog`] = false skips the replay (the result is then the fuzzy
+//! copy; a warning says so).
+//!
 //! # Not restored
 //!
-//! * The oplog namespace (db `""`): point-in-time replay is a later step; the reader routes
-//!   its entries to `Route::Oplog`, which only counts them for now (the hook for replay,
-//!   which has to run after all collections are restored). A warning says so.
 //! * `admin.system.*` and mongodump's `$admin.system.*` special namespaces (users, roles):
 //!   FerretDB has no `_mergeAuthzCollections`; skipped with a warning.
 //! * Views and timeseries collections: [`MongoError::Unsupported`] if selected (FerretDB
@@ -117,6 +129,10 @@ pub struct RestoreOptions {
     pub select: Vec<NsSelector>,
     /// Build the archive's secondary indexes after the data (default true).
     pub build_indexes: bool,
+    /// Replay the archive's oplog, if it has one, after the collections (default true).
+    /// Without the replay a backup taken under writes is restored as the dump read it: each
+    /// collection at a different moment.
+    pub replay_oplog: bool,
 }
 
 impl Default for RestoreOptions {
@@ -129,6 +145,7 @@ impl Default for RestoreOptions {
             drop: false,
             select: Vec::new(),
             build_indexes: true,
+            replay_oplog: true,
         }
     }
 }
@@ -253,8 +270,10 @@ pub struct RestoreSummary {
     /// Total BSON bytes of those documents.
     pub bytes: u64,
     /// What was not restored as it is in the archive: collection options and index options
-    /// the target does not support, skipped system namespaces, the oplog.
+    /// the target does not support, skipped system namespaces, oplog entries not replayed.
     pub warnings: Vec<String>,
+    /// Oplog entries applied by the replay (0 when the archive has no oplog).
+    pub oplog_replayed: u64,
 }
 
 /// What [`verify_archive`] found.
@@ -551,8 +570,7 @@ impl BatchLimits {
 enum Route {
     /// Not selected, or a skipped system namespace: documents are read and dropped.
     Skip,
-    /// The oplog. Replay hook: a later step will hand these entries to a replay stage
-    /// that runs once every collection worker is done. For now they are only counted.
+    /// The oplog: read by the replay pass, after every collection is restored.
     Oplog,
     /// Restored by worker `usize`.
     Restore(usize),
@@ -576,6 +594,8 @@ struct Plan {
     workers: Vec<WorkerPlan>,
     warnings: Vec<String>,
     docs_total: u64,
+    /// Prelude index and totals of the oplog namespace, when it is replayed.
+    oplog: Option<(usize, NamespaceStats)>,
 }
 
 /// Decides what happens to every prelude namespace; performs no I/O.
@@ -586,20 +606,24 @@ fn plan_restore(archive: &ArchiveSummary, opts: &RestoreOptions) -> Result<Plan>
         workers: Vec::new(),
         warnings: Vec::new(),
         docs_total: 0,
+        oplog: None,
     };
     for (meta, stats) in &archive.namespaces {
         let ns = meta.namespace();
         if meta.db.is_empty() {
-            // Only the oplog has an empty db (checked by the verify pass); selectors
-            // always name a database, so it belongs to full restores only.
-            if opts.select.is_empty() {
-                plan.warnings.push(format!(
-                    "the backup holds an oplog ({} entries); oplog replay is not implemented, \
-                     so the restore is the state at the start of the oplog window",
-                    stats.documents
-                ));
+            // Only the oplog has an empty db (checked by the verify pass). Its entries are
+            // filtered by the selection when replayed.
+            if opts.replay_oplog && stats.documents > 0 {
+                plan.oplog = Some((plan.routes.len(), *stats));
                 plan.routes.push(Route::Oplog);
             } else {
+                if stats.documents > 0 {
+                    plan.warnings.push(format!(
+                        "the backup holds an oplog ({} entries) that was not replayed: \
+                         collections are restored as the dump read them, each at a different moment",
+                        stats.documents
+                    ));
+                }
                 plan.routes.push(Route::Skip);
             }
             continue;
@@ -753,10 +777,60 @@ pub async fn logical_restore(
     // 3. Targets: refuse or drop existing namespaces, then create the collections.
     cancellable(cancel, prepare_targets(client, &plan.workers, opts.drop)).await?;
 
-    // 4. Apply.
-    let (namespaces, oplog_entries) =
-        apply(client, open, &verified, &plan, opts, progress, cancel).await?;
-    debug!(oplog_entries, "oplog entries read and not replayed");
+    // 4. Apply (indexes wait for the oplog replay when there is one).
+    let (mut namespaces, oplog_entries) = apply(
+        client,
+        open.clone(),
+        &verified,
+        &plan,
+        opts,
+        progress,
+        cancel,
+    )
+    .await?;
+    let mut warnings = plan.warnings.clone();
+    let mut oplog_replayed = 0;
+
+    // 5. Replay the oplog, then build the indexes.
+    if let Some((ns_index, expected)) = plan.oplog {
+        let (replayed, not_replayed) =
+            replay_oplog(client, open, ns_index, expected, &plan.workers, cancel).await?;
+        info!(entries = oplog_entries, replayed, "oplog replayed");
+        oplog_replayed = replayed;
+        // Entries of collections the backup has but the selection left out are expected;
+        // entries of collections the backup does not have mean one was created during the dump.
+        let in_archive: BTreeSet<String> = verified
+            .namespaces
+            .iter()
+            .map(|(m, _)| m.namespace())
+            .collect();
+        for (ns, n) in not_replayed
+            .into_iter()
+            .filter(|(ns, _)| !in_archive.contains(ns))
+        {
+            let w = format!(
+                "{n} oplog entries of {ns} were not replayed: the collection is not in the backup \
+                 (created during the dump?)"
+            );
+            warn!("{w}");
+            warnings.push(w);
+        }
+        if opts.build_indexes {
+            let writes = Semaphore::new(opts.parallel_collections);
+            let built = cancellable(
+                cancel,
+                futures::future::try_join_all(
+                    plan.workers
+                        .iter()
+                        .map(|w| create_indexes_of(client, &writes, w)),
+                ),
+            )
+            .await?;
+            for (n, names) in namespaces.iter_mut().zip(built) {
+                n.indexes = names;
+            }
+        }
+    }
 
     let documents = namespaces.iter().map(|n| n.documents).sum();
     let bytes = plan.workers.iter().map(|w| w.expected.bytes).sum();
@@ -768,14 +842,15 @@ pub async fn logical_restore(
         collections = namespaces.len(),
         documents,
         bytes,
-        warnings = plan.warnings.len(),
+        warnings = warnings.len(),
         "logical restore finished"
     );
     Ok(RestoreSummary {
         namespaces,
         documents,
         bytes,
-        warnings: plan.warnings,
+        warnings,
+        oplog_replayed,
     })
 }
 
@@ -831,6 +906,13 @@ async fn prepare_targets(
         }
         for w in &conflicts {
             info!(namespace = %w.ns, "dropping existing collection before restore");
+            // FerretDB 1.24 (SQLite) has been seen to keep a dropped collection's SQLite index, so that the
+            // restore's createIndexes later fails with "index … already exists"; dropping the indexes through
+            // the server first avoids it. Best effort: the drop below is what must succeed.
+            let _ = client
+                .database(&w.db)
+                .run_command(doc! { "dropIndexes": w.collection.as_str(), "index": "*" })
+                .await;
             client
                 .database(&w.db)
                 .collection::<Document>(&w.collection)
@@ -936,7 +1018,8 @@ async fn apply(
         progress,
         abort: &abort,
     };
-    let build_indexes = opts.build_indexes;
+    // With an oplog to replay, indexes are built after the replay (see the module docs).
+    let build_indexes = opts.build_indexes && plan.oplog.is_none();
     let workers = futures::future::try_join_all(
         plan.workers
             .iter()
@@ -1039,29 +1122,11 @@ async fn run_worker(
             }
         }
     }
-    let mut names = Vec::new();
-    if build_indexes && !w.indexes.is_empty() {
-        names = w
-            .indexes
-            .iter()
-            .map(|i| i.get_str("name").unwrap_or_default().to_string())
-            .collect();
-        let _write = ctx
-            .writes
-            .acquire()
-            .await
-            .map_err(|_| MongoError::Internal("write semaphore closed".into()))?;
-        ctx.client
-            .database(&w.db)
-            .run_command(doc! { "createIndexes": &w.collection, "indexes": w.indexes.clone() })
-            .await
-            .map_err(|e| {
-                MongoError::from_driver(
-                    format!("create indexes {} on {}", names.join(", "), w.ns),
-                    e,
-                )
-            })?;
-    }
+    let names = if build_indexes {
+        create_indexes_of(ctx.client, ctx.writes, w).await?
+    } else {
+        Vec::new()
+    };
     debug!(namespace = %w.ns, documents, indexes = names.len(), "collection restored");
     Ok(Some(RestoredNamespace {
         db: w.db.clone(),
@@ -1069,6 +1134,151 @@ async fn run_worker(
         documents,
         indexes: names,
     }))
+}
+
+/// Builds a collection's secondary indexes (one `createIndexes`, under a write permit);
+/// returns their names.
+async fn create_indexes_of(
+    client: &mongodb::Client,
+    writes: &Semaphore,
+    w: &WorkerPlan,
+) -> Result<Vec<String>> {
+    if w.indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = w
+        .indexes
+        .iter()
+        .map(|i| i.get_str("name").unwrap_or_default().to_string())
+        .collect();
+    let _write = writes
+        .acquire()
+        .await
+        .map_err(|_| MongoError::Internal("write semaphore closed".into()))?;
+    client
+        .database(&w.db)
+        .run_command(doc! { "createIndexes": &w.collection, "indexes": w.indexes.clone() })
+        .await
+        .map_err(|e| {
+            MongoError::from_driver(
+                format!("create indexes {} on {}", names.join(", "), w.ns),
+                e,
+            )
+        })?;
+    Ok(names)
+}
+
+/// Oplog entries the replay reader hands over at most at once (each ≤ 16 MiB).
+const REPLAY_CHANNEL: usize = 64;
+
+/// The replay pass: reads the oplog namespace `ns_index` once more and applies its entries
+/// in order, for the namespaces of `workers`. Returns the number of entries applied and,
+/// per namespace (`db.collection`) of the restored databases that is not restored, the
+/// number of entries not applied.
+async fn replay_oplog(
+    client: &mongodb::Client,
+    open: OpenInput,
+    ns_index: usize,
+    expected: NamespaceStats,
+    workers: &[WorkerPlan],
+    cancel: &CancellationToken,
+) -> Result<(u64, std::collections::BTreeMap<String, u64>)> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLAY_CHANNEL);
+    // Stops the reader on cancellation or when the replay fails.
+    let abort = cancel.child_token();
+    let reader_abort = abort.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let input = open().map_err(|e| MongoError::io("reopen the backup archive", e))?;
+        let mut reader = ArchiveReader::new(input);
+        while let Some(ev) = reader.next_event()? {
+            if reader_abort.is_cancelled() {
+                return Ok(());
+            }
+            match ev {
+                ArchiveEvent::Document { ns_index: i, raw } if i == ns_index => {
+                    // A failed send means the replayer stopped; its result says why.
+                    let Ok(()) = tx.blocking_send(raw) else {
+                        return Ok(());
+                    };
+                }
+                ArchiveEvent::NamespaceEnd { ns_index: i } if i == ns_index => {
+                    let got = reader.namespace_stats(i).unwrap_or_default();
+                    if got != expected {
+                        return Err(changed(&format!(
+                            "oplog: {} entries with CRC {:#018x} instead of {} with {:#018x}",
+                            got.documents, got.crc, expected.documents, expected.crc
+                        )));
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Err(changed("the oplog namespace never ended"))
+    });
+    let restored: BTreeSet<(&str, &str)> = workers
+        .iter()
+        .map(|w| (w.db.as_str(), w.collection.as_str()))
+        .collect();
+    let dbs: BTreeSet<&str> = workers.iter().map(|w| w.db.as_str()).collect();
+    let selected = |d: &str, c: &str| restored.contains(&(d, c));
+    let selected_db = |d: &str| dbs.contains(d);
+    let mut replayed = 0u64;
+    let mut not_replayed = std::collections::BTreeMap::new();
+    let mut replayer = crate::oplog::Replayer::new();
+    let applied: Result<()> = async {
+        loop {
+            let raw = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(MongoError::Cancelled),
+                r = rx.recv() => match r {
+                    Some(raw) => raw,
+                    None => {
+                        return tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => Err(MongoError::Cancelled),
+                            r = replayer.flush(client) => r,
+                        };
+                    }
+                },
+            };
+            let entry =
+                Document::from_reader(raw.as_slice()).map_err(|e| MongoError::Protocol {
+                    context: "replay the oplog".into(),
+                    detail: format!("undecodable oplog entry: {e}"),
+                })?;
+            match crate::oplog::convert_entry(&entry, &selected, &selected_db)? {
+                crate::oplog::Converted::Apply(op) => {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Err(MongoError::Cancelled),
+                        r = replayer.push(*op, client) => r?,
+                    }
+                    replayed += 1;
+                }
+                crate::oplog::Converted::Noop => {}
+                crate::oplog::Converted::NotSelected(db, coll) => {
+                    if dbs.contains(db.as_str()) {
+                        *not_replayed.entry(format!("{db}.{coll}")).or_insert(0u64) += 1;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    // Dropping the receiver unblocks a reader waiting to send; the abort stops one still
+    // reading collections. Waiting for it means no reader thread outlives this call.
+    if applied.is_err() {
+        abort.cancel();
+    }
+    drop(rx);
+    let read = join_blocking(reader).await;
+    if cancel.is_cancelled() {
+        return Err(MongoError::Cancelled);
+    }
+    applied?;
+    read?;
+    Ok((replayed, not_replayed))
 }
 
 /// A batch being filled by the reader.

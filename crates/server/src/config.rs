@@ -60,6 +60,12 @@ pub struct Config {
     /// Backup engine tuning.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// Retention clean-up.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Automatic backups.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
     #[serde(default)]
@@ -106,6 +112,56 @@ impl Default for BackupConfig {
             max_concurrent_jobs: default_jobs(),
         }
     }
+}
+
+/// `[retention]`: the garbage collector that deletes expired backups.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between two collector passes (a pass also runs at start), 1..=86400.
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            gc_interval_secs: default_gc_interval(),
+        }
+    }
+}
+
+fn default_gc_interval() -> u64 {
+    600
+}
+
+/// `[scheduler]`: automatic backups following each instance's backup policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Run automatic backups at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds between two looks at the policies, 1..=600.
+    #[serde(default = "default_tick")]
+    pub tick_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_secs: default_tick(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_tick() -> u64 {
+    30
 }
 
 /// `[[access_keys]]`.
@@ -267,6 +323,18 @@ impl Config {
         }
         if self.backup.max_concurrent_jobs == 0 || self.backup.max_concurrent_jobs > 64 {
             return err("backup.max_concurrent_jobs must be 1..=64".into());
+        }
+        if !(1..=86_400).contains(&self.retention.gc_interval_secs) {
+            return err(format!(
+                "retention.gc_interval_secs = {} is outside 1..=86400",
+                self.retention.gc_interval_secs
+            ));
+        }
+        if !(1..=600).contains(&self.scheduler.tick_secs) {
+            return err(format!(
+                "scheduler.tick_secs = {} is outside 1..=600",
+                self.scheduler.tick_secs
+            ));
         }
         let mut policy_names = HashSet::new();
         for p in &self.ram_policies {

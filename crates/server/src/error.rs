@@ -49,6 +49,21 @@ pub enum ActionError {
     BackupMethodNotSupported(String),
     #[error("invalid BackupRetentionPeriod: {0}")]
     InvalidRetention(String),
+    /// The backup is not in a state the action accepts (running, failed…).
+    #[error("backup not available: {0}")]
+    BackupNotAvailable(String),
+    #[error("backup {backup_id} is read by restore job {job_id}")]
+    BackupInUse { backup_id: i64, job_id: i64 },
+    #[error("invalid BackupExpireTime: {0}")]
+    ExpireTimeMalformed(String),
+    #[error("BackupExpireTime does not extend the expiry: {0}")]
+    ExpireTimeNotExtended(String),
+    #[error("BackupExpireTime out of range: {0}")]
+    ExpireTimeOutOfRange(String),
+    #[error("invalid PreferredBackupTime: {0}")]
+    InvalidBackupTime(String),
+    #[error("invalid PreferredBackupPeriod: {0}")]
+    InvalidBackupPeriod(String),
     /// The instance cannot be reached; the text is already free of credentials.
     #[error("instance unreachable: {0}")]
     InstanceUnreachable(String),
@@ -106,6 +121,43 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             400,
             "InvalidBackupRetentionPeriod.Malformed",
             format!("The specified parameter BackupRetentionPeriod is not valid. {why}"),
+        ),
+        ActionError::BackupNotAvailable(why) => ApiError::new(
+            403,
+            "OperationDenied.BackupStatus",
+            format!("The operation is not permitted due to status of backup. {why}"),
+        ),
+        ActionError::BackupInUse { backup_id, job_id } => ApiError::new(
+            403,
+            "OperationDenied.BackupInUse",
+            format!(
+                "The operation is not permitted because the backup {backup_id} is read by restore job {job_id}; try again when the restore has finished."
+            ),
+        ),
+        ActionError::ExpireTimeMalformed(why) => ApiError::new(
+            400,
+            "InvalidBackupExpireTime.Malformed",
+            format!("The specified parameter BackupExpireTime is not valid. {why}"),
+        ),
+        ActionError::ExpireTimeNotExtended(why) => ApiError::new(
+            400,
+            "InvalidBackupExpireTime.NotExtended",
+            format!("The specified parameter BackupExpireTime is not valid. {why}"),
+        ),
+        ActionError::ExpireTimeOutOfRange(why) => ApiError::new(
+            400,
+            "InvalidBackupExpireTime.OutOfRange",
+            format!("The specified parameter BackupExpireTime is not valid. {why}"),
+        ),
+        ActionError::InvalidBackupTime(why) => ApiError::new(
+            400,
+            "InvalidPreferredBackupTime.Malformed",
+            format!("The specified parameter PreferredBackupTime is not valid. {why}"),
+        ),
+        ActionError::InvalidBackupPeriod(why) => ApiError::new(
+            400,
+            "InvalidPreferredBackupPeriod.Malformed",
+            format!("The specified parameter PreferredBackupPeriod is not valid. {why}"),
         ),
         ActionError::InstanceUnreachable(why) => ApiError::new(
             403,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ddsvault_catalog::{AccessKeyRecord, Catalog};
-use ddsvault_jobs::{BackupSettings, InstanceSpec, Runner, Tasks};
+use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_ram::Policy;
 use ddsvault_repo::Repository;
@@ -47,6 +47,10 @@ pub struct CreatedRootKey {
 pub struct Prepared {
     state: Arc<AppState>,
     tasks: Tasks,
+    /// The retention garbage collector, started with the runner.
+    gc: Arc<Gc>,
+    /// The automatic-backup scheduler, started with the runner unless disabled.
+    scheduler: Option<Arc<Scheduler>>,
     listen: String,
     public_url: Option<String>,
     /// Set when this start created the root AccessKey.
@@ -227,6 +231,23 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             .await?,
     );
     let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
+    let gc = Arc::new(Gc::new(
+        Arc::clone(&catalog),
+        repo.clone(),
+        Duration::from_secs(cfg.retention.gc_interval_secs),
+    ));
+    let scheduler = cfg.scheduler.enabled.then(|| {
+        Arc::new(
+            Scheduler::new(
+                Arc::clone(&catalog),
+                cfg.instances.iter().map(|i| i.id.clone()).collect(),
+                node_id.clone(),
+                cfg.backup.compression.clone(),
+                Duration::from_secs(cfg.scheduler.tick_secs),
+            )
+            .with_runner(Arc::clone(&runner)),
+        )
+    });
     let state = Arc::new(AppState::new(
         cfg.region_id.clone(),
         account_id,
@@ -248,11 +269,29 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     Ok(Prepared {
         state,
         tasks: Tasks::new(),
+        gc,
+        scheduler,
         listen: cfg.listen.clone(),
         public_url: cfg.public_url.clone(),
         created_root_key,
         root_key_id,
     })
+}
+
+/// Runs one retention pass now (`ddsvault gc`): finishes interrupted deletions and deletes expired backups, exactly
+/// as the server's collector task does. Safe while servers share the catalog (every step is idempotent).
+///
+/// # Errors
+/// Catalog or repository errors.
+pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport, ServerError> {
+    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let repo = Repository::local(&cfg.repository_path())?;
+    let gc = Gc::new(
+        catalog,
+        repo,
+        Duration::from_secs(cfg.retention.gc_interval_secs),
+    );
+    Ok(gc.pass().await?)
 }
 
 impl Prepared {
@@ -287,6 +326,15 @@ impl Prepared {
         let tasks = self.tasks.clone();
         self.tasks
             .spawn("job-runner", move |token| runner.run(tasks, token));
+        let gc = Arc::clone(&self.gc);
+        self.tasks.spawn("retention-gc", move |token| gc.run(token));
+        if let Some(scheduler) = self.scheduler.clone() {
+            self.state
+                .scheduler_running
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.tasks
+                .spawn("backup-scheduler", move |token| scheduler.run(token));
+        }
 
         let app = router::router(Arc::clone(&self.state));
         let stop = shutdown.clone();

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ddsvault_catalog::{Backup, BackupStatus, Catalog};
-use ddsvault_repo::{RepoPath, Repository};
+use ddsvault_repo::{Manifest, RepoPath, Repository};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -100,6 +100,32 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
     })
 }
 
+/// A backup whose files all match its manifest, with the name of its archive and an opener of decompressed
+/// readers over it.
+async fn checked_archive(
+    cfg: &Config,
+    backup_id: i64,
+) -> Result<(Manifest, String, ArchiveOpener), ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = repo.verify(&prefix).await?;
+    let archive = backup
+        .details
+        .get("archive")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ConfigError(format!("backup {backup_id} records no archive")))?
+        .to_string();
+    let opener = ddsvault_jobs::archive_opener(
+        repo,
+        prefix.join(&archive)?,
+        ddsvault_jobs::compression_of(&backup.details),
+    );
+    Ok((manifest, archive, opener))
+}
+
+type ArchiveOpener = Box<dyn Fn() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send + Sync>;
+
 /// What `verify` checked.
 #[derive(Debug)]
 pub struct Verified {
@@ -115,20 +141,7 @@ pub struct Verified {
 /// # Errors
 /// Unknown backup, or the first problem found, naming the file or namespace.
 pub async fn verify(cfg: &Config, backup_id: i64) -> Result<Verified, ServerError> {
-    let (catalog, repo) = open(cfg).await?;
-    let backup = finished_backup(&catalog, backup_id).await?;
-    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = repo.verify(&prefix).await?;
-    let archive = backup
-        .details
-        .get("archive")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| ConfigError(format!("backup {backup_id} records no archive")))?;
-    let opener = ddsvault_jobs::archive_opener(
-        repo.clone(),
-        prefix.join(archive)?,
-        ddsvault_jobs::compression_of(&backup.details),
-    );
+    let (manifest, archive, opener) = checked_archive(cfg, backup_id).await?;
     let summary = tokio::task::spawn_blocking(move || {
         let input = opener().map_err(|e| format!("open archive: {e}"))?;
         ddsvault_mongo::restore::verify_archive(input).map_err(|e| e.to_string())
@@ -159,20 +172,7 @@ pub async fn restore(
     select: Vec<ddsvault_mongo::restore::NsSelector>,
     drop: bool,
 ) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
-    let (catalog, repo) = open(cfg).await?;
-    let backup = finished_backup(&catalog, backup_id).await?;
-    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    repo.verify(&prefix).await?;
-    let archive = backup
-        .details
-        .get("archive")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| ConfigError(format!("backup {backup_id} records no archive")))?;
-    let opener = ddsvault_jobs::archive_opener(
-        repo.clone(),
-        prefix.join(archive)?,
-        ddsvault_jobs::compression_of(&backup.details),
-    );
+    let (_, _, opener) = checked_archive(cfg, backup_id).await?;
     let client = ddsvault_mongo::topology::connect(to_uri)
         .await
         .map_err(|e| ConfigError(crate::redact(&e.to_string(), to_uri)))?;

@@ -87,6 +87,8 @@ pub struct AppState {
     pub downloads: crate::download::UrlSigner,
     /// Base of download URLs: `public_url` from the configuration, else `http://<bound address>`.
     pub public_base: std::sync::OnceLock<String>,
+    /// Whether this process runs the automatic-backup scheduler: only then is `PreferredNextBackupTime` promised.
+    pub scheduler_running: std::sync::atomic::AtomicBool,
     pub keys: KeyStore,
     pub nonces: MemoryNonceStore,
     /// RAM user → attached policies.
@@ -123,6 +125,7 @@ impl AppState {
             repo,
             downloads,
             public_base: std::sync::OnceLock::new(),
+            scheduler_running: std::sync::atomic::AtomicBool::new(false),
             keys,
             nonces: MemoryNonceStore::new(),
             ram_users,

@@ -721,7 +721,7 @@ fn plan_selects_skips_and_warns() {
         (CollectionMetadata::oplog(), vec![docs(0..3, 1)]),
     ]);
 
-    // Everything: admin.system.users skipped, oplog routed to its hook, warnings.
+    // Everything: admin.system.users skipped, oplog routed to the replay, warnings.
     let p = plan_restore(&s, &RestoreOptions::default()).unwrap();
     assert_eq!(
         p.routes,
@@ -747,7 +747,22 @@ fn plan_selects_skips_and_warns() {
     );
     assert!(w.contains("index \"e_1\": option \"collation\""), "{w}");
     assert!(w.contains("admin.system.users: skipped"), "{w}");
-    assert!(w.contains("oplog (3 entries)"), "{w}");
+    assert!(!w.contains("oplog"), "{w}");
+    assert_eq!(p.oplog.map(|(i, st)| (i, st.documents)), Some((4, 3)));
+
+    // Without the replay, the oplog is skipped with a warning.
+    let p = plan_restore(
+        &s,
+        &RestoreOptions {
+            replay_oplog: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.routes[4], Route::Skip);
+    assert!(p.oplog.is_none());
+    let w = p.warnings.join("\n");
+    assert!(w.contains("oplog (3 entries) that was not replayed"), "{w}");
 
     // One database; one collection; no indexes.
     let p = plan_restore(
@@ -765,7 +780,8 @@ fn plan_selects_skips_and_warns() {
             Route::Restore(1),
             Route::Skip,
             Route::Skip,
-            Route::Skip
+            // The oplog is replayed for the selected namespaces only.
+            Route::Oplog
         ]
     );
     assert_eq!(p.docs_total, 7);

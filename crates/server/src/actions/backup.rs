@@ -210,6 +210,9 @@ fn backup_json(st: &AppState, b: &Backup) -> Value {
         "BackupScale": "",
         "EngineVersion": b.engine_version,
         "IsAvail": b.status == BackupStatus::Success,
+        // ddsvault extension: the point in time a restore of this backup reproduces (the oplog
+        // entry the backup's oplog window ends with); "" for backups without an oplog.
+        "BackupConsistentTime": b.details.get("consistent_time").and_then(Value::as_str).unwrap_or(""),
     })
 }
 

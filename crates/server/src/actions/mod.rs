@@ -6,6 +6,7 @@ mod backup;
 mod instance;
 mod policy;
 mod restore;
+mod retention;
 
 use ddsvault_api::{ApiError, Params};
 
@@ -46,10 +47,10 @@ actions!(
     DescribeBackupDBs,
     // ddsvault extension: follow restore jobs.
     DescribeRestoreTasks,
-    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
-    DeleteBackup,
     ModifyBackupPolicy,
+    DeleteBackup,
     ModifyBackupExpireTime,
+    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DescribeBackupStorage,
     DescribeClusterBackups,
     DescribeClusterRecoverTime,
@@ -82,6 +83,9 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::DescribeBackups => backup::describe_backups(st, p).await,
         Action::DescribeBackupTasks => backup::describe_backup_tasks(st, p).await,
         Action::DescribeBackupPolicy => policy::describe_backup_policy(st, p).await,
+        Action::ModifyBackupPolicy => policy::modify_backup_policy(st, p).await,
+        Action::DeleteBackup => retention::delete_backup(st, p).await,
+        Action::ModifyBackupExpireTime => retention::modify_backup_expire_time(st, p).await,
         Action::DescribeDBInstances => instance::describe_db_instances(st, p).await,
         Action::DescribeDBInstanceAttribute => instance::describe_db_instance_attribute(st, p).await,
         Action::RestoreDBInstance => restore::restore_db_instance(st, p).await,

@@ -1,11 +1,44 @@
-//! Backup policy: DescribeBackupPolicy (ModifyBackupPolicy comes with the policies issue).
+//! Backup policy: DescribeBackupPolicy and ModifyBackupPolicy (dds-api.md §6.6–6.7).
+//!
+//! The standard policy fields are validated and stored in the catalog; nothing invalid is ever stored (the whole
+//! call is refused). Cross-region backup parameters are refused with `UnsupportedOperation` rather than ignored.
 
-use ddsvault_api::Params;
+use std::sync::atomic::Ordering;
+
+use ddsvault_api::{ApiError, Params};
+use ddsvault_catalog::policy::{format_backup_period, parse_backup_period, parse_backup_window};
+use ddsvault_catalog::BackupPolicy;
 use serde_json::{json, Map};
 
 use crate::error::ActionError;
 use crate::router::ActionResult;
 use crate::state::AppState;
+
+/// `PreferredNextBackupTime`: the next window start (`yyyy-MM-ddTHH:mmZ`) while the scheduler runs, else "".
+pub(crate) fn preferred_next_backup_time(pol: &BackupPolicy, running: bool) -> String {
+    if !running {
+        return String::new();
+    }
+    ddsvault_jobs::scheduler::next_backup_time(pol, chrono::Utc::now())
+        .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
+        .unwrap_or_default()
+}
+
+/// High-frequency (Flash) snapshot intervals in minutes; -1 switches high-frequency backup off.
+const BACKUP_INTERVALS: [i64; 10] = [-1, 15, 30, 60, 120, 180, 240, 360, 480, 720];
+
+/// Cross-region backup parameters of ModifyBackupPolicy: not implemented, so refused instead of ignored.
+const CROSS_REGION_PARAMS: [&str; 9] = [
+    "CrossBackupType",
+    "CrossBackupPeriod",
+    "CrossRetentionType",
+    "CrossRetentionValue",
+    "CrossLogRetentionType",
+    "CrossLogRetentionValue",
+    "EnableCrossLogBackup",
+    "DestRegion",
+    "SrcRegion",
+];
 
 pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
@@ -25,8 +58,13 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         "PreferredBackupTime".into(),
         json!(pol.preferred_backup_time),
     );
-    // No scheduler runs automatic backups yet (policies issue), so no next backup time is promised.
-    out.insert("PreferredNextBackupTime".into(), json!(""));
+    out.insert(
+        "PreferredNextBackupTime".into(),
+        json!(preferred_next_backup_time(
+            &pol,
+            st.scheduler_running.load(Ordering::Relaxed)
+        )),
+    );
     // Dds types these two as strings.
     out.insert(
         "BackupRetentionPeriod".into(),
@@ -52,4 +90,228 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         json!(pol.backup_retention_policy_on_cluster_deletion),
     );
     Ok(out)
+}
+
+pub async fn modify_backup_policy(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let current = st
+        .catalog
+        .get_policy(id)
+        .await
+        .map_err(ActionError::from)?
+        .unwrap_or_default();
+    let updated = apply_changes(current, p)?;
+    st.catalog
+        .put_policy(id, &updated, chrono::Utc::now())
+        .await
+        .map_err(ActionError::from)?;
+    tracing::info!(instance = %id, policy = ?updated, "backup policy modified");
+    Ok(Map::new())
+}
+
+/// Validates every parameter the call carries and returns the policy with them applied. Absent (or empty)
+/// parameters keep their stored value.
+pub(crate) fn apply_changes(mut pol: BackupPolicy, p: &Params) -> Result<BackupPolicy, ApiError> {
+    if let Some(name) = CROSS_REGION_PARAMS.iter().find(|n| p.opt_str(n).is_some()) {
+        return Err(ApiError::new(
+            400,
+            "UnsupportedOperation",
+            format!(
+                "Cross-region backup ({name}) is not implemented by this ddsvault version. See the README."
+            ),
+        ));
+    }
+    if let Some(t) = p.opt_str("InstanceType") {
+        if t != "replicate" && t != "sharding" {
+            return Err(ApiError::invalid_parameter(
+                "InstanceType",
+                "Valid values: replicate, sharding.",
+            ));
+        }
+    }
+    if let Some(v) = p.opt_str("PreferredBackupTime") {
+        parse_backup_window(v).map_err(ActionError::InvalidBackupTime)?;
+        pol.preferred_backup_time = v.to_string();
+    }
+    if let Some(v) = p.opt_str("PreferredBackupPeriod") {
+        let days = parse_backup_period(v).map_err(ActionError::InvalidBackupPeriod)?;
+        pol.preferred_backup_period = format_backup_period(&days);
+    }
+    if let Some(v) = p.opt_i64("BackupRetentionPeriod").map_err(|_| {
+        ActionError::InvalidRetention("It must be an integer: 7-730, or -1 (keep forever).".into())
+    })? {
+        if v != -1 && !(7..=730).contains(&v) {
+            return Err(ActionError::InvalidRetention(format!(
+                "{v} is out of range: 7-730 days, or -1 (keep forever)."
+            ))
+            .into());
+        }
+        pol.backup_retention_period = v;
+    }
+    if let Some(v) = p.opt_i64("EnableBackupLog")? {
+        if v != 0 && v != 1 {
+            return Err(ApiError::invalid_parameter(
+                "EnableBackupLog",
+                "Valid values: 0 (off), 1 (on).",
+            ));
+        }
+        pol.enable_backup_log = v;
+    }
+    if let Some(v) = p.opt_i64("LogBackupRetentionPeriod")? {
+        if !(7..=730).contains(&v) {
+            return Err(ApiError::invalid_parameter(
+                "LogBackupRetentionPeriod",
+                "Valid values: 7-730 (days).",
+            ));
+        }
+        pol.log_backup_retention_period = v;
+    }
+    if let Some(v) = p.opt_str("SnapshotBackupType") {
+        if v != "Flash" && v != "Standard" {
+            return Err(ApiError::invalid_parameter(
+                "SnapshotBackupType",
+                "Valid values: Flash, Standard.",
+            ));
+        }
+        pol.snapshot_backup_type = v.to_string();
+    }
+    if let Some(v) = p.opt_i64("BackupInterval")? {
+        if !BACKUP_INTERVALS.contains(&v) {
+            return Err(ApiError::invalid_parameter(
+                "BackupInterval",
+                "Valid values: -1 (off), 15, 30, 60, 120, 180, 240, 360, 480, 720 (minutes).",
+            ));
+        }
+        pol.backup_interval = v;
+    }
+    if let Some(v) = p.opt_i64("HighFrequencyBackupRetention")? {
+        if !(1..=730).contains(&v) {
+            return Err(ApiError::invalid_parameter(
+                "HighFrequencyBackupRetention",
+                "Valid values: 1-730 (days).",
+            ));
+        }
+        pol.high_frequency_backup_retention = v;
+    }
+    if let Some(v) = p.opt_bool("PreserveOneEachHour")? {
+        pol.preserve_one_each_hour = v;
+    }
+    if let Some(v) = p.opt_i64("BackupRetentionPolicyOnClusterDeletion")? {
+        if !(0..=2).contains(&v) {
+            return Err(ApiError::invalid_parameter(
+                "BackupRetentionPolicyOnClusterDeletion",
+                "Valid values: 0, 1, 2.",
+            ));
+        }
+        pol.backup_retention_policy_on_cluster_deletion = v;
+    }
+    // Rule across fields, checked on the resulting policy: high-frequency backup needs Flash snapshots.
+    if pol.snapshot_backup_type == "Standard" && pol.backup_interval != -1 {
+        return Err(ApiError::invalid_parameter(
+            "BackupInterval",
+            "It must be -1 when SnapshotBackupType is Standard; high-frequency backup needs SnapshotBackupType=Flash.",
+        ));
+    }
+    Ok(pol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn params(kv: &[(&str, &str)]) -> Params {
+        Params::new(
+            kv.iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    fn code(kv: &[(&str, &str)]) -> String {
+        apply_changes(BackupPolicy::default(), &params(kv))
+            .expect_err("must be refused")
+            .code
+            .clone()
+    }
+
+    #[test]
+    fn next_backup_time_only_while_the_scheduler_runs() {
+        let p = BackupPolicy::default();
+        assert_eq!(preferred_next_backup_time(&p, false), "");
+        let next = preferred_next_backup_time(&p, true);
+        // Daily at 03:00Z: today or tomorrow, minute precision.
+        assert_eq!(next.len(), "yyyy-MM-ddTHH:mmZ".len(), "{next}");
+        assert!(next.ends_with("T03:00Z"), "{next}");
+    }
+
+    #[test]
+    fn applies_valid_changes() {
+        let p = apply_changes(
+            BackupPolicy::default(),
+            &params(&[
+                ("PreferredBackupTime", "23:00Z-00:00Z"),
+                ("PreferredBackupPeriod", "Sunday,Wednesday"),
+                ("BackupRetentionPeriod", "-1"),
+                ("EnableBackupLog", "1"),
+                ("LogBackupRetentionPeriod", "730"),
+                ("SnapshotBackupType", "Flash"),
+                ("BackupInterval", "30"),
+                ("HighFrequencyBackupRetention", "3"),
+                ("PreserveOneEachHour", "true"),
+                ("BackupRetentionPolicyOnClusterDeletion", "2"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(p.preferred_backup_time, "23:00Z-00:00Z");
+        assert_eq!(p.preferred_backup_period, "Wednesday,Sunday");
+        assert_eq!(p.backup_retention_period, -1);
+        assert_eq!(p.enable_backup_log, 1);
+        assert_eq!(p.log_backup_retention_period, 730);
+        assert_eq!(p.snapshot_backup_type, "Flash");
+        assert_eq!(p.backup_interval, 30);
+        assert_eq!(p.high_frequency_backup_retention, 3);
+        assert!(p.preserve_one_each_hour);
+        assert_eq!(p.backup_retention_policy_on_cluster_deletion, 2);
+        // Nothing given: nothing changes.
+        assert_eq!(apply_changes(p.clone(), &params(&[])).expect("empty"), p);
+    }
+
+    #[test]
+    fn refuses_each_invalid_value_with_its_code() {
+        assert_eq!(
+            code(&[("PreferredBackupTime", "03:00Z-05:00Z")]),
+            "InvalidPreferredBackupTime.Malformed"
+        );
+        assert_eq!(
+            code(&[("PreferredBackupPeriod", "Mon")]),
+            "InvalidPreferredBackupPeriod.Malformed"
+        );
+        for v in ["6", "731", "0", "x"] {
+            assert_eq!(
+                code(&[("BackupRetentionPeriod", v)]),
+                "InvalidBackupRetentionPeriod.Malformed"
+            );
+        }
+        for (k, v) in [
+            ("EnableBackupLog", "2"),
+            ("LogBackupRetentionPeriod", "6"),
+            ("LogBackupRetentionPeriod", "731"),
+            ("SnapshotBackupType", "Fast"),
+            ("BackupInterval", "45"),
+            ("HighFrequencyBackupRetention", "0"),
+            ("PreserveOneEachHour", "yes"),
+            ("BackupRetentionPolicyOnClusterDeletion", "3"),
+            ("InstanceType", "serverless"),
+        ] {
+            assert_eq!(code(&[(k, v)]), "InvalidParameter", "{k}={v}");
+        }
+        // BackupInterval must be -1 with Standard snapshots (the default type).
+        assert_eq!(code(&[("BackupInterval", "60")]), "InvalidParameter");
+        assert_eq!(
+            code(&[("CrossBackupType", "update")]),
+            "UnsupportedOperation"
+        );
+    }
 }

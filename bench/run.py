@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""ddsvault benchmark harness (run on demand, not in CI).
+
+Builds the release binary, generates reproducible datasets in FerretDB, and measures in one run on this machine:
+  - ddsvault logical backup (CreateBackup through the official SDK, until DescribeBackups says Success)
+  - the raw read rate of the server (crates/mongo/examples/raw_read.rs: every document read raw and discarded)
+  - mongodump --archive (plain and --gzip) when mongo-tools are installed (they are not installable here: the Go
+    module proxy refuses github.com/mongodb/mongo-tools; the harness says so instead of inventing a number)
+  - ddsvault logical restore (RestoreDBInstance into an empty FerretDB) and mongorestore --archive when available
+  - peak RSS of the ddsvault process (VmHWM, one fresh process per measured run)
+It prints min/median with repeat counts and the ratios ddsvault/peer and ddsvault/limit, and writes a JSON file.
+
+  .stack/venv/bin/python bench/run.py --datasets small,medium --repeat 3
+  .stack/venv/bin/python bench/run.py --datasets large --large-mb 4096 --repeat 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "blackbox"))
+
+import stack  # noqa: E402
+
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+BIN = TARGET / "release" / "ddsvault"
+RAW_READ = TARGET / "release" / "examples" / "raw_read"
+AK = ("LTAI5tBenchRootKey0001", "bench-root-secret-0001")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+def build():
+    sh("cargo", "build", "--release", "-p", "ddsvault", cwd=REPO)
+    sh("cargo", "build", "--release", "-p", "ddsvault-mongo", "--example", "raw_read", cwd=REPO)
+
+
+def gen_dataset(client, name: str, large_mb: int, seed: int = 7):
+    """Reproducible datasets: small = many collections, medium = ~200 MB mixed sizes, large = large_mb MB."""
+    rng = random.Random(seed)
+
+    def doc(i, size):
+        return {"_id": i, "n": i, "f": rng.random(), "s": "x" * size, "tags": [rng.randrange(100) for _ in range(5)],
+                "sub": {"a": i % 13, "b": str(i)}}
+
+    if name == "small":
+        db = client.bench_small
+        for c in range(1000):
+            db[f"c{c:04d}"].insert_many([doc(i, 100) for i in range(50)])
+        return
+    total_mb = 200 if name == "medium" else large_mb
+    db = client[f"bench_{name}"]
+    written, i, batch = 0, 0, []
+    sizes = [64, 256, 1024, 4096, 16384]
+    while written < total_mb * 1024 * 1024:
+        size = rng.choice(sizes)
+        batch.append(doc(i, size))
+        written += size + 80
+        i += 1
+        if len(batch) == 1000:
+            db[f"c{i % 4}"].insert_many(batch)
+            batch = []
+    if batch:
+        db["c0"].insert_many(batch)
+
+
+class Server:
+    def __init__(self, workdir: Path, instances: dict):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"',
+                 "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"']
+        for iid, uri in instances.items():
+            lines += ["[[instances]]", f'id = "{iid}"', f'uri = "{uri}"']
+        (self.dir / "c.toml").write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([str(BIN), "serve", "--config", str(self.dir / "c.toml")], stdout=subprocess.PIPE,
+                                     stderr=open(self.dir / "stderr.log", "ab"), text=True)
+        for line in self.proc.stdout:
+            if "listening on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1])
+                break
+        from alibabacloud_dds20151201.client import Client
+        from alibabacloud_tea_openapi import models as m
+        self.tea = Client(m.Config(access_key_id=AK[0], access_key_secret=AK[1], endpoint=f"127.0.0.1:{self.port}",
+                                   protocol="http", region_id="cn-hangzhou", read_timeout=600000))
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def timed_backup(server: Server, iid: str) -> float:
+    from alibabacloud_dds20151201 import models as dds
+
+    t0 = time.monotonic()
+    r = server.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method="Logical")).body
+    while True:
+        b = server.tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid, backup_job_id=r.backup_job_id)).body
+        if b.backups.backup:
+            assert b.backups.backup[0].backup_status == "Success"
+            return time.monotonic() - t0, b.backups.backup[0].backup_id
+        time.sleep(0.05)
+
+
+def timed_restore(server: Server, src: str, dst: str, backup_id: str) -> float:
+    import json as _j
+
+    from aliyunsdkcore.client import AcsClient
+    from aliyunsdkcore.request import CommonRequest
+
+    acs = AcsClient(AK[0], AK[1], "cn-hangzhou", port=server.port, timeout=600)
+
+    def call(action, **p):
+        req = CommonRequest(domain="127.0.0.1", version="2015-12-01", action_name=action, product="Dds")
+        req.set_method("POST")
+        for k, v in p.items():
+            req.add_query_param(k, v)
+        return _j.loads(acs.do_action_with_exception(req))
+
+    t0 = time.monotonic()
+    job = call("RestoreDBInstance", DBInstanceId=src, BackupId=backup_id, TargetDBInstanceId=dst,
+               DropExisting="true")["RestoreJobId"]
+    while True:
+        j = call("DescribeRestoreTasks", DBInstanceId=dst, RestoreJobId=job)["RestoreJobs"][0]
+        if j["Status"] in ("Success", "Failed"):
+            assert j["Status"] == "Success", j
+            return time.monotonic() - t0
+        time.sleep(0.05)
+
+
+def summary(xs):
+    return {"runs": len(xs), "min": min(xs), "median": statistics.median(xs)} if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", default="small,medium")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--large-mb", type=int, default=4096)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"bench-{int(time.time())}.json"))
+    args = ap.parse_args()
+    sh(str(REPO / "scripts" / "setup-stack.sh"))
+    build()
+    tools = stack.mongo_tools_unavailable_reason()
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "python": platform.python_version()}, "datasets": {}}
+    for name in args.datasets.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            src = stack.FerretDB(tmp / "src", repl_set_name="rs0")
+            dst = stack.FerretDB(tmp / "dst", repl_set_name="rs0")
+            t0 = time.monotonic()
+            gen_dataset(src.client(), name, args.large_mb)
+            gen_s = time.monotonic() - t0
+            r = {"generate_seconds": gen_s, "raw_read": [], "ddsvault_backup": [], "ddsvault_restore": [],
+                 "ddsvault_backup_peak_rss_mb": [], "mongodump_plain": [], "mongodump_gzip": [], "mongorestore": []}
+            for _ in range(args.repeat):
+                out = subprocess.run([str(RAW_READ), src.uri], capture_output=True, text=True, check=True)
+                r["raw_read"].append(json.loads(out.stdout)["seconds"])
+                srv = Server(tmp / f"svc{len(r['ddsvault_backup'])}", {"src": src.uri, "dst": dst.uri})
+                secs, backup_id = timed_backup(srv, "src")
+                r["ddsvault_backup"].append(secs)
+                r["ddsvault_backup_peak_rss_mb"].append(srv.peak_rss_mb())
+                r["ddsvault_restore"].append(timed_restore(srv, "src", "dst", backup_id))
+                srv.stop()
+                shutil.rmtree(srv.dir, ignore_errors=True)
+                if tools is None:
+                    for key, extra in (("mongodump_plain", []), ("mongodump_gzip", ["--gzip"])):
+                        t = time.monotonic()
+                        sh(stack.bin("mongodump"), f"--uri={src.uri}", f"--archive={tmp / 'a'}", *extra,
+                           capture_output=True)
+                        r[key].append(time.monotonic() - t)
+                    dst.client().drop_database(f"bench_{name}")
+                    t = time.monotonic()
+                    sh(stack.bin("mongorestore"), f"--uri={dst.uri}", f"--archive={tmp / 'a'}", "--gzip",
+                       "--noIndexRestore", capture_output=True)
+                    r["mongorestore"].append(time.monotonic() - t)
+            src.stop()
+            dst.stop()
+        s = {k: (summary(v) if isinstance(v, list) else v) for k, v in r.items()}
+        med = lambda k: s[k]["median"] if s.get(k) else None  # noqa: E731
+        s["ratios"] = {
+            "backup_vs_raw_read_time": med("ddsvault_backup") / med("raw_read"),
+            "backup_vs_mongodump_gzip": (med("ddsvault_backup") / med("mongodump_gzip")) if med("mongodump_gzip") else
+            f"unavailable: {tools}",
+            "restore_vs_mongorestore": (med("ddsvault_restore") / med("mongorestore")) if med("mongorestore") else
+            f"unavailable: {tools}",
+        }
+        results["datasets"][name] = s
+        print(f"\n== {name} (repeat {args.repeat}, generated in {gen_s:.1f}s)")
+        for k in ("raw_read", "ddsvault_backup", "ddsvault_restore", "mongodump_plain", "mongodump_gzip",
+                  "mongorestore", "ddsvault_backup_peak_rss_mb"):
+            v = s[k]
+            print(f"  {k:30s} " + (f"min {v['min']:.2f}  median {v['median']:.2f}" if v else "n/a"))
+        for k, v in s["ratios"].items():
+            print(f"  {k:30s} {v if isinstance(v, str) else f'{v:.2f}'}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+//! Automatic backups: the scheduler starts one backup per policy slot (`BackupMode = Automated`).
+//!
+//! A slot is the start of an instance's one-hour `PreferredBackupTime` window on one of its
+//! `PreferredBackupPeriod` days. Every tick the scheduler looks, per instance, for the latest slot at or before
+//! now; while now is still inside that slot's window it asks the catalog to take the slot and create the job in
+//! one transaction ([`CatalogBackend::create_scheduled_backup_job`]), whose primary key `(instance, slot)` makes
+//! the slot run at most once across restarts and across processes sharing the catalog. So:
+//! - a slot missed while ddsvault was down runs late only if ddsvault is back inside the window; otherwise it is
+//!   not run at all (the next slot is);
+//! - a slot that meets an active job of the instance (a manual backup, a restore) is recorded as skipped, never
+//!   queued behind it.
+//!
+//! Automatic backups use the Logical method (the only one implemented) with the policy's
+//! `BackupRetentionPeriod`; an instance that cannot take one (unreachable, standalone) gets a Failed backup with
+//! the reason, like a manual one.
+//!
+//! [`CatalogBackend::create_scheduled_backup_job`]: ddsvault_catalog::CatalogBackend::create_scheduled_backup_job
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ddsvault_catalog::policy::{
+    last_slot_at_or_before, next_slot_at_or_after, parse_backup_period, parse_backup_window,
+};
+use ddsvault_catalog::{BackupPolicy, Catalog, NewBackupJob, ScheduledJob};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Clock, JobError, Runner, SystemClock};
+
+/// Length of the policy window.
+pub const WINDOW: chrono::Duration = chrono::Duration::hours(1);
+
+/// The slot due at `now`: the latest window start at or before `now` on a policy day, if `now` is still inside its
+/// window. `None` outside windows, or for a policy that does not parse (never stored by ModifyBackupPolicy).
+pub fn due_slot(policy: &BackupPolicy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = parse_backup_window(&policy.preferred_backup_time).ok()?;
+    let days = parse_backup_period(&policy.preferred_backup_period).ok()?;
+    let slot = last_slot_at_or_before(now, start, &days)?;
+    (now < slot + WINDOW).then_some(slot)
+}
+
+/// When the next automatic backup starts: the first window start at or after `now`.
+pub fn next_backup_time(policy: &BackupPolicy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = parse_backup_window(&policy.preferred_backup_time).ok()?;
+    let days = parse_backup_period(&policy.preferred_backup_period).ok()?;
+    next_slot_at_or_after(now, start, &days)
+}
+
+/// What one tick did for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// No window is open.
+    Idle,
+    /// The slot's job was created.
+    Created { slot: DateTime<Utc>, job_id: i64 },
+    /// The slot had been taken already (earlier tick, restart, other process).
+    AlreadyTaken { slot: DateTime<Utc> },
+    /// The slot met an active job and was recorded as skipped.
+    Skipped { slot: DateTime<Utc>, job_id: i64 },
+}
+
+/// Starts automatic backups.
+#[derive(Debug)]
+pub struct Scheduler {
+    catalog: Catalog,
+    instances: Vec<String>,
+    node_id: String,
+    compression: String,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    runner: Option<Arc<Runner>>,
+    ticks: watch::Sender<u64>,
+}
+
+impl Scheduler {
+    /// `compression` is recorded in the job parameters like CreateBackup does (`zstd` | `gzip`).
+    pub fn new(
+        catalog: Catalog,
+        instances: Vec<String>,
+        node_id: String,
+        compression: String,
+        tick: Duration,
+    ) -> Self {
+        Self {
+            catalog,
+            instances,
+            node_id,
+            compression,
+            clock: Arc::new(SystemClock),
+            tick,
+            runner: None,
+            ticks: watch::channel(0).0,
+        }
+    }
+
+    /// Replaces the clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Wakes this runner when a job is created (otherwise it finds it at its next poll).
+    #[must_use]
+    pub fn with_runner(mut self, runner: Arc<Runner>) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
+    /// Counts finished ticks (tests wait on it instead of sleeping).
+    pub fn ticks(&self) -> watch::Receiver<u64> {
+        self.ticks.subscribe()
+    }
+
+    /// One look at every instance's policy at the clock's now.
+    ///
+    /// # Errors
+    /// The first catalog error (the other instances are looked at next tick).
+    pub async fn tick(&self) -> Result<Vec<(String, TickOutcome)>, JobError> {
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(self.instances.len());
+        for id in &self.instances {
+            let policy = self.catalog.get_policy(id).await?.unwrap_or_default();
+            let outcome = match due_slot(&policy, now) {
+                None => TickOutcome::Idle,
+                Some(slot) => self.run_slot(id, &policy, slot, now).await?,
+            };
+            out.push((id.clone(), outcome));
+        }
+        Ok(out)
+    }
+
+    async fn run_slot(
+        &self,
+        id: &str,
+        policy: &BackupPolicy,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<TickOutcome, JobError> {
+        let retention_days = policy.backup_retention_period;
+        let new = NewBackupJob {
+            instance_id: id.to_string(),
+            method: "Logical".into(),
+            mode: "Automated".into(),
+            retention_days,
+            engine_version: String::new(),
+            params: serde_json::json!({
+                "method": "Logical",
+                "retention_days": retention_days,
+                "compression": self.compression,
+                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }),
+            now,
+        };
+        Ok(
+            match self
+                .catalog
+                .create_scheduled_backup_job(&new, slot, &self.node_id)
+                .await?
+            {
+                ScheduledJob::Created(created) => {
+                    let (job, backup) = *created;
+                    tracing::info!(instance = %id, %slot, job_id = job.id, backup_id = backup.id, "automatic backup started");
+                    if let Some(r) = &self.runner {
+                        r.wake();
+                    }
+                    TickOutcome::Created {
+                        slot,
+                        job_id: job.id,
+                    }
+                }
+                ScheduledJob::AlreadyTaken => TickOutcome::AlreadyTaken { slot },
+                ScheduledJob::Skipped { job_id, kind } => {
+                    tracing::warn!(instance = %id, %slot, job_id, kind = %kind, "automatic backup skipped: the instance has an active job");
+                    TickOutcome::Skipped { slot, job_id }
+                }
+            },
+        )
+    }
+
+    /// Ticks at once, then every `tick`, until `cancel` fires.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), String> {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "scheduler tick failed; retrying next tick");
+            }
+            self.ticks.send_modify(|n| *n += 1);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use chrono::TimeZone;
+    use ddsvault_catalog::{JobState, NewJob};
+    use std::sync::Mutex;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn policy(time: &str, days: &str) -> BackupPolicy {
+        BackupPolicy {
+            preferred_backup_time: time.into(),
+            preferred_backup_period: days.into(),
+            backup_retention_period: 14,
+            ..BackupPolicy::default()
+        }
+    }
+
+    async fn setup(p: &BackupPolicy) -> (Catalog, Arc<ManualClock>) {
+        let cat = ddsvault_catalog::open("sqlite::memory:")
+            .await
+            .expect("catalog");
+        cat.register_instance("dds-a", Utc.timestamp_opt(0, 0).single().expect("t"))
+            .await
+            .expect("register");
+        cat.put_policy("dds-a", p, Utc::now())
+            .await
+            .expect("policy");
+        // 2026-11-27 is a Friday.
+        (
+            cat,
+            Arc::new(ManualClock(Mutex::new(at("2026-11-27T02:59:00Z")))),
+        )
+    }
+
+    fn scheduler(cat: &Catalog, clock: &Arc<ManualClock>, node: &str) -> Scheduler {
+        Scheduler::new(
+            cat.clone(),
+            vec!["dds-a".into()],
+            node.into(),
+            "zstd".into(),
+            Duration::from_secs(30),
+        )
+        .with_clock(clock.clone())
+    }
+
+    fn set(clock: &ManualClock, s: &str) {
+        *clock.0.lock().expect("clock") = at(s);
+    }
+
+    #[test]
+    fn slots_and_next_time() {
+        let p = policy("03:00Z-04:00Z", "Monday,Friday");
+        assert_eq!(due_slot(&p, at("2026-11-27T02:59:59Z")), None);
+        assert_eq!(
+            due_slot(&p, at("2026-11-27T03:00:00Z")),
+            Some(at("2026-11-27T03:00:00Z"))
+        );
+        assert_eq!(
+            due_slot(&p, at("2026-11-27T03:59:59Z")),
+            Some(at("2026-11-27T03:00:00Z"))
+        );
+        assert_eq!(due_slot(&p, at("2026-11-27T04:00:00Z")), None);
+        // Saturday: not a policy day.
+        assert_eq!(due_slot(&p, at("2026-11-28T03:30:00Z")), None);
+        assert_eq!(
+            next_backup_time(&p, at("2026-11-27T03:30:00Z")),
+            Some(at("2026-11-30T03:00:00Z"))
+        );
+        assert_eq!(
+            next_backup_time(&p, at("2026-11-27T01:00:00Z")),
+            Some(at("2026-11-27T03:00:00Z"))
+        );
+        // A window across midnight belongs to the day it starts on.
+        let late = policy("23:00Z-00:00Z", "Friday");
+        assert_eq!(due_slot(&late, at("2026-11-28T00:00:00Z")), None);
+        assert_eq!(
+            due_slot(&late, at("2026-11-27T23:59:00Z")),
+            Some(at("2026-11-27T23:00:00Z"))
+        );
+    }
+
+    #[tokio::test]
+    async fn one_run_per_slot_across_ticks_restarts_and_processes() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        let s1 = scheduler(&cat, &clock, "node-1");
+        assert_eq!(
+            s1.tick().await.expect("tick"),
+            vec![("dds-a".to_string(), TickOutcome::Idle)]
+        );
+        set(&clock, "2026-11-27T03:00:10Z");
+        let created = s1.tick().await.expect("tick");
+        let TickOutcome::Created { slot, job_id } = created[0].1.clone() else {
+            panic!("expected Created, got {created:?}");
+        };
+        assert_eq!(slot, at("2026-11-27T03:00:00Z"));
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.mode.as_str(), job.kind.as_str()),
+            ("Automated", "backup")
+        );
+        assert_eq!(job.params["method"], "Logical");
+        assert_eq!(job.params["retention_days"], 14);
+        let backup = cat
+            .get_backup(job.backup_id.expect("backup"))
+            .await
+            .expect("get")
+            .expect("backup");
+        assert_eq!(
+            (backup.mode.as_str(), backup.method.as_str()),
+            ("Automated", "Logical")
+        );
+        // Let the job finish, so that only the slot key can stop a second run.
+        cat.fail_job(job_id, "test", at("2026-11-27T03:01:00Z"))
+            .await
+            .expect("end");
+        set(&clock, "2026-11-27T03:30:00Z");
+        // Later ticks, a restarted process and another process all see the slot taken.
+        let taken = vec![("dds-a".to_string(), TickOutcome::AlreadyTaken { slot })];
+        assert_eq!(s1.tick().await.expect("tick"), taken);
+        assert_eq!(
+            scheduler(&cat, &clock, "node-1")
+                .tick()
+                .await
+                .expect("tick"),
+            taken
+        );
+        assert_eq!(
+            scheduler(&cat, &clock, "node-2")
+                .tick()
+                .await
+                .expect("tick"),
+            taken
+        );
+        assert_eq!(cat.list_jobs("dds-a", false).await.expect("jobs").len(), 1);
+        // The next Friday is a new slot.
+        set(&clock, "2026-12-04T03:05:00Z");
+        assert!(matches!(
+            s1.tick().await.expect("tick")[0].1,
+            TickOutcome::Created { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn two_processes_racing_create_one_job() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        set(&clock, "2026-11-27T03:00:00Z");
+        let a = scheduler(&cat, &clock, "node-a");
+        let b = scheduler(&cat, &clock, "node-b");
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let outcomes = [ra.expect("a")[0].1.clone(), rb.expect("b")[0].1.clone()];
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, TickOutcome::Created { .. }))
+            .count();
+        assert_eq!(created, 1, "{outcomes:?}");
+        assert_eq!(cat.list_jobs("dds-a", false).await.expect("jobs").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missed_slot_runs_late_only_inside_its_window() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        // Down from 02:00 to 04:10: the window passed; the slot is never run.
+        set(&clock, "2026-11-27T04:10:00Z");
+        let s = scheduler(&cat, &clock, "node-1");
+        assert_eq!(s.tick().await.expect("tick")[0].1, TickOutcome::Idle);
+        assert!(cat
+            .list_jobs("dds-a", false)
+            .await
+            .expect("jobs")
+            .is_empty());
+        assert!(cat
+            .list_schedule_runs("dds-a", 10)
+            .await
+            .expect("runs")
+            .is_empty());
+        // Back at 03:45 on the next Friday: inside the window, the slot runs late.
+        set(&clock, "2026-12-04T03:45:00Z");
+        assert_eq!(
+            s.tick().await.expect("tick")[0].1.clone(),
+            TickOutcome::Created {
+                slot: at("2026-12-04T03:00:00Z"),
+                job_id: cat
+                    .list_jobs("dds-a", false)
+                    .await
+                    .expect("jobs")
+                    .first()
+                    .map_or(-1, |j| j.id),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slot_meeting_an_active_job_is_skipped_and_recorded() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        let manual = cat
+            .create_job(&NewJob {
+                kind: "restore".into(),
+                instance_id: "dds-a".into(),
+                backup_id: None,
+                mode: "Manual".into(),
+                params: serde_json::json!({}),
+                now: at("2026-11-27T02:50:00Z"),
+            })
+            .await
+            .expect("manual job");
+        set(&clock, "2026-11-27T03:00:30Z");
+        let s = scheduler(&cat, &clock, "node-1");
+        let slot = at("2026-11-27T03:00:00Z");
+        assert_eq!(
+            s.tick().await.expect("tick")[0].1,
+            TickOutcome::Skipped {
+                slot,
+                job_id: manual.id
+            }
+        );
+        // Even when the manual job ends inside the window, the skipped slot is not piled up afterwards.
+        cat.fail_job(manual.id, "done", at("2026-11-27T03:10:00Z"))
+            .await
+            .expect("end");
+        set(&clock, "2026-11-27T03:20:00Z");
+        assert_eq!(
+            s.tick().await.expect("tick")[0].1,
+            TickOutcome::AlreadyTaken { slot }
+        );
+        let jobs = cat.list_jobs("dds-a", false).await.expect("jobs");
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].state, JobState::Failed);
+        let runs = cat.list_schedule_runs("dds-a", 10).await.expect("runs");
+        assert_eq!(
+            (runs.len(), runs[0].outcome.as_str(), runs[0].job_id),
+            (1, "Skipped", Some(manual.id))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_task_ticks_at_start_and_stops_on_cancel() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        set(&clock, "2026-11-27T03:15:00Z");
+        let s = Arc::new(scheduler(&cat, &clock, "node-1"));
+        let mut ticks = s.ticks();
+        let tasks = crate::Tasks::new();
+        let me = Arc::clone(&s);
+        tasks.spawn("scheduler", move |token| me.run(token));
+        ticks.wait_for(|n| *n >= 1).await.expect("first tick");
+        assert_eq!(cat.list_jobs("dds-a", false).await.expect("jobs").len(), 1);
+        assert!(tasks.shutdown(Duration::from_secs(10)).await);
+    }
+}

@@ -59,13 +59,10 @@ pub(crate) async fn run(
     let percent = Arc::new(AtomicI32::new(0));
     let progress_cell = Arc::clone(&percent);
     let progress = move |p: DumpProgress| {
-        // Estimates can undershoot; stay below 100 until the job is really done.
-        let pct = p
-            .docs_done
-            .saturating_mul(100)
-            .checked_div(p.docs_total_estimate)
-            .map_or(0, |v| v.min(99) as i32);
-        progress_cell.store(pct, Ordering::Relaxed);
+        progress_cell.store(
+            percent_of(p.docs_done, p.docs_total_estimate),
+            Ordering::Relaxed,
+        );
     };
 
     let opts = DumpOptions {
@@ -82,15 +79,7 @@ pub(crate) async fn run(
         &progress,
         &dump_cancel,
     );
-    let heartbeat = heartbeat_loop(runner, job.id, &percent, &dump_cancel);
-    let summary = tokio::select! {
-        r = dump => r,
-        lost = heartbeat => {
-            dump_cancel.cancel();
-            return Err(lost);
-        }
-    };
-    let summary = match summary {
+    let summary = match with_heartbeat(runner, job.id, &percent, &dump_cancel, dump).await? {
         Ok(s) => s,
         Err(e) => {
             upload.abort().await;
@@ -206,9 +195,34 @@ fn compression_name(c: &Compression) -> &'static str {
     }
 }
 
+/// Progress percent for the catalog. Estimates can undershoot, so it stays below 100 until the job is really done.
+pub(crate) fn percent_of(done: u64, total: u64) -> i32 {
+    done.saturating_mul(100)
+        .checked_div(total)
+        .map_or(0, |v| v.min(99) as i32)
+}
+
+/// Runs `work` while refreshing the job's heartbeat with `percent`. If the catalog says the job is no longer
+/// ours, `cancel` stops the work and the job ends with that error.
+pub(crate) async fn with_heartbeat<T>(
+    runner: &Runner,
+    job_id: i64,
+    percent: &AtomicI32,
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, JobError> {
+    tokio::select! {
+        r = work => Ok(r),
+        lost = heartbeat_loop(runner, job_id, percent, cancel) => {
+            cancel.cancel();
+            Err(lost)
+        }
+    }
+}
+
 /// Refreshes the heartbeat until cancelled; returns only if the catalog says the job is no longer ours (or the
 /// catalog keeps failing), which must stop the dump.
-pub(crate) async fn heartbeat_loop(
+async fn heartbeat_loop(
     runner: &Runner,
     job_id: i64,
     percent: &AtomicI32,

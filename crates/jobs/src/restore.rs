@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::heartbeat_loop;
+use crate::backup::{percent_of, with_heartbeat};
 use crate::{JobError, Runner};
 
 /// Parameters of a restore job, as stored in the catalog.
@@ -153,23 +153,11 @@ pub(crate) async fn run(
     let percent = Arc::new(AtomicI32::new(0));
     let cell = Arc::clone(&percent);
     let progress = move |p: RestoreProgress| {
-        let pct = p
-            .docs_done
-            .saturating_mul(100)
-            .checked_div(p.docs_total)
-            .map_or(0, |v| v.min(99) as i32);
-        cell.store(pct, Ordering::Relaxed);
+        cell.store(percent_of(p.docs_done, p.docs_total), Ordering::Relaxed);
     };
     let restore_cancel = cancel.child_token();
     let restore = logical_restore(&client, opener, &opts, &progress, &restore_cancel);
-    let heartbeat = heartbeat_loop(runner, job.id, &percent, &restore_cancel);
-    let summary = tokio::select! {
-        r = restore => r?,
-        lost = heartbeat => {
-            restore_cancel.cancel();
-            return Err(lost);
-        }
-    };
+    let summary = with_heartbeat(runner, job.id, &percent, &restore_cancel, restore).await??;
     let result = serde_json::json!({
         "source_instance": backup.instance_id,
         "backup_id": backup_id,

@@ -161,6 +161,8 @@ def main():
     sh(str(REPO / "scripts" / "setup-stack.sh"))
     build()
     tools = stack.mongo_tools_unavailable_reason()
+    if tools:
+        tools = tools.splitlines()[0]
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "python": platform.python_version()}, "datasets": {}}
     for name in args.datasets.split(","):

@@ -55,7 +55,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -661,60 +661,79 @@ async fn plan_database(
         .await
         .map_err(|e| MongoError::from_driver(format!("read listCollections of {db_name}"), e))?;
 
-    let mut plans = Vec::new();
-    for c in colls {
-        let name = c.get_str("name").map_err(|_| MongoError::Protocol {
-            context: format!("run listCollections on {db_name}"),
-            detail: "entry without a string \"name\"".into(),
-        })?;
-        if name.starts_with("system.") && name != "system.js" {
-            continue;
-        }
-        let ns = format!("{db_name}.{name}");
-        let ctype = c.get_str("type").ok();
-        let source = match ctype.unwrap_or("collection") {
-            "collection" => Source::Collection,
-            "view" => Source::View,
-            other => {
-                return Err(MongoError::Unsupported(format!(
-                    "{ns} is a {other} collection; logical dumps support collections and views"
-                )))
-            }
-        };
-        let options = c.get_document("options").cloned().unwrap_or_default();
-        let uuid = match c.get_document("info").ok().and_then(|i| i.get("uuid")) {
-            Some(Bson::Binary(b)) => Some(hex::encode(&b.bytes)),
-            _ => None,
-        };
-        let (indexes, estimate) = if source == Source::Collection {
-            let indexes: Vec<Document> = db
-                .run_cursor_command(doc! { "listIndexes": name })
-                .await
-                .map_err(|e| MongoError::from_driver(format!("run listIndexes on {ns}"), e))?
-                .try_collect()
-                .await
-                .map_err(|e| MongoError::from_driver(format!("read listIndexes of {ns}"), e))?;
-            let size = estimate_documents(&db, name, is_ferretdb).await;
-            (indexes, size)
-        } else {
-            (Vec::new(), CollectionSize::default())
-        };
-        let metadata = metadata_json(&options, &indexes, uuid.as_deref(), name, ctype);
-        plans.push(NamespacePlan {
-            meta: CollectionMetadata {
-                db: db_name.to_string(),
-                collection: name.to_string(),
-                metadata,
-                size: 0,
-                collection_type: ctype.unwrap_or("collection").to_string(),
-            },
-            source,
-            estimate: estimate.count,
-            batch_size: batch_size_for(opts_batch_size, estimate.avg_obj_size),
-        });
-    }
+    // Metadata look-ups are a few round trips per collection; with thousands of small collections they
+    // dominate a dump unless several run at once.
+    let db = &db;
+    let mut plans: Vec<NamespacePlan> = futures::stream::iter(colls)
+        .map(|c| plan_collection(db, db_name, c, is_ferretdb, opts_batch_size))
+        .buffered(PLAN_CONCURRENCY)
+        .try_filter_map(|p| async move { Ok(p) })
+        .try_collect()
+        .await?;
     plans.sort_by(|a, b| a.meta.collection.cmp(&b.meta.collection));
     Ok(plans)
+}
+
+/// Collections whose metadata is looked up at once while planning.
+const PLAN_CONCURRENCY: usize = 8;
+
+/// The plan of one `listCollections` entry; `None` for system collections that are not dumped.
+async fn plan_collection(
+    db: &mongodb::Database,
+    db_name: &str,
+    c: Document,
+    is_ferretdb: bool,
+    opts_batch_size: u32,
+) -> Result<Option<NamespacePlan>> {
+    let name = c.get_str("name").map_err(|_| MongoError::Protocol {
+        context: format!("run listCollections on {db_name}"),
+        detail: "entry without a string \"name\"".into(),
+    })?;
+    if name.starts_with("system.") && name != "system.js" {
+        return Ok(None);
+    }
+    let ns = format!("{db_name}.{name}");
+    let ctype = c.get_str("type").ok();
+    let source = match ctype.unwrap_or("collection") {
+        "collection" => Source::Collection,
+        "view" => Source::View,
+        other => {
+            return Err(MongoError::Unsupported(format!(
+                "{ns} is a {other} collection; logical dumps support collections and views"
+            )))
+        }
+    };
+    let options = c.get_document("options").cloned().unwrap_or_default();
+    let uuid = match c.get_document("info").ok().and_then(|i| i.get("uuid")) {
+        Some(Bson::Binary(b)) => Some(hex::encode(&b.bytes)),
+        _ => None,
+    };
+    let (indexes, estimate) = if source == Source::Collection {
+        let indexes: Vec<Document> = db
+            .run_cursor_command(doc! { "listIndexes": name })
+            .await
+            .map_err(|e| MongoError::from_driver(format!("run listIndexes on {ns}"), e))?
+            .try_collect()
+            .await
+            .map_err(|e| MongoError::from_driver(format!("read listIndexes of {ns}"), e))?;
+        let size = estimate_documents(db, name, is_ferretdb).await;
+        (indexes, size)
+    } else {
+        (Vec::new(), CollectionSize::default())
+    };
+    let metadata = metadata_json(&options, &indexes, uuid.as_deref(), name, ctype);
+    Ok(Some(NamespacePlan {
+        meta: CollectionMetadata {
+            db: db_name.to_string(),
+            collection: name.to_string(),
+            metadata,
+            size: 0,
+            collection_type: ctype.unwrap_or("collection").to_string(),
+        },
+        source,
+        estimate: estimate.count,
+        batch_size: batch_size_for(opts_batch_size, estimate.avg_obj_size),
+    }))
 }
 
 /// Document count for progress only; failures give 0 (the dump itself decides success).

@@ -19,32 +19,14 @@ import time
 
 import bson
 import pytest
-from aliyunsdkcore.request import CommonRequest
 from alibabacloud_dds20151201 import models as dds
 from bson import Timestamp
 
 import stack
-from conftest import Ddsvault, acs_client, config_text, tea_client, wait_backup
+from conftest import Ddsvault, config_text, tea_client, wait_backup
+from test_restore import call, wait_restore
 
 PREFILL = 30000
-
-
-def call(server, action, **params):
-    req = CommonRequest(domain="127.0.0.1", version="2015-12-01", action_name=action, product="Dds")
-    req.set_method("POST")
-    for k, v in params.items():
-        req.add_query_param(k, v)
-    return json.loads(acs_client(server).do_action_with_exception(req))
-
-
-def wait_restore(server, target, job_id, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = call(server, "DescribeRestoreTasks", DBInstanceId=target, RestoreJobId=job_id)["RestoreJobs"]
-        if jobs and jobs[0]["Status"] in ("Success", "Failed"):
-            return jobs[0]
-        time.sleep(0.1)
-    raise AssertionError(f"restore job {job_id} did not finish in {timeout}s")
 
 
 def archive_docs(data: bytes, wanted: set) -> dict:

@@ -133,11 +133,14 @@ pub(crate) async fn run(
         .get("archive")
         .and_then(|v| v.as_str())
         .ok_or_else(|| JobError::Other(format!("backup {backup_id} records no archive file")))?;
-    let opener = archive_opener(
-        runner.repo.clone(),
-        prefix.join(archive)?,
-        compression_of(&backup.details),
-    );
+    let archive_path = prefix.join(archive)?;
+    let open = || {
+        archive_opener(
+            runner.repo.clone(),
+            archive_path.clone(),
+            compression_of(&backup.details),
+        )
+    };
 
     let client = connect(&spec.uri).await?;
     let opts = RestoreOptions {
@@ -156,8 +159,19 @@ pub(crate) async fn run(
         cell.store(percent_of(p.docs_done, p.docs_total), Ordering::Relaxed);
     };
     let restore_cancel = cancel.child_token();
-    let restore = logical_restore(&client, opener, &opts, &progress, &restore_cancel);
-    let summary = with_heartbeat(runner, job.id, &percent, &restore_cancel, restore).await??;
+    let restore = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
+    let summary = match with_heartbeat(runner, job.id, &percent, &restore_cancel, restore).await? {
+        Ok(s) => s,
+        // FerretDB 1.24 (SQLite) sometimes refuses createIndexes on a collection it has just dropped and
+        // re-created ("SQL logic error: index … already exists"). With DropExisting the restore is idempotent
+        // (it drops and rewrites the same collections), so one more attempt is safe; anything else fails the job.
+        Err(e) if opts.drop && is_ferretdb_stale_index(&e.to_string()) => {
+            tracing::warn!(error = %e, "FerretDB kept a dropped collection's index; restoring once more");
+            let again = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
+            with_heartbeat(runner, job.id, &percent, &restore_cancel, again).await??
+        }
+        Err(e) => return Err(e.into()),
+    };
     let result = serde_json::json!({
         "source_instance": backup.instance_id,
         "backup_id": backup_id,
@@ -174,4 +188,25 @@ pub(crate) async fn run(
         .complete_job(job.id, &runner.node_id, &result, Utc::now())
         .await?;
     Ok(())
+}
+
+/// The FerretDB 1.24 error for an index its SQLite file still has after the collection was dropped.
+fn is_ferretdb_stale_index(message: &str) -> bool {
+    message.contains("SQL logic error: index") && message.contains("already exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ferretdb_stale_index;
+
+    #[test]
+    fn recognises_only_the_ferretdb_stale_index_error() {
+        assert!(is_ferretdb_stale_index(
+            "create indexes name_1 on shop.customers: ... SQL logic error: index customers_c09344de_name_1 already exists (1)"
+        ));
+        assert!(!is_ferretdb_stale_index("E11000 duplicate key error"));
+        assert!(!is_ferretdb_stale_index(
+            "collection shop.customers already exists"
+        ));
+    }
 }

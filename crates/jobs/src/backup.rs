@@ -31,10 +31,7 @@ pub(crate) async fn run(
     let backup_id = job
         .backup_id
         .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
-    let spec = runner
-        .instances
-        .get(&job.instance_id)
-        .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
+    let spec = runner.instance(&job.instance_id)?;
 
     let client = connect(&spec.uri).await?;
     let topology = discover(&client).await?;

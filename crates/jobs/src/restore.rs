@@ -122,10 +122,7 @@ pub(crate) async fn run(
             backup.method
         )));
     }
-    let spec = runner
-        .instances
-        .get(&job.instance_id)
-        .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
+    let spec = runner.instance(&job.instance_id)?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
     runner.repo.verify(&prefix).await?;
     let archive = backup

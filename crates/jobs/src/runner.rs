@@ -76,6 +76,13 @@ impl Runner {
         }
     }
 
+    /// The configured instance a job works on.
+    pub(crate) fn instance(&self, id: &str) -> Result<&InstanceSpec, JobError> {
+        self.instances
+            .get(id)
+            .ok_or_else(|| JobError::UnknownInstance(id.to_string()))
+    }
+
     /// Tells the runner a job was just created, so it does not wait for the next poll.
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -176,3 +176,15 @@ fn is_transient_driver_error(e: &mongodb::error::Error) -> bool {
 
 /// Result alias for this crate.
 pub type Result<T, E = MongoError> = std::result::Result<T, E>;
+
+/// Runs `fut` unless `cancel` fires first.
+pub(crate) async fn cancellable<T>(
+    cancel: &tokio_util::sync::CancellationToken,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(MongoError::Cancelled),
+        r = fut => r,
+    }
+}

@@ -65,6 +65,7 @@ use crate::archive::{
     ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression, HashingWriter, NamespaceStats,
     MAX_BSON_SIZE,
 };
+use crate::error::cancellable;
 use crate::error::{MongoError, Result};
 use crate::oplog::{self, OplogSummary};
 use crate::topology;
@@ -236,18 +237,6 @@ pub async fn logical_dump(
 ) -> Result<DumpSummary> {
     opts.validate()?;
     dump_inner(client, databases, opts, out, progress, cancel).await
-}
-
-/// Runs `fut` unless `cancel` fires first.
-async fn cancellable<T>(
-    cancel: &CancellationToken,
-    fut: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(MongoError::Cancelled),
-        r = fut => r,
-    }
 }
 
 async fn dump_inner(

@@ -104,6 +104,7 @@ use crate::archive::{
     ArchiveError, ArchiveEvent, ArchiveHeader, ArchiveReader, CollectionMetadata, NamespaceStats,
     Violation, MAX_BSON_SIZE,
 };
+use crate::error::cancellable;
 use crate::error::{MongoError, Result};
 
 /// Largest insert batch the driver can send as one command (`maxWriteBatchSize`).
@@ -862,18 +863,6 @@ async fn join_blocking<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
         Err(e) => Err(MongoError::Internal(format!(
             "archive reader task failed: {e}"
         ))),
-    }
-}
-
-/// Runs `fut` unless `cancel` fires first.
-async fn cancellable<T>(
-    cancel: &CancellationToken,
-    fut: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(MongoError::Cancelled),
-        r = fut => r,
     }
 }
 

@@ -725,11 +725,13 @@ async fn plan_collection(
     }))
 }
 
-/// Document count for progress only; failures give 0 (the dump itself decides success).
+/// Document count (for progress and ordering) and average document size (for batch sizing); failures give 0
+/// (the dump itself decides success).
 ///
-/// MongoDB answers `estimatedDocumentCount` from metadata. FerretDB v1 implements `count`
-/// by reading every document (as slow as half the dump itself), while its `collStats`
-/// count comes from SQLite page statistics in milliseconds.
+/// MongoDB answers `estimatedDocumentCount` from metadata. FerretDB v1 implements `count` by reading every
+/// document, and its `collStats` command sums SQLite page statistics over the whole database file, so with
+/// thousands of collections it costs tens of milliseconds per collection (quadratic in the collection count).
+/// The `$collStats: {storageStats: {}}` stage gives the same count and average size in a few milliseconds.
 async fn estimate_documents(
     db: &mongodb::Database,
     coll: &str,
@@ -737,24 +739,13 @@ async fn estimate_documents(
 ) -> CollectionSize {
     let ns = format!("{}.{coll}", db.name());
     if is_ferretdb {
+        match storage_stats(db, coll).await {
+            Ok(Some(size)) => return size,
+            Ok(None) => warn!(namespace = %ns, "$collStats gave no storageStats; trying collStats"),
+            Err(e) => warn!(namespace = %ns, error = %e, "$collStats failed; trying collStats"),
+        }
         match db.run_command(doc! { "collStats": coll }).await {
-            Ok(stats) => {
-                let num = |k: &str| match stats.get(k) {
-                    Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
-                    Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
-                    Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
-                    _ => 0,
-                };
-                let count = num("count");
-                let avg = match num("avgObjSize") {
-                    0 => num("size").checked_div(count).unwrap_or(0),
-                    a => a,
-                };
-                return CollectionSize {
-                    count,
-                    avg_obj_size: avg,
-                };
-            }
+            Ok(stats) => return size_from_stats(&stats),
             Err(e) => warn!(namespace = %ns, error = %e, "collStats failed; trying count"),
         }
     }
@@ -771,6 +762,40 @@ async fn estimate_documents(
             warn!(namespace = %ns, error = %e, "cannot estimate document count");
             CollectionSize::default()
         }
+    }
+}
+
+async fn storage_stats(
+    db: &mongodb::Database,
+    coll: &str,
+) -> mongodb::error::Result<Option<CollectionSize>> {
+    let mut cursor = db
+        .collection::<Document>(coll)
+        .aggregate([doc! { "$collStats": { "storageStats": {} } }])
+        .await?;
+    let first = cursor.try_next().await?;
+    Ok(first
+        .as_ref()
+        .and_then(|d| d.get_document("storageStats").ok())
+        .map(size_from_stats))
+}
+
+/// Reads `count` and `avgObjSize` (or `size / count`) from a `collStats`-shaped document.
+fn size_from_stats(stats: &Document) -> CollectionSize {
+    let num = |k: &str| match stats.get(k) {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
+        _ => 0,
+    };
+    let count = num("count");
+    let avg = match num("avgObjSize") {
+        0 => num("size").checked_div(count).unwrap_or(0),
+        a => a,
+    };
+    CollectionSize {
+        count,
+        avg_obj_size: avg,
     }
 }
 
@@ -942,5 +967,23 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::size_from_stats;
+    use bson::doc;
+
+    #[test]
+    fn size_from_stats_reads_count_and_average() {
+        let s = size_from_stats(&doc! { "count": 50_i32, "avgObjSize": 327_i64, "size": 20480 });
+        assert_eq!((s.count, s.avg_obj_size), (50, 327));
+        // Servers that omit avgObjSize: derived from size / count.
+        let s = size_from_stats(&doc! { "count": 4_i64, "size": 400.0 });
+        assert_eq!((s.count, s.avg_obj_size), (4, 100));
+        // Empty collection or garbage: zeros, never a division by zero.
+        let s = size_from_stats(&doc! { "count": 0, "size": 0, "avgObjSize": "x" });
+        assert_eq!((s.count, s.avg_obj_size), (0, 0));
     }
 }

@@ -36,6 +36,75 @@ pub async fn run_all(cat: Catalog) {
     restore_jobs(&cat).await;
     retention(&cat).await;
     schedule(&cat).await;
+    totals_match_rows(&cat).await;
+}
+
+/// `list_backups`' total equals the number of rows it can page through, for every instance-level filter,
+/// whichever way the engine counts (the filters with a time bound take the plain counting path).
+async fn totals_match_rows(cat: &Catalog) {
+    // A running backup and a failed one beside the successful, deleting and deleted ones earlier checks left.
+    drain(cat).await;
+    let (failed, _) = cat
+        .create_backup_job(&new_job("dds-totals", 0))
+        .await
+        .expect("create");
+    cat.claim_next_job("totals", Utc::now())
+        .await
+        .expect("claim")
+        .expect("job");
+    cat.fail_job(failed.id, "for the count", Utc::now())
+        .await
+        .expect("fail");
+    successful_backup(cat, "dds-totals", Utc::now() + Duration::days(3)).await;
+    cat.create_backup_job(&new_job("dds-totals", 0))
+        .await
+        .expect("create running");
+    cat.claim_next_job("totals", Utc::now())
+        .await
+        .expect("claim")
+        .expect("job");
+    let everything = Page {
+        number: 1,
+        size: 100_000,
+    };
+    let mut instances: Vec<Option<String>> = vec![None, Some("dds-none".into())];
+    let (_, all) = cat
+        .list_backups(
+            &BackupFilter {
+                include_running: true,
+                ..Default::default()
+            },
+            everything,
+        )
+        .await
+        .expect("list all");
+    for b in &all {
+        if !instances.contains(&Some(b.instance_id.clone())) {
+            instances.push(Some(b.instance_id.clone()));
+        }
+    }
+    assert!(all.iter().any(|b| b.status == BackupStatus::Running));
+    assert!(all.iter().any(|b| b.status == BackupStatus::Failed));
+    for instance_id in instances {
+        for include_running in [false, true] {
+            let filter = BackupFilter {
+                instance_id: instance_id.clone(),
+                include_running,
+                ..Default::default()
+            };
+            let (total, rows) = cat.list_backups(&filter, everything).await.expect("list");
+            assert_eq!(total, rows.len() as u64, "{filter:?}");
+            let bounded = BackupFilter {
+                start_from: Some(Utc.timestamp_opt(0, 0).single().expect("epoch")),
+                ..filter.clone()
+            };
+            let (bounded_total, _) = cat.list_backups(&bounded, everything).await.expect("list");
+            assert_eq!(total, bounded_total, "{filter:?}");
+            assert!(rows.iter().all(|b| b.status != BackupStatus::Deleting));
+            assert!(include_running || rows.iter().all(|b| b.status != BackupStatus::Running));
+        }
+    }
+    drain(cat).await;
 }
 
 async fn schedule(cat: &Catalog) {

@@ -649,15 +649,42 @@ impl CatalogBackend for SqliteCatalog {
                 q
             }};
         }
-        let count_sql = format!("SELECT COUNT(*) AS n FROM backups {where_sql}");
-        let total: i64 = bind_filter!(sqlx::query(&count_sql))
-            .fetch_one(&self.read)
-            .await?
-            .try_get("n")?;
+        // Listings filtered by instance (or not at all) read the trigger-kept counts (migration 0009); other
+        // filters narrow the rows enough for COUNT(*).
+        let counted = filter.backup_id.is_none()
+            && filter.job_id.is_none()
+            && filter.start_from.is_none()
+            && filter.start_to.is_none();
+        let total: i64 = if counted {
+            let mut sql = String::from(
+                "SELECT COALESCE(SUM(n), 0) AS n FROM backup_counts WHERE status <> 'Deleting'",
+            );
+            if !filter.include_running {
+                sql.push_str(" AND status <> 'Running'");
+            }
+            if filter.instance_id.is_some() {
+                sql.push_str(" AND instance_id = ?");
+            }
+            let mut q = sqlx::query(&sql);
+            if let Some(v) = &filter.instance_id {
+                q = q.bind(v);
+            }
+            q.fetch_one(&self.read).await?.try_get("n")?
+        } else {
+            let count_sql = format!("SELECT COUNT(*) AS n FROM backups {where_sql}");
+            bind_filter!(sqlx::query(&count_sql))
+                .fetch_one(&self.read)
+                .await?
+                .try_get("n")?
+        };
         let size = i64::from(page.size.max(1));
         let offset = i64::from(page.number.max(1) - 1) * size;
         let list_sql = format!(
-            "SELECT {BACKUP_COLUMNS} FROM backups {where_sql} ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?"
+            // The page's ids come from the index alone (OFFSET walks index entries, not rows); only the page's
+            // rows are read.
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id IN \
+             (SELECT id FROM backups {where_sql} ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?) \
+             ORDER BY start_time DESC, id DESC"
         );
         let rows = bind_filter!(sqlx::query(&list_sql))
             .bind(size)

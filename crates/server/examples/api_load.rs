@@ -55,9 +55,8 @@ fn parse_args() -> Result<Opts, String> {
             "--clients" => o.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
             "--seconds" => o.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--max-calls" => {
-                o.max_calls_per_client = value()?
-                    .parse()
-                    .map_err(|e| format!("--max-calls: {e}"))?
+                o.max_calls_per_client =
+                    value()?.parse().map_err(|e| format!("--max-calls: {e}"))?
             }
             other => return Err(format!("unknown argument {other}")),
         }

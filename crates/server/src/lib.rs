@@ -298,6 +298,25 @@ pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport,
     Ok(gc.pass().await?)
 }
 
+/// What a retention pass would do now (`ddsvault retention --dry-run`), changing nothing; `instance` narrows it
+/// to one instance.
+///
+/// # Errors
+/// Catalog or repository errors.
+pub async fn retention_dry_run(
+    cfg: &Config,
+    instance: Option<&str>,
+) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
+    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let repo = Repository::local(&cfg.repository_path())?;
+    let gc = Gc::new(
+        catalog,
+        repo,
+        Duration::from_secs(cfg.retention.gc_interval_secs),
+    );
+    Ok(gc.dry_run(instance).await?)
+}
+
 impl Prepared {
     /// Serves until `shutdown` fires, then stops in order. `on_listening` gets the bound address (port 0 in
     /// tests).

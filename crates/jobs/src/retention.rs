@@ -49,7 +49,8 @@ pub struct RetentionRules {
 impl RetentionRules {
     /// The rules of the policies as stored. Records that do not parse (never written by the API) are ignored.
     ///
-    /// High-frequency snapshots come from an advanced `backupInterval` policy if there is one (then: without
+    /// High-frequency snapshots need `SnapshotBackupType = Flash`. They come from an advanced `backupInterval`
+    /// policy if there is one (then: without
     /// PreserveOneEachHour, all are kept for its retention; with it, all for `HighFrequencyBackupRetention` days
     /// and the first of each hour for its retention), else from the standard policy when
     /// `SnapshotBackupType = Flash` and `BackupInterval > 0` (all kept `HighFrequencyBackupRetention` days; with
@@ -65,6 +66,10 @@ impl RetentionRules {
                 continue;
             };
             if let Schedule::Interval(minutes) = schedule {
+                // High-frequency backup needs Flash snapshots, whichever policy asks for it.
+                if standard.snapshot_backup_type != "Flash" {
+                    continue;
+                }
                 rules.high_frequency = Some(if p.preserve_one_each_hour {
                     HighFrequency {
                         interval_minutes: minutes,
@@ -519,7 +524,14 @@ mod tests {
             RetentionRules::default()
         );
         adv.enabled = true;
+        // Standard snapshots: the interval policy takes no snapshots.
         let rules = RetentionRules::from_policies(&BackupPolicy::default(), Some(&adv));
+        assert_eq!((rules.tiers.len(), rules.high_frequency.clone()), (1, None));
+        let flash = BackupPolicy {
+            snapshot_backup_type: "Flash".into(),
+            ..BackupPolicy::default()
+        };
+        let rules = RetentionRules::from_policies(&flash, Some(&adv));
         assert_eq!(rules.tiers.len(), 1);
         assert_eq!(
             rules.high_frequency,
@@ -530,7 +542,7 @@ mod tests {
             })
         );
         adv.data_policies[1].preserve_one_each_hour = true;
-        let rules = RetentionRules::from_policies(&BackupPolicy::default(), Some(&adv));
+        let rules = RetentionRules::from_policies(&flash, Some(&adv));
         assert_eq!(
             rules.high_frequency,
             Some(HighFrequency {

@@ -760,6 +760,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_planned_deletion_interrupted_by_a_crash_is_finished_even_if_a_tier_now_keeps_it() {
+        use ddsvault_catalog::{AdvancedPolicy, BackupPolicy, DataPolicy, SCHEDULE_STANDARD};
+        let (cat, repo, clock) = setup().await;
+        cat.register_instance("dds-t", t0())
+            .await
+            .expect("register");
+        let slot = t0() + chrono::Duration::hours(3);
+        let id = slot_backup(&cat, &repo, SCHEDULE_STANDARD, slot, 7).await;
+        *clock.0.lock().expect("clock") = slot + chrono::Duration::days(8);
+        let gc =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock.clone());
+        let dry = gc.dry_run(None).await.expect("dry run");
+        assert_eq!(dry.plans[0].plan.delete[0].backup_id, id);
+        // The crash: the pass marked it Deleting and removed the manifest, then died.
+        assert!(matches!(
+            cat.mark_backup_deleting(id).await.expect("mark"),
+            DeleteMark::Marked(_)
+        ));
+        repo.delete(&Repository::manifest_path(&Repository::backup_prefix(
+            "dds-t", id,
+        )))
+        .await
+        .expect("delete manifest");
+        // Before the restart a monthly tier that would keep it appears: a deletion once started is finished, so
+        // catalog and repository agree (no half-deleted backup is ever revived).
+        let monthly = AdvancedPolicy {
+            enabled: true,
+            data_policies: vec![DataPolicy {
+                policy_id: "1".into(),
+                backup_policy: "dayOfMonth".into(),
+                preferred_backup_period: "1".into(),
+                retention_type: "never".into(),
+                ..DataPolicy::default()
+            }],
+            log_policies: Vec::new(),
+            last_policy_id: 1,
+        };
+        cat.put_advanced_policy("dds-t", &BackupPolicy::default(), &monthly, t0())
+            .await
+            .expect("policy");
+        let restarted =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock);
+        let r = restarted.pass().await.expect("pass");
+        assert_eq!((r.deleted, r.extended), (vec![id], vec![]));
+        assert_eq!(cat.get_backup(id).await.expect("get"), None);
+        assert_eq!(files(&repo, "dds-t", id).await, 0);
+    }
+
+    #[tokio::test]
     async fn the_task_collects_at_start_and_stops_on_cancel() {
         let (cat, repo, clock) = setup().await;
         let id = backup(&cat, &repo, "dds-a", Some(7)).await;

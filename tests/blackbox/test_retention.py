@@ -294,3 +294,36 @@ def test_cli_retention_dry_run_shows_decisions_and_changes_nothing(env):
     finally:
         s.start()
     assert not listed(s, b.backup_id)
+
+
+def test_a_tier_keeps_an_expired_automatic_backup_longer(env):
+    s, data = env["server"], env["data"]
+    modify_adv(s, LIVE, data=[dict(action_type="CREATE", backup_policy="dayOfWeek",
+                                   preferred_backup_period="1,2,3,4,5,6,7", retention_type="delay",
+                                   retention_period=30)])
+    b = take_backup(s)
+    s.stop()
+    try:
+        # Make it the backup of today's window slot (what the scheduler records), then let its 7 days pass.
+        start = datetime.datetime.strptime(b.backup_start_time, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc)
+        with sqlite3.connect(data / "catalog.db") as c:
+            c.execute("INSERT INTO schedule_runs (instance_id, schedule, slot_start, owner, claimed_at, outcome, "
+                      "job_id) VALUES (?, 'standard', ?, 'test', ?, 'Created', ?)",
+                      (LIVE, int(start.timestamp() * 1000), int(start.timestamp() * 1000), int(b.backup_job_id)))
+        expire_now(data, b.backup_id)
+        run = lambda *a: subprocess.run([DDSVAULT_BIN, "retention", "--config", str(s.config_path), *a],  # noqa: E731
+                                        capture_output=True, text=True, timeout=60)
+        out = run("--dry-run", "--instance", LIVE)
+        assert out.returncode == 0, out.stderr
+        until = (start + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert f"keep   backup {b.backup_id} of {LIVE} until {until}: daily policy 1" in out.stdout, out.stdout
+        assert "0 backup(s) would be deleted, 1 expired backup(s) kept longer by a policy" in out.stdout
+        applied = run()
+        assert applied.returncode == 0, applied.stderr
+        assert f"1 kept longer by a policy [{b.backup_id}]" in applied.stdout, applied.stdout
+    finally:
+        s.start()
+    got = tea_client(s).describe_backups(
+        dds.DescribeBackupsRequest(dbinstance_id=LIVE, backup_id=b.backup_id)).body.backups.backup[0]
+    assert got.backup_expire_time == until

@@ -37,6 +37,212 @@ pub async fn run_all(cat: Catalog) {
     retention(&cat).await;
     schedule(&cat).await;
     totals_match_rows(&cat).await;
+    high_frequency_slots(&cat).await;
+    advanced_policies(&cat).await;
+    retention_lock(&cat).await;
+}
+
+async fn high_frequency_slots(cat: &Catalog) {
+    use crate::{ScheduledJob, SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD};
+    let slot = Utc.timestamp_opt(1_950_000_000, 0).single().expect("time");
+    let auto = NewBackupJob {
+        mode: "Automated".into(),
+        ..new_job("dds-hf", 0)
+    };
+    drain(cat).await;
+    // The same instant is a slot of each schedule, independently.
+    let ScheduledJob::Created(first) = cat
+        .create_scheduled_job(&auto, SCHEDULE_HIGH_FREQUENCY, slot, "n1")
+        .await
+        .expect("hf")
+    else {
+        panic!("expected Created");
+    };
+    assert_eq!(
+        cat.create_scheduled_job(&auto, SCHEDULE_HIGH_FREQUENCY, slot, "n2")
+            .await
+            .expect("again"),
+        ScheduledJob::AlreadyTaken
+    );
+    let (hf_job, hf_backup) = *first;
+    assert!(matches!(
+        cat.create_scheduled_backup_job(&auto, slot, "n1")
+            .await
+            .expect("standard"),
+        ScheduledJob::Skipped { job_id, .. } if job_id == hf_job.id
+    ));
+    let runs = cat.list_schedule_runs("dds-hf", 10).await.expect("runs");
+    let mut kinds: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.schedule.as_str(), r.outcome.as_str()))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        vec![
+            (SCHEDULE_HIGH_FREQUENCY, "Created"),
+            (SCHEDULE_STANDARD, "Skipped")
+        ]
+    );
+    // Only slots that created a backup are listed, with their schedule; manual backups are not.
+    drain(cat).await;
+    cat.create_backup_job(&new_job("dds-hf", 1))
+        .await
+        .expect("manual");
+    drain(cat).await;
+    let later = slot + Duration::minutes(30);
+    let ScheduledJob::Created(second) = cat
+        .create_scheduled_backup_job(&auto, later, "n1")
+        .await
+        .expect("standard")
+    else {
+        panic!("expected Created");
+    };
+    let slots = cat.list_backup_slots("dds-hf").await.expect("slots");
+    assert_eq!(
+        slots,
+        vec![
+            crate::BackupSlot {
+                backup_id: hf_backup.id,
+                schedule: SCHEDULE_HIGH_FREQUENCY.into(),
+                slot_start: slot,
+            },
+            crate::BackupSlot {
+                backup_id: second.1.id,
+                schedule: SCHEDULE_STANDARD.into(),
+                slot_start: later,
+            },
+        ]
+    );
+    assert!(cat
+        .list_backup_slots("dds-none")
+        .await
+        .expect("slots")
+        .is_empty());
+    drain(cat).await;
+}
+
+async fn advanced_policies(cat: &Catalog) {
+    use crate::{AdvancedPolicy, DataPolicy};
+    let now = Utc.timestamp_opt(1_800_000_000, 0).single().expect("time");
+    cat.register_instance("dds-adv", now)
+        .await
+        .expect("register");
+    assert_eq!(cat.get_advanced_policy("dds-adv").await.expect("get"), None);
+    let adv = AdvancedPolicy {
+        enabled: true,
+        data_policies: vec![DataPolicy {
+            policy_id: "1".into(),
+            backup_policy: "dayOfMonth".into(),
+            preferred_backup_period: "1,-1".into(),
+            retention_type: "delay".into(),
+            retention_period: 365,
+            ..DataPolicy::default()
+        }],
+        log_policies: Vec::new(),
+        last_policy_id: 1,
+    };
+    let standard = BackupPolicy {
+        preferred_backup_time: "05:00Z-06:00Z".into(),
+        ..BackupPolicy::default()
+    };
+    cat.put_advanced_policy("dds-adv", &standard, &adv, now)
+        .await
+        .expect("put");
+    assert_eq!(
+        cat.get_advanced_policy("dds-adv").await.expect("get"),
+        Some(adv.clone())
+    );
+    assert_eq!(
+        cat.get_policy("dds-adv").await.expect("get"),
+        Some(standard)
+    );
+    let emptied = AdvancedPolicy {
+        data_policies: Vec::new(),
+        ..adv
+    };
+    cat.put_advanced_policy("dds-adv", &BackupPolicy::default(), &emptied, now)
+        .await
+        .expect("replace");
+    assert_eq!(
+        cat.get_advanced_policy("dds-adv").await.expect("get"),
+        Some(emptied)
+    );
+}
+
+async fn retention_lock(cat: &Catalog) {
+    let t0 = Utc.timestamp_opt(1_800_000_000, 0).single().expect("time");
+    let cool = Duration::hours(24);
+    assert_eq!(cat.get_retention_lock("dds-lock").await.expect("get"), None);
+    // Disabling no lock changes nothing.
+    assert_eq!(
+        cat.set_retention_lock("dds-lock", false, t0, cool)
+            .await
+            .expect("off"),
+        None
+    );
+    let on = cat
+        .set_retention_lock("dds-lock", true, t0, cool)
+        .await
+        .expect("on")
+        .expect("lock");
+    assert_eq!((on.enabled_at, on.unlock_at), (t0, None));
+    assert_eq!(
+        cat.get_retention_lock("dds-lock").await.expect("get"),
+        Some(on.clone())
+    );
+    let t1 = t0 + Duration::hours(1);
+    let unlocking = cat
+        .set_retention_lock("dds-lock", false, t1, cool)
+        .await
+        .expect("disable")
+        .expect("lock");
+    assert_eq!(unlocking.unlock_at, Some(t1 + cool));
+    // Requests racing: one cooling-off, never shortened.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let cat = Arc::clone(cat);
+        tasks.push(tokio::spawn(async move {
+            cat.set_retention_lock(
+                "dds-lock",
+                false,
+                t1 + Duration::minutes(i),
+                Duration::seconds(1),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let l = t.await.expect("task").expect("disable").expect("lock");
+        assert_eq!(l.unlock_at, Some(t1 + cool));
+    }
+    assert!(cat
+        .get_retention_lock("dds-lock")
+        .await
+        .expect("get")
+        .expect("lock")
+        .is_active(t1 + cool - Duration::seconds(1)));
+    // Enabling cancels the unlock; after an unlock took effect, disabling removes the record.
+    let back = cat
+        .set_retention_lock("dds-lock", true, t1, cool)
+        .await
+        .expect("on")
+        .expect("lock");
+    assert_eq!((back.enabled_at, back.unlock_at), (t0, None));
+    cat.set_retention_lock("dds-lock", false, t1, cool)
+        .await
+        .expect("off");
+    assert_eq!(
+        cat.set_retention_lock("dds-lock", false, t1 + cool, cool)
+            .await
+            .expect("after unlock"),
+        None
+    );
+    assert_eq!(cat.get_retention_lock("dds-lock").await.expect("get"), None);
+    assert_eq!(
+        cat.get_retention_lock("dds-other").await.expect("get"),
+        None
+    );
 }
 
 /// `list_backups`' total equals the number of rows it can page through, for every instance-level filter,

@@ -5,6 +5,7 @@
 //! engine sits behind the crate-private [`CatalogBackend`] trait so that PostgreSQL can join SQLite without touching
 //! callers. One conformance suite ([`conformance`]) runs against every engine.
 
+pub mod advanced;
 mod error;
 mod model;
 pub mod policy;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use advanced::{AdvancedPolicy, DataPolicy, LogPolicy, RetentionLock};
 pub use error::CatalogError;
 pub use model::*;
 pub use sqlite::SqliteCatalog;
@@ -156,13 +158,59 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         new: &NewBackupJob,
         slot_start: DateTime<Utc>,
         owner: &str,
+    ) -> Result<ScheduledJob, CatalogError> {
+        self.create_scheduled_job(new, SCHEDULE_STANDARD, slot_start, owner)
+            .await
+    }
+    /// [`CatalogBackend::create_scheduled_backup_job`] for the slot `(new.instance_id, schedule, slot_start)`:
+    /// `schedule` is [`SCHEDULE_STANDARD`] or [`SCHEDULE_HIGH_FREQUENCY`], whose slots are independent.
+    async fn create_scheduled_job(
+        &self,
+        new: &NewBackupJob,
+        schedule: &str,
+        slot_start: DateTime<Utc>,
+        owner: &str,
     ) -> Result<ScheduledJob, CatalogError>;
-    /// The recorded slots of an instance, newest first, at most `limit`.
+    /// The recorded slots of an instance (both schedules), newest first, at most `limit`.
     async fn list_schedule_runs(
         &self,
         instance_id: &str,
         limit: u32,
     ) -> Result<Vec<ScheduleRun>, CatalogError>;
+    /// The backups of an instance that a schedule slot created, with their slot (retention needs the slot's day
+    /// and schedule). Backups of other instances or of no slot (manual ones) are not listed.
+    async fn list_backup_slots(&self, instance_id: &str) -> Result<Vec<BackupSlot>, CatalogError>;
+
+    /// Reads the advanced (tiered) backup policies of an instance.
+    async fn get_advanced_policy(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<AdvancedPolicy>, CatalogError>;
+    /// Stores the advanced policies together with the standard policy (they share `PreferredBackupTime`,
+    /// `SnapshotBackupType` and `BackupRetentionPolicyOnClusterDeletion`), atomically.
+    async fn put_advanced_policy(
+        &self,
+        instance_id: &str,
+        standard: &BackupPolicy,
+        advanced: &AdvancedPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+
+    /// The retention lock of an instance as last written (it may have unlocked since: see
+    /// [`RetentionLock::is_active`]).
+    async fn get_retention_lock(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<RetentionLock>, CatalogError>;
+    /// Applies an enable or disable request at `now` ([`RetentionLock::transition`]) atomically and returns the
+    /// lock afterwards (`None`: no lock).
+    async fn set_retention_lock(
+        &self,
+        instance_id: &str,
+        enable: bool,
+        now: DateTime<Utc>,
+        cooling_off: chrono::Duration,
+    ) -> Result<Option<RetentionLock>, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -186,6 +186,8 @@ pub enum ScheduledJob {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleRun {
     pub instance_id: String,
+    /// [`SCHEDULE_STANDARD`] | [`SCHEDULE_HIGH_FREQUENCY`].
+    pub schedule: String,
     pub slot_start: DateTime<Utc>,
     pub owner: String,
     pub claimed_at: DateTime<Utc>,
@@ -193,6 +195,20 @@ pub struct ScheduleRun {
     pub outcome: String,
     pub job_id: Option<i64>,
     pub detail: String,
+}
+
+/// The schedule of the policy windows (`PreferredBackupTime` on the policy days).
+pub const SCHEDULE_STANDARD: &str = "standard";
+/// The schedule of high-frequency snapshots (every `BackupInterval` minutes).
+pub const SCHEDULE_HIGH_FREQUENCY: &str = "high_frequency";
+
+/// A backup created by a schedule slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSlot {
+    pub backup_id: i64,
+    /// [`SCHEDULE_STANDARD`] | [`SCHEDULE_HIGH_FREQUENCY`].
+    pub schedule: String,
+    pub slot_start: DateTime<Utc>,
 }
 
 /// A backup set.

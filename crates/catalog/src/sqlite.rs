@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use crate::{
-    AccessKeyRecord, Backup, BackupCompletion, BackupFilter, BackupPolicy, BackupStatus,
-    CatalogBackend, CatalogError, DeleteMark, InstanceRecord, Job, JobState, NewBackupJob, NewJob,
-    Page, ScheduleRun, ScheduledJob,
+    AccessKeyRecord, AdvancedPolicy, Backup, BackupCompletion, BackupFilter, BackupPolicy,
+    BackupSlot, BackupStatus, CatalogBackend, CatalogError, DeleteMark, InstanceRecord, Job,
+    JobState, NewBackupJob, NewJob, Page, RetentionLock, ScheduleRun, ScheduledJob,
 };
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
@@ -151,6 +151,14 @@ fn backup_from_row(r: &SqliteRow) -> Result<Backup, CatalogError> {
         engine_version: r.try_get("engine_version")?,
         repo_prefix: r.try_get("repo_prefix")?,
         details: json(&details, "backup details")?,
+    })
+}
+
+fn lock_from_row(instance_id: &str, r: &SqliteRow) -> Result<RetentionLock, CatalogError> {
+    Ok(RetentionLock {
+        instance_id: instance_id.to_string(),
+        enabled_at: from_ms(r.try_get("enabled_at")?)?,
+        unlock_at: opt_from_ms(r.try_get("unlock_at")?)?,
     })
 }
 
@@ -794,18 +802,20 @@ impl CatalogBackend for SqliteCatalog {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn create_scheduled_backup_job(
+    async fn create_scheduled_job(
         &self,
         new: &NewBackupJob,
+        schedule: &str,
         slot_start: DateTime<Utc>,
         owner: &str,
     ) -> Result<ScheduledJob, CatalogError> {
         let mut tx = self.write.begin().await?;
         let claimed = sqlx::query(
-            "INSERT INTO schedule_runs (instance_id, slot_start, owner, claimed_at, outcome) \
-             VALUES (?, ?, ?, ?, 'Created') ON CONFLICT (instance_id, slot_start) DO NOTHING",
+            "INSERT INTO schedule_runs (instance_id, schedule, slot_start, owner, claimed_at, outcome) \
+             VALUES (?, ?, ?, ?, ?, 'Created') ON CONFLICT (instance_id, schedule, slot_start) DO NOTHING",
         )
         .bind(&new.instance_id)
+        .bind(schedule)
         .bind(ms(slot_start))
         .bind(owner)
         .bind(ms(new.now))
@@ -817,10 +827,11 @@ impl CatalogBackend for SqliteCatalog {
         let outcome = match insert_backup_job(&mut tx, new).await? {
             Some((job, backup)) => {
                 sqlx::query(
-                    "UPDATE schedule_runs SET job_id = ? WHERE instance_id = ? AND slot_start = ?",
+                    "UPDATE schedule_runs SET job_id = ? WHERE instance_id = ? AND schedule = ? AND slot_start = ?",
                 )
                 .bind(job.id)
                 .bind(&new.instance_id)
+                .bind(schedule)
                 .bind(ms(slot_start))
                 .execute(&mut *tx)
                 .await?;
@@ -837,11 +848,12 @@ impl CatalogBackend for SqliteCatalog {
                 let kind: String = active.try_get("kind")?;
                 sqlx::query(
                     "UPDATE schedule_runs SET outcome = 'Skipped', job_id = ?, detail = ? \
-                     WHERE instance_id = ? AND slot_start = ?",
+                     WHERE instance_id = ? AND schedule = ? AND slot_start = ?",
                 )
                 .bind(job_id)
                 .bind(format!("a {kind} job ({job_id}) was active"))
                 .bind(&new.instance_id)
+                .bind(schedule)
                 .bind(ms(slot_start))
                 .execute(&mut *tx)
                 .await?;
@@ -858,8 +870,8 @@ impl CatalogBackend for SqliteCatalog {
         limit: u32,
     ) -> Result<Vec<ScheduleRun>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT instance_id, slot_start, owner, claimed_at, outcome, job_id, detail FROM schedule_runs \
-             WHERE instance_id = ? ORDER BY slot_start DESC LIMIT ?",
+            "SELECT instance_id, schedule, slot_start, owner, claimed_at, outcome, job_id, detail FROM schedule_runs \
+             WHERE instance_id = ? ORDER BY slot_start DESC, schedule LIMIT ?",
         )
         .bind(instance_id)
         .bind(i64::from(limit))
@@ -869,6 +881,7 @@ impl CatalogBackend for SqliteCatalog {
             .map(|r| {
                 Ok(ScheduleRun {
                     instance_id: r.try_get("instance_id")?,
+                    schedule: r.try_get("schedule")?,
                     slot_start: from_ms(r.try_get("slot_start")?)?,
                     owner: r.try_get("owner")?,
                     claimed_at: from_ms(r.try_get("claimed_at")?)?,
@@ -878,5 +891,130 @@ impl CatalogBackend for SqliteCatalog {
                 })
             })
             .collect()
+    }
+
+    async fn list_backup_slots(&self, instance_id: &str) -> Result<Vec<BackupSlot>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT j.backup_id AS backup_id, r.schedule AS schedule, r.slot_start AS slot_start \
+             FROM schedule_runs r JOIN jobs j ON j.id = r.job_id \
+             WHERE r.instance_id = ? AND r.outcome = 'Created' AND j.backup_id IS NOT NULL \
+             ORDER BY r.slot_start, j.backup_id",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BackupSlot {
+                    backup_id: r.try_get("backup_id")?,
+                    schedule: r.try_get("schedule")?,
+                    slot_start: from_ms(r.try_get("slot_start")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_advanced_policy(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<AdvancedPolicy>, CatalogError> {
+        let row = sqlx::query("SELECT policy FROM advanced_policies WHERE instance_id = ?")
+            .bind(instance_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            let text: String = r.try_get("policy")?;
+            serde_json::from_str(&text)
+                .map_err(|e| CatalogError::Corrupt(format!("advanced backup policy: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn put_advanced_policy(
+        &self,
+        instance_id: &str,
+        standard: &BackupPolicy,
+        advanced: &AdvancedPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let standard_text = serde_json::to_string(standard)
+            .map_err(|e| CatalogError::Corrupt(format!("encode backup policy: {e}")))?;
+        let advanced_text = serde_json::to_string(advanced)
+            .map_err(|e| CatalogError::Corrupt(format!("encode advanced backup policy: {e}")))?;
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO backup_policies (instance_id, policy, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (instance_id) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        )
+        .bind(instance_id)
+        .bind(standard_text)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO advanced_policies (instance_id, policy, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (instance_id) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        )
+        .bind(instance_id)
+        .bind(advanced_text)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_retention_lock(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<RetentionLock>, CatalogError> {
+        let row =
+            sqlx::query("SELECT enabled_at, unlock_at FROM retention_locks WHERE instance_id = ?")
+                .bind(instance_id)
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|r| lock_from_row(instance_id, &r)).transpose()
+    }
+
+    async fn set_retention_lock(
+        &self,
+        instance_id: &str,
+        enable: bool,
+        now: DateTime<Utc>,
+        cooling_off: chrono::Duration,
+    ) -> Result<Option<RetentionLock>, CatalogError> {
+        // Read and write in one writer transaction: two requests racing cannot both start the cooling-off.
+        let mut tx = self.write.begin().await?;
+        let current =
+            sqlx::query("SELECT enabled_at, unlock_at FROM retention_locks WHERE instance_id = ?")
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| lock_from_row(instance_id, &r))
+                .transpose()?;
+        let next = RetentionLock::transition(current, instance_id, enable, now, cooling_off);
+        match &next {
+            Some(l) => {
+                sqlx::query(
+                    "INSERT INTO retention_locks (instance_id, enabled_at, unlock_at, updated_at) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (instance_id) DO UPDATE SET enabled_at = excluded.enabled_at, \
+                     unlock_at = excluded.unlock_at, updated_at = excluded.updated_at",
+                )
+                .bind(instance_id)
+                .bind(ms(l.enabled_at))
+                .bind(l.unlock_at.map(ms))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM retention_locks WHERE instance_id = ?")
+                    .bind(instance_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(next)
     }
 }

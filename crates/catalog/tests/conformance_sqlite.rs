@@ -116,3 +116,88 @@ async fn upgrade_from_the_first_schema_keeps_backups() {
         DeleteMark::Marked(_)
     ));
 }
+
+/// A catalog from before migration 0006 keeps its schedule slots (as `standard` ones), and a taken slot stays
+/// taken.
+#[tokio::test]
+async fn upgrade_keeps_schedule_runs_as_standard_slots() {
+    use chrono::TimeZone;
+    use ddsvault_catalog::{CatalogBackend, ScheduledJob, SCHEDULE_STANDARD};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).expect("mkdir");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in [
+        "0001_init.sql",
+        "0002_job_result.sql",
+        "0003_backup_deleting.sql",
+        "0004_schedule_runs.sql",
+    ] {
+        std::fs::copy(src.join(f), old.join(f)).expect("copy");
+    }
+    let path = dir.path().join("c.db");
+    let slot = chrono::Utc
+        .timestamp_opt(1_900_000_000, 0)
+        .single()
+        .expect("time");
+    {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("pool");
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("old schema");
+        sqlx::query(
+            "INSERT INTO schedule_runs (instance_id, slot_start, owner, claimed_at, outcome, job_id, detail) \
+             VALUES ('dds-old', ?, 'n1', ?, 'Skipped', 4, 'a restore job (4) was active')",
+        )
+        .bind(slot.timestamp_millis())
+        .bind(slot.timestamp_millis())
+        .execute(&pool)
+        .await
+        .expect("slot");
+        pool.close().await;
+    }
+    let cat = ddsvault_catalog::SqliteCatalog::open_file(&path)
+        .await
+        .expect("upgrade");
+    let runs = cat.list_schedule_runs("dds-old", 10).await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (
+            runs[0].schedule.as_str(),
+            runs[0].slot_start,
+            runs[0].outcome.as_str(),
+            runs[0].job_id
+        ),
+        (SCHEDULE_STANDARD, slot, "Skipped", Some(4))
+    );
+    let again = cat
+        .create_scheduled_backup_job(
+            &ddsvault_catalog::NewBackupJob {
+                instance_id: "dds-old".into(),
+                method: "Logical".into(),
+                mode: "Automated".into(),
+                retention_days: 30,
+                engine_version: String::new(),
+                params: serde_json::json!({}),
+                now: slot,
+            },
+            slot,
+            "n2",
+        )
+        .await
+        .expect("schedule");
+    assert_eq!(again, ScheduledJob::AlreadyTaken);
+}

@@ -76,6 +76,53 @@ enum Command {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Applies the retention policies now (the same pass as `gc`), or with --dry-run prints what would be deleted
+    /// or kept longer, and why, without changing anything.
+    Retention {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Change nothing; print the decisions.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this instance (with --dry-run).
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+/// Prints a retention dry run: one line per decision.
+fn print_dry_run(d: &ddsvault_jobs::gc::DryRun) {
+    let t = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    println!("retention dry run at {} (nothing is changed)", t(d.now));
+    for b in &d.unfinished {
+        println!(
+            "  delete backup {} of {}: an interrupted deletion (the next pass finishes it)",
+            b.id, b.instance_id
+        );
+    }
+    let (mut deleted, mut kept) = (d.unfinished.len(), 0);
+    for p in &d.plans {
+        for x in &p.plan.delete {
+            deleted += 1;
+            println!(
+                "  delete backup {} of {}: {}",
+                x.backup_id, p.instance_id, x.reason
+            );
+        }
+        for k in &p.plan.keep {
+            kept += 1;
+            println!(
+                "  keep   backup {} of {} until {}: {}",
+                k.backup_id,
+                p.instance_id,
+                k.until.map_or_else(|| "forever".to_string(), t),
+                k.reason
+            );
+        }
+    }
+    println!(
+        "{deleted} backup(s) would be deleted, {kept} expired backup(s) kept longer by a policy"
+    );
 }
 
 fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -236,13 +283,30 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        Command::Gc { config } => rt.block_on(async {
+        Command::Retention {
+            config,
+            dry_run: true,
+            instance,
+        } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            let d = ddsvault_server::retention_dry_run(&cfg, instance.as_deref()).await?;
+            print_dry_run(&d);
+            Ok(())
+        }),
+        Command::Retention {
+            instance: Some(_), ..
+        } => anyhow::bail!(
+            "--instance needs --dry-run: a retention pass covers every instance"
+        ),
+        Command::Retention { config, .. } | Command::Gc { config } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             let r = ddsvault_server::retention_pass(&cfg).await?;
             println!(
-                "retention pass: {} backup(s) deleted {:?}, {} kept because a restore reads them, {} failed",
+                "retention pass: {} backup(s) deleted {:?}, {} kept longer by a policy {:?}, {} kept because a restore reads them, {} failed",
                 r.deleted.len(),
                 r.deleted,
+                r.extended.len(),
+                r.extended,
                 r.in_use.len(),
                 r.failed
             );

@@ -16,12 +16,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
-use ddsvault_catalog::{Backup, Catalog, DeleteMark};
+use ddsvault_catalog::{
+    permanent_expiry, Backup, BackupFilter, BackupStatus, Catalog, DeleteMark, Page,
+    SCHEDULE_HIGH_FREQUENCY,
+};
 use ddsvault_repo::{RepoPath, Repository};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::retention::{plan_retention, Candidate, Plan, RetentionRules, SlotKind};
 use crate::JobError;
 
 /// Where "now" comes from: the system clock in production, a controlled one in tests.
@@ -117,8 +123,29 @@ pub struct GcReport {
     pub deleted: Vec<i64>,
     /// Backups kept because a restore reads them.
     pub in_use: Vec<i64>,
+    /// Expired backups a tiered policy keeps longer: their recorded expiry was extended.
+    pub extended: Vec<i64>,
     /// Deletions that failed (retried next pass).
     pub failed: usize,
+}
+
+/// What retention decides for the expired backups of one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstancePlan {
+    pub instance_id: String,
+    /// The backups whose recorded expiry has passed.
+    pub expired: Vec<Backup>,
+    /// The decision for each of them (`keep` entries are extensions of the recorded expiry).
+    pub plan: Plan,
+}
+
+/// What `ddsvault retention --dry-run` shows: the deletions a pass would do now, and why.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DryRun {
+    pub now: DateTime<Utc>,
+    /// Deletions interrupted earlier (a pass finishes them).
+    pub unfinished: Vec<Backup>,
+    pub plans: Vec<InstancePlan>,
 }
 
 /// The garbage collector: removes expired backups and finishes interrupted deletions.
@@ -154,7 +181,8 @@ impl Gc {
         self.passes.subscribe()
     }
 
-    /// One pass: finish every `Deleting` backup, then delete every backup expired at the clock's now.
+    /// One pass: finish every `Deleting` backup, then apply [`plan_retention`] to every backup expired at the
+    /// clock's now: delete what no policy keeps, extend the recorded expiry of what a tier keeps longer.
     ///
     /// # Errors
     /// A catalog error while listing; failures on single backups are counted and logged, not returned.
@@ -163,21 +191,178 @@ impl Gc {
         let mut report = GcReport::default();
         let leftover = self.catalog.list_deleting_backups().await?;
         self.delete_all(leftover, &mut report).await;
+        // Backups kept (in use) or failed stay expired: skip them, and stop once a batch makes no progress.
+        let mut skip: HashSet<i64> = HashSet::new();
         loop {
-            let expired = self.catalog.list_expired_backups(now, BATCH).await?;
-            // Backups kept (in use) or failed stay expired: stop once a batch makes no progress.
-            let fresh: Vec<Backup> = expired
-                .into_iter()
-                .filter(|b| !report.in_use.contains(&b.id))
-                .collect();
-            let before = report.deleted.len();
-            let n = fresh.len();
-            self.delete_all(fresh, &mut report).await;
-            if n < BATCH as usize || report.deleted.len() == before {
+            let plans = self.plan_expired(now, None, BATCH, &skip).await?;
+            let listed: usize = plans.iter().map(|p| p.expired.len()).sum();
+            let before = report.deleted.len() + report.extended.len();
+            for p in plans {
+                self.apply(&p, &mut report, &mut skip).await;
+            }
+            if listed == 0 || report.deleted.len() + report.extended.len() == before {
                 break;
             }
         }
         Ok(report)
+    }
+
+    /// What a pass would do now, without changing anything (`instance`: only that one).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn dry_run(&self, instance: Option<&str>) -> Result<DryRun, JobError> {
+        let now = self.clock.now();
+        let unfinished = self
+            .catalog
+            .list_deleting_backups()
+            .await?
+            .into_iter()
+            .filter(|b| instance.is_none_or(|i| i == b.instance_id))
+            .collect();
+        let mut plans = self
+            .plan_expired(now, instance, u32::MAX, &HashSet::new())
+            .await?;
+        plans.retain(|p| instance.is_none_or(|i| i == p.instance_id));
+        Ok(DryRun {
+            now,
+            unfinished,
+            plans,
+        })
+    }
+
+    /// The plans for (at most `limit`) backups expired at `now`, per instance, leaving out `skip`.
+    async fn plan_expired(
+        &self,
+        now: DateTime<Utc>,
+        instance: Option<&str>,
+        limit: u32,
+        skip: &HashSet<i64>,
+    ) -> Result<Vec<InstancePlan>, JobError> {
+        let mut by_instance: BTreeMap<String, Vec<Backup>> = BTreeMap::new();
+        for b in self.catalog.list_expired_backups(now, limit).await? {
+            if skip.contains(&b.id) || instance.is_some_and(|i| i != b.instance_id) {
+                continue;
+            }
+            by_instance
+                .entry(b.instance_id.clone())
+                .or_default()
+                .push(b);
+        }
+        let mut out = Vec::with_capacity(by_instance.len());
+        for (instance_id, expired) in by_instance {
+            let standard = self
+                .catalog
+                .get_policy(&instance_id)
+                .await?
+                .unwrap_or_default();
+            let advanced = self.catalog.get_advanced_policy(&instance_id).await?;
+            let rules = RetentionRules::from_policies(&standard, advanced.as_ref());
+            let candidates = self.candidates(&instance_id).await?;
+            let full = plan_retention(&candidates, &rules, now);
+            let ids: HashSet<i64> = expired.iter().map(|b| b.id).collect();
+            let plan = Plan {
+                keep: full
+                    .keep
+                    .into_iter()
+                    .filter(|k| ids.contains(&k.backup_id))
+                    .collect(),
+                delete: full
+                    .delete
+                    .into_iter()
+                    .filter(|d| ids.contains(&d.backup_id))
+                    .collect(),
+            };
+            out.push(InstancePlan {
+                instance_id,
+                expired,
+                plan,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every successful backup of an instance with the slot that took it (the thinning of high-frequency
+    /// snapshots looks at their neighbours, not only the expired ones).
+    async fn candidates(&self, instance_id: &str) -> Result<Vec<Candidate>, JobError> {
+        let slots: HashMap<i64, (SlotKind, DateTime<Utc>)> = self
+            .catalog
+            .list_backup_slots(instance_id)
+            .await?
+            .into_iter()
+            .map(|s| {
+                let kind = if s.schedule == SCHEDULE_HIGH_FREQUENCY {
+                    SlotKind::HighFrequency
+                } else {
+                    SlotKind::Standard
+                };
+                (s.backup_id, (kind, s.slot_start))
+            })
+            .collect();
+        let filter = BackupFilter {
+            instance_id: Some(instance_id.to_string()),
+            ..BackupFilter::default()
+        };
+        let mut out = Vec::new();
+        for number in 1u32.. {
+            let (total, page) = self
+                .catalog
+                .list_backups(&filter, Page { number, size: 500 })
+                .await?;
+            let empty = page.is_empty();
+            out.extend(
+                page.into_iter()
+                    .filter(|b| b.status == BackupStatus::Success)
+                    .map(|b| Candidate {
+                        backup_id: b.id,
+                        expire_time: b.expire_time,
+                        slot: slots.get(&b.id).copied(),
+                    }),
+            );
+            if empty || u64::from(number) * 500 >= total {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, p: &InstancePlan, report: &mut GcReport, skip: &mut HashSet<i64>) {
+        for k in &p.plan.keep {
+            let until = k.until.unwrap_or_else(permanent_expiry);
+            match self
+                .catalog
+                .set_backup_expire_time(k.backup_id, until)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(backup_id = k.backup_id, instance = %p.instance_id, until = %until, reason = %k.reason, "expired backup kept by a retention policy");
+                    report.extended.push(k.backup_id);
+                }
+                Err(e) => {
+                    tracing::warn!(backup_id = k.backup_id, error = %e, "could not extend the expiry; retrying next pass");
+                    report.failed += 1;
+                }
+            }
+            skip.insert(k.backup_id);
+        }
+        let doomed: Vec<Backup> = p
+            .expired
+            .iter()
+            .filter(|b| p.plan.delete.iter().any(|d| d.backup_id == b.id))
+            .cloned()
+            .collect();
+        let failed_before = report.failed;
+        self.delete_all(doomed.clone(), report).await;
+        if report.failed > failed_before {
+            for b in &doomed {
+                if !report.deleted.contains(&b.id) {
+                    skip.insert(b.id);
+                }
+            }
+        }
+        for id in &report.in_use {
+            skip.insert(*id);
+        }
     }
 
     async fn delete_all(&self, backups: Vec<Backup>, report: &mut GcReport) {
@@ -418,6 +603,209 @@ mod tests {
             delete_backup(&cat, &repo, running.id).await.expect("d"),
             Deletion::Running
         );
+    }
+
+    /// A successful backup taken by a `schedule` slot at `slot`, recorded to expire `days` later.
+    async fn slot_backup(
+        cat: &Catalog,
+        repo: &Repository,
+        schedule: &str,
+        slot: DateTime<Utc>,
+        days: i64,
+    ) -> i64 {
+        let new = NewBackupJob {
+            instance_id: "dds-t".into(),
+            method: "Logical".into(),
+            mode: "Automated".into(),
+            retention_days: days,
+            engine_version: "7.0".into(),
+            params: serde_json::json!({}),
+            now: slot,
+        };
+        let ddsvault_catalog::ScheduledJob::Created(created) = cat
+            .create_scheduled_job(&new, schedule, slot, "n")
+            .await
+            .expect("slot")
+        else {
+            panic!("slot not created");
+        };
+        let (job, b) = *created;
+        cat.claim_next_job("n", slot)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let prefix = Repository::backup_prefix("dds-t", b.id);
+        repo.put(
+            &Repository::manifest_path(&prefix),
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .expect("put");
+        cat.complete_backup(
+            job.id,
+            "n",
+            &BackupCompletion {
+                end_time: slot,
+                expire_time: slot + chrono::Duration::days(days),
+                size: 2,
+                db_names: "shop".into(),
+                repo_prefix: prefix.to_string(),
+                details: serde_json::json!({}),
+            },
+        )
+        .await
+        .expect("complete");
+        b.id
+    }
+
+    #[tokio::test]
+    async fn tiers_extend_expired_backups_and_high_frequency_snapshots_are_thinned() {
+        use ddsvault_catalog::{
+            AdvancedPolicy, BackupPolicy, DataPolicy, SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD,
+        };
+        let (cat, repo, clock) = setup().await;
+        let standard = BackupPolicy {
+            snapshot_backup_type: "Flash".into(),
+            backup_interval: 30,
+            high_frequency_backup_retention: 1,
+            preserve_one_each_hour: true,
+            backup_retention_period: 7,
+            ..BackupPolicy::default()
+        };
+        let advanced = AdvancedPolicy {
+            enabled: true,
+            data_policies: vec![DataPolicy {
+                policy_id: "1".into(),
+                backup_policy: "dayOfMonth".into(),
+                preferred_backup_period: "1".into(),
+                retention_type: "delay".into(),
+                retention_period: 90,
+                ..DataPolicy::default()
+            }],
+            log_policies: Vec::new(),
+            last_policy_id: 1,
+        };
+        cat.register_instance("dds-t", t0())
+            .await
+            .expect("register");
+        cat.put_advanced_policy("dds-t", &standard, &advanced, t0())
+            .await
+            .expect("policy");
+        let at = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("t")
+                .with_timezone(&Utc)
+        };
+        // Standard slots on the 1st (monthly tier, 90 days) and the 2nd (no tier), both recorded for 2 days.
+        let first = slot_backup(
+            &cat,
+            &repo,
+            SCHEDULE_STANDARD,
+            at("2026-01-01T03:00:00Z"),
+            2,
+        )
+        .await;
+        let second = slot_backup(
+            &cat,
+            &repo,
+            SCHEDULE_STANDARD,
+            at("2026-01-02T03:00:00Z"),
+            2,
+        )
+        .await;
+        // High-frequency snapshots at 10:00, 10:30, 11:00, 11:30 recorded for 1 day.
+        let mut hf = Vec::new();
+        for m in [0, 30, 60, 90] {
+            let slot = at("2026-01-03T10:00:00Z") + chrono::Duration::minutes(m);
+            hf.push(slot_backup(&cat, &repo, SCHEDULE_HIGH_FREQUENCY, slot, 1).await);
+        }
+        // After a day the snapshots are thinned to the first of each hour, kept BackupRetentionPeriod (7) days.
+        *clock.0.lock().expect("clock") = at("2026-01-08T00:00:00Z");
+        let gc =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock.clone());
+        // The dry run shows the decisions and changes nothing.
+        let dry = gc.dry_run(Some("dds-t")).await.expect("dry run");
+        assert_eq!(dry.plans.len(), 1);
+        let plan = &dry.plans[0].plan;
+        assert_eq!(
+            plan.delete.iter().map(|d| d.backup_id).collect::<Vec<_>>(),
+            vec![second, hf[1], hf[3]]
+        );
+        assert_eq!(
+            plan.keep.iter().map(|k| k.backup_id).collect::<Vec<_>>(),
+            vec![first, hf[0], hf[2]]
+        );
+        assert!(gc
+            .dry_run(Some("dds-other"))
+            .await
+            .expect("dry")
+            .plans
+            .is_empty());
+        assert_eq!(files(&repo, "dds-t", second).await, 1);
+
+        let r = gc.pass().await.expect("pass");
+        assert_eq!(r.deleted, vec![second, hf[1], hf[3]]);
+        assert_eq!(r.extended, vec![first, hf[0], hf[2]]);
+        assert_eq!(files(&repo, "dds-t", second).await, 0);
+        let kept = cat.get_backup(first).await.expect("get").expect("kept");
+        assert_eq!(kept.expire_time, Some(at("2026-04-01T03:00:00Z")));
+        let hourly = cat.get_backup(hf[0]).await.expect("get").expect("kept");
+        assert_eq!(hourly.expire_time, Some(at("2026-01-10T10:00:00Z")));
+        // Nothing left to do until the extended expiries.
+        assert_eq!(gc.pass().await.expect("pass"), GcReport::default());
+        *clock.0.lock().expect("clock") = at("2026-04-01T03:00:00Z");
+        let r = gc.pass().await.expect("pass");
+        assert_eq!(r.deleted, vec![hf[0], hf[2], first]);
+        assert!(r.extended.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_planned_deletion_interrupted_by_a_crash_is_finished_even_if_a_tier_now_keeps_it() {
+        use ddsvault_catalog::{AdvancedPolicy, BackupPolicy, DataPolicy, SCHEDULE_STANDARD};
+        let (cat, repo, clock) = setup().await;
+        cat.register_instance("dds-t", t0())
+            .await
+            .expect("register");
+        let slot = t0() + chrono::Duration::hours(3);
+        let id = slot_backup(&cat, &repo, SCHEDULE_STANDARD, slot, 7).await;
+        *clock.0.lock().expect("clock") = slot + chrono::Duration::days(8);
+        let gc =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock.clone());
+        let dry = gc.dry_run(None).await.expect("dry run");
+        assert_eq!(dry.plans[0].plan.delete[0].backup_id, id);
+        // The crash: the pass marked it Deleting and removed the manifest, then died.
+        assert!(matches!(
+            cat.mark_backup_deleting(id).await.expect("mark"),
+            DeleteMark::Marked(_)
+        ));
+        repo.delete(&Repository::manifest_path(&Repository::backup_prefix(
+            "dds-t", id,
+        )))
+        .await
+        .expect("delete manifest");
+        // Before the restart a monthly tier that would keep it appears: a deletion once started is finished, so
+        // catalog and repository agree (no half-deleted backup is ever revived).
+        let monthly = AdvancedPolicy {
+            enabled: true,
+            data_policies: vec![DataPolicy {
+                policy_id: "1".into(),
+                backup_policy: "dayOfMonth".into(),
+                preferred_backup_period: "1".into(),
+                retention_type: "never".into(),
+                ..DataPolicy::default()
+            }],
+            log_policies: Vec::new(),
+            last_policy_id: 1,
+        };
+        cat.put_advanced_policy("dds-t", &BackupPolicy::default(), &monthly, t0())
+            .await
+            .expect("policy");
+        let restarted =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock);
+        let r = restarted.pass().await.expect("pass");
+        assert_eq!((r.deleted, r.extended), (vec![id], vec![]));
+        assert_eq!(cat.get_backup(id).await.expect("get"), None);
+        assert_eq!(files(&repo, "dds-t", id).await, 0);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod backup;
 mod error;
 pub mod gc;
 mod restore;
+pub mod retention;
 mod runner;
 pub mod scheduler;
 mod tasks;

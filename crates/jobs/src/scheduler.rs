@@ -14,16 +14,32 @@
 //! `BackupRetentionPeriod`; an instance that cannot take one (unreachable, standalone) gets a Failed backup with
 //! the reason, like a manual one.
 //!
+//! Under advanced (tiered) policies the window runs on every day some day-based data policy matches, and the
+//! backup's retention is the longest of the matching policies' (see [`crate::retention`]); the job parameters
+//! record its tiers.
+//!
+//! High-frequency snapshots (standard `SnapshotBackupType = Flash` with `BackupInterval`, or an advanced
+//! `backupInterval` policy) have slots of their own every interval minutes from UTC midnight, taken through the
+//! same catalog slot mechanism under the `high_frequency` schedule. They never block the window: while the
+//! window's slot is untaken and a high-frequency job is active, the window waits for it (inside the window)
+//! instead of being recorded as skipped, and no new high-frequency slot starts before the window's.
+//!
 //! [`CatalogBackend::create_scheduled_backup_job`]: ddsvault_catalog::CatalogBackend::create_scheduled_backup_job
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use ddsvault_catalog::policy::{
     last_slot_at_or_before, next_slot_at_or_after, parse_backup_period, parse_backup_window,
+    slot_on_day,
 };
-use ddsvault_catalog::{BackupPolicy, Catalog, NewBackupJob, ScheduledJob};
+use ddsvault_catalog::{
+    AdvancedPolicy, BackupPolicy, Catalog, NewBackupJob, ScheduledJob, SCHEDULE_HIGH_FREQUENCY,
+    SCHEDULE_STANDARD,
+};
+
+use crate::retention::RetentionRules;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +57,66 @@ pub fn due_slot(policy: &BackupPolicy, now: DateTime<Utc>) -> Option<DateTime<Ut
     (now < slot + WINDOW).then_some(slot)
 }
 
-/// When the next automatic backup starts: the first window start at or after `now`.
-pub fn next_backup_time(policy: &BackupPolicy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// When the next automatic backup starts: the first window start at or after `now` (under advanced policies, on
+/// a day some day-based policy matches).
+pub fn next_backup_time(
+    policy: &BackupPolicy,
+    advanced: Option<&AdvancedPolicy>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let start = parse_backup_window(&policy.preferred_backup_time).ok()?;
-    let days = parse_backup_period(&policy.preferred_backup_period).ok()?;
-    next_slot_at_or_after(now, start, &days)
+    let rules = RetentionRules::from_policies(policy, advanced);
+    if rules.tiers.is_empty() {
+        let days = parse_backup_period(&policy.preferred_backup_period).ok()?;
+        return next_slot_at_or_after(now, start, &days);
+    }
+    // A yearly policy on 02-29 may be four years away.
+    let mut day = now.date_naive();
+    for _ in 0..(4 * 366 + 1) {
+        let slot = slot_on_day(day, start);
+        if slot >= now && !rules.tiers_on(day).is_empty() {
+            return Some(slot);
+        }
+        day = day.succ_opt()?;
+    }
+    None
+}
+
+/// The window slot due at `now` for the policies, with the retention (days, -1 = forever) and tier names its
+/// backup gets. Under advanced policies the days are those some day-based policy matches.
+pub fn due_window(
+    policy: &BackupPolicy,
+    rules: &RetentionRules,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, i64, Vec<&'static str>)> {
+    if rules.tiers.is_empty() {
+        return due_slot(policy, now).map(|s| (s, policy.backup_retention_period, Vec::new()));
+    }
+    let start = parse_backup_window(&policy.preferred_backup_time).ok()?;
+    let today = now.date_naive();
+    // A window across midnight belongs to the day it starts on: look at today's and yesterday's.
+    [Some(today), today.pred_opt()]
+        .into_iter()
+        .flatten()
+        .find_map(|day: NaiveDate| {
+            let slot = slot_on_day(day, start);
+            if slot > now || now >= slot + WINDOW {
+                return None;
+            }
+            let (retention, tiers) = rules.slot_retention(day)?;
+            Some((slot, retention.as_days(), tiers))
+        })
+}
+
+/// The high-frequency slot containing `now`: the latest multiple of `interval_minutes` since UTC midnight (every
+/// valid interval divides a day).
+pub fn high_frequency_slot(interval_minutes: i64, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if interval_minutes <= 0 {
+        return None;
+    }
+    let midnight = slot_on_day(now.date_naive(), NaiveTime::MIN);
+    let minutes = (now - midnight).num_minutes();
+    Some(midnight + chrono::Duration::minutes(minutes - minutes % interval_minutes))
 }
 
 /// What one tick did for one instance.
@@ -57,6 +128,10 @@ pub enum TickOutcome {
     Created { slot: DateTime<Utc>, job_id: i64 },
     /// The slot had been taken already (earlier tick, restart, other process).
     AlreadyTaken { slot: DateTime<Utc> },
+    /// The window's slot waits for an active high-frequency job to end (next tick, inside the window).
+    Waiting { slot: DateTime<Utc>, job_id: i64 },
+    /// What the high-frequency schedule did (reported after the window's outcome, only when it is on).
+    HighFrequency(Box<TickOutcome>),
     /// The slot met an active job and was recorded as skipped.
     Skipped { slot: DateTime<Utc>, job_id: i64 },
 }
@@ -123,46 +198,124 @@ impl Scheduler {
         let mut out = Vec::with_capacity(self.instances.len());
         for id in &self.instances {
             let policy = self.catalog.get_policy(id).await?.unwrap_or_default();
-            let outcome = match due_slot(&policy, now) {
+            let advanced = self.catalog.get_advanced_policy(id).await?;
+            let rules = RetentionRules::from_policies(&policy, advanced.as_ref());
+            let window = match due_window(&policy, &rules, now) {
                 None => TickOutcome::Idle,
-                Some(slot) => self.run_slot(id, &policy, slot, now).await?,
+                Some((slot, retention_days, tiers)) => {
+                    self.window_slot(id, slot, retention_days, &tiers, now)
+                        .await?
+                }
             };
-            out.push((id.clone(), outcome));
+            let waiting = matches!(window, TickOutcome::Waiting { .. });
+            out.push((id.clone(), window));
+            if let Some(hf) = &rules.high_frequency {
+                // The window goes first: no new snapshot while it waits.
+                if waiting {
+                    continue;
+                }
+                if let Some(slot) = high_frequency_slot(hf.interval_minutes, now) {
+                    let job = self.job(
+                        id,
+                        "Snapshot",
+                        SCHEDULE_HIGH_FREQUENCY,
+                        slot,
+                        hf.all.as_days(),
+                        &[],
+                        now,
+                    );
+                    let outcome = self
+                        .run_slot(id, job, SCHEDULE_HIGH_FREQUENCY, slot)
+                        .await?;
+                    out.push((id.clone(), TickOutcome::HighFrequency(Box::new(outcome))));
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// The window's slot: taken unless already taken, or waiting while a high-frequency job holds the instance.
+    async fn window_slot(
+        &self,
+        id: &str,
+        slot: DateTime<Utc>,
+        retention_days: i64,
+        tiers: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<TickOutcome, JobError> {
+        let taken = self
+            .catalog
+            .list_schedule_runs(id, 8)
+            .await?
+            .iter()
+            .any(|r| r.schedule == SCHEDULE_STANDARD && r.slot_start == slot);
+        if taken {
+            return Ok(TickOutcome::AlreadyTaken { slot });
+        }
+        let active = self.catalog.list_jobs(id, true).await?;
+        if let Some(j) = active.iter().find(|j| {
+            j.params.get("schedule").and_then(|s| s.as_str()) == Some(SCHEDULE_HIGH_FREQUENCY)
+        }) {
+            tracing::info!(instance = %id, %slot, job_id = j.id, "automatic backup waits for a high-frequency snapshot");
+            return Ok(TickOutcome::Waiting { slot, job_id: j.id });
+        }
+        let job = self.job(
+            id,
+            "Logical",
+            SCHEDULE_STANDARD,
+            slot,
+            retention_days,
+            tiers,
+            now,
+        );
+        self.run_slot(id, job, SCHEDULE_STANDARD, slot).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &self,
+        id: &str,
+        method: &str,
+        schedule: &str,
+        slot: DateTime<Utc>,
+        retention_days: i64,
+        tiers: &[&str],
+        now: DateTime<Utc>,
+    ) -> NewBackupJob {
+        NewBackupJob {
+            instance_id: id.to_string(),
+            method: method.into(),
+            mode: "Automated".into(),
+            retention_days,
+            engine_version: String::new(),
+            params: serde_json::json!({
+                "method": method,
+                "retention_days": retention_days,
+                "compression": self.compression,
+                "schedule": schedule,
+                "tiers": tiers,
+                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }),
+            now,
+        }
     }
 
     async fn run_slot(
         &self,
         id: &str,
-        policy: &BackupPolicy,
+        new: NewBackupJob,
+        schedule: &str,
         slot: DateTime<Utc>,
-        now: DateTime<Utc>,
     ) -> Result<TickOutcome, JobError> {
-        let retention_days = policy.backup_retention_period;
-        let new = NewBackupJob {
-            instance_id: id.to_string(),
-            method: "Logical".into(),
-            mode: "Automated".into(),
-            retention_days,
-            engine_version: String::new(),
-            params: serde_json::json!({
-                "method": "Logical",
-                "retention_days": retention_days,
-                "compression": self.compression,
-                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            }),
-            now,
-        };
         Ok(
             match self
                 .catalog
-                .create_scheduled_backup_job(&new, slot, &self.node_id)
+                .create_scheduled_job(&new, schedule, slot, &self.node_id)
                 .await?
             {
                 ScheduledJob::Created(created) => {
                     let (job, backup) = *created;
-                    tracing::info!(instance = %id, %slot, job_id = job.id, backup_id = backup.id, "automatic backup started");
+                    tracing::info!(instance = %id, %slot, schedule, job_id = job.id, backup_id = backup.id, "automatic backup started");
                     if let Some(r) = &self.runner {
                         r.wake();
                     }
@@ -173,7 +326,7 @@ impl Scheduler {
                 }
                 ScheduledJob::AlreadyTaken => TickOutcome::AlreadyTaken { slot },
                 ScheduledJob::Skipped { job_id, kind } => {
-                    tracing::warn!(instance = %id, %slot, job_id, kind = %kind, "automatic backup skipped: the instance has an active job");
+                    tracing::warn!(instance = %id, %slot, schedule, job_id, kind = %kind, "automatic backup skipped: the instance has an active job");
                     TickOutcome::Skipped { slot, job_id }
                 }
             },
@@ -200,6 +353,7 @@ mod tests {
     use super::*;
     use crate::ManualClock;
     use chrono::TimeZone;
+    use ddsvault_catalog::AdvancedPolicy;
     use ddsvault_catalog::{JobState, NewJob};
     use std::sync::Mutex;
 
@@ -266,11 +420,11 @@ mod tests {
         // Saturday: not a policy day.
         assert_eq!(due_slot(&p, at("2026-11-28T03:30:00Z")), None);
         assert_eq!(
-            next_backup_time(&p, at("2026-11-27T03:30:00Z")),
+            next_backup_time(&p, None, at("2026-11-27T03:30:00Z")),
             Some(at("2026-11-30T03:00:00Z"))
         );
         assert_eq!(
-            next_backup_time(&p, at("2026-11-27T01:00:00Z")),
+            next_backup_time(&p, None, at("2026-11-27T01:00:00Z")),
             Some(at("2026-11-27T03:00:00Z"))
         );
         // A window across midnight belongs to the day it starts on.
@@ -433,6 +587,174 @@ mod tests {
             (runs.len(), runs[0].outcome.as_str(), runs[0].job_id),
             (1, "Skipped", Some(manual.id))
         );
+    }
+
+    #[test]
+    fn high_frequency_slots_and_advanced_windows() {
+        assert_eq!(
+            high_frequency_slot(15, at("2026-11-27T10:07:59Z")),
+            Some(at("2026-11-27T10:00:00Z"))
+        );
+        assert_eq!(
+            high_frequency_slot(720, at("2026-11-27T13:00:00Z")),
+            Some(at("2026-11-27T12:00:00Z"))
+        );
+        assert_eq!(
+            high_frequency_slot(480, at("2026-11-27T23:59:59Z")),
+            Some(at("2026-11-27T16:00:00Z"))
+        );
+        assert_eq!(high_frequency_slot(-1, at("2026-11-27T10:00:00Z")), None);
+        let standard = policy("23:00Z-00:00Z", "Friday");
+        let advanced = AdvancedPolicy {
+            enabled: true,
+            data_policies: vec![
+                ddsvault_catalog::DataPolicy {
+                    policy_id: "1".into(),
+                    backup_policy: "dayOfWeek".into(),
+                    preferred_backup_period: "1,2".into(),
+                    retention_type: "delay".into(),
+                    retention_period: 7,
+                    ..Default::default()
+                },
+                ddsvault_catalog::DataPolicy {
+                    policy_id: "2".into(),
+                    backup_policy: "dayOfMonth".into(),
+                    preferred_backup_period: "-1".into(),
+                    retention_type: "never".into(),
+                    ..Default::default()
+                },
+            ],
+            log_policies: Vec::new(),
+            last_policy_id: 2,
+        };
+        let rules = RetentionRules::from_policies(&standard, Some(&advanced));
+        // Friday 2026-11-27 is no longer a backup day; Monday 2026-11-30 is both weekly and the month's last day.
+        assert_eq!(
+            due_window(&standard, &rules, at("2026-11-27T23:30:00Z")),
+            None
+        );
+        assert_eq!(
+            due_window(&standard, &rules, at("2026-11-30T23:10:00Z")),
+            Some((at("2026-11-30T23:00:00Z"), -1, vec!["monthly", "weekly"]))
+        );
+        assert_eq!(
+            due_window(&standard, &rules, at("2026-12-01T23:10:00Z")),
+            Some((at("2026-12-01T23:00:00Z"), 7, vec!["weekly"]))
+        );
+        assert_eq!(
+            next_backup_time(&standard, Some(&advanced), at("2026-11-27T23:30:00Z")),
+            Some(at("2026-11-30T23:00:00Z"))
+        );
+        // Without advanced policies the standard days and retention apply.
+        let plain = RetentionRules::from_policies(&standard, None);
+        assert_eq!(
+            due_window(&standard, &plain, at("2026-11-27T23:30:00Z")),
+            Some((at("2026-11-27T23:00:00Z"), 14, vec![]))
+        );
+    }
+
+    fn flash(time: &str, days: &str, interval: i64) -> BackupPolicy {
+        BackupPolicy {
+            snapshot_backup_type: "Flash".into(),
+            backup_interval: interval,
+            high_frequency_backup_retention: 2,
+            ..policy(time, days)
+        }
+    }
+
+    fn hf(o: &TickOutcome) -> TickOutcome {
+        match o {
+            TickOutcome::HighFrequency(inner) => (**inner).clone(),
+            other => panic!("expected a high-frequency outcome, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn high_frequency_snapshots_run_once_per_interval() {
+        let (cat, clock) = setup(&flash("03:00Z-04:00Z", "Friday", 30)).await;
+        set(&clock, "2026-11-27T10:05:00Z");
+        let s = scheduler(&cat, &clock, "node-1");
+        let out = s.tick().await.expect("tick");
+        assert_eq!(out[0].1, TickOutcome::Idle);
+        let TickOutcome::Created { slot, job_id } = hf(&out[1].1) else {
+            panic!("expected Created, got {out:?}");
+        };
+        assert_eq!(slot, at("2026-11-27T10:00:00Z"));
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        assert_eq!(
+            (
+                job.mode.as_str(),
+                job.params["method"].as_str(),
+                job.params["schedule"].as_str()
+            ),
+            ("Automated", Some("Snapshot"), Some("high_frequency"))
+        );
+        assert_eq!(job.params["retention_days"], 2);
+        cat.fail_job(job_id, "test", at("2026-11-27T10:06:00Z"))
+            .await
+            .expect("end");
+        set(&clock, "2026-11-27T10:29:59Z");
+        assert_eq!(
+            hf(&s.tick().await.expect("tick")[1].1),
+            TickOutcome::AlreadyTaken { slot }
+        );
+        set(&clock, "2026-11-27T10:30:00Z");
+        assert!(matches!(
+            hf(&s.tick().await.expect("tick")[1].1),
+            TickOutcome::Created { slot, .. } if slot == at("2026-11-27T10:30:00Z")
+        ));
+        // Standard snapshots: no high-frequency outcome at all.
+        cat.put_policy("dds-a", &policy("03:00Z-04:00Z", "Friday"), Utc::now())
+            .await
+            .expect("policy");
+        set(&clock, "2026-11-27T11:00:00Z");
+        assert_eq!(
+            s.tick().await.expect("tick"),
+            vec![("dds-a".to_string(), TickOutcome::Idle)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_high_frequency_job_does_not_block_the_window() {
+        let (cat, clock) = setup(&flash("03:00Z-04:00Z", "Friday", 30)).await;
+        set(&clock, "2026-11-27T02:50:00Z");
+        let s = scheduler(&cat, &clock, "node-1");
+        let TickOutcome::Created {
+            job_id: snapshot, ..
+        } = hf(&s.tick().await.expect("tick")[1].1)
+        else {
+            panic!("expected a snapshot job");
+        };
+        // The window opens while the snapshot job is still active: it waits, and no new snapshot starts.
+        set(&clock, "2026-11-27T03:00:10Z");
+        let out = s.tick().await.expect("tick");
+        assert_eq!(
+            out,
+            vec![(
+                "dds-a".to_string(),
+                TickOutcome::Waiting {
+                    slot: at("2026-11-27T03:00:00Z"),
+                    job_id: snapshot
+                }
+            )]
+        );
+        // The snapshot job fails (no Snapshot engine): the window's backup starts at the next tick.
+        cat.fail_job(
+            snapshot,
+            "Snapshot backups are not implemented",
+            at("2026-11-27T03:00:20Z"),
+        )
+        .await
+        .expect("end");
+        set(&clock, "2026-11-27T03:00:40Z");
+        let out = s.tick().await.expect("tick");
+        let TickOutcome::Created { job_id, .. } = out[0].1 else {
+            panic!("expected the window's backup, got {out:?}");
+        };
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        assert_eq!(job.params["method"], "Logical");
+        // The 03:00 snapshot slot met the window's job: recorded as skipped.
+        assert!(matches!(hf(&out[1].1), TickOutcome::Skipped { job_id: j, .. } if j == job_id));
     }
 
     #[tokio::test]

@@ -121,14 +121,22 @@ pub struct RetentionConfig {
     /// Seconds between two collector passes (a pass also runs at start), 1..=86400.
     #[serde(default = "default_gc_interval")]
     pub gc_interval_secs: u64,
+    /// Seconds a retention lock stays on after an unlock request, 1..=31536000 (default 24 h).
+    #[serde(default = "default_lock_cooling_off")]
+    pub lock_cooling_off_secs: u64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             gc_interval_secs: default_gc_interval(),
+            lock_cooling_off_secs: default_lock_cooling_off(),
         }
     }
+}
+
+fn default_lock_cooling_off() -> u64 {
+    86_400
 }
 
 fn default_gc_interval() -> u64 {
@@ -328,6 +336,12 @@ impl Config {
             return err(format!(
                 "retention.gc_interval_secs = {} is outside 1..=86400",
                 self.retention.gc_interval_secs
+            ));
+        }
+        if !(1..=31_536_000).contains(&self.retention.lock_cooling_off_secs) {
+            return err(format!(
+                "retention.lock_cooling_off_secs = {} is outside 1..=31536000",
+                self.retention.lock_cooling_off_secs
             ));
         }
         if !(1..=600).contains(&self.scheduler.tick_secs) {

@@ -64,6 +64,15 @@ pub enum ActionError {
     InvalidBackupTime(String),
     #[error("invalid PreferredBackupPeriod: {0}")]
     InvalidBackupPeriod(String),
+    /// A geo-redundant (cross-region) setting: ddsvault keeps backups in one repository.
+    #[error("cross-region backup not supported: {0}")]
+    CrossRegionNotSupported(String),
+    /// The instance's retention lock forbids deleting or shortening backups.
+    #[error("retention lock of {instance} is on")]
+    RetentionLocked {
+        instance: String,
+        unlock_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The instance cannot be reached; the text is already free of credentials.
     #[error("instance unreachable: {0}")]
     InstanceUnreachable(String),
@@ -163,6 +172,24 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             403,
             "OperationDenied.DBInstanceStatus",
             format!("The operation is not permitted due to status of instance. The instance cannot be reached: {why}"),
+        ),
+        ActionError::CrossRegionNotSupported(why) => ApiError::new(400, "UnsupportedOperation", why),
+        ActionError::RetentionLocked {
+            instance,
+            unlock_at,
+        } => ApiError::new(
+            403,
+            "OperationDenied.RetentionLocked",
+            format!(
+                "The operation is not permitted because the retention lock of instance {instance} is on: no backup can be deleted or expire early, whoever asks. {}",
+                match unlock_at {
+                    Some(t) => format!(
+                        "An unlock was requested; the lock ends at {}.",
+                        t.format("%Y-%m-%dT%H:%M:%SZ")
+                    ),
+                    None => "Disable it with ModifyBackupRetentionLock (Enable=false); it ends after the cooling-off period.".to_string(),
+                }
+            ),
         ),
         ActionError::Catalog(CatalogError::ActiveJobExists { job_id, kind }) => {
             to_api_error(ActionError::JobExists { job_id, kind })

@@ -248,7 +248,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             .with_runner(Arc::clone(&runner)),
         )
     });
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         cfg.region_id.clone(),
         account_id,
         cfg.host_id.clone().unwrap_or_else(|| cfg.listen.clone()),
@@ -264,7 +264,11 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         instances,
         runner,
         cfg.backup.compression.clone(),
-    ));
+    );
+    state.retention_lock_cooling_off = chrono::Duration::seconds(
+        i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
+    );
+    let state = Arc::new(state);
     tracing::info!(node_id = %node_id, instances = cfg.instances.len(), "catalog ready");
     Ok(Prepared {
         state,
@@ -292,6 +296,25 @@ pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport,
         Duration::from_secs(cfg.retention.gc_interval_secs),
     );
     Ok(gc.pass().await?)
+}
+
+/// What a retention pass would do now (`ddsvault retention --dry-run`), changing nothing; `instance` narrows it
+/// to one instance.
+///
+/// # Errors
+/// Catalog or repository errors.
+pub async fn retention_dry_run(
+    cfg: &Config,
+    instance: Option<&str>,
+) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
+    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let repo = Repository::local(&cfg.repository_path())?;
+    let gc = Gc::new(
+        catalog,
+        repo,
+        Duration::from_secs(cfg.retention.gc_interval_secs),
+    );
+    Ok(gc.dry_run(instance).await?)
 }
 
 impl Prepared {

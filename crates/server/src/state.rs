@@ -96,6 +96,8 @@ pub struct AppState {
     pub instances: HashMap<String, Instance>,
     pub runner: Arc<Runner>,
     pub default_compression: String,
+    /// How long a retention lock stays on after an unlock request (`[retention] lock_cooling_off_secs`).
+    pub retention_lock_cooling_off: chrono::Duration,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -132,6 +134,7 @@ impl AppState {
             instances,
             runner,
             default_compression,
+            retention_lock_cooling_off: chrono::Duration::hours(24),
             clients: Mutex::new(HashMap::new()),
         }
     }

@@ -2,6 +2,7 @@
 //! dispatch to their handler; known Dds backup actions that are not implemented yet answer a documented
 //! `UnsupportedOperation` instead of pretending to succeed.
 
+mod advanced;
 mod backup;
 mod instance;
 mod policy;
@@ -50,6 +51,13 @@ actions!(
     ModifyBackupPolicy,
     DeleteBackup,
     ModifyBackupExpireTime,
+    DescribeAdvancedBackupPolicy,
+    ModifyAdvancedBackupPolicy,
+    DescribeAdvancedBackupStatus,
+    ModifyAdvancedBackupStatus,
+    // ddsvault extension: the retention lock.
+    ModifyBackupRetentionLock,
+    DescribeBackupRetentionLock,
     // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DescribeBackupStorage,
     DescribeClusterBackups,
@@ -57,10 +65,6 @@ actions!(
     DescribeInstanceRecoverTime,
     DescribeRestoreDBInstanceList,
     CheckRecoveryCondition,
-    DescribeAdvancedBackupPolicy,
-    ModifyAdvancedBackupPolicy,
-    DescribeAdvancedBackupStatus,
-    ModifyAdvancedBackupStatus,
     TransferClusterBackup,
     DescribeBinlogFiles,
 );
@@ -86,6 +90,18 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::ModifyBackupPolicy => policy::modify_backup_policy(st, p).await,
         Action::DeleteBackup => retention::delete_backup(st, p).await,
         Action::ModifyBackupExpireTime => retention::modify_backup_expire_time(st, p).await,
+        Action::DescribeAdvancedBackupPolicy => {
+            advanced::describe_advanced_backup_policy(st, p).await
+        }
+        Action::ModifyAdvancedBackupPolicy => advanced::modify_advanced_backup_policy(st, p).await,
+        Action::DescribeAdvancedBackupStatus => {
+            advanced::describe_advanced_backup_status(st, p).await
+        }
+        Action::ModifyAdvancedBackupStatus => advanced::modify_advanced_backup_status(st, p).await,
+        Action::ModifyBackupRetentionLock => retention::modify_backup_retention_lock(st, p).await,
+        Action::DescribeBackupRetentionLock => {
+            retention::describe_backup_retention_lock(st, p).await
+        }
         Action::DescribeDBInstances => instance::describe_db_instances(st, p).await,
         Action::DescribeDBInstanceAttribute => instance::describe_db_instance_attribute(st, p).await,
         Action::RestoreDBInstance => restore::restore_db_instance(st, p).await,

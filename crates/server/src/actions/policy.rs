@@ -15,11 +15,15 @@ use crate::router::ActionResult;
 use crate::state::AppState;
 
 /// `PreferredNextBackupTime`: the next window start (`yyyy-MM-ddTHH:mmZ`) while the scheduler runs, else "".
-pub(crate) fn preferred_next_backup_time(pol: &BackupPolicy, running: bool) -> String {
+pub(crate) fn preferred_next_backup_time(
+    pol: &BackupPolicy,
+    advanced: Option<&ddsvault_catalog::AdvancedPolicy>,
+    running: bool,
+) -> String {
     if !running {
         return String::new();
     }
-    ddsvault_jobs::scheduler::next_backup_time(pol, chrono::Utc::now())
+    ddsvault_jobs::scheduler::next_backup_time(pol, advanced, chrono::Utc::now())
         .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
         .unwrap_or_default()
 }
@@ -49,6 +53,11 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         .await
         .map_err(ActionError::from)?
         .unwrap_or_default();
+    let advanced = st
+        .catalog
+        .get_advanced_policy(id)
+        .await
+        .map_err(ActionError::from)?;
     let mut out = Map::new();
     out.insert(
         "PreferredBackupPeriod".into(),
@@ -62,6 +71,7 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         "PreferredNextBackupTime".into(),
         json!(preferred_next_backup_time(
             &pol,
+            advanced.as_ref(),
             st.scheduler_running.load(Ordering::Relaxed)
         )),
     );
@@ -239,8 +249,8 @@ mod tests {
     #[test]
     fn next_backup_time_only_while_the_scheduler_runs() {
         let p = BackupPolicy::default();
-        assert_eq!(preferred_next_backup_time(&p, false), "");
-        let next = preferred_next_backup_time(&p, true);
+        assert_eq!(preferred_next_backup_time(&p, None, false), "");
+        let next = preferred_next_backup_time(&p, None, true);
         // Daily at 03:00Z: today or tomorrow, minute precision.
         assert_eq!(next.len(), "yyyy-MM-ddTHH:mmZ".len(), "{next}");
         assert!(next.ends_with("T03:00Z"), "{next}");

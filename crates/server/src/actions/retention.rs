@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{permanent_expiry, Backup, BackupStatus, CatalogError};
+use ddsvault_catalog::{permanent_expiry, Backup, BackupStatus, CatalogError, RetentionLock};
 use ddsvault_jobs::gc::{delete_backup as delete_backup_files, Deletion};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::dds_time;
 use crate::error::ActionError;
@@ -29,10 +29,84 @@ async fn backup_of(st: &AppState, id: &str, p: &Params) -> Result<Backup, Action
         .ok_or_else(|| ActionError::BackupNotFound(raw.to_string()))
 }
 
+/// Refuses while the instance's retention lock holds (for every caller, root included).
+async fn check_unlocked(st: &AppState, id: &str) -> Result<(), ActionError> {
+    if let Some(lock) = st.catalog.get_retention_lock(id).await? {
+        if lock.is_active(Utc::now()) {
+            return Err(ActionError::RetentionLocked {
+                instance: id.to_string(),
+                unlock_at: lock.unlock_at,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn lock_answer(st: &AppState, id: &str, lock: Option<&RetentionLock>) -> Map<String, Value> {
+    let now = Utc::now();
+    let lock = lock.filter(|l| l.is_active(now));
+    let mut out = Map::new();
+    out.insert("DBInstanceId".into(), json!(id));
+    out.insert(
+        "RetentionLock".into(),
+        json!(match lock {
+            None => "Disabled",
+            Some(l) if l.unlock_at.is_some() => "Unlocking",
+            Some(_) => "Enabled",
+        }),
+    );
+    out.insert(
+        "LockEnabledTime".into(),
+        json!(lock.map(|l| dds_time(l.enabled_at)).unwrap_or_default()),
+    );
+    out.insert(
+        "UnlockTime".into(),
+        json!(lock
+            .and_then(|l| l.unlock_at)
+            .map(dds_time)
+            .unwrap_or_default()),
+    );
+    out.insert(
+        "CoolingOffSeconds".into(),
+        json!(st.retention_lock_cooling_off.num_seconds()),
+    );
+    out
+}
+
+/// ddsvault extension: `Enable=true` turns the retention lock on (or cancels a pending unlock); `Enable=false`
+/// starts the cooling-off period after which the lock is off.
+pub async fn modify_backup_retention_lock(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let enable = p
+        .opt_bool("Enable")?
+        .ok_or_else(|| ApiError::missing_parameter("Enable"))?;
+    let lock = st
+        .catalog
+        .set_retention_lock(id, enable, Utc::now(), st.retention_lock_cooling_off)
+        .await
+        .map_err(ActionError::from)?;
+    tracing::info!(instance = %id, enable, unlock_at = ?lock.as_ref().and_then(|l| l.unlock_at), "retention lock changed");
+    Ok(lock_answer(st, id, lock.as_ref()))
+}
+
+/// ddsvault extension: the state of the retention lock and when it unlocks.
+pub async fn describe_backup_retention_lock(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let lock = st
+        .catalog
+        .get_retention_lock(id)
+        .await
+        .map_err(ActionError::from)?;
+    Ok(lock_answer(st, id, lock.as_ref()))
+}
+
 pub async fn delete_backup(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
     let backup = backup_of(st, id, p).await?;
+    check_unlocked(st, id).await?;
     let outcome = delete_backup_files(&st.catalog, &st.repo, backup.id)
         .await
         .map_err(|e| ActionError::Internal(format!("delete backup {}: {e}", backup.id)))?;

@@ -1,5 +1,7 @@
 //! The `ddsvault` binary: `ddsvault serve [--config FILE]`.
 
+mod ram;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -76,9 +78,11 @@ enum Command {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Manages RAM users, groups, policies and AccessKeys in the catalog (also while servers run).
+    Ram(ram::RamArgs),
 }
 
-fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -249,5 +253,6 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(r.failed == 0, "{} deletion(s) failed; see the log", r.failed);
             Ok(())
         }),
+        Command::Ram(args) => rt.block_on(ram::run(args)),
     }
 }

@@ -29,6 +29,9 @@ pub enum ServerError {
     },
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// Identity management refused (unknown name, limit reached, wrong master key…); the text says why.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Business errors of the Dds actions, named for what the client must do about them.

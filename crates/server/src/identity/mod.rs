@@ -341,3 +341,262 @@ pub async fn sync_config(
     catalog.sync_config_identities(&ids, now).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::crypto::KeySource;
+    use super::*;
+    use ddsvault_catalog::{
+        GroupMember, PolicyAttachment, RamGroupRecord, RamPolicyRecord, RamUserRecord,
+    };
+    use ddsvault_ram::{evaluate, Decision, Request};
+
+    const ALLOW_LIST: &str = r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":"dds:Describe*","Resource":"*"}]}"#;
+    const DENY_BACKUPS: &str = r#"{"Version":"1","Statement":[{"Effect":"Deny","Action":"dds:DescribeBackups","Resource":"*"}]}"#;
+
+    fn master() -> Arc<MasterKey> {
+        Arc::new(MasterKey::from_bytes(&[3; 32], KeySource::Env))
+    }
+
+    fn key(master: &MasterKey, id: &str, user: &str, secret: &str) -> AccessKeyRecord {
+        AccessKeyRecord {
+            id: id.into(),
+            secret: master.seal(id, secret),
+            secret_format: SEALED_FORMAT.into(),
+            user: user.into(),
+            active: true,
+            source: "cli".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+        }
+    }
+
+    async fn catalog() -> Catalog {
+        ddsvault_catalog::open("sqlite::memory:")
+            .await
+            .expect("memory catalog")
+    }
+
+    async fn add_user(cat: &Catalog, name: &str) {
+        cat.create_ram_user(&RamUserRecord {
+            name: name.into(),
+            display_name: String::new(),
+            source: "cli".into(),
+            created_at: Utc::now(),
+        })
+        .await
+        .expect("user");
+    }
+
+    async fn add_policy(cat: &Catalog, name: &str, doc: &str, kind: PrincipalKind, to: &str) {
+        let exists = cat
+            .load_identities()
+            .await
+            .expect("load")
+            .policies
+            .iter()
+            .any(|p| p.name == name);
+        if !exists {
+            cat.create_ram_policy(&RamPolicyRecord {
+                name: name.into(),
+                document: doc.into(),
+                source: "cli".into(),
+                created_at: Utc::now(),
+            })
+            .await
+            .expect("policy");
+        }
+        cat.attach_policy(&PolicyAttachment {
+            policy: name.into(),
+            kind,
+            principal: to.into(),
+            source: "cli".into(),
+        })
+        .await
+        .expect("attach");
+    }
+
+    fn decide(policies: &[Arc<Policy>], action: &str) -> Decision {
+        let refs: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
+        evaluate(
+            &refs,
+            &Request {
+                action,
+                resource: "*",
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn group_policies_are_inherited_once_and_changes_are_seen_at_once() {
+        let cat = catalog().await;
+        let m = master();
+        add_user(&cat, "u").await;
+        cat.create_ram_group(&RamGroupRecord {
+            name: "g".into(),
+            source: "cli".into(),
+            created_at: Utc::now(),
+        })
+        .await
+        .expect("group");
+        cat.add_group_member(&GroupMember {
+            group: "g".into(),
+            user: "u".into(),
+            source: "cli".into(),
+        })
+        .await
+        .expect("member");
+        add_policy(&cat, "List", ALLOW_LIST, PrincipalKind::User, "u").await;
+        add_policy(&cat, "List", ALLOW_LIST, PrincipalKind::Group, "g").await;
+        add_policy(&cat, "NoBackups", DENY_BACKUPS, PrincipalKind::Group, "g").await;
+        cat.create_access_key(&key(&m, "K1", "u", "s1"), MAX_KEYS_PER_USER)
+            .await
+            .expect("key");
+
+        let ids = Identities::load(Arc::clone(&cat), Arc::clone(&m))
+            .await
+            .expect("load");
+        let view = ids.view().await.expect("view");
+        assert_eq!(
+            view.secret("K1").expect("lookup"),
+            Some(KeyState::Active(ddsvault_api::Secret::new("s1")))
+        );
+        assert_eq!(view.secret("K-none").expect("lookup"), None);
+        let (user, policies) = ids.principal("K1").expect("principal");
+        assert_eq!(user, "u");
+        assert_eq!(policies.len(), 2, "List reached twice counts once");
+        assert_eq!(
+            decide(&policies, "dds:DescribeDBInstances"),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&policies, "dds:DescribeBackups"),
+            Decision::ExplicitDeny
+        );
+
+        // Another writer (a CLI) disables the key: the next view sees it without any restart.
+        let before = view.version();
+        cat.set_access_key_active("K1", false)
+            .await
+            .expect("disable");
+        let view = ids.view().await.expect("view");
+        assert!(view.version() > before);
+        assert_eq!(view.secret("K1").expect("lookup"), Some(KeyState::Inactive));
+        cat.delete_access_key("K1").await.expect("delete");
+        assert_eq!(
+            ids.view()
+                .await
+                .expect("view")
+                .secret("K1")
+                .expect("lookup"),
+            None
+        );
+        // Leaving the group drops the inherited policies.
+        cat.create_access_key(&key(&m, "K2", "u", "s2"), MAX_KEYS_PER_USER)
+            .await
+            .expect("key");
+        cat.remove_group_member("g", "u").await.expect("leave");
+        ids.view().await.expect("view");
+        let (_, policies) = ids.principal("K2").expect("principal");
+        assert_eq!(policies.len(), 1);
+        assert_eq!(decide(&policies, "dds:DescribeBackups"), Decision::Allow);
+    }
+
+    #[tokio::test]
+    async fn unreadable_secrets_and_policies_refuse_instead_of_guessing() {
+        let cat = catalog().await;
+        let m = master();
+        add_user(&cat, "u").await;
+        // Sealed under another master key, and a row still in clear.
+        let other = MasterKey::from_bytes(&[9; 32], KeySource::Env);
+        cat.create_access_key(&key(&other, "K-other", "u", "s"), 5)
+            .await
+            .expect("key");
+        cat.put_access_key(&AccessKeyRecord {
+            secret: "clear".into(),
+            secret_format: SECRET_PLAIN.into(),
+            ..key(&m, "K-plain", "root", "x")
+        })
+        .await
+        .expect("plain key");
+        // A stored policy the evaluator cannot read (written by something else): the user is refused.
+        add_policy(&cat, "Broken", "{not json", PrincipalKind::User, "u").await;
+        cat.create_access_key(&key(&m, "K-ok", "u", "s"), 5)
+            .await
+            .expect("key");
+        let ids = Identities::load(Arc::clone(&cat), Arc::clone(&m))
+            .await
+            .expect("load");
+        let view = ids.view().await.expect("view");
+        for id in ["K-other", "K-plain"] {
+            let e = view.secret(id).expect_err("undecryptable");
+            assert!(e.is_server_error(), "{e:?}");
+            assert!(!format!("{e:?}").contains("clear"));
+        }
+        assert!(ids
+            .principal("K-ok")
+            .expect_err("broken policy")
+            .is_server_error());
+    }
+
+    #[tokio::test]
+    async fn last_use_is_written_at_most_once_a_minute() {
+        let cat = catalog().await;
+        let m = master();
+        cat.create_access_key(&key(&m, "K1", "root", "s"), MAX_KEYS_PER_USER)
+            .await
+            .expect("key");
+        let ids = Identities::load(Arc::clone(&cat), Arc::clone(&m))
+            .await
+            .expect("load");
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let last = |cat: Catalog| async move {
+            cat.list_access_keys().await.expect("list")[0].last_used_at
+        };
+        ids.touch("K1", t0).await;
+        assert_eq!(last(Arc::clone(&cat)).await, Some(t0));
+        ids.touch("K1", t0 + chrono::Duration::seconds(59)).await;
+        assert_eq!(
+            last(Arc::clone(&cat)).await,
+            Some(t0),
+            "not rewritten within a minute"
+        );
+        let t1 = t0 + chrono::Duration::seconds(61);
+        ids.touch("K1", t1).await;
+        assert_eq!(last(Arc::clone(&cat)).await, Some(t1));
+    }
+
+    #[tokio::test]
+    async fn unlock_seals_plain_rows_and_refuses_another_master_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = Config::parse(&format!(
+            "data_dir = {:?}",
+            dir.path().display().to_string()
+        ))
+        .expect("config");
+        let cat = ddsvault_catalog::open(&cfg.catalog_url())
+            .await
+            .expect("open");
+        cat.put_access_key(&AccessKeyRecord {
+            secret: "old-clear-secret".into(),
+            secret_format: SECRET_PLAIN.into(),
+            ..key(&master(), "K-old", "root", "x")
+        })
+        .await
+        .expect("plain row");
+        let m = unlock(&cfg, &cat).await.expect("unlock");
+        let row = cat.list_access_keys().await.expect("list").remove(0);
+        assert_eq!(row.secret_format, SEALED_FORMAT);
+        assert!(!row.secret.contains("old-clear-secret"));
+        assert_eq!(
+            m.open("K-old", &row.secret).expect("open").expose(),
+            "old-clear-secret"
+        );
+        // The generated key file is reused by the next unlock (a CLI beside the server)…
+        unlock(&cfg, &cat).await.expect("same key again");
+        // …and a different key is refused.
+        std::fs::write(dir.path().join(crypto::MASTER_KEY_FILE), "cd".repeat(32)).expect("write");
+        let e = unlock(&cfg, &cat).await.expect_err("other key");
+        assert!(e.to_string().contains("does not match"), "{e}");
+    }
+}

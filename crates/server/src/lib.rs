@@ -10,6 +10,7 @@ mod download;
 pub mod error;
 pub mod identity;
 pub mod offline;
+mod ram_api;
 mod router;
 mod state;
 

@@ -131,6 +131,10 @@ async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, Stri
     let action = auth.action.clone();
     let key = auth.access_key_id.clone();
     let result = async {
+        if auth.version == crate::ram_api::RAM_API_VERSION {
+            return crate::ram_api::handle(st, &auth.access_key_id, &auth.action, &auth.params)
+                .await;
+        }
         if auth.version != API_VERSION {
             return Err(ApiError::invalid_version());
         }

@@ -232,6 +232,11 @@ impl Identities {
         Ok(view)
     }
 
+    /// Identity management over the same catalog and master key (the RAM API).
+    pub fn admin(&self) -> admin::IdentityAdmin {
+        admin::IdentityAdmin::new(Arc::clone(&self.catalog), Arc::clone(&self.master))
+    }
+
     /// The user and effective policies of a key in the latest loaded view (the request authenticated against it,
     /// or a newer one).
     ///

@@ -112,12 +112,14 @@ impl IdentityView {
     /// The user of an AccessKey and the policies that apply to it (none for `root`, which RAM does not limit).
     ///
     /// # Errors
-    /// Internal error when the key is unknown (authentication found it moments ago) or a policy is unreadable.
+    /// `InvalidAccessKeyId.NotFound` when the key is unknown (deleted since the request authenticated), internal
+    /// error when a policy is unreadable.
     pub fn principal(&self, access_key_id: &str) -> Result<(String, Vec<Arc<Policy>>), ApiError> {
+        // Absent only if the key was deleted since this request authenticated (a newer view): refuse as deleted.
         let entry = self
             .keys
             .get(access_key_id)
-            .ok_or_else(|| ApiError::internal("authenticated key has no user"))?;
+            .ok_or_else(ApiError::access_key_not_found)?;
         if entry.user == ROOT_USER {
             return Ok((entry.user.clone(), Vec::new()));
         }

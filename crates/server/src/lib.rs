@@ -131,7 +131,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         catalog
             .put_access_key(&AccessKeyRecord {
                 id: id.clone(),
-                secret: master.seal(&id, &secret),
+                secret: master
+                    .seal(&id, &secret)
+                    .map_err(|e| ServerError::Identity(e.to_string()))?,
                 secret_format: identity::crypto::SEALED_FORMAT.into(),
                 user: ROOT_USER.into(),
                 active: true,

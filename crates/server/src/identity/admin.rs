@@ -330,7 +330,10 @@ impl IdentityAdmin {
             .create_access_key(
                 &ddsvault_catalog::AccessKeyRecord {
                     id: id.clone(),
-                    secret: self.master.seal(&id, &secret),
+                    secret: self
+                        .master
+                        .seal(&id, &secret)
+                        .map_err(|e| ActionError::Internal(e.to_string()))?,
                     secret_format: SEALED_FORMAT.into(),
                     user: user.into(),
                     active: true,

@@ -48,6 +48,11 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// A secret could not be sealed.
+#[derive(Debug, thiserror::Error)]
+#[error("the secret of AccessKey {0} could not be encrypted")]
+pub struct SealError(pub String);
+
 /// A sealed secret could not be opened: wrong master key or damaged row.
 #[derive(Debug, thiserror::Error)]
 #[error("the stored secret of AccessKey {0} cannot be decrypted with this master key")]
@@ -157,7 +162,10 @@ impl MasterKey {
     }
 
     /// Encrypts a secret for the row of `key_id`.
-    pub fn seal(&self, key_id: &str, secret: &str) -> String {
+    ///
+    /// # Errors
+    /// [`SealError`] if AES-GCM refuses the input (only for inputs of gigabytes).
+    pub fn seal(&self, key_id: &str, secret: &str) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let sealed = self
@@ -169,11 +177,10 @@ impl MasterKey {
                     aad: key_id.as_bytes(),
                 },
             )
-            // AES-GCM fails only for inputs of gigabytes; a secret is short.
-            .unwrap_or_default();
+            .map_err(|_| SealError(key_id.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
-        B64.encode(out)
+        Ok(B64.encode(out))
     }
 
     /// Decrypts what [`MasterKey::seal`] produced for `key_id`.
@@ -214,11 +221,11 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_binding() {
         let k = key(7);
-        let sealed = k.seal("LTAIa", "s3cr3t-value");
+        let sealed = k.seal("LTAIa", "s3cr3t-value").expect("seal");
         assert!(!sealed.contains("s3cr3t"));
         assert_ne!(
             sealed,
-            k.seal("LTAIa", "s3cr3t-value"),
+            k.seal("LTAIa", "s3cr3t-value").expect("seal"),
             "fresh nonce each time"
         );
         assert_eq!(

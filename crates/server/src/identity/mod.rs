@@ -293,7 +293,7 @@ pub async fn unlock(cfg: &Config, catalog: &Catalog) -> Result<Arc<MasterKey>, S
     let mut migrated = 0;
     for k in catalog.list_access_keys().await? {
         if k.secret_format == SECRET_PLAIN {
-            let sealed = master.seal(&k.id, &k.secret);
+            let sealed = master.seal(&k.id, &k.secret).map_err(seal_failed)?;
             if catalog
                 .replace_access_key_secret(&k.id, SECRET_PLAIN, &sealed, SEALED_FORMAT)
                 .await?
@@ -306,6 +306,10 @@ pub async fn unlock(cfg: &Config, catalog: &Catalog) -> Result<Arc<MasterKey>, S
         tracing::info!(keys = migrated, "sealed AccessKey secrets stored in clear");
     }
     Ok(Arc::new(master))
+}
+
+fn seal_failed(e: crypto::SealError) -> ServerError {
+    ServerError::Identity(e.to_string())
 }
 
 /// Makes the catalog's `config` identities match the configuration file (see README, "Identities").
@@ -333,17 +337,19 @@ pub async fn sync_config(
         keys: cfg
             .access_keys
             .iter()
-            .map(|k| AccessKeyRecord {
-                id: k.id.clone(),
-                secret: master.seal(&k.id, &k.secret),
-                secret_format: SEALED_FORMAT.into(),
-                user: k.user.clone(),
-                active: true,
-                source: "config".into(),
-                created_at: now,
-                last_used_at: None,
+            .map(|k| {
+                Ok(AccessKeyRecord {
+                    id: k.id.clone(),
+                    secret: master.seal(&k.id, &k.secret).map_err(seal_failed)?,
+                    secret_format: SEALED_FORMAT.into(),
+                    user: k.user.clone(),
+                    active: true,
+                    source: "config".into(),
+                    created_at: now,
+                    last_used_at: None,
+                })
             })
-            .collect(),
+            .collect::<Result<_, ServerError>>()?,
     };
     catalog.sync_config_identities(&ids, now).await?;
     Ok(())
@@ -368,7 +374,7 @@ mod tests {
     fn key(master: &MasterKey, id: &str, user: &str, secret: &str) -> AccessKeyRecord {
         AccessKeyRecord {
             id: id.into(),
-            secret: master.seal(id, secret),
+            secret: master.seal(id, secret).expect("seal"),
             secret_format: SEALED_FORMAT.into(),
             user: user.into(),
             active: true,

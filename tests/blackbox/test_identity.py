@@ -202,7 +202,8 @@ def test_secret_shown_once_and_never_stored_in_clear(server):
         assert secret.encode() not in blobs, f"{secret} found in the catalog files"
     key_file = data / "master.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert secret_not_logged(server, ak[1])
+    for secret in (ak[1], ROOT_AK[1], OPERATOR_AK[1]):
+        assert secret_not_logged(server, secret)
 
 
 def secret_not_logged(server: Ddsvault, secret: str) -> bool:

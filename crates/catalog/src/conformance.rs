@@ -37,6 +37,8 @@ pub async fn run_all(cat: Catalog) {
     retention(&cat).await;
     schedule(&cat).await;
     totals_match_rows(&cat).await;
+    identities(&cat).await;
+    config_identities(&cat).await;
     high_frequency_slots(&cat).await;
     advanced_policies(&cat).await;
     retention_lock(&cat).await;
@@ -953,4 +955,360 @@ async fn listing(cat: &Catalog) {
         .0,
         0
     );
+}
+
+fn key(id: &str, user: &str, source: &str) -> crate::AccessKeyRecord {
+    crate::AccessKeyRecord {
+        id: id.into(),
+        secret: format!("sealed-{id}"),
+        secret_format: "test-v1".into(),
+        user: user.into(),
+        active: true,
+        source: source.into(),
+        created_at: Utc.timestamp_opt(1_700_000_000, 0).single().expect("time"),
+        last_used_at: None,
+    }
+}
+
+async fn identities(cat: &Catalog) {
+    use crate::{
+        GroupMember, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
+        RamUserRecord,
+    };
+    let now = Utc.timestamp_opt(1_700_000_000, 0).single().expect("time");
+    let v0 = cat.identity_version().await.expect("version");
+    let user = |name: &str| RamUserRecord {
+        name: name.into(),
+        display_name: String::new(),
+        source: "cli".into(),
+        created_at: now,
+    };
+    cat.create_ram_user(&user("alice")).await.expect("alice");
+    assert!(matches!(
+        cat.create_ram_user(&user("alice")).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        cat.create_ram_user(&user("root")).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    let v1 = cat.identity_version().await.expect("version");
+    assert!(v1 > v0, "a change bumps the version");
+
+    // Keys: the user must exist, at most `max` per user, ids unique.
+    assert!(matches!(
+        cat.create_access_key(&key("K-ghost", "ghost", "cli"), 2)
+            .await,
+        Err(CatalogError::NotFound(_))
+    ));
+    cat.create_access_key(&key("K-a1", "alice", "cli"), 2)
+        .await
+        .expect("1st");
+    assert!(matches!(
+        cat.create_access_key(&key("K-a1", "alice", "cli"), 2).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    cat.create_access_key(&key("K-a2", "alice", "cli"), 2)
+        .await
+        .expect("2nd");
+    assert!(matches!(
+        cat.create_access_key(&key("K-a3", "alice", "cli"), 2).await,
+        Err(CatalogError::LimitExceeded(_))
+    ));
+    // The limit is checked atomically: concurrent creations for one user never exceed it.
+    cat.create_ram_user(&user("bob")).await.expect("bob");
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let cat = Arc::clone(cat);
+            tokio::spawn(async move {
+                cat.create_access_key(&key(&format!("K-b{i}"), "bob", "cli"), 2)
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for r in racers {
+        if r.await.expect("join").is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 2, "exactly two of the concurrent creations succeed");
+    // Root keys need no RAM user row.
+    cat.create_access_key(&key("K-root", "root", "cli"), 2)
+        .await
+        .expect("root key");
+
+    // Disable / enable / delete, each visible at once and bumping the version.
+    let before = cat.identity_version().await.expect("version");
+    cat.set_access_key_active("K-a1", false)
+        .await
+        .expect("disable");
+    assert!(cat.identity_version().await.expect("version") > before);
+    let snap = cat.load_identities().await.expect("load");
+    let k = snap
+        .keys
+        .iter()
+        .find(|k| k.id == "K-a1")
+        .expect("K-a1 listed");
+    assert!(!k.active);
+    assert_eq!(
+        (k.secret.as_str(), k.secret_format.as_str()),
+        ("sealed-K-a1", "test-v1")
+    );
+    assert_eq!(snap.version, cat.identity_version().await.expect("version"));
+    cat.set_access_key_active("K-a1", true)
+        .await
+        .expect("enable");
+    assert!(matches!(
+        cat.set_access_key_active("K-none", true).await,
+        Err(CatalogError::NotFound(_))
+    ));
+
+    // Last use: stored, never moved backwards, and not an identity change.
+    let v = cat.identity_version().await.expect("version");
+    let later = now + Duration::minutes(5);
+    cat.touch_access_key("K-a1", later).await.expect("touch");
+    cat.touch_access_key("K-a1", now)
+        .await
+        .expect("older touch");
+    assert_eq!(cat.identity_version().await.expect("version"), v);
+    let listed = cat.list_access_keys().await.expect("list");
+    let k = listed.iter().find(|k| k.id == "K-a1").expect("K-a1");
+    assert_eq!(k.last_used_at, Some(later));
+
+    // Secret migration is a compare-and-swap on the format.
+    assert!(cat
+        .replace_access_key_secret("K-a2", "test-v1", "sealed2", "test-v2")
+        .await
+        .expect("replace"));
+    assert!(!cat
+        .replace_access_key_secret("K-a2", "test-v1", "sealed3", "test-v2")
+        .await
+        .expect("second replace is a no-op"));
+
+    // Groups, policies, attachments.
+    cat.create_ram_group(&RamGroupRecord {
+        name: "ops".into(),
+        source: "cli".into(),
+        created_at: now,
+    })
+    .await
+    .expect("group");
+    let policy = |name: &str| RamPolicyRecord {
+        name: name.into(),
+        document: r#"{"Version":"1","Statement":[]}"#.into(),
+        source: "cli".into(),
+        created_at: now,
+    };
+    cat.create_ram_policy(&policy("P1")).await.expect("P1");
+    assert!(matches!(
+        cat.create_ram_policy(&policy("P1")).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    let attach = |kind, principal: &str| PolicyAttachment {
+        policy: "P1".into(),
+        kind,
+        principal: principal.into(),
+        source: "cli".into(),
+    };
+    cat.attach_policy(&attach(PrincipalKind::User, "alice"))
+        .await
+        .expect("to user");
+    cat.attach_policy(&attach(PrincipalKind::Group, "ops"))
+        .await
+        .expect("to group");
+    assert!(matches!(
+        cat.attach_policy(&attach(PrincipalKind::User, "alice"))
+            .await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        cat.attach_policy(&attach(PrincipalKind::Group, "nogroup"))
+            .await,
+        Err(CatalogError::NotFound(_))
+    ));
+    assert!(matches!(
+        cat.attach_policy(&PolicyAttachment {
+            policy: "P-none".into(),
+            ..attach(PrincipalKind::User, "alice")
+        })
+        .await,
+        Err(CatalogError::NotFound(_))
+    ));
+    let member = GroupMember {
+        group: "ops".into(),
+        user: "alice".into(),
+        source: "cli".into(),
+    };
+    cat.add_group_member(&member).await.expect("member");
+    assert!(matches!(
+        cat.add_group_member(&member).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    let snap = cat.load_identities().await.expect("load");
+    assert_eq!(
+        snap.users
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert_eq!(snap.groups.len(), 1);
+    assert_eq!(snap.policies.len(), 1);
+    assert_eq!(snap.attachments.len(), 2);
+    assert_eq!(snap.members, vec![member.clone()]);
+
+    // Deletes refuse while something depends on the entity.
+    assert!(matches!(
+        cat.delete_ram_policy("P1").await,
+        Err(CatalogError::Conflict(_))
+    ));
+    assert!(matches!(
+        cat.delete_ram_group("ops").await,
+        Err(CatalogError::Conflict(_))
+    ));
+    assert!(matches!(
+        cat.delete_ram_user("alice").await,
+        Err(CatalogError::Conflict(_))
+    ));
+    cat.remove_group_member("ops", "alice")
+        .await
+        .expect("leave");
+    assert!(matches!(
+        cat.remove_group_member("ops", "alice").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    cat.detach_policy("P1", PrincipalKind::Group, "ops")
+        .await
+        .expect("detach group");
+    cat.detach_policy("P1", PrincipalKind::User, "alice")
+        .await
+        .expect("detach user");
+    assert!(matches!(
+        cat.detach_policy("P1", PrincipalKind::User, "alice").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    cat.delete_ram_policy("P1").await.expect("policy");
+    cat.delete_ram_group("ops").await.expect("group");
+    assert!(
+        matches!(
+            cat.delete_ram_user("alice").await,
+            Err(CatalogError::Conflict(_))
+        ),
+        "keys remain"
+    );
+    cat.delete_access_key("K-a1").await.expect("del");
+    cat.delete_access_key("K-a2").await.expect("del");
+    assert!(matches!(
+        cat.delete_access_key("K-a2").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    cat.delete_ram_user("alice").await.expect("user");
+    assert!(matches!(
+        cat.delete_ram_user("alice").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    let snap = cat.load_identities().await.expect("load");
+    assert!(snap.keys.iter().all(|k| k.user != "alice"));
+    assert!(snap.policies.is_empty() && snap.groups.is_empty() && snap.attachments.is_empty());
+}
+
+async fn config_identities(cat: &Catalog) {
+    use crate::{ConfigIdentities, PolicyAttachment, PrincipalKind, RamUserRecord};
+    let now = Utc.timestamp_opt(1_700_000_000, 0).single().expect("time");
+    let doc = r#"{"Version":"1","Statement":[]}"#;
+    let cfg = ConfigIdentities {
+        users: vec!["cfg-op".into(), "cfg-ro".into()],
+        policies: vec![("CfgP".into(), doc.into()), ("CfgQ".into(), doc.into())],
+        user_policies: vec![
+            ("CfgP".into(), "cfg-op".into()),
+            ("CfgQ".into(), "cfg-ro".into()),
+        ],
+        keys: vec![
+            key("K-cfg-op", "cfg-op", "config"),
+            key("K-cfg-ro", "cfg-ro", "config"),
+        ],
+    };
+    cat.sync_config_identities(&cfg, now).await.expect("sync");
+    // Run-time changes next to the config ones.
+    cat.create_ram_user(&RamUserRecord {
+        name: "cli-user".into(),
+        display_name: String::new(),
+        source: "cli".into(),
+        created_at: now,
+    })
+    .await
+    .expect("cli user");
+    cat.create_access_key(&key("K-cli", "cli-user", "cli"), 2)
+        .await
+        .expect("cli key");
+    cat.create_access_key(&key("K-cli-ro", "cfg-ro", "cli"), 2)
+        .await
+        .expect("cli key of a config user");
+    cat.attach_policy(&PolicyAttachment {
+        policy: "CfgP".into(),
+        kind: PrincipalKind::User,
+        principal: "cli-user".into(),
+        source: "cli".into(),
+    })
+    .await
+    .expect("cli attachment");
+    cat.set_access_key_active("K-cfg-op", false)
+        .await
+        .expect("disable config key");
+
+    // Same config again: idempotent, and the disabled state survives.
+    cat.sync_config_identities(&cfg, now).await.expect("resync");
+    let snap = cat.load_identities().await.expect("load");
+    let op = snap
+        .keys
+        .iter()
+        .find(|k| k.id == "K-cfg-op")
+        .expect("config key kept");
+    assert!(
+        !op.active,
+        "a key disabled at run time stays disabled across restarts"
+    );
+    assert_eq!(op.source, "config");
+    assert_eq!(snap.attachments.len(), 3);
+
+    // The config drops cfg-ro and CfgQ: they go, with the keys and attachments hanging on them; run-time entries
+    // of other principals stay.
+    let smaller = ConfigIdentities {
+        users: vec!["cfg-op".into()],
+        policies: vec![("CfgP".into(), doc.into())],
+        user_policies: vec![("CfgP".into(), "cfg-op".into())],
+        keys: vec![key("K-cfg-op", "cfg-op", "config")],
+    };
+    cat.sync_config_identities(&smaller, now)
+        .await
+        .expect("sync smaller");
+    let snap = cat.load_identities().await.expect("load");
+    let mut ids: Vec<_> = snap
+        .keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .filter(|id| id.contains("cfg") || id.contains("cli"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["K-cfg-op", "K-cli"]);
+    assert!(snap
+        .users
+        .iter()
+        .any(|u| u.name == "cli-user" && u.source == "cli"));
+    assert!(!snap.users.iter().any(|u| u.name == "cfg-ro"));
+    assert_eq!(
+        snap.policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["CfgP"]
+    );
+    let mut att: Vec<_> = snap
+        .attachments
+        .iter()
+        .map(|a| (a.principal.as_str(), a.source.as_str()))
+        .collect();
+    att.sort_unstable();
+    assert_eq!(att, [("cfg-op", "config"), ("cli-user", "cli")]);
 }

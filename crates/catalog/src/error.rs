@@ -9,6 +9,15 @@ pub enum CatalogError {
     /// A row the caller named does not exist (or is not in the state the call needs).
     #[error("{0} not found")]
     NotFound(String),
+    /// The row to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The change would leave dangling references (e.g. deleting a user that still has AccessKeys).
+    #[error("{0}")]
+    Conflict(String),
+    /// A per-owner limit is reached (e.g. AccessKeys per user).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The job is not running under this owner any more (recovery failed it).
     #[error("job {0} is not running under this owner")]
     LostOwnership(i64),

@@ -33,10 +33,77 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// Writes a setting only if it is not set yet; returns the value that is stored afterwards.
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, CatalogError>;
 
-    /// Inserts or replaces an AccessKey.
+    /// Inserts or replaces an AccessKey (no per-user limit: start-up uses it for the generated root key).
     async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError>;
-    /// All AccessKeys, secrets included (callers keep them out of logs).
+    /// All AccessKeys, secrets included in their stored form (callers keep them out of logs).
     async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, CatalogError>;
+
+    // Identities. Every change below bumps the identity version in the same transaction.
+
+    /// The identity version: it changes whenever a key, user, group, policy or attachment changes (last-used
+    /// times excepted). Cheap: servers read it on every request.
+    async fn identity_version(&self) -> Result<i64, CatalogError>;
+    /// Every identity and the version they belong to, read consistently.
+    async fn load_identities(&self) -> Result<IdentitySnapshot, CatalogError>;
+    /// Creates an AccessKey for an existing RAM user (or `root`), atomically with the per-user limit.
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] (no such user), [`CatalogError::LimitExceeded`] (the user has `max_per_user`
+    /// keys already), [`CatalogError::AlreadyExists`] (the id is taken).
+    async fn create_access_key(
+        &self,
+        key: &AccessKeyRecord,
+        max_per_user: u32,
+    ) -> Result<(), CatalogError>;
+    /// Enables or disables a key. [`CatalogError::NotFound`] if there is none.
+    async fn set_access_key_active(&self, id: &str, active: bool) -> Result<(), CatalogError>;
+    /// Deletes a key. [`CatalogError::NotFound`] if there is none.
+    async fn delete_access_key(&self, id: &str) -> Result<(), CatalogError>;
+    /// Replaces the stored secret of a key if it is still stored as `from_format` (migration of old rows; a
+    /// concurrent migration by another process is harmless). Returns whether this call replaced it.
+    async fn replace_access_key_secret(
+        &self,
+        id: &str,
+        from_format: &str,
+        secret: &str,
+        secret_format: &str,
+    ) -> Result<bool, CatalogError>;
+    /// Records that a key was used at `at` (never moves the time backwards; does not change the version).
+    async fn touch_access_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), CatalogError>;
+
+    /// Creates a RAM user. [`CatalogError::AlreadyExists`] if the name is taken.
+    async fn create_ram_user(&self, user: &RamUserRecord) -> Result<(), CatalogError>;
+    /// Deletes a RAM user. [`CatalogError::Conflict`] while it has AccessKeys, policies or group memberships.
+    async fn delete_ram_user(&self, name: &str) -> Result<(), CatalogError>;
+    /// Creates a group. [`CatalogError::AlreadyExists`] if the name is taken.
+    async fn create_ram_group(&self, group: &RamGroupRecord) -> Result<(), CatalogError>;
+    /// Deletes a group. [`CatalogError::Conflict`] while it has members or policies.
+    async fn delete_ram_group(&self, name: &str) -> Result<(), CatalogError>;
+    /// Creates a custom policy (the document is validated by the caller).
+    async fn create_ram_policy(&self, policy: &RamPolicyRecord) -> Result<(), CatalogError>;
+    /// Deletes a policy. [`CatalogError::Conflict`] while it is attached.
+    async fn delete_ram_policy(&self, name: &str) -> Result<(), CatalogError>;
+    /// Attaches a policy to a user or group; both must exist. [`CatalogError::AlreadyExists`] if attached.
+    async fn attach_policy(&self, attachment: &PolicyAttachment) -> Result<(), CatalogError>;
+    /// Detaches a policy. [`CatalogError::NotFound`] if it was not attached.
+    async fn detach_policy(
+        &self,
+        policy: &str,
+        kind: PrincipalKind,
+        principal: &str,
+    ) -> Result<(), CatalogError>;
+    /// Adds a user to a group; both must exist. [`CatalogError::AlreadyExists`] if it is a member.
+    async fn add_group_member(&self, member: &GroupMember) -> Result<(), CatalogError>;
+    /// Removes a user from a group. [`CatalogError::NotFound`] if it was not a member.
+    async fn remove_group_member(&self, group: &str, user: &str) -> Result<(), CatalogError>;
+    /// Makes the `config`-sourced identities exactly `cfg`, in one transaction: config entries are upserted
+    /// (taking over same-named run-time ones; a key keeps its enabled/disabled state), `config` entries no longer
+    /// in `cfg` are removed with what depends on them, and entries created at run time are left alone.
+    async fn sync_config_identities(
+        &self,
+        cfg: &ConfigIdentities,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
 
     /// Registers an instance id; the first registration time is kept as its creation time.
     async fn register_instance(

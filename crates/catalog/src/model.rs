@@ -7,13 +7,22 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessKeyRecord {
     pub id: String,
+    /// The secret as stored, in `secret_format`: the catalog never interprets it (encryption is the server's).
     pub secret: String,
+    /// [`SECRET_PLAIN`] for rows written before encryption at rest, else the cipher tag of the writer.
+    pub secret_format: String,
     pub user: String,
     pub active: bool,
-    /// `config` for keys from the configuration file, `generated` for the root key created on first start.
+    /// `config` for keys from the configuration file, `generated` for the root key created on first start, `cli`
+    /// for keys created at run time.
     pub source: String,
     pub created_at: DateTime<Utc>,
+    /// Coarse: updated at most about once a minute per key by each server.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// `secret_format` of a secret stored in clear (only rows from before encryption at rest).
+pub const SECRET_PLAIN: &str = "plain";
 
 impl std::fmt::Debug for AccessKeyRecord {
     // Hand-written so that a stray `{:?}` can never print a secret.
@@ -21,11 +30,106 @@ impl std::fmt::Debug for AccessKeyRecord {
         f.debug_struct("AccessKeyRecord")
             .field("id", &self.id)
             .field("secret", &"***")
+            .field("secret_format", &self.secret_format)
             .field("user", &self.user)
             .field("active", &self.active)
             .field("source", &self.source)
+            .field("last_used_at", &self.last_used_at)
             .finish()
     }
+}
+
+/// A RAM user (the account itself, `root`, is not one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamUserRecord {
+    pub name: String,
+    pub display_name: String,
+    /// `config` (managed by the configuration file) or `cli`.
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A RAM group: users in it inherit the policies attached to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamGroupRecord {
+    pub name: String,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A custom RAM policy; `document` is the policy JSON, validated by the writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamPolicyRecord {
+    pub name: String,
+    pub document: String,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a policy can be attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PrincipalKind {
+    User,
+    Group,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(PrincipalKind::User),
+            "group" => Some(PrincipalKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A policy attached to a user or a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyAttachment {
+    pub policy: String,
+    pub kind: PrincipalKind,
+    pub principal: String,
+    pub source: String,
+}
+
+/// A user's membership of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    pub group: String,
+    pub user: String,
+    pub source: String,
+}
+
+/// Every identity at one instant (read in one transaction), with the version it had then.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentitySnapshot {
+    pub version: i64,
+    pub keys: Vec<AccessKeyRecord>,
+    pub users: Vec<RamUserRecord>,
+    pub groups: Vec<RamGroupRecord>,
+    pub policies: Vec<RamPolicyRecord>,
+    pub attachments: Vec<PolicyAttachment>,
+    pub members: Vec<GroupMember>,
+}
+
+/// The identities the configuration file declares; input of
+/// [`crate::CatalogBackend::sync_config_identities`]. Every record's source is taken to be `config`.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigIdentities {
+    pub users: Vec<String>,
+    /// Policy name → document.
+    pub policies: Vec<(String, String)>,
+    /// (policy, user) pairs.
+    pub user_policies: Vec<(String, String)>,
+    /// Secrets already in their stored form.
+    pub keys: Vec<AccessKeyRecord>,
 }
 
 /// What the catalog keeps of a registered instance (the connection URI stays in the configuration).

@@ -14,9 +14,14 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, AdvancedPolicy, Backup, BackupCompletion, BackupFilter, BackupPolicy,
-    BackupSlot, BackupStatus, CatalogBackend, CatalogError, DeleteMark, InstanceRecord, Job,
-    JobState, NewBackupJob, NewJob, Page, RetentionLock, ScheduleRun, ScheduledJob,
+    BackupSlot, BackupStatus, CatalogBackend, CatalogError, ConfigIdentities, DeleteMark,
+    GroupMember, IdentitySnapshot, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page,
+    PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock,
+    ScheduleRun, ScheduledJob,
 };
+
+#[path = "sqlite_identity.rs"]
+mod identity;
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
 /// connection per process avoids `SQLITE_BUSY` on lock upgrades; reads use a small pool of their own.
@@ -271,41 +276,103 @@ impl CatalogBackend for SqliteCatalog {
     }
 
     async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError> {
-        sqlx::query(
-            "INSERT INTO access_keys (id, secret, user_name, status, source, created_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET secret = excluded.secret, user_name = excluded.user_name, \
-             status = excluded.status, source = excluded.source",
-        )
-        .bind(&key.id)
-        .bind(&key.secret)
-        .bind(&key.user)
-        .bind(if key.active { "Active" } else { "Inactive" })
-        .bind(&key.source)
-        .bind(ms(key.created_at))
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        self.put_access_key_impl(key).await
     }
 
     async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, CatalogError> {
-        let rows = sqlx::query(
-            "SELECT id, secret, user_name, status, source, created_at FROM access_keys ORDER BY created_at, id",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let status: String = r.try_get("status")?;
-                Ok(AccessKeyRecord {
-                    id: r.try_get("id")?,
-                    secret: r.try_get("secret")?,
-                    user: r.try_get("user_name")?,
-                    active: status == "Active",
-                    source: r.try_get("source")?,
-                    created_at: from_ms(r.try_get("created_at")?)?,
-                })
-            })
-            .collect()
+        self.list_access_keys_impl().await
+    }
+
+    async fn identity_version(&self) -> Result<i64, CatalogError> {
+        self.identity_version_impl().await
+    }
+
+    async fn load_identities(&self) -> Result<IdentitySnapshot, CatalogError> {
+        self.load_identities_impl().await
+    }
+
+    async fn create_access_key(
+        &self,
+        key: &AccessKeyRecord,
+        max_per_user: u32,
+    ) -> Result<(), CatalogError> {
+        self.create_access_key_impl(key, max_per_user).await
+    }
+
+    async fn set_access_key_active(&self, id: &str, active: bool) -> Result<(), CatalogError> {
+        self.set_access_key_active_impl(id, active).await
+    }
+
+    async fn delete_access_key(&self, id: &str) -> Result<(), CatalogError> {
+        self.delete_access_key_impl(id).await
+    }
+
+    async fn replace_access_key_secret(
+        &self,
+        id: &str,
+        from_format: &str,
+        secret: &str,
+        secret_format: &str,
+    ) -> Result<bool, CatalogError> {
+        self.replace_access_key_secret_impl(id, from_format, secret, secret_format)
+            .await
+    }
+
+    async fn touch_access_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), CatalogError> {
+        self.touch_access_key_impl(id, at).await
+    }
+
+    async fn create_ram_user(&self, user: &RamUserRecord) -> Result<(), CatalogError> {
+        self.create_ram_user_impl(user).await
+    }
+
+    async fn delete_ram_user(&self, name: &str) -> Result<(), CatalogError> {
+        self.delete_ram_user_impl(name).await
+    }
+
+    async fn create_ram_group(&self, group: &RamGroupRecord) -> Result<(), CatalogError> {
+        self.create_ram_group_impl(group).await
+    }
+
+    async fn delete_ram_group(&self, name: &str) -> Result<(), CatalogError> {
+        self.delete_ram_group_impl(name).await
+    }
+
+    async fn create_ram_policy(&self, policy: &RamPolicyRecord) -> Result<(), CatalogError> {
+        self.create_ram_policy_impl(policy).await
+    }
+
+    async fn delete_ram_policy(&self, name: &str) -> Result<(), CatalogError> {
+        self.delete_ram_policy_impl(name).await
+    }
+
+    async fn attach_policy(&self, attachment: &PolicyAttachment) -> Result<(), CatalogError> {
+        self.attach_policy_impl(attachment).await
+    }
+
+    async fn detach_policy(
+        &self,
+        policy: &str,
+        kind: PrincipalKind,
+        principal: &str,
+    ) -> Result<(), CatalogError> {
+        self.detach_policy_impl(policy, kind, principal).await
+    }
+
+    async fn add_group_member(&self, member: &GroupMember) -> Result<(), CatalogError> {
+        self.add_group_member_impl(member).await
+    }
+
+    async fn remove_group_member(&self, group: &str, user: &str) -> Result<(), CatalogError> {
+        self.remove_group_member_impl(group, user).await
+    }
+
+    async fn sync_config_identities(
+        &self,
+        cfg: &ConfigIdentities,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        self.sync_config_identities_impl(cfg, now).await
     }
 
     async fn register_instance(

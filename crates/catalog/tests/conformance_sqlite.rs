@@ -201,3 +201,56 @@ async fn upgrade_keeps_schedule_runs_as_standard_slots() {
         .expect("schedule");
     assert_eq!(again, ScheduledJob::AlreadyTaken);
 }
+
+/// A catalog from before the identity migration keeps its AccessKeys, marked `plain` so the server seals them.
+#[tokio::test]
+async fn upgrade_keeps_access_keys_as_plain() {
+    use ddsvault_catalog::{CatalogBackend, SECRET_PLAIN};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).expect("mkdir");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in ["0001_init.sql", "0002_job_result.sql"] {
+        std::fs::copy(src.join(f), old.join(f)).expect("copy");
+    }
+    let path = dir.path().join("c.db");
+    {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("pool");
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("old schema");
+        sqlx::query(
+            "INSERT INTO access_keys (id, secret, user_name, status, source, created_at) \
+             VALUES ('LTAIold', 'old-secret', 'root', 'Active', 'generated', 1)",
+        )
+        .execute(&pool)
+        .await
+        .expect("key");
+        pool.close().await;
+    }
+    let cat = ddsvault_catalog::SqliteCatalog::open_file(&path)
+        .await
+        .expect("upgrade");
+    let snap = cat.load_identities().await.expect("load");
+    assert_eq!(snap.keys.len(), 1);
+    let k = &snap.keys[0];
+    assert_eq!(
+        (k.id.as_str(), k.secret.as_str(), k.secret_format.as_str()),
+        ("LTAIold", "old-secret", SECRET_PLAIN)
+    );
+    assert!(k.active && k.last_used_at.is_none());
+    assert!(snap.users.is_empty() && snap.policies.is_empty());
+}

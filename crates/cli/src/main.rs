@@ -1,5 +1,7 @@
 //! The `ddsvault` binary: `ddsvault serve [--config FILE]`.
 
+mod ram;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -88,6 +90,8 @@ enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Manages RAM users, groups, policies and AccessKeys in the catalog (also while servers run).
+    Ram(ram::RamArgs),
 }
 
 /// Prints a retention dry run: one line per decision.
@@ -125,7 +129,7 @@ fn print_dry_run(d: &ddsvault_jobs::gc::DryRun) {
     );
 }
 
-fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -313,5 +317,6 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(r.failed == 0, "{} deletion(s) failed; see the log", r.failed);
             Ok(())
         }),
+        Command::Ram(args) => rt.block_on(ram::run(args)),
     }
 }

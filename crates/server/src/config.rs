@@ -66,6 +66,10 @@ pub struct Config {
     /// Automatic backups.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// File holding the 256-bit master key (64 hex digits) that seals AccessKey secrets in the catalog.
+    /// `DDSVAULT_MASTER_KEY` wins over it; with neither, `<data_dir>/master.key` is generated on first start.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
     #[serde(default)]

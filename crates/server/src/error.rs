@@ -29,6 +29,9 @@ pub enum ServerError {
     },
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// Identity management refused (unknown name, limit reached, wrong master key…); the text says why.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Business errors of the Dds actions, named for what the client must do about them.
@@ -76,6 +79,19 @@ pub enum ActionError {
     /// The instance cannot be reached; the text is already free of credentials.
     #[error("instance unreachable: {0}")]
     InstanceUnreachable(String),
+    /// A RAM entity (or link) the call names does not exist; `kind` is Alibaba's code suffix (`User`, `Group`,
+    /// `Policy`, `User.AccessKey`, `User.Policy`, `Group.Policy`, `Group.User`).
+    #[error("{what} does not exist")]
+    RamNotFound { kind: &'static str, what: String },
+    /// The RAM entity (or link) to create exists already.
+    #[error("{what} already exists")]
+    RamExists { kind: &'static str, what: String },
+    /// The RAM entity cannot be deleted while something depends on it.
+    #[error("{message}")]
+    RamDeleteConflict { kind: &'static str, message: String },
+    /// The user has the maximum number of AccessKeys.
+    #[error("{0}")]
+    RamKeyLimit(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("internal: {0}")]
@@ -191,6 +207,22 @@ pub fn to_api_error(e: ActionError) -> ApiError {
                 }
             ),
         ),
+        ActionError::RamNotFound { kind, what } => ApiError::new(
+            404,
+            format!("EntityNotExist.{kind}"),
+            format!("The {what} does not exist."),
+        ),
+        ActionError::RamExists { kind, what } => ApiError::new(
+            409,
+            format!("EntityAlreadyExists.{kind}"),
+            format!("The {what} already exists."),
+        ),
+        ActionError::RamDeleteConflict { kind, message } => {
+            ApiError::new(409, format!("DeleteConflict.{kind}"), message)
+        }
+        ActionError::RamKeyLimit(message) => {
+            ApiError::new(409, "LimitExceeded.User.AccessKey", message)
+        }
         ActionError::Catalog(CatalogError::ActiveJobExists { job_id, kind }) => {
             to_api_error(ActionError::JobExists { job_id, kind })
         }

@@ -8,7 +8,9 @@ mod actions;
 pub mod config;
 mod download;
 pub mod error;
+pub mod identity;
 pub mod offline;
+mod ram_api;
 mod router;
 mod state;
 
@@ -21,7 +23,6 @@ use chrono::Utc;
 use ddsvault_catalog::{AccessKeyRecord, Catalog};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
-use ddsvault_ram::Policy;
 use ddsvault_repo::Repository;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -32,7 +33,8 @@ pub use error::{ConfigError, ServerError};
 pub use router::{API_VERSION, MAX_BODY_BYTES};
 pub use state::redact;
 
-use state::{AppState, Instance, KeyStore, ROOT_USER};
+use identity::Identities;
+use state::{AppState, Instance, ROOT_USER};
 
 /// How long background work gets to stop after a shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
@@ -113,62 +115,37 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         }
     };
 
-    for k in &cfg.access_keys {
-        catalog
-            .put_access_key(&AccessKeyRecord {
-                id: k.id.clone(),
-                secret: k.secret.clone(),
-                user: k.user.clone(),
-                active: true,
-                source: "config".into(),
-                created_at: now,
-            })
-            .await?;
-    }
-    let mut keys = catalog.list_access_keys().await?;
+    // Identities: the master key first (it seals every secret), then the configuration's entries, then the root
+    // key if the account has no usable one.
+    let master = identity::unlock(&cfg, &catalog).await?;
+    identity::sync_config(&cfg, &catalog, &master, now).await?;
+    let keys = catalog.list_access_keys().await?;
     let mut created_root_key = None;
-    if !keys.iter().any(|k| k.user == ROOT_USER && k.active) {
-        let rec = AccessKeyRecord {
-            id: format!("LTAI{}", random_string(20)),
-            secret: random_string(30),
-            user: ROOT_USER.into(),
-            active: true,
-            source: "generated".into(),
-            created_at: now,
-        };
-        catalog.put_access_key(&rec).await?;
-        created_root_key = Some(CreatedRootKey {
-            id: rec.id.clone(),
-            secret: rec.secret.clone(),
-        });
-        keys.push(rec);
-    }
-    let root_key_id = keys
+    let mut root_key_id = keys
         .iter()
         .find(|k| k.user == ROOT_USER && k.active)
         .map(|k| k.id.clone());
-
-    let policies: HashMap<String, Arc<Policy>> = cfg
-        .ram_policies
-        .iter()
-        .map(|p| {
-            Policy::parse(&p.document)
-                .map(|pol| (p.name.clone(), Arc::new(pol)))
-                .map_err(|e| ConfigError(format!("ram_policies {:?}: {e}", p.name)))
-        })
-        .collect::<Result<_, _>>()?;
-    let ram_users: HashMap<String, Vec<Arc<Policy>>> = cfg
-        .ram_users
-        .iter()
-        .map(|u| {
-            let attached = u
-                .policies
-                .iter()
-                .filter_map(|name| policies.get(name).cloned())
-                .collect();
-            (u.name.clone(), attached)
-        })
-        .collect();
+    if root_key_id.is_none() {
+        let id = format!("LTAI{}", random_string(20));
+        let secret = random_string(30);
+        catalog
+            .put_access_key(&AccessKeyRecord {
+                id: id.clone(),
+                secret: master
+                    .seal(&id, &secret)
+                    .map_err(|e| ServerError::Identity(e.to_string()))?,
+                secret_format: identity::crypto::SEALED_FORMAT.into(),
+                user: ROOT_USER.into(),
+                active: true,
+                source: "generated".into(),
+                created_at: now,
+                last_used_at: None,
+            })
+            .await?;
+        root_key_id = Some(id.clone());
+        created_root_key = Some(CreatedRootKey { id, secret });
+    }
+    let identities = Identities::load(Arc::clone(&catalog), master).await?;
 
     let mut instances = HashMap::new();
     let mut specs = HashMap::new();
@@ -259,8 +236,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             download_key,
             i64::try_from(cfg.download_url_ttl_secs).unwrap_or(3600),
         ),
-        KeyStore::new(keys),
-        ram_users,
+        identities,
         instances,
         runner,
         cfg.backup.compression.clone(),

@@ -119,13 +119,22 @@ async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, Stri
         skew: st.skew,
         now: Utc::now(),
     };
-    let auth = match authenticate(raw, &st.keys, &st.nonces, &opts) {
+    let identities = match st.identities.view().await {
+        Ok(v) => v,
+        Err(e) => return (Err(e), "-".into(), "-".into()),
+    };
+    let auth = match authenticate(raw, identities.as_ref(), &st.nonces, &opts) {
         Ok(a) => a,
         Err(e) => return (Err(e), "-".into(), "-".into()),
     };
+    st.identities.touch(&auth.access_key_id, opts.now).await;
     let action = auth.action.clone();
     let key = auth.access_key_id.clone();
     let result = async {
+        if auth.version == crate::ram_api::RAM_API_VERSION {
+            return crate::ram_api::handle(st, &auth.access_key_id, &auth.action, &auth.params)
+                .await;
+        }
         if auth.version != API_VERSION {
             return Err(ApiError::invalid_version());
         }
@@ -146,10 +155,7 @@ fn authorize(
     act: actions::Action,
     params: &Params,
 ) -> Result<(), ApiError> {
-    let user = st
-        .keys
-        .user_of(access_key_id)
-        .ok_or_else(|| ApiError::internal("authenticated key has no user"))?;
+    let (user, policies) = st.identities.principal(access_key_id)?;
     if user == ROOT_USER {
         return Ok(());
     }
@@ -164,11 +170,7 @@ fn authorize(
     if resources.is_empty() {
         resources.push("*".to_string());
     }
-    let policies: Vec<&ddsvault_ram::Policy> = st
-        .ram_users
-        .get(&user)
-        .map(|ps| ps.iter().map(|p| p.as_ref()).collect())
-        .unwrap_or_default();
+    let policies: Vec<&ddsvault_ram::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     // Every resource the call touches must be allowed.
     for resource in &resources {
         let decision = evaluate(

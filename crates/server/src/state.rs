@@ -1,63 +1,25 @@
 //! Shared state of a running server: what every request handler may read.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ddsvault_api::{ApiError, KeyState, MemoryNonceStore, Secret, SecretLookup};
-use ddsvault_catalog::{AccessKeyRecord, Catalog};
+use ddsvault_api::MemoryNonceStore;
+use ddsvault_catalog::Catalog;
 use ddsvault_jobs::Runner;
 use ddsvault_mongo::topology::Topology;
-use ddsvault_ram::Policy;
 use ddsvault_repo::Repository;
 use tokio::sync::Mutex;
 
 use crate::error::ActionError;
+use crate::identity::Identities;
 
 /// The account itself; never evaluated against RAM policies.
 pub const ROOT_USER: &str = "root";
 
 /// How long to wait for an instance to answer before calling it unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// AccessKeys known to this process, loaded from the catalog at start.
-#[derive(Debug, Default)]
-pub struct KeyStore {
-    keys: RwLock<HashMap<String, AccessKeyRecord>>,
-}
-
-impl KeyStore {
-    pub fn new(records: Vec<AccessKeyRecord>) -> Self {
-        Self {
-            keys: RwLock::new(records.into_iter().map(|r| (r.id.clone(), r)).collect()),
-        }
-    }
-
-    /// The user an AccessKey belongs to.
-    pub fn user_of(&self, id: &str) -> Option<String> {
-        self.keys
-            .read()
-            .ok()
-            .and_then(|k| k.get(id).map(|r| r.user.clone()))
-    }
-}
-
-impl SecretLookup for KeyStore {
-    fn secret(&self, access_key_id: &str) -> Result<Option<KeyState>, ApiError> {
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| ApiError::internal("access key store lock poisoned"))?;
-        Ok(keys.get(access_key_id).map(|r| {
-            if r.active {
-                KeyState::Active(Secret::new(r.secret.clone()))
-            } else {
-                KeyState::Inactive
-            }
-        }))
-    }
-}
 
 /// An instance as configured, plus its first-registration time.
 #[derive(Clone)]
@@ -89,10 +51,9 @@ pub struct AppState {
     pub public_base: std::sync::OnceLock<String>,
     /// Whether this process runs the automatic-backup scheduler: only then is `PreferredNextBackupTime` promised.
     pub scheduler_running: std::sync::atomic::AtomicBool,
-    pub keys: KeyStore,
+    /// AccessKeys, users, groups and policies, as of the catalog's identity version.
+    pub identities: Identities,
     pub nonces: MemoryNonceStore,
-    /// RAM user → attached policies.
-    pub ram_users: HashMap<String, Vec<Arc<Policy>>>,
     pub instances: HashMap<String, Instance>,
     pub runner: Arc<Runner>,
     pub default_compression: String,
@@ -112,8 +73,7 @@ impl AppState {
         catalog: Catalog,
         repo: Repository,
         downloads: crate::download::UrlSigner,
-        keys: KeyStore,
-        ram_users: HashMap<String, Vec<Arc<Policy>>>,
+        identities: Identities,
         instances: HashMap<String, Instance>,
         runner: Arc<Runner>,
         default_compression: String,
@@ -128,9 +88,8 @@ impl AppState {
             downloads,
             public_base: std::sync::OnceLock::new(),
             scheduler_running: std::sync::atomic::AtomicBool::new(false),
-            keys,
+            identities,
             nonces: MemoryNonceStore::new(),
-            ram_users,
             instances,
             runner,
             default_compression,

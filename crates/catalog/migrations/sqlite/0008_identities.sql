@@ -1,0 +1,52 @@
+-- Identities managed at run time (CLI, config): RAM users, groups, custom policies and their attachments, plus
+-- what AccessKeys need beyond 0001: how the stored secret is encoded, and when the key was last used.
+
+-- `plain` rows predate encryption at rest; the server re-encrypts them at start and never writes `plain` again.
+ALTER TABLE access_keys ADD COLUMN secret_format TEXT NOT NULL DEFAULT 'plain';
+ALTER TABLE access_keys ADD COLUMN last_used_at INTEGER;
+CREATE INDEX access_keys_user ON access_keys(user_name);
+
+CREATE TABLE ram_users (
+    name         TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL DEFAULT '',
+    source       TEXT NOT NULL,            -- 'config' | 'cli'
+    created_at   INTEGER NOT NULL
+);
+
+CREATE TABLE ram_groups (
+    name       TEXT PRIMARY KEY,
+    source     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE ram_policies (
+    name       TEXT PRIMARY KEY,
+    document   TEXT NOT NULL,              -- RAM policy JSON, validated before it is stored
+    source     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE ram_group_members (
+    group_name TEXT NOT NULL REFERENCES ram_groups(name) ON DELETE CASCADE,
+    user_name  TEXT NOT NULL REFERENCES ram_users(name) ON DELETE CASCADE,
+    source     TEXT NOT NULL,
+    PRIMARY KEY (group_name, user_name)
+);
+
+-- principal_type 'user' | 'group'; the principal's existence is checked by the writer (one column cannot reference
+-- two tables).
+CREATE TABLE ram_policy_attachments (
+    policy_name    TEXT NOT NULL REFERENCES ram_policies(name) ON DELETE CASCADE,
+    principal_type TEXT NOT NULL CHECK (principal_type IN ('user', 'group')),
+    principal_name TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    PRIMARY KEY (policy_name, principal_type, principal_name)
+);
+
+-- Bumped by every identity change in the same transaction: a server compares it per request and reloads its
+-- identity view when it moved, so a key disabled by another process is refused at once.
+CREATE TABLE identity_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT INTO identity_version (id, version) VALUES (1, 1);

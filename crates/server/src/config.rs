@@ -456,8 +456,8 @@ mod tests {
             ("[[access_keys]]\nid = \"k\"\nsecret = \"s\"\nuser = \"ghost\"", "unknown user"),
             ("[[ram_users]]\nname = \"u\"\npolicies = [\"P\"]", "unknown policy"),
             (
-                "[[ram_policies]]\nname = \"P\"\ndocument = '{\"Version\":\"1\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"dds:*\",\"Resource\":\"*\",\"Condition\":{\"Bool\":{\"acs:SecureTransport\":\"true\"}}}]}'",
-                "Condition",
+                "[[ram_policies]]\nname = \"P\"\ndocument = '{\"Version\":\"1\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"dds:*\",\"Resource\":\"*\",\"Condition\":{\"Bool\":{\"acs:SourceIp\":\"true\"}}}]}'",
+                "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
         ];

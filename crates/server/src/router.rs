@@ -16,7 +16,7 @@ use ddsvault_api::{
     authenticate, new_request_id, render_error, render_success, ApiError, Params, RawRequest,
     VerifyOptions,
 };
-use ddsvault_ram::{access_denied_detail, evaluate, Decision, Request as RamRequest};
+use ddsvault_ram::{access_denied_detail, evaluate, Context, Decision, Request as RamRequest};
 use serde_json::{Map, Value};
 
 use crate::actions;
@@ -115,10 +115,8 @@ fn into_response((status, hdrs, body): ddsvault_api::RenderedResponse) -> Respon
 
 /// Returns the outcome plus the action name and AccessKeyId for the access log (never a secret or signature).
 async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, String) {
-    let opts = VerifyOptions {
-        skew: st.skew,
-        now: Utc::now(),
-    };
+    let now = Utc::now();
+    let opts = VerifyOptions { skew: st.skew, now };
     let auth = match authenticate(raw, &st.keys, &st.nonces, &opts) {
         Ok(a) => a,
         Err(e) => return (Err(e), "-".into(), "-".into()),
@@ -132,11 +130,41 @@ async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, Stri
         let Some(act) = actions::Action::from_name(&auth.action) else {
             return Err(ApiError::api_not_found());
         };
-        authorize(st, &auth.access_key_id, act, &auth.params)?;
+        authorize(
+            st,
+            &auth.access_key_id,
+            act,
+            &auth.params,
+            &condition_context(raw, now),
+        )?;
         actions::dispatch(st, act, &auth.params).await
     }
     .await;
     (result, action, key)
+}
+
+/// The values of the RAM condition keys for this request.
+fn condition_context(raw: &RawRequest, now: chrono::DateTime<Utc>) -> Context {
+    let mut ctx = Context::new();
+    // The TCP peer, never X-Forwarded-For: a client controls its headers.
+    ctx.source_ip(raw.peer.ip())
+        .current_time(now)
+        .secure_transport(raw.secure)
+        // AccessKey-signed calls never carry an MFA session.
+        .mfa_present(false);
+    let header = |name: &str| {
+        raw.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(ua) = header("user-agent") {
+        ctx.user_agent(ua);
+    }
+    if let Some(referer) = header("referer") {
+        ctx.referer(referer);
+    }
+    ctx
 }
 
 /// RAM: the root key may do everything; a RAM user gets what its policies allow.
@@ -145,6 +173,7 @@ fn authorize(
     access_key_id: &str,
     act: actions::Action,
     params: &Params,
+    context: &Context,
 ) -> Result<(), ApiError> {
     let user = st
         .keys
@@ -173,10 +202,7 @@ fn authorize(
     for resource in &resources {
         let decision = evaluate(
             &policies,
-            &RamRequest {
-                action: &ram_action,
-                resource,
-            },
+            &RamRequest::new(&ram_action, resource).with_context(context),
         );
         if decision != Decision::Allow {
             return Err(ApiError::forbidden_ram(access_denied_detail(

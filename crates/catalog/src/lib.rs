@@ -163,6 +163,11 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         instance_id: &str,
         limit: u32,
     ) -> Result<Vec<ScheduleRun>, CatalogError>;
+
+    /// Appends audit records (their `id` is ignored and assigned by the catalog), all or none.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), CatalogError>;
+    /// Audit records matching `filter`, newest first (by time, then id).
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

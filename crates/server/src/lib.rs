@@ -5,6 +5,7 @@
 //! ones finish, cancel background tasks with a deadline, close the catalog.
 
 mod actions;
+mod audit;
 pub mod config;
 mod download;
 pub mod error;
@@ -28,6 +29,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use ddsvault_catalog::{AuditFilter, AuditRecord};
 pub use error::{ConfigError, ServerError};
 pub use router::{API_VERSION, MAX_BODY_BYTES};
 pub use state::redact;
@@ -322,6 +324,12 @@ impl Prepared {
             .public_base
             .set(base.trim_end_matches('/').to_string());
 
+        if let Some(rx) = self.state.audit.take_receiver() {
+            let catalog = Arc::clone(&self.state.catalog);
+            self.tasks.spawn("audit-writer", move |token| {
+                audit::run_writer(catalog, rx, token)
+            });
+        }
         let runner = Arc::clone(&self.state.runner);
         let tasks = self.tasks.clone();
         self.tasks

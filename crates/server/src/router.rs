@@ -10,16 +10,19 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::Extension;
 use axum::Router;
 use chrono::Utc;
 use ddsvault_api::{
     authenticate, new_request_id, render_error, render_success, ApiError, Params, RawRequest,
     VerifyOptions,
 };
+use ddsvault_catalog::AuditRecord;
 use ddsvault_ram::{access_denied_detail, evaluate, Context, Decision, Request as RamRequest};
 use serde_json::{Map, Value};
 
 use crate::actions;
+use crate::audit::clean_field;
 use crate::state::{AppState, ROOT_USER};
 
 /// The only API version this server speaks.
@@ -41,46 +44,70 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Whether a router serves the TLS listener; set as an extension so both listeners share one handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    pub secure: bool,
+}
+
+/// Who and what a call was about, for the access log and the audit trail (never a secret or signature).
+#[derive(Debug, Default)]
+struct CallInfo {
+    access_key_id: Option<String>,
+    user: Option<String>,
+    action: Option<String>,
+    resources: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    transport: Option<Extension<Transport>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = new_request_id();
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let e = ApiError::new(
+    let now = Utc::now();
+    let secure = transport.is_some_and(|Extension(t)| t.secure);
+    let header_pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect();
+    let mut raw = RawRequest {
+        method: method.as_str().to_string(),
+        raw_query: uri.query().unwrap_or("").to_string(),
+        headers: header_pairs,
+        body: Vec::new(),
+        peer,
+        secure,
+    };
+    let (outcome, info) = match body {
+        Ok(b) => {
+            raw.body = b.to_vec();
+            process(&st, &raw, now).await
+        }
+        Err(rejection) => (
+            Err(ApiError::new(
                 rejection.status().as_u16(),
                 "RequestEntityTooLarge",
                 format!("The request body could not be read: {rejection}. At most {MAX_BODY_BYTES} bytes are accepted."),
-            );
-            return into_response(render_error(&e, &request_id, &st.host_id));
-        }
+            )),
+            claimed(&raw),
+        ),
     };
-    let raw = RawRequest {
-        method: method.as_str().to_string(),
-        raw_query: uri.query().unwrap_or("").to_string(),
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
-        body: body.to_vec(),
-        peer,
-        secure: false,
-    };
-    let (outcome, action, key) = process(&st, &raw).await;
-    let (status, hdrs, body) = match outcome {
+    let action = info.action.as_deref().unwrap_or("-");
+    let key = info.access_key_id.as_deref().unwrap_or("-");
+    let (status, hdrs, body) = match &outcome {
         Ok(map) => {
             tracing::info!(request_id = %request_id, action = %action, access_key = %key, "ok");
-            render_success(&request_id, map)
+            render_success(&request_id, map.clone())
         }
         Err(e) => {
             if e.is_server_error() {
@@ -90,10 +117,61 @@ async fn handle(
                 tracing::info!(request_id = %request_id, action = %action, access_key = %key,
                     code = %e.code, "request refused");
             }
-            render_error(&e, &request_id, &st.host_id)
+            render_error(e, &request_id, &st.host_id)
         }
     };
+    st.audit
+        .record(AuditRecord {
+            id: 0,
+            time: now,
+            request_id,
+            access_key_id: info.access_key_id.as_deref().map(clean_field),
+            user: info.user,
+            action: info.action.as_deref().map(clean_field),
+            resources: info.resources,
+            source_ip: peer.ip().to_canonical().to_string(),
+            secure,
+            http_status: status,
+            code: outcome.err().map(|e| e.code),
+        })
+        .await;
     into_response((status, hdrs, body))
+}
+
+/// The AccessKeyId and action a request names, read without verifying anything, for auditing a request that
+/// failed before (or during) authentication. Only these two names are looked at: no other parameter value (which
+/// might carry a secret) is read.
+fn claimed(raw: &RawRequest) -> CallInfo {
+    let mut info = CallInfo::default();
+    let header = |name: &str| {
+        raw.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    // V3: `Authorization: ACS3-HMAC-SHA256 Credential=<id>,SignedHeaders=...,Signature=...`.
+    if let Some(auth) = header("authorization") {
+        info.access_key_id = auth
+            .split([' ', ','])
+            .find_map(|part| part.strip_prefix("Credential="))
+            .map(str::to_owned);
+    }
+    info.action = header("x-acs-action").map(str::to_owned);
+    let is_form = header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let body: &[u8] = if is_form { &raw.body } else { &[] };
+    for (k, v) in
+        form_urlencoded::parse(raw.raw_query.as_bytes()).chain(form_urlencoded::parse(body))
+    {
+        match k.as_ref() {
+            "AccessKeyId" if info.access_key_id.is_none() => {
+                info.access_key_id = Some(v.into_owned())
+            }
+            "Action" if info.action.is_none() => info.action = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    info
 }
 
 fn into_response((status, hdrs, body): ddsvault_api::RenderedResponse) -> Response {
@@ -113,16 +191,23 @@ fn into_response((status, hdrs, body): ddsvault_api::RenderedResponse) -> Respon
     resp
 }
 
-/// Returns the outcome plus the action name and AccessKeyId for the access log (never a secret or signature).
-async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, String) {
-    let now = Utc::now();
+/// Authenticates, authorizes and runs one call.
+async fn process(
+    st: &AppState,
+    raw: &RawRequest,
+    now: chrono::DateTime<Utc>,
+) -> (ActionResult, CallInfo) {
     let opts = VerifyOptions { skew: st.skew, now };
     let auth = match authenticate(raw, &st.keys, &st.nonces, &opts) {
         Ok(a) => a,
-        Err(e) => return (Err(e), "-".into(), "-".into()),
+        Err(e) => return (Err(e), claimed(raw)),
     };
-    let action = auth.action.clone();
-    let key = auth.access_key_id.clone();
+    let mut info = CallInfo {
+        access_key_id: Some(auth.access_key_id.clone()),
+        user: st.keys.user_of(&auth.access_key_id),
+        action: Some(auth.action.clone()),
+        resources: Vec::new(),
+    };
     let result = async {
         if auth.version != API_VERSION {
             return Err(ApiError::invalid_version());
@@ -130,17 +215,33 @@ async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, Stri
         let Some(act) = actions::Action::from_name(&auth.action) else {
             return Err(ApiError::api_not_found());
         };
+        info.resources = resources_of(st, act, &auth.params);
         authorize(
             st,
             &auth.access_key_id,
             act,
-            &auth.params,
+            &info.resources,
             &condition_context(raw, now),
         )?;
         actions::dispatch(st, act, &auth.params).await
     }
     .await;
-    (result, action, key)
+    (result, info)
+}
+
+/// The ARNs a call touches: its instance parameters, or `*` for actions that are not resource-scoped.
+fn resources_of(st: &AppState, act: actions::Action, params: &Params) -> Vec<String> {
+    let mut resources: Vec<String> = act
+        .instance_params()
+        .iter()
+        .filter_map(|p| params.get(p))
+        .filter(|id| !id.is_empty())
+        .map(|id| st.instance_arn(id))
+        .collect();
+    if resources.is_empty() {
+        resources.push("*".to_string());
+    }
+    resources
 }
 
 /// The values of the RAM condition keys for this request.
@@ -172,7 +273,7 @@ fn authorize(
     st: &AppState,
     access_key_id: &str,
     act: actions::Action,
-    params: &Params,
+    resources: &[String],
     context: &Context,
 ) -> Result<(), ApiError> {
     let user = st
@@ -183,23 +284,13 @@ fn authorize(
         return Ok(());
     }
     let ram_action = format!("dds:{}", act.name());
-    let mut resources: Vec<String> = act
-        .instance_params()
-        .iter()
-        .filter_map(|p| params.get(p))
-        .filter(|id| !id.is_empty())
-        .map(|id| st.instance_arn(id))
-        .collect();
-    if resources.is_empty() {
-        resources.push("*".to_string());
-    }
     let policies: Vec<&ddsvault_ram::Policy> = st
         .ram_users
         .get(&user)
         .map(|ps| ps.iter().map(|p| p.as_ref()).collect())
         .unwrap_or_default();
     // Every resource the call touches must be allowed.
-    for resource in &resources {
+    for resource in resources {
         let decision = evaluate(
             &policies,
             &RamRequest::new(&ram_action, resource).with_context(context),

@@ -96,6 +96,8 @@ pub struct AppState {
     pub instances: HashMap<String, Instance>,
     pub runner: Arc<Runner>,
     pub default_compression: String,
+    /// The audit trail's queue (written by the `audit-writer` task).
+    pub audit: crate::audit::AuditLog,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -132,6 +134,7 @@ impl AppState {
             instances,
             runner,
             default_compression,
+            audit: crate::audit::AuditLog::default(),
             clients: Mutex::new(HashMap::new()),
         }
     }

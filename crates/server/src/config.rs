@@ -1,6 +1,6 @@
 //! The configuration file (TOML). Every key is documented in the README; `README.md`'s example is loaded by a test.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -66,6 +66,9 @@ pub struct Config {
     /// Automatic backups.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Flow control per AccessKey and per action.
+    #[serde(default)]
+    pub throttling: ThrottlingConfig,
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
     #[serde(default)]
@@ -154,6 +157,78 @@ impl Default for SchedulerConfig {
             tick_secs: default_tick(),
         }
     }
+}
+
+/// A token bucket: `burst` calls at once, refilled at `rate` calls per second.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn burst_f64(self) -> f64 {
+        f64::from(self.burst)
+    }
+}
+
+/// `[throttling]`: Alibaba-style flow control (`Throttling.User` per AccessKey, `Throttling.Api` per action).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottlingConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Each AccessKey's own limit, over all actions.
+    #[serde(default = "default_per_key")]
+    pub per_access_key: RateLimit,
+    /// Each action's limit, over all AccessKeys, unless `actions` names it.
+    #[serde(default = "default_per_action")]
+    pub per_action: RateLimit,
+    /// Per-action overrides, keyed by action name (e.g. `CreateBackup`).
+    #[serde(default)]
+    pub actions: HashMap<String, RateLimit>,
+}
+
+impl Default for ThrottlingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_access_key: default_per_key(),
+            per_action: default_per_action(),
+            actions: HashMap::new(),
+        }
+    }
+}
+
+fn default_per_key() -> RateLimit {
+    RateLimit {
+        rate: 100.0,
+        burst: 200,
+    }
+}
+
+fn default_per_action() -> RateLimit {
+    RateLimit {
+        rate: 500.0,
+        burst: 1000,
+    }
+}
+
+fn check_limit(name: &str, l: RateLimit) -> Result<(), ConfigError> {
+    if !(l.rate.is_finite() && l.rate > 0.0 && l.rate <= 1_000_000.0) {
+        return Err(ConfigError(format!(
+            "{name}.rate = {} must be a number of calls per second in (0, 1000000]",
+            l.rate
+        )));
+    }
+    if !(1..=1_000_000).contains(&l.burst) {
+        return Err(ConfigError(format!(
+            "{name}.burst = {} is outside 1..=1000000",
+            l.burst
+        )));
+    }
+    Ok(())
 }
 
 fn default_true() -> bool {
@@ -336,6 +411,14 @@ impl Config {
                 self.scheduler.tick_secs
             ));
         }
+        check_limit("throttling.per_access_key", self.throttling.per_access_key)?;
+        check_limit("throttling.per_action", self.throttling.per_action)?;
+        for (action, limit) in &self.throttling.actions {
+            if crate::actions::Action::from_name(action).is_none() {
+                return err(format!("throttling.actions: unknown action {action:?}"));
+            }
+            check_limit(&format!("throttling.actions.{action}"), *limit)?;
+        }
         let mut policy_names = HashSet::new();
         for p in &self.ram_policies {
             if !policy_names.insert(p.name.as_str()) {
@@ -460,6 +543,10 @@ mod tests {
                 "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
+            ("[throttling]\nper_access_key = { rate = 0, burst = 5 }", "throttling.per_access_key.rate"),
+            ("[throttling]\nper_action = { rate = 5, burst = 0 }", "throttling.per_action.burst"),
+            ("[throttling.actions]\nCreateBackupz = { rate = 1, burst = 1 }", "unknown action \"CreateBackupz\""),
+            ("[throttling.actions]\nCreateBackup = { rate = 1, burst = 1, x = 1 }", "unknown field"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text).expect_err(text);

@@ -12,6 +12,7 @@ pub mod error;
 pub mod offline;
 mod router;
 mod state;
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -267,6 +268,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         runner,
         cfg.backup.compression.clone(),
     ));
+    let _ = state
+        .throttle
+        .set(throttle::Throttle::new(cfg.throttling.clone()));
     tracing::info!(node_id = %node_id, instances = cfg.instances.len(), "catalog ready");
     Ok(Prepared {
         state,

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use crate::actions;
 use crate::audit::clean_field;
 use crate::state::{AppState, ROOT_USER};
+use crate::throttle::{retry_after_ms, Refusal};
 
 /// The only API version this server speaks.
 pub const API_VERSION: &str = "2015-12-01";
@@ -208,24 +209,35 @@ async fn process(
         action: Some(auth.action.clone()),
         resources: Vec::new(),
     };
-    let result = async {
-        if auth.version != API_VERSION {
-            return Err(ApiError::invalid_version());
+    let result =
+        async {
+            if auth.version != API_VERSION {
+                return Err(ApiError::invalid_version());
+            }
+            let Some(act) = actions::Action::from_name(&auth.action) else {
+                return Err(ApiError::api_not_found());
+            };
+            if let Some(throttle) = st.throttle.get() {
+                throttle
+                    .check(&auth.access_key_id, act.name(), std::time::Instant::now())
+                    .map_err(|refusal| match refusal {
+                        Refusal::User { retry_after } => ApiError::throttling_user()
+                            .with_retry_after_ms(retry_after_ms(retry_after)),
+                        Refusal::Api { retry_after } => ApiError::throttling_api()
+                            .with_retry_after_ms(retry_after_ms(retry_after)),
+                    })?;
+            }
+            info.resources = resources_of(st, act, &auth.params);
+            authorize(
+                st,
+                &auth.access_key_id,
+                act,
+                &info.resources,
+                &condition_context(raw, now),
+            )?;
+            actions::dispatch(st, act, &auth.params).await
         }
-        let Some(act) = actions::Action::from_name(&auth.action) else {
-            return Err(ApiError::api_not_found());
-        };
-        info.resources = resources_of(st, act, &auth.params);
-        authorize(
-            st,
-            &auth.access_key_id,
-            act,
-            &info.resources,
-            &condition_context(raw, now),
-        )?;
-        actions::dispatch(st, act, &auth.params).await
-    }
-    .await;
+        .await;
     (result, info)
 }
 

@@ -98,6 +98,8 @@ pub struct AppState {
     pub default_compression: String,
     /// The audit trail's queue (written by the `audit-writer` task).
     pub audit: crate::audit::AuditLog,
+    /// Flow control; set once at start from `[throttling]` (unset: no limits).
+    pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -135,6 +137,7 @@ impl AppState {
             runner,
             default_compression,
             audit: crate::audit::AuditLog::default(),
+            throttle: std::sync::OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
         }
     }

@@ -136,3 +136,75 @@ def test_conditional_explicit_deny(server):
     # 127.0.0.1 is not in the office networks: the Deny applies and beats the Allow.
     d = forbidden(lambda: c.describe_dbinstances(dds.DescribeDBInstancesRequest()))
     assert d["NoPermissionType"] == "ExplicitDeny"
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    base = tmp_path_factory.mktemp("ramtls")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    extra = f'listen_tls = "127.0.0.1:0"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    # The TLS keys must precede the first table of the configuration.
+    text = extra + config_text(base / "data", {}) + users_config(ALL_POLICIES)
+    s = Ddsvault(base / "ddsvault", text)
+    ports = [int(m.group(1)) for line in s.stdout_lines
+             if (m := re.search(r"listening on https://127\.0\.0\.1:(\d+)", line))]
+    assert ports, s.stdout_lines
+    s.tls_port = ports[0]
+    s.ca = str(cert)
+    yield s
+    s.stop()
+
+
+def tls_call(server, ak, v1=False):
+    from alibabacloud_tea_openapi import models as open_api_models
+    from alibabacloud_dds20151201.client import Client
+    from darabonba.runtime import RuntimeOptions
+
+    kwargs = dict(access_key_id=ak[0], access_key_secret=ak[1], endpoint=f"127.0.0.1:{server.tls_port}",
+                  protocol="https", region_id=REGION, read_timeout=30000, connect_timeout=5000,
+                  user_agent=UA_SUFFIX)
+    if v1:
+        kwargs["signature_algorithm"] = "v2"
+    c = Client(open_api_models.Config(**kwargs))
+    # Verified against the test certificate: the call really is TLS, not a fallback.
+    return lambda: c.describe_dbinstances_with_options(dds.DescribeDBInstancesRequest(), RuntimeOptions(ca=server.ca))
+
+
+def test_tls_secure_transport_allows(tls_server):
+    assert tls_call(tls_server, ROOT_AK)().body.total_count == 0
+    # Allowed only over TLS: passes here, refused over plain HTTP.
+    assert tls_call(tls_server, key_of("bool_tls"))().status_code == 200
+    assert tls_call(tls_server, key_of("bool_tls"), v1=True)().status_code == 200
+    forbidden(lambda: client(tls_server, key_of("bool_tls")).describe_dbinstances(dds.DescribeDBInstancesRequest()))
+
+
+def test_tls_secure_transport_denies(tls_server):
+    # Allowed only over plain HTTP (SecureTransport false): refused over TLS.
+    d = forbidden(tls_call(tls_server, key_of("bool_plain")))
+    assert d["NoPermissionType"] == "ImplicitDeny"
+    assert client(tls_server, key_of("bool_plain")).describe_dbinstances(
+        dds.DescribeDBInstancesRequest()).status_code == 200
+
+
+def test_tls_rejects_plain_http_on_tls_port(tls_server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(10)
+        try:
+            data = sock.recv(100)
+        except ConnectionResetError:
+            data = b""
+    assert not data.startswith(b"HTTP/1.1 200"), data

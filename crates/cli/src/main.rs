@@ -190,7 +190,11 @@ async fn serve(
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone())?);
     prepared
-        .serve(token, |addr| {
+        .serve(token, |addr, tls_addr| {
+            // The HTTPS line comes first: tools wait for the plain one and then expect both.
+            if let Some(tls) = tls_addr {
+                println!("ddsvault listening on https://{tls}");
+            }
             println!("ddsvault listening on http://{addr}");
         })
         .await?;

@@ -30,6 +30,15 @@ pub struct Config {
     /// `host:port` the API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// `host:port` of the HTTPS listener (needs `tls_cert` and `tls_key`); none by default. Plain `listen` stays on.
+    #[serde(default)]
+    pub listen_tls: Option<String>,
+    /// PEM certificate chain (leaf first) for `listen_tls`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `listen_tls`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Region reported in answers and used in resource ARNs.
     #[serde(default = "default_region")]
     pub region_id: String,
@@ -371,6 +380,16 @@ impl Config {
                 self.listen
             ));
         }
+        match (&self.listen_tls, &self.tls_cert, &self.tls_key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            (Some(_), _, _) => return err("listen_tls needs both tls_cert and tls_key".into()),
+            (None, _, _) => return err("tls_cert and tls_key are only used with listen_tls".into()),
+        }
+        if let Some(l) = &self.listen_tls {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return err(format!("listen_tls = {l:?} is not an ip:port address"));
+            }
+        }
         if self.region_id.is_empty() {
             return err("region_id must not be empty".into());
         }
@@ -543,6 +562,9 @@ mod tests {
                 "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
+            ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
+            ("tls_cert = \"c.pem\"", "only used with listen_tls"),
+            ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),
             ("[throttling]\nper_access_key = { rate = 0, burst = 5 }", "throttling.per_access_key.rate"),
             ("[throttling]\nper_action = { rate = 5, burst = 0 }", "throttling.per_action.burst"),
             ("[throttling.actions]\nCreateBackupz = { rate = 1, burst = 1 }", "unknown action \"CreateBackupz\""),

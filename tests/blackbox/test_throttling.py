@@ -1,4 +1,4 @@
-"""Flow control through the official SDK: over the per-AccessKey limit the tea SDK raises `ThrottlingException`
+"""Flow control and request limits. Through the official SDK: over the per-AccessKey limit the tea SDK raises `ThrottlingException`
 (`Throttling.User`), over a per-action limit too (`Throttling.Api`), both with the `x-acs-retry-after` wait in
 milliseconds; other keys and actions are unaffected."""
 from __future__ import annotations
@@ -60,3 +60,20 @@ def test_per_action_limit_spans_keys(server):
     with pytest.raises(ClientException) as ei:
         tea_client(server, DENIED_AK).describe_dbinstances(dds.DescribeDBInstancesRequest())
     assert ei.value.code == "Forbidden.RAM"
+
+
+def test_oversized_query_is_refused(server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{server.endpoint}/?Action=DescribeBackups&Junk={'A' * 40_000}"
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(url, timeout=30)
+    assert ei.value.code == 414
+    body = json.loads(ei.value.read())
+    assert body["Code"] == "RequestURITooLong" and body["RequestId"]
+    # Far beyond, the HTTP layer refuses the request line itself.
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(f"http://{server.endpoint}/?Junk={'A' * 70_000}", timeout=30)
+    assert ei.value.code == 414

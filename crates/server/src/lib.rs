@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use ddsvault_catalog::{AuditFilter, AuditRecord};
 pub use error::{ConfigError, ServerError};
-pub use router::{API_VERSION, MAX_BODY_BYTES};
+pub use router::{API_VERSION, MAX_BODY_BYTES, MAX_QUERY_BYTES};
 pub use state::redact;
 
 use state::{AppState, Instance, KeyStore, ROOT_USER};

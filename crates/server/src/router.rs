@@ -30,6 +30,10 @@ use crate::throttle::{retry_after_ms, Refusal};
 pub const API_VERSION: &str = "2015-12-01";
 /// Requests larger than this are refused before parsing: no Dds action needs more.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Query strings longer than this are refused before parsing (the SDKs put every parameter there, and the longest
+/// real Dds call is a few KiB). Beyond ~64 KiB the HTTP layer itself answers a bare 414 (`http::Uri`'s limit);
+/// headers are bounded by hyper too: at most 100, in a request head of at most ~400 KiB.
+pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 
 /// The result of an action handler: the fields of the JSON answer (RequestId is added by the renderer).
 pub type ActionResult = Result<Map<String, Value>, ApiError>;
@@ -90,6 +94,17 @@ async fn handle(
         secure,
     };
     let (outcome, info) = match body {
+        _ if raw.raw_query.len() > MAX_QUERY_BYTES => {
+            raw.raw_query.truncate(0);
+            (
+                Err(ApiError::new(
+                    414,
+                    "RequestURITooLong",
+                    format!("The query string is longer than {MAX_QUERY_BYTES} bytes."),
+                )),
+                claimed(&raw),
+            )
+        }
         Ok(b) => {
             raw.body = b.to_vec();
             process(&st, &raw, now).await

@@ -546,6 +546,23 @@ mod tests {
         assert_eq!(c.instances[0].id, "dds-bp1aaaa");
         assert_eq!(c.access_keys.len(), 2);
         assert_eq!(c.ram_users[0].policies, vec!["BackupOnly".to_string()]);
+        assert!(c.throttling.enabled);
+        assert_eq!(
+            c.throttling.per_access_key,
+            RateLimit {
+                rate: 100.0,
+                burst: 200
+            }
+        );
+        assert_eq!(c.throttling.per_action.burst, 1000);
+        assert_eq!(
+            c.throttling.actions.get("CreateBackup"),
+            Some(&RateLimit {
+                rate: 1.0,
+                burst: 10
+            })
+        );
+        assert_eq!(c.listen_tls, None);
     }
 
     #[test]

@@ -120,10 +120,11 @@ async fn handle(
     };
     let action = info.action.as_deref().unwrap_or("-");
     let key = info.access_key_id.as_deref().unwrap_or("-");
-    let (status, hdrs, body) = match &outcome {
+    let code = outcome.as_ref().err().map(|e| e.code.clone());
+    let (status, hdrs, body) = match outcome {
         Ok(map) => {
             tracing::info!(request_id = %request_id, action = %action, access_key = %key, "ok");
-            render_success(&request_id, map.clone())
+            render_success(&request_id, map)
         }
         Err(e) => {
             if e.is_server_error() {
@@ -133,7 +134,7 @@ async fn handle(
                 tracing::info!(request_id = %request_id, action = %action, access_key = %key,
                     code = %e.code, "request refused");
             }
-            render_error(e, &request_id, &st.host_id)
+            render_error(&e, &request_id, &st.host_id)
         }
     };
     st.audit
@@ -141,14 +142,14 @@ async fn handle(
             id: 0,
             time: now,
             request_id,
-            access_key_id: info.access_key_id.as_deref().map(clean_field),
+            access_key_id: info.access_key_id,
             user: info.user,
-            action: info.action.as_deref().map(clean_field),
+            action: info.action,
             resources: info.resources,
             source_ip: peer.ip().to_canonical().to_string(),
             secure,
             http_status: status,
-            code: outcome.err().map(|e| e.code),
+            code,
         })
         .await;
     into_response((status, hdrs, body))
@@ -156,7 +157,7 @@ async fn handle(
 
 /// The AccessKeyId and action a request names, read without verifying anything, for auditing a request that
 /// failed before (or during) authentication. Only these two names are looked at: no other parameter value (which
-/// might carry a secret) is read.
+/// might carry a secret) is read. Both are cleaned (bounded, no control characters) since they reach the log.
 fn claimed(raw: &RawRequest) -> CallInfo {
     let mut info = CallInfo::default();
     let header = |name: &str| {
@@ -170,9 +171,9 @@ fn claimed(raw: &RawRequest) -> CallInfo {
         info.access_key_id = auth
             .split([' ', ','])
             .find_map(|part| part.strip_prefix("Credential="))
-            .map(str::to_owned);
+            .map(clean_field);
     }
-    info.action = header("x-acs-action").map(str::to_owned);
+    info.action = header("x-acs-action").map(clean_field);
     let is_form = header("content-type")
         .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
     let body: &[u8] = if is_form { &raw.body } else { &[] };
@@ -181,9 +182,9 @@ fn claimed(raw: &RawRequest) -> CallInfo {
     {
         match k.as_ref() {
             "AccessKeyId" if info.access_key_id.is_none() => {
-                info.access_key_id = Some(v.into_owned())
+                info.access_key_id = Some(clean_field(&v))
             }
-            "Action" if info.action.is_none() => info.action = Some(v.into_owned()),
+            "Action" if info.action.is_none() => info.action = Some(clean_field(&v)),
             _ => {}
         }
     }

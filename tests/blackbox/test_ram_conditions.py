@@ -208,3 +208,19 @@ def test_tls_rejects_plain_http_on_tls_port(tls_server):
         except ConnectionResetError:
             data = b""
     assert not data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_tls_calls_are_audited_as_secure(tls_server):
+    """Last test of the module: stops the TLS server and reads its audit trail."""
+    import subprocess
+
+    from conftest import DDSVAULT_BIN
+
+    assert tls_server.stop() == 0
+    out = subprocess.run([DDSVAULT_BIN, "audit", "--config", str(tls_server.config_path), "--json",
+                          "--access-key", key_of("bool_tls")[0]], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    # Newest first: the plain-HTTP refusal, then the two TLS successes.
+    assert [(r["SecureTransport"], r["HttpStatus"], r["Code"]) for r in records] == [
+        (False, 403, "Forbidden.RAM"), (True, 200, None), (True, 200, None)], records

@@ -52,7 +52,8 @@ impl Bucket {
         if self.tokens >= 1.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((1.0 - self.tokens) / limit.rate)
+        // `try_`: a tiny configured rate must not overflow `Duration` (which would panic).
+        Duration::try_from_secs_f64((1.0 - self.tokens) / limit.rate).unwrap_or(Duration::MAX)
     }
 }
 
@@ -249,6 +250,17 @@ mod tests {
         }
         let n = t.buckets.lock().map(|b| b.keys.len()).unwrap_or(0);
         assert!(n <= MAX_BUCKETS + 1, "{n} buckets kept");
+    }
+
+    #[test]
+    fn tiny_rates_do_not_overflow() {
+        let t = Throttle::new(config((1e-300, 1), (1e9, 1_000_000_000)));
+        let t0 = Instant::now();
+        assert_eq!(t.check("AK1", "A", t0), Ok(()));
+        let Err(Refusal::User { retry_after }) = t.check("AK1", "A", t0) else {
+            panic!("throttled");
+        };
+        assert_eq!(retry_after_ms(retry_after), u64::MAX);
     }
 
     #[test]

@@ -67,11 +67,24 @@ def users_config(policies: dict[str, list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_policy(name: str) -> list:
+    """The statements of an example policy in README's "RAM policies" section."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    m = re.search(rf"<!-- policy:{name} -->.*?```json\n(.*?)```", text, re.S)
+    assert m, name
+    return json.loads(m.group(1))["Statement"]
+
+
 ALL_POLICIES = {
     **{name: [{"Effect": "Allow", "Action": "dds:DescribeDBInstances", "Resource": "*", "Condition": cond}]
        for name, (cond, _) in CASES.items()},
     **{name: [st] for name, st in EXTRA_POLICIES.items()},
     "office": OFFICE_ONLY,
+    **{f"readme_{name}": readme_policy(name) for name in ("auditor", "operator", "admin")},
 }
 
 
@@ -136,6 +149,29 @@ def test_conditional_explicit_deny(server):
     # 127.0.0.1 is not in the office networks: the Deny applies and beats the Allow.
     d = forbidden(lambda: c.describe_dbinstances(dds.DescribeDBInstancesRequest()))
     assert d["NoPermissionType"] == "ExplicitDeny"
+
+
+def test_readme_example_policies(server):
+    # The auditor policy only allows office networks over TLS: a plain call from 127.0.0.1 is explicitly denied.
+    auditor = client(server, key_of("readme_auditor"))
+    d = forbidden(lambda: auditor.describe_dbinstances(dds.DescribeDBInstancesRequest()))
+    assert d["NoPermissionType"] == "ExplicitDeny"
+    # The operator may back up dds-bp1aaaa (RAM passes; the instance is not configured here), not another instance,
+    # and may never delete a backup.
+    op = client(server, key_of("readme_operator"))
+    with pytest.raises(ClientException) as ei:
+        op.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-bp1aaaa", backup_method="Logical"))
+    assert ei.value.code != "Forbidden.RAM", ei.value.message
+    forbidden(lambda: op.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-bp1bbbb", backup_method="Logical")))
+    d = forbidden(lambda: op.delete_backup(dds.DeleteBackupRequest(dbinstance_id="dds-bp1aaaa", backup_id="1")))
+    assert d["NoPermissionType"] == "ExplicitDeny"
+    assert op.describe_dbinstances(dds.DescribeDBInstancesRequest()).status_code == 200
+    # The admin may do everything.
+    admin = client(server, key_of("readme_admin"))
+    assert admin.describe_dbinstances(dds.DescribeDBInstancesRequest()).status_code == 200
+    with pytest.raises(ClientException) as ei:
+        admin.delete_backup(dds.DeleteBackupRequest(dbinstance_id="dds-bp1aaaa", backup_id="1"))
+    assert ei.value.code != "Forbidden.RAM", ei.value.message
 
 
 # ---------------------------------------------------------------------------------------------- TLS

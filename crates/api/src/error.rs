@@ -77,6 +77,9 @@ pub struct ApiError {
     pub access_denied_detail: Option<Box<Value>>,
     /// Server-side context (e.g. the cause of an internal error); never returned to clients.
     pub detail: Option<String>,
+    /// For throttling errors: milliseconds until a retry may pass, sent as `x-acs-retry-after` (the header the
+    /// tea SDK turns into `ThrottlingException.retry_after`, which it sleeps as milliseconds).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -88,7 +91,15 @@ impl ApiError {
             message: message.into(),
             access_denied_detail: None,
             detail: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// Sets the `x-acs-retry-after` header value (milliseconds; clamped to at least 1, since the SDK ignores 0).
+    #[must_use]
+    pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms.max(1));
+        self
     }
 
     /// Attaches server-side context that is logged but never rendered.
@@ -355,6 +366,8 @@ impl ApiError {
 pub const JSON_CONTENT_TYPE: &str = "application/json;charset=utf-8";
 /// Response header that mirrors `RequestId`.
 pub const REQUEST_ID_HEADER: &str = "x-acs-request-id";
+/// Response header of throttling errors: milliseconds until a retry may pass.
+pub const RETRY_AFTER_HEADER: &str = "x-acs-retry-after";
 
 /// A rendered HTTP response: status, headers, body.
 pub type RenderedResponse = (u16, Vec<(String, String)>, Vec<u8>);
@@ -383,9 +396,13 @@ pub fn render_error(err: &ApiError, request_id: &str, host_id: &str) -> Rendered
     if let Some(detail) = &err.access_denied_detail {
         body.insert("AccessDeniedDetail".into(), Value::clone(detail));
     }
+    let mut headers = response_headers(request_id);
+    if let Some(ms) = err.retry_after_ms {
+        headers.push((RETRY_AFTER_HEADER.to_owned(), ms.to_string()));
+    }
     (
         err.status,
-        response_headers(request_id),
+        headers,
         Value::Object(body).to_string().into_bytes(),
     )
 }
@@ -418,6 +435,22 @@ pub fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_errors_carry_retry_after() {
+        let e = ApiError::throttling_user().with_retry_after_ms(0);
+        let (status, headers, _) = render_error(&e, "R", "h");
+        assert_eq!(status, 400);
+        assert!(headers.contains(&(RETRY_AFTER_HEADER.to_owned(), "1".to_owned())));
+        let (_, headers, _) = render_error(
+            &ApiError::throttling_api().with_retry_after_ms(2500),
+            "R",
+            "h",
+        );
+        assert!(headers.contains(&(RETRY_AFTER_HEADER.to_owned(), "2500".to_owned())));
+        let (_, headers, _) = render_error(&ApiError::forbidden_ram(Value::Null), "R", "h");
+        assert!(!headers.iter().any(|(k, _)| k == RETRY_AFTER_HEADER));
+    }
     use serde_json::json;
 
     fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -58,7 +58,7 @@ mod verify;
 pub use encoding::percent_encode_rfc3986;
 pub use error::{
     codes, new_request_id, render_error, render_success, ApiError, RenderedResponse,
-    JSON_CONTENT_TYPE, REQUEST_ID_HEADER,
+    JSON_CONTENT_TYPE, REQUEST_ID_HEADER, RETRY_AFTER_HEADER,
 };
 pub use keys::{KeyState, Secret, SecretLookup};
 pub use nonce::{MemoryNonceStore, NonceStore, DEFAULT_NONCE_CAPACITY};

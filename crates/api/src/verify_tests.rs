@@ -907,3 +907,57 @@ proptest! {
         prop_assert_eq!(ok.params.into_inner(), params);
     }
 }
+
+/// The same "never panics" property as `authenticate_never_panics`, but starting from correctly signed V1 and V3
+/// requests and corrupting one part, so that the inputs get past the cheap checks and into canonicalisation and
+/// signature verification (what the `verify_v1`/`verify_v3` cargo-fuzz targets exercise at depth).
+fn mutate(s: &str, at: usize, with: &str, cut: bool) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.is_empty() {
+        return with.to_owned();
+    }
+    let i = at % chars.len();
+    let mut out: String = chars[..i].iter().collect();
+    out.push_str(with);
+    if !cut {
+        out.extend(&chars[i + 1..]);
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn corrupted_signed_requests_never_panic(
+        use_v3 in any::<bool>(),
+        post in any::<bool>(),
+        extra in proptest::collection::btree_map("[A-Za-z.]{1,8}", any::<String>(), 0..4),
+        target in 0usize..4,
+        at in any::<usize>(),
+        with in prop_oneof![any::<String>(), "%[0-9A-Fa-f]?", Just("&".to_owned()), Just("=".to_owned()), Just(",".to_owned())],
+        cut in any::<bool>(),
+    ) {
+        let mut sr = base();
+        sr.method = if post { "POST" } else { "GET" }.into();
+        for (k, v) in extra {
+            if post {
+                sr.form.insert(k, v);
+            } else {
+                sr.query.insert(k, v);
+            }
+        }
+        let mut req = if use_v3 { v3(&sr) } else { v1(&sr) };
+        match target {
+            0 => req.raw_query = mutate(&req.raw_query, at, &with, cut),
+            1 => {
+                let body = String::from_utf8_lossy(&req.body).into_owned();
+                req.body = mutate(&body, at, &with, cut).into_bytes();
+            }
+            2 if !req.headers.is_empty() => {
+                let i = at % req.headers.len();
+                req.headers[i].1 = mutate(&req.headers[i].1, at / 7, &with, cut);
+            }
+            _ => req.method = mutate(&req.method, at, &with, cut),
+        }
+        let _ = run(&req);
+    }
+}

@@ -42,6 +42,7 @@ pub async fn run_all(cat: Catalog) {
     high_frequency_slots(&cat).await;
     advanced_policies(&cat).await;
     retention_lock(&cat).await;
+    audit(&cat).await;
 }
 
 async fn high_frequency_slots(cat: &Catalog) {
@@ -313,6 +314,115 @@ async fn totals_match_rows(cat: &Catalog) {
         }
     }
     drain(cat).await;
+}
+
+async fn audit(cat: &Catalog) {
+    use crate::{AuditFilter, AuditRecord};
+    let at = |secs: i64| {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0)
+            .single()
+            .expect("time")
+    };
+    let rec =
+        |secs: i64, key: Option<&str>, action: Option<&str>, code: Option<&str>| AuditRecord {
+            id: 0,
+            time: at(secs),
+            request_id: format!("REQ-{secs}"),
+            access_key_id: key.map(str::to_owned),
+            user: key.map(|_| "operator".to_owned()),
+            action: action.map(str::to_owned),
+            resources: vec![
+                "acs:dds:cn-hangzhou:1:dbinstance/dds-a".into(),
+                "acs:dds:cn-hangzhou:1:dbinstance/dds-b".into(),
+            ],
+            source_ip: "127.0.0.1".into(),
+            secure: secs % 2 == 0,
+            http_status: if code.is_some() { 403 } else { 200 },
+            code: code.map(str::to_owned),
+        };
+    assert!(cat
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("list empty")
+        .is_empty());
+    cat.append_audit(&[]).await.expect("empty batch");
+    cat.append_audit(&[
+        rec(1, Some("AK1"), Some("DescribeBackups"), None),
+        rec(2, Some("AK2"), Some("CreateBackup"), Some("Forbidden.RAM")),
+        rec(2, None, None, Some("MissingAccessKeyId")),
+    ])
+    .await
+    .expect("append");
+    cat.append_audit(&[rec(3, Some("AK1"), Some("CreateBackup"), None)])
+        .await
+        .expect("append 2");
+
+    let all = cat.list_audit(&AuditFilter::default()).await.expect("list");
+    let ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+    // Newest first; same time: the later insert first.
+    assert_eq!(ids, ["REQ-3", "REQ-2", "REQ-2", "REQ-1"]);
+    assert_eq!(all[1].access_key_id, None);
+    assert_eq!(all[2].code.as_deref(), Some("Forbidden.RAM"));
+    assert!(all[1].id > all[2].id && all[2].id > all[3].id);
+    let first = &all[3];
+    assert_eq!(
+        first,
+        &AuditRecord {
+            id: first.id,
+            ..rec(1, Some("AK1"), Some("DescribeBackups"), None)
+        }
+    );
+
+    let by = |f: AuditFilter| async move {
+        cat.list_audit(&f)
+            .await
+            .expect("filtered")
+            .into_iter()
+            .map(|r| r.time)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by(AuditFilter {
+            access_key_id: Some("AK1".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [at(3), at(1)]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            action: Some("createbackup".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [at(3), at(2)]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            since: Some(at(2)),
+            ..AuditFilter::default()
+        })
+        .await,
+        [at(3), at(2), at(2)]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .await,
+        [at(3)]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            access_key_id: Some("AK1".into()),
+            action: Some("CreateBackup".into()),
+            since: Some(at(1)),
+            limit: 10,
+        })
+        .await,
+        [at(3)]
+    );
 }
 
 async fn schedule(cat: &Catalog) {

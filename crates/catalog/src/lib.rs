@@ -278,6 +278,11 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         cooling_off: chrono::Duration,
     ) -> Result<Option<RetentionLock>, CatalogError>;
+
+    /// Appends audit records (their `id` is ignored and assigned by the catalog), all or none.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), CatalogError>;
+    /// Audit records matching `filter`, newest first (by time, then id).
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -315,6 +315,44 @@ pub struct BackupSlot {
     pub slot_start: DateTime<Utc>,
 }
 
+/// One API call in the audit trail. Holds no secret, signature or request parameter value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Catalog-assigned, increasing; 0 before the record is stored.
+    pub id: i64,
+    /// When the server received the call.
+    pub time: DateTime<Utc>,
+    pub request_id: String,
+    /// The AccessKeyId the request named (known or not), if one could be read.
+    pub access_key_id: Option<String>,
+    /// The user of a known AccessKey (`root` for the account).
+    pub user: Option<String>,
+    /// The action the request named, if one could be read.
+    pub action: Option<String>,
+    /// ARNs the call touched (`*` for unscoped actions); empty when refused before authorization.
+    pub resources: Vec<String>,
+    /// The TCP peer address.
+    pub source_ip: String,
+    /// Whether the call arrived over TLS.
+    pub secure: bool,
+    pub http_status: u16,
+    /// The Dds error code; `None` for a success.
+    pub code: Option<String>,
+}
+
+/// Which audit records [`list_audit`](crate::CatalogBackend::list_audit) returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only records at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only calls naming this AccessKeyId (exact).
+    pub access_key_id: Option<String>,
+    /// Only calls naming this action (exact, case-insensitive).
+    pub action: Option<String>,
+    /// At most this many records (newest first); 0 means the default of 100.
+    pub limit: u32,
+}
+
 /// A backup set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backup {

@@ -13,11 +13,11 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use crate::{
-    AccessKeyRecord, AdvancedPolicy, Backup, BackupCompletion, BackupFilter, BackupPolicy,
-    BackupSlot, BackupStatus, CatalogBackend, CatalogError, ConfigIdentities, DeleteMark,
-    GroupMember, IdentitySnapshot, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page,
-    PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock,
-    ScheduleRun, ScheduledJob,
+    AccessKeyRecord, AdvancedPolicy, AuditFilter, AuditRecord, Backup, BackupCompletion,
+    BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend, CatalogError,
+    ConfigIdentities, DeleteMark, GroupMember, IdentitySnapshot, InstanceRecord, Job, JobState,
+    NewBackupJob, NewJob, Page, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
+    RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
 };
 
 #[path = "sqlite_identity.rs"]
@@ -955,6 +955,77 @@ impl CatalogBackend for SqliteCatalog {
                     outcome: r.try_get("outcome")?,
                     job_id: r.try_get("job_id")?,
                     detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), CatalogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for r in records {
+            let resources = serde_json::to_string(&r.resources)
+                .map_err(|e| CatalogError::Corrupt(format!("audit resources: {e}")))?;
+            sqlx::query(
+                "INSERT INTO audit_log (time, request_id, access_key_id, user_name, action, resources, \
+                 source_ip, secure, http_status, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(ms(r.time))
+            .bind(&r.request_id)
+            .bind(&r.access_key_id)
+            .bind(&r.user)
+            .bind(&r.action)
+            .bind(resources)
+            .bind(&r.source_ip)
+            .bind(r.secure)
+            .bind(i64::from(r.http_status))
+            .bind(&r.code)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(
+            "SELECT id, time, request_id, access_key_id, user_name, action, resources, source_ip, secure, \
+             http_status, code FROM audit_log \
+             WHERE (? IS NULL OR time >= ?) AND (? IS NULL OR access_key_id = ?) \
+             AND (? IS NULL OR lower(action) = lower(?)) \
+             ORDER BY time DESC, id DESC LIMIT ?",
+        )
+        .bind(filter.since.map(ms))
+        .bind(filter.since.map(ms))
+        .bind(&filter.access_key_id)
+        .bind(&filter.access_key_id)
+        .bind(&filter.action)
+        .bind(&filter.action)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let resources: String = r.try_get("resources")?;
+                let status: i64 = r.try_get("http_status")?;
+                Ok(AuditRecord {
+                    id: r.try_get("id")?,
+                    time: from_ms(r.try_get("time")?)?,
+                    request_id: r.try_get("request_id")?,
+                    access_key_id: r.try_get("access_key_id")?,
+                    user: r.try_get("user_name")?,
+                    action: r.try_get("action")?,
+                    resources: serde_json::from_str(&resources)
+                        .map_err(|e| CatalogError::Corrupt(format!("audit resources: {e}")))?,
+                    source_ip: r.try_get("source_ip")?,
+                    secure: r.try_get("secure")?,
+                    http_status: u16::try_from(status).map_err(|_| {
+                        CatalogError::Corrupt(format!("audit http_status {status}"))
+                    })?,
+                    code: r.try_get("code")?,
                 })
             })
             .collect()

@@ -92,6 +92,26 @@ enum Command {
     },
     /// Manages RAM users, groups, policies and AccessKeys in the catalog (also while servers run).
     Ram(ram::RamArgs),
+    /// Lists the audit trail (every API call, allowed or refused), newest first.
+    Audit {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only calls at or after this time: RFC 3339 (2026-11-28T01:00:00Z) or an age (90s, 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only calls naming this AccessKeyId.
+        #[arg(long)]
+        access_key: Option<String>,
+        /// Only calls of this action (e.g. CreateBackup; case-insensitive).
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Prints a retention dry run: one line per decision.
@@ -221,7 +241,11 @@ async fn serve(
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone())?);
     prepared
-        .serve(token, |addr| {
+        .serve(token, |addr, tls_addr| {
+            // The HTTPS line comes first: tools wait for the plain one and then expect both.
+            if let Some(tls) = tls_addr {
+                println!("ddsvault listening on https://{tls}");
+            }
             println!("ddsvault listening on http://{addr}");
         })
         .await?;
@@ -318,5 +342,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Ram(args) => rt.block_on(ram::run(args)),
+        Command::Audit {
+            config,
+            since,
+            access_key,
+            action,
+            limit,
+            json,
+        } => rt.block_on(async {
+            use ddsvault_server::offline;
+            let cfg = load_config(config.as_ref())?;
+            let since = since
+                .map(|s| offline::parse_since(&s, std::time::SystemTime::now().into()))
+                .transpose()?;
+            anyhow::ensure!(limit > 0, "--limit must be at least 1");
+            let filter = ddsvault_server::AuditFilter {
+                since,
+                access_key_id: access_key,
+                action,
+                limit,
+            };
+            for r in offline::audit(&cfg, &filter).await? {
+                if json {
+                    println!("{}", offline::audit_json(&r));
+                } else {
+                    println!("{}", offline::audit_line(&r));
+                }
+            }
+            Ok(())
+        }),
     }
 }

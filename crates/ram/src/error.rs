@@ -225,13 +225,66 @@ pub enum PolicyError {
         reason: &'static str,
     },
 
-    /// The statement has a `Condition` block. Conditions are not evaluated
-    /// yet; ignoring one would make the statement apply more broadly than its
-    /// author intended (an Allow would grant too much, a Deny would deny
-    /// too much), so such policies are refused outright.
-    #[error("{location}: Condition is not supported yet; remove it or wait for condition support")]
-    ConditionNotSupported {
+    /// A `Condition` block, or one of its operators, is empty: a statement
+    /// that looks conditional but is not is almost certainly a mistake.
+    #[error("{location}: {} must not be empty", match operator { Some(op) => format!("Condition.{op}"), None => "Condition".to_owned() })]
+    EmptyCondition {
         /// The offending statement.
         location: Location,
+        /// The empty operator, or `None` when the whole block is empty.
+        operator: Option<&'static str>,
+    },
+
+    /// An operator the policy language does not have (or a case slip).
+    #[error("{location}: unknown condition operator {operator:?}{hint}")]
+    UnknownConditionOperator {
+        /// The offending statement.
+        location: Location,
+        /// The operator as written.
+        operator: String,
+        /// Suggestion, starting with "; ".
+        hint: String,
+    },
+
+    /// A condition key this server does not supply. Accepting it would make
+    /// the statement silently never apply (or always apply, when negated).
+    #[error("{location}: Condition.{operator}: unknown condition key {key:?}; supported keys: acs:SourceIp, acs:CurrentTime, acs:EpochTime, acs:SecureTransport, acs:MFAPresent, acs:UserAgent, acs:Referer")]
+    UnknownConditionKey {
+        /// The offending statement.
+        location: Location,
+        /// The operator the key appears under.
+        operator: &'static str,
+        /// The key as written.
+        key: String,
+    },
+
+    /// A non-String operator applied to a key of another type, e.g.
+    /// `IpAddress` on `acs:CurrentTime`: it could never hold.
+    #[error("{location}: Condition.{operator} cannot test {key}, which is a {key_type} key")]
+    ConditionKeyTypeMismatch {
+        /// The offending statement.
+        location: Location,
+        /// The operator.
+        operator: &'static str,
+        /// The key's canonical name.
+        key: &'static str,
+        /// The key's type.
+        key_type: &'static str,
+    },
+
+    /// A condition value of the wrong type or format for its operator (a
+    /// date that is not ISO 8601, a malformed CIDR, an empty list...).
+    #[error("{location}: Condition.{operator}{}: value must be {expected}, found {found}", if key.is_empty() { String::new() } else { format!(".{key}") })]
+    InvalidConditionValue {
+        /// The offending statement.
+        location: Location,
+        /// The operator.
+        operator: &'static str,
+        /// The key, or empty when the operator's own value is wrong.
+        key: String,
+        /// What the operator accepts.
+        expected: &'static str,
+        /// Description of the value found.
+        found: String,
     },
 }

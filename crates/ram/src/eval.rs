@@ -1,5 +1,6 @@
 //! Evaluation of a request against a user's policies (protocol.md §8.2).
 
+use crate::condition::{Context, EMPTY_CONTEXT};
 use crate::policy::{Effect, Policy};
 
 /// The outcome of evaluating a request.
@@ -31,7 +32,7 @@ impl Decision {
 }
 
 /// What a caller is trying to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Request<'a> {
     /// The RAM action, e.g. `"dds:CreateBackup"`. Matched case-insensitively.
     pub action: &'a str,
@@ -44,12 +45,26 @@ pub struct Request<'a> {
     /// text `*`, in practice `"*"` itself; an instance ARN pattern such as
     /// `acs:dds:*:*:dbinstance/*` does not cover it.
     pub resource: &'a str,
+    /// The condition keys' values for this request. Keys it does not set are
+    /// absent, which makes positive condition operators on them false.
+    pub context: &'a Context,
 }
 
 impl<'a> Request<'a> {
-    /// Shorthand for building a request.
-    pub const fn new(action: &'a str, resource: &'a str) -> Self {
-        Request { action, resource }
+    /// A request with an empty context: statements with a `Condition` on any
+    /// key only apply through negated operators.
+    pub fn new(action: &'a str, resource: &'a str) -> Self {
+        Request {
+            action,
+            resource,
+            context: &EMPTY_CONTEXT,
+        }
+    }
+
+    /// The same request evaluated against `context`.
+    #[must_use]
+    pub fn with_context(self, context: &'a Context) -> Self {
+        Request { context, ..self }
     }
 }
 
@@ -65,7 +80,7 @@ impl<'a> Request<'a> {
 pub fn evaluate(policies: &[&Policy], req: &Request<'_>) -> Decision {
     let mut allowed = false;
     for statement in policies.iter().flat_map(|p| &p.statements) {
-        if !statement.applies_to(req.action, req.resource) {
+        if !statement.applies_to(req.action, req.resource, req.context) {
             continue;
         }
         match statement.effect {

@@ -28,9 +28,11 @@
 //!   resources are errors with a message naming the statement and the
 //!   problem. Nothing is silently ignored, because an ignored element changes
 //!   what a policy grants without its author noticing.
-//! - **`Condition` is refused** with [`PolicyError::ConditionNotSupported`]
-//!   until conditions are implemented: dropping one would widen the
-//!   statement.
+//! - **Conditions** (`String*`, `Numeric*`, `Date*`, `Bool`, `IpAddress`,
+//!   `NotIpAddress`) are evaluated against a [`Context`] the server fills
+//!   per request. Only keys the server supplies are accepted, and each
+//!   operator family only on keys of its type; see [`Context`] for the keys
+//!   and the `condition` module docs for the absent-key rule.
 //! - **Matching:** actions case-insensitively (ASCII), resources
 //!   case-sensitively, both with `*` (any run, including empty) and `?`
 //!   (exactly one character). The matcher is the two-pointer wildcard
@@ -44,6 +46,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod condition;
 mod detail;
 mod error;
 mod eval;
@@ -51,6 +54,9 @@ mod glob;
 mod json;
 mod policy;
 
+pub use condition::{
+    supported_condition_keys, supported_condition_operators, ConditionKey, Context,
+};
 pub use detail::access_denied_detail;
 pub use error::{Location, PolicyError};
 pub use eval::{evaluate, Decision, Request};

@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use crate::condition::{parse_condition, Condition, Context};
 use crate::error::{Location, PolicyError};
 use crate::glob::{Case, Pattern};
 use crate::json::Json;
@@ -41,13 +42,16 @@ pub(crate) struct Statement {
     pub(crate) effect: Effect,
     action: Matcher,
     resource: Matcher,
+    condition: Condition,
 }
 
 impl Statement {
-    /// Whether the statement's action and resource both cover the request;
-    /// the caller then applies the statement's effect.
-    pub(crate) fn applies_to(&self, action: &str, resource: &str) -> bool {
-        self.action.matches(action) && self.resource.matches(resource)
+    /// Whether the statement's action, resource and condition all cover the
+    /// request; the caller then applies the statement's effect.
+    pub(crate) fn applies_to(&self, action: &str, resource: &str, context: &Context) -> bool {
+        self.action.matches(action)
+            && self.resource.matches(resource)
+            && self.condition.matches(context)
     }
 }
 
@@ -73,9 +77,11 @@ impl Policy {
     ///
     /// Returns a [`PolicyError`] naming the first problem found: the document
     /// is too long or not JSON; `Version` is not `"1"`; `Statement` is missing
-    /// or empty; a statement has an unknown or duplicated element, a
-    /// `Condition`, a bad `Effect`, both or neither of `Action`/`NotAction`
-    /// (or `Resource`/`NotResource`), or a malformed action or resource.
+    /// or empty; a statement has an unknown or duplicated element, a bad
+    /// `Effect`, both or neither of `Action`/`NotAction` (or
+    /// `Resource`/`NotResource`), a malformed action or resource, or a
+    /// `Condition` with an unknown operator or key, an operator that cannot
+    /// test its key, or a value of the wrong type for its operator.
     pub fn parse(document: &str) -> Result<Policy, PolicyError> {
         // The limit is in characters, not bytes, so non-ASCII Sids are not
         // penalised. Checked before any JSON work so that oversized input is
@@ -218,12 +224,6 @@ fn parse_statement(value: &Json, location: Location) -> Result<Statement, Policy
     };
     let fields = Fields::check(fields, STATEMENT_ELEMENTS, location)?;
 
-    // Refused before anything else is looked at: whatever else is wrong, the
-    // author needs to know this statement cannot be accepted as written.
-    if fields.get("Condition").is_some() {
-        return Err(PolicyError::ConditionNotSupported { location });
-    }
-
     // Sid carries no meaning for evaluation, but a non-string Sid is almost
     // certainly a structural mistake worth reporting.
     if let Some(sid) = fields.get("Sid") {
@@ -279,10 +279,16 @@ fn parse_statement(value: &Json, location: Location) -> Result<Statement, Policy
         negated,
     };
 
+    let condition = match fields.get("Condition") {
+        Some(c) => parse_condition(c, location)?,
+        None => Condition::default(),
+    };
+
     Ok(Statement {
         effect,
         action,
         resource,
+        condition,
     })
 }
 

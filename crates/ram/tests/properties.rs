@@ -4,7 +4,7 @@
 //! that statements match the generated requests often; random patterns over a
 //! tiny alphabet add wildcard shapes the pools do not cover.
 
-use ddsvault_ram::{evaluate, Decision, Policy, Request};
+use ddsvault_ram::{evaluate, Context, Decision, Policy, Request};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -43,6 +43,81 @@ const REQ_RESOURCES: &[&str] = &[
     "acs:dds:cn-hangzhou:123:dbinstance/DDS-A",
 ];
 
+/// Conditions over every operator family; with the contexts below, each holds
+/// for some requests and not for others.
+const CONDITIONS: &[&str] = &[
+    r#"{"IpAddress":{"acs:SourceIp":"10.0.0.0/8"}}"#,
+    r#"{"NotIpAddress":{"acs:SourceIp":["192.168.0.0/16","::1"]}}"#,
+    r#"{"Bool":{"acs:SecureTransport":"true"}}"#,
+    r#"{"Bool":{"acs:MFAPresent":false}}"#,
+    r#"{"DateLessThan":{"acs:CurrentTime":"2026-01-01T00:00:00Z"}}"#,
+    r#"{"DateGreaterThanEquals":{"acs:CurrentTime":"2026-06-01T00:00:00+08:00"}}"#,
+    r#"{"NumericLessThan":{"acs:EpochTime":1780000000}}"#,
+    r#"{"StringLike":{"acs:UserAgent":"*Tea*"}}"#,
+    r#"{"StringNotEquals":{"acs:Referer":"https://a.example"}}"#,
+    r#"{"StringEqualsIgnoreCase":{"acs:UserAgent":"CURL"},"Bool":{"acs:SecureTransport":"false"}}"#,
+];
+
+/// A request context: (source ip, time, secure, user agent, referer).
+type ContextSpec = (
+    &'static str,
+    &'static str,
+    bool,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const CONTEXTS: &[ContextSpec] = &[
+    (
+        "10.1.2.3",
+        "2025-12-31T23:59:59Z",
+        true,
+        Some("AlibabaCloud TeaDSL/1"),
+        None,
+    ),
+    (
+        "192.168.4.4",
+        "2026-07-01T00:00:00Z",
+        false,
+        Some("curl"),
+        Some("https://a.example"),
+    ),
+    (
+        "::1",
+        "2026-05-31T16:00:00Z",
+        false,
+        None,
+        Some("https://b.example"),
+    ),
+    (
+        "::ffff:10.0.0.9",
+        "2027-01-01T00:00:00Z",
+        true,
+        Some("curl"),
+        None,
+    ),
+];
+
+fn context(i: usize) -> Context {
+    let (ip, time, secure, ua, referer) = CONTEXTS[i];
+    let mut c = Context::new();
+    c.source_ip(ip.parse().expect("ip"))
+        .current_time(
+            chrono::DateTime::parse_from_rfc3339(time)
+                .expect("time")
+                .with_timezone(&chrono::Utc),
+        )
+        .secure_transport(secure)
+        .mfa_present(false);
+    if let Some(ua) = ua {
+        c.user_agent(ua);
+    }
+    if let Some(r) = referer {
+        c.referer(r);
+    }
+    c
+}
+
 fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
     proptest::sample::select(pool).prop_map(str::to_owned)
 }
@@ -78,20 +153,26 @@ fn statement_with_effect(
         any::<bool>(),
         prop::collection::vec(resource_pattern(), 1..3),
         any::<bool>(),
+        prop::option::weighted(0.5, pick(CONDITIONS)),
     )
         .prop_map(
-            |(effect, not_action, actions, not_resource, resources, as_string)| {
+            |(effect, not_action, actions, not_resource, resources, as_string, condition)| {
                 let action_key = if not_action { "NotAction" } else { "Action" };
                 let resource_key = if not_resource {
                     "NotResource"
                 } else {
                     "Resource"
                 };
-                json!({
+                let mut s = json!({
                     "Effect": effect,
                     action_key: string_or_list(actions, as_string),
                     resource_key: string_or_list(resources, as_string),
-                })
+                });
+                if let (Some(c), Some(obj)) = (condition, s.as_object_mut()) {
+                    let c: Value = serde_json::from_str(&c).expect("pool condition is JSON");
+                    obj.insert("Condition".to_owned(), c);
+                }
+                s
             },
         )
 }
@@ -110,10 +191,11 @@ fn policy_set() -> impl Strategy<Value = Vec<Vec<Value>>> {
     prop::collection::vec(prop::collection::vec(statement(), 1..5), 1..4)
 }
 
-fn request() -> impl Strategy<Value = (String, String)> {
+fn request() -> impl Strategy<Value = (String, String, usize)> {
     (
         prop_oneof![3 => pick(REQ_ACTIONS), 1 => "dds:[abAB]{0,3}"],
         pick(REQ_RESOURCES),
+        0..CONTEXTS.len(),
     )
 }
 
@@ -125,10 +207,14 @@ fn to_policy(statements: &[Value]) -> Policy {
     }
 }
 
-fn decide(policies: &[Vec<Value>], (action, resource): &(String, String)) -> Decision {
+fn decide(policies: &[Vec<Value>], (action, resource, ctx): &(String, String, usize)) -> Decision {
     let parsed: Vec<Policy> = policies.iter().map(|s| to_policy(s)).collect();
     let refs: Vec<&Policy> = parsed.iter().collect();
-    evaluate(&refs, &Request::new(action, resource))
+    let context = context(*ctx);
+    evaluate(
+        &refs,
+        &Request::new(action, resource).with_context(&context),
+    )
 }
 
 proptest! {
@@ -237,6 +323,15 @@ fn json_tree() -> impl Strategy<Value = Value> {
             "NotResource",
             "Condition",
             "Principal",
+            "IpAddress",
+            "StringLike",
+            "Bool",
+            "DateLessThan",
+            "NumericEquals",
+            "acs:SourceIp",
+            "acs:CurrentTime",
+            "acs:EpochTime",
+            "acs:SecureTransport",
         ]),
         "\\PC{0,4}",
     ];
@@ -253,7 +348,12 @@ fn json_tree() -> impl Strategy<Value = Value> {
             "acs:dds:*",
             "",
             ":",
-            "dds:"
+            "dds:",
+            "10.0.0.0/8",
+            "::/0",
+            "true",
+            "2026-01-01T00:00:00Z",
+            "1.5e3",
         ])
         .prop_map(Value::String),
         "\\PC{0,8}".prop_map(Value::String),
@@ -292,7 +392,10 @@ proptest! {
         let _ = Policy::parse(&tree.to_string());
         let doc = json!({"Version": "1", "Statement": statements}).to_string();
         if let Ok(p) = Policy::parse(&doc) {
-            let _ = evaluate(&[&p], &Request::new("dds:CreateBackup", "*"));
+            for i in 0..CONTEXTS.len() {
+                let c = context(i);
+                let _ = evaluate(&[&p], &Request::new("dds:CreateBackup", "*").with_context(&c));
+            }
         }
     }
 

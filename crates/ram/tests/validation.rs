@@ -224,22 +224,66 @@ fn element_doc(location: Location, element: &str) -> String {
     }
 }
 
+/// Conditions: valid blocks parse, and each kind of mistake is reported
+/// with the statement, operator and key it concerns.
 #[test]
-fn condition_is_refused() {
-    let with_condition = [
-        r#"{"Effect":"Allow","Action":"dds:*","Resource":"*","Condition":{"IpAddress":{"acs:SourceIp":"10.0.0.0/8"}}}"#,
-        r#"{"Effect":"Deny","Action":"dds:*","Resource":"*","Condition":{}}"#,
-        r#"{"Condition":null,"Effect":"Allow","Action":"dds:*","Resource":"*"}"#,
+fn condition_validation() {
+    let valid = [
+        r#"{"IpAddress":{"acs:SourceIp":["10.0.0.0/8","2001:db8::/32","192.168.1.7"]}}"#,
+        r#"{"NotIpAddress":{"ACS:SOURCEIP":"10.0.0.0/8"}}"#,
+        r#"{"Bool":{"acs:SecureTransport":true,"acs:MFAPresent":"false"}}"#,
+        r#"{"DateLessThan":{"acs:CurrentTime":"2019-08-12T17:00:00+08:00"},"DateGreaterThan":{"acs:CurrentTime":"2017-11-11T23:59:59Z"}}"#,
+        r#"{"NumericGreaterThanEquals":{"acs:EpochTime":[1500000000,"1600000000.5"]}}"#,
+        r#"{"StringLike":{"acs:UserAgent":"*Tea*"},"StringNotEqualsIgnoreCase":{"acs:Referer":"x"}}"#,
+        r#"{"StringEquals":{"acs:SecureTransport":"true","acs:SourceIp":"127.0.0.1"}}"#,
     ];
-    for s in with_condition {
-        check(
-            &doc(&format!("{OK},{s}")),
-            PolicyError::ConditionNotSupported { location: St(1) },
-            &[
-                "Statement[1]",
-                "Condition is not supported yet; remove it or wait for condition support",
-            ],
-        );
+    for c in valid {
+        let d = doc(&format!(
+            r#"{OK},{{"Effect":"Deny","Action":"dds:*","Resource":"*","Condition":{c}}}"#
+        ));
+        if let Err(e) = Policy::parse(&d) {
+            panic!("{c} should be valid: {e}");
+        }
+    }
+
+    #[rustfmt::skip]
+    let invalid: &[(&str, &[&str])] = &[
+        (r#"{}"#, &["Statement[1]", "Condition must not be empty"]),
+        (r#"null"#, &["Statement[1]", "\"Condition\"", "an object of operators", "found null"]),
+        (r#"{"IpAddress":{}}"#, &["Condition.IpAddress must not be empty"]),
+        (r#"{"IpAddress":"10.0.0.0/8"}"#, &["Condition.IpAddress", "object of condition keys"]),
+        (r#"{"ipaddress":{"acs:SourceIp":"10.0.0.0/8"}}"#, &["unknown condition operator", "did you mean \"IpAddress\""]),
+        (r#"{"StringEqualsIfExists":{"acs:UserAgent":"x"}}"#, &["unknown condition operator", "IfExists"]),
+        (r#"{"ForAnyValue:StringEquals":{"acs:UserAgent":"x"}}"#, &["unknown condition operator", "set operators"]),
+        (r#"{"Frobnicate":{"acs:UserAgent":"x"}}"#, &["unknown condition operator", "expected one of", "StringLike"]),
+        (r#"{"StringEquals":{"acs:SourceVpc":"vpc-1"}}"#, &["Condition.StringEquals", "unknown condition key \"acs:SourceVpc\"", "acs:SourceIp"]),
+        (r#"{"StringEquals":{"SourceIp":"1.2.3.4"}}"#, &["unknown condition key"]),
+        (r#"{"IpAddress":{"acs:CurrentTime":"10.0.0.0/8"}}"#, &["Condition.IpAddress cannot test acs:CurrentTime", "Date key"]),
+        (r#"{"Bool":{"acs:SourceIp":"true"}}"#, &["Condition.Bool cannot test acs:SourceIp", "IP address key"]),
+        (r#"{"NumericLessThan":{"acs:CurrentTime":"5"}}"#, &["cannot test acs:CurrentTime"]),
+        (r#"{"IpAddress":{"acs:SourceIp":"10.0.0.0/33"}}"#, &["Condition.IpAddress.acs:SourceIp", "CIDR", "\"10.0.0.0/33\""]),
+        (r#"{"IpAddress":{"acs:SourceIp":"116.62.XX.XX/24"}}"#, &["CIDR"]),
+        (r#"{"IpAddress":{"acs:SourceIp":[]}}"#, &["an empty list"]),
+        (r#"{"IpAddress":{"acs:SourceIp":["10.0.0.0/8",7]}}"#, &["the number 7"]),
+        (r#"{"DateLessThan":{"acs:CurrentTime":"2019-08-12"}}"#, &["Condition.DateLessThan.acs:CurrentTime", "ISO 8601", "\"2019-08-12\""]),
+        (r#"{"DateLessThan":{"acs:CurrentTime":1565600000}}"#, &["ISO 8601", "the number 1565600000"]),
+        (r#"{"NumericEquals":{"acs:EpochTime":"soon"}}"#, &["Condition.NumericEquals.acs:EpochTime", "number", "\"soon\""]),
+        (r#"{"NumericEquals":{"acs:EpochTime":"NaN"}}"#, &["number"]),
+        (r#"{"Bool":{"acs:SecureTransport":"yes"}}"#, &["Condition.Bool.acs:SecureTransport", "true or false", "\"yes\""]),
+        (r#"{"StringEquals":{"acs:UserAgent":{"a":1}}}"#, &["a string", "an object"]),
+        (r#"{"StringEquals":{"acs:UserAgent":null}}"#, &["found null"]),
+        (r#"{"StringEquals":{"acs:UserAgent":"a"},"StringEquals":{"acs:UserAgent":"b"}}"#, &["\"Condition.StringEquals\"", "more than once"]),
+        (r#"{"StringEquals":{"acs:UserAgent":"a","ACS:USERAGENT":"b"}}"#, &["\"Condition.StringEquals.acs:UserAgent\"", "more than once"]),
+    ];
+    for (c, words) in invalid {
+        let d = doc(&format!(
+            r#"{OK},{{"Effect":"Allow","Action":"dds:*","Resource":"*","Condition":{c}}}"#
+        ));
+        let e = err(&d);
+        let msg = e.to_string();
+        for w in *words {
+            assert!(msg.contains(w), "{c}: message {msg:?} lacks {w:?}");
+        }
     }
 }
 
@@ -272,7 +316,7 @@ fn statement_errors() {
         (r#"{"Sid":5,"Effect":"Allow","Action":"*","Resource":"*"}"#, PolicyError::InvalidValueType { location: L, element: "Sid", expected: "a string", found: "the number 5".into() }, &["Sid"]),
         (r#"{"Effect":"Allow","Action":"*","Resource":""}"#, PolicyError::EmptyResource { location: L, element: "Resource" }, &["empty resource"]),
         (r#"{"Effect":"Allow","Action":"*","NotResource":["*",""]}"#, PolicyError::EmptyResource { location: L, element: "NotResource" }, &["NotResource"]),
-        (r#"{"Effect":"Allow","Action":"dds:*","Resource":"*","Condition":{}}"#, PolicyError::ConditionNotSupported { location: L }, &["Condition is not supported yet"]),
+        (r#"{"Effect":"Allow","Action":"dds:*","Resource":"*","Condition":{}}"#, PolicyError::EmptyCondition { location: L, operator: None }, &["Condition must not be empty"]),
         (r#"{"Effect":"Allow","Principal":"*","Action":"dds:*","Resource":"*"}"#, PolicyError::UnknownElement { location: L, element: "Principal".into(), hint: "; Principal is only allowed in resource-based policies (such as a role's trust policy), not in identity policies".into() }, &["Principal"]),
     ];
     for (statement, want, words) in cases {

@@ -1,6 +1,6 @@
 //! The configuration file (TOML). Every key is documented in the README; `README.md`'s example is loaded by a test.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -30,6 +30,15 @@ pub struct Config {
     /// `host:port` the API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// `host:port` of the HTTPS listener (needs `tls_cert` and `tls_key`); none by default. Plain `listen` stays on.
+    #[serde(default)]
+    pub listen_tls: Option<String>,
+    /// PEM certificate chain (leaf first) for `listen_tls`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `listen_tls`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Region reported in answers and used in resource ARNs.
     #[serde(default = "default_region")]
     pub region_id: String,
@@ -70,6 +79,9 @@ pub struct Config {
     /// `DDSVAULT_MASTER_KEY` wins over it; with neither, `<data_dir>/master.key` is generated on first start.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
+    /// Flow control per AccessKey and per action.
+    #[serde(default)]
+    pub throttling: ThrottlingConfig,
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
     #[serde(default)]
@@ -166,6 +178,78 @@ impl Default for SchedulerConfig {
             tick_secs: default_tick(),
         }
     }
+}
+
+/// A token bucket: `burst` calls at once, refilled at `rate` calls per second.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn burst_f64(self) -> f64 {
+        f64::from(self.burst)
+    }
+}
+
+/// `[throttling]`: Alibaba-style flow control (`Throttling.User` per AccessKey, `Throttling.Api` per action).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottlingConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Each AccessKey's own limit, over all actions.
+    #[serde(default = "default_per_key")]
+    pub per_access_key: RateLimit,
+    /// Each action's limit, over all AccessKeys, unless `actions` names it.
+    #[serde(default = "default_per_action")]
+    pub per_action: RateLimit,
+    /// Per-action overrides, keyed by action name (e.g. `CreateBackup`).
+    #[serde(default)]
+    pub actions: HashMap<String, RateLimit>,
+}
+
+impl Default for ThrottlingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_access_key: default_per_key(),
+            per_action: default_per_action(),
+            actions: HashMap::new(),
+        }
+    }
+}
+
+fn default_per_key() -> RateLimit {
+    RateLimit {
+        rate: 100.0,
+        burst: 200,
+    }
+}
+
+fn default_per_action() -> RateLimit {
+    RateLimit {
+        rate: 500.0,
+        burst: 1000,
+    }
+}
+
+fn check_limit(name: &str, l: RateLimit) -> Result<(), ConfigError> {
+    if !(l.rate.is_finite() && l.rate > 0.0 && l.rate <= 1_000_000.0) {
+        return Err(ConfigError(format!(
+            "{name}.rate = {} must be a number of calls per second in (0, 1000000]",
+            l.rate
+        )));
+    }
+    if !(1..=1_000_000).contains(&l.burst) {
+        return Err(ConfigError(format!(
+            "{name}.burst = {} is outside 1..=1000000",
+            l.burst
+        )));
+    }
+    Ok(())
 }
 
 fn default_true() -> bool {
@@ -308,6 +392,16 @@ impl Config {
                 self.listen
             ));
         }
+        match (&self.listen_tls, &self.tls_cert, &self.tls_key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            (Some(_), _, _) => return err("listen_tls needs both tls_cert and tls_key".into()),
+            (None, _, _) => return err("tls_cert and tls_key are only used with listen_tls".into()),
+        }
+        if let Some(l) = &self.listen_tls {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return err(format!("listen_tls = {l:?} is not an ip:port address"));
+            }
+        }
         if self.region_id.is_empty() {
             return err("region_id must not be empty".into());
         }
@@ -353,6 +447,14 @@ impl Config {
                 "scheduler.tick_secs = {} is outside 1..=600",
                 self.scheduler.tick_secs
             ));
+        }
+        check_limit("throttling.per_access_key", self.throttling.per_access_key)?;
+        check_limit("throttling.per_action", self.throttling.per_action)?;
+        for (action, limit) in &self.throttling.actions {
+            if crate::actions::Action::from_name(action).is_none() {
+                return err(format!("throttling.actions: unknown action {action:?}"));
+            }
+            check_limit(&format!("throttling.actions.{action}"), *limit)?;
         }
         let mut policy_names = HashSet::new();
         for p in &self.ram_policies {
@@ -462,6 +564,23 @@ mod tests {
         assert_eq!(c.instances[0].id, "dds-bp1aaaa");
         assert_eq!(c.access_keys.len(), 2);
         assert_eq!(c.ram_users[0].policies, vec!["BackupOnly".to_string()]);
+        assert!(c.throttling.enabled);
+        assert_eq!(
+            c.throttling.per_access_key,
+            RateLimit {
+                rate: 100.0,
+                burst: 200
+            }
+        );
+        assert_eq!(c.throttling.per_action.burst, 1000);
+        assert_eq!(
+            c.throttling.actions.get("CreateBackup"),
+            Some(&RateLimit {
+                rate: 1.0,
+                burst: 10
+            })
+        );
+        assert_eq!(c.listen_tls, None);
     }
 
     #[test]
@@ -474,10 +593,17 @@ mod tests {
             ("[[access_keys]]\nid = \"k\"\nsecret = \"s\"\nuser = \"ghost\"", "unknown user"),
             ("[[ram_users]]\nname = \"u\"\npolicies = [\"P\"]", "unknown policy"),
             (
-                "[[ram_policies]]\nname = \"P\"\ndocument = '{\"Version\":\"1\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"dds:*\",\"Resource\":\"*\",\"Condition\":{\"Bool\":{\"acs:SecureTransport\":\"true\"}}}]}'",
-                "Condition",
+                "[[ram_policies]]\nname = \"P\"\ndocument = '{\"Version\":\"1\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"dds:*\",\"Resource\":\"*\",\"Condition\":{\"Bool\":{\"acs:SourceIp\":\"true\"}}}]}'",
+                "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
+            ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
+            ("tls_cert = \"c.pem\"", "only used with listen_tls"),
+            ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),
+            ("[throttling]\nper_access_key = { rate = 0, burst = 5 }", "throttling.per_access_key.rate"),
+            ("[throttling]\nper_action = { rate = 5, burst = 0 }", "throttling.per_action.burst"),
+            ("[throttling.actions]\nCreateBackupz = { rate = 1, burst = 1 }", "unknown action \"CreateBackupz\""),
+            ("[throttling.actions]\nCreateBackup = { rate = 1, burst = 1, x = 1 }", "unknown field"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text).expect_err(text);

@@ -5,6 +5,7 @@
 //! ones finish, cancel background tasks with a deadline, close the catalog.
 
 mod actions;
+mod audit;
 pub mod config;
 mod download;
 pub mod error;
@@ -13,6 +14,8 @@ pub mod offline;
 mod ram_api;
 mod router;
 mod state;
+mod throttle;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +32,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use ddsvault_catalog::{AuditFilter, AuditRecord};
 pub use error::{ConfigError, ServerError};
-pub use router::{API_VERSION, MAX_BODY_BYTES};
+pub use router::{API_VERSION, MAX_BODY_BYTES, MAX_QUERY_BYTES};
 pub use state::redact;
 
 use identity::Identities;
@@ -54,6 +58,8 @@ pub struct Prepared {
     /// The automatic-backup scheduler, started with the runner unless disabled.
     scheduler: Option<Arc<Scheduler>>,
     listen: String,
+    /// The HTTPS listener's address and rustls configuration (`listen_tls`).
+    tls: Option<(String, Arc<rustls::ServerConfig>)>,
     public_url: Option<String>,
     /// Set when this start created the root AccessKey.
     pub created_root_key: Option<CreatedRootKey>,
@@ -146,6 +152,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         created_root_key = Some(CreatedRootKey { id, secret });
     }
     let identities = Identities::load(Arc::clone(&catalog), master).await?;
+
+    // Certificate problems stop the start, before anything else is touched.
+    let tls = match (&cfg.listen_tls, &cfg.tls_cert, &cfg.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((addr.clone(), tls::server_config(cert, key)?)),
+        _ => None,
+    };
 
     let mut instances = HashMap::new();
     let mut specs = HashMap::new();
@@ -245,6 +257,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
     );
     let state = Arc::new(state);
+    let _ = state
+        .throttle
+        .set(throttle::Throttle::new(cfg.throttling.clone()));
     tracing::info!(node_id = %node_id, instances = cfg.instances.len(), "catalog ready");
     Ok(Prepared {
         state,
@@ -252,6 +267,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         gc,
         scheduler,
         listen: cfg.listen.clone(),
+        tls,
         public_url: cfg.public_url.clone(),
         created_root_key,
         root_key_id,
@@ -294,15 +310,15 @@ pub async fn retention_dry_run(
 }
 
 impl Prepared {
-    /// Serves until `shutdown` fires, then stops in order. `on_listening` gets the bound address (port 0 in
-    /// tests).
+    /// Serves until `shutdown` fires, then stops in order. `on_listening` gets the bound plain-HTTP address and,
+    /// with `listen_tls`, the HTTPS one (port 0 in tests).
     ///
     /// # Errors
     /// Binding or serving failures.
     pub async fn serve(
         self,
         shutdown: CancellationToken,
-        on_listening: impl FnOnce(SocketAddr),
+        on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
     ) -> Result<(), ServerError> {
         let listener = tokio::net::TcpListener::bind(&self.listen)
             .await
@@ -311,7 +327,23 @@ impl Prepared {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
-        on_listening(addr);
+        let tls_listener = match &self.tls {
+            Some((tls_addr, config)) => {
+                let tcp = tokio::net::TcpListener::bind(tls_addr)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: tls_addr.clone(),
+                        source,
+                    })?;
+                Some(tls::TlsListener::new(tcp, Arc::clone(config)))
+            }
+            None => None,
+        };
+        let tls_addr = match &tls_listener {
+            Some(l) => Some(axum::serve::Listener::local_addr(l).map_err(ServerError::Serve)?),
+            None => None,
+        };
+        on_listening(addr, tls_addr);
         let base = self
             .public_url
             .clone()
@@ -321,6 +353,12 @@ impl Prepared {
             .public_base
             .set(base.trim_end_matches('/').to_string());
 
+        if let Some(rx) = self.state.audit.take_receiver() {
+            let catalog = Arc::clone(&self.state.catalog);
+            self.tasks.spawn("audit-writer", move |token| {
+                audit::run_writer(catalog, rx, token)
+            });
+        }
         let runner = Arc::clone(&self.state.runner);
         let tasks = self.tasks.clone();
         self.tasks
@@ -337,12 +375,32 @@ impl Prepared {
 
         let app = router::router(Arc::clone(&self.state));
         let stop = shutdown.clone();
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+        let plain = async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        };
+        let secure = async {
+            let Some(listener) = tls_listener else {
+                return Ok(());
+            };
+            use axum::serve::ListenerExt;
+            let app = router::router(Arc::clone(&self.state))
+                .layer(axum::Extension(router::Transport { secure: true }));
+            let stop = shutdown.clone();
+            // `tap_io` only wraps the listener so that axum hands the peer address to `ConnectInfo`.
+            axum::serve(
+                listener.tap_io(|_| {}),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        };
+        let (served, served_tls) = tokio::join!(plain, secure);
+        let served = served.and(served_tls);
         tracing::info!("HTTP server stopped accepting requests");
         self.tasks.shutdown(SHUTDOWN_DEADLINE).await;
         tracing::info!("shutdown complete");

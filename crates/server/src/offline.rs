@@ -193,3 +193,117 @@ pub async fn restore(
             .into()
         })
 }
+
+/// Reads the audit trail (`ddsvault audit`), newest first.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn audit(
+    cfg: &Config,
+    filter: &ddsvault_catalog::AuditFilter,
+) -> Result<Vec<ddsvault_catalog::AuditRecord>, ServerError> {
+    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    Ok(catalog.list_audit(filter).await?)
+}
+
+/// Parses `--since`: an RFC 3339 time (`2026-11-28T01:00:00Z`) or an age such as `90s`, `15m`, `2h`, `7d`.
+///
+/// # Errors
+/// A message saying what is accepted.
+pub fn parse_since(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, ConfigError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let bad = || {
+        ConfigError(format!(
+            "--since {s:?}: expected an RFC 3339 time (2026-11-28T01:00:00Z) or an age like 90s, 15m, 2h, 7d"
+        ))
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let age = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    now.checked_sub_signed(age).ok_or_else(bad)
+}
+
+/// One audit record as the JSON object `ddsvault audit --json` prints (one per line).
+pub fn audit_json(r: &ddsvault_catalog::AuditRecord) -> serde_json::Value {
+    serde_json::json!({
+        "Time": r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "RequestId": r.request_id,
+        "AccessKeyId": r.access_key_id,
+        "User": r.user,
+        "Action": r.action,
+        "Resources": r.resources,
+        "SourceIp": r.source_ip,
+        "SecureTransport": r.secure,
+        "HttpStatus": r.http_status,
+        "Code": r.code,
+    })
+}
+
+/// One audit record as a line of `ddsvault audit`'s table.
+pub fn audit_line(r: &ddsvault_catalog::AuditRecord) -> String {
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "{}  {}  {:<24} {:<10} {:<28} {:<15} {} {:<28} {}",
+        r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        r.request_id,
+        dash(&r.access_key_id),
+        dash(&r.user),
+        dash(&r.action),
+        r.source_ip,
+        r.http_status,
+        r.code.clone().unwrap_or_else(|| "OK".into()),
+        if r.resources.is_empty() {
+            "-".to_owned()
+        } else {
+            r.resources.join(",")
+        },
+    )
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::parse_since;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn since_accepts_times_and_ages() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 28, h, m, s).unwrap();
+        assert_eq!(
+            parse_since("2026-11-28T09:00:00+08:00", now).unwrap(),
+            at(1, 0, 0)
+        );
+        assert_eq!(parse_since("90s", now).unwrap(), at(11, 58, 30));
+        assert_eq!(parse_since("15m", now).unwrap(), at(11, 45, 0));
+        assert_eq!(parse_since("2h", now).unwrap(), at(10, 0, 0));
+        assert_eq!(
+            parse_since("1d", now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+        );
+        for bad in [
+            "",
+            "h",
+            "5",
+            "5w",
+            "-5m",
+            "yesterday",
+            "99999999999999999999d",
+        ] {
+            let e = parse_since(bad, now).expect_err(bad);
+            assert!(e.0.contains("RFC 3339"), "{bad}: {}", e.0);
+        }
+    }
+}

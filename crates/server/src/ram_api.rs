@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::PrincipalKind;
-use ddsvault_ram::{access_denied_detail, evaluate, Decision, Request as RamRequest};
+use ddsvault_ram::{access_denied_detail, evaluate, Context, Decision, Request as RamRequest};
 use serde_json::{json, Map, Value};
 
 use crate::error::ActionError;
@@ -104,6 +104,7 @@ fn authorize(
     access_key_id: &str,
     action: &str,
     p: &Params,
+    context: &Context,
 ) -> Result<String, ApiError> {
     let (user, policies) = st.identities.principal(access_key_id)?;
     if user == ROOT_USER {
@@ -114,10 +115,7 @@ fn authorize(
     for resource in resources(st, action, p) {
         let decision = evaluate(
             &policies,
-            &RamRequest {
-                action: &ram_action,
-                resource: &resource,
-            },
+            &RamRequest::new(&ram_action, &resource).with_context(context),
         );
         if decision != Decision::Allow {
             return Err(ApiError::forbidden_ram(access_denied_detail(
@@ -133,11 +131,17 @@ fn authorize(
 }
 
 /// Authorizes and runs one RAM action.
-pub async fn handle(st: &AppState, access_key_id: &str, action: &str, p: &Params) -> ActionResult {
+pub async fn handle(
+    st: &AppState,
+    access_key_id: &str,
+    action: &str,
+    p: &Params,
+    context: &Context,
+) -> ActionResult {
     if !ACTIONS.contains(&action) {
         return Err(ApiError::api_not_found());
     }
-    let caller = authorize(st, access_key_id, action, p)?;
+    let caller = authorize(st, access_key_id, action, p, context)?;
     let admin = st.identities.admin();
     run(&admin, &caller, action, p)
         .await

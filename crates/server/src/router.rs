@@ -10,22 +10,30 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::Extension;
 use axum::Router;
 use chrono::Utc;
 use ddsvault_api::{
     authenticate, new_request_id, render_error, render_success, ApiError, Params, RawRequest,
     VerifyOptions,
 };
-use ddsvault_ram::{access_denied_detail, evaluate, Decision, Request as RamRequest};
+use ddsvault_catalog::AuditRecord;
+use ddsvault_ram::{access_denied_detail, evaluate, Context, Decision, Request as RamRequest};
 use serde_json::{Map, Value};
 
 use crate::actions;
+use crate::audit::clean_field;
 use crate::state::{AppState, ROOT_USER};
+use crate::throttle::{retry_after_ms, Refusal};
 
 /// The only API version this server speaks.
 pub const API_VERSION: &str = "2015-12-01";
 /// Requests larger than this are refused before parsing: no Dds action needs more.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Query strings longer than this are refused before parsing (the SDKs put every parameter there, and the longest
+/// real Dds call is a few KiB). Beyond ~64 KiB the HTTP layer itself answers a bare 414 (`http::Uri`'s limit);
+/// headers are bounded by hyper too: at most 100, in a request head of at most ~400 KiB.
+pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 
 /// The result of an action handler: the fields of the JSON answer (RequestId is added by the renderer).
 pub type ActionResult = Result<Map<String, Value>, ApiError>;
@@ -41,42 +49,78 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Whether a router serves the TLS listener; set as an extension so both listeners share one handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    pub secure: bool,
+}
+
+/// Who and what a call was about, for the access log and the audit trail (never a secret or signature).
+#[derive(Debug, Default)]
+struct CallInfo {
+    access_key_id: Option<String>,
+    user: Option<String>,
+    action: Option<String>,
+    resources: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    transport: Option<Extension<Transport>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = new_request_id();
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let e = ApiError::new(
+    let now = Utc::now();
+    let secure = transport.is_some_and(|Extension(t)| t.secure);
+    let header_pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect();
+    let mut raw = RawRequest {
+        method: method.as_str().to_string(),
+        raw_query: uri.query().unwrap_or("").to_string(),
+        headers: header_pairs,
+        body: Vec::new(),
+        peer,
+        secure,
+    };
+    let (outcome, info) = match body {
+        _ if raw.raw_query.len() > MAX_QUERY_BYTES => {
+            raw.raw_query.truncate(0);
+            (
+                Err(ApiError::new(
+                    414,
+                    "RequestURITooLong",
+                    format!("The query string is longer than {MAX_QUERY_BYTES} bytes."),
+                )),
+                claimed(&raw),
+            )
+        }
+        Ok(b) => {
+            raw.body = b.to_vec();
+            process(&st, &raw, now).await
+        }
+        Err(rejection) => (
+            Err(ApiError::new(
                 rejection.status().as_u16(),
                 "RequestEntityTooLarge",
                 format!("The request body could not be read: {rejection}. At most {MAX_BODY_BYTES} bytes are accepted."),
-            );
-            return into_response(render_error(&e, &request_id, &st.host_id));
-        }
+            )),
+            claimed(&raw),
+        ),
     };
-    let raw = RawRequest {
-        method: method.as_str().to_string(),
-        raw_query: uri.query().unwrap_or("").to_string(),
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
-        body: body.to_vec(),
-        peer,
-        secure: false,
-    };
-    let (outcome, action, key) = process(&st, &raw).await;
+    let action = info.action.as_deref().unwrap_or("-");
+    let key = info.access_key_id.as_deref().unwrap_or("-");
+    let code = outcome.as_ref().err().map(|e| e.code.clone());
     let (status, hdrs, body) = match outcome {
         Ok(map) => {
             tracing::info!(request_id = %request_id, action = %action, access_key = %key, "ok");
@@ -93,7 +137,58 @@ async fn handle(
             render_error(&e, &request_id, &st.host_id)
         }
     };
+    st.audit
+        .record(AuditRecord {
+            id: 0,
+            time: now,
+            request_id,
+            access_key_id: info.access_key_id,
+            user: info.user,
+            action: info.action,
+            resources: info.resources,
+            source_ip: peer.ip().to_canonical().to_string(),
+            secure,
+            http_status: status,
+            code,
+        })
+        .await;
     into_response((status, hdrs, body))
+}
+
+/// The AccessKeyId and action a request names, read without verifying anything, for auditing a request that
+/// failed before (or during) authentication. Only these two names are looked at: no other parameter value (which
+/// might carry a secret) is read. Both are cleaned (bounded, no control characters) since they reach the log.
+fn claimed(raw: &RawRequest) -> CallInfo {
+    let mut info = CallInfo::default();
+    let header = |name: &str| {
+        raw.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    // V3: `Authorization: ACS3-HMAC-SHA256 Credential=<id>,SignedHeaders=...,Signature=...`.
+    if let Some(auth) = header("authorization") {
+        info.access_key_id = auth
+            .split([' ', ','])
+            .find_map(|part| part.strip_prefix("Credential="))
+            .map(clean_field);
+    }
+    info.action = header("x-acs-action").map(clean_field);
+    let is_form = header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let body: &[u8] = if is_form { &raw.body } else { &[] };
+    for (k, v) in
+        form_urlencoded::parse(raw.raw_query.as_bytes()).chain(form_urlencoded::parse(body))
+    {
+        match k.as_ref() {
+            "AccessKeyId" if info.access_key_id.is_none() => {
+                info.access_key_id = Some(clean_field(&v))
+            }
+            "Action" if info.action.is_none() => info.action = Some(clean_field(&v)),
+            _ => {}
+        }
+    }
+    info
 }
 
 fn into_response((status, hdrs, body): ddsvault_api::RenderedResponse) -> Response {
@@ -113,53 +208,75 @@ fn into_response((status, hdrs, body): ddsvault_api::RenderedResponse) -> Respon
     resp
 }
 
-/// Returns the outcome plus the action name and AccessKeyId for the access log (never a secret or signature).
-async fn process(st: &AppState, raw: &RawRequest) -> (ActionResult, String, String) {
-    let opts = VerifyOptions {
-        skew: st.skew,
-        now: Utc::now(),
-    };
+/// Authenticates, authorizes and runs one call.
+async fn process(
+    st: &AppState,
+    raw: &RawRequest,
+    now: chrono::DateTime<Utc>,
+) -> (ActionResult, CallInfo) {
+    let opts = VerifyOptions { skew: st.skew, now };
     let identities = match st.identities.view().await {
         Ok(v) => v,
-        Err(e) => return (Err(e), "-".into(), "-".into()),
+        Err(e) => return (Err(e), claimed(raw)),
     };
     let auth = match authenticate(raw, identities.as_ref(), &st.nonces, &opts) {
         Ok(a) => a,
-        Err(e) => return (Err(e), "-".into(), "-".into()),
+        Err(e) => return (Err(e), claimed(raw)),
     };
-    st.identities.touch(&auth.access_key_id, opts.now).await;
-    let action = auth.action.clone();
-    let key = auth.access_key_id.clone();
-    let result = async {
-        if auth.version == crate::ram_api::RAM_API_VERSION {
-            return crate::ram_api::handle(st, &auth.access_key_id, &auth.action, &auth.params)
+    st.identities.touch(&auth.access_key_id, now).await;
+    let mut info = CallInfo {
+        access_key_id: Some(auth.access_key_id.clone()),
+        user: identities
+            .principal(&auth.access_key_id)
+            .ok()
+            .map(|(user, _)| user),
+        action: Some(auth.action.clone()),
+        resources: Vec::new(),
+    };
+    let result =
+        async {
+            if auth.version == crate::ram_api::RAM_API_VERSION {
+                return crate::ram_api::handle(
+                    st,
+                    &auth.access_key_id,
+                    &auth.action,
+                    &auth.params,
+                    &condition_context(raw, now),
+                )
                 .await;
+            }
+            if auth.version != API_VERSION {
+                return Err(ApiError::invalid_version());
+            }
+            let Some(act) = actions::Action::from_name(&auth.action) else {
+                return Err(ApiError::api_not_found());
+            };
+            if let Some(throttle) = st.throttle.get() {
+                throttle
+                    .check(&auth.access_key_id, act.name(), std::time::Instant::now())
+                    .map_err(|refusal| match refusal {
+                        Refusal::User { retry_after } => ApiError::throttling_user()
+                            .with_retry_after_ms(retry_after_ms(retry_after)),
+                        Refusal::Api { retry_after } => ApiError::throttling_api()
+                            .with_retry_after_ms(retry_after_ms(retry_after)),
+                    })?;
+            }
+            info.resources = resources_of(st, act, &auth.params);
+            authorize(
+                st,
+                &auth.access_key_id,
+                act,
+                &info.resources,
+                &condition_context(raw, now),
+            )?;
+            actions::dispatch(st, act, &auth.params).await
         }
-        if auth.version != API_VERSION {
-            return Err(ApiError::invalid_version());
-        }
-        let Some(act) = actions::Action::from_name(&auth.action) else {
-            return Err(ApiError::api_not_found());
-        };
-        authorize(st, &auth.access_key_id, act, &auth.params)?;
-        actions::dispatch(st, act, &auth.params).await
-    }
-    .await;
-    (result, action, key)
+        .await;
+    (result, info)
 }
 
-/// RAM: the root key may do everything; a RAM user gets what its policies allow.
-fn authorize(
-    st: &AppState,
-    access_key_id: &str,
-    act: actions::Action,
-    params: &Params,
-) -> Result<(), ApiError> {
-    let (user, policies) = st.identities.principal(access_key_id)?;
-    if user == ROOT_USER {
-        return Ok(());
-    }
-    let ram_action = format!("dds:{}", act.name());
+/// The ARNs a call touches: its instance parameters, or `*` for actions that are not resource-scoped.
+fn resources_of(st: &AppState, act: actions::Action, params: &Params) -> Vec<String> {
     let mut resources: Vec<String> = act
         .instance_params()
         .iter()
@@ -170,15 +287,52 @@ fn authorize(
     if resources.is_empty() {
         resources.push("*".to_string());
     }
+    resources
+}
+
+/// The values of the RAM condition keys for this request.
+fn condition_context(raw: &RawRequest, now: chrono::DateTime<Utc>) -> Context {
+    let mut ctx = Context::new();
+    // The TCP peer, never X-Forwarded-For: a client controls its headers.
+    ctx.source_ip(raw.peer.ip())
+        .current_time(now)
+        .secure_transport(raw.secure)
+        // AccessKey-signed calls never carry an MFA session.
+        .mfa_present(false);
+    let header = |name: &str| {
+        raw.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(ua) = header("user-agent") {
+        ctx.user_agent(ua);
+    }
+    if let Some(referer) = header("referer") {
+        ctx.referer(referer);
+    }
+    ctx
+}
+
+/// RAM: the root key may do everything; a RAM user gets what its policies allow.
+fn authorize(
+    st: &AppState,
+    access_key_id: &str,
+    act: actions::Action,
+    resources: &[String],
+    context: &Context,
+) -> Result<(), ApiError> {
+    let (user, policies) = st.identities.principal(access_key_id)?;
+    if user == ROOT_USER {
+        return Ok(());
+    }
+    let ram_action = format!("dds:{}", act.name());
     let policies: Vec<&ddsvault_ram::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     // Every resource the call touches must be allowed.
-    for resource in &resources {
+    for resource in resources {
         let decision = evaluate(
             &policies,
-            &RamRequest {
-                action: &ram_action,
-                resource,
-            },
+            &RamRequest::new(&ram_action, resource).with_context(context),
         );
         if decision != Decision::Allow {
             return Err(ApiError::forbidden_ram(access_denied_detail(

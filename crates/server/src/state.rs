@@ -59,6 +59,10 @@ pub struct AppState {
     pub default_compression: String,
     /// How long a retention lock stays on after an unlock request (`[retention] lock_cooling_off_secs`).
     pub retention_lock_cooling_off: chrono::Duration,
+    /// The audit trail's queue (written by the `audit-writer` task).
+    pub audit: crate::audit::AuditLog,
+    /// Flow control; set once at start from `[throttling]` (unset: no limits).
+    pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -94,6 +98,8 @@ impl AppState {
             runner,
             default_compression,
             retention_lock_cooling_off: chrono::Duration::hours(24),
+            audit: crate::audit::AuditLog::default(),
+            throttle: std::sync::OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
         }
     }

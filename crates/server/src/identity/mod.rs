@@ -431,13 +431,7 @@ mod tests {
 
     fn decide(policies: &[Arc<Policy>], action: &str) -> Decision {
         let refs: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
-        evaluate(
-            &refs,
-            &Request {
-                action,
-                resource: "*",
-            },
-        )
+        evaluate(&refs, &Request::new(action, "*"))
     }
 
     #[tokio::test]

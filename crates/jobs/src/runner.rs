@@ -27,6 +27,8 @@ pub struct InstanceSpec {
     /// Connection string; never logged.
     pub uri: String,
     pub storage_type: String,
+    /// The node's data directory, read by Physical and Snapshot backups.
+    pub data_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for InstanceSpec {
@@ -42,6 +44,8 @@ impl std::fmt::Debug for InstanceSpec {
 pub struct BackupSettings {
     pub compression: ddsvault_mongo::archive::Compression,
     pub parallel_collections: usize,
+    /// Local scratch space of file-level backups (one `job-<id>` directory per running job).
+    pub scratch_dir: std::path::PathBuf,
 }
 
 /// Claims and runs jobs.
@@ -116,6 +120,13 @@ impl Runner {
         if job.kind != "backup" {
             return;
         }
+        let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
+        if let Err(e) = std::fs::remove_dir_all(&scratch) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(job_id = job.id, dir = %scratch.display(), error = %e, "could not remove scratch files");
+            }
+        }
+        // Snapshot chunks are not under these prefixes: they may be shared with other snapshots.
         let mut prefixes = vec![Repository::staging_prefix(&staging_token(job.id))];
         if let Some(backup_id) = job.backup_id {
             prefixes.push(Repository::backup_prefix(&job.instance_id, backup_id));

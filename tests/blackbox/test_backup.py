@@ -255,7 +255,8 @@ def test_logical_backup_with_v1_sdks(env):
      "set data_path"),
     (dict(dbinstance_id="dds-standalone", backup_method="Logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "standalone"),
-    (dict(dbinstance_id="dds-standalone"), 400, "InvalidBackupMethod.ValueNotSupport", "Snapshot"),
+    # A standalone takes Snapshot by default, which needs data_path.
+    (dict(dbinstance_id="dds-standalone"), 400, "InvalidBackupMethod.DataPathRequired", "Snapshot backups copy"),
     (dict(dbinstance_id="dds-cloud", backup_method="Logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "cloud disks"),
     (dict(dbinstance_id="dds-rs1", backup_method="Logical", backup_retention_period=6), 400,

@@ -6,6 +6,7 @@
 //! * MongoDB (mongod): `$backupCursor` on Enterprise/Percona, or an `fsync` lock on a secondary on Community.
 //!   Neither can run against a real mongod here; see the README's method table.
 
+pub mod mongod;
 pub mod sqlite;
 
 use std::path::Path;

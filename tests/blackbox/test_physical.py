@@ -127,6 +127,7 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
     increment = after - before - full
     # Every snapshot is logically full, but stores only what changed.
     assert int(b2.backup_size) >= int(b1.backup_size)
+    print(f"snapshot increment after ~1% change: {increment} of {full} bytes ({100 * increment / full:.1f}%)")
     assert 0 < increment <= 0.05 * full, (increment, full)
 
     # Deleting the first snapshot keeps the chunks the second one shares; the second still restores.
@@ -140,6 +141,15 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
 
 def test_file_backup_refusals(env):
     tea = tea_client(env["server"])
+    # Retention is honoured as for Logical, and one job at a time per instance.
+    r = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-phys", backup_method="Physical",
+                                                  backup_retention_period=-1)).body
+    e = client_error(lambda: tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-phys",
+                                                                       backup_method="Snapshot")))
+    assert (e.status_code, e.code) == (403, "OperationDenied.BackupJobExists")
+    b = wait_backup(tea, "dds-phys", r.backup_job_id)
+    assert (b.backup_status, b.backup_expire_time) == ("Success", "9999-01-01T00:00:00Z")
+
     e = client_error(lambda: tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-nopath")))
     assert (e.status_code, e.code) == (400, "InvalidBackupMethod.DataPathRequired")
     assert "data_path" in e.message

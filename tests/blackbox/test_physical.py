@@ -130,13 +130,31 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
     print(f"snapshot increment after ~1% change: {increment} of {full} bytes ({100 * increment / full:.1f}%)")
     assert 0 < increment <= 0.05 * full, (increment, full)
 
-    # Deleting the first snapshot keeps the chunks the second one shares; the second still restores.
+    # Deleting the first snapshot keeps the chunks the second one shares; the second still verifies and restores.
     tea.delete_backup(dds.DeleteBackupRequest(dbinstance_id="dds-single", backup_id=b1.backup_id))
+    v = subprocess.run([DDSVAULT_BIN, "verify", "--config", str(server.config_path), "--backup-id", b2.backup_id],
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0, v.stderr
+    assert "Snapshot backup" in v.stdout and "snapshot chunk(s) checked" in v.stdout
     target = env["base"] / "restored-snap" / "data"
     restore_to_dir(server, b2.backup_id, target)
     with stack.FerretDB(env["base"] / "restored-snap") as fresh:
         assert snapshot(fresh.client(), ["big"]) == expected2
     assert expected1 != expected2
+
+    # A damaged chunk is caught by verify and by restore, which leaves no file behind.
+    # (Every chunk of the store, since which ones the first, deleted snapshot alone used is not known here.)
+    for chunk in (env["base"] / "data" / "repository" / "chunks" / "dds-single").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"\x00" * 64)
+    v = subprocess.run([DDSVAULT_BIN, "verify", "--config", str(server.config_path), "--backup-id", b2.backup_id],
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode != 0 and "integrity" in v.stderr.lower(), v.stderr
+    bad = env["base"] / "restored-bad"
+    r = subprocess.run([DDSVAULT_BIN, "restore", "--config", str(server.config_path), "--backup-id", b2.backup_id,
+                        "--to-dir", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "integrity" in r.stderr.lower(), r.stderr
+    assert list(bad.iterdir()) == []
 
 
 def test_file_backup_refusals(env):

@@ -249,13 +249,14 @@ def test_logical_backup_with_v1_sdks(env):
      "Valid values"),
     (dict(dbinstance_id="dds-rs1", backup_method="logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "Valid values"),
-    # Physical is the default method, and is not implemented yet.
-    (dict(dbinstance_id="dds-rs1"), 400, "InvalidBackupMethod.ValueNotSupport", "not implemented"),
-    (dict(dbinstance_id="dds-rs1", backup_method="Snapshot"), 400, "InvalidBackupMethod.ValueNotSupport",
-     "not implemented"),
+    # Physical is the default method; it and Snapshot copy data files, so they need data_path (dds-rs1 has none).
+    (dict(dbinstance_id="dds-rs1"), 400, "InvalidBackupMethod.DataPathRequired", "set data_path"),
+    (dict(dbinstance_id="dds-rs1", backup_method="Snapshot"), 400, "InvalidBackupMethod.DataPathRequired",
+     "set data_path"),
     (dict(dbinstance_id="dds-standalone", backup_method="Logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "standalone"),
-    (dict(dbinstance_id="dds-standalone"), 400, "InvalidBackupMethod.ValueNotSupport", "Snapshot"),
+    # A standalone takes Snapshot by default, which needs data_path.
+    (dict(dbinstance_id="dds-standalone"), 400, "InvalidBackupMethod.DataPathRequired", "Snapshot backups copy"),
     (dict(dbinstance_id="dds-cloud", backup_method="Logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "cloud disks"),
     (dict(dbinstance_id="dds-rs1", backup_method="Logical", backup_retention_period=6), 400,

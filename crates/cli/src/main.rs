@@ -53,15 +53,20 @@ enum Command {
         #[arg(long)]
         backup_id: i64,
     },
-    /// Restores a logical backup into a MongoDB-wire server (verified before anything is written).
+    /// Restores a logical backup into a MongoDB-wire server (verified before anything is written), or a Physical or
+    /// Snapshot backup into a data directory (`--to-dir`).
     Restore {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         backup_id: i64,
-        /// Target connection string.
+        /// Target connection string (logical backups).
+        #[arg(long, required_unless_present = "to_dir", conflicts_with = "to_dir")]
+        to: Option<String>,
+        /// Empty (or new) directory to write the data files of a Physical or Snapshot backup into; start the server
+        /// on it afterwards.
         #[arg(long)]
-        to: String,
+        to_dir: Option<PathBuf>,
         /// Only this database (repeatable).
         #[arg(long = "db")]
         dbs: Vec<String>,
@@ -284,6 +289,13 @@ fn main() -> anyhow::Result<()> {
         Command::Verify { config, backup_id } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             let v = ddsvault_server::offline::verify(&cfg, backup_id).await?;
+            if v.method != "Logical" {
+                println!(
+                    "backup {backup_id} OK: {} backup, {} data file(s), {} bytes match the manifest; {} snapshot chunk(s) checked",
+                    v.method, v.files, v.bytes, v.chunks
+                );
+                return Ok(());
+            }
             println!(
                 "backup {backup_id} OK: {} file(s), {} bytes match the manifest; {} collections, {} documents, every CRC matches",
                 v.files, v.bytes, v.namespaces, v.documents
@@ -294,11 +306,29 @@ fn main() -> anyhow::Result<()> {
             config,
             backup_id,
             to,
+            to_dir,
             dbs,
             collections,
             drop,
         } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
+            if let Some(dir) = to_dir {
+                anyhow::ensure!(
+                    dbs.is_empty() && collections.is_empty() && !drop,
+                    "--db, --collection and --drop apply to logical restores (--to), not to --to-dir"
+                );
+                let r = ddsvault_server::offline::restore_to_dir(&cfg, backup_id, &dir).await?;
+                println!(
+                    "restored {} backup {backup_id} into {}: {} file(s) {:?}, {} bytes, each verified against the manifest",
+                    r.method,
+                    dir.display(),
+                    r.files.len(),
+                    r.files,
+                    r.bytes
+                );
+                return Ok(());
+            }
+            let to = to.context("--to or --to-dir is required")?;
             let select = selectors(&dbs, &collections)?;
             let s = ddsvault_server::offline::restore(&cfg, backup_id, &to, select, drop).await?;
             for w in &s.warnings {

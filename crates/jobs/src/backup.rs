@@ -28,6 +28,10 @@ pub(crate) async fn run(
     job: &Job,
     cancel: &CancellationToken,
 ) -> Result<(), JobError> {
+    let method = job.params.get("method").and_then(|v| v.as_str());
+    if let Some(file_method) = method.and_then(crate::physical::FileMethod::from_name) {
+        return crate::physical::run(runner, job, file_method, cancel).await;
+    }
     let backup_id = job
         .backup_id
         .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;

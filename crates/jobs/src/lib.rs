@@ -7,6 +7,7 @@
 mod backup;
 mod error;
 pub mod gc;
+pub mod physical;
 mod restore;
 pub mod retention;
 mod runner;

@@ -27,6 +27,8 @@ pub struct InstanceSpec {
     /// Connection string; never logged.
     pub uri: String,
     pub storage_type: String,
+    /// The node's data directory, read by Physical and Snapshot backups.
+    pub data_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for InstanceSpec {
@@ -42,6 +44,8 @@ impl std::fmt::Debug for InstanceSpec {
 pub struct BackupSettings {
     pub compression: ddsvault_mongo::archive::Compression,
     pub parallel_collections: usize,
+    /// Local scratch space of file-level backups (one `job-<id>` directory per running job).
+    pub scratch_dir: std::path::PathBuf,
 }
 
 /// Claims and runs jobs.
@@ -116,6 +120,13 @@ impl Runner {
         if job.kind != "backup" {
             return;
         }
+        let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
+        if let Err(e) = std::fs::remove_dir_all(&scratch) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(job_id = job.id, dir = %scratch.display(), error = %e, "could not remove scratch files");
+            }
+        }
+        // Snapshot chunks are not under these prefixes: they may be shared with other snapshots.
         let mut prefixes = vec![Repository::staging_prefix(&staging_token(job.id))];
         if let Some(backup_id) = job.backup_id {
             prefixes.push(Repository::backup_prefix(&job.instance_id, backup_id));
@@ -173,13 +184,6 @@ impl Runner {
         async {
             tracing::info!("job started");
             let result = match job.kind.as_str() {
-                // Until the Snapshot engine lands, a Snapshot job (high-frequency slots create them) fails with a
-                // reason instead of running a logical dump under the wrong name.
-                "backup" if job.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot") => {
-                    Err(JobError::Other(
-                        "Snapshot backups are not implemented by this ddsvault version yet; high-frequency snapshots need them".into(),
-                    ))
-                }
                 "backup" => crate::backup::run(self, &job, &cancel).await,
                 "restore" => crate::restore::run(self, &job, &cancel).await,
                 other => Err(JobError::Other(format!("unknown job kind {other:?}"))),

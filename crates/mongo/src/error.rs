@@ -83,6 +83,15 @@ pub enum MongoError {
     #[error("oplog overflow: the oplog is too small for this backup ({0})")]
     OplogOverflow(String),
 
+    /// Taking a consistent file image of the node (physical and snapshot backups) failed.
+    #[error("file image of {file}: {detail}")]
+    Image {
+        /// The data file (relative to the node's data directory).
+        file: String,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// The operation was cancelled through its cancellation token.
     #[error("operation cancelled")]
     Cancelled,
@@ -111,6 +120,7 @@ impl MongoError {
             | MongoError::TargetExists { .. }
             | MongoError::OplogUnusable(_)
             | MongoError::OplogOverflow(_)
+            | MongoError::Image { .. }
             | MongoError::Cancelled
             | MongoError::Internal(_) => true,
         }

@@ -6,6 +6,7 @@
 //! * [`topology`]: connecting with fast failure, and `hello`/`buildInfo` discovery.
 //! * [`logical`]: streaming logical dumps into an archive with bounded memory.
 //! * [`oplog`]: oplog capture during a dump and replay after a restore (one consistency point).
+//! * [`physical`]: consistent file images of a node's data directory (physical and snapshot backups).
 //! * [`restore`]: verifying archives and restoring them into a server (logical restore).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@ pub mod archive;
 mod error;
 pub mod logical;
 pub mod oplog;
+pub mod physical;
 pub mod restore;
 pub mod topology;
 

@@ -101,6 +101,127 @@ async fn run_all(repo: &Repository, root: &RepoPath) -> Outcome {
     upload_dropped_writer(repo, &root.join("upload-dropped").ctx("path")?).await?;
     upload_aborted_by_handle(repo, &root.join("upload-abort").ctx("path")?).await?;
     manifest_and_verify(repo, &root.join("backup").ctx("path")?).await?;
+    chunk_store(repo).await?;
+    Ok(())
+}
+
+/// The snapshot chunk store lives at fixed top-level prefixes (`chunks/<instance>`, `backups/<instance>`): the
+/// check uses a fresh instance id and removes both prefixes itself.
+async fn chunk_store(repo: &Repository) -> Outcome {
+    let instance = format!("conformance-{}", uuid::Uuid::new_v4());
+    let result = chunk_store_checks(repo, &instance).await;
+    let c1 = repo
+        .delete_prefix(&crate::chunks::chunks_prefix(&instance))
+        .await
+        .ctx("chunks cleanup");
+    let c2 = repo
+        .delete_prefix(&Repository::instance_prefix(&instance))
+        .await
+        .ctx("chunks cleanup");
+    result?;
+    c1?;
+    c2?;
+    Ok(())
+}
+
+async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
+    use crate::{ChunkRef, SnapshotFile, SnapshotIndex};
+    const C: &str = "chunk store";
+    let raw = Bytes::from(pseudo_random(7, 100_000));
+    let digest = sha256_hex(&raw);
+    let chunk = ChunkRef {
+        sha256: digest.clone(),
+        size: raw.len() as u64,
+    };
+    let first = repo
+        .put_chunk(instance, &digest, raw.clone(), 3)
+        .await
+        .ctx(C)?;
+    ensure!(first.is_some(), C, "a new chunk was not written");
+    let again = repo
+        .put_chunk(instance, &digest, raw.clone(), 3)
+        .await
+        .ctx(C)?;
+    ensure!(again.is_none(), C, "an existing chunk was written again");
+    ensure!(
+        repo.get_chunk(instance, &chunk).await.ctx(C)? == raw,
+        C,
+        "get_chunk returned other bytes"
+    );
+    let (count, bytes) = repo.chunk_store_usage(instance).await.ctx(C)?;
+    ensure!(
+        count == 1 && Some(bytes) == first,
+        C,
+        "usage {count} chunks / {bytes} bytes, expected 1 / {first:?}"
+    );
+    // A chunk whose bytes do not match its name is refused on write and on read.
+    let wrong = repo
+        .put_chunk(instance, &digest.replace(&digest[..1], "0"), raw.clone(), 3)
+        .await;
+    ensure!(
+        matches!(wrong, Err(RepoError::Integrity { .. })) || digest.starts_with('0'),
+        C,
+        "mismatched chunk accepted: {wrong:?}"
+    );
+    let path = crate::chunks::chunk_path(instance, &digest).ctx(C)?;
+    let other = zstd::bulk::compress(b"tampered", 3).ctx(C)?;
+    repo.put(&path, Bytes::from(other)).await.ctx(C)?;
+    let read = repo.get_chunk(instance, &chunk).await;
+    ensure!(
+        matches!(read, Err(RepoError::Integrity { .. })),
+        C,
+        "tampered chunk read back: {read:?}"
+    );
+    ensure!(
+        crate::chunks::chunk_path(instance, "../x").is_err(),
+        C,
+        "malformed digest accepted as a chunk name"
+    );
+    // Referenced chunks come from committed snapshot manifests only.
+    let prefix1 = Repository::backup_prefix(instance, 1);
+    let index = SnapshotIndex {
+        files: vec![SnapshotFile {
+            name: "a.sqlite".into(),
+            size: chunk.size,
+            sha256: digest.clone(),
+            chunks: vec![chunk.clone()],
+        }],
+    };
+    let entry = repo
+        .write_snapshot_index(&prefix1, &index, 3)
+        .await
+        .ctx(C)?;
+    let mut m = Manifest::new(1, instance, "Snapshot");
+    m.files.push(entry);
+    repo.write_manifest(&prefix1, &m).await.ctx(C)?;
+    ensure!(
+        repo.read_snapshot_index(&prefix1, &m).await.ctx(C)? == Some(index),
+        C,
+        "snapshot index did not round-trip"
+    );
+    repo.verify(&prefix1).await.ctx(C)?;
+    let mut logical = Manifest::new(2, instance, "Logical");
+    logical.extra = serde_json::json!({ "details": {} });
+    repo.write_manifest(&Repository::backup_prefix(instance, 2), &logical)
+        .await
+        .ctx(C)?;
+    let refs = repo.referenced_chunks(instance).await.ctx(C)?;
+    ensure!(
+        refs.len() == 1 && refs.contains(&digest),
+        C,
+        "referenced chunks {refs:?}"
+    );
+    // Deleting the snapshot's backup prefix leaves the shared chunks alone.
+    repo.delete_prefix(&Repository::backup_prefix(instance, 1))
+        .await
+        .ctx(C)?;
+    ensure!(
+        repo.referenced_chunks(instance).await.ctx(C)?.is_empty(),
+        C,
+        "a deleted snapshot still references chunks"
+    );
+    let (count, _) = repo.chunk_store_usage(instance).await.ctx(C)?;
+    ensure!(count == 1, C, "deleting a backup removed chunks");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! backups/<instance>/<backup_id>/manifest.json   commit marker, written last
 //! backups/<instance>/<backup_id>/<files…>        the backup's data files
 //! staging/<job_token>/<files…>                   scratch space of a running job
+//! chunks/<instance>/<hh>/<sha256>                snapshot chunks, shared by the instance's snapshots
 //! ```
 //!
 //! `<instance>` and `<job_token>` come from outside; they are escaped with
@@ -16,6 +17,8 @@ use crate::RepoPath;
 pub const BACKUPS_DIR: &str = "backups";
 /// Top-level directory of per-job scratch space.
 pub const STAGING_DIR: &str = "staging";
+/// Top-level directory of the snapshot chunk stores (one per instance, see [`crate::chunks`]).
+pub const CHUNKS_DIR: &str = "chunks";
 /// File name of a backup's manifest, relative to its backup prefix.
 pub const MANIFEST_FILE: &str = "manifest.json";
 

@@ -14,6 +14,7 @@
 //! backups/<instance>/<backup_id>/manifest.json   commit marker, written last
 //! backups/<instance>/<backup_id>/<files…>        data files (names relative to the prefix)
 //! staging/<job_token>/<files…>                   per-job scratch space
+//! chunks/<instance>/<hh>/<sha256>                snapshot chunks, shared across backups
 //! ```
 //!
 //! Paths are [`RepoPath`]s: relative, `/`-separated, validated (no `..`, `.`, empty segments,
@@ -64,6 +65,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chunks;
 mod error;
 mod hash;
 pub mod layout;
@@ -79,6 +81,7 @@ pub mod conformance;
 #[cfg(test)]
 mod tests;
 
+pub use chunks::{ChunkRef, SnapshotFile, SnapshotIndex};
 pub use error::RepoError;
 pub use hash::sha256_hex;
 pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};

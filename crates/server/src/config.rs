@@ -310,6 +310,10 @@ pub struct InstanceConfig {
     pub storage_type: String,
     #[serde(default)]
     pub description: String,
+    /// The node's data directory as ddsvault sees it (ddsvault must run on that host, or have it mounted):
+    /// needed by Physical and Snapshot backups, which copy data files.
+    #[serde(default)]
+    pub data_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for InstanceConfig {
@@ -318,6 +322,7 @@ impl std::fmt::Debug for InstanceConfig {
             .field("id", &self.id)
             .field("uri", &"***")
             .field("storage_type", &self.storage_type)
+            .field("data_path", &self.data_path)
             .finish()
     }
 }

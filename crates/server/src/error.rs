@@ -50,6 +50,9 @@ pub enum ActionError {
     NoDatabase,
     #[error("backup method not supported: {0}")]
     BackupMethodNotSupported(String),
+    /// A file-level backup was asked for an instance whose data directory is not configured.
+    #[error("{method} backups of {instance} need data_path in its configuration")]
+    DataPathMissing { instance: String, method: String },
     #[error("invalid BackupRetentionPeriod: {0}")]
     InvalidRetention(String),
     /// The backup is not in a state the action accepts (running, failed…).
@@ -141,6 +144,13 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             400,
             "InvalidBackupMethod.ValueNotSupport",
             format!("The specified parameter BackupMethod is not valid. {why}"),
+        ),
+        ActionError::DataPathMissing { instance, method } => ApiError::new(
+            400,
+            "InvalidBackupMethod.DataPathRequired",
+            format!(
+                "The specified parameter BackupMethod is not valid. {method} backups copy the data files of the node: set data_path (the node's data directory, readable by ddsvault on the same host) in the [[instances]] entry of {instance} and restart ddsvault, or use BackupMethod=Logical."
+            ),
         ),
         ActionError::InvalidRetention(why) => ApiError::new(
             400,

@@ -175,6 +175,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 uri: i.uri.clone(),
                 storage_type: i.storage_type.clone(),
                 description: i.description.clone(),
+                data_path: i.data_path.clone(),
                 created_at: rec.created_at,
             },
         );
@@ -184,6 +185,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 id: i.id.clone(),
                 uri: i.uri.clone(),
                 storage_type: i.storage_type.clone(),
+                data_path: i.data_path.clone(),
             },
         );
     }
@@ -202,6 +204,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         BackupSettings {
             compression,
             parallel_collections: cfg.backup.parallel_collections,
+            scratch_dir: cfg.data_dir.join("scratch"),
         },
         cfg.backup.max_concurrent_jobs,
     ));

@@ -133,6 +133,37 @@ pub struct Verified {
     pub bytes: u64,
     pub namespaces: usize,
     pub documents: u64,
+    /// Snapshot chunks read back and checked (0 for other methods).
+    pub chunks: u64,
+    pub method: String,
+}
+
+/// A Physical or Snapshot backup: every file listed by the manifest (size, SHA-256), and for a snapshot every
+/// chunk its index names (decompressed, size and SHA-256).
+async fn verify_files(repo: &Repository, backup: &Backup) -> Result<Verified, ServerError> {
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = repo.verify(&prefix).await?;
+    let mut chunks = 0u64;
+    let mut bytes = manifest.total_size();
+    let mut files = manifest.files.len();
+    if let Some(index) = repo.read_snapshot_index(&prefix, &manifest).await? {
+        files = index.files.len();
+        bytes = index.total_size();
+        for f in &index.files {
+            for c in &f.chunks {
+                repo.get_chunk(&manifest.instance_id, c).await?;
+                chunks += 1;
+            }
+        }
+    }
+    Ok(Verified {
+        files,
+        bytes,
+        namespaces: 0,
+        documents: 0,
+        chunks,
+        method: backup.method.clone(),
+    })
 }
 
 /// Re-reads a backup: every file against the manifest (size, SHA-256), then the archive's own framing and
@@ -141,6 +172,13 @@ pub struct Verified {
 /// # Errors
 /// Unknown backup, or the first problem found, naming the file or namespace.
 pub async fn verify(cfg: &Config, backup_id: i64) -> Result<Verified, ServerError> {
+    {
+        let (catalog, repo) = open(cfg).await?;
+        let backup = finished_backup(&catalog, backup_id).await?;
+        if backup.method == "Physical" || backup.method == "Snapshot" {
+            return verify_files(&repo, &backup).await;
+        }
+    }
     let (manifest, archive, opener) = checked_archive(cfg, backup_id).await?;
     let summary = tokio::task::spawn_blocking(move || {
         let input = opener().map_err(|e| format!("open archive: {e}"))?;
@@ -158,6 +196,8 @@ pub async fn verify(cfg: &Config, backup_id: i64) -> Result<Verified, ServerErro
         bytes: manifest.files.iter().map(|f| f.size).sum(),
         namespaces: summary.namespaces.len(),
         documents: summary.documents,
+        chunks: 0,
+        method: "Logical".into(),
     })
 }
 
@@ -192,6 +232,178 @@ pub async fn restore(
             ))
             .into()
         })
+}
+
+/// What `restore --to-dir` wrote.
+#[derive(Debug)]
+pub struct RestoredFiles {
+    pub method: String,
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Materializes a Physical or Snapshot backup as data files in `dir` (created if missing, refused if not empty),
+/// each checked against the manifest (size and SHA-256; snapshot chunks are also checked one by one) before it
+/// gets its final name. Start the server (FerretDB: `--sqlite-url=file:<dir>/`) on the directory afterwards.
+///
+/// # Errors
+/// Unknown or unfinished backup, a logical backup, a non-empty target, repository errors, a mismatch (the
+/// files written so far are removed).
+pub async fn restore_to_dir(
+    cfg: &Config,
+    backup_id: i64,
+    dir: &Path,
+) -> Result<RestoredFiles, ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    if backup.method != "Physical" && backup.method != "Snapshot" {
+        return Err(ConfigError(format!(
+            "backup {backup_id} is a {} backup, which holds no data files; restore it into a server with --to",
+            backup.method
+        ))
+        .into());
+    }
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = repo.read_manifest(&prefix).await?.ok_or_else(|| {
+        ConfigError(format!(
+            "backup {backup_id} has no manifest in the repository"
+        ))
+    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ConfigError(format!("create {}: {e}", dir.display())))?;
+    let mut entries =
+        std::fs::read_dir(dir).map_err(|e| ConfigError(format!("read {}: {e}", dir.display())))?;
+    if entries.next().is_some() {
+        return Err(ConfigError(format!(
+            "{} is not empty: restore into an empty directory (nothing was written)",
+            dir.display()
+        ))
+        .into());
+    }
+    let mut written: Vec<std::path::PathBuf> = Vec::new();
+    let result = materialize(&repo, &prefix, &manifest, dir, &mut written).await;
+    if result.is_err() {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let (files, bytes) = result?;
+    Ok(RestoredFiles {
+        method: backup.method,
+        files,
+        bytes,
+    })
+}
+
+/// A plain file name (no directory part), as every data file of a FerretDB SQLite directory is.
+fn data_file_name(name: &str) -> Result<&str, ConfigError> {
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(ConfigError(format!(
+            "the manifest names an unexpected data file {name:?}"
+        )));
+    }
+    Ok(name)
+}
+
+async fn materialize(
+    repo: &Repository,
+    prefix: &RepoPath,
+    manifest: &Manifest,
+    dir: &Path,
+    written: &mut Vec<std::path::PathBuf>,
+) -> Result<(Vec<String>, u64), ServerError> {
+    let mut names = Vec::new();
+    let mut total = 0u64;
+    if let Some(index) = repo.read_snapshot_index(prefix, manifest).await? {
+        let instance = manifest.instance_id.as_str();
+        for f in &index.files {
+            let name = data_file_name(&f.name)?;
+            let mut out = FileOut::create(dir, name, written)?;
+            for c in &f.chunks {
+                out.write(&repo.get_chunk(instance, c).await?)?;
+            }
+            total += out.finish(f.size, &f.sha256)?;
+            names.push(name.to_string());
+        }
+    } else {
+        let files_dir = format!("{}/", ddsvault_jobs::physical::FILES_DIR);
+        for f in &manifest.files {
+            let Some(name) = f.name.strip_prefix(&files_dir) else {
+                continue;
+            };
+            let name = data_file_name(name)?;
+            let mut out = FileOut::create(dir, name, written)?;
+            let (_, mut stream) = repo.get_stream(&prefix.join(&f.name)?).await?;
+            while let Some(chunk) = stream.next().await {
+                out.write(&chunk?)?;
+            }
+            total += out.finish(f.size, &f.sha256)?;
+            names.push(name.to_string());
+        }
+    }
+    Ok((names, total))
+}
+
+/// A data file being restored: written as `<name>.partial`, renamed once size and SHA-256 match.
+struct FileOut {
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl FileOut {
+    fn create(
+        dir: &Path,
+        name: &str,
+        written: &mut Vec<std::path::PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let dest = dir.join(name);
+        let tmp = dir.join(format!("{name}.partial"));
+        let file = std::fs::File::create_new(&tmp)
+            .map_err(|e| ConfigError(format!("create {}: {e}", tmp.display())))?;
+        written.push(tmp.clone());
+        written.push(dest.clone());
+        Ok(Self {
+            tmp,
+            dest,
+            file: std::io::BufWriter::new(file),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), ConfigError> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.file
+            .write_all(data)
+            .map_err(|e| ConfigError(format!("write {}: {e}", self.tmp.display())))
+    }
+
+    fn finish(self, size: u64, sha256: &str) -> Result<u64, ConfigError> {
+        let Self {
+            tmp,
+            dest,
+            file,
+            hasher,
+            size: got,
+        } = self;
+        let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        let digest = hex::encode(hasher.finalize());
+        if got != size || digest != sha256 {
+            return Err(ConfigError(format!(
+                "{} does not match the manifest: expected {size} bytes sha256 {sha256}, got {got} bytes sha256 {digest}",
+                dest.display()
+            )));
+        }
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| ConfigError(format!("rename to {}: {e}", dest.display())))?;
+        Ok(got)
+    }
 }
 
 /// Reads the audit trail (`ddsvault audit`), newest first.

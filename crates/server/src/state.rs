@@ -28,6 +28,8 @@ pub struct Instance {
     pub uri: String,
     pub storage_type: String,
     pub description: String,
+    /// The node's data directory, for file-level (Physical, Snapshot) backups.
+    pub data_path: Option<std::path::PathBuf>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -103,10 +103,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     };
     let method = choose_method(requested, topo.kind, inst.is_cloud_disk())?;
     if method != "Logical" {
-        return Err(ActionError::BackupMethodNotSupported(format!(
-            "{method} backups are not implemented by this ddsvault version yet; use BackupMethod=Logical on a replica set or sharded cluster."
-        ))
-        .into());
+        file_backup_possible(inst, &topo, method)?;
     }
     if databases.is_empty() {
         return Err(ActionError::NoDatabase.into());
@@ -134,6 +131,23 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     out.insert("BackupId".into(), Value::String(backup.id.to_string()));
     out.insert("BackupJobId".into(), Value::String(job.id.to_string()));
     Ok(out)
+}
+
+/// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
+/// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
+fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Result<(), ActionError> {
+    if inst.data_path.is_none() {
+        return Err(ActionError::DataPathMissing {
+            instance: inst.id.clone(),
+            method: method.to_string(),
+        });
+    }
+    if !topo.is_ferretdb {
+        return Err(ActionError::BackupMethodNotSupported(format!(
+            "{method} backups of MongoDB servers (mongod) are not available in this ddsvault version; only FerretDB with the SQLite backend supports them. Use BackupMethod=Logical."
+        )));
+    }
+    Ok(())
 }
 
 async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
@@ -293,6 +307,30 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
         .collect();
     let mut out = Map::new();
     out.insert("BackupJobs".into(), Value::Array(items));
+    Ok(out)
+}
+
+/// `DescribeBackupStorage`: the bytes the instance's backups really occupy in the repository: every object of
+/// its backups (logical archives, physical files, manifests) plus its snapshot chunk store, where chunks shared
+/// by several snapshots count once. ddsvault has no backup quota and no separate log backups, so `FreeSize` and
+/// `LogStorageSize` are 0.
+pub async fn describe_backup_storage(st: &AppState, p: &Params) -> ActionResult {
+    let id = p.required("DBInstanceId")?;
+    st.instance(id)?;
+    let repo_err = |e: ddsvault_repo::RepoError| ActionError::Internal(format!("repository: {e}"));
+    let backups: u64 = st
+        .repo
+        .list(&ddsvault_repo::Repository::instance_prefix(id))
+        .await
+        .map_err(repo_err)?
+        .iter()
+        .map(|o| o.size)
+        .sum();
+    let (_, chunks) = st.repo.chunk_store_usage(id).await.map_err(repo_err)?;
+    let mut out = Map::new();
+    out.insert("FullStorageSize".into(), json!(backups + chunks));
+    out.insert("LogStorageSize".into(), json!(0));
+    out.insert("FreeSize".into(), json!(0));
     Ok(out)
 }
 

@@ -58,8 +58,8 @@ actions!(
     // ddsvault extension: the retention lock.
     ModifyBackupRetentionLock,
     DescribeBackupRetentionLock,
-    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DescribeBackupStorage,
+    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DescribeClusterBackups,
     DescribeClusterRecoverTime,
     DescribeInstanceRecoverTime,
@@ -86,6 +86,7 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::CreateBackup => backup::create_backup(st, p).await,
         Action::DescribeBackups => backup::describe_backups(st, p).await,
         Action::DescribeBackupTasks => backup::describe_backup_tasks(st, p).await,
+        Action::DescribeBackupStorage => backup::describe_backup_storage(st, p).await,
         Action::DescribeBackupPolicy => policy::describe_backup_policy(st, p).await,
         Action::ModifyBackupPolicy => policy::modify_backup_policy(st, p).await,
         Action::DeleteBackup => retention::delete_backup(st, p).await,

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Physical and Snapshot backup benchmark (run on demand, not in CI).
+
+On a FerretDB (SQLite backend) holding --mb MB of documents, measures with the release binary:
+  - `cat` of the database files to /dev/null (the limit: the same bytes read once, page cache warm as for ddsvault);
+  - a Physical backup (CreateBackup through the official SDK until DescribeBackups says Success);
+  - a full Snapshot, then ~1% of the documents changed (new documents + scattered updates), then a second Snapshot:
+    time and stored bytes (DescribeBackupStorage) of the increment against the full one.
+
+  .stack/venv/bin/python bench/physical.py --mb 200 --repeat 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "blackbox"))
+
+import stack  # noqa: E402
+
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+BIN = TARGET / "release" / "ddsvault"
+AK = ("LTAI5tBenchRootKey0001", "bench-root-secret-0001")
+
+
+class Server:
+    def __init__(self, workdir: Path, iid: str, uri: str, data_path: Path):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"',
+                 "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"',
+                 "[scheduler]", "enabled = false",
+                 "[[instances]]", f'id = "{iid}"', f'uri = "{uri}"', f'data_path = "{data_path}"']
+        (self.dir / "c.toml").write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([str(BIN), "serve", "--config", str(self.dir / "c.toml")], stdout=subprocess.PIPE,
+                                     stderr=open(self.dir / "stderr.log", "ab"), text=True)
+        for line in self.proc.stdout:
+            if "listening on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1])
+                break
+        from alibabacloud_dds20151201.client import Client
+        from alibabacloud_tea_openapi import models as m
+        self.tea = Client(m.Config(access_key_id=AK[0], access_key_secret=AK[1], endpoint=f"127.0.0.1:{self.port}",
+                                   protocol="http", region_id="cn-hangzhou", read_timeout=600000))
+
+    def backup(self, iid: str, method: str):
+        from alibabacloud_dds20151201 import models as dds
+
+        t0 = time.monotonic()
+        r = self.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method=method)).body
+        while True:
+            b = self.tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid,
+                                                                     backup_job_id=r.backup_job_id)).body
+            if b.backups.backup:
+                assert b.backups.backup[0].backup_status == "Success", b.backups.backup[0]
+                return time.monotonic() - t0
+            time.sleep(0.02)
+
+    def stored(self, iid: str) -> int:
+        from alibabacloud_dds20151201 import models as dds
+
+        return self.tea.describe_backup_storage(dds.DescribeBackupStorageRequest(dbinstance_id=iid)).body \
+            .full_storage_size
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "ddsvault"], cwd=REPO, check=True)
+    base = Path(tempfile.mkdtemp(prefix="ddsvault-bench-physical-"))
+    f = stack.FerretDB(base / "src", repl_set_name="rs0")
+    rng = random.Random(11)
+    n = a.mb * 1024 // 2  # ~2 KiB documents
+    coll = f.client().bench.docs
+    for start in range(0, n, 5000):
+        coll.insert_many([{"_id": i, "pad": rng.randbytes(700).hex(), "n": i} for i in range(start, min(n, start + 5000))])
+    files = sorted(str(p) for p in f.data_dir.glob("*.sqlite"))
+    size = sum(os.path.getsize(p) for p in files)
+    server = Server(base / "svc", "dds-bench", f.uri, f.data_dir)
+    try:
+        cat, phys = [], []
+        for _ in range(a.repeat):
+            t0 = time.monotonic()
+            subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+            cat.append(time.monotonic() - t0)
+            phys.append(server.backup("dds-bench", "Physical"))
+        before = server.stored("dds-bench")
+        full_t = server.backup("dds-bench", "Snapshot")
+        full_b = server.stored("dds-bench") - before
+        c = f.client().bench.docs
+        k = n // 100
+        c.insert_many([{"_id": n + i, "pad": rng.randbytes(700).hex(), "n": i} for i in range(k * 9 // 10)])
+        for i in range(0, n, max(1, n // (k // 10 or 1))):
+            c.update_one({"_id": i}, {"$set": {"changed": True}})
+        mid = server.stored("dds-bench")
+        inc_t = server.backup("dds-bench", "Snapshot")
+        inc_b = server.stored("dds-bench") - mid
+    finally:
+        server.stop()
+        f.stop()
+    med = statistics.median
+    print(f"data files: {size / 2**20:.0f} MiB in {len(files)} file(s)")
+    print(f"cat: min {min(cat):.2f}s median {med(cat):.2f}s; Physical: min {min(phys):.2f}s median {med(phys):.2f}s; "
+          f"cat/Physical throughput ratio {min(cat) / min(phys):.2f} (>= 0.9 is the target)")
+    print(f"Snapshot full: {full_t:.2f}s, {full_b / 2**20:.1f} MiB stored; after ~1% change: {inc_t:.2f}s "
+          f"({100 * inc_t / full_t:.0f}%), {inc_b / 2**20:.2f} MiB stored ({100 * inc_b / full_b:.1f}%)")
+
+
+if __name__ == "__main__":
+    main()

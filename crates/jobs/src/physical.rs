@@ -1,0 +1,443 @@
+//! Execution of Physical and Snapshot backup jobs: a consistent image of every data file of the node
+//! (ddsvault_mongo::physical), stored as whole files (Physical) or as deduplicated chunks (Snapshot).
+//!
+//! Same durability order as logical backups (see `backup.rs`): Physical files go to `staging/job-<id>/` and are
+//! renamed into `backups/<instance>/<backup_id>/files/`; snapshot chunks go straight into the instance's shared
+//! chunk store (content-addressed, so a chunk is either absent or complete). `manifest.json` is written last and
+//! only then does the catalog say Success. A crash before that leaves no manifest; recovery removes the staging
+//! and backup prefixes but never chunks, which other snapshots may share (unreferenced ones are orphans for GC).
+//!
+//! Images are first written to `<scratch_dir>/job-<id>/` (SQLite's backup API writes a database file), then
+//! read back into the repository; the scratch directory is removed when the job ends and by recovery.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
+use ddsvault_mongo::archive::Compression;
+use ddsvault_mongo::physical::{self, sqlite::DataFile};
+use ddsvault_mongo::topology::{connect, discover, list_user_databases};
+use ddsvault_repo::{
+    ChunkRef, Manifest, ManifestFile, RepoPath, Repository, SnapshotFile, SnapshotIndex,
+    UploadOptions,
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{percent_of, with_heartbeat};
+use crate::runner::staging_token;
+use crate::{JobError, Runner};
+
+/// Content-defined chunking bounds. SQLite writes whole 4 KiB pages; small chunks keep a scattered change
+/// from rewriting much, while staying large enough that per-object overhead does not dominate.
+pub const CHUNK_MIN: u32 = 4 * 1024;
+/// Average chunk size.
+pub const CHUNK_AVG: u32 = 8 * 1024;
+/// Maximum chunk size.
+pub const CHUNK_MAX: u32 = 32 * 1024;
+/// Chunks stored at once by one snapshot.
+const CHUNK_PUTS_IN_FLIGHT: usize = 4;
+
+/// How the image is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMethod {
+    /// Whole files under the backup prefix.
+    Physical,
+    /// Deduplicated chunks in the instance's chunk store.
+    Snapshot,
+}
+
+impl FileMethod {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "Physical" => Some(Self::Physical),
+            "Snapshot" => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Physical => "Physical",
+            Self::Snapshot => "Snapshot",
+        }
+    }
+}
+
+/// Where Physical backups keep the files, relative to the backup prefix.
+pub const FILES_DIR: &str = "files";
+
+/// The scratch directory of a job; derived from the job id so recovery can remove it.
+pub(crate) fn scratch_dir(root: &Path, job_id: i64) -> PathBuf {
+    root.join(staging_token(job_id))
+}
+
+/// Removes a scratch directory when the job ends, whatever the outcome.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the scratch directory");
+            }
+        }
+    }
+}
+
+/// What storing one imaged file produced.
+struct Stored {
+    manifest_file: Option<ManifestFile>,
+    snapshot_file: Option<SnapshotFile>,
+    size: u64,
+    /// Bytes this backup added to the repository for the file.
+    new_bytes: u64,
+    chunks: u64,
+    new_chunks: u64,
+}
+
+pub(crate) async fn run(
+    runner: &Runner,
+    job: &Job,
+    method: FileMethod,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let backup_id = job
+        .backup_id
+        .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
+    let spec = runner.instance(&job.instance_id)?;
+    let data_path = spec.data_path.clone().ok_or_else(|| {
+        JobError::Other(format!(
+            "{} backups need data_path in the configuration of instance {}",
+            method.name(),
+            job.instance_id
+        ))
+    })?;
+
+    let client = connect(&spec.uri).await?;
+    let topology = discover(&client).await?;
+    let databases = list_user_databases(&client).await?;
+    if databases.is_empty() {
+        return Err(JobError::NoDatabase(job.instance_id.clone()));
+    }
+    let files = physical::plan(&topology, &data_path)?;
+
+    let scratch = Scratch(scratch_dir(&runner.settings.scratch_dir, job.id));
+    // A leftover of a crashed earlier attempt with the same id cannot exist (ids are unique), but a stale
+    // directory must never be mistaken for this job's images.
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    std::fs::create_dir_all(&scratch.0).map_err(|e| {
+        JobError::Other(format!(
+            "create scratch directory {}: {e}",
+            scratch.0.display()
+        ))
+    })?;
+
+    let total: u64 = files.iter().map(|f| on_disk_size(&f.path)).sum();
+    let done = Arc::new(AtomicU64::new(0));
+    let percent = Arc::new(AtomicI32::new(0));
+    let staging = Repository::staging_prefix(&staging_token(job.id));
+    let level = match runner.settings.compression {
+        Compression::Zstd { level } => level,
+        _ => 3,
+    };
+
+    let work_cancel = cancel.child_token();
+    let work = async {
+        let mut stored = Vec::with_capacity(files.len());
+        for f in &files {
+            if work_cancel.is_cancelled() {
+                return Err(JobError::Cancelled("backup cancelled".into()));
+            }
+            let image = take_image(f, &scratch.0).await?;
+            let s = match method {
+                FileMethod::Physical => {
+                    store_file(runner, &staging, f, &image, &work_cancel).await?
+                }
+                FileMethod::Snapshot => {
+                    store_chunks(runner, &job.instance_id, f, &image, level).await?
+                }
+            };
+            // The image is not needed any more: keep at most one on local disk.
+            let _ = std::fs::remove_file(&image);
+            done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed);
+            percent.store(
+                percent_of(done.load(Ordering::Relaxed), total),
+                Ordering::Relaxed,
+            );
+            stored.push(s);
+        }
+        Ok::<_, JobError>(stored)
+    };
+    let stored = with_heartbeat(runner, job.id, &percent, &work_cancel, work).await??;
+
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
+    let mut manifest_files = Vec::new();
+    let mut index = SnapshotIndex::default();
+    for s in &stored {
+        if let Some(mf) = &s.manifest_file {
+            let from = staging.join(&mf.name)?;
+            runner.repo.rename(&from, &prefix.join(&mf.name)?).await?;
+            manifest_files.push(mf.clone());
+        }
+        if let Some(sf) = &s.snapshot_file {
+            index.files.push(sf.clone());
+        }
+    }
+    let image_bytes: u64 = stored.iter().map(|s| s.size).sum();
+    let details = serde_json::json!({
+        "format": match method {
+            FileMethod::Physical => "ferretdb-sqlite-files",
+            FileMethod::Snapshot => "ferretdb-sqlite-chunks",
+        },
+        "image": "sqlite-online-backup",
+        "files": files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "image_bytes": image_bytes,
+        "stored_bytes_new": stored.iter().map(|s| s.new_bytes).sum::<u64>(),
+        "chunks": stored.iter().map(|s| s.chunks).sum::<u64>(),
+        "chunks_new": stored.iter().map(|s| s.new_chunks).sum::<u64>(),
+        "server_version": topology.server_version,
+        "ferretdb_version": topology.ferretdb_version,
+        "topology": format!("{:?}", topology.kind),
+        "set_name": topology.set_name,
+    });
+    let end_time = Utc::now();
+    if method == FileMethod::Snapshot {
+        manifest_files.push(
+            runner
+                .repo
+                .write_snapshot_index(&prefix, &index, level)
+                .await?,
+        );
+    }
+    let extra = serde_json::json!({
+        "databases": databases,
+        "details": details,
+    });
+    let manifest = Manifest {
+        format: ddsvault_repo::MANIFEST_FORMAT,
+        backup_id,
+        instance_id: job.instance_id.clone(),
+        method: method.name().into(),
+        created_at: end_time,
+        files: manifest_files,
+        extra,
+    };
+    runner.repo.write_manifest(&prefix, &manifest).await?;
+    complete(
+        runner,
+        job,
+        &prefix,
+        &staging,
+        image_bytes,
+        &databases,
+        details,
+        end_time,
+    )
+    .await
+}
+
+/// Marks the job and backup Success (after the manifest is written), as the logical job does.
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    runner: &Runner,
+    job: &Job,
+    prefix: &RepoPath,
+    staging: &RepoPath,
+    size: u64,
+    databases: &[String],
+    details: serde_json::Value,
+    end_time: chrono::DateTime<Utc>,
+) -> Result<(), JobError> {
+    let retention = job
+        .params
+        .get("retention_days")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(30);
+    let expire_time = if retention < 0 {
+        permanent_expiry()
+    } else {
+        end_time + chrono::Duration::days(retention)
+    };
+    let done = BackupCompletion {
+        end_time,
+        expire_time,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        db_names: databases.join(","),
+        repo_prefix: prefix.to_string(),
+        details,
+    };
+    if let Err(e) = runner
+        .catalog
+        .complete_backup(job.id, &runner.node_id, &done)
+        .await
+    {
+        // Whoever took the job from us also owns the cleanup; our files must not look complete.
+        let _ = runner.repo.delete_prefix(prefix).await;
+        return Err(e.into());
+    }
+    let _ = runner.repo.delete_prefix(staging).await;
+    Ok(())
+}
+
+/// Size of a live database file and its WAL: the progress estimate.
+fn on_disk_size(path: &Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    [path, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn take_image(f: &DataFile, scratch: &Path) -> Result<PathBuf, JobError> {
+    let src = f.path.clone();
+    let dest = scratch.join(&f.name);
+    let out = dest.clone();
+    tokio::task::spawn_blocking(move || physical::sqlite::image(&src, &dest))
+        .await
+        .map_err(|e| JobError::Other(format!("image task: {e}")))??;
+    Ok(out)
+}
+
+/// Physical: streams the image into `staging/job-<id>/files/<name>` (hashed on the producer thread).
+async fn store_file(
+    runner: &Runner,
+    staging: &RepoPath,
+    f: &DataFile,
+    image: &Path,
+    cancel: &CancellationToken,
+) -> Result<Stored, JobError> {
+    let name = format!("{FILES_DIR}/{}", f.name);
+    let staged = staging.join(&name)?;
+    let (mut writer, upload) = runner.repo.upload(
+        &staged,
+        UploadOptions::default().with_cancel(cancel.clone()),
+    );
+    let path = image.to_path_buf();
+    let producer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut file = std::fs::File::open(&path)?;
+        std::io::copy(&mut file, &mut writer)?;
+        writer.flush()?;
+        writer.close()
+    });
+    let (produced, uploaded) = tokio::join!(producer, upload.finish());
+    produced
+        .map_err(|e| JobError::Other(format!("copy task: {e}")))?
+        .map_err(|e| JobError::Other(format!("copy {}: {e}", f.name)))?;
+    let uploaded = uploaded?;
+    Ok(Stored {
+        manifest_file: Some(ManifestFile::from_uploaded(name, &uploaded)),
+        snapshot_file: None,
+        size: uploaded.size,
+        new_bytes: uploaded.size,
+        chunks: 0,
+        new_chunks: 0,
+    })
+}
+
+/// Snapshot: cuts the image into content-defined chunks on a blocking thread (hashing there too) and stores
+/// the ones the instance's chunk store does not have yet, a few at a time.
+async fn store_chunks(
+    runner: &Runner,
+    instance_id: &str,
+    f: &DataFile,
+    image: &Path,
+    level: i32,
+) -> Result<Stored, JobError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(CHUNK_PUTS_IN_FLIGHT * 2);
+    let path = image.to_path_buf();
+    let chunker = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut whole = Sha256::new();
+        let mut size = 0u64;
+        let cdc = fastcdc::v2020::StreamCDC::new(
+            std::io::BufReader::new(file),
+            CHUNK_MIN,
+            CHUNK_AVG,
+            CHUNK_MAX,
+        );
+        for chunk in cdc {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            whole.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            let digest = hex::encode(Sha256::digest(&chunk.data));
+            if tx.blocking_send((digest, Bytes::from(chunk.data))).is_err() {
+                // The consumer stopped (an error it reports itself).
+                break;
+            }
+        }
+        Ok((size, hex::encode(whole.finalize())))
+    });
+
+    let repo = &runner.repo;
+    // Boxed so it can be dropped early: dropping it closes the channel, which unblocks the chunker on failure.
+    let mut puts = Box::pin(
+        futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+            .map(|(digest, raw)| async move {
+                let len = raw.len() as u64;
+                let written = repo.put_chunk(instance_id, &digest, raw, level).await?;
+                Ok::<_, JobError>((
+                    ChunkRef {
+                        sha256: digest,
+                        size: len,
+                    },
+                    written,
+                ))
+            })
+            .buffered(CHUNK_PUTS_IN_FLIGHT),
+    );
+    let mut chunks = Vec::new();
+    let mut new_bytes = 0u64;
+    let mut new_chunks = 0u64;
+    let mut failure = None;
+    while let Some(r) = puts.next().await {
+        match r {
+            Ok((c, written)) => {
+                if let Some(n) = written {
+                    new_bytes += n;
+                    new_chunks += 1;
+                }
+                chunks.push(c);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(puts);
+    let chunked = chunker
+        .await
+        .map_err(|e| JobError::Other(format!("chunking task: {e}")))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let (size, sha256) = chunked.map_err(|e| JobError::Other(format!("chunk {}: {e}", f.name)))?;
+    let sum: u64 = chunks.iter().map(|c| c.size).sum();
+    if sum != size {
+        return Err(JobError::Other(format!(
+            "chunk {}: stored {sum} of {size} bytes",
+            f.name
+        )));
+    }
+    let n = chunks.len() as u64;
+    Ok(Stored {
+        manifest_file: None,
+        snapshot_file: Some(SnapshotFile {
+            name: f.name.clone(),
+            size,
+            sha256,
+            chunks,
+        }),
+        size,
+        new_bytes,
+        chunks: n,
+        new_chunks,
+    })
+}

@@ -1,0 +1,326 @@
+//! The chunk store of snapshot backups: content-addressed, zstd-compressed chunks shared by every snapshot of
+//! an instance.
+//!
+//! ```text
+//! chunks/<instance>/<hh>/<sha256>   one chunk: zstd frame of the raw bytes whose SHA-256 is <sha256>
+//! ```
+//!
+//! Chunks live outside every backup prefix, so deleting a backup (`delete_prefix` of its prefix) or failing a
+//! job never removes a chunk another snapshot may share. A snapshot lists its files and their chunks in its
+//! index ([`SnapshotIndex`], the object [`SNAPSHOT_INDEX_FILE`] of its backup prefix), which its manifest lists
+//! with size and SHA-256 like any file and which is written after every chunk it names.
+//! Chunks no manifest names (left by a failed or deleted snapshot) are orphans: [`Repository::referenced_chunks`]
+//! gives the set a collector must keep.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{hash::sha256_hex, layout, Manifest, ManifestFile, RepoError, RepoPath, Repository};
+
+/// Name of the snapshot index object in a snapshot's backup prefix (listed in its manifest like any file).
+/// The chunk lists are kept out of `manifest.json` and compressed: a logically full snapshot names every chunk,
+/// and these hex digests would otherwise weigh more than the changed data of a small increment.
+pub const SNAPSHOT_INDEX_FILE: &str = "snapshot-index.json.zst";
+
+/// One chunk of a snapshot file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Lowercase hex SHA-256 of the raw (uncompressed) bytes.
+    pub sha256: String,
+    /// Raw size in bytes.
+    pub size: u64,
+}
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// File name relative to the node's data directory.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
+    /// The chunks that make up the file, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// What a snapshot manifest records: every file, as chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIndex {
+    /// The files of the image.
+    pub files: Vec<SnapshotFile>,
+}
+
+impl SnapshotIndex {
+    /// Decodes and checks an index (digests well-formed, chunk sizes adding up to each file's size).
+    fn decode(path: &RepoPath, json: &[u8]) -> Result<Self, RepoError> {
+        let bad = |reason: String| RepoError::Manifest {
+            path: path.to_string(),
+            reason,
+        };
+        let idx: SnapshotIndex =
+            serde_json::from_slice(json).map_err(|e| bad(format!("snapshot index: {e}")))?;
+        for f in &idx.files {
+            if !is_digest(&f.sha256) {
+                return Err(bad(format!("file {:?}: malformed sha256", f.name)));
+            }
+            if let Some(c) = f.chunks.iter().find(|c| !is_digest(&c.sha256)) {
+                return Err(bad(format!(
+                    "file {:?}: malformed chunk digest {:?}",
+                    f.name, c.sha256
+                )));
+            }
+            let sum: u64 = f.chunks.iter().map(|c| c.size).sum();
+            if sum != f.size {
+                return Err(bad(format!(
+                    "file {:?}: chunks add up to {sum} bytes, the file has {}",
+                    f.name, f.size
+                )));
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Sum of the file sizes (the logical size of the snapshot).
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// `chunks/<instance>`: every chunk of one instance.
+pub fn chunks_prefix(instance_id: &str) -> RepoPath {
+    RepoPath::from_valid(layout::CHUNKS_DIR.to_string()).join_escaped(instance_id)
+}
+
+/// `chunks/<instance>/<hh>/<sha256>`.
+///
+/// # Errors
+/// [`RepoError::InvalidPath`] if `sha256` is not 64 lowercase hex digits.
+pub fn chunk_path(instance_id: &str, sha256: &str) -> Result<RepoPath, RepoError> {
+    if !is_digest(sha256) {
+        return Err(RepoError::InvalidPath {
+            path: sha256.to_string(),
+            reason: "a chunk is named by 64 lowercase hex digits".into(),
+        });
+    }
+    chunks_prefix(instance_id).join(&format!("{}/{sha256}", &sha256[..2]))
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Repository {
+    /// Writes a snapshot's index into its backup prefix (zstd-compressed JSON) and returns the manifest entry
+    /// to list it with. Call it before `write_manifest`, like any data file.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn write_snapshot_index(
+        &self,
+        prefix: &RepoPath,
+        index: &SnapshotIndex,
+        zstd_level: i32,
+    ) -> Result<ManifestFile, RepoError> {
+        let json = serde_json::to_vec(index).map_err(|e| RepoError::Manifest {
+            path: prefix.to_string(),
+            reason: format!("encoding the snapshot index: {e}"),
+        })?;
+        let (compressed, sha256) = tokio::task::spawn_blocking(move || {
+            let c = zstd::bulk::compress(&json, zstd_level)?;
+            let h = sha256_hex(&c);
+            Ok::<_, std::io::Error>((c, h))
+        })
+        .await
+        .map_err(|e| RepoError::Internal(format!("index compression task: {e}")))??;
+        let size = compressed.len() as u64;
+        self.put(&prefix.join(SNAPSHOT_INDEX_FILE)?, Bytes::from(compressed))
+            .await?;
+        Ok(ManifestFile {
+            name: SNAPSHOT_INDEX_FILE.to_string(),
+            size,
+            sha256,
+        })
+    }
+
+    /// The index of the snapshot whose manifest is `m` (read from `prefix`), checked against the manifest's size
+    /// and SHA-256; `None` if the backup is not a snapshot.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] if the manifest lists an index that is missing, [`RepoError::Integrity`] if it
+    /// does not match, [`RepoError::Manifest`] if it does not decode, or the store error.
+    pub async fn read_snapshot_index(
+        &self,
+        prefix: &RepoPath,
+        m: &Manifest,
+    ) -> Result<Option<SnapshotIndex>, RepoError> {
+        let Some(entry) = m.files.iter().find(|f| f.name == SNAPSHOT_INDEX_FILE) else {
+            return Ok(None);
+        };
+        let path = prefix.join(SNAPSHOT_INDEX_FILE)?;
+        let compressed = self.get(&path).await?;
+        let want = entry.clone();
+        let at = path.clone();
+        let json = tokio::task::spawn_blocking(move || {
+            let integrity =
+                |what: &'static str, expected: String, actual: String| RepoError::Integrity {
+                    path: at.to_string(),
+                    what,
+                    expected,
+                    actual,
+                };
+            if compressed.len() as u64 != want.size {
+                return Err(integrity(
+                    "size",
+                    want.size.to_string(),
+                    compressed.len().to_string(),
+                ));
+            }
+            let actual = sha256_hex(&compressed);
+            if actual != want.sha256 {
+                return Err(integrity("sha256", want.sha256, actual));
+            }
+            let mut out = Vec::new();
+            zstd::stream::copy_decode(compressed.as_ref(), &mut out)
+                .map_err(|e| integrity("zstd frame", "a valid frame".into(), e.to_string()))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| RepoError::Internal(format!("index decompression task: {e}")))??;
+        SnapshotIndex::decode(&path, &json).map(Some)
+    }
+
+    /// Stores a chunk unless the instance's store already has it. `raw` must hash to `sha256` (checked, on a
+    /// blocking thread together with the compression). Returns the compressed bytes written, or `None` if the
+    /// chunk was already there.
+    ///
+    /// # Errors
+    /// [`RepoError::Integrity`] if `raw` does not match `sha256`, [`RepoError::InvalidPath`] for a malformed
+    /// digest, or the store error.
+    pub async fn put_chunk(
+        &self,
+        instance_id: &str,
+        sha256: &str,
+        raw: Bytes,
+        zstd_level: i32,
+    ) -> Result<Option<u64>, RepoError> {
+        let path = chunk_path(instance_id, sha256)?;
+        match self.head(&path).await {
+            Ok(_) => return Ok(None),
+            Err(RepoError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let expected = sha256.to_string();
+        let at = path.to_string();
+        let compressed = tokio::task::spawn_blocking(move || {
+            let actual = sha256_hex(&raw);
+            if actual != expected {
+                return Err(RepoError::Integrity {
+                    path: at,
+                    what: "sha256",
+                    expected,
+                    actual,
+                });
+            }
+            zstd::bulk::compress(&raw, zstd_level).map_err(RepoError::Io)
+        })
+        .await
+        .map_err(|e| RepoError::Internal(format!("chunk compression task: {e}")))??;
+        let stored = compressed.len() as u64;
+        self.put(&path, Bytes::from(compressed)).await?;
+        Ok(Some(stored))
+    }
+
+    /// Reads a chunk back, decompressed and checked against its size and SHA-256 (on a blocking thread).
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`] for a missing chunk, [`RepoError::Integrity`] for one whose content does not
+    /// match, or the store error.
+    pub async fn get_chunk(&self, instance_id: &str, chunk: &ChunkRef) -> Result<Bytes, RepoError> {
+        let path = chunk_path(instance_id, &chunk.sha256)?;
+        let compressed = self.get(&path).await?;
+        let want = chunk.clone();
+        let at = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let capacity = usize::try_from(want.size).unwrap_or(usize::MAX);
+            let raw = zstd::bulk::decompress(&compressed, capacity).map_err(|e| {
+                RepoError::Integrity {
+                    path: at.clone(),
+                    what: "zstd frame",
+                    expected: format!("{} raw bytes", want.size),
+                    actual: e.to_string(),
+                }
+            })?;
+            if raw.len() as u64 != want.size {
+                return Err(RepoError::Integrity {
+                    path: at,
+                    what: "size",
+                    expected: want.size.to_string(),
+                    actual: raw.len().to_string(),
+                });
+            }
+            let actual = sha256_hex(&raw);
+            if actual != want.sha256 {
+                return Err(RepoError::Integrity {
+                    path: at,
+                    what: "sha256",
+                    expected: want.sha256,
+                    actual,
+                });
+            }
+            Ok(Bytes::from(raw))
+        })
+        .await
+        .map_err(|e| RepoError::Internal(format!("chunk decompression task: {e}")))?
+    }
+
+    /// How many chunks the instance's store holds and their stored (compressed) bytes.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn chunk_store_usage(&self, instance_id: &str) -> Result<(u64, u64), RepoError> {
+        let objects = self.list(&chunks_prefix(instance_id)).await?;
+        Ok((
+            objects.len() as u64,
+            objects.iter().map(|o| o.size).sum::<u64>(),
+        ))
+    }
+
+    /// Every chunk digest named by a committed snapshot manifest of the instance: what a collector of orphan
+    /// chunks must keep. Chunks written by a snapshot still running are not included; a collector must not
+    /// sweep while a snapshot job of the instance runs.
+    ///
+    /// # Errors
+    /// The store error, or [`RepoError::Manifest`] for an undecodable manifest (a collector must then stop
+    /// rather than risk deleting chunks that manifest names).
+    pub async fn referenced_chunks(&self, instance_id: &str) -> Result<HashSet<String>, RepoError> {
+        let mut out = HashSet::new();
+        for obj in self.list(&layout::instance_prefix(instance_id)).await? {
+            if obj.path.file_name() != layout::MANIFEST_FILE {
+                continue;
+            }
+            let Some(prefix) = obj
+                .path
+                .as_str()
+                .strip_suffix(layout::MANIFEST_FILE)
+                .and_then(|p| p.strip_suffix('/'))
+            else {
+                continue;
+            };
+            let prefix = RepoPath::new(prefix)?;
+            let Some(m) = self.read_manifest(&prefix).await? else {
+                continue;
+            };
+            if let Some(idx) = self.read_snapshot_index(&prefix, &m).await? {
+                for f in idx.files {
+                    out.extend(f.chunks.into_iter().map(|c| c.sha256));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

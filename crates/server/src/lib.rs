@@ -6,6 +6,7 @@
 
 mod actions;
 mod audit;
+mod coalesce;
 pub mod config;
 mod download;
 pub mod error;

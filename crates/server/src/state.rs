@@ -15,6 +15,14 @@ use tokio::sync::Mutex;
 use crate::error::ActionError;
 use crate::identity::Identities;
 
+/// How long CreateBackup's look at an instance serves later calls: long enough to absorb a burst, short enough
+/// that a database created a moment ago is seen.
+const INSPECTION_FRESH: Duration = Duration::from_secs(1);
+
+/// `listDatabases` may take longer than the probe: FerretDB computes it from its files (≈ 0.4 s per GB here), so a
+/// large healthy instance must not be reported unreachable. Reachability itself is decided by `hello`.
+pub const LIST_DATABASES_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The account itself; never evaluated against RAM policies.
 pub const ROOT_USER: &str = "root";
 
@@ -65,6 +73,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Flow control; set once at start from `[throttling]` (unset: no limits).
     pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
+    /// CreateBackup's look at an instance (what it is, which databases it holds), shared by concurrent calls.
+    pub inspections: crate::coalesce::Coalesce<(Topology, Vec<String>)>,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -102,6 +112,7 @@ impl AppState {
             retention_lock_cooling_off: chrono::Duration::hours(24),
             audit: crate::audit::AuditLog::default(),
             throttle: std::sync::OnceLock::new(),
+            inspections: crate::coalesce::Coalesce::new(INSPECTION_FRESH),
             clients: Mutex::new(HashMap::new()),
         }
     }

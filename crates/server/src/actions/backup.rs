@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::{dds_time, page};
 use crate::error::ActionError;
 use crate::router::ActionResult;
-use crate::state::{redact, AppState, Instance, PROBE_TIMEOUT};
+use crate::state::{redact, AppState, Instance, LIST_DATABASES_TIMEOUT};
 
 const METHODS: [&str; 3] = ["Snapshot", "Logical", "Physical"];
 
@@ -160,16 +160,30 @@ async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
     }
 }
 
-/// What the server is and which user databases it holds, within the probe timeout.
+/// What the server is and which user databases it holds. `hello` must answer within the probe timeout (so an
+/// unreachable instance is reported quickly); `listDatabases` gets [`LIST_DATABASES_TIMEOUT`]. Concurrent calls for
+/// one instance share one look ([`crate::coalesce`]).
 async fn inspect(st: &AppState, inst: &Instance) -> Result<(Topology, Vec<String>), ActionError> {
-    let (client, topo) = st.probe(inst).await?;
-    let databases = tokio::time::timeout(PROBE_TIMEOUT, list_user_databases(&client))
+    st.inspections
+        .get(&inst.id, || async {
+            let (client, topo) = st.probe(inst).await.map_err(|e| match e {
+                ActionError::InstanceUnreachable(why) => why,
+                other => other.to_string(),
+            })?;
+            let databases =
+                tokio::time::timeout(LIST_DATABASES_TIMEOUT, list_user_databases(&client))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "listDatabases did not answer within {}s",
+                            LIST_DATABASES_TIMEOUT.as_secs()
+                        )
+                    })?
+                    .map_err(|e| redact(&e.to_string(), &inst.uri))?;
+            Ok((topo, databases))
+        })
         .await
-        .map_err(|_| {
-            ActionError::InstanceUnreachable("listDatabases did not answer in time".into())
-        })?
-        .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
-    Ok((topo, databases))
+        .map_err(ActionError::InstanceUnreachable)
 }
 
 /// Parses the `yyyy-MM-ddTHH:mmZ` times of DescribeBackups (seconds tolerated).

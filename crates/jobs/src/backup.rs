@@ -145,16 +145,7 @@ pub(crate) async fn run(
     };
     runner.repo.write_manifest(&prefix, &manifest).await?;
 
-    let retention = job
-        .params
-        .get("retention_days")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(30);
-    let expire_time = if retention < 0 {
-        permanent_expiry()
-    } else {
-        end_time + chrono::Duration::days(retention)
-    };
+    let expire_time = expire_time_of(job, end_time);
     let done = BackupCompletion {
         end_time,
         expire_time,
@@ -295,5 +286,19 @@ impl Write for SharedWriter {
             Some(w) => w.flush(),
             None => Ok(()),
         }
+    }
+}
+
+/// When a backup that ended at `end_time` expires: the job's `retention_days` later, or never for -1.
+pub(crate) fn expire_time_of(job: &Job, end_time: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    let retention = job
+        .params
+        .get("retention_days")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(30);
+    if retention < 0 {
+        permanent_expiry()
+    } else {
+        end_time + chrono::Duration::days(retention)
     }
 }

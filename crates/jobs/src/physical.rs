@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
+use ddsvault_catalog::{BackupCompletion, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::physical::{self, sqlite::DataFile};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
@@ -254,16 +254,7 @@ async fn complete(
     details: serde_json::Value,
     end_time: chrono::DateTime<Utc>,
 ) -> Result<(), JobError> {
-    let retention = job
-        .params
-        .get("retention_days")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(30);
-    let expire_time = if retention < 0 {
-        permanent_expiry()
-    } else {
-        end_time + chrono::Duration::days(retention)
-    };
+    let expire_time = crate::backup::expire_time_of(job, end_time);
     let done = BackupCompletion {
         end_time,
         expire_time,

@@ -140,6 +140,10 @@ pub struct RetentionConfig {
     /// Seconds a retention lock stays on after an unlock request, 1..=31536000 (default 24 h).
     #[serde(default = "default_lock_cooling_off")]
     pub lock_cooling_off_secs: u64,
+    /// Seconds an orphan snapshot chunk must have existed before the collector sweeps it, 0..=604800 (default
+    /// 1 h): protects the chunks a snapshot in progress has just written.
+    #[serde(default = "default_chunk_grace")]
+    pub chunk_grace_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -147,12 +151,17 @@ impl Default for RetentionConfig {
         Self {
             gc_interval_secs: default_gc_interval(),
             lock_cooling_off_secs: default_lock_cooling_off(),
+            chunk_grace_secs: default_chunk_grace(),
         }
     }
 }
 
 fn default_lock_cooling_off() -> u64 {
     86_400
+}
+
+fn default_chunk_grace() -> u64 {
+    3600
 }
 
 fn default_gc_interval() -> u64 {
@@ -445,6 +454,12 @@ impl Config {
             return err(format!(
                 "retention.lock_cooling_off_secs = {} is outside 1..=31536000",
                 self.retention.lock_cooling_off_secs
+            ));
+        }
+        if self.retention.chunk_grace_secs > 604_800 {
+            return err(format!(
+                "retention.chunk_grace_secs = {} is outside 0..=604800",
+                self.retention.chunk_grace_secs
             ));
         }
         if !(1..=600).contains(&self.scheduler.tick_secs) {

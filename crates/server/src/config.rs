@@ -565,6 +565,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.timestamp_skew_secs, 900);
         assert_eq!(c.backup.compression, "zstd");
+        assert_eq!(c.retention.chunk_grace_secs, 3600);
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
     }
 
@@ -617,6 +618,7 @@ mod tests {
                 "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
+            ("[retention]\nchunk_grace_secs = 604801", "retention.chunk_grace_secs"),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

@@ -216,7 +216,12 @@ pub(crate) async fn run(
                 .write_snapshot_index(&prefix, &index, level)
                 .await?,
         );
-        verify_reused(runner, &job.instance_id, &stored).await?;
+        verify_reused(
+            &runner.repo,
+            &job.instance_id,
+            stored.iter().flat_map(|s| s.reused.iter()),
+        )
+        .await?;
     }
     let extra = serde_json::json!({
         "databases": databases,
@@ -457,18 +462,18 @@ async fn store_chunks(
 /// it. Such a deletion happens before this check (the job still has everything to do after its creation), so
 /// it is caught here and the job fails cleanly instead of committing a snapshot that cannot be restored.
 /// Chunks this job wrote itself are new, so the collector's grace period protects them.
-async fn verify_reused(
-    runner: &Runner,
+async fn verify_reused<'a>(
+    repo: &Repository,
     instance_id: &str,
-    stored: &[Stored],
+    reused: impl Iterator<Item = &'a String>,
 ) -> Result<(), JobError> {
     let mut seen = std::collections::HashSet::new();
-    for digest in stored.iter().flat_map(|s| s.reused.iter()) {
+    for digest in reused {
         if !seen.insert(digest.as_str()) {
             continue;
         }
         let path = ddsvault_repo::chunks::chunk_path(instance_id, digest)?;
-        match runner.repo.head(&path).await {
+        match repo.head(&path).await {
             Ok(_) => {}
             Err(ddsvault_repo::RepoError::NotFound { .. }) => {
                 return Err(JobError::Other(format!(
@@ -480,4 +485,35 @@ async fn verify_reused(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reused_chunk_swept_meanwhile_fails_the_snapshot() {
+        let repo = Repository::memory();
+        let kept = ddsvault_repo::sha256_hex(b"kept");
+        let swept = ddsvault_repo::sha256_hex(b"swept");
+        for (raw, d) in [(&b"kept"[..], &kept), (b"swept", &swept)] {
+            repo.put_chunk("dds-s", d, Bytes::copy_from_slice(raw), 3)
+                .await
+                .expect("put");
+        }
+        let both = [kept.clone(), swept.clone(), kept.clone()];
+        verify_reused(&repo, "dds-s", both.iter())
+            .await
+            .expect("all there");
+        repo.delete(&ddsvault_repo::chunks::chunk_path("dds-s", &swept).expect("path"))
+            .await
+            .expect("sweep");
+        let e = verify_reused(&repo, "dds-s", both.iter())
+            .await
+            .expect_err("one vanished");
+        assert!(e.to_string().contains(&swept), "{e}");
+        verify_reused(&repo, "dds-s", [kept].iter())
+            .await
+            .expect("the other one is still there");
+    }
 }

@@ -190,6 +190,9 @@ pub struct Gc {
     interval: Duration,
     chunk_grace: Duration,
     passes: watch::Sender<u64>,
+    /// Tests: the sweep signals `.0` before each batch's job check and waits for `.1`.
+    #[cfg(test)]
+    before_batch: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
 }
 
 impl Gc {
@@ -201,6 +204,8 @@ impl Gc {
             interval,
             chunk_grace: DEFAULT_CHUNK_GRACE,
             passes: watch::channel(0).0,
+            #[cfg(test)]
+            before_batch: None,
         }
     }
 
@@ -414,6 +419,11 @@ impl Gc {
             return sweep;
         }
         for batch in orphans.chunks(SWEEP_BATCH) {
+            #[cfg(test)]
+            if let Some(h) = &self.before_batch {
+                h.0.notify_one();
+                h.1.notified().await;
+            }
             match self.jobs_at_rest(&inst).await {
                 Ok(Ok(newest)) if newest == before => {}
                 Ok(_) => {
@@ -1253,5 +1263,58 @@ mod tests {
         assert_eq!(r.chunks_swept, 0);
         assert_eq!(r.chunk_stores_skipped.len(), 1);
         assert!(has_chunk(&repo, "dds-s", b"orphan").await);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_appears_during_the_sweep_stops_it_even_if_it_already_ended() {
+        let (cat, repo, clock) = setup().await;
+        // More than one batch, so the check between two batches is exercised too.
+        let raws: Vec<Vec<u8>> = (0..SWEEP_BATCH + 5)
+            .map(|i| format!("orphan {i}").into_bytes())
+            .collect();
+        for raw in &raws {
+            repo.put_chunk(
+                "dds-s",
+                &ddsvault_repo::sha256_hex(raw),
+                Bytes::copy_from_slice(raw),
+                3,
+            )
+            .await
+            .expect("orphan");
+        }
+        after_grace(&clock);
+        let hook = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+        let mut gc = Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock);
+        gc.before_batch = Some(Arc::clone(&hook));
+        let gc = Arc::new(gc);
+        let g = Arc::clone(&gc);
+        let pass = tokio::spawn(async move { g.pass().await });
+        // First batch: nothing changed, it goes.
+        hook.0.notified().await;
+        hook.1.notify_one();
+        // Before the second one a snapshot job is created and has even ended: it may have reused a chunk the
+        // references read earlier did not name, so the sweep stops.
+        hook.0.notified().await;
+        let (job, _) = cat
+            .create_backup_job(&NewBackupJob {
+                instance_id: "dds-s".into(),
+                method: "Snapshot".into(),
+                mode: "Manual".into(),
+                retention_days: 7,
+                engine_version: "7.0".into(),
+                params: serde_json::json!({}),
+                now: t0(),
+            })
+            .await
+            .expect("job");
+        cat.fail_job(job.id, "done", t0()).await.expect("end");
+        hook.1.notify_one();
+        let r = pass.await.expect("task").expect("pass");
+        assert_eq!(r.chunks_swept, SWEEP_BATCH as u64);
+        assert_eq!(r.chunk_stores_skipped.len(), 1);
+        assert!(r.chunk_stores_skipped[0]
+            .1
+            .contains("started during the sweep"));
+        assert_eq!(repo.chunk_store_usage("dds-s").await.expect("usage").0, 5);
     }
 }

@@ -391,7 +391,11 @@ fn main() -> anyhow::Result<()> {
             for (instance, why) in &r.chunk_stores_skipped {
                 println!("  chunk store of {instance} not swept this pass: {why}");
             }
-            anyhow::ensure!(r.failed == 0, "{} deletion(s) failed; see the log", r.failed);
+            anyhow::ensure!(
+                r.failed == 0,
+                "{} deletion(s) or chunk sweep(s) failed; see the log",
+                r.failed
+            );
             Ok(())
         }),
         Command::Ram(args) => rt.block_on(ram::run(args)),

@@ -135,7 +135,7 @@ pub struct GcReport {
     pub in_use: Vec<i64>,
     /// Expired backups a tiered policy keeps longer: their recorded expiry was extended.
     pub extended: Vec<i64>,
-    /// Deletions that failed (retried next pass).
+    /// Deletions and chunk sweeps that failed (retried next pass).
     pub failed: usize,
     /// Orphan snapshot chunks deleted.
     pub chunks_swept: u64,
@@ -157,6 +157,8 @@ pub struct ChunkSweep {
     pub young: u64,
     /// Why the store was not (fully) swept, if it was not.
     pub skipped: Option<String>,
+    /// The reason above is an error (catalog, repository, unreadable index), not a job at work.
+    pub failed: bool,
 }
 
 /// What retention decides for the expired backups of one instance.
@@ -255,6 +257,9 @@ impl Gc {
         for sweep in self.sweep_chunks(now, None, true).await {
             report.chunks_swept += sweep.chunks;
             report.chunk_bytes_swept += sweep.bytes;
+            if sweep.failed {
+                report.failed += 1;
+            }
             if let Some(why) = sweep.skipped {
                 report.chunk_stores_skipped.push((sweep.instance_id, why));
             }
@@ -303,6 +308,7 @@ impl Gc {
                 return vec![ChunkSweep {
                     instance_id: instance.unwrap_or("*").to_string(),
                     skipped: Some(format!("listing the chunk stores: {e}")),
+                    failed: true,
                     ..ChunkSweep::default()
                 }];
             }
@@ -392,6 +398,7 @@ impl Gc {
             }
             Err(e) => {
                 sweep.skipped = Some(format!("looking at its jobs: {e}"));
+                sweep.failed = true;
                 return sweep;
             }
         };
@@ -399,6 +406,7 @@ impl Gc {
             Ok(r) => r,
             Err(e) => {
                 sweep.skipped = Some(format!("reading its snapshot indexes: {e}"));
+                sweep.failed = true;
                 return sweep;
             }
         };
@@ -432,12 +440,14 @@ impl Gc {
                 }
                 Err(e) => {
                     sweep.skipped = Some(format!("looking at its jobs: {e}"));
+                    sweep.failed = true;
                     return sweep;
                 }
             }
             for c in batch {
                 if let Err(e) = self.repo.delete(&c.path).await {
                     sweep.skipped = Some(format!("deleting chunk {}: {e}", c.sha256));
+                    sweep.failed = true;
                     return sweep;
                 }
                 sweep.chunks += 1;
@@ -1182,7 +1192,7 @@ mod tests {
         // Pending, then Running: the store is left alone either way; the idle instance is swept.
         for _ in 0..2 {
             let r = gc.pass().await.expect("pass");
-            assert_eq!(r.chunks_swept, 1);
+            assert_eq!((r.chunks_swept, r.failed), (1, 0));
             assert_eq!(r.chunk_stores_skipped.len(), 1);
             assert_eq!(r.chunk_stores_skipped[0].0, "dds-s");
             assert!(has_chunk(&repo, "dds-s", b"orphan").await);
@@ -1260,7 +1270,7 @@ mod tests {
         after_grace(&clock);
         let gc = Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock);
         let r = gc.pass().await.expect("pass");
-        assert_eq!(r.chunks_swept, 0);
+        assert_eq!((r.chunks_swept, r.failed), (0, 1));
         assert_eq!(r.chunk_stores_skipped.len(), 1);
         assert!(has_chunk(&repo, "dds-s", b"orphan").await);
     }

@@ -183,7 +183,7 @@ pub struct DryRun {
     pub chunks: Vec<ChunkSweep>,
 }
 
-/// The garbage collector: removes expired backups and finishes interrupted deletions.
+/// The garbage collector: removes expired backups, finishes interrupted deletions and sweeps orphan chunks.
 #[derive(Debug)]
 pub struct Gc {
     catalog: Catalog,
@@ -231,7 +231,8 @@ impl Gc {
     }
 
     /// One pass: finish every `Deleting` backup, then apply [`plan_retention`] to every backup expired at the
-    /// clock's now: delete what no policy keeps, extend the recorded expiry of what a tier keeps longer.
+    /// clock's now: delete what no policy keeps, extend the recorded expiry of what a tier keeps longer; then
+    /// sweep the orphan snapshot chunks of every chunk store (`Gc::sweep_instance`).
     ///
     /// # Errors
     /// A catalog error while listing; failures on single backups are counted and logged, not returned.

@@ -77,8 +77,8 @@ enum Command {
         #[arg(long)]
         drop: bool,
     },
-    /// Runs one retention pass now: deletes expired backups and finishes interrupted deletions (the server does
-    /// this every `[retention] gc_interval_secs`).
+    /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
+    /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
     Gc {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
@@ -151,6 +151,22 @@ fn print_dry_run(d: &ddsvault_jobs::gc::DryRun) {
     }
     println!(
         "{deleted} backup(s) would be deleted, {kept} expired backup(s) kept longer by a policy"
+    );
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    for c in &d.chunks {
+        if let Some(why) = &c.skipped {
+            println!("  chunk store of {}: not swept now: {why}", c.instance_id);
+        } else if c.chunks > 0 || c.young > 0 {
+            println!(
+                "  chunk store of {}: sweep {} orphan chunk(s), {} byte(s); {} younger orphan(s) kept by the grace period",
+                c.instance_id, c.chunks, c.bytes, c.young
+            );
+        }
+        chunks += c.chunks;
+        bytes += c.bytes;
+    }
+    println!(
+        "{chunks} orphan chunk(s) ({bytes} byte(s)) would be swept, not counting the chunks only the backups above use"
     );
 }
 
@@ -368,7 +384,18 @@ fn main() -> anyhow::Result<()> {
                 r.in_use.len(),
                 r.failed
             );
-            anyhow::ensure!(r.failed == 0, "{} deletion(s) failed; see the log", r.failed);
+            println!(
+                "chunk sweep: {} orphan chunk(s) deleted, {} byte(s) freed",
+                r.chunks_swept, r.chunk_bytes_swept
+            );
+            for (instance, why) in &r.chunk_stores_skipped {
+                println!("  chunk store of {instance} not swept this pass: {why}");
+            }
+            anyhow::ensure!(
+                r.failed == 0,
+                "{} deletion(s) or chunk sweep(s) failed; see the log",
+                r.failed
+            );
             Ok(())
         }),
         Command::Ram(args) => rt.block_on(ram::run(args)),

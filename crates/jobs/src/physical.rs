@@ -99,6 +99,8 @@ struct Stored {
     new_bytes: u64,
     chunks: u64,
     new_chunks: u64,
+    /// Chunks the store already had (not written by this job): see [`verify_reused`].
+    reused: Vec<String>,
 }
 
 pub(crate) async fn run(
@@ -214,6 +216,12 @@ pub(crate) async fn run(
                 .write_snapshot_index(&prefix, &index, level)
                 .await?,
         );
+        verify_reused(
+            &runner.repo,
+            &job.instance_id,
+            stored.iter().flat_map(|s| s.reused.iter()),
+        )
+        .await?;
     }
     let extra = serde_json::json!({
         "databases": databases,
@@ -329,6 +337,7 @@ async fn store_file(
         new_bytes: uploaded.size,
         chunks: 0,
         new_chunks: 0,
+        reused: Vec::new(),
     })
 }
 
@@ -386,6 +395,7 @@ async fn store_chunks(
     let mut chunks = Vec::new();
     let mut new_bytes = 0u64;
     let mut new_chunks = 0u64;
+    let mut reused = Vec::new();
     let mut failure = None;
     while let Some(r) = puts.next().await {
         match r {
@@ -393,6 +403,8 @@ async fn store_chunks(
                 if let Some(n) = written {
                     new_bytes += n;
                     new_chunks += 1;
+                } else {
+                    reused.push(c.sha256.clone());
                 }
                 chunks.push(c);
             }
@@ -430,5 +442,69 @@ async fn store_chunks(
         new_bytes,
         chunks: n,
         new_chunks,
+        reused,
     })
+}
+
+/// Checks, after the snapshot's index is written and before its manifest commits it, that every chunk it reused
+/// is still there. The chunk collector (crate::gc) never sweeps while a backup job of the instance is pending or
+/// running, and re-checks that before every batch it deletes; but a chunk it had already chosen may be deleted
+/// just after a job was created, and a reused chunk keeps its old mtime, so the grace period does not cover
+/// it. Such a deletion happens before this check (the job still has everything to do after its creation), so
+/// it is caught here and the job fails cleanly instead of committing a snapshot that cannot be restored.
+/// Chunks this job wrote itself are new, so the collector's grace period protects them.
+async fn verify_reused<'a>(
+    repo: &Repository,
+    instance_id: &str,
+    reused: impl Iterator<Item = &'a String>,
+) -> Result<(), JobError> {
+    let mut seen = std::collections::HashSet::new();
+    for digest in reused {
+        if !seen.insert(digest.as_str()) {
+            continue;
+        }
+        let path = ddsvault_repo::chunks::chunk_path(instance_id, digest)?;
+        match repo.head(&path).await {
+            Ok(_) => {}
+            Err(ddsvault_repo::RepoError::NotFound { .. }) => {
+                return Err(JobError::Other(format!(
+                    "chunk {digest}, reused from an earlier snapshot, was removed by the chunk collector while \
+                     this snapshot was taken; take the backup again"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reused_chunk_swept_meanwhile_fails_the_snapshot() {
+        let repo = Repository::memory();
+        let kept = ddsvault_repo::sha256_hex(b"kept");
+        let swept = ddsvault_repo::sha256_hex(b"swept");
+        for (raw, d) in [(&b"kept"[..], &kept), (b"swept", &swept)] {
+            repo.put_chunk("dds-s", d, Bytes::copy_from_slice(raw), 3)
+                .await
+                .expect("put");
+        }
+        let both = [kept.clone(), swept.clone(), kept.clone()];
+        verify_reused(&repo, "dds-s", both.iter())
+            .await
+            .expect("all there");
+        repo.delete(&ddsvault_repo::chunks::chunk_path("dds-s", &swept).expect("path"))
+            .await
+            .expect("sweep");
+        let e = verify_reused(&repo, "dds-s", both.iter())
+            .await
+            .expect_err("one vanished");
+        assert!(e.to_string().contains(&swept), "{e}");
+        verify_reused(&repo, "dds-s", [kept].iter())
+            .await
+            .expect("the other one is still there");
+    }
 }

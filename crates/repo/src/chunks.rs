@@ -12,12 +12,16 @@
 //! Chunks no manifest names (left by a failed or deleted snapshot) are orphans: [`Repository::referenced_chunks`]
 //! gives the set a collector must keep.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{hash::sha256_hex, layout, Manifest, ManifestFile, RepoError, RepoPath, Repository};
+use crate::{
+    hash::sha256_hex, layout, path::unescape_segment, Manifest, ManifestFile, RepoError, RepoPath,
+    Repository,
+};
 
 /// Name of the snapshot index object in a snapshot's backup prefix (listed in its manifest like any file).
 /// The chunk lists are kept out of `manifest.json` and compressed: a logically full snapshot names every chunk,
@@ -106,6 +110,20 @@ pub fn chunk_path(instance_id: &str, sha256: &str) -> Result<RepoPath, RepoError
         });
     }
     chunks_prefix(instance_id).join(&format!("{}/{sha256}", &sha256[..2]))
+}
+
+/// One chunk found in a chunk store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Lowercase hex SHA-256 of the raw bytes (the chunk's name).
+    pub sha256: String,
+    /// Where it is stored.
+    pub path: RepoPath,
+    /// Stored (compressed) bytes.
+    pub size: u64,
+    /// When the store last wrote it. `put_chunk` never rewrites an existing chunk, so a chunk reused by a later
+    /// snapshot keeps the time it was first written.
+    pub last_modified: DateTime<Utc>,
 }
 
 fn is_digest(s: &str) -> bool {
@@ -290,6 +308,40 @@ impl Repository {
         ))
     }
 
+    /// Every chunk store (one listing of `chunks/`): instance id → its chunks. Objects that are not laid out as
+    /// `chunks/<instance>/<hh>/<sha256>` are left out, so a collector never touches what it did not write.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn chunk_stores(&self) -> Result<BTreeMap<String, Vec<StoredChunk>>, RepoError> {
+        let root = RepoPath::from_valid(layout::CHUNKS_DIR.to_string());
+        let mut out: BTreeMap<String, Vec<StoredChunk>> = BTreeMap::new();
+        for obj in self.list(&root).await? {
+            let Some(rest) = obj.path.strip_prefix(&root) else {
+                continue;
+            };
+            let mut parts = rest.split('/');
+            let (Some(inst), Some(hh), Some(digest), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if !is_digest(digest) || hh != &digest[..2] {
+                continue;
+            }
+            let Some(instance_id) = unescape_segment(inst) else {
+                continue;
+            };
+            out.entry(instance_id).or_default().push(StoredChunk {
+                sha256: digest.to_string(),
+                path: obj.path.clone(),
+                size: obj.size,
+                last_modified: obj.last_modified,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every chunk digest named by a committed snapshot manifest of the instance: what a collector of orphan
     /// chunks must keep. Chunks written by a snapshot still running are not included; a collector must not
     /// sweep while a snapshot job of the instance runs.
@@ -322,5 +374,52 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chunk_stores_groups_chunks_by_instance_and_skips_foreign_objects() {
+        let repo = Repository::memory();
+        let a = sha256_hex(b"a");
+        let b = sha256_hex(b"b");
+        for (inst, raw, digest) in [("dds-1", b"a", &a), ("x/../y", b"b", &b)] {
+            repo.put_chunk(inst, digest, Bytes::from_static(raw), 3)
+                .await
+                .expect("put");
+        }
+        // Not laid out as a chunk: never listed, so never swept.
+        for foreign in [
+            format!("chunks/dds-1/00/{a}"),
+            "chunks/dds-1/notes.txt".to_string(),
+            format!("chunks/dds-1/{}/{a}/x", &a[..2]),
+        ] {
+            repo.put(&RepoPath::new(foreign).expect("path"), Bytes::new())
+                .await
+                .expect("put");
+        }
+        let stores = repo.chunk_stores().await.expect("list");
+        assert_eq!(
+            stores.keys().cloned().collect::<Vec<_>>(),
+            vec!["dds-1".to_string(), "x/../y".to_string()]
+        );
+        assert_eq!(stores["dds-1"].len(), 1);
+        assert_eq!(stores["dds-1"][0].sha256, a);
+        assert_eq!(stores["dds-1"][0].path, chunk_path("dds-1", &a).expect("p"));
+        assert_eq!(stores["x/../y"][0].sha256, b);
+    }
+
+    #[test]
+    fn unescape_inverts_escape_and_rejects_other_spellings() {
+        for raw in ["", ".", "..", "dds-1", "a/b c%", "ünï"] {
+            let escaped = crate::path::escape_segment(raw);
+            assert_eq!(unescape_segment(&escaped).as_deref(), Some(raw));
+        }
+        for odd in ["%2e", "%zz", "%4", "a%41"] {
+            assert_eq!(unescape_segment(odd), None, "{odd}");
+        }
     }
 }

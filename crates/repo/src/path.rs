@@ -167,6 +167,33 @@ pub(crate) fn escape_segment(raw: &str) -> String {
     out
 }
 
+/// The inverse of [`escape_segment`]: `None` for a segment that escaping never produces (so a foreign object
+/// is never mistaken for one of ours).
+pub(crate) fn unescape_segment(segment: &str) -> Option<String> {
+    let raw = match segment {
+        "%" => String::new(),
+        "%2E" => ".".to_string(),
+        "%2E%2E" => "..".to_string(),
+        _ => {
+            let bytes = segment.as_bytes();
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' {
+                    let hex = segment.get(i + 1..i + 3)?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).ok()?
+        }
+    };
+    (escape_segment(&raw) == segment).then_some(raw)
+}
+
 impl fmt::Display for RepoPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -140,6 +140,10 @@ pub struct RetentionConfig {
     /// Seconds a retention lock stays on after an unlock request, 1..=31536000 (default 24 h).
     #[serde(default = "default_lock_cooling_off")]
     pub lock_cooling_off_secs: u64,
+    /// Seconds an orphan snapshot chunk must have existed before the collector sweeps it, 0..=604800 (default
+    /// 1 h): protects the chunks a snapshot in progress has just written.
+    #[serde(default = "default_chunk_grace")]
+    pub chunk_grace_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -147,12 +151,17 @@ impl Default for RetentionConfig {
         Self {
             gc_interval_secs: default_gc_interval(),
             lock_cooling_off_secs: default_lock_cooling_off(),
+            chunk_grace_secs: default_chunk_grace(),
         }
     }
 }
 
 fn default_lock_cooling_off() -> u64 {
     86_400
+}
+
+fn default_chunk_grace() -> u64 {
+    3600
 }
 
 fn default_gc_interval() -> u64 {
@@ -447,6 +456,12 @@ impl Config {
                 self.retention.lock_cooling_off_secs
             ));
         }
+        if self.retention.chunk_grace_secs > 604_800 {
+            return err(format!(
+                "retention.chunk_grace_secs = {} is outside 0..=604800",
+                self.retention.chunk_grace_secs
+            ));
+        }
         if !(1..=600).contains(&self.scheduler.tick_secs) {
             return err(format!(
                 "scheduler.tick_secs = {} is outside 1..=600",
@@ -550,6 +565,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.timestamp_skew_secs, 900);
         assert_eq!(c.backup.compression, "zstd");
+        assert_eq!(c.retention.chunk_grace_secs, 3600);
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
     }
 
@@ -602,6 +618,7 @@ mod tests {
                 "Condition.Bool cannot test acs:SourceIp",
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
+            ("[retention]\nchunk_grace_secs = 604801", "retention.chunk_grace_secs"),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

@@ -224,11 +224,14 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             .await?,
     );
     let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
-    let gc = Arc::new(Gc::new(
-        Arc::clone(&catalog),
-        repo.clone(),
-        Duration::from_secs(cfg.retention.gc_interval_secs),
-    ));
+    let gc = Arc::new(
+        Gc::new(
+            Arc::clone(&catalog),
+            repo.clone(),
+            Duration::from_secs(cfg.retention.gc_interval_secs),
+        )
+        .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs)),
+    );
     let scheduler = cfg.scheduler.enabled.then(|| {
         Arc::new(
             Scheduler::new(
@@ -278,7 +281,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     })
 }
 
-/// Runs one retention pass now (`ddsvault gc`): finishes interrupted deletions and deletes expired backups, exactly
+/// Runs one retention pass now (`ddsvault gc`): finishes interrupted deletions, deletes expired backups and sweeps
+/// orphan snapshot chunks, exactly
 /// as the server's collector task does. Safe while servers share the catalog (every step is idempotent).
 ///
 /// # Errors
@@ -290,7 +294,8 @@ pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport,
         catalog,
         repo,
         Duration::from_secs(cfg.retention.gc_interval_secs),
-    );
+    )
+    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
     Ok(gc.pass().await?)
 }
 
@@ -309,7 +314,8 @@ pub async fn retention_dry_run(
         catalog,
         repo,
         Duration::from_secs(cfg.retention.gc_interval_secs),
-    );
+    )
+    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
     Ok(gc.dry_run(instance).await?)
 }
 

@@ -57,6 +57,30 @@ async fn exists(
     Ok(q.fetch_optional(&mut **tx).await?.is_some())
 }
 
+/// Refuses to delete `what` while any of `uses` (a query on its name, and what that query finds) still holds it,
+/// naming everything that does.
+async fn refuse_while_used(
+    tx: &mut Transaction<'_, Sqlite>,
+    what: &str,
+    name: &str,
+    uses: &[(&str, &str)],
+) -> Result<(), CatalogError> {
+    let mut blockers = Vec::new();
+    for (sql, found) in uses {
+        if exists(tx, sql, &[name]).await? {
+            blockers.push(*found);
+        }
+    }
+    if blockers.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogError::Conflict(format!(
+            "{what} still has {}; remove them first",
+            blockers.join(", ")
+        )))
+    }
+}
+
 async fn principal_exists(
     tx: &mut Transaction<'_, Sqlite>,
     kind: PrincipalKind,
@@ -359,40 +383,23 @@ impl SqliteCatalog {
         if !principal_exists(&mut tx, PrincipalKind::User, name).await? {
             return Err(CatalogError::NotFound(format!("RAM user {name:?}")));
         }
-        let mut blockers = Vec::new();
-        if exists(
+        refuse_while_used(
             &mut tx,
-            "SELECT 1 FROM access_keys WHERE user_name = ?",
-            &[name],
+            &format!("RAM user {name:?}"),
+            name,
+            &[
+                ("SELECT 1 FROM access_keys WHERE user_name = ?", "AccessKeys"),
+                (
+                    "SELECT 1 FROM ram_policy_attachments WHERE principal_type = 'user' AND principal_name = ?",
+                    "attached policies",
+                ),
+                (
+                    "SELECT 1 FROM ram_group_members WHERE user_name = ?",
+                    "group memberships",
+                ),
+            ],
         )
-        .await?
-        {
-            blockers.push("AccessKeys");
-        }
-        if exists(
-            &mut tx,
-            "SELECT 1 FROM ram_policy_attachments WHERE principal_type = 'user' AND principal_name = ?",
-            &[name],
-        )
-        .await?
-        {
-            blockers.push("attached policies");
-        }
-        if exists(
-            &mut tx,
-            "SELECT 1 FROM ram_group_members WHERE user_name = ?",
-            &[name],
-        )
-        .await?
-        {
-            blockers.push("group memberships");
-        }
-        if !blockers.is_empty() {
-            return Err(CatalogError::Conflict(format!(
-                "RAM user {name:?} still has {}; remove them first",
-                blockers.join(", ")
-            )));
-        }
+        .await?;
         sqlx::query("DELETE FROM ram_users WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
@@ -418,31 +425,19 @@ impl SqliteCatalog {
         if !principal_exists(&mut tx, PrincipalKind::Group, name).await? {
             return Err(CatalogError::NotFound(format!("RAM group {name:?}")));
         }
-        let mut blockers = Vec::new();
-        if exists(
+        refuse_while_used(
             &mut tx,
-            "SELECT 1 FROM ram_group_members WHERE group_name = ?",
-            &[name],
+            &format!("RAM group {name:?}"),
+            name,
+            &[
+                ("SELECT 1 FROM ram_group_members WHERE group_name = ?", "members"),
+                (
+                    "SELECT 1 FROM ram_policy_attachments WHERE principal_type = 'group' AND principal_name = ?",
+                    "attached policies",
+                ),
+            ],
         )
-        .await?
-        {
-            blockers.push("members");
-        }
-        if exists(
-            &mut tx,
-            "SELECT 1 FROM ram_policy_attachments WHERE principal_type = 'group' AND principal_name = ?",
-            &[name],
-        )
-        .await?
-        {
-            blockers.push("attached policies");
-        }
-        if !blockers.is_empty() {
-            return Err(CatalogError::Conflict(format!(
-                "RAM group {name:?} still has {}; remove them first",
-                blockers.join(", ")
-            )));
-        }
+        .await?;
         sqlx::query("DELETE FROM ram_groups WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)

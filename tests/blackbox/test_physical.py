@@ -2,7 +2,6 @@
 and a fresh FerretDB started on the restored directory serving the same documents."""
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import threading
@@ -11,21 +10,12 @@ import time
 import pytest
 from alibabacloud_dds20151201 import models as dds
 from alibabacloud_tea_openapi.exceptions import ClientException
-from aliyunsdkcore.request import CommonRequest
 
 import stack
-from conftest import DDSVAULT_BIN, Ddsvault, acs_client, config_text, seed_data, snapshot, tea_client, wait_backup
+from conftest import DDSVAULT_BIN, Ddsvault, config_text, seed_data, snapshot, tea_client, wait_backup
+from test_restore import call
 
 DBS = ("shop", "crm")
-
-
-def call(server, action, **params):
-    """The V1 SDK (aliyun-python-sdk-core)."""
-    req = CommonRequest(domain="127.0.0.1", version="2015-12-01", action_name=action, product="Dds")
-    req.set_method("POST")
-    for k, v in params.items():
-        req.add_query_param(k, v)
-    return json.loads(acs_client(server).do_action_with_exception(req))
 
 
 def client_error(fn) -> ClientException:

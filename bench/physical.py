@@ -24,32 +24,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "blackbox"))
 
+sys.path.insert(0, str(REPO / "bench"))
+
+import run  # noqa: E402
 import stack  # noqa: E402
 
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-BIN = TARGET / "release" / "ddsvault"
-AK = ("LTAI5tBenchRootKey0001", "bench-root-secret-0001")
 
-
-class Server:
+class Server(run.Server):
     def __init__(self, workdir: Path, iid: str, uri: str, data_path: Path):
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"',
-                 "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"',
-                 "[scheduler]", "enabled = false",
-                 "[[instances]]", f'id = "{iid}"', f'uri = "{uri}"', f'data_path = "{data_path}"']
-        (self.dir / "c.toml").write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([str(BIN), "serve", "--config", str(self.dir / "c.toml")], stdout=subprocess.PIPE,
-                                     stderr=open(self.dir / "stderr.log", "ab"), text=True)
-        for line in self.proc.stdout:
-            if "listening on http://" in line:
-                self.port = int(line.rsplit(":", 1)[1])
-                break
-        from alibabacloud_dds20151201.client import Client
-        from alibabacloud_tea_openapi import models as m
-        self.tea = Client(m.Config(access_key_id=AK[0], access_key_secret=AK[1], endpoint=f"127.0.0.1:{self.port}",
-                                   protocol="http", region_id="cn-hangzhou", read_timeout=600000))
+        super().__init__(workdir, {iid: (uri, data_path)})
 
     def backup(self, iid: str, method: str):
         from alibabacloud_dds20151201 import models as dds

@@ -78,15 +78,20 @@ def gen_dataset(client, name: str, large_mb: int, seed: int = 7):
 
 
 class Server:
+    """A release ddsvault on a free port. `instances` maps an id to its URI, or to (URI, data_path) for file backups."""
+
     def __init__(self, workdir: Path, instances: dict):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"',
                  "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"']
-        # Measure the server, not the default flow control (100 calls/s per AccessKey).
-        lines += ["[throttling]", "enabled = false"]
-        for iid, uri in instances.items():
+        # Measure the server, not the default flow control (100 calls/s per AccessKey) or automatic backups.
+        lines += ["[throttling]", "enabled = false", "[scheduler]", "enabled = false"]
+        for iid, target in instances.items():
+            uri, data_path = target if isinstance(target, tuple) else (target, None)
             lines += ["[[instances]]", f'id = "{iid}"', f'uri = "{uri}"']
+            if data_path is not None:
+                lines.append(f'data_path = "{data_path}"')
         (self.dir / "c.toml").write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([str(BIN), "serve", "--config", str(self.dir / "c.toml")], stdout=subprocess.PIPE,
                                      stderr=open(self.dir / "stderr.log", "ab"), text=True)

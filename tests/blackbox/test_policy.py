@@ -311,8 +311,10 @@ def test_scheduler_runs_one_automatic_backup_per_slot_across_restarts(tmp_path):
     try:
         f.client().shop.orders.insert_many([{"_id": i} for i in range(100)])
         data = tmp_path / "svc" / "data"
+        # The policy is set while the scheduler is off: run between 03:00 and 04:00 UTC, the default window would
+        # otherwise take its own slot (30 days retention) before the test's policy lands.
         s = Ddsvault(tmp_path / "svc", config_text(data, {SID: (f.uri, "local_ssd")},
-                                                   extra="[scheduler]\ntick_secs = 1"))
+                                                   extra="[scheduler]\nenabled = false\ntick_secs = 1"))
         try:
             # A window opening this minute, today only: the slot is due now and for the next hour.
             now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
@@ -322,6 +324,10 @@ def test_scheduler_runs_one_automatic_backup_per_slot_across_restarts(tmp_path):
             tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
                 dbinstance_id=SID, preferred_backup_time=window, preferred_backup_period=WEEKDAYS[now.weekday()],
                 backup_retention_period=7))
+            s.stop()
+            s.config_path.write_text(s.config_path.read_text().replace("enabled = false", "enabled = true"))
+            s.start()
+            tea = tea_client(s)  # the restarted process listens on a new port
             assert wait_until(lambda: len(automated_backups(s)) == 1, timeout=120)
             b = automated_backups(s)[0]
             assert (b.backup_method, b.backup_status) == ("Logical", "Success")

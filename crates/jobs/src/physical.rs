@@ -7,10 +7,12 @@
 //! only then does the catalog say Success. A crash before that leaves no manifest; recovery removes the staging
 //! and backup prefixes but never chunks, which other snapshots may share (unreferenced ones are orphans for GC).
 //!
-//! Images are first written to `<scratch_dir>/job-<id>/` (SQLite's backup API writes a database file), then
-//! read back into the repository; the scratch directory is removed when the job ends and by recovery.
+//! Images are streamed page by page out of one read transaction of each database straight into the repository
+//! (`ImageStream`). Only a build whose SQLite lacks `sqlite_dbpage` first writes them to `<scratch_dir>/job-<id>/`
+//! through SQLite's backup API and reads them back; the scratch directory is removed when the job ends and by
+//! recovery.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -156,17 +158,15 @@ pub(crate) async fn run(
             if work_cancel.is_cancelled() {
                 return Err(JobError::Cancelled("backup cancelled".into()));
             }
-            let image = take_image(f, &scratch.0).await?;
+            let image = open_image(f, &scratch.0).await?;
             let s = match method {
                 FileMethod::Physical => {
-                    store_file(runner, &staging, f, &image, &work_cancel).await?
+                    store_file(runner, &staging, f, image, &work_cancel).await?
                 }
                 FileMethod::Snapshot => {
-                    store_chunks(runner, &job.instance_id, f, &image, level).await?
+                    store_chunks(runner, &job.instance_id, f, image, level).await?
                 }
             };
-            // The image is not needed any more: keep at most one on local disk.
-            let _ = std::fs::remove_file(&image);
             done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed);
             percent.store(
                 percent_of(done.load(Ordering::Relaxed), total),
@@ -197,7 +197,7 @@ pub(crate) async fn run(
             FileMethod::Physical => "ferretdb-sqlite-files",
             FileMethod::Snapshot => "ferretdb-sqlite-chunks",
         },
-        "image": "sqlite-online-backup",
+        "image": if physical::sqlite::has_page_reader() { "sqlite-dbpage" } else { "sqlite-online-backup" },
         "files": files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
         "image_bytes": image_bytes,
         "stored_bytes_new": stored.iter().map(|s| s.new_bytes).sum::<u64>(),
@@ -294,14 +294,43 @@ fn on_disk_size(path: &Path) -> u64 {
         .sum()
 }
 
-async fn take_image(f: &DataFile, scratch: &Path) -> Result<PathBuf, JobError> {
+/// A consistent image of one database file, to be read on a blocking thread.
+type Image = Box<dyn Read + Send>;
+
+/// Streams the image when SQLite can (`ImageStream`); otherwise images into the scratch directory and reads that
+/// file, which is removed once read.
+async fn open_image(f: &DataFile, scratch: &Path) -> Result<Image, JobError> {
     let src = f.path.clone();
     let dest = scratch.join(&f.name);
-    let out = dest.clone();
-    tokio::task::spawn_blocking(move || physical::sqlite::image(&src, &dest))
-        .await
-        .map_err(|e| JobError::Other(format!("image task: {e}")))??;
-    Ok(out)
+    tokio::task::spawn_blocking(move || -> Result<Image, JobError> {
+        if physical::sqlite::has_page_reader() {
+            return Ok(Box::new(physical::sqlite::ImageStream::open(&src)?));
+        }
+        physical::sqlite::image(&src, &dest)?;
+        let file = std::fs::File::open(&dest)
+            .map_err(|e| JobError::Other(format!("open image {}: {e}", dest.display())))?;
+        Ok(Box::new(ScratchImage { file, path: dest }))
+    })
+    .await
+    .map_err(|e| JobError::Other(format!("image task: {e}")))?
+}
+
+/// An image in the scratch directory: at most one stays on local disk.
+struct ScratchImage {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Read for ScratchImage {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Drop for ScratchImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Physical: streams the image into `staging/job-<id>/files/<name>` (hashed on the producer thread).
@@ -309,7 +338,7 @@ async fn store_file(
     runner: &Runner,
     staging: &RepoPath,
     f: &DataFile,
-    image: &Path,
+    mut image: Image,
     cancel: &CancellationToken,
 ) -> Result<Stored, JobError> {
     let name = format!("{FILES_DIR}/{}", f.name);
@@ -318,10 +347,8 @@ async fn store_file(
         &staged,
         UploadOptions::default().with_cancel(cancel.clone()),
     );
-    let path = image.to_path_buf();
     let producer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut file = std::fs::File::open(&path)?;
-        std::io::copy(&mut file, &mut writer)?;
+        std::io::copy(&mut image, &mut writer)?;
         writer.flush()?;
         writer.close()
     });
@@ -347,17 +374,15 @@ async fn store_chunks(
     runner: &Runner,
     instance_id: &str,
     f: &DataFile,
-    image: &Path,
+    image: Image,
     level: i32,
 ) -> Result<Stored, JobError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(CHUNK_PUTS_IN_FLIGHT * 2);
-    let path = image.to_path_buf();
     let chunker = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
-        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
         let mut whole = Sha256::new();
         let mut size = 0u64;
         let cdc = fastcdc::v2020::StreamCDC::new(
-            std::io::BufReader::new(file),
+            std::io::BufReader::new(image),
             CHUNK_MIN,
             CHUNK_AVG,
             CHUNK_MAX,

@@ -3,6 +3,8 @@
 
 On a FerretDB (SQLite backend) holding --mb MB of documents, measures with the release binary:
   - `cat` of the database files to /dev/null (the limit: the same bytes read once, page cache warm as for ddsvault);
+  - a durable copy of the same files into the repository's filesystem (read, write, fsync): what storing them costs at
+    the least, since a backup is only Success once its bytes are on disk;
   - a Physical backup (CreateBackup through the official SDK until DescribeBackups says Success);
   - a full Snapshot, then ~1% of the documents changed (new documents + scattered updates), then a second Snapshot:
     time and stored bytes (DescribeBackupStorage) of the increment against the full one.
@@ -77,11 +79,24 @@ def main():
     size = sum(os.path.getsize(p) for p in files)
     server = Server(base / "svc", "dds-bench", f.uri, f.data_dir)
     try:
-        cat, phys = [], []
+        cat, copy, phys = [], [], []
+        copy_dir = base / "svc" / "copy"
         for _ in range(a.repeat):
             t0 = time.monotonic()
             subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
             cat.append(time.monotonic() - t0)
+            copy_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            for p in files:
+                # read + write, not `cp`: cp may clone the extents (reflink) and copy nothing.
+                with open(p, "rb") as src, open(copy_dir / Path(p).name, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            copy.append(time.monotonic() - t0)
+            for p in copy_dir.iterdir():
+                p.unlink()
             phys.append(server.backup("dds-bench", "Physical"))
         before = server.stored("dds-bench")
         full_t = server.backup("dds-bench", "Snapshot")
@@ -101,6 +116,8 @@ def main():
     print(f"data files: {size / 2**20:.0f} MiB in {len(files)} file(s)")
     print(f"cat: min {min(cat):.2f}s median {med(cat):.2f}s; Physical: min {min(phys):.2f}s median {med(phys):.2f}s; "
           f"cat/Physical throughput ratio {min(cat) / min(phys):.2f} (>= 0.9 is the target)")
+    print(f"durable copy (read + write + fsync): min {min(copy):.2f}s median {med(copy):.2f}s; "
+          f"copy/Physical throughput ratio {min(copy) / min(phys):.2f}")
     print(f"Snapshot full: {full_t:.2f}s, {full_b / 2**20:.1f} MiB stored; after ~1% change: {inc_t:.2f}s "
           f"({100 * inc_t / full_t:.0f}%), {inc_b / 2**20:.2f} MiB stored ({100 * inc_b / full_b:.1f}%)")
 

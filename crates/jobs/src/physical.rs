@@ -22,7 +22,7 @@ use chrono::Utc;
 use ddsvault_catalog::{BackupCompletion, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::physical::{self, sqlite::DataFile};
-use ddsvault_mongo::topology::{connect, discover, list_user_databases};
+use ddsvault_mongo::topology::{connect, discover, SYSTEM_DATABASES};
 use ddsvault_repo::{
     ChunkRef, Manifest, ManifestFile, RepoPath, Repository, SnapshotFile, SnapshotIndex,
     UploadOptions,
@@ -125,11 +125,19 @@ pub(crate) async fn run(
 
     let client = connect(&spec.uri).await?;
     let topology = discover(&client).await?;
-    let databases = list_user_databases(&client).await?;
+    let files = physical::plan(&topology, &data_path)?;
+    // The databases are the files (FerretDB keeps one file per database and removes it when the database is
+    // dropped). Asking the server instead costs a listDatabases, which FerretDB answers by measuring every
+    // database: longer than imaging a 100 MB one.
+    let mut databases: Vec<String> = files
+        .iter()
+        .map(|f| f.database.clone())
+        .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
+        .collect();
+    databases.dedup();
     if databases.is_empty() {
         return Err(JobError::NoDatabase(job.instance_id.clone()));
     }
-    let files = physical::plan(&topology, &data_path)?;
 
     let scratch = Scratch(scratch_dir(&runner.settings.scratch_dir, job.id));
     // A leftover of a crashed earlier attempt with the same id cannot exist (ids are unique), but a stale

@@ -245,7 +245,8 @@ impl ImageStream {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
-        let (Ok(page_size), Ok(page_count)) = (usize::try_from(page_size), u64::try_from(page_count))
+        let (Ok(page_size), Ok(page_count)) =
+            (usize::try_from(page_size), u64::try_from(page_count))
         else {
             return Err(err(format!(
                 "unexpected page size {page_size} or count {page_count}"
@@ -316,7 +317,10 @@ fn send_pages(
         }
         expected += 1;
         if batch.len() >= page_size * PAGES_PER_MESSAGE {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(page_size * PAGES_PER_MESSAGE));
+            let full = std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(page_size * PAGES_PER_MESSAGE),
+            );
             if tx.send(Message::Pages(full)).is_err() {
                 return Ok(());
             }
@@ -355,7 +359,10 @@ impl Read for ImageStream {
                 }
                 Ok(Message::Done) => self.done = true,
                 Ok(Message::Failed(e)) => {
-                    return Err(std::io::Error::other(format!("image of {}: {e}", self.file)))
+                    return Err(std::io::Error::other(format!(
+                        "image of {}: {e}",
+                        self.file
+                    )))
                 }
                 Err(_) => {
                     return Err(std::io::Error::other(format!(
@@ -527,7 +534,7 @@ mod tests {
 
     #[test]
     fn image_under_concurrent_writes_is_one_commit() {
-        concurrent_writes_each_image_is_one_commit(|src, dest| image(src, dest));
+        concurrent_writes_each_image_is_one_commit(image);
     }
 
     #[test]

@@ -42,8 +42,10 @@ pub const CHUNK_MIN: u32 = 4 * 1024;
 pub const CHUNK_AVG: u32 = 8 * 1024;
 /// Maximum chunk size.
 pub const CHUNK_MAX: u32 = 32 * 1024;
-/// Chunks stored at once by one snapshot.
-const CHUNK_PUTS_IN_FLIGHT: usize = 4;
+/// Chunks stored at once by one snapshot: each is a small write and an fsync, so many overlap well.
+const CHUNK_PUTS_IN_FLIGHT: usize = 16;
+/// Above this many reused chunks, [`verify_reused`] lists the store once instead of asking about each chunk.
+const VERIFY_BY_LISTING: usize = 64;
 
 /// How the image is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,13 @@ pub(crate) async fn run(
         _ => 3,
     };
 
+    // What the chunk store holds already, from one listing: a chunk in it is reused without asking the store.
+    // A chunk swept after this listing is caught by verify_reused before the snapshot commits.
+    let known = Arc::new(match method {
+        FileMethod::Snapshot => runner.repo.stored_chunk_digests(&job.instance_id).await?,
+        FileMethod::Physical => std::collections::HashSet::new(),
+    });
+
     let work_cancel = cancel.child_token();
     let work = async {
         let mut stored = Vec::with_capacity(files.len());
@@ -172,7 +181,7 @@ pub(crate) async fn run(
                     store_file(runner, &staging, f, image, &work_cancel).await?
                 }
                 FileMethod::Snapshot => {
-                    store_chunks(runner, &job.instance_id, f, image, level).await?
+                    store_chunks(runner, &job.instance_id, f, image, level, &known).await?
                 }
             };
             done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed);
@@ -384,6 +393,7 @@ async fn store_chunks(
     f: &DataFile,
     image: Image,
     level: i32,
+    known: &std::collections::HashSet<String>,
 ) -> Result<Stored, JobError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(CHUNK_PUTS_IN_FLIGHT * 2);
     let chunker = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
@@ -414,7 +424,11 @@ async fn store_chunks(
         futures::stream::poll_fn(|cx| rx.poll_recv(cx))
             .map(|(digest, raw)| async move {
                 let len = raw.len() as u64;
-                let written = repo.put_chunk(instance_id, &digest, raw, level).await?;
+                let written = if known.contains(&digest) {
+                    None
+                } else {
+                    repo.put_chunk(instance_id, &digest, raw, level).await?
+                };
                 Ok::<_, JobError>((
                     ChunkRef {
                         sha256: digest,
@@ -491,24 +505,30 @@ async fn verify_reused<'a>(
     instance_id: &str,
     reused: impl Iterator<Item = &'a String>,
 ) -> Result<(), JobError> {
-    let mut seen = std::collections::HashSet::new();
-    for digest in reused {
-        if !seen.insert(digest.as_str()) {
-            continue;
+    let seen: std::collections::HashSet<&str> = reused.map(String::as_str).collect();
+    if seen.len() > VERIFY_BY_LISTING {
+        let stored = repo.stored_chunk_digests(instance_id).await?;
+        if let Some(digest) = seen.iter().find(|d| !stored.contains(**d)) {
+            return Err(swept_meanwhile(digest));
         }
+        return Ok(());
+    }
+    for digest in seen {
         let path = ddsvault_repo::chunks::chunk_path(instance_id, digest)?;
         match repo.head(&path).await {
             Ok(_) => {}
-            Err(ddsvault_repo::RepoError::NotFound { .. }) => {
-                return Err(JobError::Other(format!(
-                    "chunk {digest}, reused from an earlier snapshot, was removed by the chunk collector while \
-                     this snapshot was taken; take the backup again"
-                )))
-            }
+            Err(ddsvault_repo::RepoError::NotFound { .. }) => return Err(swept_meanwhile(digest)),
             Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+fn swept_meanwhile(digest: &str) -> JobError {
+    JobError::Other(format!(
+        "chunk {digest}, reused from an earlier snapshot, was removed by the chunk collector while this snapshot \
+         was taken; take the backup again"
+    ))
 }
 
 #[cfg(test)]
@@ -539,5 +559,39 @@ mod tests {
         verify_reused(&repo, "dds-s", [kept].iter())
             .await
             .expect("the other one is still there");
+    }
+
+    #[tokio::test]
+    async fn many_reused_chunks_are_verified_by_one_listing() {
+        let repo = Repository::memory();
+        let digests: Vec<String> = (0..VERIFY_BY_LISTING + 6)
+            .map(|i| {
+                let raw = format!("chunk {i}");
+                ddsvault_repo::sha256_hex(raw.as_bytes())
+            })
+            .collect();
+        for (i, d) in digests.iter().enumerate() {
+            repo.put_chunk("dds-s", d, Bytes::from(format!("chunk {i}")), 3)
+                .await
+                .expect("put");
+        }
+        assert_eq!(
+            repo.stored_chunk_digests("dds-s")
+                .await
+                .expect("list")
+                .len(),
+            digests.len()
+        );
+        verify_reused(&repo, "dds-s", digests.iter())
+            .await
+            .expect("all there");
+        let swept = &digests[VERIFY_BY_LISTING + 2];
+        repo.delete(&ddsvault_repo::chunks::chunk_path("dds-s", swept).expect("path"))
+            .await
+            .expect("sweep");
+        let e = verify_reused(&repo, "dds-s", digests.iter())
+            .await
+            .expect_err("one vanished");
+        assert!(e.to_string().contains(swept.as_str()), "{e}");
     }
 }

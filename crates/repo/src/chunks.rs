@@ -308,6 +308,26 @@ impl Repository {
         ))
     }
 
+    /// The digests the instance's chunk store holds, from one listing: a snapshot checks this set instead of
+    /// asking the store about each of its chunks (thousands of requests per GiB).
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn stored_chunk_digests(
+        &self,
+        instance_id: &str,
+    ) -> Result<HashSet<String>, RepoError> {
+        Ok(self
+            .list(&chunks_prefix(instance_id))
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.path.file_name();
+                is_digest(name).then(|| name.to_string())
+            })
+            .collect())
+    }
+
     /// Every chunk store (one listing of `chunks/`): instance id → its chunks. Objects that are not laid out as
     /// `chunks/<instance>/<hh>/<sha256>` are left out, so a collector never touches what it did not write.
     ///

@@ -4,6 +4,7 @@ documents of backup time."""
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 
@@ -135,3 +136,41 @@ def test_a_corrupt_backup_fails_the_job_and_leaves_the_node_alone(env):
 
     node.start()
     assert snapshot(node.client(), DBS) == expected_now
+
+
+def test_a_crash_during_a_file_restore_leaves_the_old_files_and_a_retry_succeeds(env):
+    server, node = env["server"], env["dds-fsnap"]
+    rnd = random.Random(7)
+    # ~10 MB of barely compressible documents, so that the job is still writing files when ddsvault is killed.
+    node.client().bulk.docs.insert_many([{"_id": i, "pad": rnd.randbytes(400).hex()} for i in range(12000)])
+    dbs = DBS + ("bulk",)
+    expected = snapshot(node.client(), dbs)
+    backup_id = backup(server, "dds-fsnap", "Snapshot")
+    node.client().bulk.docs.delete_many({"_id": {"$lt": 6000}})
+    changed = snapshot(node.client(), dbs)
+
+    node.stop()
+    before = contents(node.data_dir)
+    out = call(server, "RestoreDBInstance", DBInstanceId="dds-fsnap", BackupId=backup_id)
+    status = "Scheduled"
+    while status == "Scheduled":
+        status = call(server, "DescribeRestoreTasks", DBInstanceId="dds-fsnap",
+                      RestoreJobId=out["RestoreJobId"])["RestoreJobs"][0]["Status"]
+    server.kill()
+    server.start()
+    job = wait_restore(server, "dds-fsnap", out["RestoreJobId"])
+    mine = [n for n in leftovers(node.data_dir) if n.endswith(f"-{out['RestoreJobId']}")]
+    if job["Status"] == "Failed":
+        # Interrupted: the next start failed the job and removed its restore directory; the node is untouched.
+        assert contents(node.data_dir) == before
+        assert mine == [], mine
+        node.start()
+        assert snapshot(node.client(), dbs) == changed
+        node.stop()
+        out = call(server, "RestoreDBInstance", DBInstanceId="dds-fsnap", BackupId=backup_id)
+        job = wait_restore(server, "dds-fsnap", out["RestoreJobId"])
+    else:
+        print(f"the restore was {status} when ddsvault was killed, and finished")
+    assert job["Status"] == "Success", job
+    node.start()
+    assert snapshot(node.client(), dbs) == expected

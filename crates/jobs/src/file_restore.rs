@@ -124,7 +124,7 @@ pub async fn ensure_stopped(uri: &str, data_path: &Path) -> Result<(), JobError>
     match ddsvault_mongo::topology::accepts_connections(uri, STOPPED_PROBE_TIMEOUT).await {
         Ok(true) => {
             return Err(JobError::NodeRunning(
-                "the node accepts connections at its configured address".into(),
+                "something accepts connections at its address".into(),
             ))
         }
         Ok(false) => {}

@@ -10,6 +10,9 @@ pub enum JobError {
     NoDatabase(String),
     #[error("job was cancelled: {0}")]
     Cancelled(String),
+    /// A file restore found its target node running; it must be stopped first.
+    #[error("the node is running ({0}); stop the node first")]
+    NodeRunning(String),
     #[error("MongoDB: {0}")]
     Mongo(#[from] ddsvault_mongo::MongoError),
     #[error("repository: {0}")]

@@ -6,6 +6,7 @@
 
 mod backup;
 mod error;
+pub mod file_restore;
 pub mod gc;
 pub mod physical;
 mod restore;

@@ -1,4 +1,5 @@
-//! Execution of a restore job: a logical backup from the repository into a registered instance.
+//! Execution of a restore job: a logical backup from the repository into a registered instance. Physical and
+//! Snapshot backups are dispatched to `file_restore`, which writes the data files of a stopped node.
 //!
 //! Before anything is written the backup is checked twice: every file against the manifest (size, SHA-256), then
 //! the archive itself by the engine's verify pass (framing, CRC-64 of every collection). A corrupt backup fails
@@ -116,11 +117,16 @@ pub(crate) async fn run(
                 "backup {backup_id} does not exist or did not succeed"
             ))
         })?;
-    if backup.method != "Logical" {
-        return Err(JobError::Other(format!(
-            "backup {backup_id} is a {} backup; only logical backups can be restored into a running instance",
-            backup.method
-        )));
+    match backup.method.as_str() {
+        "Logical" => {}
+        "Physical" | "Snapshot" => {
+            return crate::file_restore::run(runner, job, &backup, cancel).await
+        }
+        other => {
+            return Err(JobError::Other(format!(
+                "backup {backup_id} has an unknown method {other:?}"
+            )))
+        }
     }
     let spec = runner.instance(&job.instance_id)?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;

@@ -115,8 +115,12 @@ impl Runner {
 
     /// Deletes everything a backup job may have written: its staging area and its (never completed) backup
     /// prefix. Other kinds write nothing to the repository; a restore's `backup_id` names the backup it READS,
-    /// which must never be touched.
+    /// which must never be touched (a file restore's own directories in the target's data_path are removed).
     pub(crate) async fn remove_job_files(&self, job: &Job) {
+        if job.kind == "restore" {
+            self.remove_restore_files(job).await;
+            return;
+        }
         if job.kind != "backup" {
             return;
         }
@@ -135,6 +139,29 @@ impl Runner {
             if let Err(e) = self.repo.delete_prefix(&p).await {
                 tracing::warn!(job_id = job.id, prefix = %p, error = %e, "could not remove partial files");
             }
+        }
+    }
+
+    /// A file restore that did not succeed: its restore directory inside the target's data_path, and an
+    /// interrupted swap undone (see `file_restore`). Logical restores leave nothing behind.
+    async fn remove_restore_files(&self, job: &Job) {
+        let Some(data_path) = self
+            .instances
+            .get(&job.instance_id)
+            .and_then(|i| i.data_path.clone())
+        else {
+            return;
+        };
+        let job_id = job.id;
+        let done =
+            tokio::task::spawn_blocking(move || crate::file_restore::cleanup(&data_path, job_id))
+                .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job_id, error = %e, "could not clean up the restore directory")
+            }
+            Err(e) => tracing::warn!(job_id, error = %e, "restore cleanup task failed"),
         }
     }
 

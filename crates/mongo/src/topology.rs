@@ -52,6 +52,33 @@ pub struct Topology {
     pub ferretdb_version: Option<String>,
 }
 
+/// Whether any host of `uri` accepts a TCP connection within `timeout`: the "is the node stopped?" test of
+/// file restores. A bare TCP connect, not `ping`: a server that refuses our credentials, or is still starting,
+/// still holds its data files, so anything listening counts as running.
+///
+/// # Errors
+/// [`MongoError::InvalidUri`] for a bad URI (or an SRV name that does not resolve), and for a host that is not
+/// a TCP address (a Unix socket cannot be probed here).
+pub async fn accepts_connections(uri: &str, timeout: Duration) -> Result<bool> {
+    let opts = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| MongoError::InvalidUri(format!("{}: {e}", redact_uri(uri))))?;
+    for host in &opts.hosts {
+        let mongodb::options::ServerAddress::Tcp { host, port } = host else {
+            return Err(MongoError::InvalidUri(format!(
+                "{}: only TCP hosts can be probed",
+                redact_uri(uri)
+            )));
+        };
+        let addr = (host.as_str(), port.unwrap_or(27017));
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Builds a client for `uri` and checks the server answers `ping`.
 ///
 /// If a `mongodb://` URI names exactly one host and neither `replicaSet` nor

@@ -53,6 +53,13 @@ pub enum ActionError {
     /// A file-level backup was asked for an instance whose data directory is not configured.
     #[error("{method} backups of {instance} need data_path in its configuration")]
     DataPathMissing { instance: String, method: String },
+    /// A Physical or Snapshot restore into an instance whose data directory is not configured.
+    #[error("restoring a {method} backup into {instance} needs data_path in its configuration")]
+    RestoreDataPathMissing { instance: String, method: String },
+    /// A Physical or Snapshot restore into a node that runs (or whose state cannot be checked); the text says
+    /// what was found and holds no connection string.
+    #[error("the node is not stopped: {0}")]
+    NodeNotStopped(String),
     #[error("invalid BackupRetentionPeriod: {0}")]
     InvalidRetention(String),
     /// The backup is not in a state the action accepts (running, failed…).
@@ -150,6 +157,20 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             "InvalidBackupMethod.DataPathRequired",
             format!(
                 "The specified parameter BackupMethod is not valid. {method} backups copy the data files of the node: set data_path (the node's data directory, readable by ddsvault on the same host) in the [[instances]] entry of {instance} and restart ddsvault, or use BackupMethod=Logical."
+            ),
+        ),
+        ActionError::RestoreDataPathMissing { instance, method } => ApiError::new(
+            400,
+            "InvalidBackupMethod.DataPathRequired",
+            format!(
+                "The specified backup cannot be restored into instance {instance}. Restoring a {method} backup writes the data files of the node: set data_path (the node's data directory, writable by ddsvault on the same host) in the [[instances]] entry of {instance} and restart ddsvault, or restore a Logical backup."
+            ),
+        ),
+        ActionError::NodeNotStopped(why) => ApiError::new(
+            403,
+            "OperationDenied.DBInstanceStatus",
+            format!(
+                "The operation is not permitted due to status of instance. Restoring a Physical or Snapshot backup replaces the data files of the node, which must not run: {why}. Stop the node first, then restore again."
             ),
         ),
         ActionError::InvalidRetention(why) => ApiError::new(

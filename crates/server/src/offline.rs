@@ -280,130 +280,15 @@ pub async fn restore_to_dir(
         ))
         .into());
     }
-    let mut written: Vec<std::path::PathBuf> = Vec::new();
-    let result = materialize(&repo, &prefix, &manifest, dir, &mut written).await;
-    if result.is_err() {
-        for p in &written {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    let (files, bytes) = result?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let m = ddsvault_jobs::file_restore::materialize(&repo, &prefix, &manifest, dir, &cancel, done)
+        .await?;
     Ok(RestoredFiles {
         method: backup.method,
-        files,
-        bytes,
+        files: m.files,
+        bytes: m.bytes,
     })
-}
-
-/// A plain file name (no directory part), as every data file of a FerretDB SQLite directory is.
-fn data_file_name(name: &str) -> Result<&str, ConfigError> {
-    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-        return Err(ConfigError(format!(
-            "the manifest names an unexpected data file {name:?}"
-        )));
-    }
-    Ok(name)
-}
-
-async fn materialize(
-    repo: &Repository,
-    prefix: &RepoPath,
-    manifest: &Manifest,
-    dir: &Path,
-    written: &mut Vec<std::path::PathBuf>,
-) -> Result<(Vec<String>, u64), ServerError> {
-    let mut names = Vec::new();
-    let mut total = 0u64;
-    if let Some(index) = repo.read_snapshot_index(prefix, manifest).await? {
-        let instance = manifest.instance_id.as_str();
-        for f in &index.files {
-            let name = data_file_name(&f.name)?;
-            let mut out = FileOut::create(dir, name, written)?;
-            for c in &f.chunks {
-                out.write(&repo.get_chunk(instance, c).await?)?;
-            }
-            total += out.finish(f.size, &f.sha256)?;
-            names.push(name.to_string());
-        }
-    } else {
-        let files_dir = format!("{}/", ddsvault_jobs::physical::FILES_DIR);
-        for f in &manifest.files {
-            let Some(name) = f.name.strip_prefix(&files_dir) else {
-                continue;
-            };
-            let name = data_file_name(name)?;
-            let mut out = FileOut::create(dir, name, written)?;
-            let (_, mut stream) = repo.get_stream(&prefix.join(&f.name)?).await?;
-            while let Some(chunk) = stream.next().await {
-                out.write(&chunk?)?;
-            }
-            total += out.finish(f.size, &f.sha256)?;
-            names.push(name.to_string());
-        }
-    }
-    Ok((names, total))
-}
-
-/// A data file being restored: written as `<name>.partial`, renamed once size and SHA-256 match.
-struct FileOut {
-    tmp: std::path::PathBuf,
-    dest: std::path::PathBuf,
-    file: std::io::BufWriter<std::fs::File>,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl FileOut {
-    fn create(
-        dir: &Path,
-        name: &str,
-        written: &mut Vec<std::path::PathBuf>,
-    ) -> Result<Self, ConfigError> {
-        let dest = dir.join(name);
-        let tmp = dir.join(format!("{name}.partial"));
-        let file = std::fs::File::create_new(&tmp)
-            .map_err(|e| ConfigError(format!("create {}: {e}", tmp.display())))?;
-        written.push(tmp.clone());
-        written.push(dest.clone());
-        Ok(Self {
-            tmp,
-            dest,
-            file: std::io::BufWriter::new(file),
-            hasher: Sha256::new(),
-            size: 0,
-        })
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<(), ConfigError> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        self.file
-            .write_all(data)
-            .map_err(|e| ConfigError(format!("write {}: {e}", self.tmp.display())))
-    }
-
-    fn finish(self, size: u64, sha256: &str) -> Result<u64, ConfigError> {
-        let Self {
-            tmp,
-            dest,
-            file,
-            hasher,
-            size: got,
-        } = self;
-        let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
-        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        let digest = hex::encode(hasher.finalize());
-        if got != size || digest != sha256 {
-            return Err(ConfigError(format!(
-                "{} does not match the manifest: expected {size} bytes sha256 {sha256}, got {got} bytes sha256 {digest}",
-                dest.display()
-            )));
-        }
-        std::fs::rename(&tmp, &dest)
-            .map_err(|e| ConfigError(format!("rename to {}: {e}", dest.display())))?;
-        Ok(got)
-    }
 }
 
 /// Reads the audit trail (`ddsvault audit`), newest first.

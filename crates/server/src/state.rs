@@ -147,8 +147,18 @@ impl AppState {
     /// Asks the server what it is (topology comes from the server, never from the configuration).
     pub async fn probe(&self, inst: &Instance) -> Result<(mongodb::Client, Topology), ActionError> {
         let client = self.client(inst).await?;
-        let topo = tokio::time::timeout(PROBE_TIMEOUT, ddsvault_mongo::topology::discover(&client))
-            .await
+        let ask =
+            || tokio::time::timeout(PROBE_TIMEOUT, ddsvault_mongo::topology::discover(&client));
+        let topo = match ask().await {
+            // A restarted node leaves this client's pooled connections dead; the driver drops the pool on the
+            // first failure, so one more attempt reaches the new process (a stopped node fails again).
+            Ok(Err(e)) => {
+                tracing::debug!(instance = %inst.id, error = %redact(&e.to_string(), &inst.uri), "probe failed; retrying once");
+                ask().await
+            }
+            first => first,
+        };
+        let topo = topo
             .map_err(|_| {
                 ActionError::InstanceUnreachable(format!(
                     "no answer within {}s",

@@ -7,6 +7,9 @@
 //! - `CollectionNames`: only these collections, as `db.collection` (same formats);
 //! - `DropExisting`: `true` replaces collections that exist in the target; by default the restore is refused
 //!   if any collection it would write already exists there.
+//!
+//! The last three apply to Logical backups. A Physical or Snapshot backup is restored as files into the target
+//! node's `data_path`, replacing all its database files, and only while the node is stopped.
 
 use chrono::Utc;
 use ddsvault_api::{ApiError, Params};
@@ -120,9 +123,12 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
     let source = p.required("DBInstanceId")?;
     st.instance(source)?;
     let backup = usable_backup(st, source, p, "BackupId").await?;
+    if backup.method == "Physical" || backup.method == "Snapshot" {
+        return restore_files(st, source, &backup, p).await;
+    }
     if backup.method != "Logical" {
         return Err(ActionError::BackupMethodNotSupported(format!(
-            "Backup {} is a {} backup; only logical backups can be restored into a running instance.",
+            "Backup {} is a {} backup, which this ddsvault version cannot restore.",
             backup.id, backup.method
         ))
         .into());
@@ -208,6 +214,59 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
             backup_id: Some(backup.id),
             mode: "Manual".into(),
             params: json!({"source_instance": source, "drop": drop, "select": select}),
+            now: Utc::now(),
+        })
+        .await
+        .map_err(ActionError::from)?;
+    st.runner.wake();
+    let mut out = Map::new();
+    out.insert("RestoreJobId".into(), Value::String(job.id.to_string()));
+    Ok(out)
+}
+
+/// RestoreDBInstance of a Physical or Snapshot backup: the backup's data files replace those of the target
+/// node, which must be stopped (checked here, and again by the job right before it swaps the files).
+async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params) -> ActionResult {
+    let target_id = p
+        .get("TargetDBInstanceId")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(source);
+    let target = st.instance(target_id)?;
+    for name in ["DatabaseNames", "CollectionNames", "DropExisting"] {
+        if p.get(name).is_some_and(|v| !v.trim().is_empty()) {
+            return Err(ApiError::invalid_parameter(
+                name,
+                &format!(
+                    "It applies to Logical backups only: restoring a {} backup replaces every database file of the node.",
+                    backup.method
+                ),
+            )
+            );
+        }
+    }
+    let data_path =
+        target
+            .data_path
+            .as_deref()
+            .ok_or_else(|| ActionError::RestoreDataPathMissing {
+                instance: target_id.to_string(),
+                method: backup.method.clone(),
+            })?;
+    match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
+        Ok(()) => {}
+        Err(ddsvault_jobs::JobError::NodeRunning(why) | ddsvault_jobs::JobError::Other(why)) => {
+            return Err(ActionError::NodeNotStopped(why).into())
+        }
+        Err(e) => return Err(ActionError::Internal(e.to_string()).into()),
+    }
+    let job = st
+        .catalog
+        .create_job(&NewJob {
+            kind: "restore".into(),
+            instance_id: target_id.to_string(),
+            backup_id: Some(backup.id),
+            mode: "Manual".into(),
+            params: json!({"source_instance": source, "method": backup.method}),
             now: Utc::now(),
         })
         .await

@@ -1,0 +1,916 @@
+//! Restore of Physical and Snapshot backups: the backup's data files written into a stopped node's data
+//! directory (the RestoreDBInstance job), or into an empty directory (`ddsvault restore --to-dir`, which shares
+//! [`materialize`]).
+//!
+//! The job never leaves `data_path` half-written:
+//! 1. every file is materialized into `<data_path>/.ddsvault-restore-<job>/` and checked against the manifest
+//!    (size and SHA-256 of the whole file; a snapshot's chunks are also checked one by one as they are read);
+//! 2. only then, and after checking again that the node is stopped, a journal (`swap.json`) naming the files to
+//!    move is written, the node's `*.sqlite`, `*.sqlite-wal` and `*.sqlite-shm` files are moved into
+//!    `<data_path>/.ddsvault-replaced-<job>/` (kept for the user to delete) and the restored files are renamed
+//!    into place: same file system, so each rename is atomic.
+//!
+//! The old `-wal`/`-shm` files must go too: the restored files are self-contained databases, and a stale WAL
+//! beside them would be replayed over them by SQLite.
+//!
+//! A failure, or a crash (cleaned up by [`cleanup`] when the runner fails the job), before the swap leaves
+//! `data_path` untouched; during or after it the journal lets [`cleanup`] put the replaced files back, so a job
+//! that did not end Success never leaves the node with a mix of old and restored files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ddsvault_catalog::{Backup, Job};
+use ddsvault_repo::{ChunkRef, Manifest, RepoPath, Repository};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{percent_of, with_heartbeat};
+use crate::physical::FILES_DIR;
+use crate::{JobError, Runner};
+
+/// How long the node's address may take to accept a connection before it counts as stopped.
+pub const STOPPED_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+const RESTORE_DIR_PREFIX: &str = ".ddsvault-restore-";
+const REPLACED_DIR_PREFIX: &str = ".ddsvault-replaced-";
+/// Written in the restore directory right before the swap; its presence means `data_path` may be mid-swap.
+const JOURNAL: &str = "swap.json";
+
+/// Where a job materializes the backup, inside `data_path` so the final renames stay on one file system.
+pub fn restore_dir(data_path: &Path, job_id: i64) -> PathBuf {
+    data_path.join(format!("{RESTORE_DIR_PREFIX}{job_id}"))
+}
+
+/// Where a job moves the files it replaced.
+pub fn replaced_dir(data_path: &Path, job_id: i64) -> PathBuf {
+    data_path.join(format!("{REPLACED_DIR_PREFIX}{job_id}"))
+}
+
+fn io_err(what: impl std::fmt::Display, path: &Path, e: std::io::Error) -> JobError {
+    JobError::Other(format!("{what} {}: {e}", path.display()))
+}
+
+/// Whether a file of a FerretDB SQLite data directory is a database or one of its companions: what a file
+/// restore replaces.
+fn is_database_file(name: &str) -> bool {
+    [".sqlite", ".sqlite-wal", ".sqlite-shm"]
+        .iter()
+        .any(|ext| name.len() > ext.len() && name.ends_with(ext))
+}
+
+/// The database files of `data_path` (regular files only), sorted.
+fn database_files(data_path: &Path) -> Result<Vec<String>, JobError> {
+    let entries =
+        std::fs::read_dir(data_path).map_err(|e| io_err("read data directory", data_path, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err("read data directory", data_path, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_file && is_database_file(&name) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The database files of `data_path` another process holds a lock on, as `name (pid N)`. A running FerretDB
+/// keeps a read lock on every database it has open (SQLite's SHARED lock, and the `-shm` "dead man switch"),
+/// even when idle, so this finds a running node whatever address it listens on.
+///
+/// POSIX locks of this process are invisible to F_GETLK, and closing the probe's descriptor would drop them:
+/// the only ones ddsvault takes are a backup's reads, which never run beside a restore of the same instance.
+///
+/// # Errors
+/// The directory or a file cannot be read.
+pub fn locked_files(data_path: &Path) -> Result<Vec<String>, JobError> {
+    use rustix::process::{fcntl_getlk, Flock, FlockType, Pid};
+    let mut held = Vec::new();
+    for name in database_files(data_path)? {
+        let path = data_path.join(&name);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            // Removed since the listing (a node shutting down removes its -shm files).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("open", &path, e)),
+        };
+        // A write lock over the whole file conflicts with any lock another process holds on any byte of it.
+        let probe = Flock::from(FlockType::WriteLock);
+        match fcntl_getlk(&file, &probe) {
+            Ok(Some(lock)) => held.push(format!("{name} (pid {})", Pid::as_raw(lock.pid))),
+            Ok(None) => {}
+            Err(e) => return Err(io_err("lock probe on", &path, e.into())),
+        }
+    }
+    Ok(held)
+}
+
+/// Checks that the node of `uri`, whose data directory is `data_path`, is stopped: nothing accepts connections
+/// at its address and no process holds a lock on its database files.
+///
+/// # Errors
+/// [`JobError::NodeRunning`] saying what answered; [`JobError::Other`] if it cannot be checked.
+pub async fn ensure_stopped(uri: &str, data_path: &Path) -> Result<(), JobError> {
+    match ddsvault_mongo::topology::accepts_connections(uri, STOPPED_PROBE_TIMEOUT).await {
+        Ok(true) => {
+            return Err(JobError::NodeRunning(
+                "something accepts connections at its address".into(),
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => {
+            return Err(JobError::Other(format!(
+                "cannot check that the node is stopped: {e}"
+            )))
+        }
+    }
+    let dir = data_path.to_path_buf();
+    let held = tokio::task::spawn_blocking(move || locked_files(&dir))
+        .await
+        .map_err(|e| JobError::Other(format!("lock probe task: {e}")))??;
+    if !held.is_empty() {
+        return Err(JobError::NodeRunning(format!(
+            "a process holds its data files open: {}",
+            held.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What [`materialize`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Materialized {
+    /// File names, in backup order.
+    pub files: Vec<String>,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// A plain file name (no directory part), as every data file of a FerretDB SQLite directory is.
+fn data_file_name(name: &str) -> Result<&str, JobError> {
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(JobError::Other(format!(
+            "the manifest names an unexpected data file {name:?}"
+        )));
+    }
+    Ok(name)
+}
+
+enum Source {
+    /// A snapshot file: its chunks from the instance's chunk store.
+    Chunks(Vec<ChunkRef>),
+    /// A Physical file: one object under the backup prefix.
+    Object(RepoPath),
+}
+
+struct Planned {
+    name: String,
+    size: u64,
+    sha256: String,
+    source: Source,
+}
+
+async fn plan(
+    repo: &Repository,
+    prefix: &RepoPath,
+    manifest: &Manifest,
+) -> Result<Vec<Planned>, JobError> {
+    let mut out = Vec::new();
+    if let Some(index) = repo.read_snapshot_index(prefix, manifest).await? {
+        for f in index.files {
+            out.push(Planned {
+                name: data_file_name(&f.name)?.to_string(),
+                size: f.size,
+                sha256: f.sha256,
+                source: Source::Chunks(f.chunks),
+            });
+        }
+    } else {
+        let files_dir = format!("{FILES_DIR}/");
+        for f in &manifest.files {
+            let Some(name) = f.name.strip_prefix(&files_dir) else {
+                continue;
+            };
+            out.push(Planned {
+                name: data_file_name(name)?.to_string(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                source: Source::Object(prefix.join(&f.name)?),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(JobError::Other(format!(
+            "backup {} lists no data file",
+            manifest.backup_id
+        )));
+    }
+    let mut names: Vec<&str> = out.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(JobError::Other(format!(
+            "backup {} lists a data file twice",
+            manifest.backup_id
+        )));
+    }
+    Ok(out)
+}
+
+/// The sum of the file sizes a backup restores, for progress.
+pub async fn restore_size(
+    repo: &Repository,
+    prefix: &RepoPath,
+    manifest: &Manifest,
+) -> Result<u64, JobError> {
+    Ok(plan(repo, prefix, manifest)
+        .await?
+        .iter()
+        .map(|p| p.size)
+        .sum())
+}
+
+/// Writes every data file of a Physical or Snapshot backup into the existing directory `dir`, each checked
+/// against the manifest (size and SHA-256; snapshot chunks one by one as well) before it gets its final name.
+/// `done` counts the bytes written so far. Reading, hashing and writing run on a blocking thread.
+///
+/// # Errors
+/// Repository errors, a mismatch, I/O errors, cancellation. The files written so far are removed.
+pub async fn materialize(
+    repo: &Repository,
+    prefix: &RepoPath,
+    manifest: &Manifest,
+    dir: &Path,
+    cancel: &CancellationToken,
+    done: Arc<AtomicU64>,
+) -> Result<Materialized, JobError> {
+    let planned = plan(repo, prefix, manifest).await?;
+    let repo = repo.clone();
+    let instance = manifest.instance_id.clone();
+    let dir = dir.to_path_buf();
+    let cancel = cancel.clone();
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut written = Vec::new();
+        let result = write_files(
+            &handle,
+            &repo,
+            &instance,
+            &planned,
+            &dir,
+            &cancel,
+            &done,
+            &mut written,
+        );
+        if result.is_err() {
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        result
+    })
+    .await
+    .map_err(|e| JobError::Other(format!("restore task: {e}")))?
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_files(
+    handle: &Handle,
+    repo: &Repository,
+    instance: &str,
+    planned: &[Planned],
+    dir: &Path,
+    cancel: &CancellationToken,
+    done: &AtomicU64,
+    written: &mut Vec<PathBuf>,
+) -> Result<Materialized, JobError> {
+    let cancelled = || JobError::Cancelled("restore cancelled".into());
+    let mut files = Vec::with_capacity(planned.len());
+    let mut bytes = 0u64;
+    for f in planned {
+        let mut out = FileOut::create(dir, &f.name, written)?;
+        match &f.source {
+            Source::Chunks(chunks) => {
+                for c in chunks {
+                    if cancel.is_cancelled() {
+                        return Err(cancelled());
+                    }
+                    let data = handle.block_on(repo.get_chunk(instance, c))?;
+                    out.write(&data)?;
+                    done.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Source::Object(path) => {
+                let (_, mut stream) = handle.block_on(repo.get_stream(path))?;
+                while let Some(chunk) = handle.block_on(stream.next()) {
+                    if cancel.is_cancelled() {
+                        return Err(cancelled());
+                    }
+                    let chunk = chunk?;
+                    out.write(&chunk)?;
+                    done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        bytes += out.finish(f.size, &f.sha256)?;
+        files.push(f.name.clone());
+    }
+    sync_dir(dir)?;
+    Ok(Materialized { files, bytes })
+}
+
+/// Makes renames and creations in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), JobError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
+}
+
+/// A data file being restored: written as `<name>.partial`, renamed once size and SHA-256 match.
+struct FileOut {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl FileOut {
+    fn create(dir: &Path, name: &str, written: &mut Vec<PathBuf>) -> Result<Self, JobError> {
+        let dest = dir.join(name);
+        let tmp = dir.join(format!("{name}.partial"));
+        let file = std::fs::File::create_new(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+        written.push(tmp.clone());
+        written.push(dest.clone());
+        Ok(Self {
+            tmp,
+            dest,
+            file: std::io::BufWriter::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), JobError> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.file
+            .write_all(data)
+            .map_err(|e| io_err("write", &self.tmp, e))
+    }
+
+    fn finish(self, size: u64, sha256: &str) -> Result<u64, JobError> {
+        let Self {
+            tmp,
+            dest,
+            file,
+            hasher,
+            size: got,
+        } = self;
+        let file = file
+            .into_inner()
+            .map_err(|e| io_err("write", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| io_err("write", &tmp, e))?;
+        let digest = hex::encode(hasher.finalize());
+        if got != size || digest != sha256 {
+            return Err(JobError::Other(format!(
+                "data file {} does not match the manifest: expected {size} bytes sha256 {sha256}, got {got} bytes sha256 {digest}",
+                dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            )));
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| io_err("rename to", &dest, e))?;
+        Ok(got)
+    }
+}
+
+/// The journal of a swap: what it moves, so an interrupted swap can be undone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    /// Files of `data_path` moved into the replaced directory.
+    old: Vec<String>,
+    /// Restored files renamed from the restore directory into `data_path`.
+    new: Vec<String>,
+}
+
+/// Replaces the database files of `data_path` by the verified files of the job's restore directory. The old
+/// files end up in the replaced directory. On failure the swap is undone before returning.
+///
+/// # Errors
+/// I/O errors; `data_path` is then as before (or, if even the undo failed, the error says so).
+pub fn swap(data_path: &Path, job_id: i64, new: &[String]) -> Result<PathBuf, JobError> {
+    let staged = restore_dir(data_path, job_id);
+    let replaced = replaced_dir(data_path, job_id);
+    let journal = Journal {
+        old: database_files(data_path)?,
+        new: new.to_vec(),
+    };
+    let text =
+        serde_json::to_vec(&journal).map_err(|e| JobError::Other(format!("swap journal: {e}")))?;
+    let journal_path = staged.join(JOURNAL);
+    std::fs::File::create_new(&journal_path)
+        .and_then(|mut f| {
+            f.write_all(&text)?;
+            f.sync_all()
+        })
+        .map_err(|e| io_err("write", &journal_path, e))?;
+    sync_dir(&staged)?;
+    let moved = (|| {
+        std::fs::create_dir(&replaced).map_err(|e| io_err("create", &replaced, e))?;
+        for name in &journal.old {
+            let (from, to) = (data_path.join(name), replaced.join(name));
+            std::fs::rename(&from, &to).map_err(|e| io_err("move aside", &from, e))?;
+        }
+        for name in &journal.new {
+            let (from, to) = (staged.join(name), data_path.join(name));
+            std::fs::rename(&from, &to).map_err(|e| io_err("move into place", &from, e))?;
+        }
+        sync_dir(&replaced)?;
+        sync_dir(data_path)
+    })();
+    if let Err(e) = moved {
+        return Err(match undo(data_path, job_id, &journal) {
+            Ok(()) => e,
+            Err(u) => JobError::Other(format!(
+                "{e}; undoing the swap failed too ({u}): the replaced files are in {}",
+                replaced.display()
+            )),
+        });
+    }
+    Ok(replaced)
+}
+
+/// Puts `data_path` back as it was before a (possibly partial) swap: restored files go back to the restore
+/// directory, replaced ones back into `data_path`. Idempotent, so it can be retried after a crash in the middle.
+fn undo(data_path: &Path, job_id: i64, journal: &Journal) -> Result<(), JobError> {
+    let staged = restore_dir(data_path, job_id);
+    let replaced = replaced_dir(data_path, job_id);
+    for name in &journal.new {
+        let (placed, back) = (data_path.join(name), staged.join(name));
+        // Still in the restore directory: never placed. Otherwise the file of that name in data_path is the
+        // restored one, unless it is an old file that was not moved aside yet (then its twin is not in the
+        // replaced directory and the name is not in the journal's moved set).
+        if back.exists() || !placed.exists() {
+            continue;
+        }
+        let old_twin_pending = journal.old.contains(name) && !replaced.join(name).exists();
+        if old_twin_pending {
+            continue;
+        }
+        std::fs::rename(&placed, &back).map_err(|e| io_err("undo: move back", &placed, e))?;
+    }
+    for name in &journal.old {
+        let (aside, home) = (replaced.join(name), data_path.join(name));
+        if aside.exists() {
+            std::fs::rename(&aside, &home).map_err(|e| io_err("undo: restore", &aside, e))?;
+        }
+    }
+    match std::fs::remove_dir(&replaced) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("undo: remove", &replaced, e)),
+    }
+    sync_dir(data_path)
+}
+
+/// Cleans up after a file restore job that did not succeed: an interrupted swap is undone, then the restore
+/// directory is removed. Does nothing if the node is running (it may already use the files): the directories
+/// are then left for the user, and the reason is logged.
+///
+/// # Errors
+/// I/O errors while undoing.
+pub fn cleanup(data_path: &Path, job_id: i64) -> Result<(), JobError> {
+    let staged = restore_dir(data_path, job_id);
+    if !staged.exists() {
+        return Ok(());
+    }
+    let journal_path = staged.join(JOURNAL);
+    match std::fs::read(&journal_path) {
+        Ok(text) => {
+            let held = locked_files(data_path)?;
+            if !held.is_empty() {
+                return Err(JobError::NodeRunning(format!(
+                    "cannot undo the interrupted swap of restore job {job_id}: a process holds data files open ({})",
+                    held.join(", ")
+                )));
+            }
+            let journal: Journal = serde_json::from_slice(&text)
+                .map_err(|e| JobError::Other(format!("read {}: {e}", journal_path.display())))?;
+            undo(data_path, job_id, &journal)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("read", &journal_path, e)),
+    }
+    std::fs::remove_dir_all(&staged).map_err(|e| io_err("remove", &staged, e))
+}
+
+/// The RestoreDBInstance job of a Physical or Snapshot backup into the stopped node of `job.instance_id`.
+pub(crate) async fn run(
+    runner: &Runner,
+    job: &Job,
+    backup: &Backup,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let spec = runner.instance(&job.instance_id)?;
+    let data_path = spec.data_path.clone().ok_or_else(|| {
+        JobError::Other(format!(
+            "restoring a {} backup needs data_path in the configuration of instance {}",
+            backup.method, job.instance_id
+        ))
+    })?;
+    ensure_stopped(&spec.uri, &data_path).await?;
+    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = runner
+        .repo
+        .read_manifest(&prefix)
+        .await?
+        .ok_or_else(|| JobError::Other(format!("backup {} has no manifest", backup.id)))?;
+
+    let staged = restore_dir(&data_path, job.id);
+    // Left by an earlier attempt of this job that never swapped (cleanup removes it, this is belt and braces).
+    if staged.join(JOURNAL).exists() {
+        cleanup(&data_path, job.id)?;
+    }
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir(&staged).map_err(|e| io_err("create", &staged, e))?;
+
+    let total = restore_size(&runner.repo, &prefix, &manifest).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let percent = Arc::new(AtomicI32::new(0));
+    let work_cancel = cancel.child_token();
+    let work = async {
+        let ticker = {
+            let (done, percent) = (Arc::clone(&done), Arc::clone(&percent));
+            async move {
+                #[allow(clippy::infinite_loop)]
+                loop {
+                    percent.store(
+                        percent_of(done.load(Ordering::Relaxed), total),
+                        Ordering::Relaxed,
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        tokio::select! {
+            r = materialize(&runner.repo, &prefix, &manifest, &staged, &work_cancel, Arc::clone(&done)) => r,
+            () = ticker => Err(JobError::Other("the progress ticker stopped".into())),
+        }
+    };
+    let materialized = match with_heartbeat(runner, job.id, &percent, &work_cancel, work).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) | Err(e) => {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+    };
+
+    // The node may have been started while the files were written.
+    if let Err(e) = ensure_stopped(&spec.uri, &data_path).await {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e);
+    }
+    let swap_path = data_path.clone();
+    let files = materialized.files.clone();
+    let job_id = job.id;
+    let replaced = tokio::task::spawn_blocking(move || swap(&swap_path, job_id, &files))
+        .await
+        .map_err(|e| JobError::Other(format!("swap task: {e}")))??;
+
+    let result = serde_json::json!({
+        "source_instance": backup.instance_id,
+        "backup_id": backup.id,
+        "method": backup.method,
+        "files": materialized.files,
+        "bytes": materialized.bytes,
+        "replaced_dir": replaced.display().to_string(),
+    });
+    // If this fails the runner fails the job and cleanup undoes the swap: the node never keeps restored files
+    // under a job that says Failed.
+    runner
+        .catalog
+        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .await?;
+    if let Err(e) = std::fs::remove_dir_all(&staged) {
+        tracing::warn!(dir = %staged.display(), error = %e, "could not remove the restore directory");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) {
+        std::fs::write(dir.join(name), body).expect("write");
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).expect("read")
+    }
+
+    /// A data directory with an old database (and its WAL files) and a restore directory holding new files.
+    fn prepared(job: i64) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        write(d, "shop.sqlite", "old shop");
+        write(d, "shop.sqlite-wal", "old wal");
+        write(d, "shop.sqlite-shm", "old shm");
+        write(d, "gone.sqlite", "old gone");
+        write(d, "notes.txt", "not a database");
+        let staged = restore_dir(d, job);
+        std::fs::create_dir(&staged).expect("mkdir");
+        write(&staged, "shop.sqlite", "new shop");
+        write(&staged, "fresh.sqlite", "new fresh");
+        tmp
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn swap_moves_every_database_file_aside_and_places_the_restored_ones() {
+        let tmp = prepared(7);
+        let d = tmp.path();
+        let new = vec!["shop.sqlite".to_string(), "fresh.sqlite".to_string()];
+        let replaced = swap(d, 7, &new).expect("swap");
+        assert_eq!(replaced, replaced_dir(d, 7));
+        assert_eq!(read(d, "shop.sqlite"), "new shop");
+        assert_eq!(read(d, "fresh.sqlite"), "new fresh");
+        assert!(!d.join("gone.sqlite").exists());
+        assert!(!d.join("shop.sqlite-wal").exists() && !d.join("shop.sqlite-shm").exists());
+        assert_eq!(read(d, "notes.txt"), "not a database");
+        assert_eq!(
+            names(&replaced),
+            [
+                "gone.sqlite",
+                "shop.sqlite",
+                "shop.sqlite-shm",
+                "shop.sqlite-wal"
+            ]
+        );
+        assert_eq!(read(&replaced, "shop.sqlite"), "old shop");
+        // Only the journal is left in the restore directory; cleanup of a SUCCESSFUL job is not called, but
+        // the job removes that directory itself.
+        assert_eq!(names(&restore_dir(d, 7)), [JOURNAL]);
+    }
+
+    #[test]
+    fn cleanup_undoes_a_complete_or_interrupted_swap() {
+        // Complete swap, then the job failed to record success.
+        let tmp = prepared(8);
+        let d = tmp.path();
+        let new = vec!["shop.sqlite".to_string(), "fresh.sqlite".to_string()];
+        swap(d, 8, &new).expect("swap");
+        cleanup(d, 8).expect("cleanup");
+        assert_eq!(
+            names(d),
+            [
+                "gone.sqlite",
+                "notes.txt",
+                "shop.sqlite",
+                "shop.sqlite-shm",
+                "shop.sqlite-wal"
+            ]
+        );
+        assert_eq!(read(d, "shop.sqlite"), "old shop");
+
+        // A crash halfway: the journal written, one old file moved aside, nothing placed yet.
+        let tmp = prepared(9);
+        let d = tmp.path();
+        let journal = Journal {
+            old: database_files(d).expect("ls"),
+            new: new.clone(),
+        };
+        std::fs::write(
+            restore_dir(d, 9).join(JOURNAL),
+            serde_json::to_vec(&journal).expect("json"),
+        )
+        .expect("journal");
+        std::fs::create_dir(replaced_dir(d, 9)).expect("mkdir");
+        std::fs::rename(
+            d.join("gone.sqlite"),
+            replaced_dir(d, 9).join("gone.sqlite"),
+        )
+        .expect("mv");
+        cleanup(d, 9).expect("cleanup");
+        assert_eq!(read(d, "gone.sqlite"), "old gone");
+        assert_eq!(read(d, "shop.sqlite"), "old shop");
+        assert!(!d.join("fresh.sqlite").exists());
+        assert!(!restore_dir(d, 9).exists() && !replaced_dir(d, 9).exists());
+
+        // A crash after every old file moved and one restored file placed.
+        let tmp = prepared(10);
+        let d = tmp.path();
+        let journal = Journal {
+            old: database_files(d).expect("ls"),
+            new,
+        };
+        std::fs::write(
+            restore_dir(d, 10).join(JOURNAL),
+            serde_json::to_vec(&journal).expect("json"),
+        )
+        .expect("journal");
+        std::fs::create_dir(replaced_dir(d, 10)).expect("mkdir");
+        for n in &journal.old {
+            std::fs::rename(d.join(n), replaced_dir(d, 10).join(n)).expect("mv");
+        }
+        std::fs::rename(
+            restore_dir(d, 10).join("shop.sqlite"),
+            d.join("shop.sqlite"),
+        )
+        .expect("mv");
+        cleanup(d, 10).expect("cleanup");
+        assert_eq!(read(d, "shop.sqlite"), "old shop");
+        assert_eq!(read(d, "shop.sqlite-wal"), "old wal");
+        assert!(!d.join("fresh.sqlite").exists());
+        assert!(!restore_dir(d, 10).exists() && !replaced_dir(d, 10).exists());
+    }
+
+    #[test]
+    fn cleanup_before_the_swap_only_removes_the_restore_directory() {
+        let tmp = prepared(11);
+        let d = tmp.path();
+        let before = names(d);
+        cleanup(d, 11).expect("cleanup");
+        let mut expected = before;
+        expected.retain(|n| !n.starts_with(RESTORE_DIR_PREFIX));
+        assert_eq!(names(d), expected);
+        assert_eq!(read(d, "shop.sqlite"), "old shop");
+        cleanup(d, 11).expect("nothing left to do");
+    }
+
+    #[test]
+    fn database_files_are_the_sqlite_files_and_their_companions() {
+        for yes in ["a.sqlite", "a.sqlite-wal", "a.sqlite-shm"] {
+            assert!(is_database_file(yes), "{yes}");
+        }
+        for no in [
+            ".sqlite",
+            "a.sqlite.partial",
+            "a.db",
+            "swap.json",
+            "a.sqlite-journal",
+        ] {
+            assert!(!is_database_file(no), "{no}");
+        }
+    }
+
+    /// Run by [`a_lock_held_by_another_process_is_found`] in a child process: holds a POSIX read lock on the
+    /// file named by the environment until its stdin closes.
+    #[test]
+    #[ignore = "helper process of a_lock_held_by_another_process_is_found"]
+    fn hold_lock_helper() {
+        use rustix::fs::{fcntl_lock, FlockOperation};
+        let Ok(path) = std::env::var("DDSVAULT_TEST_LOCK_FILE") else {
+            return;
+        };
+        let file = std::fs::File::open(path).expect("open");
+        fcntl_lock(&file, FlockOperation::NonBlockingLockShared).expect("lock");
+        println!("LOCKED");
+        std::io::stdout().flush().expect("flush");
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+    }
+
+    #[test]
+    fn a_lock_held_by_another_process_is_found() {
+        use std::io::BufRead;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        write(d, "shop.sqlite", "db");
+        write(d, "shop.sqlite-shm", "shm");
+        write(d, "other.sqlite", "db");
+        assert!(locked_files(d).expect("probe").is_empty());
+
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "file_restore::tests::hold_lock_helper",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DDSVAULT_TEST_LOCK_FILE", d.join("shop.sqlite-shm"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn helper");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut locked = false;
+        let mut line = String::new();
+        while !locked && out.read_line(&mut line).unwrap_or(0) > 0 {
+            locked = line.contains("LOCKED");
+            line.clear();
+        }
+        assert!(locked, "the helper took its lock");
+        let held = locked_files(d).expect("probe");
+        let pid = child.id();
+        drop(child.stdin.take());
+        // Read the helper's output to its end, so it never writes into a closed pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+        let _ = child.wait();
+        assert_eq!(held, [format!("shop.sqlite-shm (pid {pid})")]);
+        assert!(locked_files(d).expect("probe").is_empty(), "released");
+    }
+
+    #[tokio::test]
+    async fn a_node_without_listener_or_locks_is_stopped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        write(tmp.path(), "shop.sqlite", "db");
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let uri = format!("mongodb://127.0.0.1:{port}/");
+        ensure_stopped(&uri, tmp.path()).await.expect("stopped");
+
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
+        let e = ensure_stopped(&uri, tmp.path())
+            .await
+            .expect_err("something listens");
+        assert!(matches!(e, JobError::NodeRunning(_)), "{e}");
+        drop(listener);
+
+        let e = ensure_stopped("not a uri", tmp.path())
+            .await
+            .expect_err("cannot tell");
+        assert!(e.to_string().contains("cannot check"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn materialize_checks_every_file_and_removes_what_it_wrote_on_a_mismatch() {
+        let repo = Repository::memory();
+        let prefix = Repository::backup_prefix("dds-m", 3);
+        let body = b"database bytes".to_vec();
+        repo.put(
+            &prefix.join("files/shop.sqlite").expect("path"),
+            bytes::Bytes::from(body.clone()),
+        )
+        .await
+        .expect("put");
+        let mut manifest = Manifest {
+            format: ddsvault_repo::MANIFEST_FORMAT,
+            backup_id: 3,
+            instance_id: "dds-m".into(),
+            method: "Physical".into(),
+            created_at: Utc::now(),
+            files: vec![ddsvault_repo::ManifestFile {
+                name: "files/shop.sqlite".into(),
+                size: body.len() as u64,
+                sha256: ddsvault_repo::sha256_hex(&body),
+            }],
+            extra: serde_json::json!({}),
+        };
+        let out = tempfile::tempdir().expect("tempdir");
+        let done = Arc::new(AtomicU64::new(0));
+        let m = materialize(
+            &repo,
+            &prefix,
+            &manifest,
+            out.path(),
+            &CancellationToken::new(),
+            Arc::clone(&done),
+        )
+        .await
+        .expect("materialize");
+        assert_eq!(m.files, ["shop.sqlite"]);
+        assert_eq!(m.bytes, body.len() as u64);
+        assert_eq!(done.load(Ordering::Relaxed), body.len() as u64);
+        assert_eq!(
+            std::fs::read(out.path().join("shop.sqlite")).expect("read"),
+            body
+        );
+
+        manifest.files[0].sha256 = ddsvault_repo::sha256_hex(b"something else");
+        let again = tempfile::tempdir().expect("tempdir");
+        let e = materialize(
+            &repo,
+            &prefix,
+            &manifest,
+            again.path(),
+            &CancellationToken::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .expect_err("mismatch");
+        assert!(e.to_string().contains("does not match the manifest"), "{e}");
+        assert!(names(again.path()).is_empty(), "nothing left behind");
+    }
+}

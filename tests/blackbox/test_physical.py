@@ -220,3 +220,49 @@ def test_backup_under_load_is_consistent_per_database(env, method):
         assert events > 0
         # The other databases are intact too.
         assert snapshot(fresh.client(), DBS) == env["expected"]
+
+
+def test_automatic_backups_take_the_default_file_method(tmp_path):
+    """With data_path, the scheduler takes what CreateBackup without BackupMethod takes: Physical on a replica
+    set, Snapshot on a standalone server (without data_path it stays Logical: test_policy.py)."""
+    import datetime
+
+    rs = stack.FerretDB(tmp_path / "rs", repl_set_name="rs0")
+    single = stack.FerretDB(tmp_path / "single")
+    try:
+        for f in (rs, single):
+            f.client().shop.orders.insert_many([{"_id": i} for i in range(50)])
+        # Policies are set with the scheduler off, so no default window can take a slot first.
+        text = config_text(tmp_path / "data", {}, extra="[scheduler]\nenabled = false\ntick_secs = 1") \
+            + instance_lines("dds-auto-rs", rs.uri, data_path=rs.data_dir) \
+            + instance_lines("dds-auto-single", single.uri, data_path=single.data_dir)
+        s = Ddsvault(tmp_path / "svc", text)
+        try:
+            now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+            window = f"{now:%H:%M}Z-{now + datetime.timedelta(hours=1):%H:%M}Z"
+            days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+            tea = tea_client(s)
+            for iid in ("dds-auto-rs", "dds-auto-single"):
+                tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
+                    dbinstance_id=iid, preferred_backup_time=window, preferred_backup_period=days[now.weekday()],
+                    backup_retention_period=7))
+            s.stop()
+            s.config_path.write_text(s.config_path.read_text().replace("enabled = false", "enabled = true"))
+            s.start()
+            tea = tea_client(s)
+
+            def automated(iid):
+                body = tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid)).body
+                return [b for b in (body.backups.backup if body.backups else []) if b.backup_mode == "Automated"]
+
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (automated("dds-auto-rs") and automated("dds-auto-single")):
+                time.sleep(0.5)
+            got = {iid: [(b.backup_method, b.backup_status) for b in automated(iid)]
+                   for iid in ("dds-auto-rs", "dds-auto-single")}
+            assert got == {"dds-auto-rs": [("Physical", "Success")], "dds-auto-single": [("Snapshot", "Success")]}
+        finally:
+            s.stop()
+    finally:
+        rs.stop()
+        single.stop()

@@ -136,6 +136,18 @@ pub enum TickOutcome {
     Skipped { slot: DateTime<Utc>, job_id: i64 },
 }
 
+/// Picks the method of an instance's automatic backup (called once per window slot).
+pub type MethodChooser =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+
+struct Chooser(MethodChooser);
+
+impl std::fmt::Debug for Chooser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MethodChooser")
+    }
+}
+
 /// Starts automatic backups.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -146,6 +158,7 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     tick: Duration,
     runner: Option<Arc<Runner>>,
+    method: std::sync::OnceLock<Chooser>,
     ticks: watch::Sender<u64>,
 }
 
@@ -166,6 +179,7 @@ impl Scheduler {
             clock: Arc::new(SystemClock),
             tick,
             runner: None,
+            method: std::sync::OnceLock::new(),
             ticks: watch::channel(0).0,
         }
     }
@@ -182,6 +196,12 @@ impl Scheduler {
     pub fn with_runner(mut self, runner: Arc<Runner>) -> Self {
         self.runner = Some(runner);
         self
+    }
+
+    /// Sets how a window's backup method is chosen (the server's CreateBackup rules); until then, and when the
+    /// chooser is never set, automatic backups are Logical. Set once, after the server's state exists.
+    pub fn set_method_chooser(&self, chooser: MethodChooser) {
+        let _ = self.method.set(Chooser(chooser));
     }
 
     /// Counts finished ticks (tests wait on it instead of sleeping).
@@ -259,9 +279,13 @@ impl Scheduler {
             tracing::info!(instance = %id, %slot, job_id = j.id, "automatic backup waits for a high-frequency snapshot");
             return Ok(TickOutcome::Waiting { slot, job_id: j.id });
         }
+        let method = match self.method.get() {
+            Some(Chooser(choose)) => choose(id.to_string()).await,
+            None => "Logical".to_string(),
+        };
         let job = self.job(
             id,
-            "Logical",
+            &method,
             SCHEDULE_STANDARD,
             slot,
             retention_days,

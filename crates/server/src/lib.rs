@@ -264,6 +264,17 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
     );
     let state = Arc::new(state);
+    if let Some(scheduler) = &scheduler {
+        let st = Arc::clone(&state);
+        scheduler.set_method_chooser(Arc::new(move |id: String| {
+            let st = Arc::clone(&st);
+            Box::pin(async move {
+                actions::backup::automatic_method(&st, &id)
+                    .await
+                    .to_string()
+            })
+        }));
+    }
     let _ = state
         .throttle
         .set(throttle::Throttle::new(cfg.throttling.clone()));

@@ -135,6 +135,25 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
 
 /// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
 /// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
+/// The method of an automatic backup: what CreateBackup without `BackupMethod` takes (Physical; Snapshot for a
+/// standalone server or cloud disks) when the instance can take file backups, otherwise Logical (no `data_path`,
+/// or a mongod). An instance that does not answer gets Logical too: its job then fails with the reason.
+pub async fn automatic_method(st: &AppState, id: &str) -> &'static str {
+    let Ok(inst) = st.instance(id) else {
+        return "Logical";
+    };
+    if inst.data_path.is_none() {
+        return "Logical";
+    }
+    let Ok((_, topo)) = st.probe(inst).await else {
+        return "Logical";
+    };
+    match choose_method(None, topo.kind, inst.is_cloud_disk()) {
+        Ok(m) if file_backup_possible(inst, &topo, m).is_ok() => m,
+        _ => "Logical",
+    }
+}
+
 fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Result<(), ActionError> {
     if inst.data_path.is_none() {
         return Err(ActionError::DataPathMissing {

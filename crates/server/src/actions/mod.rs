@@ -3,7 +3,7 @@
 //! `UnsupportedOperation` instead of pretending to succeed.
 
 mod advanced;
-mod backup;
+pub(crate) mod backup;
 mod instance;
 mod policy;
 mod restore;

@@ -227,6 +227,9 @@ pub(crate) async fn run(
     });
     let end_time = Utc::now();
     if method == FileMethod::Snapshot {
+        // Chunk files were written without an fsync each: one sync of the repository's filesystem makes them all
+        // durable before the index names them.
+        runner.repo.sync_deferred().await?;
         manifest_files.push(
             runner
                 .repo

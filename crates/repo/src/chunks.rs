@@ -214,7 +214,8 @@ impl Repository {
 
     /// Stores a chunk unless the instance's store already has it. `raw` must hash to `sha256` (checked, on a
     /// blocking thread together with the compression). Returns the compressed bytes written, or `None` if the
-    /// chunk was already there.
+    /// chunk was already there. On a local repository the chunk is atomic at once but durable only after
+    /// [`Repository::sync_deferred`], which the writer calls once before anything names the chunk.
     ///
     /// # Errors
     /// [`RepoError::Integrity`] if `raw` does not match `sha256`, [`RepoError::InvalidPath`] for a malformed
@@ -249,7 +250,7 @@ impl Repository {
         .await
         .map_err(|e| RepoError::Internal(format!("chunk compression task: {e}")))??;
         let stored = compressed.len() as u64;
-        self.put(&path, Bytes::from(compressed)).await?;
+        self.put_deferred(&path, Bytes::from(compressed)).await?;
         Ok(Some(stored))
     }
 

@@ -73,6 +73,24 @@ impl DurableLocalFs {
     }
 }
 
+/// A `put` carrying this extension is atomic (staged and renamed) but not yet durable: the writer calls
+/// [`sync_filesystem`] once after a batch of such puts (many small chunk files, where an fsync of each file and
+/// its directories would cost more than writing them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeferSync;
+
+/// Makes everything written under `root` durable with one `syncfs(2)` (data and metadata of the whole
+/// filesystem, directory entries included).
+pub(crate) async fn sync_filesystem(root: &FsPath) -> std::io::Result<()> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let dir = std::fs::File::open(&root)?;
+        rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 fn io_error(e: std::io::Error) -> object_store::Error {
     object_store::Error::Generic {
         store: "LocalFileSystem",
@@ -127,8 +145,11 @@ impl ObjectStore for DurableLocalFs {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        let deferred = opts.extensions.get::<DeferSync>().is_some();
         let result = self.inner.put_opts(location, payload, opts).await?;
-        self.sync(location).await?;
+        if !deferred {
+            self.sync(location).await?;
+        }
         Ok(result)
     }
 
@@ -302,5 +323,55 @@ mod abandoned_tests {
             "the abandoned file and its directory are gone"
         );
         assert_eq!(repo.get(&keep).await.expect("kept").as_ref(), b"x");
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use crate::{RepoPath, Repository};
+
+    #[tokio::test]
+    async fn deferred_puts_are_whole_at_once_and_synced_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::local(dir.path()).expect("local repo");
+        let paths: Vec<RepoPath> = (0..20)
+            .map(|i| RepoPath::new(format!("chunks/dds-d/{:02x}/c{i}", i % 4)).expect("path"))
+            .collect();
+        for (i, p) in paths.iter().enumerate() {
+            repo.put_deferred(p, bytes::Bytes::from(format!("chunk {i}")))
+                .await
+                .expect("put");
+        }
+        // Visible and complete before the sync (atomic rename); no staging file is left beside them.
+        for (i, p) in paths.iter().enumerate() {
+            assert_eq!(
+                repo.get(p).await.expect("get").as_ref(),
+                format!("chunk {i}").as_bytes()
+            );
+        }
+        let leftovers = walk(dir.path())
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains('#'))
+            .count();
+        assert_eq!(leftovers, 0);
+        repo.sync_deferred().await.expect("syncfs");
+        // A repository that is not local has nothing to sync.
+        Repository::memory()
+            .sync_deferred()
+            .await
+            .expect("memory store");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }

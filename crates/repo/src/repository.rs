@@ -117,6 +117,38 @@ impl Repository {
         Ok(())
     }
 
+    /// Like [`Repository::put`], but on a local repository the object is durable only after the next
+    /// [`Repository::sync_deferred`] (it is still atomic: absent or whole). Other stores make every `PUT` durable
+    /// when it succeeds.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn put_deferred(&self, path: &RepoPath, bytes: Bytes) -> Result<(), RepoError> {
+        if self.local_root.is_none() {
+            return self.put(path, bytes).await;
+        }
+        let location = path.to_location()?;
+        let mut opts = object_store::PutOptions::default();
+        opts.extensions.insert(crate::local::DeferSync);
+        self.store
+            .put_opts(&location, PutPayload::from(bytes), opts)
+            .await
+            .map_err(|e| RepoError::from_store(path, e))?;
+        Ok(())
+    }
+
+    /// Makes every [`Repository::put_deferred`] so far durable (one `syncfs` on a local repository; nothing to do
+    /// elsewhere).
+    ///
+    /// # Errors
+    /// [`RepoError::Io`] if the filesystem cannot be synced.
+    pub async fn sync_deferred(&self) -> Result<(), RepoError> {
+        match &self.local_root {
+            Some(root) => Ok(crate::local::sync_filesystem(root).await?),
+            None => Ok(()),
+        }
+    }
+
     /// Reads a whole object into memory. Use [`Repository::get_stream`] for large objects.
     ///
     /// # Errors

@@ -266,3 +266,32 @@ def test_automatic_backups_take_the_default_file_method(tmp_path):
     finally:
         rs.stop()
         single.stop()
+
+
+def test_a_data_path_without_database_files_does_not_hide_the_databases(tmp_path):
+    """CreateBackup takes a FerretDB's database names from data_path (listDatabases measures every database); a
+    data_path with no database file (misconfigured) falls back to asking the server instead of refusing with
+    NoDatabase."""
+    f = stack.FerretDB(tmp_path / "f", repl_set_name="rs0")
+    try:
+        f.client().shop.orders.insert_one({"_id": 1})
+        empty = tmp_path / "not-the-data-dir"
+        empty.mkdir()
+        text = config_text(tmp_path / "data", {}) + instance_lines("dds-wrongpath", f.uri, data_path=empty)
+        s = Ddsvault(tmp_path / "svc", text)
+        try:
+            tea = tea_client(s)
+            job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-wrongpath",
+                                                            backup_method="Logical")).body
+            b = wait_backup(tea, "dds-wrongpath", job.backup_job_id)
+            assert b.backup_status == "Success"
+            # Physical reads the files: its job fails, saying what is wrong with the directory.
+            job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-wrongpath",
+                                                            backup_method="Physical")).body
+            b = wait_backup(tea, "dds-wrongpath", job.backup_job_id)
+            assert b.backup_status == "Failed"
+            assert "holds no <db>.sqlite file" in s.stderr()
+        finally:
+            s.stop()
+    finally:
+        f.stop()

@@ -46,6 +46,11 @@
 //! backup is never mistaken for a complete one. [`Repository::verify`] re-reads every file and checks its
 //! size and SHA-256 against the manifest.
 //!
+//! Snapshot chunks are the exception to "durable when the call returns": [`Repository::put_chunk`] writes them
+//! atomically but without an fsync each, and the snapshot job calls [`Repository::sync_deferred`] (one `syncfs`)
+//! before its index names them. A power loss before that sync can leave chunk files empty; such a file is not
+//! counted as stored and is written again by the next snapshot that needs it.
+//!
 //! Crash caveat (local directory): the fsync follows the rename, so a power loss *during* a
 //! `put` may leave the final name with partial content (never for a `put` that returned).
 //! Because the manifest is written last, such a file belongs to an uncommitted backup, and a

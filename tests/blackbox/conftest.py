@@ -163,6 +163,29 @@ def acs_call(server: Ddsvault, request, ak=ROOT_AK):
     return json.loads(acs_client(server, ak).do_action_with_exception(request))
 
 
+def schedule_now_and_start_scheduler(server: Ddsvault, instance_ids, retention: int = 7):
+    """Gives the instances a backup window opening this minute, today only (set while the server's scheduler is
+    off, so that no default window takes a slot first), then restarts the server with its scheduler on. Returns
+    the window's start."""
+    import datetime
+
+    from alibabacloud_dds20151201 import models as dds
+
+    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    window = f"{now:%H:%M}Z-{now + datetime.timedelta(hours=1):%H:%M}Z"
+    day = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"][now.weekday()]
+    tea = tea_client(server)
+    for iid in instance_ids:
+        tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
+            dbinstance_id=iid, preferred_backup_time=window, preferred_backup_period=day,
+            backup_retention_period=retention))
+    server.stop()
+    assert "enabled = false" in server.config_path.read_text()
+    server.config_path.write_text(server.config_path.read_text().replace("enabled = false", "enabled = true"))
+    server.start()
+    return now
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,8 @@ from alibabacloud_dds20151201 import models as dds
 from alibabacloud_tea_openapi.exceptions import ClientException
 
 import stack
-from conftest import DDSVAULT_BIN, Ddsvault, config_text, seed_data, snapshot, tea_client, wait_backup
+from conftest import (DDSVAULT_BIN, Ddsvault, config_text, schedule_now_and_start_scheduler, seed_data, snapshot,
+                      tea_client, wait_backup)
 from test_restore import call
 
 DBS = ("shop", "crm")
@@ -225,8 +226,6 @@ def test_backup_under_load_is_consistent_per_database(env, method):
 def test_automatic_backups_take_the_default_file_method(tmp_path):
     """With data_path, the scheduler takes what CreateBackup without BackupMethod takes: Physical on a replica
     set, Snapshot on a standalone server (without data_path it stays Logical: test_policy.py)."""
-    import datetime
-
     rs = stack.FerretDB(tmp_path / "rs", repl_set_name="rs0")
     single = stack.FerretDB(tmp_path / "single")
     try:
@@ -238,17 +237,7 @@ def test_automatic_backups_take_the_default_file_method(tmp_path):
             + instance_lines("dds-auto-single", single.uri, data_path=single.data_dir)
         s = Ddsvault(tmp_path / "svc", text)
         try:
-            now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
-            window = f"{now:%H:%M}Z-{now + datetime.timedelta(hours=1):%H:%M}Z"
-            days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-            tea = tea_client(s)
-            for iid in ("dds-auto-rs", "dds-auto-single"):
-                tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
-                    dbinstance_id=iid, preferred_backup_time=window, preferred_backup_period=days[now.weekday()],
-                    backup_retention_period=7))
-            s.stop()
-            s.config_path.write_text(s.config_path.read_text().replace("enabled = false", "enabled = true"))
-            s.start()
+            schedule_now_and_start_scheduler(s, ("dds-auto-rs", "dds-auto-single"))
             tea = tea_client(s)
 
             def automated(iid):

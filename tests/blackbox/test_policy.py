@@ -136,7 +136,7 @@ import requests  # noqa: E402
 from aliyunsdkdds.request.v20151201.DeleteBackupRequest import DeleteBackupRequest  # noqa: E402
 
 import stack  # noqa: E402
-from conftest import wait_backup  # noqa: E402
+from conftest import schedule_now_and_start_scheduler, wait_backup  # noqa: E402
 
 RID = "dds-ret1"
 
@@ -298,7 +298,6 @@ def test_without_scheduler_no_next_backup_time_is_promised(ret):
 # ---------------------------------------------------------------------------------------------- scheduler
 
 SID = "dds-sched1"
-WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
 def automated_backups(server):
@@ -317,16 +316,7 @@ def test_scheduler_runs_one_automatic_backup_per_slot_across_restarts(tmp_path):
                                                    extra="[scheduler]\nenabled = false\ntick_secs = 1"))
         try:
             # A window opening this minute, today only: the slot is due now and for the next hour.
-            now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
-            end = now + datetime.timedelta(hours=1)
-            window = f"{now:%H:%M}Z-{end:%H:%M}Z"
-            tea = tea_client(s)
-            tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
-                dbinstance_id=SID, preferred_backup_time=window, preferred_backup_period=WEEKDAYS[now.weekday()],
-                backup_retention_period=7))
-            s.stop()
-            s.config_path.write_text(s.config_path.read_text().replace("enabled = false", "enabled = true"))
-            s.start()
+            now = schedule_now_and_start_scheduler(s, [SID])
             tea = tea_client(s)  # the restarted process listens on a new port
             assert wait_until(lambda: len(automated_backups(s)) == 1, timeout=120)
             b = automated_backups(s)[0]

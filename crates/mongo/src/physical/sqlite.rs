@@ -82,10 +82,7 @@ pub fn list_databases(dir: &Path) -> Result<Vec<DataFile>> {
 /// # Errors
 /// [`MongoError::Image`] naming the file if SQLite fails or the source stays locked.
 pub fn image(src: &Path, dest: &Path) -> Result<u64> {
-    let file = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| src.display().to_string());
+    let file = file_label(src);
     let err = |detail: String| MongoError::Image {
         file: file.clone(),
         detail,
@@ -97,12 +94,7 @@ pub fn image(src: &Path, dest: &Path) -> Result<u64> {
             dest.display()
         )));
     }
-    let from = Connection::open_with_flags(
-        src,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql)?;
-    from.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+    let from = open_source(src).map_err(sql)?;
     {
         let mut to = Connection::open(dest).map_err(sql)?;
         // A scratch file: durability comes from the repository, and the content is hashed after the copy.
@@ -151,6 +143,23 @@ pub fn image(src: &Path, dest: &Path) -> Result<u64> {
         .map_err(|e| MongoError::io(format!("stat {}", dest.display()), e))?
         .len();
     Ok(size)
+}
+
+/// The source's file name, for messages.
+fn file_label(src: &Path) -> String {
+    src.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| src.display().to_string())
+}
+
+/// A read-only connection to a live database that waits a while for the server's locks.
+fn open_source(src: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 /// Pages handed from the reading thread to the consumer at once (256 KiB with 4 KiB pages).
@@ -215,10 +224,7 @@ impl ImageStream {
     /// [`MongoError::Image`] naming the file if SQLite cannot open it, has no `sqlite_dbpage`, or the source
     /// stays locked.
     pub fn open(src: &Path) -> Result<Self> {
-        let file = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| src.display().to_string());
+        let file = file_label(src);
         let err = |detail: String| MongoError::Image {
             file: file.clone(),
             detail,
@@ -230,12 +236,7 @@ impl ImageStream {
                     .into(),
             ));
         }
-        let conn = Connection::open_with_flags(
-            src,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        let conn = open_source(src).map_err(sql)?;
         conn.execute_batch("BEGIN").map_err(sql)?;
         // The first read starts the read transaction: from here on every statement sees this one commit.
         let (page_size, page_count): (i64, i64) = conn

@@ -206,14 +206,30 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
         }
     }
 
+    restore_job(
+        st,
+        target_id,
+        backup.id,
+        json!({"source_instance": source, "drop": drop, "select": select}),
+    )
+    .await
+}
+
+/// Creates the restore job (claimed by whichever process runs jobs) and answers its id.
+async fn restore_job(
+    st: &AppState,
+    target_id: &str,
+    backup_id: i64,
+    params: Value,
+) -> ActionResult {
     let job = st
         .catalog
         .create_job(&NewJob {
             kind: "restore".into(),
             instance_id: target_id.to_string(),
-            backup_id: Some(backup.id),
+            backup_id: Some(backup_id),
             mode: "Manual".into(),
-            params: json!({"source_instance": source, "drop": drop, "select": select}),
+            params,
             now: Utc::now(),
         })
         .await
@@ -259,22 +275,13 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
         }
         Err(e) => return Err(ActionError::Internal(e.to_string()).into()),
     }
-    let job = st
-        .catalog
-        .create_job(&NewJob {
-            kind: "restore".into(),
-            instance_id: target_id.to_string(),
-            backup_id: Some(backup.id),
-            mode: "Manual".into(),
-            params: json!({"source_instance": source, "method": backup.method}),
-            now: Utc::now(),
-        })
-        .await
-        .map_err(ActionError::from)?;
-    st.runner.wake();
-    let mut out = Map::new();
-    out.insert("RestoreJobId".into(), Value::String(job.id.to_string()));
-    Ok(out)
+    restore_job(
+        st,
+        target_id,
+        backup.id,
+        json!({"source_instance": source, "method": backup.method}),
+    )
+    .await
 }
 
 pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {

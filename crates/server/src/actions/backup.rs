@@ -48,10 +48,10 @@ fn choose_method(
     Ok(requested.unwrap_or("Physical"))
 }
 
-/// `BackupRetentionPeriod`: 7–730 days or -1 (permanent); default from the instance's backup policy.
-fn retention(p: &Params, policy_default: i64) -> Result<i64, ActionError> {
+/// `BackupRetentionPeriod`: 7–730 days or -1 (permanent); `None` when absent (the policy's applies).
+fn retention(p: &Params) -> Result<Option<i64>, ActionError> {
     let Some(raw) = p.get("BackupRetentionPeriod") else {
-        return Ok(policy_default);
+        return Ok(None);
     };
     let days: i64 = raw.trim().parse().map_err(|_| {
         ActionError::InvalidRetention(format!(
@@ -59,7 +59,7 @@ fn retention(p: &Params, policy_default: i64) -> Result<i64, ActionError> {
         ))
     })?;
     if days == -1 || (7..=730).contains(&days) {
-        Ok(days)
+        Ok(Some(days))
     } else {
         Err(ActionError::InvalidRetention(format!(
             "{days} is out of range; valid values: 7 to 730, or -1 (permanent)."
@@ -80,17 +80,22 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
             .into());
         }
     }
-    let policy = st
-        .catalog
-        .get_policy(id)
-        .await
-        .map_err(ActionError::from)?
-        .unwrap_or_default();
-    let retention_days = retention(p, policy.backup_retention_period)?;
+    let requested_retention = retention(p)?;
 
     // Fast path for the common refusal: an active job is visible in the catalog without asking the instance.
     // The unique index in the catalog still decides races between concurrent calls.
     refuse_if_active(st, id).await?;
+    let retention_days = match requested_retention {
+        Some(days) => days,
+        None => {
+            st.catalog
+                .get_policy(id)
+                .await
+                .map_err(ActionError::from)?
+                .unwrap_or_default()
+                .backup_retention_period
+        }
+    };
     let (topo, databases) = match inspect(st, inst).await {
         Ok(found) => found,
         // A job that started meanwhile keeps the instance busy (a dump can slow its answers down): that, not
@@ -438,15 +443,12 @@ mod tests {
             m.insert("BackupRetentionPeriod".to_string(), v.to_string());
             Params::new(m)
         };
-        assert_eq!(
-            retention(&Params::new(Default::default()), 30).ok(),
-            Some(30)
-        );
-        for ok in ["7", "730", "-1", "100"] {
-            assert!(retention(&mk(ok), 30).is_ok(), "{ok}");
+        assert_eq!(retention(&Params::new(Default::default())).ok(), Some(None));
+        for (ok, days) in [("7", 7), ("730", 730), ("-1", -1), ("100", 100)] {
+            assert_eq!(retention(&mk(ok)).ok(), Some(Some(days)), "{ok}");
         }
         for bad in ["6", "731", "0", "-2", "abc", "", "7.5"] {
-            assert!(retention(&mk(bad), 30).is_err(), "{bad}");
+            assert!(retention(&mk(bad)).is_err(), "{bad}");
         }
     }
 }

@@ -441,7 +441,14 @@ mod tests {
         let size = image(&src, &dest).unwrap();
         assert_eq!(size, std::fs::metadata(&dest).unwrap().len());
         assert!(!dir.path().join("image.sqlite-wal").exists());
-        let copy = Connection::open(&dest).unwrap();
+        assert_self_contained_with_one_log_row(&dest);
+        // An existing target is never overwritten.
+        assert!(matches!(image(&src, &dest), Err(MongoError::Image { .. })));
+    }
+
+    /// The image holds the one row that was only in the source's WAL, in rollback-journal mode, and is intact.
+    fn assert_self_contained_with_one_log_row(dest: &Path) {
+        let copy = Connection::open(dest).unwrap();
         let n: i64 = copy
             .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
             .unwrap();
@@ -450,8 +457,10 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "delete");
-        // An existing target is never overwritten.
-        assert!(matches!(image(&src, &dest), Err(MongoError::Image { .. })));
+        let check: String = copy
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     /// [`ImageStream`] written to a file, as the repository would store it.
@@ -483,19 +492,7 @@ mod tests {
         let dest = dir.path().join("image.sqlite");
         let size = stream_to(&src, &dest).unwrap();
         assert_eq!(size, std::fs::metadata(&dest).unwrap().len());
-        let copy = Connection::open(&dest).unwrap();
-        let n: i64 = copy
-            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1);
-        let mode: String = copy
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "delete");
-        let check: String = copy
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_self_contained_with_one_log_row(&dest);
         // The source is untouched and still in WAL mode.
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

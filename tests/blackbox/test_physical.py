@@ -39,6 +39,25 @@ def restore_to_dir(server, backup_id, target):
     return r.stdout
 
 
+def download_tar(url, target):
+    """Downloads a file backup's BackupDownloadURL (a tar of its data files) and unpacks it into `target`."""
+    import io
+    import tarfile
+
+    import requests
+
+    r = requests.get(url, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "application/x-tar"
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    target.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:") as t:
+        names = sorted(m.name for m in t.getmembers())
+        assert all(m.isfile() and "/" not in m.name for m in t.getmembers()), names
+        t.extractall(target, filter="data")
+    return names
+
+
 def storage(tea, iid):
     return tea.describe_backup_storage(dds.DescribeBackupStorageRequest(dbinstance_id=iid)).body
 
@@ -73,8 +92,12 @@ def test_physical_is_the_default_and_restores_into_a_fresh_ferretdb(env):
     assert (b.backup_method, b.backup_type, b.backup_mode) == ("Physical", "FullBackup", "Manual")
     assert int(b.backup_size) > 0
     assert set(b.backup_dbnames.split(",")) == set(DBS)
-    # No single archive to download for file-level backups.
-    assert b.backup_download_url == ""
+    # The download is a tar of the data files; a FerretDB started on them serves the backup's documents.
+    assert "/files.tar?" in b.backup_download_url
+    names = download_tar(b.backup_download_url, env["base"] / "downloaded-phys" / "data")
+    assert names == sorted(f"{db}.sqlite" for db in DBS)
+    with stack.FerretDB(env["base"] / "downloaded-phys") as fresh:
+        assert snapshot(fresh.client(), DBS) == env["expected"]
     # The V1 SDK sees the same backup.
     listed = call(server, "DescribeBackups", DBInstanceId="dds-phys", BackupId=b.backup_id)["Backups"]["Backup"]
     assert [x["BackupMethod"] for x in listed] == ["Physical"]
@@ -132,6 +155,10 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
     with stack.FerretDB(env["base"] / "restored-snap") as fresh:
         assert snapshot(fresh.client(), ["big"]) == expected2
     assert expected1 != expected2
+    # Downloaded as a tar assembled from the chunks, it is the same image.
+    download_tar(b2.backup_download_url, env["base"] / "downloaded-snap" / "data")
+    with stack.FerretDB(env["base"] / "downloaded-snap") as fresh:
+        assert snapshot(fresh.client(), ["big"]) == expected2
 
     # A damaged chunk is caught by verify and by restore, which leaves no file behind.
     # (Every chunk of the store, since which ones the first, deleted snapshot alone used is not known here.)
@@ -146,6 +173,11 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
                         "--to-dir", str(bad)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "integrity" in r.stderr.lower(), r.stderr
     assert list(bad.iterdir()) == []
+    # A download stops short instead of handing out a damaged file.
+    import requests
+
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(b2.backup_download_url, timeout=120).raise_for_status()
 
 
 def test_file_backup_refusals(env):

@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use ddsvault_catalog::{Backup, Job};
 use ddsvault_repo::{ChunkRef, Manifest, RepoPath, Repository};
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -224,6 +226,75 @@ async fn plan(
         )));
     }
     Ok(out)
+}
+
+/// Where a tar entry's data is padded to.
+const TAR_BLOCK: u64 = 512;
+
+/// The data files of a Physical or Snapshot backup as one ustar stream (`<db>.sqlite` entries, mode 0644, the
+/// backup's time), assembled while it is read, and its exact length. Snapshot chunks are checked against their
+/// hashes as they are fetched (a mismatch ends the stream with an error, so the client sees a failed download,
+/// never a wrong file); Physical files are sent as stored (`ddsvault verify` re-checks them).
+///
+/// # Errors
+/// Repository errors, or a manifest that lists no data file.
+pub async fn tar_stream(
+    repo: &Repository,
+    prefix: &RepoPath,
+    manifest: &Manifest,
+) -> Result<(u64, BoxStream<'static, Result<Bytes, JobError>>), JobError> {
+    let planned = plan(repo, prefix, manifest).await?;
+    let mtime = u64::try_from(manifest.created_at.timestamp()).unwrap_or(0);
+    let mut length = 2 * TAR_BLOCK;
+    let mut parts = Vec::with_capacity(planned.len());
+    for f in planned {
+        let mut header = tar::Header::new_ustar();
+        header
+            .set_path(&f.name)
+            .map_err(|e| JobError::Other(format!("tar entry {}: {e}", f.name)))?;
+        header.set_size(f.size);
+        header.set_mode(0o644);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let pad = (TAR_BLOCK - f.size % TAR_BLOCK) % TAR_BLOCK;
+        length += TAR_BLOCK + f.size + pad;
+        parts.push((Bytes::copy_from_slice(header.as_bytes()), f, pad));
+    }
+    let repo = repo.clone();
+    let instance = manifest.instance_id.clone();
+    let files = futures::stream::iter(parts)
+        .then(move |(header, f, pad)| {
+            let repo = repo.clone();
+            let instance = instance.clone();
+            async move {
+                let data: BoxStream<'static, Result<Bytes, JobError>> =
+                    match f.source {
+                        Source::Object(path) => {
+                            let (_, stream) = repo.get_stream(&path).await?;
+                            stream.map_err(JobError::from).boxed()
+                        }
+                        Source::Chunks(chunks) => futures::stream::iter(chunks)
+                            .then(move |c| {
+                                let repo = repo.clone();
+                                let instance = instance.clone();
+                                async move {
+                                    repo.get_chunk(&instance, &c).await.map_err(JobError::from)
+                                }
+                            })
+                            .boxed(),
+                    };
+                let padding = Bytes::from(vec![0u8; usize::try_from(pad).unwrap_or(0)]);
+                Ok::<_, JobError>(
+                    futures::stream::once(async move { Ok(header) })
+                        .chain(data)
+                        .chain(futures::stream::once(async move { Ok(padding) })),
+                )
+            }
+        })
+        .try_flatten();
+    let end = futures::stream::once(async { Ok(Bytes::from(vec![0u8; 2 * TAR_BLOCK as usize])) });
+    Ok((length, files.chain(end).boxed()))
 }
 
 /// The sum of the file sizes a backup restores, for progress.
@@ -608,6 +679,54 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_physical_backup_downloads_as_a_tar_of_its_files() {
+        let repo = Repository::memory();
+        let prefix = Repository::backup_prefix("dds-t", 9);
+        let files = [("a.sqlite", vec![7u8; 1000]), ("b.sqlite", vec![9u8; 512])];
+        let mut listed = Vec::new();
+        for (name, body) in &files {
+            let rel = format!("{FILES_DIR}/{name}");
+            repo.put(&prefix.join(&rel).expect("path"), Bytes::from(body.clone()))
+                .await
+                .expect("put");
+            listed.push(ddsvault_repo::ManifestFile {
+                name: rel,
+                size: body.len() as u64,
+                sha256: hex::encode(Sha256::digest(body)),
+            });
+        }
+        let manifest = Manifest {
+            format: ddsvault_repo::MANIFEST_FORMAT,
+            backup_id: 9,
+            instance_id: "dds-t".into(),
+            method: "Physical".into(),
+            created_at: Utc::now(),
+            files: listed,
+            extra: serde_json::json!({}),
+        };
+        let (length, stream) = tar_stream(&repo, &prefix, &manifest).await.expect("tar");
+        let bytes: Vec<Bytes> = stream.try_collect().await.expect("stream");
+        let tar: Vec<u8> = bytes.concat();
+        assert_eq!(tar.len() as u64, length);
+        // 512 + 1024 (1000 padded) + 512 + 512 + two end blocks.
+        assert_eq!(length, 512 + 1024 + 512 + 512 + 1024);
+        let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").display().to_string();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).expect("read");
+            seen.push((name, body));
+        }
+        let want: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.clone()))
+            .collect();
+        assert_eq!(seen, want);
+    }
 
     fn write(dir: &Path, name: &str, body: &str) {
         std::fs::write(dir.join(name), body).expect("write");

@@ -15,6 +15,7 @@ use chrono::Utc;
 use ddsvault_api::{new_request_id, render_error, ApiError};
 use ddsvault_catalog::{Backup, BackupStatus};
 use ddsvault_repo::RepoPath;
+use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -66,8 +67,10 @@ impl UrlSigner {
 
     /// The URL of a finished backup's main file, or "" when it has none to download.
     pub fn url_for(&self, base: &str, b: &Backup) -> String {
-        let Some(file) = b.details.get("archive").and_then(|v| v.as_str()) else {
-            return String::new();
+        let file = match b.details.get("archive").and_then(|v| v.as_str()) {
+            Some(archive) => archive,
+            None if is_file_backup(b) => FILES_TAR,
+            None => return String::new(),
         };
         if b.status != BackupStatus::Success || base.is_empty() {
             return String::new();
@@ -79,6 +82,13 @@ impl UrlSigner {
             self.sign(b.id, file, expires)
         )
     }
+}
+
+/// What a Physical or Snapshot backup is downloaded as: a tar of its data files, assembled while it is sent.
+pub const FILES_TAR: &str = "files.tar";
+
+fn is_file_backup(b: &Backup) -> bool {
+    matches!(b.method.as_str(), "Physical" | "Snapshot")
 }
 
 #[derive(Deserialize)]
@@ -196,6 +206,9 @@ pub async fn serve_download(
         }
         Err(e) => return error(&st, ApiError::internal(e.to_string())),
     };
+    if file == FILES_TAR && is_file_backup(&backup) {
+        return serve_tar(&st, &backup, &method).await;
+    }
     let path = match RepoPath::new(backup.repo_prefix.clone()).and_then(|p| p.join(&file)) {
         Ok(p) => p,
         Err(e) => return error(&st, ApiError::internal(e.to_string())),
@@ -264,6 +277,59 @@ pub async fn serve_download(
     }
     if let Ok(v) = HeaderValue::from_str(&format!(
         "attachment; filename=\"{}-{id}-{file}\"",
+        backup.instance_id
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+/// A file backup as one tar, built from the manifest while it is sent. Its length is known up front; ranges are
+/// not offered (`Accept-Ranges: none`), so a `Range` header gets the whole file (RFC 9110 allows it).
+async fn serve_tar(st: &AppState, backup: &Backup, method: &Method) -> Response {
+    let gone = || {
+        ApiError::new(
+            404,
+            "InvalidBackupId.NotFound",
+            "The backup's files are no longer in the repository.",
+        )
+    };
+    let prefix = match RepoPath::new(backup.repo_prefix.clone()) {
+        Ok(p) => p,
+        Err(e) => return error(st, ApiError::internal(e.to_string())),
+    };
+    let manifest = match st.repo.read_manifest(&prefix).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return error(st, gone()),
+        Err(e) => return error(st, ApiError::internal(e.to_string())),
+    };
+    let (length, stream) =
+        match ddsvault_jobs::file_restore::tar_stream(&st.repo, &prefix, &manifest).await {
+            Ok(found) => found,
+            Err(e) => return error(st, ApiError::internal(e.to_string())),
+        };
+    let id = backup.id;
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(stream.map_err(move |e| {
+            // Headers are gone by now: the client sees the stream end early; the log says why.
+            tracing::warn!(backup_id = id, error = %e, "file backup download failed midway");
+            std::io::Error::other(e.to_string())
+        }))
+    };
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    if let Ok(v) = HeaderValue::from_str(&length.to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}-{id}-{FILES_TAR}\"",
         backup.instance_id
     )) {
         h.insert(header::CONTENT_DISPOSITION, v);

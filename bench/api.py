@@ -7,7 +7,9 @@ connection per client, a fresh nonce and signature per call):
     (seeded through the catalog trait by crates/catalog/examples/seed_backups.rs), with 1 and with --clients clients;
   - CreateBackup with --clients concurrent clients, each on its own instance (all pointing at one FerretDB holding a
     tiny database): the answers are a mix of accepted calls (a job is created) and BackupJobExists refusals while
-    that instance's job runs; both are reported separately.
+    that instance's job runs; both are reported separately;
+  - CreateBackup with --clients clients on instances that each hold a Running job of another node (seeded):
+    BackupJobExists refusals only.
 Targets (issue 7): DescribeBackups p99 <= 5 ms over 100,000 backups; CreateBackup p99 <= 10 ms with 64 clients.
 
   .stack/venv/bin/python bench/api.py                      # 100,000 backups, 64 clients, 10 s per run
@@ -77,10 +79,12 @@ def main():
         data = tmp / "svc" / "data"
         data.mkdir(parents=True)
         t0 = time.monotonic()
-        sh(str(SEED), f"sqlite://{data / 'catalog.db'}", "dds-bench", str(args.backups))
+        sh(str(SEED), f"sqlite://{data / 'catalog.db'}", "dds-bench", str(args.backups), "dds-busy-",
+           str(args.clients))
         results["seed_seconds"] = time.monotonic() - t0
         instances = {"dds-bench": fdb.uri}
         instances.update({f"dds-load-{i}": fdb.uri for i in range(args.clients)})
+        instances.update({f"dds-busy-{i}": fdb.uri for i in range(args.clients)})
         srv = Server(tmp / "svc", instances)
         try:
             print(f"\n== API latency ({args.backups} backups in the catalog, {os.cpu_count()} CPUs, "
@@ -97,6 +101,11 @@ def main():
                      args.clients, args.seconds)
             results["create_backup"] = r
             show(f"CreateBackup, {args.clients} clients", r)
+            # Each busy instance holds a Running job of another node: every call is a BackupJobExists refusal.
+            r = load(srv.port, "CreateBackup", {"DBInstanceId": "dds-busy-{i}", "BackupMethod": "Logical"},
+                     args.clients, args.seconds)
+            results["create_backup_refusals"] = r
+            show(f"CreateBackup refusals only, {args.clients} clients", r)
             results["peak_rss_mb"] = srv.peak_rss_mb()
             print(f"  ddsvault peak RSS {results['peak_rss_mb']:.0f} MB")
         finally:

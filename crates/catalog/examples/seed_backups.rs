@@ -2,7 +2,11 @@
 //!
 //! Goes through the catalog trait, as the job runner does, so the rows are exactly what real backups leave.
 //!
-//!   cargo run --release -p ddsvault-catalog --example seed_backups -- sqlite://<path>/catalog.db <instance> <count>
+//!   cargo run --release -p ddsvault-catalog --example seed_backups -- sqlite://<path>/catalog.db <instance> <count> \
+//!       [<busy-prefix> <busy-count>]
+//!
+//! With a busy prefix, instances `<prefix>0..` each get a Running backup job owned by another (live-looking) node,
+//! so that CreateBackup on them measures the BackupJobExists refusal alone.
 
 use chrono::{Duration, Utc};
 use ddsvault_catalog::{BackupCompletion, NewBackupJob};
@@ -10,11 +14,40 @@ use ddsvault_catalog::{BackupCompletion, NewBackupJob};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, instance, count] = args.as_slice() else {
-        return Err("usage: seed_backups <catalog-url> <instance-id> <count>".into());
+    let (url, instance, count, busy) = match args.as_slice() {
+        [_, url, instance, count] => (url, instance, count, None),
+        [_, url, instance, count, prefix, n] => {
+            (url, instance, count, Some((prefix, n.parse::<u32>()?)))
+        }
+        _ => return Err(
+            "usage: seed_backups <catalog-url> <instance-id> <count> [<busy-prefix> <busy-count>]"
+                .into(),
+        ),
     };
     let count: u64 = count.parse()?;
     let catalog = ddsvault_catalog::open(url).await?;
+    if let Some((prefix, n)) = busy {
+        for i in 0..n {
+            let id = format!("{prefix}{i}");
+            catalog.register_instance(&id, Utc::now()).await?;
+            catalog
+                .create_backup_job(&NewBackupJob {
+                    instance_id: id.clone(),
+                    method: "Logical".into(),
+                    mode: "Manual".into(),
+                    retention_days: 7,
+                    engine_version: "7.0".into(),
+                    params: serde_json::json!({"method": "Logical", "seeded": true}),
+                    now: Utc::now(),
+                })
+                .await?;
+            // Claimed by a node that is not the server: it neither runs nor (with a fresh heartbeat) recovers it.
+            catalog
+                .claim_next_job("bench-busy", Utc::now())
+                .await?
+                .ok_or("the busy job just created was not claimable")?;
+        }
+    }
     catalog.register_instance(instance, Utc::now()).await?;
     let owner = "bench-seed";
     let start = Utc::now() - Duration::days(700);

@@ -423,6 +423,33 @@ async fn audit(cat: &Catalog) {
         .await,
         [at(3)]
     );
+
+    // A batch larger than any engine's statement size keeps every record, in order.
+    let big: Vec<AuditRecord> = (100..400)
+        .map(|s| rec(s, Some("AKbig"), Some("DescribeBackups"), None))
+        .collect();
+    cat.append_audit(&big).await.expect("big batch");
+    let stored = cat
+        .list_audit(&AuditFilter {
+            access_key_id: Some("AKbig".into()),
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list big");
+    let mut want: Vec<AuditRecord> = big;
+    want.reverse();
+    assert_eq!(stored.len(), want.len());
+    for (got, want) in stored.iter().zip(&want) {
+        assert_eq!(
+            got,
+            &AuditRecord {
+                id: got.id,
+                ..want.clone()
+            }
+        );
+    }
+    assert!(stored.windows(2).all(|w| w[0].id > w[1].id));
 }
 
 async fn schedule(cat: &Catalog) {
@@ -815,6 +842,11 @@ async fn job_lifecycle(cat: &Catalog) {
         .expect("create");
     assert_eq!(job.state, JobState::Pending);
     assert_eq!(job.backup_id, Some(backup.id));
+    assert_eq!(
+        cat.active_job("dds-life").await.expect("active"),
+        Some((job.id, "backup".to_string()))
+    );
+    assert_eq!(cat.active_job("dds-none").await.expect("active"), None);
     assert_eq!(backup.status, BackupStatus::Running);
     // Running backups are invisible to DescribeBackups until they end.
     let (n, _) = cat
@@ -866,12 +898,18 @@ async fn job_lifecycle(cat: &Catalog) {
     let j = cat.get_job(job.id).await.expect("get").expect("exists");
     assert_eq!(j.state, JobState::Success);
     assert_eq!(j.progress, 100);
+    assert_eq!(cat.active_job("dds-life").await.expect("active"), None);
     // The instance is free again.
     let (job2, backup2) = cat
         .create_backup_job(&new_job("dds-life", 10))
         .await
         .expect("second");
+    assert_eq!(
+        cat.active_job("dds-life").await.expect("active"),
+        Some((job2.id, "backup".to_string()))
+    );
     cat.fail_job(job2.id, "boom", now).await.expect("fail");
+    assert_eq!(cat.active_job("dds-life").await.expect("active"), None);
     let b2 = cat
         .get_backup(backup2.id)
         .await

@@ -185,6 +185,9 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         active_only: bool,
     ) -> Result<Vec<Job>, CatalogError>;
 
+    /// The newest Pending or Running job of an instance, as (id, kind). Cheap: CreateBackup reads it first.
+    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, String)>, CatalogError>;
+
     /// One backup set by id.
     async fn get_backup(&self, backup_id: i64) -> Result<Option<Backup>, CatalogError>;
     /// A page of backup sets matching `filter`, newest first, with the total count.

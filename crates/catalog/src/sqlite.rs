@@ -20,6 +20,8 @@ use crate::{
     RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
 };
 
+#[path = "sqlite_fast.rs"]
+mod fast;
 #[path = "sqlite_identity.rs"]
 mod identity;
 
@@ -29,6 +31,8 @@ mod identity;
 pub struct SqliteCatalog {
     write: SqlitePool,
     read: SqlitePool,
+    /// Hot point reads without sqlx's thread hand-offs (file catalogs only).
+    fast: Option<std::sync::Arc<fast::FastReader>>,
 }
 
 const JOB_COLUMNS: &str =
@@ -68,7 +72,8 @@ impl SqliteCatalog {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        let fast = fast::FastReader::open(path).map(std::sync::Arc::new);
+        Ok(Self { write, read, fast })
     }
 
     /// An in-memory catalog (tests, dry runs): one connection shared by reads and writes.
@@ -88,6 +93,7 @@ impl SqliteCatalog {
         Ok(Self {
             write: pool.clone(),
             read: pool,
+            fast: None,
         })
     }
 }
@@ -284,6 +290,9 @@ impl CatalogBackend for SqliteCatalog {
     }
 
     async fn identity_version(&self) -> Result<i64, CatalogError> {
+        if let Some(v) = self.fast.as_ref().and_then(|f| f.identity_version()) {
+            return Ok(v);
+        }
         self.identity_version_impl().await
     }
 
@@ -661,6 +670,21 @@ impl CatalogBackend for SqliteCatalog {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, String)>, CatalogError> {
+        if let Some(found) = self.fast.as_ref().and_then(|f| f.active_job(instance_id)) {
+            return Ok(found);
+        }
+        let row = sqlx::query(
+            "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(instance_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| Ok((r.try_get("id")?, r.try_get("kind")?)))
+            .transpose()
+    }
+
     async fn get_backup(&self, backup_id: i64) -> Result<Option<Backup>, CatalogError> {
         let row = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?"
@@ -964,26 +988,34 @@ impl CatalogBackend for SqliteCatalog {
         if records.is_empty() {
             return Ok(());
         }
+        // One multi-row INSERT per 64 records: each statement is a round trip to sqlx's connection thread, and at
+        // thousands of calls per second one per record made the audit writer the catalog's busiest client.
         let mut tx = self.write.begin().await?;
-        for r in records {
-            let resources = serde_json::to_string(&r.resources)
-                .map_err(|e| CatalogError::Corrupt(format!("audit resources: {e}")))?;
-            sqlx::query(
+        for chunk in records.chunks(64) {
+            let mut resources = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                resources.push(
+                    serde_json::to_string(&r.resources)
+                        .map_err(|e| CatalogError::Corrupt(format!("audit resources: {e}")))?,
+                );
+            }
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (time, request_id, access_key_id, user_name, action, resources, \
-                 source_ip, secure, http_status, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(ms(r.time))
-            .bind(&r.request_id)
-            .bind(&r.access_key_id)
-            .bind(&r.user)
-            .bind(&r.action)
-            .bind(resources)
-            .bind(&r.source_ip)
-            .bind(r.secure)
-            .bind(i64::from(r.http_status))
-            .bind(&r.code)
-            .execute(&mut *tx)
-            .await?;
+                 source_ip, secure, http_status, code) ",
+            );
+            q.push_values(chunk.iter().zip(resources), |mut row, (r, res)| {
+                row.push_bind(ms(r.time))
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.access_key_id)
+                    .push_bind(&r.user)
+                    .push_bind(&r.action)
+                    .push_bind(res)
+                    .push_bind(&r.source_ip)
+                    .push_bind(r.secure)
+                    .push_bind(i64::from(r.http_status))
+                    .push_bind(&r.code);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -175,11 +175,8 @@ fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Resul
 }
 
 async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
-    match st.catalog.list_jobs(id, true).await?.first() {
-        Some(active) => Err(ActionError::JobExists {
-            job_id: active.id,
-            kind: active.kind.clone(),
-        }),
+    match st.catalog.active_job(id).await? {
+        Some((job_id, kind)) => Err(ActionError::JobExists { job_id, kind }),
         None => Ok(()),
     }
 }

@@ -60,10 +60,13 @@ pub(crate) async fn run(
     let percent = Arc::new(AtomicI32::new(0));
     let progress_cell = Arc::clone(&percent);
     let progress = move |p: DumpProgress| {
-        progress_cell.store(
-            percent_of(p.docs_done, p.docs_total_estimate),
-            Ordering::Relaxed,
-        );
+        // Collections not counted (many collections on FerretDB): progress in collections instead.
+        let pct = if p.docs_total_estimate > 0 {
+            percent_of(p.docs_done, p.docs_total_estimate)
+        } else {
+            percent_of(p.namespaces_done, p.namespaces_total)
+        };
+        progress_cell.store(pct, Ordering::Relaxed);
     };
 
     let opts = DumpOptions {

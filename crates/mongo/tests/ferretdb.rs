@@ -124,7 +124,9 @@ async fn snapshot(client: &Client) -> NsDocs {
             let docs: Vec<RawDocumentBuf> = d
                 .collection::<RawDocumentBuf>(&coll)
                 .find(doc! {})
-                .batch_size(1000)
+                // FerretDB does not cap a reply at 16 MiB: 50 documents of the largest test collection fit in the
+                // driver's 48 MB message limit, 1000 would not.
+                .batch_size(50)
                 .await
                 .expect("find")
                 .try_collect()
@@ -718,4 +720,69 @@ async fn bench_logical_dump_vs_mongodump() {
             );
         }
     }
+}
+
+/// A FerretDB database with more than `COUNT_MAX_COLLECTIONS` collections is dumped without asking sizes: each
+/// collection is read from a first sample (whole when small, sized from it when larger, through the size fallback
+/// when its first reply would exceed the message limit) and every document still arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_collections_are_dumped_from_samples() {
+    use ddsvault_mongo::logical::COUNT_MAX_COLLECTIONS;
+    let Some(ferretdb) = require_binary("ferretdb") else {
+        return;
+    };
+    let src = FerretDb::start(&ferretdb, false);
+    let client = connect(&src.uri()).await.expect("connect");
+    let db = client.database("tenants");
+    // Around the sample size (101): under, exactly, just over, and several replies.
+    let counts = [0usize, 1, 100, 101, 102, 350];
+    let n = COUNT_MAX_COLLECTIONS + 6;
+    for c in 0..n {
+        let name = format!("t{c:03}");
+        db.create_collection(&name).await.expect("create");
+        let count = counts[c % counts.len()];
+        if count > 0 {
+            let docs: Vec<Document> = (0..count)
+                .map(|i| doc! { "_id": i as i64, "c": c as i64, "pad": "x".repeat(40 + i % 200) })
+                .collect();
+            db.collection::<Document>(&name)
+                .insert_many(docs)
+                .await
+                .expect("insert");
+        }
+    }
+    // 110 documents of ~600 KB: the 101-document sample would be a ~60 MB reply, over the 48 MB message limit.
+    let big = db.collection::<Document>("zz_big");
+    let blob = "b".repeat(600 * 1024);
+    for chunk in (0..110i64).collect::<Vec<_>>().chunks(10) {
+        let docs: Vec<Document> = chunk
+            .iter()
+            .map(|i| doc! { "_id": *i, "blob": blob.clone() })
+            .collect();
+        big.insert_many(docs).await.expect("insert big");
+    }
+    let expected = snapshot(&client).await;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("many.archive");
+    let opts = DumpOptions {
+        compression: Compression::Zstd { level: 1 },
+        ..DumpOptions::default()
+    };
+    let (summary, progress) = dump_to_file(&client, &path, &opts).await;
+    let back = read_archive(&path, opts.compression);
+    assert_eq!(back.namespaces, expected, "every document exactly once");
+    assert_eq!(summary.namespaces.len(), n + 1);
+    let last = progress.last().expect("progress");
+    assert_eq!(last.docs_total_estimate, 0, "sizes were not asked");
+    assert_eq!(
+        (last.namespaces_done, last.namespaces_total),
+        (n as u64 + 1, n as u64 + 1)
+    );
+    assert!(
+        progress
+            .windows(2)
+            .all(|w| w[0].namespaces_done <= w[1].namespaces_done),
+        "collection progress never goes back"
+    );
 }

@@ -477,6 +477,25 @@ def test_download_url_and_cli(env, tmp_path):
                      url.replace("archive.zst", "manifest.json")):
         r = requests.get(tampered, timeout=30)
         assert r.status_code == 403 and r.json()["Code"] == "InvalidDownloadURL.Signature", tampered
+    # Every download, served or refused, is in the audit trail (written in batches: wait for it).
+    deadline = time.time() + 30
+    while True:
+        out = sp.run([DDSVAULT_BIN, "audit", "--config", str(env["server"].config_path), "--json", "--action",
+                      "DownloadBackup", "--limit", "1000"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        records = [json.loads(line) for line in out.stdout.splitlines()]
+        mine = [r for r in records if r["Resources"][0].endswith(f"dbinstance/dds-rs1/backup/{b.backup_id}/archive.zst")]
+        refused = [r for r in records if r["Code"] == "InvalidDownloadURL.Signature"]
+        if len(mine) >= 4 and len(refused) >= 4 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(r["HttpStatus"] for r in mine)[:4] == [200, 206, 206, 416], mine
+    assert {r["Code"] for r in mine} == {None, "InvalidRange"}
+    assert all(r["Action"] == "DownloadBackup" and r["AccessKeyId"] is None and r["SourceIp"] == "127.0.0.1"
+               and r["Resources"][0].startswith("acs:dds:") for r in mine), mine
+    assert len(refused) >= 4 and all(r["HttpStatus"] == 403 for r in refused)
+    assert "backup/999999/archive.zst" in {r["Resources"][0] for r in refused}
+    assert "Signature=" not in out.stdout and "Expires=" not in out.stdout
     # CLI: the same file out of the repository, verified against the manifest.
     out = tmp_path / "dl.zst"
     done = sp.run([DDSVAULT_BIN, "download", "--config", str(env["server"].config_path), "--backup-id",

@@ -8,18 +8,23 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::Utc;
 use ddsvault_api::{new_request_id, render_error, ApiError};
-use ddsvault_catalog::{Backup, BackupStatus};
+use ddsvault_catalog::{AuditRecord, Backup, BackupStatus};
 use ddsvault_repo::RepoPath;
 use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::audit::clean_field;
+use crate::router::Transport;
 use crate::state::AppState;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -99,6 +104,10 @@ pub struct DownloadQuery {
     signature: Option<String>,
 }
 
+/// The refusal code of an error response, read back by [`serve_download`] for the audit trail.
+#[derive(Clone)]
+struct RefusalCode(String);
+
 fn error(st: &AppState, e: ApiError) -> Response {
     let request_id = new_request_id();
     let (status, headers, body) = render_error(&e, &request_id, &st.host_id);
@@ -112,6 +121,7 @@ fn error(st: &AppState, e: ApiError) -> Response {
             resp.headers_mut().insert(n, v);
         }
     }
+    resp.extensions_mut().insert(RefusalCode(e.code.clone()));
     resp
 }
 
@@ -156,68 +166,133 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<std::ops::Ra
     Ok(Some(range))
 }
 
+/// `GET|HEAD /download/<BackupId>/<file>`: checks the URL, serves the file, and records the call in the audit trail
+/// as the pseudo-action `DownloadBackup` (no AccessKey: the URL itself is the credential; the resource is the
+/// instance's ARN followed by `/backup/<BackupId>/<file>`).
 pub async fn serve_download(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    transport: Option<Extension<Transport>>,
     Path((backup_id, file)): Path<(String, String)>,
     Query(q): Query<DownloadQuery>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    let now = Utc::now();
+    let (resp, instance) = match checked_backup(&st, &backup_id, &file, q).await {
+        Err(refused) => (refused, None),
+        Ok(backup) => {
+            let instance = backup.instance_id.clone();
+            (
+                serve_backup_file(&st, &backup, &file, &method, &headers).await,
+                Some(instance),
+            )
+        }
+    };
+    let resource = match instance {
+        Some(inst) => format!("{}/backup/{}/{}", st.instance_arn(&inst), backup_id, file),
+        None => format!("backup/{backup_id}/{file}"),
+    };
+    let request_id = resp
+        .headers()
+        .get(ddsvault_api::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(new_request_id, str::to_string);
+    st.audit
+        .record(AuditRecord {
+            id: 0,
+            time: now,
+            request_id,
+            access_key_id: None,
+            user: None,
+            action: Some(DOWNLOAD_ACTION.to_string()),
+            resources: vec![clean_field(&resource)],
+            source_ip: peer.ip().to_canonical().to_string(),
+            secure: transport.is_some_and(|Extension(t)| t.secure),
+            http_status: resp.status().as_u16(),
+            code: resp.extensions().get::<RefusalCode>().map(|c| c.0.clone()),
+        })
+        .await;
+    resp
+}
+
+/// The audit trail's name for a download through a `BackupDownloadURL`.
+pub const DOWNLOAD_ACTION: &str = "DownloadBackup";
+
+/// The backup a download URL names, if the URL is genuine, unexpired and the backup is still there.
+async fn checked_backup(
+    st: &AppState,
+    backup_id: &str,
+    file: &str,
+    q: DownloadQuery,
+) -> Result<Backup, Response> {
     let invalid = |why: &str| {
-        ApiError::new(
-            403,
-            "InvalidDownloadURL.Signature",
-            format!("The download URL is not valid: {why}."),
+        error(
+            st,
+            ApiError::new(
+                403,
+                "InvalidDownloadURL.Signature",
+                format!("The download URL is not valid: {why}."),
+            ),
         )
     };
     let Ok(id) = backup_id.parse::<i64>() else {
-        return error(&st, invalid("malformed backup id"));
+        return Err(invalid("malformed backup id"));
     };
     let (Some(expires), Some(signature)) = (q.expires, q.signature) else {
-        return error(&st, invalid("Expires and Signature are required"));
+        return Err(invalid("Expires and Signature are required"));
     };
     let Ok(expires) = expires.parse::<i64>() else {
-        return error(&st, invalid("malformed Expires"));
+        return Err(invalid("malformed Expires"));
     };
-    if !st.downloads.verify(id, &file, expires, &signature) {
-        return error(&st, invalid("signature mismatch"));
+    if !st.downloads.verify(id, file, expires, &signature) {
+        return Err(invalid("signature mismatch"));
     }
     if Utc::now().timestamp() > expires {
-        return error(
-            &st,
+        return Err(error(
+            st,
             ApiError::new(
                 403,
                 "InvalidDownloadURL.Expired",
                 "The download URL has expired; call DescribeBackups for a new one.",
             ),
-        );
+        ));
     }
-    let backup = match st.catalog.get_backup(id).await {
-        Ok(Some(b)) if b.status == BackupStatus::Success => b,
-        Ok(_) => {
-            return error(
-                &st,
-                ApiError::new(
-                    404,
-                    "InvalidBackupId.NotFound",
-                    format!("The specified backup \"{id}\" is not found."),
-                ),
-            )
-        }
-        Err(e) => return error(&st, ApiError::internal(e.to_string())),
-    };
-    if file == FILES_TAR && is_file_backup(&backup) {
-        return serve_tar(&st, &backup, &method).await;
+    match st.catalog.get_backup(id).await {
+        Ok(Some(b)) if b.status == BackupStatus::Success => Ok(b),
+        Ok(_) => Err(error(
+            st,
+            ApiError::new(
+                404,
+                "InvalidBackupId.NotFound",
+                format!("The specified backup \"{id}\" is not found."),
+            ),
+        )),
+        Err(e) => Err(error(st, ApiError::internal(e.to_string()))),
     }
-    let path = match RepoPath::new(backup.repo_prefix.clone()).and_then(|p| p.join(&file)) {
+}
+
+/// Serves a checked backup's file (or, for a file backup, the tar of its files).
+async fn serve_backup_file(
+    st: &AppState,
+    backup: &Backup,
+    file: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let id = backup.id;
+    if file == FILES_TAR && is_file_backup(backup) {
+        return serve_tar(st, backup, method).await;
+    }
+    let path = match RepoPath::new(backup.repo_prefix.clone()).and_then(|p| p.join(file)) {
         Ok(p) => p,
-        Err(e) => return error(&st, ApiError::internal(e.to_string())),
+        Err(e) => return error(st, ApiError::internal(e.to_string())),
     };
     let size = match st.repo.head(&path).await {
         Ok(info) => info.size,
         Err(e) if e.is_not_found() => {
             return error(
-                &st,
+                st,
                 ApiError::new(
                     404,
                     "InvalidBackupId.NotFound",
@@ -225,13 +300,13 @@ pub async fn serve_download(
                 ),
             )
         }
-        Err(e) => return error(&st, ApiError::internal(e.to_string())),
+        Err(e) => return error(st, ApiError::internal(e.to_string())),
     };
     let range = match parse_range(headers.get(header::RANGE), size) {
         Ok(r) => r,
         Err(()) => {
             let mut resp = error(
-                &st,
+                st,
                 ApiError::new(
                     416,
                     "InvalidRange",
@@ -248,12 +323,12 @@ pub async fn serve_download(
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
         None => (StatusCode::OK, 0..size),
     };
-    let body = if method == Method::HEAD || served.is_empty() {
+    let body = if *method == Method::HEAD || served.is_empty() {
         Body::empty()
     } else {
         match st.repo.get_range_stream(&path, served.clone()).await {
             Ok(stream) => Body::from_stream(stream),
-            Err(e) => return error(&st, ApiError::internal(e.to_string())),
+            Err(e) => return error(st, ApiError::internal(e.to_string())),
         }
     };
     let mut resp = (status, body).into_response();

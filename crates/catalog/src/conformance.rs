@@ -450,6 +450,31 @@ async fn audit(cat: &Catalog) {
         );
     }
     assert!(stored.windows(2).all(|w| w[0].id > w[1].id));
+
+    // Pruning removes exactly the records older than the cut-off.
+    let total = cat
+        .list_audit(&AuditFilter {
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("all")
+        .len();
+    assert_eq!(cat.prune_audit(at(2)).await.expect("prune"), 1);
+    assert_eq!(cat.prune_audit(at(2)).await.expect("prune again"), 0);
+    let left = cat
+        .list_audit(&AuditFilter {
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("left");
+    assert_eq!(left.len(), total - 1);
+    assert!(left.iter().all(|r| r.time >= at(2)));
+    assert_eq!(
+        cat.prune_audit(at(250)).await.expect("prune many"),
+        2 + 1 + 150
+    );
 }
 
 async fn schedule(cat: &Catalog) {

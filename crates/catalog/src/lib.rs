@@ -286,6 +286,8 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), CatalogError>;
     /// Audit records matching `filter`, newest first (by time, then id).
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError>;
+    /// Deletes the audit records older than `before`; returns how many.
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -1021,6 +1021,24 @@ impl CatalogBackend for SqliteCatalog {
         Ok(())
     }
 
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError> {
+        // In slices, so that a first prune of a large trail never holds the write lock for long.
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE time < ? LIMIT 5000)",
+            )
+            .bind(ms(before))
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            total += done;
+            if done < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         let rows = sqlx::query(

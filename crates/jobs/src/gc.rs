@@ -141,6 +141,8 @@ pub struct GcReport {
     pub chunks_swept: u64,
     /// Their stored (compressed) bytes.
     pub chunk_bytes_swept: u64,
+    /// Audit records older than the audit retention, deleted.
+    pub audit_pruned: u64,
     /// Instances whose chunk store was not (fully) swept, and why; retried next pass.
     pub chunk_stores_skipped: Vec<(String, String)>,
 }
@@ -191,6 +193,8 @@ pub struct Gc {
     clock: Arc<dyn Clock>,
     interval: Duration,
     chunk_grace: Duration,
+    /// How long audit records are kept; `None`: forever.
+    audit_retention: Option<chrono::Duration>,
     passes: watch::Sender<u64>,
     /// Tests: the sweep signals `.0` before each batch's job check and waits for `.1`.
     #[cfg(test)]
@@ -205,10 +209,18 @@ impl Gc {
             clock: Arc::new(SystemClock),
             interval,
             chunk_grace: DEFAULT_CHUNK_GRACE,
+            audit_retention: None,
             passes: watch::channel(0).0,
             #[cfg(test)]
             before_batch: None,
         }
+    }
+
+    /// Keeps audit records for `days` days (`[retention] audit_retention_days`; 0: forever).
+    #[must_use]
+    pub fn with_audit_retention(mut self, days: u32) -> Self {
+        self.audit_retention = (days > 0).then(|| chrono::Duration::days(i64::from(days)));
+        self
     }
 
     /// Sets the grace period of the chunk sweep (`[retention] chunk_grace_secs`).
@@ -263,6 +275,15 @@ impl Gc {
             }
             if let Some(why) = sweep.skipped {
                 report.chunk_stores_skipped.push((sweep.instance_id, why));
+            }
+        }
+        if let Some(keep) = self.audit_retention {
+            match self.catalog.prune_audit(now - keep).await {
+                Ok(n) => report.audit_pruned = n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prune the audit trail; retrying next pass");
+                    report.failed += 1;
+                }
             }
         }
         Ok(report)
@@ -617,10 +638,16 @@ impl Gc {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), String> {
         loop {
             match self.pass().await {
-                Ok(r) if !r.deleted.is_empty() || r.failed > 0 || r.chunks_swept > 0 => {
+                Ok(r)
+                    if !r.deleted.is_empty()
+                        || r.failed > 0
+                        || r.chunks_swept > 0
+                        || r.audit_pruned > 0 =>
+                {
                     tracing::info!(
                         deleted = r.deleted.len(),
                         chunks_swept = r.chunks_swept,
+                        audit_pruned = r.audit_pruned,
                         kept_in_use = r.in_use.len(),
                         failed = r.failed,
                         "retention pass"
@@ -721,6 +748,43 @@ mod tests {
             .await
             .map(|v| v.len())
             .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn audit_records_older_than_the_retention_are_pruned() {
+        let (cat, repo, clock) = setup().await;
+        let rec = |days_ago: i64| ddsvault_catalog::AuditRecord {
+            id: 0,
+            time: t0() - chrono::Duration::days(days_ago),
+            request_id: format!("R{days_ago}"),
+            access_key_id: None,
+            user: None,
+            action: Some("DescribeBackups".into()),
+            resources: vec!["*".into()],
+            source_ip: "127.0.0.1".into(),
+            secure: false,
+            http_status: 200,
+            code: None,
+        };
+        cat.append_audit(&[rec(200), rec(181), rec(179), rec(1)])
+            .await
+            .expect("append");
+        *clock.0.lock().expect("clock") = t0();
+        let forever =
+            Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60)).with_clock(clock.clone());
+        assert_eq!(forever.pass().await.expect("pass").audit_pruned, 0);
+        let gc = Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60))
+            .with_clock(clock)
+            .with_audit_retention(180);
+        assert_eq!(gc.pass().await.expect("pass").audit_pruned, 2);
+        let left: Vec<String> = cat
+            .list_audit(&ddsvault_catalog::AuditFilter::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(left, ["R1", "R179"]);
     }
 
     #[tokio::test]

@@ -144,6 +144,9 @@ pub struct RetentionConfig {
     /// 1 h): protects the chunks a snapshot in progress has just written.
     #[serde(default = "default_chunk_grace")]
     pub chunk_grace_secs: u64,
+    /// Days audit records are kept, 0..=36500 (0: forever; default 180).
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -152,8 +155,13 @@ impl Default for RetentionConfig {
             gc_interval_secs: default_gc_interval(),
             lock_cooling_off_secs: default_lock_cooling_off(),
             chunk_grace_secs: default_chunk_grace(),
+            audit_retention_days: default_audit_retention(),
         }
     }
+}
+
+fn default_audit_retention() -> u32 {
+    180
 }
 
 fn default_lock_cooling_off() -> u64 {
@@ -456,6 +464,12 @@ impl Config {
                 self.retention.lock_cooling_off_secs
             ));
         }
+        if self.retention.audit_retention_days > 36_500 {
+            return err(format!(
+                "retention.audit_retention_days = {} is outside 0..=36500",
+                self.retention.audit_retention_days
+            ));
+        }
         if self.retention.chunk_grace_secs > 604_800 {
             return err(format!(
                 "retention.chunk_grace_secs = {} is outside 0..=604800",
@@ -566,6 +580,7 @@ mod tests {
         assert_eq!(c.timestamp_skew_secs, 900);
         assert_eq!(c.backup.compression, "zstd");
         assert_eq!(c.retention.chunk_grace_secs, 3600);
+        assert_eq!(c.retention.audit_retention_days, 180);
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
     }
 
@@ -619,6 +634,7 @@ mod tests {
             ),
             ("[backup]\ncompression = \"lz4\"", "compression"),
             ("[retention]\nchunk_grace_secs = 604801", "retention.chunk_grace_secs"),
+            ("[retention]\naudit_retention_days = 36501", "retention.audit_retention_days"),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

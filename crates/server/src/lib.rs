@@ -230,7 +230,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             repo.clone(),
             Duration::from_secs(cfg.retention.gc_interval_secs),
         )
-        .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs)),
+        .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs))
+        .with_audit_retention(cfg.retention.audit_retention_days),
     );
     let scheduler = cfg.scheduler.enabled.then(|| {
         Arc::new(

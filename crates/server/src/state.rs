@@ -74,7 +74,7 @@ pub struct AppState {
     /// Flow control; set once at start from `[throttling]` (unset: no limits).
     pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// CreateBackup's look at an instance (what it is, which databases it holds), shared by concurrent calls.
-    pub inspections: crate::coalesce::Coalesce<(Topology, Vec<String>)>,
+    pub inspections: crate::coalesce::Coalesce<crate::actions::backup::Inspection>,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }

@@ -96,7 +96,11 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
                 .backup_retention_period
         }
     };
-    let (topo, databases) = match inspect(st, inst).await {
+    let Inspection {
+        topo,
+        databases,
+        at: listed_at,
+    } = match inspect(st, inst).await {
         Ok(found) => found,
         // A job that started meanwhile keeps the instance busy (a dump can slow its answers down): that, not
         // the slowness, is the reason to give.
@@ -126,6 +130,12 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
                 "method": method,
                 "retention_days": retention_days,
                 "compression": st.default_compression,
+                // A logical job starting soon after trusts this listing instead of repeating it (see
+                // ddsvault_jobs::backup::prior_listing).
+                "listing": {
+                    "databases": databases,
+                    "at_ms": listed_at.timestamp_millis(),
+                },
             }),
             now: Utc::now(),
         })
@@ -181,18 +191,33 @@ async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
     }
 }
 
+/// One look at an instance, shared by concurrent CreateBackup calls.
+#[derive(Clone)]
+pub struct Inspection {
+    pub topo: Topology,
+    /// Its user databases.
+    pub databases: Vec<String>,
+    /// When the databases were listed.
+    pub at: DateTime<Utc>,
+}
+
 /// What the server is and which user databases it holds. `hello` must answer within the probe timeout (so an
 /// unreachable instance is reported quickly); `listDatabases` gets [`LIST_DATABASES_TIMEOUT`]. Concurrent calls for
 /// one instance share one look ([`crate::coalesce`]).
-async fn inspect(st: &AppState, inst: &Instance) -> Result<(Topology, Vec<String>), ActionError> {
+async fn inspect(st: &AppState, inst: &Instance) -> Result<Inspection, ActionError> {
     st.inspections
         .get(&inst.id, || async {
             let (client, topo) = st.probe(inst).await.map_err(|e| match e {
                 ActionError::InstanceUnreachable(why) => why,
                 other => other.to_string(),
             })?;
+            let done = |databases: Vec<String>| Inspection {
+                topo: topo.clone(),
+                databases,
+                at: Utc::now(),
+            };
             if let Some(names) = databases_from_files(inst, &topo).await {
-                return Ok((topo, names));
+                return Ok(done(names));
             }
             let databases =
                 tokio::time::timeout(LIST_DATABASES_TIMEOUT, list_user_databases(&client))
@@ -204,7 +229,7 @@ async fn inspect(st: &AppState, inst: &Instance) -> Result<(Topology, Vec<String
                         )
                     })?
                     .map_err(|e| redact(&e.to_string(), &inst.uri))?;
-            Ok((topo, databases))
+            Ok(done(databases))
         })
         .await
         .map_err(ActionError::InstanceUnreachable)

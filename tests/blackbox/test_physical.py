@@ -96,6 +96,15 @@ def test_physical_is_the_default_and_restores_into_a_fresh_ferretdb(env):
     assert "/files.tar?" in b.backup_download_url
     names = download_tar(b.backup_download_url, env["base"] / "downloaded-phys" / "data")
     assert names == sorted(f"{db}.sqlite" for db in DBS)
+    # `ddsvault download` writes the same tar, after checking every file against the manifest.
+    import requests
+
+    cli_tar = env["base"] / "cli-phys.tar"
+    d = subprocess.run([DDSVAULT_BIN, "download", "--config", str(server.config_path), "--backup-id", b.backup_id,
+                        "-o", str(cli_tar)], capture_output=True, text=True, timeout=120)
+    assert d.returncode == 0, d.stderr
+    assert "files.tar" in d.stdout
+    assert cli_tar.read_bytes() == requests.get(b.backup_download_url, timeout=120).content
     with stack.FerretDB(env["base"] / "downloaded-phys") as fresh:
         assert snapshot(fresh.client(), DBS) == env["expected"]
     # The V1 SDK sees the same backup.
@@ -173,6 +182,11 @@ def test_snapshot_is_incremental_in_stored_bytes_and_restores(env):
                         "--to-dir", str(bad)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "integrity" in r.stderr.lower(), r.stderr
     assert list(bad.iterdir()) == []
+    bad_tar = env["base"] / "cli-bad.tar"
+    d = subprocess.run([DDSVAULT_BIN, "download", "--config", str(server.config_path), "--backup-id", b2.backup_id,
+                        "-o", str(bad_tar)], capture_output=True, text=True, timeout=120)
+    assert d.returncode != 0 and "integrity" in d.stderr.lower(), d.stderr
+    assert not bad_tar.exists() and not bad_tar.with_suffix(".partial").exists()
     # A download stops short instead of handing out a damaged file.
     import requests
 

@@ -35,7 +35,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Copies a backup's archive out of the repository, verified against its manifest.
+    /// Copies a backup out of the repository, verified against its manifest: a logical backup's archive, or a
+    /// Physical/Snapshot backup's data files as one tar (`files.tar`, as its BackupDownloadURL serves it).
     Download {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,

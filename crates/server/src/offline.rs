@@ -46,6 +46,9 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
     let (catalog, repo) = open(cfg).await?;
     let backup = finished_backup(&catalog, backup_id).await?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+    if backup.method == "Physical" || backup.method == "Snapshot" {
+        return download_files_tar(&repo, &prefix, backup_id, out).await;
+    }
     let manifest = repo.read_manifest(&prefix).await?.ok_or_else(|| {
         ConfigError(format!(
             "backup {backup_id} has no manifest in the repository"
@@ -97,6 +100,54 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
         file,
         size: written,
         sha256,
+    })
+}
+
+/// A Physical or Snapshot backup as the same `files.tar` its `BackupDownloadURL` serves. Every file the manifest
+/// lists is checked first (size, SHA-256: a Physical backup's data files, a snapshot's index), and snapshot chunks
+/// are checked against their hashes as the tar is assembled; nothing is left at `out` unless all matched.
+async fn download_files_tar(
+    repo: &Repository,
+    prefix: &RepoPath,
+    backup_id: i64,
+    out: &Path,
+) -> Result<Downloaded, ServerError> {
+    let manifest = repo.verify(prefix).await?;
+    let (length, mut stream) = ddsvault_jobs::file_restore::tar_stream(repo, prefix, &manifest)
+        .await
+        .map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
+    let tmp = out.with_extension("partial");
+    let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let copied: Result<(), ServerError> = async {
+        while let Some(part) = stream.next().await {
+            let part = part.map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
+            hasher.update(&part);
+            written += part.len() as u64;
+            w.write_all(&part).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+        if written != length {
+            return Err(ConfigError(format!(
+                "backup {backup_id}: the tar came out {written} bytes long instead of {length}"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| ConfigError(format!("rename to {}: {e}", out.display())))?;
+    Ok(Downloaded {
+        file: crate::download::FILES_TAR.to_string(),
+        size: written,
+        sha256: hex::encode(hasher.finalize()),
     })
 }
 

@@ -87,6 +87,9 @@ class Server:
                  "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"']
         # Measure the server, not the default flow control (100 calls/s per AccessKey) or automatic backups.
         lines += ["[throttling]", "enabled = false", "[scheduler]", "enabled = false"]
+        # e.g. DDSVAULT_BENCH_BACKUP='zstd_level = 1' to see what compression costs on a shared machine.
+        if os.environ.get("DDSVAULT_BENCH_BACKUP"):
+            lines += ["[backup]", *os.environ["DDSVAULT_BENCH_BACKUP"].split(";")]
         for iid, target in instances.items():
             uri, data_path = target if isinstance(target, tuple) else (target, None)
             lines += ["[[instances]]", f'id = "{iid}"', f'uri = "{uri}"']

@@ -25,8 +25,9 @@ async fn status(st: &AppState, inst: &Instance, reachable: bool) -> &'static str
     if !reachable {
         return "Unavailable";
     }
-    match st.catalog.list_jobs(&inst.id, true).await {
-        Ok(jobs) if jobs.iter().any(|j| j.kind == "restore") => "Restoring",
+    // At most one job is active per instance (a unique index in the catalog).
+    match st.catalog.active_job(&inst.id).await {
+        Ok(Some((_, kind))) if kind == "restore" => "Restoring",
         _ => "Running",
     }
 }

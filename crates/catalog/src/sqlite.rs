@@ -35,6 +35,14 @@ pub struct SqliteCatalog {
     fast: Option<std::sync::Arc<fast::FastReader>>,
 }
 
+/// The instance's active job (at most one: a unique index), newest first should that ever change. Also read by
+/// the fast reader ([`fast`]).
+const ACTIVE_JOB_SQL: &str =
+    "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') \
+     ORDER BY id DESC LIMIT 1";
+/// The identity version; also read by the fast reader.
+const IDENTITY_VERSION_SQL: &str = "SELECT version FROM identity_version WHERE id = 1";
+
 const JOB_COLUMNS: &str =
     "id, kind, instance_id, backup_id, state, mode, progress, error, params, created_at, \
      started_at, finished_at, owner, heartbeat_at, result";
@@ -237,12 +245,10 @@ async fn insert_backup_job(
 impl SqliteCatalog {
     /// The error for an insert refused by the one-active-job index, naming the job that holds the instance.
     async fn active_job_conflict(&self, instance_id: &str) -> CatalogError {
-        let active = sqlx::query(
-            "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
-        )
-        .bind(instance_id)
-        .fetch_optional(&self.write)
-        .await;
+        let active = sqlx::query(ACTIVE_JOB_SQL)
+            .bind(instance_id)
+            .fetch_optional(&self.write)
+            .await;
         match active {
             Ok(Some(r)) => match (r.try_get("id"), r.try_get("kind")) {
                 (Ok(job_id), Ok(kind)) => CatalogError::ActiveJobExists { job_id, kind },
@@ -674,13 +680,10 @@ impl CatalogBackend for SqliteCatalog {
         if let Some(found) = self.fast.as_ref().and_then(|f| f.active_job(instance_id)) {
             return Ok(found);
         }
-        let row = sqlx::query(
-            "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') \
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(instance_id)
-        .fetch_optional(&self.read)
-        .await?;
+        let row = sqlx::query(ACTIVE_JOB_SQL)
+            .bind(instance_id)
+            .fetch_optional(&self.read)
+            .await?;
         row.map(|r| Ok((r.try_get("id")?, r.try_get("kind")?)))
             .transpose()
     }
@@ -929,12 +932,10 @@ impl CatalogBackend for SqliteCatalog {
                 ScheduledJob::Created(Box::new((job, backup)))
             }
             None => {
-                let active = sqlx::query(
-                    "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') LIMIT 1",
-                )
-                .bind(&new.instance_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let active = sqlx::query(ACTIVE_JOB_SQL)
+                    .bind(&new.instance_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let job_id: i64 = active.try_get("id")?;
                 let kind: String = active.try_get("kind")?;
                 sqlx::query(

@@ -47,7 +47,7 @@ impl FastReader {
 
     pub(crate) fn identity_version(&self) -> Option<i64> {
         self.with("identity version", |c| {
-            c.prepare_cached("SELECT version FROM identity_version WHERE id = 1")?
+            c.prepare_cached(super::IDENTITY_VERSION_SQL)?
                 .query_row([], |r| r.get(0))
         })
     }
@@ -55,12 +55,9 @@ impl FastReader {
     /// The newest Pending or Running job of an instance, as (id, kind); `Some(None)` when there is none.
     pub(crate) fn active_job(&self, instance_id: &str) -> Option<Option<(i64, String)>> {
         self.with("active job", |c| {
-            c.prepare_cached(
-                "SELECT id, kind FROM jobs WHERE instance_id = ? AND state IN ('Pending', 'Running') \
-                 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row([instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
+            c.prepare_cached(super::ACTIVE_JOB_SQL)?
+                .query_row([instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })
     }
 }

@@ -114,7 +114,7 @@ async fn commit_bumped(mut tx: Transaction<'_, Sqlite>) -> Result<(), CatalogErr
 
 impl SqliteCatalog {
     pub(super) async fn identity_version_impl(&self) -> Result<i64, CatalogError> {
-        let row = sqlx::query("SELECT version FROM identity_version WHERE id = 1")
+        let row = sqlx::query(super::IDENTITY_VERSION_SQL)
             .fetch_one(&self.read)
             .await?;
         Ok(row.try_get("version")?)
@@ -155,7 +155,7 @@ impl SqliteCatalog {
     pub(super) async fn load_identities_impl(&self) -> Result<IdentitySnapshot, CatalogError> {
         // One read transaction: a concurrent change is seen entirely or not at all, with its version.
         let mut tx = self.read.begin().await?;
-        let version: i64 = sqlx::query("SELECT version FROM identity_version WHERE id = 1")
+        let version: i64 = sqlx::query(super::IDENTITY_VERSION_SQL)
             .fetch_one(&mut *tx)
             .await?
             .try_get("version")?;

@@ -460,28 +460,18 @@ async fn dump_oplog(
     let end = oplog::newest_ts(ctx.client).await?;
     oplog::check_no_overflow(ctx.client, start).await?;
     let mut cursor = oplog::window_cursor(ctx.client, start, end, ctx.opts.batch_size).await?;
-    let seg_max = ctx.opts.segment_bytes;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut entries = 0u64;
+    // Oplog entries are not documents of the backup: they stay out of the progress figures.
+    let mut out = Segmenter::new(ctx, ns, false);
     while cursor
         .advance()
         .await
         .map_err(|e| MongoError::from_driver("read cursor of local.oplog.rs", e))?
     {
-        let doc = cursor.current().as_bytes();
-        if !buf.is_empty() && buf.len() + doc.len() > seg_max {
-            let docs = std::mem::take(&mut buf);
-            ctx.send(WriterMsg::Segment { ns, docs }).await?;
-        }
-        buf.extend_from_slice(doc);
-        entries += 1;
-    }
-    if !buf.is_empty() {
-        ctx.send(WriterMsg::Segment { ns, docs: buf }).await?;
+        out.push(cursor.current().as_bytes()).await?;
     }
     // Entries evicted while we read would be missing from the window.
     oplog::check_no_overflow(ctx.client, start).await?;
-    ctx.send(WriterMsg::Close { ns }).await?;
+    let entries = out.close().await?;
     info!(
         oplog_start = %oplog::fmt_ts(start),
         oplog_end = %oplog::fmt_ts(end),
@@ -542,16 +532,26 @@ struct Segmenter<'c, 'a> {
     buf: Vec<u8>,
     buf_docs: u64,
     total_docs: u64,
+    /// Whether the documents and the close count in the progress figures.
+    counted: bool,
 }
 
 impl<'c, 'a> Segmenter<'c, 'a> {
-    fn new(ctx: &'c TaskCtx<'a>, ns: usize) -> Self {
+    fn new(ctx: &'c TaskCtx<'a>, ns: usize, counted: bool) -> Self {
         Self {
             ctx,
             ns,
             buf: Vec::new(),
             buf_docs: 0,
             total_docs: 0,
+            counted,
+        }
+    }
+
+    fn report(&mut self, closed: bool) {
+        let docs = std::mem::take(&mut self.buf_docs);
+        if self.counted {
+            self.ctx.report(docs, closed);
         }
     }
 
@@ -562,7 +562,7 @@ impl<'c, 'a> Segmenter<'c, 'a> {
             self.ctx
                 .send(WriterMsg::Segment { ns: self.ns, docs })
                 .await?;
-            self.ctx.report(std::mem::take(&mut self.buf_docs), false);
+            self.report(false);
         }
         if self.buf.capacity() == 0 {
             self.buf.reserve(seg_max.max(doc.len()));
@@ -574,17 +574,15 @@ impl<'c, 'a> Segmenter<'c, 'a> {
     }
 
     /// Sends what is buffered and closes the namespace; returns its document count.
-    async fn close(self) -> Result<u64, TaskError> {
+    async fn close(mut self) -> Result<u64, TaskError> {
         if !self.buf.is_empty() {
+            let docs = std::mem::take(&mut self.buf);
             self.ctx
-                .send(WriterMsg::Segment {
-                    ns: self.ns,
-                    docs: self.buf,
-                })
+                .send(WriterMsg::Segment { ns: self.ns, docs })
                 .await?;
         }
         self.ctx.send(WriterMsg::Close { ns: self.ns }).await?;
-        self.ctx.report(self.buf_docs, true);
+        self.report(true);
         Ok(self.total_docs)
     }
 }
@@ -595,7 +593,7 @@ async fn dump_namespace(
     plan: &NamespacePlan,
 ) -> Result<(), TaskError> {
     let name = plan.meta.namespace();
-    let mut out = Segmenter::new(ctx, ns);
+    let mut out = Segmenter::new(ctx, ns, true);
     if plan.source == Source::Collection {
         let coll = ctx
             .client

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ddsvault_catalog::{Backup, BackupStatus, Catalog};
 use ddsvault_repo::{Manifest, RepoPath, Repository};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::{Config, ConfigError, ServerError};
@@ -69,38 +69,58 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
                 "manifest of backup {backup_id} does not list {file}"
             ))
         })?;
-    let (size, mut stream) = repo.get_stream(&prefix.join(&file)?).await?;
-    let tmp = out.with_extension("partial");
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&tmp)
-            .map_err(|e| ConfigError(format!("create {}: {e}", tmp.display())))?,
-    );
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        hasher.update(&chunk);
-        written += chunk.len() as u64;
-        w.write_all(&chunk).map_err(io)?;
-    }
-    w.flush().map_err(io)?;
-    let sha256 = hex::encode(hasher.finalize());
-    if written != expected.size || size != expected.size || sha256 != expected.sha256 {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ConfigError(format!(
-            "backup {backup_id} file {file} is corrupt: manifest says {} bytes sha256 {}, repository gave {written} bytes sha256 {sha256}",
-            expected.size, expected.sha256
-        ))
-        .into());
-    }
-    std::fs::rename(&tmp, out)
-        .map_err(|e| ConfigError(format!("rename to {}: {e}", out.display())))?;
+    let (size, stream) = repo.get_stream(&prefix.join(&file)?).await?;
+    let (written, sha256) = write_checked(stream.map_err(ServerError::from), out, |written, sha256| {
+        if written != expected.size || size != expected.size || sha256 != expected.sha256 {
+            return Err(ConfigError(format!(
+                "backup {backup_id} file {file} is corrupt: manifest says {} bytes sha256 {}, repository gave {written} bytes sha256 {sha256}",
+                expected.size, expected.sha256
+            ))
+            .into());
+        }
+        Ok(())
+    })
+    .await?;
     Ok(Downloaded {
         file,
         size: written,
         sha256,
     })
+}
+
+/// Writes `stream` to `out` through a temporary file, hashing it as it goes; `check` sees the byte count and
+/// SHA-256 before the rename. On any error (stream, disk or `check`) the temporary file is removed and nothing is
+/// left at `out`. Returns the byte count and SHA-256.
+async fn write_checked(
+    mut stream: impl futures::Stream<Item = Result<axum::body::Bytes, ServerError>> + Unpin,
+    out: &Path,
+    check: impl FnOnce(u64, &str) -> Result<(), ServerError>,
+) -> Result<(u64, String), ServerError> {
+    let tmp = out.with_extension("partial");
+    let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
+    let copied: Result<(u64, String), ServerError> = async {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        while let Some(part) = stream.next().await {
+            let part = part?;
+            hasher.update(&part);
+            written += part.len() as u64;
+            w.write_all(&part).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+        let sha256 = hex::encode(hasher.finalize());
+        check(written, &sha256)?;
+        Ok((written, sha256))
+    }
+    .await;
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return copied;
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| ConfigError(format!("rename to {}: {e}", out.display())))?;
+    copied
 }
 
 /// A Physical or Snapshot backup as the same `files.tar` its `BackupDownloadURL` serves. Every file the manifest
@@ -113,22 +133,12 @@ async fn download_files_tar(
     out: &Path,
 ) -> Result<Downloaded, ServerError> {
     let manifest = repo.verify(prefix).await?;
-    let (length, mut stream) = ddsvault_jobs::file_restore::tar_stream(repo, prefix, &manifest)
+    let (length, stream) = ddsvault_jobs::file_restore::tar_stream(repo, prefix, &manifest)
         .await
         .map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
-    let tmp = out.with_extension("partial");
-    let io = |e: std::io::Error| ConfigError(format!("write {}: {e}", tmp.display()));
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let copied: Result<(), ServerError> = async {
-        while let Some(part) = stream.next().await {
-            let part = part.map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
-            hasher.update(&part);
-            written += part.len() as u64;
-            w.write_all(&part).map_err(io)?;
-        }
-        w.flush().map_err(io)?;
+    let stream =
+        stream.map_err(|e| ServerError::from(ConfigError(format!("backup {backup_id}: {e}"))));
+    let (written, sha256) = write_checked(stream, out, |written, _| {
         if written != length {
             return Err(ConfigError(format!(
                 "backup {backup_id}: the tar came out {written} bytes long instead of {length}"
@@ -136,18 +146,12 @@ async fn download_files_tar(
             .into());
         }
         Ok(())
-    }
-    .await;
-    if let Err(e) = copied {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .map_err(|e| ConfigError(format!("rename to {}: {e}", out.display())))?;
+    })
+    .await?;
     Ok(Downloaded {
         file: crate::download::FILES_TAR.to_string(),
         size: written,
-        sha256: hex::encode(hasher.finalize()),
+        sha256,
     })
 }
 

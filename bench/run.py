@@ -183,11 +183,13 @@ def main():
             t0 = time.monotonic()
             gen_dataset(src.client(), name, args.large_mb)
             gen_s = time.monotonic() - t0
-            r = {"generate_seconds": gen_s, "raw_read": [], "ddsvault_backup": [], "ddsvault_restore": [],
+            r = {"generate_seconds": gen_s, "raw_read": [], "raw_read_find_only": [], "ddsvault_backup": [], "ddsvault_restore": [],
                  "ddsvault_backup_peak_rss_mb": [], "mongodump_plain": [], "mongodump_gzip": [], "mongorestore": []}
             for _ in range(args.repeat):
                 out = subprocess.run([str(RAW_READ), src.uri], capture_output=True, text=True, check=True)
-                r["raw_read"].append(json.loads(out.stdout)["seconds"])
+                raw = json.loads(out.stdout)
+                r["raw_read"].append(raw["seconds"])
+                r["raw_read_find_only"].append(raw["find_seconds"])
                 srv = Server(tmp / f"svc{len(r['ddsvault_backup'])}", {"src": src.uri, "dst": dst.uri})
                 secs, backup_id = timed_backup(srv, "src")
                 r["ddsvault_backup"].append(secs)
@@ -212,6 +214,9 @@ def main():
         med = lambda k: s[k]["median"] if s.get(k) else None  # noqa: E731
         s["ratios"] = {
             "backup_vs_raw_read_time": med("ddsvault_backup") / med("raw_read"),
+            "backup_vs_raw_find_only_time": med("ddsvault_backup") / med("raw_read_find_only"),
+            "backup_vs_mongodump_plain": (med("ddsvault_backup") / med("mongodump_plain")) if med("mongodump_plain")
+            else f"unavailable: {tools}",
             "backup_vs_mongodump_gzip": (med("ddsvault_backup") / med("mongodump_gzip")) if med("mongodump_gzip") else
             f"unavailable: {tools}",
             "restore_vs_mongorestore": (med("ddsvault_restore") / med("mongorestore")) if med("mongorestore") else
@@ -219,7 +224,7 @@ def main():
         }
         results["datasets"][name] = s
         print(f"\n== {name} (repeat {args.repeat}, generated in {gen_s:.1f}s)")
-        for k in ("raw_read", "ddsvault_backup", "ddsvault_restore", "mongodump_plain", "mongodump_gzip",
+        for k in ("raw_read", "raw_read_find_only", "ddsvault_backup", "ddsvault_restore", "mongodump_plain", "mongodump_gzip",
                   "mongorestore", "ddsvault_backup_peak_rss_mb"):
             v = s[k]
             print(f"  {k:30s} " + (f"min {v['min']:.2f}  median {v['median']:.2f}" if v else "n/a"))

@@ -1,5 +1,7 @@
 //! The limit a logical backup can reach: reads every document of every user collection as raw BSON and
 //! discards it, with the same driver, batch size and parallelism the dump uses. Used by `bench/run.py`.
+//! Prints two times: `seconds` includes finding what to read (listDatabases, listCollections), which any
+//! reader, a backup included, has to do; `find_seconds` is the reads alone.
 //!
 //! `cargo run --release -p ddsvault-mongo --example raw_read -- mongodb://127.0.0.1:27017 [parallel]`
 
@@ -16,6 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uri = args.next().ok_or("usage: raw_read <uri> [parallel]")?;
     let parallel: usize = args.next().map(|p| p.parse()).transpose()?.unwrap_or(4);
     let client = ddsvault_mongo::topology::connect(&uri).await?;
+    let listing_started = Instant::now();
     let dbs = ddsvault_mongo::topology::list_user_databases(&client).await?;
     let mut namespaces = Vec::new();
     for db in &dbs {
@@ -47,9 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in tasks {
         t.await?.map_err(|e| e.to_string())?;
     }
-    let secs = started.elapsed().as_secs_f64();
+    let find_secs = started.elapsed().as_secs_f64();
+    let secs = listing_started.elapsed().as_secs_f64();
     println!(
-        "{{\"seconds\": {secs:.3}, \"documents\": {}, \"bytes\": {}}}",
+        "{{\"seconds\": {secs:.3}, \"find_seconds\": {find_secs:.3}, \"documents\": {}, \"bytes\": {}}}",
         docs.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed)
     );

@@ -4,9 +4,12 @@
 Builds the release binary, generates reproducible datasets in FerretDB, and measures in one run on this machine:
   - ddsvault logical backup (CreateBackup through the official SDK, until DescribeBackups says Success)
   - the raw read rate of the server (crates/mongo/examples/raw_read.rs: every document read raw and discarded)
-  - mongodump --archive (plain and --gzip) when mongo-tools are installed (they are not installable here: the Go
-    module proxy refuses github.com/mongodb/mongo-tools; the harness says so instead of inventing a number)
+  - mongodump --archive (plain and --gzip) when mongo-tools are in $STACK_DIR/bin (scripts/setup-stack.sh cannot
+    install them here: the Go module proxy refuses github.com/mongodb/mongo-tools; the harness then says so
+    instead of inventing a number)
   - ddsvault logical restore (RestoreDBInstance into an empty FerretDB) and mongorestore --archive when available
+  - the raw insert rate of the target server (crates/mongo/examples/raw_write.rs: the same documents, held in
+    memory, inserted with the restore's batches and parallelism) as the limit for restore
   - peak RSS of the ddsvault process (VmHWM, one fresh process per measured run)
 It prints min/median with repeat counts and the ratios ddsvault/peer and ddsvault/limit, and writes a JSON file.
 
@@ -36,6 +39,7 @@ import stack  # noqa: E402
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
 BIN = TARGET / "release" / "ddsvault"
 RAW_READ = TARGET / "release" / "examples" / "raw_read"
+RAW_WRITE = TARGET / "release" / "examples" / "raw_write"
 AK = ("LTAI5tBenchRootKey0001", "bench-root-secret-0001")
 
 
@@ -45,7 +49,8 @@ def sh(*args, **kw):
 
 def build():
     sh("cargo", "build", "--release", "-p", "ddsvault", cwd=REPO)
-    sh("cargo", "build", "--release", "-p", "ddsvault-mongo", "--example", "raw_read", cwd=REPO)
+    sh("cargo", "build", "--release", "-p", "ddsvault-mongo", "--example", "raw_read", "--example", "raw_write",
+       cwd=REPO)
 
 
 def gen_dataset(client, name: str, large_mb: int, seed: int = 7):
@@ -184,7 +189,7 @@ def main():
             gen_dataset(src.client(), name, args.large_mb)
             gen_s = time.monotonic() - t0
             r = {"generate_seconds": gen_s, "raw_read": [], "raw_read_find_only": [], "ddsvault_backup": [], "ddsvault_restore": [],
-                 "ddsvault_backup_peak_rss_mb": [], "mongodump_plain": [], "mongodump_gzip": [], "mongorestore": []}
+                 "raw_write": [], "ddsvault_backup_peak_rss_mb": [], "mongodump_plain": [], "mongodump_gzip": [], "mongorestore": []}
             for _ in range(args.repeat):
                 out = subprocess.run([str(RAW_READ), src.uri], capture_output=True, text=True, check=True)
                 raw = json.loads(out.stdout)
@@ -197,6 +202,8 @@ def main():
                 r["ddsvault_restore"].append(timed_restore(srv, "src", "dst", backup_id))
                 srv.stop()
                 shutil.rmtree(srv.dir, ignore_errors=True)
+                out = subprocess.run([str(RAW_WRITE), src.uri, dst.uri], capture_output=True, text=True, check=True)
+                r["raw_write"].append(json.loads(out.stdout)["seconds"])
                 if tools is None:
                     for key, extra in (("mongodump_plain", []), ("mongodump_gzip", ["--gzip"])):
                         t = time.monotonic()
@@ -215,6 +222,9 @@ def main():
         s["ratios"] = {
             "backup_vs_raw_read_time": med("ddsvault_backup") / med("raw_read"),
             "backup_vs_raw_find_only_time": med("ddsvault_backup") / med("raw_read_find_only"),
+            "restore_vs_raw_write_time": med("ddsvault_restore") / med("raw_write"),
+            "mongorestore_vs_raw_write_time": (med("mongorestore") / med("raw_write")) if med("mongorestore")
+            else f"unavailable: {tools}",
             "backup_vs_mongodump_plain": (med("ddsvault_backup") / med("mongodump_plain")) if med("mongodump_plain")
             else f"unavailable: {tools}",
             "backup_vs_mongodump_gzip": (med("ddsvault_backup") / med("mongodump_gzip")) if med("mongodump_gzip") else
@@ -224,7 +234,7 @@ def main():
         }
         results["datasets"][name] = s
         print(f"\n== {name} (repeat {args.repeat}, generated in {gen_s:.1f}s)")
-        for k in ("raw_read", "raw_read_find_only", "ddsvault_backup", "ddsvault_restore", "mongodump_plain", "mongodump_gzip",
+        for k in ("raw_read", "raw_read_find_only", "ddsvault_backup", "ddsvault_restore", "raw_write", "mongodump_plain", "mongodump_gzip",
                   "mongorestore", "ddsvault_backup_peak_rss_mb"):
             v = s[k]
             print(f"  {k:30s} " + (f"min {v['min']:.2f}  median {v['median']:.2f}" if v else "n/a"))

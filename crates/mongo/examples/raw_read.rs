@@ -12,6 +12,8 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, RawDocumentBuf};
 
+mod common;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -19,15 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let parallel: usize = args.next().map(|p| p.parse()).transpose()?.unwrap_or(4);
     let client = ddsvault_mongo::topology::connect(&uri).await?;
     let listing_started = Instant::now();
-    let dbs = ddsvault_mongo::topology::list_user_databases(&client).await?;
-    let mut namespaces = Vec::new();
-    for db in &dbs {
-        for c in client.database(db).list_collection_names().await? {
-            if !c.starts_with("system.") {
-                namespaces.push((db.clone(), c));
-            }
-        }
-    }
+    let namespaces = common::user_namespaces(&client).await?;
     let started = Instant::now();
     let docs = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));

@@ -1,18 +1,19 @@
 //! The limit a logical restore can reach: the server's insert rate. Reads every document of every user
 //! collection of SOURCE into memory first (untimed), drops those databases on TARGET, then times inserting
-//! the documents into TARGET with the same driver, batch limits (1,000 documents / 8 MiB, ordered) and
-//! parallelism the restore uses, with nothing to decompress, parse or verify. Used by `bench/run.py`.
+//! the documents into TARGET with the same driver, batch limits and parallelism the restore uses (taken from
+//! `RestoreOptions::default()`, ordered inserts), with nothing to decompress, parse or verify. Used by
+//! `bench/run.py`.
 //!
 //! `cargo run --release -p ddsvault-mongo --example raw_write -- SOURCE_URI TARGET_URI [parallel]`
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use ddsvault_mongo::restore::RestoreOptions;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, RawDocumentBuf};
 
-const BATCH_DOCS: usize = 1000;
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+mod common;
 
 type Batches = Vec<Vec<RawDocumentBuf>>;
 
@@ -22,42 +23,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: raw_write <source uri> <target uri> [parallel]";
     let src_uri = args.next().ok_or(usage)?;
     let dst_uri = args.next().ok_or(usage)?;
-    let parallel: usize = args.next().map(|p| p.parse()).transpose()?.unwrap_or(4);
+    let defaults = RestoreOptions::default();
+    let parallel: usize = args
+        .next()
+        .map(|p| p.parse())
+        .transpose()?
+        .unwrap_or(defaults.parallel_collections);
     let src = ddsvault_mongo::topology::connect(&src_uri).await?;
     let dst = ddsvault_mongo::topology::connect(&dst_uri).await?;
 
     let mut loaded: Vec<(String, String, Batches)> = Vec::new();
     let (mut docs, mut bytes) = (0u64, 0u64);
-    let dbs = ddsvault_mongo::topology::list_user_databases(&src).await?;
-    for db in &dbs {
-        for coll in src.database(db).list_collection_names().await? {
-            if coll.starts_with("system.") {
-                continue;
+    let mut dbs = Vec::new();
+    for (db, coll) in common::user_namespaces(&src).await? {
+        let mut cursor = src
+            .database(&db)
+            .collection::<RawDocumentBuf>(&coll)
+            .find(doc! {})
+            .batch_size(1000)
+            .await?;
+        let (mut batches, mut cur, mut cur_bytes): (Batches, Vec<RawDocumentBuf>, usize) =
+            (Vec::new(), Vec::new(), 0);
+        while let Some(d) = cursor.try_next().await? {
+            let len = d.as_bytes().len();
+            // The restore's batch rule: a lone oversized document still forms a batch.
+            if !cur.is_empty()
+                && (cur.len() >= defaults.batch_docs || cur_bytes + len > defaults.batch_bytes)
+            {
+                batches.push(std::mem::take(&mut cur));
+                cur_bytes = 0;
             }
-            let mut cursor = src
-                .database(db)
-                .collection::<RawDocumentBuf>(&coll)
-                .find(doc! {})
-                .batch_size(1000)
-                .await?;
-            let (mut batches, mut cur, mut cur_bytes): (Batches, Vec<RawDocumentBuf>, usize) =
-                (Vec::new(), Vec::new(), 0);
-            while let Some(d) = cursor.try_next().await? {
-                let len = d.as_bytes().len();
-                if !cur.is_empty() && (cur.len() >= BATCH_DOCS || cur_bytes + len > BATCH_BYTES) {
-                    batches.push(std::mem::take(&mut cur));
-                    cur_bytes = 0;
-                }
-                cur_bytes += len;
-                docs += 1;
-                bytes += len as u64;
-                cur.push(d);
-            }
-            if !cur.is_empty() {
-                batches.push(cur);
-            }
-            loaded.push((db.clone(), coll, batches));
+            cur_bytes += len;
+            docs += 1;
+            bytes += len as u64;
+            cur.push(d);
         }
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+        if !dbs.contains(&db) {
+            dbs.push(db.clone());
+        }
+        loaded.push((db, coll, batches));
     }
     for db in &dbs {
         dst.database(db).drop().await?;

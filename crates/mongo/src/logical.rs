@@ -997,7 +997,7 @@ pub fn metadata_json(
 
 /// Recomputes the CRC-64 of a namespace's documents; exposed for tests and verification.
 pub fn documents_crc(docs: &[u8]) -> u64 {
-    crate::archive::CRC64.checksum(docs)
+    crate::archive::Crc64::checksum(docs)
 }
 
 #[cfg(test)]

@@ -409,7 +409,14 @@ async fn reader_accepts_real_mongodump_archives() {
             let (our_meta, our_ty) = &ours.metadata[ns];
             assert_eq!(ty, our_ty, "{ns}");
             let a: serde_json::Value = serde_json::from_str(meta).expect("their json");
-            let b: serde_json::Value = serde_json::from_str(our_meta).expect("our json");
+            let mut b: serde_json::Value = serde_json::from_str(our_meta).expect("our json");
+            // Older mongo-tools releases predate the `type` key (written by current ones, as we do); their
+            // mongorestore ignores it. Compare the rest against such a mongodump.
+            if a.get("type").is_none() {
+                if let Some(o) = b.as_object_mut() {
+                    o.remove("type");
+                }
+            }
             assert_eq!(a, b, "{ns}: mongodump {meta} vs ours {our_meta}");
         }
     }

@@ -49,8 +49,35 @@ pub const MIN_BSON_SIZE: usize = 5;
 pub const MAX_BSON_SIZE: usize = 16 * 1024 * 1024;
 
 /// CRC-64/XZ, which equals Go's `crc64.MakeTable(crc64.ECMA)` as used by mongodump.
-pub static CRC64: crc::Crc<u64, crc::Table<16>> =
-    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
+///
+/// Every document byte of a dump and of a restore goes through it, so it uses carry-less multiplication where the
+/// CPU has it (crc64fast): the table-driven version took 12% of ddsvault's CPU time during a backup.
+#[derive(Clone, Default)]
+pub struct Crc64(crc64fast::Digest);
+
+impl Crc64 {
+    /// An empty digest (CPU features are detected here).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    /// The CRC of everything fed so far; feeding may go on.
+    pub fn finalize(&self) -> u64 {
+        self.0.sum64()
+    }
+
+    /// The CRC of `bytes` in one call.
+    pub fn checksum(bytes: &[u8]) -> u64 {
+        let mut d = Self::new();
+        d.update(bytes);
+        d.finalize()
+    }
+}
 
 /// Namespace key as the mongo-tools demultiplexer builds it (`db + "." + collection`).
 pub fn namespace_key(db: &str, collection: &str) -> String {

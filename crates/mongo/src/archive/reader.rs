@@ -6,8 +6,8 @@ use std::io::{BufReader, Read};
 use bson::RawDocument;
 
 use super::{
-    namespace_key, ArchiveError, ArchiveHeader, CollectionMetadata, NamespaceHeader,
-    NamespaceStats, Violation, CRC64, MAGIC, MAX_BSON_SIZE, MIN_BSON_SIZE,
+    namespace_key, ArchiveError, ArchiveHeader, CollectionMetadata, Crc64, NamespaceHeader,
+    NamespaceStats, Violation, MAGIC, MAX_BSON_SIZE, MIN_BSON_SIZE,
 };
 
 /// What the reader found next.
@@ -45,7 +45,7 @@ enum NsState {
 struct Namespace {
     meta: CollectionMetadata,
     state: NsState,
-    digest: crc::Digest<'static, u64, crc::Table<16>>,
+    digest: Crc64,
     documents: u64,
     bytes: u64,
 }
@@ -126,7 +126,7 @@ impl<R: Read> ArchiveReader<R> {
         self.namespaces.get(ns_index).map(|n| NamespaceStats {
             documents: n.documents,
             bytes: n.bytes,
-            crc: n.digest.clone().finalize(),
+            crc: n.digest.finalize(),
         })
     }
 
@@ -233,7 +233,7 @@ impl<R: Read> ArchiveReader<R> {
                     self.namespaces.push(Namespace {
                         meta,
                         state: NsState::Unopened,
-                        digest: CRC64.digest(),
+                        digest: Crc64::new(),
                         documents: 0,
                         bytes: 0,
                     });
@@ -267,7 +267,7 @@ impl<R: Read> ArchiveReader<R> {
             return Err(self.invalid(start, Some(key), Violation::Reopened));
         }
         if hdr.eof {
-            let actual = self.namespaces[i].digest.clone().finalize();
+            let actual = self.namespaces[i].digest.finalize();
             let expected = hdr.crc as u64;
             if actual != expected {
                 return Err(self.invalid(

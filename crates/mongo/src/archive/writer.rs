@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use super::{
-    count_framed_documents, ArchiveError, ArchiveHeader, CollectionMetadata, NamespaceHeader,
-    NamespaceStats, Violation, CRC64, MAGIC, TERMINATOR,
+    count_framed_documents, ArchiveError, ArchiveHeader, CollectionMetadata, Crc64,
+    NamespaceHeader, NamespaceStats, Violation, MAGIC, TERMINATOR,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ enum State {
 
 struct Namespace {
     meta: CollectionMetadata,
-    digest: crc::Digest<'static, u64, crc::Table<16>>,
+    digest: Crc64,
     state: State,
     documents: u64,
     bytes: u64,
@@ -86,7 +86,7 @@ impl<W: Write> ArchiveWriter<W> {
         self.put(meta.to_raw().as_bytes())?;
         self.namespaces.push(Namespace {
             meta,
-            digest: CRC64.digest(),
+            digest: Crc64::new(),
             state: State::Unopened,
             documents: 0,
             bytes: 0,
@@ -183,7 +183,7 @@ impl<W: Write> ArchiveWriter<W> {
         NamespaceStats {
             documents: ns.documents,
             bytes: ns.bytes,
-            crc: ns.digest.clone().finalize(),
+            crc: ns.digest.finalize(),
         }
     }
 

@@ -245,6 +245,8 @@ def main():
                     srv.stop()
                     shutil.rmtree(srv.dir, ignore_errors=True)
                     continue
+                # Into an empty instance, like mongorestore below: the previous round left its restore there.
+                dst.client().drop_database(f"bench_{name}")
                 r["ddsvault_restore"].append(timed_restore(srv, "src", "dst", backup_id))
                 srv.stop()
                 shutil.rmtree(srv.dir, ignore_errors=True)

@@ -461,7 +461,13 @@ async fn discover_reports_replica_set_and_standalone() {
 
 #[tokio::test]
 async fn connect_to_closed_port_fails_fast() {
-    let port = common::free_port();
+    // Bound but never listening: connections are refused, and no FerretDB started by a test running in parallel
+    // can take the port meanwhile (a port that was merely free once could be).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("local address").port();
     let start = Instant::now();
     let err = connect(&format!("mongodb://127.0.0.1:{port}/"))
         .await
@@ -471,6 +477,7 @@ async fn connect_to_closed_port_fails_fast() {
     assert!(!err.is_permanent());
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(err.to_string().contains(&port.to_string()), "{err}");
+    drop(socket);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

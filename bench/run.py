@@ -241,15 +241,14 @@ def main():
                 r["ddsvault_backup_cpu_own"].append(cpu_seconds(srv.proc.pid) - own_cpu)
                 r["ddsvault_backup"].append(secs)
                 r["ddsvault_backup_peak_rss_mb"].append(srv.peak_rss_mb())
-                if args.backup_only:
-                    srv.stop()
-                    shutil.rmtree(srv.dir, ignore_errors=True)
-                    continue
-                # Into an empty instance, like mongorestore below: the previous round left its restore there.
-                dst.client().drop_database(f"bench_{name}")
-                r["ddsvault_restore"].append(timed_restore(srv, "src", "dst", backup_id))
+                if not args.backup_only:
+                    # Into an empty instance, like mongorestore below: the previous round left its restore there.
+                    dst.client().drop_database(f"bench_{name}")
+                    r["ddsvault_restore"].append(timed_restore(srv, "src", "dst", backup_id))
                 srv.stop()
                 shutil.rmtree(srv.dir, ignore_errors=True)
+                if args.backup_only:
+                    continue
                 out = subprocess.run([str(RAW_WRITE), src.uri, dst.uri], capture_output=True, text=True, check=True)
                 r["raw_write"].append(json.loads(out.stdout)["seconds"])
                 if tools is None:

@@ -4,7 +4,9 @@
 //! `RestoreOptions::default()`, ordered inserts), with nothing to decompress, parse or verify. Used by
 //! `bench/run.py`.
 //!
-//! `cargo run --release -p ddsvault-mongo --example raw_write -- SOURCE_URI TARGET_URI [parallel]`
+//! `cargo run --release -p ddsvault-mongo --example raw_write -- SOURCE_URI TARGET_URI [parallel [batch_docs
+//! [batch_bytes]]]`: the optional arguments replace the restore's defaults, to see whether other settings would
+//! make the server insert faster.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,15 +22,16 @@ type Batches = Vec<Vec<RawDocumentBuf>>;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: raw_write <source uri> <target uri> [parallel]";
+    let usage = "usage: raw_write <source uri> <target uri> [parallel [batch_docs [batch_bytes]]]";
     let src_uri = args.next().ok_or(usage)?;
     let dst_uri = args.next().ok_or(usage)?;
     let defaults = RestoreOptions::default();
-    let parallel: usize = args
-        .next()
-        .map(|p| p.parse())
-        .transpose()?
-        .unwrap_or(defaults.parallel_collections);
+    let mut next_or = |default: usize| -> Result<usize, std::num::ParseIntError> {
+        args.next().map_or(Ok(default), |a| a.parse())
+    };
+    let parallel = next_or(defaults.parallel_collections)?;
+    let batch_docs = next_or(defaults.batch_docs)?;
+    let batch_bytes = next_or(defaults.batch_bytes)?;
     let src = ddsvault_mongo::topology::connect(&src_uri).await?;
     let dst = ddsvault_mongo::topology::connect(&dst_uri).await?;
 
@@ -47,9 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(d) = cursor.try_next().await? {
             let len = d.as_bytes().len();
             // The restore's batch rule: a lone oversized document still forms a batch.
-            if !cur.is_empty()
-                && (cur.len() >= defaults.batch_docs || cur_bytes + len > defaults.batch_bytes)
-            {
+            if !cur.is_empty() && (cur.len() >= batch_docs || cur_bytes + len > batch_bytes) {
                 batches.push(std::mem::take(&mut cur));
                 cur_bytes = 0;
             }

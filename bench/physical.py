@@ -5,7 +5,7 @@ On a FerretDB (SQLite backend) holding --mb MB of documents, measures with the r
   - `cat` of the database files to /dev/null (the limit: the same bytes read once, page cache warm as for ddsvault);
   - a durable copy of the same files into the repository's filesystem (read, write, fsync): what storing them costs at
     the least, since a backup is only Success once its bytes are on disk;
-  - a Physical backup (CreateBackup through the official SDK until DescribeBackups says Success);
+  - a Physical backup (CreateBackup through the official SDK until the job is recorded Success: run.JobClock);
   - a full Snapshot, then ~1% of the documents changed (new documents + scattered updates), then a second Snapshot:
     time and stored bytes (DescribeBackupStorage) of the increment against the full one.
 
@@ -39,7 +39,7 @@ class Server(run.Server):
     def backup(self, iid: str, method: str):
         from alibabacloud_dds20151201 import models as dds
 
-        t0 = time.monotonic()
+        clock = run.JobClock(self)
         r = self.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method=method)).body
         while True:
             b = self.tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid,
@@ -47,8 +47,8 @@ class Server(run.Server):
             if b.backups.backup:
                 assert b.backups.backup[0].backup_status == "Success", b.backups.backup[0]
                 self.last_id = b.backups.backup[0].backup_id
-                return time.monotonic() - t0
-            time.sleep(0.02)
+                return clock.seconds(r.backup_job_id)
+            clock.pause()
 
     def restore_to_dir(self, backup_id: str, target: Path) -> float:
         """`ddsvault restore --to-dir`: the files materialized and checked against the manifest, then synced."""

@@ -135,8 +135,8 @@ class JobClock:
     (13 ms later in the log of a small backup); a restore at the commit. So the API can be polled rarely: every
     signed call costs the SDK and the service ~2 ms of CPU, and polling every 50 ms made the small dataset's backup
     slower on this 2-core machine (9.87 / 9.98 / 10.61 s against 8.77 / 9.23 / 9.23 s polled rarely, alternating,
-    both timed this way), a cost the bare reader does not pay. Pauses grow with the time so far (5% of it, at least 250 ms): ~30 calls for a
-    10-second job, ~90 for a 200-second one.
+    both timed this way), a cost the bare reader does not pay. Pauses grow with the time so far (5% of it, at least
+    250 ms): ~30 calls for a 10-second job, ~90 for a 200-second one.
     """
 
     def __init__(self, server: Server):
@@ -156,8 +156,11 @@ class JobClock:
         seen_done = time.time()
         self.seen = seen_done - self.t0
         db = self.server.dir / "data" / "catalog.db"
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
             row = con.execute("SELECT finished_at FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        finally:
+            con.close()
         finished = row[0] / 1000
         assert self.t0 < finished <= seen_done + 0.001, (self.t0, finished, seen_done)
         return finished - self.t0

@@ -37,18 +37,8 @@ class Server(run.Server):
         super().__init__(workdir, {iid: (uri, data_path)})
 
     def backup(self, iid: str, method: str):
-        from alibabacloud_dds20151201 import models as dds
-
-        clock = run.JobClock(self)
-        r = self.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method=method)).body
-        while True:
-            b = self.tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid,
-                                                                     backup_job_id=r.backup_job_id)).body
-            if b.backups.backup:
-                assert b.backups.backup[0].backup_status == "Success", b.backups.backup[0]
-                self.last_id = b.backups.backup[0].backup_id
-                return clock.seconds(r.backup_job_id)
-            clock.pause()
+        secs, self.last_id, _ = run.timed_backup(self, iid, method)
+        return secs
 
     def restore_to_dir(self, backup_id: str, target: Path) -> float:
         """`ddsvault restore --to-dir`: the files materialized and checked against the manifest, then synced."""

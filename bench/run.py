@@ -166,12 +166,12 @@ class JobClock:
         return finished - self.t0
 
 
-def timed_backup(server: Server, iid: str):
+def timed_backup(server: Server, iid: str, method: str = "Logical"):
     """Seconds from CreateBackup until the backup is recorded Success, the backup id, and the clock."""
     from alibabacloud_dds20151201 import models as dds
 
     clock = JobClock(server)
-    r = server.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method="Logical")).body
+    r = server.tea.create_backup(dds.CreateBackupRequest(dbinstance_id=iid, backup_method=method)).body
     while True:
         b = server.tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id=iid, backup_job_id=r.backup_job_id)).body
         if b.backups.backup:

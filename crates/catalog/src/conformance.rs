@@ -1042,6 +1042,50 @@ async fn recovery(cat: &Catalog) {
         failed.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![other.id]
     );
+    // A recovered job says why, with the interruption's code, on the job and on its backup.
+    let recovered = cat.get_job(other.id).await.expect("get").expect("exists");
+    assert_eq!(
+        recovered.error_code.as_deref(),
+        Some(crate::JOB_INTERRUPTED_CODE)
+    );
+    assert!(recovered
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("interrupted")));
+
+    // A failure's code and message are kept on the job and in its backup's details; a job that did not fail has
+    // neither.
+    let (job, backup) = cat
+        .create_backup_job(&new_job("dds-coded", 0))
+        .await
+        .expect("create");
+    let running = cat
+        .claim_next_job("node-c", now)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!((running.error_code, running.error), (None, None));
+    cat.fail_job_with_code(job.id, "Repository.NoSpace", "repository: no space", now)
+        .await
+        .expect("fail");
+    let failed = cat.get_job(job.id).await.expect("get").expect("exists");
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error_code.as_deref(), Some("Repository.NoSpace"));
+    assert_eq!(failed.error.as_deref(), Some("repository: no space"));
+    let b = cat
+        .get_backup(backup.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(b.status, BackupStatus::Failed);
+    assert_eq!(b.details["error_code"], "Repository.NoSpace");
+    assert_eq!(b.details["error"], "repository: no space");
+    // Failing it again changes nothing (it is no longer pending or running).
+    cat.fail_job_with_code(job.id, "Job.Failed", "again", now)
+        .await
+        .expect("fail again");
+    let still = cat.get_job(job.id).await.expect("get").expect("exists");
+    assert_eq!(still.error_code.as_deref(), Some("Repository.NoSpace"));
 }
 
 async fn listing(cat: &Catalog) {

@@ -161,10 +161,23 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         owner: &str,
         done: &BackupCompletion,
     ) -> Result<(), CatalogError>;
-    /// Marks a job (and its backup set, if any) Failed with a reason.
+    /// Marks a job (and its backup set, if any) Failed with a reason whose source is unknown
+    /// ([`JOB_ERROR_CODE`]).
     async fn fail_job(
         &self,
         job_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        self.fail_job_with_code(job_id, JOB_ERROR_CODE, reason, now)
+            .await
+    }
+    /// Marks a job (and its backup set, if any) Failed with the code of the failure's source (e.g.
+    /// `Repository.NoSpace`) and a message; both are shown by the task APIs.
+    async fn fail_job_with_code(
+        &self,
+        job_id: i64,
+        code: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError>;

@@ -220,6 +220,8 @@ pub struct Job {
     /// Percent, 0–100.
     pub progress: i32,
     pub error: Option<String>,
+    /// The source of the failure (e.g. `Repository.NoSpace`); `None` unless the job failed.
+    pub error_code: Option<String>,
     /// Kind-specific parameters, e.g. the backup method and compression.
     pub params: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -230,6 +232,12 @@ pub struct Job {
     /// What a finished job produced (e.g. a restore summary); `Null` until then.
     pub result: serde_json::Value,
 }
+
+/// The code of a job failure whose source is not known more precisely (also the code of failures recorded
+/// before codes were kept).
+pub const JOB_ERROR_CODE: &str = "Job.Failed";
+/// The code of a job failed because the process running it stopped (found by recovery).
+pub const JOB_INTERRUPTED_CODE: &str = "Job.Interrupted";
 
 /// Status of a backup set as DescribeBackups shows it; `Running` and `Deleting` sets are not listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,7 +44,7 @@ const ACTIVE_JOB_SQL: &str =
 const IDENTITY_VERSION_SQL: &str = "SELECT version FROM identity_version WHERE id = 1";
 
 const JOB_COLUMNS: &str =
-    "id, kind, instance_id, backup_id, state, mode, progress, error, params, created_at, \
+    "id, kind, instance_id, backup_id, state, mode, progress, error, error_code, params, created_at, \
      started_at, finished_at, owner, heartbeat_at, result";
 const BACKUP_COLUMNS: &str =
     "id, job_id, instance_id, status, method, mode, backup_type, start_time, end_time, \
@@ -136,6 +136,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job, CatalogError> {
         mode: r.try_get("mode")?,
         progress: r.try_get("progress")?,
         error: r.try_get("error")?,
+        error_code: r.try_get("error_code")?,
         params: json(&params, "job params")?,
         created_at: from_ms(r.try_get("created_at")?)?,
         started_at: opt_from_ms(r.try_get("started_at")?)?,
@@ -587,18 +588,20 @@ impl CatalogBackend for SqliteCatalog {
         Ok(())
     }
 
-    async fn fail_job(
+    async fn fail_job_with_code(
         &self,
         job_id: i64,
+        code: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
-            "UPDATE jobs SET state = 'Failed', error = ?, finished_at = ? WHERE id = ? AND state IN ('Pending', 'Running') \
-             RETURNING backup_id",
+            "UPDATE jobs SET state = 'Failed', error = ?, error_code = ?, finished_at = ? \
+             WHERE id = ? AND state IN ('Pending', 'Running') RETURNING backup_id",
         )
         .bind(reason)
+        .bind(code)
         .bind(ms(now))
         .bind(job_id)
         .fetch_optional(&mut *tx)
@@ -608,10 +611,11 @@ impl CatalogBackend for SqliteCatalog {
             if let Some(id) = backup_id {
                 sqlx::query(
                     "UPDATE backups SET status = 'Failed', end_time = ?, \
-                     details = json_set(details, '$.error', ?) WHERE id = ? AND status = 'Running'",
+                     details = json_set(details, '$.error', ?, '$.error_code', ?) WHERE id = ? AND status = 'Running'",
                 )
                 .bind(ms(now))
                 .bind(reason)
+                .bind(code)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -639,8 +643,9 @@ impl CatalogBackend for SqliteCatalog {
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         for job in &jobs {
-            self.fail_job(
+            self.fail_job_with_code(
                 job.id,
+                crate::JOB_INTERRUPTED_CODE,
                 "interrupted: the ddsvault process running this job stopped before it finished",
                 now,
             )

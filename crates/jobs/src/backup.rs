@@ -361,6 +361,7 @@ mod tests {
             mode: "Manual".into(),
             progress: 0,
             error: None,
+            error_code: None,
             params,
             created_at: Utc::now(),
             started_at: None,

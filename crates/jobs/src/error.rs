@@ -1,7 +1,10 @@
 //! Errors of the jobs layer.
 
+use ddsvault_mongo::MongoError;
+use ddsvault_repo::RepoError;
+
 /// Why a job failed. The text is stored in the catalog and shown to API users, so it never holds secrets
-/// (connection strings are never formatted into it).
+/// (connection strings are never formatted into it). [`JobError::code`] names the failure's source.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("instance {0} is not configured on this ddsvault node")]
@@ -13,12 +16,106 @@ pub enum JobError {
     /// A file restore found its target node running; it must be stopped first.
     #[error("the node is running ({0}); stop the node first")]
     NodeRunning(String),
+    /// Reading or writing local files (a data directory, a scratch directory) failed: labelled by that source,
+    /// not by the MongoDB layer the call went through.
+    #[error("filesystem: {0}")]
+    Filesystem(String),
     #[error("MongoDB: {0}")]
-    Mongo(#[from] ddsvault_mongo::MongoError),
+    Mongo(MongoError),
     #[error("repository: {0}")]
-    Repo(#[from] ddsvault_repo::RepoError),
+    Repo(#[from] RepoError),
     #[error("catalog: {0}")]
     Catalog(#[from] ddsvault_catalog::CatalogError),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<MongoError> for JobError {
+    fn from(e: MongoError) -> Self {
+        match e {
+            // The data directory of a file backup or restore: a filesystem problem on this host.
+            e @ MongoError::Io { .. } => JobError::Filesystem(e.to_string()),
+            e => JobError::Mongo(e),
+        }
+    }
+}
+
+impl JobError {
+    /// The stable code of the failure's source, answered as `ErrorCode` by the task APIs beside the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::UnknownInstance(_) => "Instance.NotConfigured",
+            JobError::NoDatabase(_) => "Instance.NoDatabase",
+            JobError::Cancelled(_) => "Job.Cancelled",
+            JobError::NodeRunning(_) => "Node.Running",
+            JobError::Filesystem(_) => "Filesystem.Error",
+            JobError::Mongo(e) => match e {
+                MongoError::Unreachable(_) => "MongoDB.Unreachable",
+                MongoError::Authentication(_) => "MongoDB.AuthenticationFailed",
+                MongoError::Unsupported(_) => "MongoDB.Unsupported",
+                MongoError::OplogUnusable(_) | MongoError::OplogOverflow(_) => "MongoDB.Oplog",
+                MongoError::Archive(_) => "Archive.Invalid",
+                MongoError::TargetExists { .. } => "Restore.TargetExists",
+                MongoError::Image { .. } => "Filesystem.Error",
+                MongoError::Cancelled => "Job.Cancelled",
+                _ => "MongoDB.Error",
+            },
+            JobError::Repo(e) => repo_code(e),
+            JobError::Catalog(_) => "Catalog.Error",
+            JobError::Other(_) => ddsvault_catalog::JOB_ERROR_CODE,
+        }
+    }
+}
+
+fn repo_code(e: &RepoError) -> &'static str {
+    match e {
+        RepoError::Integrity { .. } | RepoError::Manifest { .. } => "Repository.Damaged",
+        RepoError::NotFound { .. } => "Repository.NotFound",
+        RepoError::Cancelled => "Job.Cancelled",
+        _ if is_no_space(e) => "Repository.NoSpace",
+        _ => "Repository.Error",
+    }
+}
+
+/// Whether a repository error is a full filesystem (ENOSPC), wherever in the chain it was wrapped.
+fn is_no_space(e: &RepoError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    // object_store's local store folds the io::Error into its message on some paths.
+    e.to_string().contains("No space left on device")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_labelled_by_where_they_failed() {
+        let io = MongoError::Io {
+            context: "read data directory /nope".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let e = JobError::from(io);
+        assert_eq!(e.code(), "Filesystem.Error");
+        assert!(
+            e.to_string()
+                .starts_with("filesystem: read data directory /nope"),
+            "{e}"
+        );
+        let e = JobError::from(MongoError::Unreachable("server selection".into()));
+        assert_eq!(e.code(), "MongoDB.Unreachable");
+        assert!(e.to_string().starts_with("MongoDB: "), "{e}");
+        let full = RepoError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(JobError::from(full).code(), "Repository.NoSpace");
+        let other = RepoError::Io(std::io::Error::other("disk on fire"));
+        assert_eq!(JobError::from(other).code(), "Repository.Error");
+        assert_eq!(JobError::Other("x".into()).code(), "Job.Failed");
+    }
 }

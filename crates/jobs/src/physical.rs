@@ -113,6 +113,66 @@ pub(crate) async fn run(
     method: FileMethod,
     cancel: &CancellationToken,
 ) -> Result<(), JobError> {
+    let written = NewChunks::default();
+    let result = run_job(runner, job, method, cancel, &written).await;
+    if result.is_err() {
+        written.remove(runner, &job.instance_id).await;
+    }
+    result
+}
+
+/// The chunks a snapshot job added to its instance's chunk store (ones that were absent before it wrote them).
+///
+/// A failed job deletes them at once, so a repository that filled up recovers as soon as the job fails instead of
+/// after the collector's grace period. That is safe because a chunk is new only if nothing had it before this job,
+/// and only one backup job of an instance is active at a time (the catalog refuses a second), so no committed
+/// snapshot can name a chunk on this list.
+#[derive(Default)]
+struct NewChunks(std::sync::Mutex<Vec<String>>);
+
+impl NewChunks {
+    fn push(&self, digest: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(digest);
+    }
+
+    async fn remove(&self, runner: &Runner, instance_id: &str) {
+        let digests = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if digests.is_empty() {
+            return;
+        }
+        let mut removed = 0usize;
+        for digest in &digests {
+            let deleted = match ddsvault_repo::chunks::chunk_path(instance_id, digest) {
+                Ok(path) => runner.repo.delete(&path).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(()) | Err(ddsvault_repo::RepoError::NotFound { .. }) => removed += 1,
+                Err(e) => {
+                    // Left for the collector, which sweeps unreferenced chunks after its grace period.
+                    tracing::warn!(instance = %instance_id, chunk = %digest, error = %e, "could not remove a chunk of a failed snapshot");
+                }
+            }
+        }
+        tracing::info!(instance = %instance_id, chunks = removed, "removed the chunks a failed snapshot had written");
+    }
+}
+
+async fn run_job(
+    runner: &Runner,
+    job: &Job,
+    method: FileMethod,
+    cancel: &CancellationToken,
+    written: &NewChunks,
+) -> Result<(), JobError> {
     let backup_id = job
         .backup_id
         .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
@@ -181,7 +241,7 @@ pub(crate) async fn run(
                     store_file(runner, &staging, f, image, &work_cancel).await?
                 }
                 FileMethod::Snapshot => {
-                    store_chunks(runner, &job.instance_id, f, image, level, &known).await?
+                    store_chunks(runner, &job.instance_id, f, image, level, &known, written).await?
                 }
             };
             done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed);
@@ -397,6 +457,7 @@ async fn store_chunks(
     image: Image,
     level: i32,
     known: &std::collections::HashSet<String>,
+    written: &NewChunks,
 ) -> Result<Stored, JobError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(CHUNK_PUTS_IN_FLIGHT * 2);
     let chunker = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
@@ -422,35 +483,49 @@ async fn store_chunks(
     });
 
     let repo = &runner.repo;
-    // Boxed so it can be dropped early: dropping it closes the channel, which unblocks the chunker on failure.
+    // Set at the first failed put: the puts still queued behind it are skipped rather than written (a full
+    // repository fails them all anyway), so the failure is reported promptly.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = &failed;
     let mut puts = Box::pin(
-        futures::stream::poll_fn(|cx| rx.poll_recv(cx))
-            .map(|(digest, raw)| async move {
-                let len = raw.len() as u64;
-                let written = if known.contains(&digest) {
-                    None
-                } else {
-                    repo.put_chunk(instance_id, &digest, raw, level).await?
-                };
-                Ok::<_, JobError>((
-                    ChunkRef {
-                        sha256: digest,
-                        size: len,
-                    },
-                    written,
-                ))
-            })
-            .buffered(CHUNK_PUTS_IN_FLIGHT),
+        futures::stream::poll_fn(|cx| {
+            if failed.load(Ordering::Relaxed) {
+                // Idempotent. Wakes a chunker blocked on a full channel; what was queued is still received.
+                rx.close();
+            }
+            rx.poll_recv(cx)
+        })
+        .map(|(digest, raw)| async move {
+            let len = raw.len() as u64;
+            let written = if known.contains(&digest) || failed.load(Ordering::Relaxed) {
+                None
+            } else {
+                repo.put_chunk(instance_id, &digest, raw, level).await?
+            };
+            Ok::<_, JobError>((
+                ChunkRef {
+                    sha256: digest,
+                    size: len,
+                },
+                written,
+            ))
+        })
+        .buffered(CHUNK_PUTS_IN_FLIGHT),
     );
     let mut chunks = Vec::new();
     let mut new_bytes = 0u64;
     let mut new_chunks = 0u64;
     let mut reused = Vec::new();
     let mut failure = None;
+    // On a failure the stream is still drained to its end, never dropped with puts in flight: a put abandoned
+    // mid-way could finish after the failed job removed its chunks and leave one behind. The channel is closed
+    // so the chunker's next send fails and it stops reading the image (ending its read transaction); what it
+    // had queued is skipped through `failed`.
     while let Some(r) = puts.next().await {
         match r {
-            Ok((c, written)) => {
-                if let Some(n) = written {
+            Ok((c, written_bytes)) => {
+                if let Some(n) = written_bytes {
+                    written.push(c.sha256.clone());
                     new_bytes += n;
                     new_chunks += 1;
                 } else {
@@ -459,8 +534,10 @@ async fn store_chunks(
                 chunks.push(c);
             }
             Err(e) => {
-                failure = Some(e);
-                break;
+                if failure.is_none() {
+                    failed.store(true, Ordering::Relaxed);
+                    failure = Some(e);
+                }
             }
         }
     }

@@ -235,7 +235,7 @@ impl Runner {
                 self.remove_job_files(job).await;
                 if let Err(ce) = self
                     .catalog
-                    .fail_job(job.id, &e.to_string(), Utc::now())
+                    .fail_job_with_code(job.id, e.code(), &e.to_string(), Utc::now())
                     .await
                 {
                     tracing::error!(error = %ce, "could not record the job failure");

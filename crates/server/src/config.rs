@@ -48,6 +48,10 @@ pub struct Config {
     /// Holds the SQLite catalog and the local repository unless `catalog_url` / `[repository]` say otherwise.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// This process's node id (owner of the jobs it runs); default: generated on the first start and kept in
+    /// `<data_dir>/node_id`. Every process sharing a catalog needs its own.
+    #[serde(default)]
+    pub node_id: Option<String>,
     /// Catalog location; default `sqlite://<data_dir>/catalog.db`.
     #[serde(default)]
     pub catalog_url: Option<String>,
@@ -422,6 +426,13 @@ impl Config {
         if let Some(l) = &self.listen_tls {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 return err(format!("listen_tls = {l:?} is not an ip:port address"));
+            }
+        }
+        if let Some(n) = &self.node_id {
+            if !crate::startup::valid_node_id(n) {
+                return err(format!(
+                    "node_id = {n:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+                ));
             }
         }
         if self.region_id.is_empty() {

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod offline;
 mod ram_api;
 mod router;
+pub mod startup;
 mod state;
 mod throttle;
 mod tls;
@@ -58,7 +59,10 @@ pub struct Prepared {
     gc: Arc<Gc>,
     /// The automatic-backup scheduler, started with the runner unless disabled.
     scheduler: Option<Arc<Scheduler>>,
-    listen: String,
+    /// Bound before anything else was touched (`startup`).
+    listeners: startup::Listeners,
+    /// Held until the process ends: the data directory's lock and the node id.
+    identity: startup::Identity,
     /// The HTTPS listener's address and rustls configuration (`listen_tls`).
     tls: Option<(String, Arc<rustls::ServerConfig>)>,
     public_url: Option<String>,
@@ -95,20 +99,22 @@ fn random_string(len: usize) -> String {
 /// # Errors
 /// Anything that prevents serving safely.
 pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| ConfigError(format!("create data_dir {}: {e}", cfg.data_dir.display())))?;
+    // Phases without side effects first (see `startup`): certificate problems and a taken port stop the start
+    // before the data directory, the catalog or any job is touched.
+    let tls = match (&cfg.listen_tls, &cfg.tls_cert, &cfg.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((addr.clone(), tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let listeners = startup::bind_listeners(&cfg).await?;
+    // Identity of this process for job ownership: kept in its data directory (never shared through the
+    // catalog) and locked there, so a restart recognises (and fails) the jobs its previous life left running,
+    // and a second server on the same directory stops here.
+    let identity = startup::hold_identity(&cfg)?;
+    let node_id = identity.node_id.clone();
+
     let catalog: Catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
     let repo = Repository::local(&cfg.repository_path())?;
     let now = Utc::now();
-
-    // Identity of this process for job ownership: stable per data directory, so a restart recognises (and fails)
-    // the jobs its previous life left running.
-    let node_id = catalog
-        .init_setting(
-            "node_id",
-            &format!("node-{}", random_string(12).to_lowercase()),
-        )
-        .await?;
     let account_id = match &cfg.account_id {
         Some(a) => a.clone(),
         None => {
@@ -153,12 +159,6 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         created_root_key = Some(CreatedRootKey { id, secret });
     }
     let identities = Identities::load(Arc::clone(&catalog), master).await?;
-
-    // Certificate problems stop the start, before anything else is touched.
-    let tls = match (&cfg.listen_tls, &cfg.tls_cert, &cfg.tls_key) {
-        (Some(addr), Some(cert), Some(key)) => Some((addr.clone(), tls::server_config(cert, key)?)),
-        _ => None,
-    };
 
     let mut instances = HashMap::new();
     let mut specs = HashMap::new();
@@ -285,7 +285,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         tasks: Tasks::new(),
         gc,
         scheduler,
-        listen: cfg.listen.clone(),
+        listeners,
+        identity,
         tls,
         public_url: cfg.public_url.clone(),
         created_root_key,
@@ -342,24 +343,12 @@ impl Prepared {
         shutdown: CancellationToken,
         on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
     ) -> Result<(), ServerError> {
-        let listener = tokio::net::TcpListener::bind(&self.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: self.listen.clone(),
-                source,
-            })?;
+        let _identity = self.identity;
+        let listener = self.listeners.plain;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
-        let tls_listener = match &self.tls {
-            Some((tls_addr, config)) => {
-                let tcp = tokio::net::TcpListener::bind(tls_addr)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: tls_addr.clone(),
-                        source,
-                    })?;
-                Some(tls::TlsListener::new(tcp, Arc::clone(config)))
-            }
-            None => None,
+        let tls_listener = match (&self.tls, self.listeners.tls) {
+            (Some((_, config)), Some(tcp)) => Some(tls::TlsListener::new(tcp, Arc::clone(config))),
+            _ => None,
         };
         let tls_addr = match &tls_listener {
             Some(l) => Some(axum::serve::Listener::local_addr(l).map_err(ServerError::Serve)?),

@@ -316,7 +316,22 @@ fn backup_json(st: &AppState, b: &Backup) -> Value {
         // ddsvault extension: the point in time a restore of this backup reproduces (the oplog
         // entry the backup's oplog window ends with); "" for backups without an oplog.
         "BackupConsistentTime": b.details.get("consistent_time").and_then(Value::as_str).unwrap_or(""),
+        // ddsvault extensions: why a Failed backup failed (the source as a code, and the message); "" otherwise.
+        "ErrorCode": failure_field(b, "error_code"),
+        "ErrorMessage": failure_field(b, "error"),
     })
+}
+
+/// A failure detail of a Failed backup; a failure recorded without a code has the generic one.
+fn failure_field<'a>(b: &'a Backup, key: &str) -> &'a str {
+    if b.status != BackupStatus::Failed {
+        return "";
+    }
+    match b.details.get(key).and_then(Value::as_str) {
+        Some(v) => v,
+        None if key == "error_code" => ddsvault_catalog::JOB_ERROR_CODE,
+        None => "",
+    }
 }
 
 pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
@@ -380,17 +395,23 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
         .iter()
         .filter(|j| j.kind == "backup" && job_id.is_none_or(|want| want == j.id))
         .map(|j| {
+            // Dds' BackupSetStatus has no failed value (a finished job is `Finished`); the outcome is in the
+            // ddsvault extension `JobStatus`, with the failure's source and message beside it.
             let status = match j.state {
                 JobState::Pending => "Scheduled",
                 JobState::Running => "Backuping",
                 JobState::Success | JobState::Failed => "Finished",
             };
+            let failed = j.state == JobState::Failed;
             json!({
                 "BackupjobId": j.id.to_string(),
                 "BackupSetStatus": status,
                 "BackupStartTime": dds_time(j.started_at.unwrap_or(j.created_at)),
                 "JobMode": j.mode,
                 "Progress": j.progress.to_string(),
+                "JobStatus": j.state.as_str(),
+                "ErrorCode": if failed { j.error_code.as_deref().unwrap_or(ddsvault_catalog::JOB_ERROR_CODE) } else { "" },
+                "ErrorMessage": if failed { j.error.as_deref().unwrap_or("") } else { "" },
             })
         })
         .collect();

@@ -87,3 +87,46 @@ def test_the_node_id_is_kept_in_the_data_directory(tmp_path):
         assert (data / "node_id").read_text().strip() == node_id
     finally:
         server.stop()
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([DDSVAULT_BIN, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_relative_paths_follow_the_config_file_and_offline_verbs_never_invent_a_catalog(tmp_path):
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    text = config_text(tmp_path / "placeholder", {}).replace(f'data_dir = "{tmp_path / "placeholder"}"',
+                                                              'data_dir = "state"')
+    assert 'data_dir = "state"' in text
+    server = Ddsvault(conf_dir, text)
+    try:
+        call(server, "DescribeDBInstances")
+    finally:
+        server.stop()
+    # The server ran in conf_dir: its state is beside the file.
+    assert (conf_dir / "state" / "catalog.db").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # From another directory, the same catalog (its audit trail holds the call above), nothing new created.
+    r = run_cli("audit", "--config", str(conf_dir / "ddsvault.toml"), "--json", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert "DescribeDBInstances" in r.stdout
+    r = run_cli("audit", "--config", "../etc/ddsvault.toml", cwd=elsewhere)
+    assert r.returncode == 0 and "DescribeDBInstances" in r.stdout, r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+    # A configuration whose data directory does not exist: every offline verb refuses, naming the path, and
+    # creates no catalog, no master key, no directory.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ddsvault.toml").write_text(text.replace('data_dir = "state"', 'data_dir = "typo"'))
+    for verb in (["audit"], ["gc"], ["retention", "--dry-run"], ["verify", "--backup-id", "1"],
+                 ["download", "--backup-id", "1", "-o", str(tmp_path / "out.bin")],
+                 ["ram", "user", "list"]):
+        r = run_cli(verb[0], "--config", str(bad / "ddsvault.toml"), *verb[1:], cwd=elsewhere)
+        assert r.returncode != 0, (verb, r.stdout)
+        assert str(bad / "typo") in r.stderr, (verb, r.stderr)
+        assert not (bad / "typo").exists(), verb
+        assert list(elsewhere.iterdir()) == [], verb

@@ -306,7 +306,24 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
 /// Shared handle to the catalog engine chosen by configuration.
 pub type Catalog = Arc<dyn CatalogBackend>;
 
-/// Opens the catalog named by `url`. Only `sqlite:` URLs exist today; the URL scheme is the extension point for
+/// Opens the catalog named by `url` only if it exists: the offline verbs (`ram`, `audit`, `gc`, `verify`, …) read
+/// or change an existing deployment and must never create an empty catalog where a mistyped path points.
+///
+/// # Errors
+/// [`CatalogError::Config`] naming the path when an SQLite catalog file does not exist; else as [`open`].
+pub async fn open_existing(url: &str) -> Result<Catalog, CatalogError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).is_file() {
+            return Err(CatalogError::Config(format!(
+                "no catalog at {path}: check data_dir / catalog_url (relative paths in a configuration file are \
+                 relative to that file), or start `ddsvault serve` with this configuration first"
+            )));
+        }
+    }
+    open(url).await
+}
+
+/// Opens the catalog named by `url`, creating it if needed. Only `sqlite:` URLs exist today; the URL scheme is the extension point for
 /// PostgreSQL.
 ///
 /// # Errors

@@ -397,7 +397,48 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
-        Self::parse(&text)
+        let mut cfg = Self::parse(&text)?;
+        // Relative paths in a file mean "beside this file", whatever directory a command is started from
+        // (`ddsvault audit --config /etc/ddsvault/ddsvault.toml` run from $HOME must find the same catalog).
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        cfg.resolve_paths(&base);
+        Ok(cfg)
+    }
+
+    /// Makes every relative path of the configuration relative to `base` (the configuration file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        for p in [
+            &mut self.tls_cert,
+            &mut self.tls_key,
+            &mut self.secret_key_file,
+            &mut self.repository.local_path,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for i in &mut self.instances {
+            if let Some(p) = &mut i.data_path {
+                fix(p);
+            }
+        }
+        if let Some(url) = &self.catalog_url {
+            if let Some(rest) = url.strip_prefix("sqlite://") {
+                if Path::new(rest).is_relative() {
+                    self.catalog_url = Some(format!("sqlite://{}", base.join(rest).display()));
+                }
+            }
+        }
     }
 
     /// Parses and validates configuration text.
@@ -581,6 +622,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_of_a_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("ddsvault.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"data\"\ncatalog_url = \"sqlite://cat/catalog.db\"\nsecret_key_file = \"keys/master\"\n\
+             [repository]\nlocal_path = \"/abs/repo\"\n\
+             [[instances]]\nid = \"dds-a\"\nuri = \"mongodb://127.0.0.1:1/\"\ndata_path = \"../node\"\n",
+        )
+        .expect("write");
+        let c = Config::load(&path).expect("load");
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(
+            c.catalog_url(),
+            format!("sqlite://{}", dir.path().join("cat/catalog.db").display())
+        );
+        assert_eq!(c.secret_key_file, Some(dir.path().join("keys/master")));
+        assert_eq!(c.repository.local_path, Some(PathBuf::from("/abs/repo")));
+        assert_eq!(c.instances[0].data_path, Some(dir.path().join("../node")));
+        // Without a file, the embedded defaults stay relative to the working directory.
+        assert_eq!(Config::default().data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
 
     #[test]
     fn empty_config_takes_defaults() {

@@ -301,7 +301,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
 /// # Errors
 /// Catalog or repository errors.
 pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport, ServerError> {
-    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = Repository::local(&cfg.repository_path())?;
     let gc = Gc::new(
         catalog,
@@ -321,7 +321,7 @@ pub async fn retention_dry_run(
     cfg: &Config,
     instance: Option<&str>,
 ) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
-    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = Repository::local(&cfg.repository_path())?;
     let gc = Gc::new(
         catalog,

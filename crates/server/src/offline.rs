@@ -20,7 +20,7 @@ pub struct Downloaded {
 }
 
 async fn open(cfg: &Config) -> Result<(Catalog, Repository), ServerError> {
-    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = Repository::local(&cfg.repository_path())?;
     Ok((catalog, repo))
 }
@@ -354,7 +354,7 @@ pub async fn audit(
     cfg: &Config,
     filter: &ddsvault_catalog::AuditFilter,
 ) -> Result<Vec<ddsvault_catalog::AuditRecord>, ServerError> {
-    let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     Ok(catalog.list_audit(filter).await?)
 }
 

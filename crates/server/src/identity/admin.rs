@@ -131,13 +131,13 @@ pub struct IdentityAdmin {
 }
 
 impl IdentityAdmin {
-    /// Opens the catalog and the master key (generating it on first use, like the server).
+    /// Opens an existing catalog and its master key; creates neither (that is the server's first start).
     ///
     /// # Errors
-    /// Catalog errors, a missing or wrong master key.
+    /// A missing catalog or master key (naming the path), catalog errors, a wrong master key.
     pub async fn open(cfg: &Config) -> Result<Self, ServerError> {
-        let catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
-        let master = super::unlock(cfg, &catalog).await?;
+        let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
+        let master = super::unlock_existing(cfg, &catalog).await?;
         Ok(Self { catalog, master })
     }
 

@@ -87,6 +87,18 @@ impl MasterKey {
     /// # Errors
     /// A malformed key, an unreadable file, or a file that cannot be created.
     pub fn load(cfg: &Config) -> Result<Self, ConfigError> {
+        Self::load_with(cfg, true)
+    }
+
+    /// As [`MasterKey::load`], but a missing `<data_dir>/master.key` is an error naming it, never a new key.
+    ///
+    /// # Errors
+    /// As [`MasterKey::load`], and the missing key file.
+    pub fn load_existing(cfg: &Config) -> Result<Self, ConfigError> {
+        Self::load_with(cfg, false)
+    }
+
+    fn load_with(cfg: &Config, generate: bool) -> Result<Self, ConfigError> {
         if let Ok(v) = std::env::var(MASTER_KEY_ENV) {
             return Ok(Self::from_bytes(
                 &parse_hex_key(&v, MASTER_KEY_ENV)?,
@@ -104,6 +116,13 @@ impl MasterKey {
             ));
         }
         let path = cfg.data_dir.join(MASTER_KEY_FILE);
+        if !generate && !path.exists() {
+            return Err(ConfigError(format!(
+                "no master key at {} (set {MASTER_KEY_ENV} or secret_key_file, or check data_dir: relative paths \
+                 in a configuration file are relative to that file)",
+                path.display()
+            )));
+        }
         Self::load_or_generate(&path)
     }
 

@@ -275,7 +275,24 @@ impl Identities {
 /// # Errors
 /// A missing or wrong master key, catalog errors.
 pub async fn unlock(cfg: &Config, catalog: &Catalog) -> Result<Arc<MasterKey>, ServerError> {
-    let master = MasterKey::load(cfg)?;
+    check_and_migrate(MasterKey::load(cfg)?, catalog).await
+}
+
+/// As [`unlock`], but never generates a master key: for the offline verbs, which work on an existing deployment.
+///
+/// # Errors
+/// As [`unlock`], and a missing `<data_dir>/master.key` (naming the path).
+pub async fn unlock_existing(
+    cfg: &Config,
+    catalog: &Catalog,
+) -> Result<Arc<MasterKey>, ServerError> {
+    check_and_migrate(MasterKey::load_existing(cfg)?, catalog).await
+}
+
+async fn check_and_migrate(
+    master: MasterKey,
+    catalog: &Catalog,
+) -> Result<Arc<MasterKey>, ServerError> {
     let stored = catalog
         .init_setting("master_key_check", master.check_value())
         .await?;

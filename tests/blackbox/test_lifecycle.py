@@ -16,8 +16,15 @@ def test_default_start_creates_and_keeps_root_key(tmp_path):
     s = Ddsvault(tmp_path, None, extra_args=["--listen", "127.0.0.1:0"])
     try:
         out = "\n".join(s.stdout_lines)
-        key_id = re.search(r"AccessKeyId:\s+(LTAI\w+)", out).group(1)
-        secret = re.search(r"AccessKeySecret:\s+(\w+)", out).group(1)
+        key_id = re.search(r"Created the root AccessKey (LTAI\w+)", out).group(1)
+        # The secret is in a file only the owner can read, never on stdout (a service's stdout is its journal).
+        key_file = tmp_path / "ddsvault-data" / "root-accesskey.txt"
+        assert str(key_file) in out or "ddsvault-data/root-accesskey.txt" in out, out
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        text = key_file.read_text()
+        assert re.search(r"AccessKeyId:\s+(LTAI\w+)", text).group(1) == key_id
+        secret = re.search(r"AccessKeySecret:\s+(\w+)", text).group(1)
+        assert secret not in out
         assert (tmp_path / "ddsvault-data" / "catalog.db").is_file()
         assert (tmp_path / "ddsvault-data" / "repository").is_dir()
         body = tea_client(s, (key_id, secret)).describe_dbinstances(dds.DescribeDBInstancesRequest()).body

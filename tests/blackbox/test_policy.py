@@ -32,12 +32,17 @@ def describe(server):
 def test_defaults_then_modify_and_persist_across_restart(server):
     b = describe(server)
     assert b.preferred_backup_time == "03:00Z-04:00Z"
-    # The scheduler runs (default), so the next window start is promised: daily at 03:00Z.
-    assert re.match(r"^\d{4}-\d\d-\d\dT03:00Z$", b.preferred_next_backup_time), b.preferred_next_backup_time
+    # Automatic backups are opt-in: the defaults are shown, but no backup is promised until a policy is set.
+    assert b.preferred_next_backup_time == ""
     assert b.preferred_backup_period == "Monday,Tuesday,Wednesday,Thursday,Friday,Saturday,Sunday"
     assert b.backup_retention_period == "30"
 
     tea = tea_client(server)
+    tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(dbinstance_id=IID, backup_retention_period=30))
+    # The scheduler runs, so the next window start is now promised: daily at 03:00Z.
+    b = describe(server)
+    assert re.match(r"^\d{4}-\d\d-\d\dT03:00Z$", b.preferred_next_backup_time), b.preferred_next_backup_time
+
     resp = tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
         dbinstance_id=IID, preferred_backup_time="22:00Z-23:00Z", preferred_backup_period="Sunday,Tuesday",
         backup_retention_period=90, enable_backup_log=1, log_backup_retention_period=30,

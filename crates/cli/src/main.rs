@@ -96,6 +96,19 @@ enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Checks a configuration against reality: every instance reachable, its topology, oplog and data_path, the
+    /// method a backup takes, example secrets still in use. Exit code 0 (warnings included unless --strict),
+    /// 1 with --strict and a warning, 2 for an invalid configuration.
+    Check {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// One JSON object per finding instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Exit with 1 when any check warns.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Manages RAM users, groups, policies and AccessKeys in the catalog (also while servers run).
     Ram(ram::RamArgs),
     /// Lists the audit trail (every API call, allowed or refused), newest first.
@@ -216,8 +229,11 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .thread_name("ddsvault-log")
         .finish(std::io::stderr());
+    // Colours only for a person at a terminal: escape codes in a log file or the journal are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer)
         .init();
     guard
@@ -247,6 +263,60 @@ fn shutdown_signal(
     })
 }
 
+/// `ddsvault check`: prints every finding; returns whether any warned.
+async fn check(cfg: &Config, json: bool) -> bool {
+    use ddsvault_server::checks::{self, Finding, Status};
+    let mut rows: Vec<(String, Finding)> = checks::check_config(cfg)
+        .into_iter()
+        .map(|f| ("-".to_string(), f))
+        .collect();
+    let runs = cfg.instances.iter().map(|i| async move {
+        (
+            i.id.clone(),
+            checks::check_instance(&i.uri, i.data_path.as_deref(), &i.storage_type).await,
+        )
+    });
+    for (id, findings) in futures::future::join_all(runs).await {
+        rows.extend(findings.into_iter().map(|f| (id.clone(), f)));
+    }
+    for (instance, f) in &rows {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"instance": instance, "check": f.check, "status": f.status, "message": f.message})
+            );
+        } else {
+            let s = match f.status {
+                Status::Ok => "ok  ",
+                Status::Warning => "WARN",
+            };
+            println!("{s}  {instance:<20} {:<15} {}", f.check, f.message);
+        }
+    }
+    rows.iter().any(|(_, f)| f.status == Status::Warning)
+}
+
+/// Writes `text` to a new file of mode 0600 (an existing one is replaced).
+fn write_secret_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        // A file that existed keeps its mode through open(): tighten it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<String>,
@@ -263,9 +333,25 @@ async fn serve(
         .await
         .context("start ddsvault")?;
     if let Some(k) = &prepared.created_root_key {
-        println!("Created the root AccessKey (the secret is shown only now; it is stored in the catalog):");
-        println!("  AccessKeyId:     {}", k.id);
-        println!("  AccessKeySecret: {}", k.secret);
+        // The secret goes to a file only the owner can read, never to stdout: a service's stdout ends up in the
+        // journal, where every reader of the logs would see it.
+        let path = prepared.root_key_file();
+        write_secret_file(
+            &path,
+            &format!(
+                "# The root AccessKey of this ddsvault, created {}. Store it in a safe place and delete this file.\n\
+                 AccessKeyId: {}\nAccessKeySecret: {}\n",
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+                k.id,
+                k.secret
+            ),
+        )
+        .with_context(|| format!("write the new root AccessKey to {}", path.display()))?;
+        println!("Created the root AccessKey {}", k.id);
+        println!(
+            "  its secret is in {} (readable by this user only; shown nowhere else)",
+            path.display()
+        );
     } else if let Some(id) = &prepared.root_key_id {
         println!("Root AccessKeyId: {id}");
     }
@@ -408,6 +494,24 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }),
+        Command::Check {
+            config,
+            json,
+            strict,
+        } => {
+            let cfg = match load_config(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("Error: invalid configuration: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            let warned = rt.block_on(check(&cfg, json));
+            if strict && warned {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Ram(args) => rt.block_on(ram::run(args)),
         Command::Audit {
             config,

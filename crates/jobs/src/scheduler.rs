@@ -217,7 +217,12 @@ impl Scheduler {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(self.instances.len());
         for id in &self.instances {
-            let policy = self.catalog.get_policy(id).await?.unwrap_or_default();
+            // Automatic backups are opt-in: an instance without a stored policy (none set through
+            // ModifyBackupPolicy or `[[instances]] policy`) has none, e.g. a restore target.
+            let Some(policy) = self.catalog.get_policy(id).await? else {
+                out.push((id.clone(), TickOutcome::Idle));
+                continue;
+            };
             let advanced = self.catalog.get_advanced_policy(id).await?;
             let rules = RetentionRules::from_policies(&policy, advanced.as_ref());
             let window = match due_window(&policy, &rules, now) {
@@ -458,6 +463,32 @@ mod tests {
             due_slot(&late, at("2026-11-27T23:59:00Z")),
             Some(at("2026-11-27T23:00:00Z"))
         );
+    }
+
+    #[tokio::test]
+    async fn an_instance_without_a_stored_policy_gets_no_automatic_backup() {
+        let cat = ddsvault_catalog::open("sqlite::memory:")
+            .await
+            .expect("catalog");
+        cat.register_instance("dds-a", Utc.timestamp_opt(0, 0).single().expect("t"))
+            .await
+            .expect("register");
+        // Inside the default window (03:00Z-04:00Z, every day).
+        let clock = Arc::new(ManualClock(Mutex::new(at("2026-11-27T03:10:00Z"))));
+        let s = scheduler(&cat, &clock, "node-a");
+        let out = s.tick().await.expect("tick");
+        assert!(matches!(out.as_slice(), [(id, TickOutcome::Idle)] if id == "dds-a"));
+        assert!(cat
+            .list_jobs("dds-a", false)
+            .await
+            .expect("jobs")
+            .is_empty());
+        // Once a policy is stored, the same window takes its slot.
+        cat.put_policy("dds-a", &BackupPolicy::default(), Utc::now())
+            .await
+            .expect("policy");
+        s.tick().await.expect("tick");
+        assert_eq!(cat.list_jobs("dds-a", false).await.expect("jobs").len(), 1);
     }
 
     #[tokio::test]

@@ -335,6 +335,69 @@ pub struct InstanceConfig {
     /// needed by Physical and Snapshot backups, which copy data files.
     #[serde(default)]
     pub data_path: Option<PathBuf>,
+    /// Turns automatic backups on with this policy (stored at the first start that finds no policy for the
+    /// instance; ModifyBackupPolicy changes it afterwards). Without it (and without ModifyBackupPolicy) the
+    /// instance has no automatic backups.
+    #[serde(default)]
+    pub policy: Option<InstancePolicyConfig>,
+}
+
+/// `[instances.policy]`: the standard backup policy, with DescribeBackupPolicy's defaults for absent keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePolicyConfig {
+    /// `HH:mmZ-HH:mmZ` (UTC, one hour), e.g. `03:00Z-04:00Z`.
+    #[serde(default)]
+    pub preferred_backup_time: Option<String>,
+    /// Comma-separated weekdays, e.g. `Monday,Thursday`.
+    #[serde(default)]
+    pub preferred_backup_period: Option<String>,
+    /// Days (7–730) or -1 (permanent).
+    #[serde(default)]
+    pub backup_retention_period: Option<i64>,
+}
+
+impl InstancePolicyConfig {
+    /// The policy to store.
+    pub fn to_policy(&self) -> ddsvault_catalog::BackupPolicy {
+        let mut p = ddsvault_catalog::BackupPolicy::default();
+        if let Some(t) = &self.preferred_backup_time {
+            p.preferred_backup_time = t.clone();
+        }
+        if let Some(d) = &self.preferred_backup_period {
+            p.preferred_backup_period = ddsvault_catalog::policy::parse_backup_period(d)
+                .map(|days| ddsvault_catalog::policy::format_backup_period(&days))
+                .unwrap_or_else(|_| d.clone());
+        }
+        if let Some(r) = self.backup_retention_period {
+            p.backup_retention_period = r;
+        }
+        p
+    }
+
+    fn validate(&self, id: &str) -> Result<(), ConfigError> {
+        use ddsvault_catalog::policy::{parse_backup_period, parse_backup_window};
+        if let Some(t) = &self.preferred_backup_time {
+            parse_backup_window(t).map_err(|e| {
+                ConfigError(format!("instance {id}: policy.preferred_backup_time: {e}"))
+            })?;
+        }
+        if let Some(d) = &self.preferred_backup_period {
+            parse_backup_period(d).map_err(|e| {
+                ConfigError(format!(
+                    "instance {id}: policy.preferred_backup_period: {e}"
+                ))
+            })?;
+        }
+        if let Some(r) = self.backup_retention_period {
+            if r != -1 && !(7..=730).contains(&r) {
+                return Err(ConfigError(format!(
+                    "instance {id}: policy.backup_retention_period = {r}: valid values are 7 to 730, or -1"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for InstanceConfig {
@@ -599,6 +662,9 @@ impl Config {
                     i.id
                 ));
             }
+            if let Some(p) = &i.policy {
+                p.validate(&i.id)?;
+            }
         }
         Ok(())
     }
@@ -702,6 +768,14 @@ mod tests {
             ("bogus = 1", "unknown field"),
             ("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nstorage_type = \"floppy\"", "storage_type"),
             ("[[instances]]\nid = \"a\"\nuri = \"http://x\"", "uri"),
+            (
+                "[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\n[instances.policy]\npreferred_backup_time = \"3am\"",
+                "preferred_backup_time",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\n[instances.policy]\nbackup_retention_period = 3",
+                "backup_retention_period",
+            ),
             ("[[access_keys]]\nid = \"k\"\nsecret = \"s\"\nuser = \"ghost\"", "unknown user"),
             ("[[ram_users]]\nname = \"u\"\npolicies = [\"P\"]", "unknown policy"),
             (

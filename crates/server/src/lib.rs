@@ -6,6 +6,7 @@
 
 mod actions;
 mod audit;
+pub mod checks;
 mod coalesce;
 pub mod config;
 mod download;
@@ -63,6 +64,7 @@ pub struct Prepared {
     listeners: startup::Listeners,
     /// Held until the process ends: the data directory's lock and the node id.
     identity: startup::Identity,
+    data_dir: std::path::PathBuf,
     /// The HTTPS listener's address and rustls configuration (`listen_tls`).
     tls: Option<(String, Arc<rustls::ServerConfig>)>,
     public_url: Option<String>,
@@ -71,6 +73,9 @@ pub struct Prepared {
     /// The root AccessKeyId in effect (generated or configured).
     pub root_key_id: Option<String>,
 }
+
+/// The file a newly created root AccessKey is written to, inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root-accesskey.txt";
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -164,10 +169,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     let mut specs = HashMap::new();
     for i in &cfg.instances {
         let rec = catalog.register_instance(&i.id, now).await?;
-        if catalog.get_policy(&i.id).await?.is_none() {
-            catalog
-                .put_policy(&i.id, &ddsvault_catalog::BackupPolicy::default(), now)
-                .await?;
+        // Automatic backups are opt-in: a policy from the file is stored once, when the instance has none
+        // (changes through ModifyBackupPolicy win afterwards); without one the instance has no automatic backups.
+        if let Some(p) = &i.policy {
+            if catalog.get_policy(&i.id).await?.is_none() {
+                catalog.put_policy(&i.id, &p.to_policy(), now).await?;
+            }
         }
         instances.insert(
             i.id.clone(),
@@ -279,6 +286,11 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     let _ = state
         .throttle
         .set(throttle::Throttle::new(cfg.throttling.clone()));
+    for f in checks::check_config(&cfg) {
+        if f.status == checks::Status::Warning {
+            tracing::warn!(check = f.check, "{}", f.message);
+        }
+    }
     tracing::info!(node_id = %node_id, instances = cfg.instances.len(), "catalog ready");
     Ok(Prepared {
         state,
@@ -287,6 +299,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         scheduler,
         listeners,
         identity,
+        data_dir: cfg.data_dir.clone(),
         tls,
         public_url: cfg.public_url.clone(),
         created_root_key,
@@ -333,6 +346,11 @@ pub async fn retention_dry_run(
 }
 
 impl Prepared {
+    /// Where `ddsvault serve` writes a root AccessKey it created (mode 0600): `<data_dir>/root-accesskey.txt`.
+    pub fn root_key_file(&self) -> std::path::PathBuf {
+        self.data_dir.join(ROOT_KEY_FILE)
+    }
+
     /// Serves until `shutdown` fires, then stops in order. `on_listening` gets the bound plain-HTTP address and,
     /// with `listen_tls`, the HTTPS one (port 0 in tests).
     ///
@@ -376,6 +394,15 @@ impl Prepared {
             .spawn("job-runner", move |token| runner.run(tasks, token));
         let gc = Arc::clone(&self.gc);
         self.tasks.spawn("retention-gc", move |token| gc.run(token));
+        let st = Arc::clone(&self.state);
+        self.tasks
+            .spawn("instance-checks", move |token| async move {
+                tokio::select! {
+                    () = checks::log_instance_checks(&st) => {}
+                    () = token.cancelled() => {}
+                }
+                Ok(())
+            });
         if let Some(scheduler) = self.scheduler.clone() {
             self.state
                 .scheduler_running

@@ -110,7 +110,15 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let method = choose_method(requested, topo.kind, inst.is_cloud_disk())?;
+    // Without BackupMethod, manual and automatic backups take the same method (checks::default_method).
+    let method = match requested {
+        Some(_) => choose_method(requested, topo.kind, inst.is_cloud_disk())?,
+        None => crate::checks::default_method(
+            topo.kind,
+            inst.is_cloud_disk(),
+            inst.data_path.is_some() && topo.is_ferretdb,
+        ),
+    };
     if method != "Logical" {
         file_backup_possible(inst, &topo, method)?;
     }
@@ -148,27 +156,25 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     Ok(out)
 }
 
-/// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
-/// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
-/// The method of an automatic backup: what CreateBackup without `BackupMethod` takes (Physical; Snapshot for a
-/// standalone server or cloud disks) when the instance can take file backups, otherwise Logical (no `data_path`,
-/// or a mongod). An instance that does not answer gets Logical too: its job then fails with the reason.
+/// The method of an automatic backup: what CreateBackup without `BackupMethod` takes
+/// ([`crate::checks::default_method`]). An instance that does not answer gets Logical: its job then fails with
+/// the reason.
 pub async fn automatic_method(st: &AppState, id: &str) -> &'static str {
     let Ok(inst) = st.instance(id) else {
         return "Logical";
     };
-    if inst.data_path.is_none() {
-        return "Logical";
-    }
     let Ok((_, topo)) = st.probe(inst).await else {
         return "Logical";
     };
-    match choose_method(None, topo.kind, inst.is_cloud_disk()) {
-        Ok(m) if file_backup_possible(inst, &topo, m).is_ok() => m,
-        _ => "Logical",
-    }
+    crate::checks::default_method(
+        topo.kind,
+        inst.is_cloud_disk(),
+        inst.data_path.is_some() && topo.is_ferretdb,
+    )
 }
 
+/// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
+/// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
 fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Result<(), ActionError> {
     if inst.data_path.is_none() {
         return Err(ActionError::DataPathMissing {

@@ -160,12 +160,18 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
 pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
-    let topo = st.probe(inst).await.ok().map(|(_, t)| t);
-    let status = status(st, inst, topo.is_some()).await;
-    let mut out = Map::new();
-    out.insert(
-        "DBInstances".into(),
-        json!({ "DBInstance": [instance_json(st, inst, topo.as_ref(), status, true)] }),
+    let (probe, findings) = tokio::join!(
+        st.probe(inst),
+        crate::checks::check_instance(&inst.uri, inst.data_path.as_deref(), &inst.storage_type)
     );
+    let topo = probe.ok().map(|(_, t)| t);
+    let status = status(st, inst, topo.is_some()).await;
+    let mut row = instance_json(st, inst, topo.as_ref(), status, true);
+    if let Value::Object(m) = &mut row {
+        // ddsvault extension: the instance's checks, run now (see `ddsvault check`).
+        m.insert("Checks".into(), crate::checks::findings_json(&findings));
+    }
+    let mut out = Map::new();
+    out.insert("DBInstances".into(), json!({ "DBInstance": [row] }));
     Ok(out)
 }

@@ -47,12 +47,10 @@ const CROSS_REGION_PARAMS: [&str; 9] = [
 pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
-    let pol = st
-        .catalog
-        .get_policy(id)
-        .await
-        .map_err(ActionError::from)?
-        .unwrap_or_default();
+    let stored = st.catalog.get_policy(id).await.map_err(ActionError::from)?;
+    // Automatic backups are opt-in: without a stored policy the defaults are shown, and nothing is scheduled.
+    let automatic = stored.is_some();
+    let pol = stored.unwrap_or_default();
     let advanced = st
         .catalog
         .get_advanced_policy(id)
@@ -72,8 +70,13 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         json!(preferred_next_backup_time(
             &pol,
             advanced.as_ref(),
-            st.scheduler_running.load(Ordering::Relaxed)
+            automatic && st.scheduler_running.load(Ordering::Relaxed)
         )),
+    );
+    // ddsvault extension: whether automatic backups run for the instance (a policy was set).
+    out.insert(
+        "AutomaticBackup".into(),
+        json!(if automatic { "Enabled" } else { "Disabled" }),
     );
     // Dds types these two as strings.
     out.insert(

@@ -394,7 +394,7 @@ impl Gc {
     ///   failing cleanly if one vanished. A committed snapshot with a missing chunk would need the whole job,
     ///   from creation to index (connect, image the data files, chunk them), to fit between this check and the
     ///   deletion of one batch; the collector would have to stall that long between two deletions. That
-    ///   theoretical window is documented in the README; closing it fully needs a lease in the catalog.
+    ///   theoretical window is documented in docs/physical-and-snapshot.md; closing it fully needs a lease in the catalog.
     /// - Deleting a chunk is idempotent and nothing is recorded about it, so a crash mid-sweep leaves only
     ///   orphans the next pass removes; catalog and repository agree after a restart.
     ///

@@ -131,7 +131,7 @@ pub(crate) fn apply_changes(mut pol: BackupPolicy, p: &Params) -> Result<BackupP
             400,
             "UnsupportedOperation",
             format!(
-                "Cross-region backup ({name}) is not implemented by this ddsvault version. See the README."
+                "Cross-region backup ({name}) is not implemented by this ddsvault version. See docs/api.md."
             ),
         ));
     }

@@ -246,6 +246,56 @@ async fn retention_lock(cat: &Catalog) {
         cat.get_retention_lock("dds-other").await.expect("get"),
         None
     );
+
+    // A requested deletion checks the lock in its own transaction: refused while the lock holds (the backup is
+    // untouched), allowed once the unlock took effect; expiry deletions never look at the lock.
+    let expire = Utc::now() + Duration::days(3);
+    let b = successful_backup(cat, "dds-lockdel", expire).await;
+    let other = successful_backup(cat, "dds-lockdel", expire).await;
+    // Whole seconds: the catalog keeps milliseconds.
+    let now = Utc
+        .timestamp_opt(Utc::now().timestamp(), 0)
+        .single()
+        .expect("time");
+    cat.set_retention_lock("dds-lockdel", true, now, cool)
+        .await
+        .expect("lock");
+    assert_eq!(
+        cat.mark_backup_deleting_unless_locked(b, now)
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Locked { unlock_at: None }
+    );
+    assert_eq!(
+        cat.get_backup(b).await.expect("get").expect("b").status,
+        BackupStatus::Success
+    );
+    let unlocking = cat
+        .set_retention_lock("dds-lockdel", false, now, cool)
+        .await
+        .expect("unlock")
+        .expect("lock");
+    assert_eq!(
+        cat.mark_backup_deleting_unless_locked(b, now + Duration::hours(1))
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Locked {
+            unlock_at: unlocking.unlock_at
+        }
+    );
+    assert!(matches!(
+        cat.mark_backup_deleting_unless_locked(b, now + cool)
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Marked(_)
+    ));
+    cat.set_retention_lock("dds-lockdel", true, now + cool, cool)
+        .await
+        .expect("lock again");
+    assert!(matches!(
+        cat.mark_backup_deleting(other).await.expect("mark"),
+        crate::DeleteMark::Marked(_)
+    ));
 }
 
 /// `list_backups`' total equals the number of rows it can page through, for every instance-level filter,

@@ -222,6 +222,14 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// Marks a `Success`, `Failed` (or already `Deleting`) backup `Deleting`, atomically with the check that no
     /// pending or running restore job reads it. From then on it is not listed, downloaded or restored.
     async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError>;
+    /// As [`CatalogBackend::mark_backup_deleting`] for a deletion someone asked for (`DeleteBackup`): in the same
+    /// transaction, refuses ([`DeleteMark::Locked`]) while the instance's retention lock holds at `now`, so a lock
+    /// enabled between a caller's own check and the deletion still wins.
+    async fn mark_backup_deleting_unless_locked(
+        &self,
+        backup_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<DeleteMark, CatalogError>;
     /// Successful backups whose expiry is at or before `now`, oldest expiry first, at most `limit`.
     async fn list_expired_backups(
         &self,

@@ -1,6 +1,6 @@
 //! Oplog capture and replay against real FerretDB v1.24 (SQLite, `--repl-set-name`, with and
 //! without `local.oplog.rs`). Without the FerretDB binary the tests print
-//! `SKIPPED: ferretdb not found` and return.
+//! `SKIPPED: <reason>` and return, or fail under `CI=true`.
 
 mod common;
 

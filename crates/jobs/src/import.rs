@@ -254,14 +254,7 @@ pub async fn import_logical_archive(
     let work = store(runner, req, &job, &found, &work_cancel);
     let stored = match with_heartbeat(runner, job.id, &percent, &work_cancel, work).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) | Err(e) => {
-            let _ = runner
-                .catalog
-                .fail_job(job.id, &e.to_string(), Utc::now())
-                .await;
-            runner.remove_job_files(&job).await;
-            return Err(e);
-        }
+        Ok(Err(e)) | Err(e) => return Err(fail(runner, &job, e).await),
     };
 
     // 4. Publish as backup jobs do.
@@ -313,12 +306,7 @@ pub async fn import_logical_archive(
     )
     .await;
     if let Err(e) = published {
-        let _ = runner
-            .catalog
-            .fail_job(job.id, &e.to_string(), Utc::now())
-            .await;
-        runner.remove_job_files(&job).await;
-        return Err(e);
+        return Err(fail(runner, &job, e).await);
     }
     Ok(Imported {
         backup_id: backup.id,
@@ -339,6 +327,19 @@ pub async fn import_logical_archive(
         documents: summary.documents,
         oplog_entries: found.window.map_or(0, |w| w.entries),
     })
+}
+
+/// Fails the import's job with `e` and removes its files, as recovery does for an interrupted backup; returns `e`.
+async fn fail(runner: &Runner, job: &Job, e: JobError) -> JobError {
+    if let Err(ce) = runner
+        .catalog
+        .fail_job(job.id, &e.to_string(), Utc::now())
+        .await
+    {
+        tracing::error!(job_id = job.id, error = %ce, "could not record the import's failure");
+    }
+    runner.remove_job_files(job).await;
+    e
 }
 
 /// The archive as stored in the job's staging area.

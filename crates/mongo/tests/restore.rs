@@ -715,7 +715,7 @@ async fn restores_real_mongodump_archives() {
     // at least one entry to start from.
     let src = FerretDb::start(&ferretdb, true);
     let client = connect(&src.uri()).await.expect("connect");
-    create_oplog(&client).await;
+    common::create_oplog(&client).await;
     seed(&client).await;
     let expected = snapshot(&client).await;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -754,20 +754,6 @@ async fn restores_real_mongodump_archives() {
             assert_eq!(summary.oplog_replayed, 0, "{name}");
         }
     }
-}
-
-async fn create_oplog(client: &Client) {
-    client
-        .database("local")
-        .create_collection("oplog.rs")
-        .with_options(
-            CreateCollectionOptions::builder()
-                .capped(true)
-                .size(256 * 1024 * 1024)
-                .build(),
-        )
-        .await
-        .expect("create local.oplog.rs");
 }
 
 fn peak_rss_mib() -> Option<f64> {

@@ -268,9 +268,23 @@ pub async fn restore(
     drop: bool,
 ) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
     let (_, _, opener) = checked_archive(cfg, backup_id).await?;
+    restore_from(cfg, opener, to_uri, select, drop)
+        .await
+        .map_err(|e| ConfigError(format!("restore of backup {backup_id}: {e}")).into())
+}
+
+/// Runs ddsvault's logical restore (verify, then write) of `opener`'s archive into `to_uri` from this process. The
+/// error text has the URI's credentials redacted.
+async fn restore_from(
+    cfg: &Config,
+    opener: ArchiveOpener,
+    to_uri: &str,
+    select: Vec<ddsvault_mongo::restore::NsSelector>,
+    drop: bool,
+) -> Result<ddsvault_mongo::restore::RestoreSummary, String> {
     let client = ddsvault_mongo::topology::connect(to_uri)
         .await
-        .map_err(|e| ConfigError(crate::redact(&e.to_string(), to_uri)))?;
+        .map_err(|e| crate::redact(&e.to_string(), to_uri))?;
     let opts = ddsvault_mongo::restore::RestoreOptions {
         drop,
         select,
@@ -280,13 +294,7 @@ pub async fn restore(
     let cancel = tokio_util::sync::CancellationToken::new();
     ddsvault_mongo::restore::logical_restore(&client, opener, &opts, &|_| {}, &cancel)
         .await
-        .map_err(|e| {
-            ConfigError(format!(
-                "restore of backup {backup_id}: {}",
-                crate::redact(&e.to_string(), to_uri)
-            ))
-            .into()
-        })
+        .map_err(|e| crate::redact(&e.to_string(), to_uri))
 }
 
 /// How a mongodump archive file given on the command line is stored, found from its first bytes (plain, gzip as
@@ -305,9 +313,9 @@ pub fn archive_file_compression(
     let mut head = Vec::with_capacity(4);
     std::fs::File::open(path)
         .and_then(|f| f.take(4).read_to_end(&mut head))
-        .map_err(|e| ConfigError(format!("archive {}: {e}", path.display())))?;
+        .map_err(|e| ServerError::Input(format!("archive {}: {e}", path.display())))?;
     let found = Compression::detect(&head).ok_or_else(|| {
-        ConfigError(format!(
+        ServerError::Input(format!(
             "{} is not a mongodump archive (neither plain, gzip nor zstd): it starts with {}",
             path.display(),
             if head.is_empty() {
@@ -318,11 +326,10 @@ pub fn archive_file_compression(
         ))
     })?;
     if gzip && found != Compression::Gzip {
-        return Err(ConfigError(format!(
+        return Err(ServerError::Input(format!(
             "{}: --gzip given, but the file is not gzip-compressed",
             path.display()
-        ))
-        .into());
+        )));
     }
     Ok(found)
 }
@@ -355,27 +362,10 @@ pub async fn restore_archive(
     drop: bool,
 ) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
     let compression = archive_file_compression(archive, gzip)?;
-    let client = ddsvault_mongo::topology::connect(to_uri)
-        .await
-        .map_err(|e| ConfigError(crate::redact(&e.to_string(), to_uri)))?;
-    let opts = ddsvault_mongo::restore::RestoreOptions {
-        drop,
-        select,
-        parallel_collections: cfg.backup.parallel_collections,
-        ..Default::default()
-    };
-    let cancel = tokio_util::sync::CancellationToken::new();
     let opener = archive_file_opener(archive, compression);
-    ddsvault_mongo::restore::logical_restore(&client, opener, &opts, &|_| {}, &cancel)
+    restore_from(cfg, opener, to_uri, select, drop)
         .await
-        .map_err(|e| {
-            ConfigError(format!(
-                "restore of archive {}: {}",
-                archive.display(),
-                crate::redact(&e.to_string(), to_uri)
-            ))
-            .into()
-        })
+        .map_err(|e| ServerError::Input(format!("restore of archive {}: {e}", archive.display())))
 }
 
 /// Imports a mongodump archive file as a Logical backup of `instance_id` (`ddsvault import`): verified in full
@@ -397,11 +387,10 @@ pub async fn import(
     let url = cfg.catalog_url();
     if let Some(path) = url.strip_prefix("sqlite://") {
         if !Path::new(path).is_file() {
-            return Err(ConfigError(format!(
+            return Err(ServerError::Input(format!(
                 "catalog {path} does not exist: import adds to the catalog of a ddsvault that has run with this \
                  configuration (start `ddsvault serve` once); it never creates one"
-            ))
-            .into());
+            )));
         }
     }
     let inst = cfg
@@ -409,7 +398,7 @@ pub async fn import(
         .iter()
         .find(|i| i.id == instance_id)
         .ok_or_else(|| {
-            ConfigError(format!(
+            ServerError::Input(format!(
                 "instance {instance_id:?} is not configured ([[instances]] in the configuration)"
             ))
         })?;
@@ -447,7 +436,7 @@ pub async fn import(
     let cancel = tokio_util::sync::CancellationToken::new();
     ddsvault_jobs::import::import_logical_archive(&runner, &req, &cancel)
         .await
-        .map_err(|e| ConfigError(format!("import of {}: {e}", file.display())).into())
+        .map_err(|e| ServerError::Input(format!("import of {}: {e}", file.display())))
 }
 
 /// What `restore --to-dir` wrote.

@@ -66,3 +66,63 @@ pub fn oplog_window<R: Read>(r: R) -> Result<Option<OplogWindow>, ArchiveError> 
     }
     Ok(window)
 }
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, Timestamp};
+
+    use super::*;
+    use crate::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata};
+
+    fn archive(oplog: &[bson::Document]) -> Vec<u8> {
+        let mut w = ArchiveWriter::new(Vec::new(), &ArchiveHeader::new(1, "7.0.0", "test"))
+            .expect("writer");
+        let data = w
+            .add_namespace(CollectionMetadata::collection("a", "b", "{}"))
+            .expect("ns");
+        let op = w.add_namespace(CollectionMetadata::oplog()).expect("oplog");
+        w.finish_prelude().expect("prelude");
+        w.write_segment(data, &bson::to_vec(&doc! { "_id": 1 }).expect("bson"))
+            .expect("segment");
+        w.close_namespace(data).expect("close");
+        let raw: Vec<u8> = oplog
+            .iter()
+            .flat_map(|d| bson::to_vec(d).expect("bson"))
+            .collect();
+        if !raw.is_empty() {
+            w.write_segment(op, &raw).expect("oplog segment");
+        }
+        w.close_namespace(op).expect("close oplog");
+        w.finish().expect("finish")
+    }
+
+    fn ts(time: u32, increment: u32) -> Timestamp {
+        Timestamp { time, increment }
+    }
+
+    #[test]
+    fn window_spans_the_oplog_entries_and_is_none_without_them() {
+        let entries = [
+            doc! { "ts": ts(100, 2), "op": "n", "ns": "", "o": {} },
+            doc! { "ts": ts(100, 1), "op": "i", "ns": "a.b", "o": { "_id": 2 } },
+            doc! { "ts": ts(107, 1), "op": "d", "ns": "a.b", "o": { "_id": 2 } },
+        ];
+        let w = oplog_window(&archive(&entries)[..])
+            .expect("read")
+            .expect("window");
+        assert_eq!((w.first, w.last, w.entries), (ts(100, 1), ts(107, 1), 3));
+        assert_eq!(oplog_window(&archive(&[])[..]).expect("read"), None);
+    }
+
+    #[test]
+    fn an_entry_without_ts_or_a_corrupt_archive_is_an_error() {
+        let e = oplog_window(&archive(&[doc! { "op": "n" }])[..]).expect_err("no ts");
+        assert!(
+            e.to_string().contains("oplog entry 0 has no timestamp"),
+            "{e}"
+        );
+        let good = archive(&[doc! { "ts": ts(1, 1) }]);
+        let e = oplog_window(&good[..good.len() - 10]).expect_err("truncated");
+        assert!(e.violation().is_some() || e.is_permanent(), "{e}");
+    }
+}

@@ -243,3 +243,18 @@ impl Drop for FerretDb {
         let _ = self.child.wait();
     }
 }
+
+/// Creates `local.oplog.rs` (capped, 256 MiB): FerretDB then logs the writes that follow, as a replica set member.
+pub async fn create_oplog(client: &mongodb::Client) {
+    client
+        .database("local")
+        .create_collection("oplog.rs")
+        .with_options(
+            mongodb::options::CreateCollectionOptions::builder()
+                .capped(true)
+                .size(256 * 1024 * 1024)
+                .build(),
+        )
+        .await
+        .expect("create local.oplog.rs");
+}

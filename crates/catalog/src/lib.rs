@@ -126,6 +126,17 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
     async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError>;
+    /// Creates a backup job already Running under `owner` (heartbeat `now`) and its backup set, atomically: work
+    /// done by this process itself (`ddsvault import`), which no runner may claim. `new.now` is the backup's start.
+    ///
+    /// # Errors
+    /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
+    async fn create_claimed_backup_job(
+        &self,
+        new: &NewBackupJob,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Backup), CatalogError>;
     /// Creates a pending job of another kind than backup (e.g. a restore).
     ///
     /// # Errors

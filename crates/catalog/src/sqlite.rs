@@ -463,6 +463,34 @@ impl CatalogBackend for SqliteCatalog {
         }
     }
 
+    async fn create_claimed_backup_job(
+        &self,
+        new: &NewBackupJob,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Backup), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let Some((job, backup)) = insert_backup_job(&mut tx, new).await? else {
+            drop(tx);
+            return Err(self.active_job_conflict(&new.instance_id).await);
+        };
+        // In the same transaction as the insert: no runner ever sees it Pending.
+        let job = job_from_row(
+            &sqlx::query(&format!(
+                "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? WHERE id = ? \
+                 RETURNING {JOB_COLUMNS}"
+            ))
+            .bind(owner)
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(job.id)
+            .fetch_one(&mut *tx)
+            .await?,
+        )?;
+        tx.commit().await?;
+        Ok((job, backup))
+    }
+
     async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError> {
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \

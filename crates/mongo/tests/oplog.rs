@@ -1,6 +1,6 @@
 //! Oplog capture and replay against real FerretDB v1.24 (SQLite, `--repl-set-name`, with and
 //! without `local.oplog.rs`). Without the FerretDB binary the tests print
-//! `SKIPPED: ferretdb not found` and return.
+//! `SKIPPED: <reason>` and return, or fail under `CI=true`.
 
 mod common;
 
@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bson::{doc, Bson, Document, Timestamp};
-use common::{require_binary, FerretDb};
+use common::{create_oplog, require_binary, FerretDb};
 use ddsvault_mongo::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression};
 use ddsvault_mongo::logical::{logical_dump, metadata_json, DumpOptions, DumpSummary};
 use ddsvault_mongo::restore::{logical_restore, verify_archive, RestoreOptions, RestoreSummary};
 use ddsvault_mongo::topology::connect;
 use ddsvault_mongo::MongoError;
 use futures::TryStreamExt;
-use mongodb::options::CreateCollectionOptions;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -75,20 +74,6 @@ async fn restore(
         &CancellationToken::new(),
     )
     .await
-}
-
-async fn create_oplog(client: &Client) {
-    client
-        .database("local")
-        .create_collection("oplog.rs")
-        .with_options(
-            CreateCollectionOptions::builder()
-                .capped(true)
-                .size(256 * 1024 * 1024)
-                .build(),
-        )
-        .await
-        .expect("create local.oplog.rs");
 }
 
 async fn all_docs(client: &Client, db: &str, coll: &str) -> Vec<Document> {

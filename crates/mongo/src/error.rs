@@ -66,7 +66,7 @@ pub enum MongoError {
     /// A restore target already holds collections the restore would create; nothing was
     /// written. Restore with `drop` to replace them.
     #[error(
-        "the target already has {}; nothing was restored (use drop to replace existing collections)",
+        "the target already has {}; nothing was restored (to replace existing collections: --drop with `ddsvault restore`, DropExisting=true with RestoreDBInstance)",
         namespaces_list(.namespaces)
     )]
     TargetExists {

@@ -78,6 +78,8 @@
 //! A restore that fails during the replay leaves the collections partly replayed (and
 //! without their secondary indexes); running it again with `drop` starts over.
 
+pub mod diff;
+
 use std::collections::BTreeMap;
 
 use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};

@@ -365,6 +365,9 @@ fn verify_inner<R: Read>(
     let oplog_ns = namespaces
         .iter()
         .position(|m| m.db.is_empty() && m.collection == "oplog");
+    if let Some(seq) = oplog.as_deref_mut() {
+        seq.within(archive_dbs(&namespaces));
+    }
     while let Some(ev) = reader.next_event()? {
         // A flag load per document: cheap, and the pass stops within one document.
         if cancel.is_some_and(CancellationToken::is_cancelled) {
@@ -387,6 +390,14 @@ fn verify_inner<R: Read>(
         bytes: out.iter().map(|(_, s)| s.bytes).sum(),
         namespaces: out,
     })
+}
+
+/// The databases of an archive (the oplog's empty one left out).
+fn archive_dbs(namespaces: &[CollectionMetadata]) -> impl Iterator<Item = &str> {
+    namespaces
+        .iter()
+        .map(|m| m.db.as_str())
+        .filter(|d| !d.is_empty())
 }
 
 /// A prelude entry that cannot be used. The prelude is the archive's first block, which
@@ -887,16 +898,11 @@ pub async fn logical_restore(
         let mut known = restored.clone();
         known.extend(extra.iter().cloned());
         let mut applier = Applier::new(client, path, catalog, known, clean_index, create_command);
-        let replayed = replay_oplog(
-            &mut applier,
-            open,
-            ns_index,
-            expected,
-            opts.scope(),
-            path,
-            cancel,
-        )
-        .await;
+        let metas: Vec<CollectionMetadata> =
+            verified.namespaces.iter().map(|(m, _)| m.clone()).collect();
+        let scope = opts.scope().within(archive_dbs(&metas));
+        let replayed =
+            replay_oplog(&mut applier, open, ns_index, expected, scope, path, cancel).await;
         let report = match replayed {
             Ok(r) => r,
             Err(e) => return Err(progress_state.fail(e)),

@@ -50,6 +50,9 @@ pub(crate) struct Scope {
     all: bool,
     dbs: BTreeSet<String>,
     colls: BTreeSet<(String, String)>,
+    /// The databases of the backup: a dump captures the oplog of every database, a restore
+    /// applies only the entries of the databases it has.
+    within: Option<BTreeSet<String>>,
 }
 
 impl Scope {
@@ -87,6 +90,16 @@ impl Scope {
         s
     }
 
+    /// Restricted to the databases `dbs` (those of the backup).
+    pub(crate) fn within<'a>(mut self, dbs: impl IntoIterator<Item = &'a str>) -> Scope {
+        self.within = Some(dbs.into_iter().map(str::to_string).collect());
+        self
+    }
+
+    fn in_backup(&self, db: &str) -> bool {
+        self.within.as_ref().is_none_or(|w| w.contains(db))
+    }
+
     fn user(db: &str, coll: &str) -> bool {
         !db.is_empty()
             && !coll.is_empty()
@@ -98,6 +111,7 @@ impl Scope {
     /// Whether entries of `db.coll` are applied.
     pub(crate) fn ns(&self, db: &str, coll: &str) -> bool {
         Scope::user(db, coll)
+            && self.in_backup(db)
             && (self.all
                 || self.dbs.contains(db)
                 || self.colls.contains(&(db.to_string(), coll.to_string())))
@@ -107,6 +121,7 @@ impl Scope {
     pub(crate) fn db(&self, db: &str) -> bool {
         db != "local"
             && db != "config"
+            && self.in_backup(db)
             && (self.all || self.dbs.contains(db) || self.colls.iter().any(|(d, _)| d == db))
     }
 }
@@ -173,6 +188,11 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
+    /// Restricts the scope to the backup's databases (see [`Scope::within`]).
+    pub(crate) fn within<'a>(&mut self, dbs: impl IntoIterator<Item = &'a str>) {
+        self.scope = std::mem::take(&mut self.scope).within(dbs);
+    }
+
     pub(crate) fn new(scope: Scope, mode: Mode, keep: bool) -> Sequencer {
         Sequencer {
             scope,
@@ -199,17 +219,7 @@ impl Sequencer {
     pub(crate) fn push(&mut self, raw: &RawDocument) -> Result<Vec<Action>> {
         self.report.entries += 1;
         let name = name_of(raw);
-        // Entries of namespaces outside the scope are not this restore's business, whatever
-        // their form (`admin.$cmd` carries transactions and renames: looked at below).
-        let ns = raw.get_str("ns").unwrap_or("");
-        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-        let op = raw.get_str("op").unwrap_or("");
-        let skip = match op {
-            "c" => db != "admin" && !self.scope.db(db),
-            "i" | "u" | "d" => !self.scope.ns(db, coll),
-            _ => false,
-        };
-        if skip {
+        if self.outside(raw) {
             return Ok(Vec::new());
         }
         let ts = raw.get_timestamp("ts").ok();
@@ -247,6 +257,21 @@ impl Sequencer {
             }
         }
         Ok(out)
+    }
+
+    /// Entries of namespaces outside the scope are not this restore's business, whatever
+    /// their form (`admin.$cmd` carries transactions and renames: looked at by the parser;
+    /// an entry without a `db.collection` namespace is refused there).
+    fn outside(&self, raw: &RawDocument) -> bool {
+        let ns = raw.get_str("ns").unwrap_or("");
+        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        !db.is_empty()
+            && !coll.is_empty()
+            && match raw.get_str("op").unwrap_or("") {
+                "c" => db != "admin" && !self.scope.db(db),
+                "n" => false,
+                _ => !self.scope.ns(db, coll),
+            }
     }
 
     fn release(&mut self, t: OpenTxn, out: &mut Vec<Action>) {
@@ -325,13 +350,7 @@ impl Sequencer {
     fn flatten(&mut self, name: &str, ops: &[&RawDocument], out: &mut Vec<Action>) -> Result<()> {
         for (i, op) in ops.iter().enumerate() {
             let inner = format!("operation {i} of {name}");
-            let ns = op.get_str("ns").unwrap_or("");
-            let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-            let kind = op.get_str("op").unwrap_or("");
-            if matches!(kind, "i" | "u" | "d") && !self.scope.ns(db, coll) {
-                continue;
-            }
-            if kind == "c" && db != "admin" && !self.scope.db(db) {
+            if self.outside(op) {
                 continue;
             }
             match entry::parse(op, &inner)? {

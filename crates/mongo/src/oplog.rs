@@ -32,26 +32,49 @@
 //! fuzzy copy, and replaying from a fuzzy copy passes through states that never existed
 //! together on the source (e.g. two documents briefly holding the same unique key), which a
 //! unique index would refuse. Once the whole window is replayed the data is a state the
-//! source really had, so the index builds see consistent data. Entries are applied one at a
-//! time, in archive order, as [`ReplayOp`]s (FerretDB has no `applyOps`; [`Replayer`] batches
-//! them with the same result, see there):
+//! source really had, so the index builds see consistent data (indexes created or dropped
+//! by the oplog join or leave the set built then, as mongorestore's index catalog does).
 //!
-//! | entry | applied as |
-//! |---|---|
-//! | `i` | `replaceOne({_id}, o, upsert)` (idempotent) |
-//! | `u`, `o = {$v:1, $set:{<full doc with _id>}}` (FerretDB) | `replaceOne({_id: o2._id}, $set, upsert)` |
-//! | `u`, `o` a replacement document (no `$` keys) | `replaceOne({_id: o2._id or o._id}, o, upsert)` |
-//! | `u`, `o = {$v:1?, $set?, $unset?}` partial (MongoDB ≤ 4.x) | `updateOne({_id: o2._id}, {$set, $unset})` |
-//! | `u`, `o = {$v:2, diff}` (MongoDB ≥ 5.0) and anything else | [`MongoError::Unsupported`] naming the entry |
-//! | `d` | `deleteOne({_id: o._id})` |
-//! | `n` | skipped (no-op) |
-//! | `c` (commands) | [`MongoError::Unsupported`] naming the entry (DDL cannot be replayed safely) |
+//! Every entry is first checked, in the restore's verify pass, before the first drop or
+//! insert (and by the backup itself when it captures the window): `replay::Sequencer` parses
+//! it into a typed entry (`entry.rs`), refuses what cannot be applied with an error naming
+//! it, and collects transactions. The replay pass runs the same code and hands each
+//! resulting action to the `replay::Applier`, which applies it one of two ways, chosen by
+//! [`detect_apply_path`] (an empty `applyOps` on the target):
 //!
-//! Only entries of namespaces the restore restores are applied (the selection of the
-//! restore); entries of other namespaces are not. Entries of the restore's databases whose
-//! collection is not in the backup (created during the dump) are not replayed either; the
-//! restore reports them as a warning.
+//! | entry | [`ApplyPath::Translate`] (FerretDB: no `applyOps`) | [`ApplyPath::ApplyOps`] (mongod; **unverified**) |
+//! |---|---|---|
+//! | `i` | `replaceOne({_id}, o, upsert)` (batched by [`Replayer`]) | `applyOps: [entry]` |
+//! | `u`, full image (`o` without `$` keys; FerretDB's `{$v:1, $set: <whole document>}`) | `replaceOne({_id}, image, upsert)` (batched) | `applyOps` |
+//! | `u`, `{$v:1?, $set?, $unset?}` (MongoDB ≤ 4.x) | `updateOne({_id}, {$set, $unset})` | `applyOps` |
+//! | `u`, `{$v:2, diff}` (MongoDB ≥ 5.0) | the diff applied here ([`diff`]) to the current image, written whole | `applyOps` |
+//! | `d` | `deleteOne({_id})` (batched) | `applyOps` |
+//! | `n`, `km`, `ci`/`cu`/`cd` | skipped (as mongorestore) | skipped |
+//! | `c` `create` | `create` with the options the target supports (others: warning) | `applyOps` |
+//! | `c` `drop` | `drop` | `applyOps` |
+//! | `c` `dropDatabase` | `drop` of each collection of the database this restore manages | same |
+//! | `c` `createIndexes`, `commitIndexBuild`, `dropIndexes`, `collMod` `index` | the set of indexes built after the replay | same |
+//! | `c` `collMod` other options | warning: not applied (FerretDB has no validators, …) | `applyOps` |
+//! | `c` `renameCollection` | `renameCollection` (refused if it crosses the selection) | `applyOps` |
+//! | `c` `emptycapped` | `deleteMany({})` | `applyOps` |
+//! | `c` `convertToCapped`, `create` of a view or timeseries | refused before anything is written | `applyOps` |
+//! | `c` `applyOps` (transactions) | its operations, at the commit | same |
+//! | `c` `startIndexBuild`, `abortIndexBuild`, `dbCheck`, … | skipped (as mongorestore) | skipped |
+//! | unknown `op`, unknown command, `importCollection`, `$v:2` binary sections, other update forms | refused before anything is written, naming the entry | same |
 //!
+//! Transactions: the `applyOps` entries of one transaction (same `lsid` and `txnNumber`) are
+//! collected, each checked to follow the previous one (`prevOpTime`), and applied at the
+//! commit (the entry without `partialTxn`/`prepare`, or `commitTransaction` of a prepared
+//! one), as MongoDB applies them; an aborted one is dropped, one not committed by the end
+//! of the window is not applied (a warning says so), and one whose first entries precede
+//! the window fails the check. `applyOps` without `lsid` (or with `multiOpType: 1`) is
+//! applied at once.
+//!
+//! Only entries of the restore's scope are looked at: the selection (everything when it is
+//! empty) within the backup's databases. Collections of those databases that are not in the
+//! backup but written by the oplog (created during the dump) are restored by the replay and
+//! checked against the target (existing, or dropped with `drop`) like the others.
+
 //! # The guarantee
 //!
 //! For the restored namespaces, the restored data is the source's data **as of the oplog
@@ -65,18 +88,21 @@
 //!   window: a touched one ends at its last in-window image). The window is read in natural
 //!   (insertion) order, which is `ts` order unless concurrent writers insert their entries
 //!   out of `ts` order;
-//! * no DDL ran during the dump (FerretDB does not log collection or index creation, drops
-//!   or renames; MongoDB `c` entries make the restore fail rather than be ignored);
-//! * updates are in one of the forms above (anything else fails the restore, never skipped).
+//! * no DDL ran during the dump that the oplog does not show (FerretDB does not log
+//!   collection or index creation, drops or renames; MongoDB does, and its `c` entries are
+//!   replayed; a rename during the dump fails the backup, as in `mongodump --oplog`);
+//! * every entry is in one of the forms above (anything else fails the backup and the
+//!   restore, never skipped).
 //!
 //! Every document touched in the window ends at the image of its last entry in the window;
 //! every other document is as the dump read it, which is its state at `oplogEnd` as well.
-//! The replay is idempotent (full images, deletes, `$set`/`$unset`), so entries the dump
-//! already saw are harmless, and the window includes `oplogStart` itself (`$gte`), as
+//! The replay is idempotent (full images, deletes, `$set`/`$unset`, `$v:2` diffs, which
+//! MongoDB designs to be re-applicable), so entries the dump already saw are harmless, and the window includes `oplogStart` itself (`$gte`), as
 //! mongodump's does.
 //!
 //! A restore that fails during the replay leaves the collections partly replayed (and
-//! without their secondary indexes); running it again with `drop` starts over.
+//! without their secondary indexes); its error ([`MongoError::RestoreIncomplete`]) lists the
+//! complete and incomplete namespaces, and running it again with `drop` starts over.
 
 pub mod diff;
 mod entry;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::entry::{self, name_of, Command, Parsed, TxnMeta, Write};
 use super::{ReplayOp, Replayer};
 use crate::error::{MongoError, Result};
+use crate::restore::{clean_index, create_command};
 
 /// How the target applies entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -564,10 +565,6 @@ pub(crate) struct Applier<'a> {
     /// Namespaces this restore manages (restored from the archive, or touched by the oplog):
     /// what a `dropDatabase` drops.
     known: BTreeSet<(String, String)>,
-    /// Index specs are cut down to what the target accepts (see `restore::clean_index`).
-    clean: fn(&Document) -> Option<(Document, Vec<String>)>,
-    /// `create` commands likewise (see `restore::create_command`).
-    create: fn(&str, &Document) -> std::result::Result<(Document, Vec<String>), String>,
     pub(crate) warnings: BTreeSet<String>,
     pub(crate) applied: u64,
 }
@@ -578,8 +575,6 @@ impl<'a> Applier<'a> {
         path: ApplyPath,
         indexes: IndexCatalog,
         known: BTreeSet<(String, String)>,
-        clean: fn(&Document) -> Option<(Document, Vec<String>)>,
-        create: fn(&str, &Document) -> std::result::Result<(Document, Vec<String>), String>,
     ) -> Applier<'a> {
         Applier {
             client,
@@ -587,8 +582,6 @@ impl<'a> Applier<'a> {
             replayer: Replayer::new(),
             indexes,
             known,
-            clean,
-            create,
             warnings: BTreeSet::new(),
             applied: 0,
         }
@@ -693,7 +686,8 @@ impl<'a> Applier<'a> {
                 if mongod {
                     return self.apply_ops(name, raw).await;
                 }
-                let (create, dropped) = (self.create)(&coll, &options)
+                // Only the options the target accepts, as for the archive's collections.
+                let (create, dropped) = create_command(&coll, &options)
                     .map_err(|e| MongoError::Unsupported(format!("{name}: {e}")))?;
                 for opt in dropped {
                     self.warnings.insert(format!(
@@ -740,7 +734,8 @@ impl<'a> Applier<'a> {
             Command::AddIndexes { coll, specs } => {
                 self.known.insert((db.clone(), coll.clone()));
                 for spec in specs {
-                    let Some((clean, dropped)) = (self.clean)(&spec) else {
+                    // Cut down to what the target accepts, as the archive's indexes are.
+                    let Some((clean, dropped)) = clean_index(&spec) else {
                         continue;
                     };
                     let iname = clean.get_str("name").unwrap_or_default().to_string();

@@ -7,6 +7,10 @@
 //! 4. only then does the catalog mark the job and backup Success.
 //!
 //! A crash before 4 leaves the job Running in the catalog; the next start fails it and deletes both prefixes.
+//!
+//! A backup is `Success` only if it can be restored: the dump checks every oplog entry it captures with the
+//! restore's own code (`ddsvault_mongo::oplog`), so an entry no restore could apply fails this job, naming the entry
+//! and its kind, before anything is published.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};

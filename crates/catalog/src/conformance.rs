@@ -998,6 +998,19 @@ async fn job_lifecycle(cat: &Catalog) {
         .is_none());
     assert!(cat.heartbeat(job.id, "node-1", 50, now).await.expect("hb"));
     assert!(!cat.heartbeat(job.id, "node-2", 50, now).await.expect("hb"));
+    // The progress detail is kept as written, and a heartbeat without one keeps it.
+    let detail = serde_json::json!({"phase": "Dumping", "docs_done": 10, "docs_total": 40});
+    assert!(cat
+        .heartbeat_with_detail(job.id, "node-1", 25, &detail, now)
+        .await
+        .expect("hb"));
+    assert!(cat.heartbeat(job.id, "node-1", 30, now).await.expect("hb"));
+    let j = cat.get_job(job.id).await.expect("get").expect("job");
+    assert_eq!((j.progress, j.progress_detail), (30, detail));
+    assert!(!cat
+        .heartbeat_with_detail(job.id, "node-2", 25, &serde_json::json!({}), now)
+        .await
+        .expect("hb"));
     assert!(matches!(
         cat.complete_backup(job.id, "node-2", &completion(now))
             .await,

@@ -164,6 +164,19 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         owner: &str,
         progress: i32,
         now: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        self.heartbeat_with_detail(job_id, owner, progress, &serde_json::Value::Null, now)
+            .await
+    }
+    /// As [`CatalogBackend::heartbeat`], also recording the job's progress detail (phase and counters; `Null`
+    /// keeps the previous one).
+    async fn heartbeat_with_detail(
+        &self,
+        job_id: i64,
+        owner: &str,
+        progress: i32,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
     ) -> Result<bool, CatalogError>;
     /// Marks a running backup job and its backup set Success. Called only after every byte is durably stored.
     async fn complete_backup(

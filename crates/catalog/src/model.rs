@@ -219,6 +219,9 @@ pub struct Job {
     pub mode: String,
     /// Percent, 0–100.
     pub progress: i32,
+    /// The phase and counters of a running job as its heartbeat last wrote them (`Null` until then); the jobs
+    /// layer defines the shape.
+    pub progress_detail: serde_json::Value,
     pub error: Option<String>,
     /// The source of the failure (e.g. `Repository.NoSpace`); `None` unless the job failed.
     pub error_code: Option<String>,

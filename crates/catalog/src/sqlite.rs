@@ -44,7 +44,7 @@ const ACTIVE_JOB_SQL: &str =
 const IDENTITY_VERSION_SQL: &str = "SELECT version FROM identity_version WHERE id = 1";
 
 const JOB_COLUMNS: &str =
-    "id, kind, instance_id, backup_id, state, mode, progress, error, error_code, params, created_at, \
+    "id, kind, instance_id, backup_id, state, mode, progress, progress_detail, error, error_code, params, created_at, \
      started_at, finished_at, owner, heartbeat_at, result";
 const BACKUP_COLUMNS: &str =
     "id, job_id, instance_id, status, method, mode, backup_type, start_time, end_time, \
@@ -135,6 +135,10 @@ fn job_from_row(r: &SqliteRow) -> Result<Job, CatalogError> {
             .ok_or_else(|| CatalogError::Corrupt(format!("job state {state:?}")))?,
         mode: r.try_get("mode")?,
         progress: r.try_get("progress")?,
+        progress_detail: match r.try_get::<Option<String>, _>("progress_detail")? {
+            Some(text) => json(&text, "job progress detail")?,
+            None => serde_json::Value::Null,
+        },
         error: r.try_get("error")?,
         error_code: r.try_get("error_code")?,
         params: json(&params, "job params")?,
@@ -557,17 +561,21 @@ impl CatalogBackend for SqliteCatalog {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    async fn heartbeat(
+    async fn heartbeat_with_detail(
         &self,
         job_id: i64,
         owner: &str,
         progress: i32,
+        detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, CatalogError> {
+        let detail = (!detail.is_null()).then(|| detail.to_string());
         let done = sqlx::query(
-            "UPDATE jobs SET progress = ?, heartbeat_at = ? WHERE id = ? AND owner = ? AND state = 'Running'",
+            "UPDATE jobs SET progress = ?, progress_detail = COALESCE(?, progress_detail), heartbeat_at = ? \
+             WHERE id = ? AND owner = ? AND state = 'Running'",
         )
         .bind(progress.clamp(0, 100))
+        .bind(detail)
         .bind(ms(now))
         .bind(job_id)
         .bind(owner)

@@ -13,7 +13,6 @@
 //! and its kind, before anything is published.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -24,7 +23,8 @@ use ddsvault_mongo::topology::{connect, discover, list_user_databases};
 use ddsvault_repo::{Manifest, ManifestFile, RepoPath, Repository, UploadOptions, UploadWriter};
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{staging_token, HEARTBEAT_INTERVAL};
+use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
+use crate::runner::staging_token;
 use crate::{JobError, Runner};
 
 pub(crate) async fn run(
@@ -64,17 +64,9 @@ pub(crate) async fn run(
     let shared = Arc::new(Mutex::new(Some(writer)));
     let sink = SharedWriter(Arc::clone(&shared));
 
-    let percent = Arc::new(AtomicI32::new(0));
-    let progress_cell = Arc::clone(&percent);
-    let progress = move |p: DumpProgress| {
-        // Collections not counted (many collections on FerretDB): progress in collections instead.
-        let pct = if p.docs_total_estimate > 0 {
-            percent_of(p.docs_done, p.docs_total_estimate)
-        } else {
-            percent_of(p.namespaces_done, p.namespaces_total)
-        };
-        progress_cell.store(pct, Ordering::Relaxed);
-    };
+    let job_progress = Arc::new(Progress::new(job.id));
+    let cell = Arc::clone(&job_progress);
+    let progress = move |p: DumpProgress| dump_progress(&cell, &p);
 
     let opts = DumpOptions {
         compression,
@@ -90,7 +82,7 @@ pub(crate) async fn run(
         &progress,
         &dump_cancel,
     );
-    let summary = match with_heartbeat(runner, job.id, &percent, &dump_cancel, dump).await? {
+    let summary = match with_heartbeat(runner, job.id, &job_progress, &dump_cancel, dump).await? {
         // Nothing dumped from an earlier listing: if the databases are gone meanwhile, say so as a fresh
         // listing would have.
         Ok(s)
@@ -108,6 +100,8 @@ pub(crate) async fn run(
             return Err(e.into());
         }
     };
+    job_progress.set_phase(Phase::Uploading);
+    job_progress.set_percent(95);
     let writer = shared
         .lock()
         .map_err(|_| JobError::Other("archive writer lock poisoned".into()))?
@@ -309,71 +303,32 @@ pub(crate) fn compression_name(c: &Compression) -> &'static str {
     }
 }
 
-/// Progress percent for the catalog. Estimates can undershoot, so it stays below 100 until the job is really done.
-pub(crate) fn percent_of(done: u64, total: u64) -> i32 {
-    done.saturating_mul(100)
-        .checked_div(total)
-        .map_or(0, |v| v.min(99) as i32)
-}
-
-/// Runs `work` while refreshing the job's heartbeat with `percent`. If the catalog says the job is no longer
-/// ours, `cancel` stops the work and the job ends with that error.
-pub(crate) async fn with_heartbeat<T>(
-    runner: &Runner,
-    job_id: i64,
-    percent: &AtomicI32,
-    cancel: &CancellationToken,
-    work: impl std::future::Future<Output = T>,
-) -> Result<T, JobError> {
-    tokio::select! {
-        r = work => Ok(r),
-        lost = heartbeat_loop(runner, job_id, percent, cancel) => {
-            cancel.cancel();
-            Err(lost)
-        }
+/// Maps the dump's report onto the job's progress: Dumping from 2% to 90% by documents (by collections where
+/// they were not counted: many collections on FerretDB), then CapturingOplog up to 94% by entries.
+fn dump_progress(progress: &Progress, p: &DumpProgress) {
+    if p.namespaces_done == 0 && p.docs_done == 0 && p.oplog_entries == 0 {
+        // The plan is made: the totals are known.
+        progress.docs(0, p.docs_total_estimate);
+        progress.set_percent(2);
+        return;
     }
-}
-
-/// Refreshes the heartbeat until cancelled; returns only if the catalog says the job is no longer ours (or the
-/// catalog keeps failing), which must stop the dump.
-async fn heartbeat_loop(
-    runner: &Runner,
-    job_id: i64,
-    percent: &AtomicI32,
-    cancel: &CancellationToken,
-) -> JobError {
-    let mut failures = 0u32;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => {
-                // Never resolve on cancellation: the dump observes the same token and ends the select.
-                std::future::pending::<()>().await;
-            }
-            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
-        }
-        match runner
-            .catalog
-            .heartbeat(
-                job_id,
-                &runner.node_id,
-                percent.load(Ordering::Relaxed),
-                Utc::now(),
-            )
-            .await
-        {
-            Ok(true) => failures = 0,
-            Ok(false) => {
-                return JobError::Cancelled("the job was taken over or failed by recovery".into())
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "heartbeat failed");
-                if failures >= 10 {
-                    return JobError::Catalog(e);
-                }
-            }
-        }
+    if p.capturing_oplog {
+        progress.set_phase(Phase::CapturingOplog);
+        progress.oplog_entries(p.oplog_entries);
+        // The window's size is not known before it is read: entries move the figure by their share of what
+        // has been read so far, so it keeps moving and stays below the phase's end.
+        progress.set_percent(percent_in(90..95, p.oplog_entries, 0));
+        return;
     }
+    progress.set_phase(Phase::Dumping);
+    progress.docs(p.docs_done, p.docs_total_estimate);
+    progress.bytes(p.raw_bytes_done, 0);
+    let pct = if p.docs_total_estimate > 0 {
+        percent_in(2..90, p.docs_done, p.docs_total_estimate)
+    } else {
+        percent_in(2..90, p.namespaces_done, p.namespaces_total)
+    };
+    progress.set_percent(pct);
 }
 
 pub(crate) async fn close_writer(writer: UploadWriter) -> Result<(), JobError> {
@@ -439,6 +394,7 @@ mod tests {
             state: JobState::Running,
             mode: "Manual".into(),
             progress: 0,
+            progress_detail: serde_json::Value::Null,
             error: None,
             error_code: None,
             params,

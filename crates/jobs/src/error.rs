@@ -13,6 +13,9 @@ pub enum JobError {
     NoDatabase(String),
     #[error("job was cancelled: {0}")]
     Cancelled(String),
+    /// The watchdog found no progress for the stall timeout.
+    #[error("stalled: {0}")]
+    Stalled(String),
     /// A file restore found its target node running; it must be stopped first.
     #[error("the node is running ({0}); stop the node first")]
     NodeRunning(String),
@@ -47,6 +50,7 @@ impl JobError {
             JobError::UnknownInstance(_) => "Instance.NotConfigured",
             JobError::NoDatabase(_) => "Instance.NoDatabase",
             JobError::Cancelled(_) => "Job.Cancelled",
+            JobError::Stalled(_) => "Job.Stalled",
             JobError::NodeRunning(_) => "Node.Running",
             JobError::Filesystem(_) => "Filesystem.Error",
             JobError::Mongo(e) => match e {

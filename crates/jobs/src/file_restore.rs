@@ -19,7 +19,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{percent_of, with_heartbeat};
 use crate::physical::FILES_DIR;
+use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
 use crate::{JobError, Runner};
 
 /// How long the node's address may take to accept a connection before it counts as stopped.
@@ -627,18 +627,18 @@ pub(crate) async fn run(
 
     let total = restore_size(&runner.repo, &prefix, &manifest).await?;
     let done = Arc::new(AtomicU64::new(0));
-    let percent = Arc::new(AtomicI32::new(0));
+    let progress = Arc::new(Progress::new(job.id));
+    progress.set_phase(Phase::Restoring);
     let work_cancel = cancel.child_token();
     let work = async {
         let ticker = {
-            let (done, percent) = (Arc::clone(&done), Arc::clone(&percent));
+            let (done, progress) = (Arc::clone(&done), Arc::clone(&progress));
             async move {
                 #[allow(clippy::infinite_loop)]
                 loop {
-                    percent.store(
-                        percent_of(done.load(Ordering::Relaxed), total),
-                        Ordering::Relaxed,
-                    );
+                    let d = done.load(Ordering::Relaxed);
+                    progress.bytes(d, total);
+                    progress.set_percent(percent_in(2..95, d, total));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -648,7 +648,7 @@ pub(crate) async fn run(
             () = ticker => Err(JobError::Other("the progress ticker stopped".into())),
         }
     };
-    let materialized = match with_heartbeat(runner, job.id, &percent, &work_cancel, work).await {
+    let materialized = match with_heartbeat(runner, job.id, &progress, &work_cancel, work).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) | Err(e) => {
             let _ = std::fs::remove_dir_all(&staged);

@@ -12,8 +12,8 @@
 //!    hold the same namespaces and documents as step 1 saw);
 //! 4. `publish_logical`, as backup jobs do.
 
+use crate::progress::{with_heartbeat, Phase, Progress};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI32;
 
 use chrono::{DateTime, Utc};
 use ddsvault_catalog::{permanent_expiry, Job, NewBackupJob};
@@ -23,8 +23,8 @@ use ddsvault_repo::{Repository, UploadOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{
-    add_oplog_details, close_writer, compression_name, publish_logical, with_heartbeat,
-    NamespaceEntry, StagedArchive,
+    add_oplog_details, close_writer, compression_name, publish_logical, NamespaceEntry,
+    StagedArchive,
 };
 use crate::runner::staging_token;
 use crate::{JobError, Runner};
@@ -249,10 +249,11 @@ pub async fn import_logical_archive(
             Utc::now(),
         )
         .await?;
-    let percent = AtomicI32::new(0);
+    let progress = Progress::new(job.id);
+    progress.set_phase(Phase::Uploading);
     let work_cancel = cancel.child_token();
     let work = store(runner, req, &job, &found, &work_cancel);
-    let stored = match with_heartbeat(runner, job.id, &percent, &work_cancel, work).await {
+    let stored = match with_heartbeat(runner, job.id, &progress, &work_cancel, work).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) | Err(e) => return Err(fail(runner, &job, e).await),
     };

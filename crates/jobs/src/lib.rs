@@ -10,6 +10,7 @@ pub mod file_restore;
 pub mod gc;
 pub mod import;
 pub mod physical;
+pub mod progress;
 mod restore;
 pub mod retention;
 mod runner;

@@ -14,7 +14,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{percent_of, with_heartbeat};
+use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
 use crate::runner::staging_token;
 use crate::{JobError, Runner};
 
@@ -214,7 +214,7 @@ async fn run_job(
 
     let total: u64 = files.iter().map(|f| on_disk_size(&f.path)).sum();
     let done = Arc::new(AtomicU64::new(0));
-    let percent = Arc::new(AtomicI32::new(0));
+    let progress = Progress::new(job.id);
     let staging = Repository::staging_prefix(&staging_token(job.id));
     let level = match runner.settings.compression {
         Compression::Zstd { level } => level,
@@ -229,6 +229,8 @@ async fn run_job(
     });
 
     let work_cancel = cancel.child_token();
+    progress.set_phase(Phase::Imaging);
+    progress.bytes(0, total);
     let work = async {
         let mut stored = Vec::with_capacity(files.len());
         for f in &files {
@@ -244,16 +246,16 @@ async fn run_job(
                     store_chunks(runner, &job.instance_id, f, image, level, &known, written).await?
                 }
             };
-            done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed);
-            percent.store(
-                percent_of(done.load(Ordering::Relaxed), total),
-                Ordering::Relaxed,
-            );
+            let d = done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed)
+                + on_disk_size(&f.path).max(s.size);
+            progress.bytes(d, total);
+            progress.set_percent(percent_in(2..95, d, total));
             stored.push(s);
         }
         Ok::<_, JobError>(stored)
     };
-    let stored = with_heartbeat(runner, job.id, &percent, &work_cancel, work).await??;
+    let stored = with_heartbeat(runner, job.id, &progress, &work_cancel, work).await??;
+    progress.set_phase(Phase::Uploading);
 
     let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
     let mut manifest_files = Vec::new();

@@ -6,14 +6,16 @@
 //! the job and the target is left untouched.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicI32, Ordering};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
 use ddsvault_catalog::{BackupStatus, Job};
 use ddsvault_mongo::archive::Compression;
-use ddsvault_mongo::restore::{logical_restore, NsSelector, RestoreOptions, RestoreProgress};
+use ddsvault_mongo::restore::{
+    logical_restore, NsSelector, RestoreOptions, RestoreProgress, RestoreStage,
+};
 use ddsvault_mongo::topology::connect;
 use ddsvault_repo::{RepoError, RepoPath, Repository};
 use futures::stream::BoxStream;
@@ -21,7 +23,7 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{percent_of, with_heartbeat};
+use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
 use crate::{JobError, Runner};
 
 /// Parameters of a restore job, as stored in the catalog.
@@ -156,14 +158,25 @@ pub(crate) async fn run(
         parallel_collections: runner.settings.parallel_collections,
         ..RestoreOptions::default()
     };
-    let percent = Arc::new(AtomicI32::new(0));
-    let cell = Arc::clone(&percent);
-    let progress = move |p: RestoreProgress| {
-        cell.store(percent_of(p.docs_done, p.docs_total), Ordering::Relaxed);
+    let job_progress = Arc::new(Progress::new(job.id));
+    let cell = Arc::clone(&job_progress);
+    let progress = move |p: RestoreProgress| match p.stage {
+        RestoreStage::Verifying => cell.set_phase(Phase::Verifying),
+        RestoreStage::Inserting => {
+            cell.set_phase(Phase::Restoring);
+            cell.docs(p.docs_done, p.docs_total);
+            cell.set_percent(percent_in(5..90, p.docs_done, p.docs_total));
+        }
+        RestoreStage::ReplayingOplog => {
+            cell.set_phase(Phase::ReplayingOplog);
+            cell.set_percent(90);
+        }
     };
     let restore_cancel = cancel.child_token();
     let restore = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
-    let summary = match with_heartbeat(runner, job.id, &percent, &restore_cancel, restore).await? {
+    let summary = match with_heartbeat(runner, job.id, &job_progress, &restore_cancel, restore)
+        .await?
+    {
         Ok(s) => s,
         // FerretDB 1.24 (SQLite) sometimes refuses createIndexes on a collection it has just dropped and
         // re-created ("SQL logic error: index … already exists"). With DropExisting the restore is idempotent
@@ -171,7 +184,7 @@ pub(crate) async fn run(
         Err(e) if opts.drop && is_ferretdb_stale_index(&e.to_string()) => {
             tracing::warn!(error = %e, "FerretDB kept a dropped collection's index; restoring once more");
             let again = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
-            with_heartbeat(runner, job.id, &percent, &restore_cancel, again).await??
+            with_heartbeat(runner, job.id, &job_progress, &restore_cancel, again).await??
         }
         Err(e) => return Err(e.into()),
     };

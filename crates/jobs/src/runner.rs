@@ -46,6 +46,9 @@ pub struct BackupSettings {
     pub parallel_collections: usize,
     /// Local scratch space of file-level backups (one `job-<id>` directory per running job).
     pub scratch_dir: std::path::PathBuf,
+    /// A job whose progress does not change for this long is failed by its watchdog
+    /// ([`crate::progress::with_heartbeat`]).
+    pub stall_timeout: Duration,
 }
 
 /// Claims and runs jobs.

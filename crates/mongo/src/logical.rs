@@ -136,6 +136,12 @@ pub struct DumpProgress {
     pub namespaces_done: u64,
     /// Namespaces planned (the oplog excluded).
     pub namespaces_total: u64,
+    /// Bytes of the documents handed to the archive writer so far (the oplog excluded).
+    pub raw_bytes_done: u64,
+    /// Whether the collections are done and the oplog window is being copied.
+    pub capturing_oplog: bool,
+    /// Oplog entries copied so far.
+    pub oplog_entries: u64,
 }
 
 /// Totals of one namespace of the archive.
@@ -318,6 +324,9 @@ async fn dump_inner(
         docs_total_estimate: total_estimate,
         namespaces_done: 0,
         namespaces_total,
+        raw_bytes_done: 0,
+        capturing_oplog: false,
+        oplog_entries: 0,
     });
 
     let header = ArchiveHeader::new(
@@ -351,12 +360,16 @@ async fn dump_inner(
 
     let done = AtomicU64::new(0);
     let namespaces_done = AtomicU64::new(0);
+    let raw_done = AtomicU64::new(0);
+    let oplog_done = AtomicU64::new(0);
     let ctx = TaskCtx {
         client,
         opts,
         tx: &tx,
         done: &done,
         namespaces_done: &namespaces_done,
+        raw_done: &raw_done,
+        oplog_done: &oplog_done,
         total_estimate,
         namespaces_total,
         progress,
@@ -434,6 +447,9 @@ async fn dump_inner(
         docs_total_estimate: total_estimate,
         namespaces_done: namespaces_total,
         namespaces_total,
+        raw_bytes_done: raw_bytes,
+        capturing_oplog: false,
+        oplog_entries: oplog.as_ref().map_or(0, |o| o.entries),
     });
     info!(
         documents,
@@ -517,6 +533,8 @@ struct TaskCtx<'a> {
     tx: &'a mpsc::Sender<WriterMsg>,
     done: &'a AtomicU64,
     namespaces_done: &'a AtomicU64,
+    raw_done: &'a AtomicU64,
+    oplog_done: &'a AtomicU64,
     total_estimate: u64,
     namespaces_total: u64,
     progress: &'a (dyn Fn(DumpProgress) + Send + Sync),
@@ -527,9 +545,10 @@ impl TaskCtx<'_> {
         self.tx.send(msg).await.map_err(|_| TaskError::WriterGone)
     }
 
-    /// Reports `docs` more documents written, and `namespace_closed` when a namespace just ended.
-    fn report(&self, docs: u64, namespace_closed: bool) {
+    /// Reports `docs` more documents (`bytes` of them) written, and `namespace_closed` when a namespace just ended.
+    fn report(&self, docs: u64, bytes: u64, namespace_closed: bool) {
         let done = self.done.fetch_add(docs, Ordering::Relaxed) + docs;
+        let raw = self.raw_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let closed = u64::from(namespace_closed);
         let namespaces_done = self.namespaces_done.fetch_add(closed, Ordering::Relaxed) + closed;
         (self.progress)(DumpProgress {
@@ -537,6 +556,23 @@ impl TaskCtx<'_> {
             docs_total_estimate: self.total_estimate,
             namespaces_done,
             namespaces_total: self.namespaces_total,
+            raw_bytes_done: raw,
+            capturing_oplog: false,
+            oplog_entries: self.oplog_done.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Reports `entries` more oplog entries copied: the oplog phase moves the progress too.
+    fn report_oplog(&self, entries: u64) {
+        let oplog_entries = self.oplog_done.fetch_add(entries, Ordering::Relaxed) + entries;
+        (self.progress)(DumpProgress {
+            docs_done: self.done.load(Ordering::Relaxed),
+            docs_total_estimate: self.total_estimate,
+            namespaces_done: self.namespaces_done.load(Ordering::Relaxed),
+            namespaces_total: self.namespaces_total,
+            raw_bytes_done: self.raw_done.load(Ordering::Relaxed),
+            capturing_oplog: true,
+            oplog_entries,
         });
     }
 }
@@ -565,10 +601,12 @@ impl<'c, 'a> Segmenter<'c, 'a> {
         }
     }
 
-    fn report(&mut self, closed: bool) {
+    fn report(&mut self, bytes: usize, closed: bool) {
         let docs = std::mem::take(&mut self.buf_docs);
         if self.counted {
-            self.ctx.report(docs, closed);
+            self.ctx.report(docs, bytes as u64, closed);
+        } else {
+            self.ctx.report_oplog(docs);
         }
     }
 
@@ -576,10 +614,11 @@ impl<'c, 'a> Segmenter<'c, 'a> {
         let seg_max = self.ctx.opts.segment_bytes;
         if !self.buf.is_empty() && self.buf.len() + doc.len() > seg_max {
             let docs = std::mem::replace(&mut self.buf, Vec::with_capacity(seg_max));
+            let bytes = docs.len();
             self.ctx
                 .send(WriterMsg::Segment { ns: self.ns, docs })
                 .await?;
-            self.report(false);
+            self.report(bytes, false);
         }
         if self.buf.capacity() == 0 {
             self.buf.reserve(seg_max.max(doc.len()));
@@ -592,14 +631,16 @@ impl<'c, 'a> Segmenter<'c, 'a> {
 
     /// Sends what is buffered and closes the namespace; returns its document count.
     async fn close(mut self) -> Result<u64, TaskError> {
+        let mut bytes = 0;
         if !self.buf.is_empty() {
             let docs = std::mem::take(&mut self.buf);
+            bytes = docs.len();
             self.ctx
                 .send(WriterMsg::Segment { ns: self.ns, docs })
                 .await?;
         }
         self.ctx.send(WriterMsg::Close { ns: self.ns }).await?;
-        self.report(true);
+        self.report(bytes, true);
         Ok(self.total_docs)
     }
 }

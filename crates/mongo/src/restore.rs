@@ -270,10 +270,23 @@ impl std::fmt::Display for NsSelector {
 /// Progress report passed to the callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreProgress {
+    /// What the restore is doing.
+    pub stage: RestoreStage,
     /// Documents inserted so far.
     pub docs_done: u64,
-    /// Documents of the selected namespaces, counted by the verify pass (exact).
+    /// Documents of the selected namespaces, counted by the verify pass (exact; 0 while verifying).
     pub docs_total: u64,
+}
+
+/// The stages of a logical restore, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStage {
+    /// Reading and checking the whole archive (nothing is written yet).
+    Verifying,
+    /// Inserting the collections' documents.
+    Inserting,
+    /// Replaying the oplog entries, then building indexes.
+    ReplayingOplog,
 }
 
 /// One restored collection.
@@ -807,6 +820,11 @@ pub async fn logical_restore(
         return Err(MongoError::Cancelled);
     }
     let open: OpenInput = Arc::from(open_input);
+    progress(RestoreProgress {
+        stage: RestoreStage::Verifying,
+        docs_done: 0,
+        docs_total: 0,
+    });
 
     // 1. Verify the whole archive, oplog entries included, before touching the target.
     let (verified, oplog_check) = {
@@ -832,6 +850,7 @@ pub async fn logical_restore(
     // 2. Plan (no I/O).
     let plan = plan_restore(&verified, opts)?;
     progress(RestoreProgress {
+        stage: RestoreStage::Inserting,
         docs_done: 0,
         docs_total: plan.docs_total,
     });
@@ -913,6 +932,12 @@ pub async fn logical_restore(
         let metas: Vec<CollectionMetadata> =
             verified.namespaces.iter().map(|(m, _)| m.clone()).collect();
         let scope = opts.scope().within(archive_dbs(&metas));
+        // Every collection is inserted by now.
+        progress(RestoreProgress {
+            stage: RestoreStage::ReplayingOplog,
+            docs_done: plan.docs_total,
+            docs_total: plan.docs_total,
+        });
         let replayed =
             replay_oplog(&mut applier, open, ns_index, expected, scope, path, cancel).await;
         let report = match replayed {
@@ -963,6 +988,7 @@ pub async fn logical_restore(
     let documents = namespaces.iter().map(|n| n.documents).sum();
     let bytes = plan.workers.iter().map(|w| w.expected.bytes).sum();
     progress(RestoreProgress {
+        stage: RestoreStage::Inserting,
         docs_done: documents,
         docs_total: plan.docs_total,
     });
@@ -1283,6 +1309,7 @@ async fn run_worker(
                 documents += n as u64;
                 let total = ctx.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                 (ctx.progress)(RestoreProgress {
+                    stage: RestoreStage::Inserting,
                     docs_done: total,
                     docs_total: ctx.docs_total,
                 });

@@ -121,6 +121,14 @@ pub struct BackupConfig {
     /// Jobs one ddsvault process runs at once.
     #[serde(default = "default_jobs")]
     pub max_concurrent_jobs: usize,
+    /// A job whose progress (phase, documents, bytes, oplog entries) does not change for this many seconds is
+    /// failed by its watchdog (`Job.Stalled`), releasing what it holds. 2..=86400.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_secs: u64,
+}
+
+fn default_stall_timeout() -> u64 {
+    ddsvault_jobs::progress::DEFAULT_STALL_TIMEOUT.as_secs()
 }
 
 impl Default for BackupConfig {
@@ -130,6 +138,7 @@ impl Default for BackupConfig {
             zstd_level: default_zstd_level(),
             parallel_collections: default_parallel(),
             max_concurrent_jobs: default_jobs(),
+            stall_timeout_secs: default_stall_timeout(),
         }
     }
 }
@@ -531,6 +540,12 @@ impl Config {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 return err(format!("listen_tls = {l:?} is not an ip:port address"));
             }
+        }
+        if !(2..=86_400).contains(&self.backup.stall_timeout_secs) {
+            return err(format!(
+                "backup.stall_timeout_secs = {} must be between 2 and 86400",
+                self.backup.stall_timeout_secs
+            ));
         }
         if let Some(n) = &self.node_id {
             if !crate::startup::valid_node_id(n) {

@@ -213,6 +213,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             compression,
             parallel_collections: cfg.backup.parallel_collections,
             scratch_dir: cfg.data_dir.join("scratch"),
+            stall_timeout: Duration::from_secs(cfg.backup.stall_timeout_secs),
         },
         cfg.backup.max_concurrent_jobs,
     ));

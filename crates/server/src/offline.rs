@@ -422,6 +422,7 @@ pub async fn import(
             compression,
             parallel_collections: cfg.backup.parallel_collections,
             scratch_dir: cfg.data_dir.join("scratch"),
+            stall_timeout: std::time::Duration::from_secs(cfg.backup.stall_timeout_secs),
         },
         1,
     );

@@ -409,7 +409,7 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
                 JobState::Success | JobState::Failed => "Finished",
             };
             let failed = j.state == JobState::Failed;
-            json!({
+            let mut item = json!({
                 "BackupjobId": j.id.to_string(),
                 "BackupSetStatus": status,
                 "BackupStartTime": dds_time(j.started_at.unwrap_or(j.created_at)),
@@ -418,7 +418,9 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
                 "JobStatus": j.state.as_str(),
                 "ErrorCode": if failed { j.error_code.as_deref().unwrap_or(ddsvault_catalog::JOB_ERROR_CODE) } else { "" },
                 "ErrorMessage": if failed { j.error.as_deref().unwrap_or("") } else { "" },
-            })
+            });
+            super::add_progress_detail(&mut item, j);
+            item
         })
         .collect();
     let mut out = Map::new();

@@ -145,3 +145,30 @@ pub(crate) fn page(p: &Params) -> Result<ddsvault_catalog::Page, ApiError> {
         size: size as u32,
     })
 }
+
+/// ddsvault extension fields of the task APIs: the phase and counters of a job (`Phase`, `DocsDone`, `DocsTotal`,
+/// `BytesDone`, `BytesTotal`, `OplogEntries`; totals are estimates, 0 when unknown), as its heartbeat last wrote
+/// them. A job not started yet is `Pending`; a finished one keeps the counters of its last phase.
+pub(crate) fn add_progress_detail(item: &mut serde_json::Value, j: &ddsvault_catalog::Job) {
+    let d = &j.progress_detail;
+    let num = |k: &str| d.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let phase = match j.state {
+        ddsvault_catalog::JobState::Pending => "Pending",
+        ddsvault_catalog::JobState::Success => "Finished",
+        _ => d
+            .get("phase")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("Preparing"),
+    };
+    if let serde_json::Value::Object(m) = item {
+        m.insert("Phase".into(), serde_json::json!(phase));
+        m.insert("DocsDone".into(), serde_json::json!(num("docs_done")));
+        m.insert("DocsTotal".into(), serde_json::json!(num("docs_total")));
+        m.insert("BytesDone".into(), serde_json::json!(num("bytes_done")));
+        m.insert("BytesTotal".into(), serde_json::json!(num("bytes_total")));
+        m.insert(
+            "OplogEntries".into(),
+            serde_json::json!(num("oplog_entries")),
+        );
+    }
+}

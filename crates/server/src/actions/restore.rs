@@ -302,7 +302,7 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
         .iter()
         .filter(|j| j.kind == "restore" && want.is_none_or(|w| w == j.id))
         .map(|j| {
-            json!({
+            let mut item = json!({
                 "RestoreJobId": j.id.to_string(),
                 "BackupId": j.backup_id.map(|b| b.to_string()).unwrap_or_default(),
                 "SourceDBInstanceId": j.params["source_instance"].as_str().unwrap_or_default(),
@@ -322,7 +322,9 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
                 },
                 "ErrorMessage": j.error.clone().unwrap_or_default(),
                 "RestoredDocuments": j.result["documents"].as_i64().unwrap_or(0),
-            })
+            });
+            super::add_progress_detail(&mut item, j);
+            item
         })
         .collect();
     let mut out = Map::new();

@@ -250,8 +250,10 @@ def test_logical_backup_with_v1_sdks(env):
      "Valid values"),
     (dict(dbinstance_id="dds-rs1", backup_method="logical"), 400, "InvalidBackupMethod.ValueNotSupport",
      "Valid values"),
-    # Physical is the default method; it and Snapshot copy data files, so they need data_path (dds-rs1 has none).
-    (dict(dbinstance_id="dds-rs1"), 400, "InvalidBackupMethod.DataPathRequired", "set data_path"),
+    # Physical and Snapshot copy data files, so asked for explicitly they need data_path (dds-rs1 has none;
+    # without BackupMethod it takes Logical, as automatic backups do: test_checks.py).
+    (dict(dbinstance_id="dds-rs1", backup_method="Physical"), 400, "InvalidBackupMethod.DataPathRequired",
+     "set data_path"),
     (dict(dbinstance_id="dds-rs1", backup_method="Snapshot"), 400, "InvalidBackupMethod.DataPathRequired",
      "set data_path"),
     (dict(dbinstance_id="dds-standalone", backup_method="Logical"), 400, "InvalidBackupMethod.ValueNotSupport",

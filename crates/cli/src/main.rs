@@ -1,6 +1,13 @@
 //! The `ddsvault` binary: `ddsvault serve [--config FILE]`.
 
+mod backup;
+mod client;
+mod credentials;
+mod output;
 mod ram;
+mod remote_restore;
+mod status;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -55,14 +62,16 @@ enum Command {
         backup_id: i64,
     },
     /// Restores a logical backup into a MongoDB-wire server (verified before anything is written), or a Physical or
-    /// Snapshot backup into a data directory (`--to-dir`).
+    /// Snapshot backup into a data directory (`--to-dir`); both read the repository directly. With
+    /// `--to-instance`, asks the server instead (RestoreDBInstance; RAM applies).
+    #[command(after_help = client::EXIT_CODES_HELP)]
     Restore {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         backup_id: i64,
         /// Target connection string (logical backups).
-        #[arg(long, required_unless_present = "to_dir", conflicts_with = "to_dir")]
+        #[arg(long, required_unless_present_any = ["to_dir", "to_instance"], conflicts_with = "to_dir")]
         to: Option<String>,
         /// Empty (or new) directory to write the data files of a Physical or Snapshot backup into; start the server
         /// on it afterwards.
@@ -77,7 +86,31 @@ enum Command {
         /// Replace collections that already exist in the target (default: refuse).
         #[arg(long)]
         drop: bool,
+        /// Restore through the ddsvault API into this registered instance (the server runs the job).
+        #[arg(long, conflicts_with_all = ["to", "to_dir"])]
+        to_instance: Option<String>,
+        /// With --to-instance: the instance the backup belongs to (default: found by asking each instance).
+        #[arg(long, requires = "to_instance")]
+        from_instance: Option<String>,
+        /// With --to-instance: follow the restore job to its end; exit 1 if it fails.
+        #[arg(long, requires = "to_instance")]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 4; the restore goes on).
+        #[arg(long, requires = "wait", value_name = "SECS")]
+        timeout: Option<u64>,
+        /// With --to-instance: one JSON document on stdout.
+        #[arg(long, requires = "to_instance")]
+        json: bool,
+        #[command(flatten)]
+        api: credentials::ApiArgs,
     },
+    /// Backups through the ddsvault API, signed with your AccessKey (RAM applies): create, list, show, wait.
+    Backup(backup::BackupArgs),
+    /// Every instance at a glance through the API: last backup and its age, running jobs with progress, the next
+    /// automatic backup, failures in the last 24 hours.
+    Status(status::StatusArgs),
+    /// The next automatic backup of each instance and the policy behind it, through the API.
+    Schedule(status::ScheduleArgs),
     /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
     /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
     Gc {
@@ -415,6 +448,30 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Restore {
+            backup_id,
+            dbs,
+            collections,
+            drop,
+            to_instance: Some(target),
+            from_instance,
+            wait,
+            timeout,
+            json,
+            api,
+            ..
+        } => client::finish(rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
+            api,
+            target,
+            source: from_instance,
+            backup_id,
+            dbs,
+            collections,
+            drop,
+            wait,
+            timeout,
+            json,
+        }))),
+        Command::Restore {
             config,
             backup_id,
             to,
@@ -422,6 +479,7 @@ fn main() -> anyhow::Result<()> {
             dbs,
             collections,
             drop,
+            ..
         } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             if let Some(dir) = to_dir {
@@ -513,6 +571,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ram(args) => rt.block_on(ram::run(args)),
+        Command::Backup(args) => client::finish(rt.block_on(backup::run(args))),
+        Command::Status(args) => client::finish(rt.block_on(status::status(args))),
+        Command::Schedule(args) => client::finish(rt.block_on(status::schedule(args))),
         Command::Audit {
             config,
             since,

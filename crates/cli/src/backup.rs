@@ -21,7 +21,9 @@ pub struct BackupArgs {
     pub cmd: BackupCmd,
 }
 
+/// Dds spells the methods capitalised; any case is accepted.
 #[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "PascalCase")]
 pub enum Method {
     Logical,
     Physical,
@@ -46,7 +48,7 @@ pub enum BackupCmd {
         #[arg(long)]
         instance: String,
         /// Default: what the server chooses for the instance (see `ddsvault check`).
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, ignore_case = true)]
         method: Option<Method>,
         /// Days to keep the backup (7-730, or -1 forever); default: the instance's backup policy.
         #[arg(long, allow_negative_numbers = true)]
@@ -123,10 +125,14 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
             let job_id = field(&Value::Object(answer.clone()), "BackupJobId");
             if !wait {
                 if json {
-                    output::json(&json!({"DBInstanceId": instance, "BackupId": backup_id, "BackupJobId": job_id}));
+                    output::json(
+                        &json!({"DBInstanceId": instance, "BackupId": backup_id, "BackupJobId": job_id}),
+                    );
                 } else {
                     println!("backup {backup_id} of {instance} started (job {job_id})");
-                    println!("  follow it: ddsvault backup wait --instance {instance} --job-id {job_id}");
+                    println!(
+                        "  follow it: ddsvault backup wait --instance {instance} --job-id {job_id}"
+                    );
                 }
                 return Ok(());
             }
@@ -157,7 +163,9 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
             }
             let (total, backups) = list_backups(&client, &instance, &[], limit as usize).await?;
             if json {
-                output::json(&json!({"DBInstanceId": instance, "TotalCount": total, "Backups": backups}));
+                output::json(
+                    &json!({"DBInstanceId": instance, "TotalCount": total, "Backups": backups}),
+                );
                 return Ok(());
             }
             if backups.is_empty() {
@@ -176,14 +184,27 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
                         field(b, "BackupStartTime"),
                         output::relative_str(&field(b, "BackupStartTime"), now),
                         duration(b),
-                        b.get("BackupSize").and_then(Value::as_i64).map_or("-".into(), output::size),
+                        b.get("BackupSize")
+                            .and_then(Value::as_i64)
+                            .map_or("-".into(), output::size),
                         output::dash(field(b, "BackupDBNames")),
                         output::dash(field(b, "ErrorCode")),
                     ]
                 })
                 .collect();
             output::table(
-                &["ID", "STATUS", "METHOD", "MODE", "STARTED", "AGE", "TOOK", "SIZE", "DATABASES", "ERROR"],
+                &[
+                    "ID",
+                    "STATUS",
+                    "METHOD",
+                    "MODE",
+                    "STARTED",
+                    "AGE",
+                    "TOOK",
+                    "SIZE",
+                    "DATABASES",
+                    "ERROR",
+                ],
                 &rows,
             );
             if total > backups.len() as i64 {
@@ -196,8 +217,13 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
             backup_id,
             json,
         } => {
-            let (_, found) =
-                list_backups(&client, &instance, &[("BackupId", backup_id.to_string())], 1).await?;
+            let (_, found) = list_backups(
+                &client,
+                &instance,
+                &[("BackupId", backup_id.to_string())],
+                1,
+            )
+            .await?;
             let Some(b) = found.into_iter().next() else {
                 return Err(CliError::NotFound(format!(
                     "instance {instance} has no finished backup {backup_id} (a running backup is listed once it \
@@ -245,7 +271,10 @@ pub async fn list_backups(
         ];
         params.extend(extra.iter().cloned());
         let answer = client.call("DescribeBackups", &params).await?;
-        let total = answer.get("TotalCount").and_then(Value::as_i64).unwrap_or(0);
+        let total = answer
+            .get("TotalCount")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let got = items(&answer, "Backups", "Backup");
         let last_page = got.len() < 100;
         out.extend(got);
@@ -265,24 +294,35 @@ pub async fn wait_backup(
     timeout: Option<u64>,
 ) -> Result<Value, CliError> {
     let what = format!("backup job {job_id}");
-    follow(&what, timeout.map(Duration::from_secs), move || async move {
-        let answer = client
-            .call(
-                "DescribeBackupTasks",
-                &[("DBInstanceId", instance.to_string()), ("BackupJobId", job_id.to_string())],
-            )
-            .await?;
-        let Some(item) = items(&answer, "BackupJobs", "BackupJob").into_iter().next() else {
-            return Err(CliError::NotFound(format!("instance {instance} has no backup job {job_id}")));
-        };
-        Ok(backup_seen(item))
-    })
+    follow(
+        &what,
+        timeout.map(Duration::from_secs),
+        move || async move {
+            let answer = client
+                .call(
+                    "DescribeBackupTasks",
+                    &[
+                        ("DBInstanceId", instance.to_string()),
+                        ("BackupJobId", job_id.to_string()),
+                    ],
+                )
+                .await?;
+            let Some(item) = items(&answer, "BackupJobs", "BackupJob").into_iter().next() else {
+                return Err(CliError::NotFound(format!(
+                    "instance {instance} has no backup job {job_id}"
+                )));
+            };
+            Ok(backup_seen(item))
+        },
+    )
     .await?;
     // The job and its backup set end in one catalog transaction: the set is listed now.
     let (_, found) =
         list_backups(client, instance, &[("BackupJobId", job_id.to_string())], 1).await?;
     found.into_iter().next().ok_or_else(|| {
-        CliError::NotFound(format!("backup job {job_id} of {instance} ended but lists no backup"))
+        CliError::NotFound(format!(
+            "backup job {job_id} of {instance} ended but lists no backup"
+        ))
     })
 }
 
@@ -334,7 +374,10 @@ fn show(b: &Value) {
             "BackupStartTime" | "BackupEndTime" | "BackupExpireTime" => {
                 format!(" ({})", output::relative_str(&text, Utc::now()))
             }
-            "BackupSize" => v.as_i64().map(|n| format!(" ({})", output::size(n))).unwrap_or_default(),
+            "BackupSize" => v
+                .as_i64()
+                .map(|n| format!(" ({})", output::size(n)))
+                .unwrap_or_default(),
             _ => String::new(),
         };
         println!("{k:<width$}  {text}{extra}");

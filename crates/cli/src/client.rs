@@ -126,7 +126,10 @@ impl ApiClient {
                 CliError::Usage(format!("cannot read the CA file {}: {e}", path.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                CliError::Usage(format!("{} holds no usable PEM certificate: {e}", path.display()))
+                CliError::Usage(format!(
+                    "{} holds no usable PEM certificate: {e}",
+                    path.display()
+                ))
             })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -145,7 +148,11 @@ impl ApiClient {
     }
 
     /// Calls `action` with `params` and returns the answer's JSON object (RequestId included).
-    pub async fn call(&self, action: &str, params: &[(&str, String)]) -> Result<Map<String, Value>, CliError> {
+    pub async fn call(
+        &self,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> Result<Map<String, Value>, CliError> {
         let mut req = SignRequest::new(
             "POST",
             &self.host,
@@ -175,7 +182,9 @@ impl ApiClient {
             let head: String = String::from_utf8_lossy(&body).chars().take(120).collect();
             return Err(CliError::BadAnswer {
                 endpoint: self.endpoint.clone(),
-                why: format!("HTTP {status}, not a JSON object: {head:?} (is this a ddsvault endpoint?)"),
+                why: format!(
+                    "HTTP {status}, not a JSON object: {head:?} (is this a ddsvault endpoint?)"
+                ),
             });
         };
         if (200..300).contains(&status) {
@@ -281,9 +290,10 @@ mod tests {
 
     #[test]
     fn list_answers_in_both_shapes() {
-        let a: Map<String, Value> =
-            serde_json::from_str(r#"{"Backups": {"Backup": [{"BackupId": "1"}]}, "BackupJobs": [{"x": 1}]}"#)
-                .unwrap();
+        let a: Map<String, Value> = serde_json::from_str(
+            r#"{"Backups": {"Backup": [{"BackupId": "1"}]}, "BackupJobs": [{"x": 1}]}"#,
+        )
+        .unwrap();
         assert_eq!(items(&a, "Backups", "Backup").len(), 1);
         assert_eq!(items(&a, "BackupJobs", "").len(), 1);
         assert!(items(&a, "Nope", "x").is_empty());

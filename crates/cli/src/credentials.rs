@@ -101,17 +101,22 @@ impl ProfileFile {
     fn pick(&self, name: Option<&str>, path: &Path) -> Result<Option<&Profile>, CliError> {
         let want = name.or((!self.current.is_empty()).then_some(self.current.as_str()));
         match want {
-            Some(w) => self.profiles.iter().find(|p| p.name == w).map(Some).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "the profile file {} has no profile {w:?} (it has: {})",
-                    path.display(),
-                    self.profiles
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }),
+            Some(w) => self
+                .profiles
+                .iter()
+                .find(|p| p.name == w)
+                .map(Some)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "the profile file {} has no profile {w:?} (it has: {})",
+                        path.display(),
+                        self.profiles
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }),
             None if self.profiles.len() == 1 => Ok(self.profiles.first()),
             None => Ok(None),
         }
@@ -213,10 +218,7 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, CliError> {
 
 /// Resolves the endpoint and key, in order: flags, environment, profile file. `env` reads a variable (the
 /// process environment in the binary, a map in tests).
-pub fn resolve(
-    args: &ApiArgs,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Resolved, CliError> {
+pub fn resolve(args: &ApiArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Resolved, CliError> {
     let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     // A profile chosen by flag outranks the environment; the default profile comes last.
     let profile = load_profile(args, &env)?;
@@ -378,7 +380,10 @@ mod tests {
             ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "s-ali"),
         ]);
         let r = resolve(&ApiArgs::default(), &both).unwrap();
-        assert_eq!((r.access_key_id.as_str(), r.access_key_secret.as_str()), ("LTAIenv", "s-env"));
+        assert_eq!(
+            (r.access_key_id.as_str(), r.access_key_secret.as_str()),
+            ("LTAIenv", "s-env")
+        );
         // The endpoint still comes from the profile: the environment did not name one.
         assert_eq!(r.endpoint, "https://backup.example.com:8443");
 
@@ -392,7 +397,10 @@ mod tests {
 
         let none = env_of(&[("DDSVAULT_PROFILE_FILE", &f)]);
         let r = resolve(&ApiArgs::default(), &none).unwrap();
-        assert_eq!((r.access_key_id.as_str(), r.access_key_secret.as_str()), ("LTAIprod", "s-prod"));
+        assert_eq!(
+            (r.access_key_id.as_str(), r.access_key_secret.as_str()),
+            ("LTAIprod", "s-prod")
+        );
     }
 
     #[test]
@@ -434,7 +442,11 @@ mod tests {
         assert!(e.to_string().contains("StsToken"), "{e}");
 
         let (_d2, broken) = with_file("{\"profiles\": [");
-        let e = resolve(&ApiArgs::default(), &env_of(&[("DDSVAULT_PROFILE_FILE", &broken)])).unwrap_err();
+        let e = resolve(
+            &ApiArgs::default(),
+            &env_of(&[("DDSVAULT_PROFILE_FILE", &broken)]),
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("not valid"), "{e}");
 
@@ -497,12 +509,18 @@ mod tests {
 
     #[test]
     fn endpoints_are_normalised() {
-        assert_eq!(normalize_endpoint("127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080");
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
         assert_eq!(
             normalize_endpoint("https://backup.example.com/").unwrap(),
             "https://backup.example.com"
         );
-        assert_eq!(normalize_endpoint("http://[::1]:9").unwrap(), "http://[::1]:9");
+        assert_eq!(
+            normalize_endpoint("http://[::1]:9").unwrap(),
+            "http://[::1]:9"
+        );
         for bad in ["ftp://x", "http://x/api", "http://", "http://u:p@x"] {
             assert_eq!(normalize_endpoint(bad).unwrap_err().exit_code(), 2, "{bad}");
         }

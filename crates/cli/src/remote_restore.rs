@@ -33,7 +33,10 @@ async fn find_source(client: &ApiClient, backup_id: i64) -> Result<String, CliEr
         let found = client
             .call(
                 "DescribeBackups",
-                &[("DBInstanceId", id.clone()), ("BackupId", backup_id.to_string())],
+                &[
+                    ("DBInstanceId", id.clone()),
+                    ("BackupId", backup_id.to_string()),
+                ],
             )
             .await;
         match found {
@@ -52,7 +55,8 @@ async fn find_source(client: &ApiClient, backup_id: i64) -> Result<String, CliEr
 }
 
 pub async fn run(r: RemoteRestore) -> Result<(), CliError> {
-    let select = crate::selectors(&r.dbs, &r.collections).map_err(|e| CliError::Usage(e.to_string()))?;
+    let select =
+        crate::selectors(&r.dbs, &r.collections).map_err(|e| CliError::Usage(e.to_string()))?;
     let client = ApiClient::new(&resolve_from_process(&r.api)?)?;
     let source = match r.source.clone() {
         Some(s) => s,
@@ -104,18 +108,27 @@ pub async fn run(r: RemoteRestore) -> Result<(), CliError> {
     }
     let (client, target, job) = (&client, r.target.as_str(), job_id.as_str());
     let what = format!("restore job {job_id}");
-    let end = follow(&what, r.timeout.map(Duration::from_secs), move || async move {
-        let a = client
-            .call(
-                "DescribeRestoreTasks",
-                &[("DBInstanceId", target.to_string()), ("RestoreJobId", job.to_string())],
-            )
-            .await?;
-        let Some(item) = items(&a, "RestoreJobs", "RestoreJob").into_iter().next() else {
-            return Err(CliError::NotFound(format!("instance {target} has no restore job {job}")));
-        };
-        Ok(restore_seen(item))
-    })
+    let end = follow(
+        &what,
+        r.timeout.map(Duration::from_secs),
+        move || async move {
+            let a = client
+                .call(
+                    "DescribeRestoreTasks",
+                    &[
+                        ("DBInstanceId", target.to_string()),
+                        ("RestoreJobId", job.to_string()),
+                    ],
+                )
+                .await?;
+            let Some(item) = items(&a, "RestoreJobs", "RestoreJob").into_iter().next() else {
+                return Err(CliError::NotFound(format!(
+                    "instance {target} has no restore job {job}"
+                )));
+            };
+            Ok(restore_seen(item))
+        },
+    )
     .await?;
     if r.json {
         let mut out = started;

@@ -61,10 +61,9 @@ async fn chosen(client: &ApiClient, want: &[String]) -> Result<Vec<(String, Valu
     }
     want.iter()
         .map(|w| {
-            all.iter()
-                .find(|(id, _)| id == w)
-                .cloned()
-                .ok_or_else(|| CliError::NotFound(format!("no instance {w:?} (or this key may not list it)")))
+            all.iter().find(|(id, _)| id == w).cloned().ok_or_else(|| {
+                CliError::NotFound(format!("no instance {w:?} (or this key may not list it)"))
+            })
         })
         .collect()
 }
@@ -72,7 +71,9 @@ async fn chosen(client: &ApiClient, want: &[String]) -> Result<Vec<(String, Valu
 /// A refused call inside an overview: the overview goes on without that part, and the run exits 1.
 fn refusal(action: &str, e: &CliError) -> Value {
     match e {
-        CliError::Api { code, message, .. } => json!({"Action": action, "Code": code, "Message": message}),
+        CliError::Api { code, message, .. } => {
+            json!({"Action": action, "Code": code, "Message": message})
+        }
         other => json!({"Action": action, "Code": "", "Message": other.to_string()}),
     }
 }
@@ -105,7 +106,9 @@ async fn instance_status(
     let idp = ("DBInstanceId", id.to_string());
     // The newest successful backup: what a restore would start from.
     let (last, recent) = {
-        let since = (now - chrono::Duration::hours(24)).format("%Y-%m-%dT%H:%MZ").to_string();
+        let since = (now - chrono::Duration::hours(24))
+            .format("%Y-%m-%dT%H:%MZ")
+            .to_string();
         let window = [("StartTime", since)];
         let (latest, day) = tokio::join!(
             list_backups(client, id, &[], 100),
@@ -127,7 +130,8 @@ async fn instance_status(
         .find(|b| field(b, "BackupStatus") == "Success");
     let age = last_success.as_ref().and_then(|b| {
         let end = field(b, "BackupEndTime");
-        let t = output::parse_time(&end).or_else(|| output::parse_time(&field(b, "BackupStartTime")))?;
+        let t = output::parse_time(&end)
+            .or_else(|| output::parse_time(&field(b, "BackupStartTime")))?;
         Some((now - t).num_seconds())
     });
     let mut failures: Vec<Value> = recent
@@ -144,7 +148,14 @@ async fn instance_status(
         .collect();
 
     let mut running = Vec::new();
-    if let Some(a) = part(client, "DescribeBackupTasks", std::slice::from_ref(&idp), &mut errors).await? {
+    if let Some(a) = part(
+        client,
+        "DescribeBackupTasks",
+        std::slice::from_ref(&idp),
+        &mut errors,
+    )
+    .await?
+    {
         for j in items(&a, "BackupJobs", "BackupJob") {
             running.push(json!({
                 "Kind": "backup", "JobId": field(&j, "BackupjobId"), "Status": field(&j, "JobStatus"),
@@ -153,7 +164,14 @@ async fn instance_status(
             }));
         }
     }
-    if let Some(a) = part(client, "DescribeRestoreTasks", std::slice::from_ref(&idp), &mut errors).await? {
+    if let Some(a) = part(
+        client,
+        "DescribeRestoreTasks",
+        std::slice::from_ref(&idp),
+        &mut errors,
+    )
+    .await?
+    {
         for j in items(&a, "RestoreJobs", "RestoreJob") {
             match field(&j, "Status").as_str() {
                 "Scheduled" | "Restoring" => running.push(json!({
@@ -175,7 +193,13 @@ async fn instance_status(
             }
         }
     }
-    let policy = part(client, "DescribeBackupPolicy", std::slice::from_ref(&idp), &mut errors).await?;
+    let policy = part(
+        client,
+        "DescribeBackupPolicy",
+        std::slice::from_ref(&idp),
+        &mut errors,
+    )
+    .await?;
     let pol = |k: &str| policy.as_ref().map(|p| field(&Value::Object(p.clone()), k));
     Ok(json!({
         "DBInstanceId": id,
@@ -197,12 +221,17 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let client = ApiClient::new(&resolve_from_process(&args.api)?)?;
     let now = Utc::now();
     let list = chosen(&client, &args.instances).await?;
-    let rows: Vec<Value> = join_all(list.iter().map(|(id, inst)| instance_status(&client, id, inst, now)))
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<Value> = join_all(
+        list.iter()
+            .map(|(id, inst)| instance_status(&client, id, inst, now)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
     if args.json {
-        output::json(&json!({"Time": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "Instances": rows}));
+        output::json(
+            &json!({"Time": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "Instances": rows}),
+        );
     } else {
         print_status(&rows, now);
     }
@@ -243,7 +272,11 @@ fn print_status(rows: &[Value], now: DateTime<Utc>) {
             let last_text = if last.is_null() {
                 "never".to_string()
             } else {
-                format!("{} {}", field(last, "BackupId"), field(last, "BackupMethod"))
+                format!(
+                    "{} {}",
+                    field(last, "BackupId"),
+                    field(last, "BackupMethod")
+                )
             };
             let age = r["LastBackupAgeSeconds"]
                 .as_i64()
@@ -277,7 +310,15 @@ fn print_status(rows: &[Value], now: DateTime<Utc>) {
         })
         .collect();
     output::table(
-        &["INSTANCE", "STATUS", "LAST BACKUP", "AGE", "RUNNING", "NEXT BACKUP", "FAILED 24H"],
+        &[
+            "INSTANCE",
+            "STATUS",
+            "LAST BACKUP",
+            "AGE",
+            "RUNNING",
+            "NEXT BACKUP",
+            "FAILED 24H",
+        ],
         &table,
     );
     for r in rows {
@@ -370,7 +411,10 @@ pub async fn schedule(args: ScheduleArgs) -> Result<(), CliError> {
                 field(p, "AutomaticBackup"),
                 next_text(p, "AutomaticBackup", "PreferredNextBackupTime", now),
                 field(p, "PreferredBackupTime"),
-                field(p, "PreferredBackupPeriod"),
+                match field(p, "PreferredBackupPeriod") {
+                    d if d.split(',').count() == 7 => "daily".into(),
+                    d => d,
+                },
                 match field(p, "BackupRetentionPeriod").as_str() {
                     "-1" => "forever".into(),
                     d => format!("{d}d"),
@@ -383,7 +427,15 @@ pub async fn schedule(args: ScheduleArgs) -> Result<(), CliError> {
         })
         .collect();
     output::table(
-        &["INSTANCE", "AUTOMATIC", "NEXT BACKUP", "WINDOW", "DAYS", "RETENTION", "HIGH-FREQUENCY"],
+        &[
+            "INSTANCE",
+            "AUTOMATIC",
+            "NEXT BACKUP",
+            "WINDOW",
+            "DAYS",
+            "RETENTION",
+            "HIGH-FREQUENCY",
+        ],
         &rows,
     );
     Ok(())

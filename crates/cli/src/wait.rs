@@ -33,7 +33,11 @@ pub enum Outcome {
 
 /// Polls `look` until the job ends. Returns the last item on success; a failed job is
 /// [`CliError::JobFailed`], a passed `timeout` [`CliError::Timeout`].
-pub async fn follow<F, Fut>(what: &str, timeout: Option<Duration>, mut look: F) -> Result<Value, CliError>
+pub async fn follow<F, Fut>(
+    what: &str,
+    timeout: Option<Duration>,
+    mut look: F,
+) -> Result<Value, CliError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Seen, CliError>>,
@@ -42,8 +46,10 @@ where
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(100);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_prefix(what.to_string());
         b.enable_steady_tick(Duration::from_millis(200));

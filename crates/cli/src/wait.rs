@@ -12,7 +12,7 @@ use crate::client::CliError;
 
 /// How often a job is asked about.
 const POLL: Duration = Duration::from_millis(500);
-/// How long a wait rides out an unreachable or throttling server before giving up.
+/// How long a wait rides out an unreachable or throttling server (once it answered) before giving up.
 const TRANSIENT_GRACE: Duration = Duration::from_secs(60);
 
 /// One look at a job.
@@ -92,7 +92,8 @@ where
                     None => {}
                 }
             }
-            Err(e) if e.is_transient() => {
+            // Only once the job was seen: a server that never answered is a wrong endpoint, not a hiccup.
+            Err(e) if e.is_transient() && last_shown.is_some() => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > TRANSIENT_GRACE {
                     if let Some(b) = &bar {

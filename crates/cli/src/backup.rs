@@ -1,8 +1,6 @@
 //! `ddsvault backup create|list|show|wait`: backups through the API (CreateBackup, DescribeBackups,
 //! DescribeBackupTasks), signed with the caller's AccessKey.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -10,7 +8,7 @@ use serde_json::{json, Value};
 use crate::client::{field, items, ApiClient, CliError, EXIT_CODES_HELP};
 use crate::credentials::{resolve_from_process, ApiArgs};
 use crate::output;
-use crate::wait::{follow, Outcome, Seen};
+use crate::wait::{follow_task, Task};
 
 #[derive(Args)]
 #[command(after_help = EXIT_CODES_HELP)]
@@ -293,29 +291,20 @@ pub async fn wait_backup(
     job_id: i64,
     timeout: Option<u64>,
 ) -> Result<Value, CliError> {
-    let what = format!("backup job {job_id}");
-    follow(
-        &what,
-        timeout.map(Duration::from_secs),
-        move || async move {
-            let answer = client
-                .call(
-                    "DescribeBackupTasks",
-                    &[
-                        ("DBInstanceId", instance.to_string()),
-                        ("BackupJobId", job_id.to_string()),
-                    ],
-                )
-                .await?;
-            let Some(item) = items(&answer, "BackupJobs", "BackupJob").into_iter().next() else {
-                return Err(CliError::NotFound(format!(
-                    "instance {instance} has no backup job {job_id}"
-                )));
-            };
-            Ok(backup_seen(item))
-        },
-    )
-    .await?;
+    let id = job_id.to_string();
+    let task = Task {
+        kind: "backup job",
+        action: "DescribeBackupTasks",
+        instance,
+        id_param: "BackupJobId",
+        id: &id,
+        outer: "BackupJobs",
+        inner: "BackupJob",
+        // JobStatus (ddsvault extension) tells the outcome; Dds' BackupSetStatus has no failed value.
+        status_field: "JobStatus",
+        phase_field: "BackupSetStatus",
+    };
+    follow_task(client, &task, timeout).await?;
     // The job and its backup set end in one catalog transaction: the set is listed now.
     let (_, found) =
         list_backups(client, instance, &[("BackupJobId", job_id.to_string())], 1).await?;
@@ -324,25 +313,6 @@ pub async fn wait_backup(
             "backup job {job_id} of {instance} ended but lists no backup"
         ))
     })
-}
-
-/// A DescribeBackupTasks item as a [`Seen`]: `JobStatus` (ddsvault extension) is the outcome, Dds'
-/// `BackupSetStatus` the phase.
-fn backup_seen(item: Value) -> Seen {
-    let outcome = match field(&item, "JobStatus").as_str() {
-        "Success" => Some(Outcome::Success),
-        "Failed" => Some(Outcome::Failed {
-            code: field(&item, "ErrorCode"),
-            message: field(&item, "ErrorMessage"),
-        }),
-        _ => None,
-    };
-    Seen {
-        progress: field(&item, "Progress").parse().unwrap_or(0),
-        phase: field(&item, "BackupSetStatus"),
-        outcome,
-        item,
-    }
 }
 
 /// How long a backup took, from its start and end times.

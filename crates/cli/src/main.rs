@@ -108,9 +108,9 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Every instance at a glance through the API: last backup and its age, running jobs with progress, the next
     /// automatic backup, failures in the last 24 hours.
-    Status(status::StatusArgs),
+    Status(status::OverviewArgs),
     /// The next automatic backup of each instance and the policy behind it, through the API.
-    Schedule(status::ScheduleArgs),
+    Schedule(status::OverviewArgs),
     /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
     /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
     Gc {

@@ -2,14 +2,12 @@
 //! extensions TargetDBInstanceId, DatabaseNames, CollectionNames, DropExisting), followed with
 //! DescribeRestoreTasks. Unlike the offline `--to`/`--to-dir`, the server runs the job and RAM decides who may.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::client::{field, items, ApiClient, CliError};
 use crate::credentials::{resolve_from_process, ApiArgs};
 use crate::output;
-use crate::wait::{follow, Outcome, Seen};
+use crate::wait::{follow_task, Task};
 
 pub struct RemoteRestore {
     pub api: ApiArgs,
@@ -106,30 +104,18 @@ pub async fn run(r: RemoteRestore) -> Result<(), CliError> {
             r.backup_id, r.target
         );
     }
-    let (client, target, job) = (&client, r.target.as_str(), job_id.as_str());
-    let what = format!("restore job {job_id}");
-    let end = follow(
-        &what,
-        r.timeout.map(Duration::from_secs),
-        move || async move {
-            let a = client
-                .call(
-                    "DescribeRestoreTasks",
-                    &[
-                        ("DBInstanceId", target.to_string()),
-                        ("RestoreJobId", job.to_string()),
-                    ],
-                )
-                .await?;
-            let Some(item) = items(&a, "RestoreJobs", "RestoreJob").into_iter().next() else {
-                return Err(CliError::NotFound(format!(
-                    "instance {target} has no restore job {job}"
-                )));
-            };
-            Ok(restore_seen(item))
-        },
-    )
-    .await?;
+    let task = Task {
+        kind: "restore job",
+        action: "DescribeRestoreTasks",
+        instance: &r.target,
+        id_param: "RestoreJobId",
+        id: &job_id,
+        outer: "RestoreJobs",
+        inner: "RestoreJob",
+        status_field: "Status",
+        phase_field: "Status",
+    };
+    let end = follow_task(&client, &task, r.timeout).await?;
     if r.json {
         let mut out = started;
         out["RestoreJob"] = end;
@@ -143,23 +129,4 @@ pub async fn run(r: RemoteRestore) -> Result<(), CliError> {
         );
     }
     Ok(())
-}
-
-/// A DescribeRestoreTasks item as a [`Seen`]: its Status is both the phase and the outcome.
-fn restore_seen(item: Value) -> Seen {
-    let phase = field(&item, "Status");
-    let outcome = match phase.as_str() {
-        "Success" => Some(Outcome::Success),
-        "Failed" => Some(Outcome::Failed {
-            code: field(&item, "ErrorCode"),
-            message: field(&item, "ErrorMessage"),
-        }),
-        _ => None,
-    };
-    Seen {
-        progress: field(&item, "Progress").parse().unwrap_or(0),
-        phase,
-        outcome,
-        item,
-    }
 }

@@ -11,15 +11,16 @@ use crate::client::{field, items, ApiClient, CliError, EXIT_CODES_HELP};
 use crate::credentials::{resolve_from_process, ApiArgs};
 use crate::output;
 
+/// The arguments of `status` and `schedule`.
 #[derive(Args)]
 #[command(after_help = EXIT_CODES_HELP)]
-pub struct StatusArgs {
+pub struct OverviewArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     /// Only this instance (repeatable); default: every instance the key may see.
     #[arg(long = "instance")]
     pub instances: Vec<String>,
-    /// One JSON document on stdout instead of a table.
+    /// One JSON document on stdout instead of a table (its shape: docs/cli.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -78,14 +79,18 @@ fn refusal(action: &str, e: &CliError) -> Value {
     }
 }
 
-/// Runs one call of an overview: an unreachable server ends the run, a refusal is noted in `errors`.
+/// Runs one call about instance `id` for an overview: an unreachable server ends the run, a refusal is noted
+/// in `errors`.
 async fn part(
     client: &ApiClient,
     action: &str,
-    params: &[(&str, String)],
+    id: &str,
     errors: &mut Vec<Value>,
 ) -> Result<Option<Map<String, Value>>, CliError> {
-    match client.call(action, params).await {
+    match client
+        .call(action, &[("DBInstanceId", id.to_string())])
+        .await
+    {
         Ok(a) => Ok(Some(a)),
         Err(e @ CliError::Unreachable { .. }) => Err(e),
         Err(e) => {
@@ -103,7 +108,6 @@ async fn instance_status(
     now: DateTime<Utc>,
 ) -> Result<Value, CliError> {
     let mut errors = Vec::new();
-    let idp = ("DBInstanceId", id.to_string());
     // The newest successful backup: what a restore would start from.
     let (last, recent) = {
         let since = (now - chrono::Duration::hours(24))
@@ -148,14 +152,7 @@ async fn instance_status(
         .collect();
 
     let mut running = Vec::new();
-    if let Some(a) = part(
-        client,
-        "DescribeBackupTasks",
-        std::slice::from_ref(&idp),
-        &mut errors,
-    )
-    .await?
-    {
+    if let Some(a) = part(client, "DescribeBackupTasks", id, &mut errors).await? {
         for j in items(&a, "BackupJobs", "BackupJob") {
             running.push(json!({
                 "Kind": "backup", "JobId": field(&j, "BackupjobId"), "Status": field(&j, "JobStatus"),
@@ -164,14 +161,7 @@ async fn instance_status(
             }));
         }
     }
-    if let Some(a) = part(
-        client,
-        "DescribeRestoreTasks",
-        std::slice::from_ref(&idp),
-        &mut errors,
-    )
-    .await?
-    {
+    if let Some(a) = part(client, "DescribeRestoreTasks", id, &mut errors).await? {
         for j in items(&a, "RestoreJobs", "RestoreJob") {
             match field(&j, "Status").as_str() {
                 "Scheduled" | "Restoring" => running.push(json!({
@@ -193,13 +183,7 @@ async fn instance_status(
             }
         }
     }
-    let policy = part(
-        client,
-        "DescribeBackupPolicy",
-        std::slice::from_ref(&idp),
-        &mut errors,
-    )
-    .await?;
+    let policy = part(client, "DescribeBackupPolicy", id, &mut errors).await?;
     let pol = |k: &str| policy.as_ref().map(|p| field(&Value::Object(p.clone()), k));
     Ok(json!({
         "DBInstanceId": id,
@@ -217,7 +201,7 @@ async fn instance_status(
 }
 
 /// `ddsvault status`. Exits 1 (after printing) when a call was refused.
-pub async fn status(args: StatusArgs) -> Result<(), CliError> {
+pub async fn status(args: OverviewArgs) -> Result<(), CliError> {
     let client = ApiClient::new(&resolve_from_process(&args.api)?)?;
     let now = Utc::now();
     let list = chosen(&client, &args.instances).await?;
@@ -357,21 +341,8 @@ fn next_text(r: &Value, auto_key: &str, next_key: &str, now: DateTime<Utc>) -> S
     }
 }
 
-#[derive(Args)]
-#[command(after_help = EXIT_CODES_HELP)]
-pub struct ScheduleArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
-    /// Only this instance (repeatable).
-    #[arg(long = "instance")]
-    pub instances: Vec<String>,
-    /// One JSON document: {"Instances": [DescribeBackupPolicy answer + DBInstanceId]}.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `ddsvault schedule`: the next automatic backup of each instance and the policy behind it.
-pub async fn schedule(args: ScheduleArgs) -> Result<(), CliError> {
+pub async fn schedule(args: OverviewArgs) -> Result<(), CliError> {
     let client = ApiClient::new(&resolve_from_process(&args.api)?)?;
     let now = Utc::now();
     let list = chosen(&client, &args.instances).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::CliError;
+use crate::client::{field, items, ApiClient, CliError};
 
 /// How often a job is asked about.
 const POLL: Duration = Duration::from_millis(500);
@@ -24,6 +24,27 @@ pub struct Seen {
     pub outcome: Option<Outcome>,
     /// The task item as answered.
     pub item: Value,
+}
+
+impl Seen {
+    /// Reads a task item: `status_field` is `Success`/`Failed` at the end (with ErrorCode and ErrorMessage
+    /// beside it), `phase_field` what the job is doing, `Progress` its percentage.
+    pub fn read(item: Value, status_field: &str, phase_field: &str) -> Seen {
+        let outcome = match field(&item, status_field).as_str() {
+            "Success" => Some(Outcome::Success),
+            "Failed" => Some(Outcome::Failed {
+                code: field(&item, "ErrorCode"),
+                message: field(&item, "ErrorMessage"),
+            }),
+            _ => None,
+        };
+        Seen {
+            progress: field(&item, "Progress").parse().unwrap_or(0),
+            phase: field(&item, phase_field),
+            outcome,
+            item,
+        }
+    }
 }
 
 pub enum Outcome {
@@ -43,7 +64,8 @@ where
     Fut: Future<Output = Result<Seen, CliError>>,
 {
     let started = Instant::now();
-    let bar = std::io::stdout().is_terminal().then(|| {
+    // A bar for a person at a terminal (it is drawn on stderr, so both must be one); lines for anything else.
+    let bar = (std::io::stdout().is_terminal() && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(100);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -122,4 +144,49 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// A job to follow through its task API, e.g. DescribeBackupTasks with BackupJobId.
+pub struct Task<'a> {
+    /// "backup job" or "restore job", for messages.
+    pub kind: &'a str,
+    pub action: &'a str,
+    pub instance: &'a str,
+    /// The id parameter of `action` (BackupJobId, RestoreJobId) and its value.
+    pub id_param: &'a str,
+    pub id: &'a str,
+    /// Where the answer lists the jobs: `{outer: [...]}` or `{outer: {inner: [...]}}`.
+    pub outer: &'a str,
+    pub inner: &'a str,
+    /// The field saying whether the job ended (`Success`/`Failed`), and the one naming its phase.
+    pub status_field: &'a str,
+    pub phase_field: &'a str,
+}
+
+/// [`follow`] of a job through its task API; a job the API does not list is [`CliError::NotFound`].
+pub async fn follow_task(
+    client: &ApiClient,
+    t: &Task<'_>,
+    timeout: Option<u64>,
+) -> Result<Value, CliError> {
+    let what = format!("{} {}", t.kind, t.id);
+    follow(&what, timeout.map(Duration::from_secs), || async {
+        let answer = client
+            .call(
+                t.action,
+                &[
+                    ("DBInstanceId", t.instance.to_string()),
+                    (t.id_param, t.id.to_string()),
+                ],
+            )
+            .await?;
+        match items(&answer, t.outer, t.inner).into_iter().next() {
+            Some(item) => Ok(Seen::read(item, t.status_field, t.phase_field)),
+            None => Err(CliError::NotFound(format!(
+                "instance {} has no {} {}",
+                t.instance, t.kind, t.id
+            ))),
+        }
+    })
+    .await
 }

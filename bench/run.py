@@ -297,7 +297,8 @@ def main():
                         r[key].append(time.monotonic() - t)
                     dst.client().drop_database(f"bench_{name}")
                     t = time.monotonic()
-                    sh(stack.bin("mongorestore"), f"--uri={dst.uri}", f"--archive={tmp / 'a'}", "--gzip",
+                    # 100.11.0: later mongorestore releases cannot insert into FerretDB 1.24 (stack.py).
+                    sh(stack.mongorestore_for_ferretdb(), f"--uri={dst.uri}", f"--archive={tmp / 'a'}", "--gzip",
                        "--noIndexRestore", capture_output=True)
                     r["mongorestore"].append(time.monotonic() - t)
             src.stop()

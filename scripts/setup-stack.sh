@@ -3,13 +3,18 @@
 # (default: <repo>/.stack). Idempotent: finished steps are detected and skipped.
 #
 #   $STACK_DIR/bin/ferretdb        FerretDB v1.24.0 (SQLite backend), built via the Go module proxy
-#   $STACK_DIR/bin/mongodump       mongo-tools (only if the Go module proxy serves the module, see step 2)
+#   $STACK_DIR/bin/mongodump       mongo-tools 100.18.0 (PATH, or built from ../shared/third_party, see step 2)
 #   $STACK_DIR/bin/mongorestore
+#   $STACK_DIR/mongo-tools-100.11.0/{mongodump,mongorestore}
+#                                  the newest mongorestore whose inserts FerretDB 1.24 accepts
 #   $STACK_DIR/venv                Python venv from tests/blackbox/requirements.txt
 #
 # Environment:
 #   STACK_DIR              install prefix (default <repo>/.stack)
-#   REQUIRE_MONGO_TOOLS=1  fail (instead of warn) when mongodump/mongorestore cannot be built
+#   REQUIRE_MONGO_TOOLS=1  fail (instead of warn) when mongodump/mongorestore cannot be installed
+#                          (implied by CI=true: CI may not pass by skipping the tests that need them)
+#   MONGO_TOOLS_SRC        folder with mongo-tools' build.sh and sources
+#                          (default <repo>/../shared/third_party/mongo-tools)
 #   PYTHON                 interpreter used to create the venv (default python3)
 set -euo pipefail
 
@@ -20,10 +25,11 @@ REQUIRE_MONGO_TOOLS="${REQUIRE_MONGO_TOOLS:-0}"
 
 FERRETDB_MODULE="github.com/FerretDB/FerretDB"
 FERRETDB_VERSION="v1.24.0"
-MONGO_TOOLS_MODULE="github.com/mongodb/mongo-tools"
-# Refs tried in order (release tags are 100.x.y, not semver: the go command resolves them
-# as revisions into pseudo-versions).
-MONGO_TOOLS_REFS=(100.10.0 100.9.5 100.9.4)
+# mongo-tools: see step 2 (the Go module proxy refuses github.com/mongodb/mongo-tools: its tags are not
+# semver, so the sources come from shared/third_party beside the repository).
+MONGO_TOOLS_CURRENT="100.18.0"
+MONGO_TOOLS_FERRETDB="100.11.0"
+MONGO_TOOLS_SRC="${MONGO_TOOLS_SRC:-$REPO_DIR/../shared/third_party/mongo-tools}"
 REQUIREMENTS="$REPO_DIR/tests/blackbox/requirements.txt"
 
 # Go settings: never download another toolchain (go.mod toolchain lines), pure-Go builds,
@@ -166,49 +172,74 @@ else
 fi
 
 # --------------------------------------------------------------------------------------
-# 2. mongodump / mongorestore (mongo-tools)
+# 2. mongodump / mongorestore (mongo-tools), two releases:
+#    - MONGO_TOOLS_CURRENT into $BIN_DIR: the tools users run today (mongodump of FerretDB, reading
+#      archives, every check that does not insert into FerretDB);
+#    - MONGO_TOOLS_FERRETDB into $STACK_DIR/mongo-tools-<version>: the newest mongorestore whose inserts
+#      FerretDB 1.24 accepts (later releases add `bypassEmptyTsReplacement`, which FerretDB refuses).
+#    Each comes, in order, from: binaries already there that report the version (skip); mongodump and
+#    mongorestore on PATH that report it (linked, e.g. MongoDB's official packages); a build from the
+#    source archives in <repo>/../shared/third_party/mongo-tools (offline, ~30 s each).
 # --------------------------------------------------------------------------------------
-step_begin "mongodump + mongorestore (mongo-tools)"
-UNAVAILABLE_MARK="$STACK_DIR/mongo-tools.unavailable"
-if [ -x "$BIN_DIR/mongodump" ] && [ -x "$BIN_DIR/mongorestore" ]; then
-    rm -f "$UNAVAILABLE_MARK"
-    step_end "already installed, skipped"
-else
-    tools_dir=""
-    tools_ref=""
-    errors=""
-    for ref in "${MONGO_TOOLS_REFS[@]}"; do
-        log "trying $MONGO_TOOLS_MODULE@$ref"
-        if tools_dir="$(go_mod_dir "$MONGO_TOOLS_MODULE@$ref" 2>"$TMP_ROOT/mongo-tools.err")"; then
-            tools_ref="$ref"
-            break
-        fi
-        errors+="$ref: $(head -c 400 "$TMP_ROOT/mongo-tools.err")"$'\n'
+tool_version() { # <binary>: the release it reports, e.g. 100.18.0 (empty if it does not run)
+    local out
+    out="$("$1" --version 2>/dev/null)" || return 0
+    printf '%s\n' "$out" | sed -n 's/^[a-z]* version: //p' | head -n1
+}
+tools_report() { # <dir> <version>: true when both binaries in <dir> report <version>
+    local t
+    for t in mongodump mongorestore; do
+        [ -x "$1/$t" ] && [ "$(tool_version "$1/$t")" = "$2" ] || return 1
     done
-    if [ -z "$tools_ref" ]; then
-        printf '%s' "$errors" >"$UNAVAILABLE_MARK"
-        msg="the Go module proxy did not serve $MONGO_TOOLS_MODULE (tried ${MONGO_TOOLS_REFS[*]}); mongodump/mongorestore are NOT installed (reasons in $UNAVAILABLE_MARK)"
-        if [ "$REQUIRE_MONGO_TOOLS" = "1" ]; then
-            printf '%s' "$errors" >&2
-            die "$msg; REQUIRE_MONGO_TOOLS=1"
+}
+install_mongo_tools() { # <version> <dest dir>; prints why not on stderr and fails when it cannot
+    local version="$1" dest="$2" t p build_log
+    if tools_report "$dest" "$version"; then
+        step_end "$version already in $dest, skipped"
+        return 0
+    fi
+    mkdir -p "$dest"
+    if p="$(command -v mongorestore 2>/dev/null)" && tools_report "$(dirname "$p")" "$version" \
+        && [ "$(cd "$(dirname "$p")" && pwd)" != "$dest" ]; then
+        for t in mongodump mongorestore; do ln -sfn "$(dirname "$p")/$t" "$dest/$t"; done
+        step_end "$version linked from PATH ($(dirname "$p"))"
+        return 0
+    fi
+    if [ ! -x "$MONGO_TOOLS_SRC/build.sh" ]; then
+        printf 'mongo-tools %s: no mongodump/mongorestore %s on PATH and no source archives in %s\n' \
+            "$version" "$version" "$MONGO_TOOLS_SRC" >&2
+        return 1
+    fi
+    log "building mongodump + mongorestore $version from $MONGO_TOOLS_SRC into $dest"
+    build_log="$TMP_ROOT/mongo-tools-$version.log"
+    # build.sh sets its own Go flags (-mod=vendor, offline); drop ours (-buildvcs=false is passed by it).
+    # Its exit status is not the verdict: its last line (`mongorestore --version | head -n 1` under
+    # pipefail) can fail on SIGPIPE after a good build. The verdict is what the binaries report.
+    (unset GOFLAGS; "$MONGO_TOOLS_SRC/build.sh" "$dest" "$version") >"$build_log" 2>&1 || true
+    if ! tools_report "$dest" "$version"; then
+        printf 'mongo-tools %s: %s/build.sh did not produce binaries reporting %s in %s (%s):\n%s\n' \
+            "$version" "$MONGO_TOOLS_SRC" "$version" "$dest" "$(go version 2>&1)" "$(tail -n 20 "$build_log")" >&2
+        return 1
+    fi
+    step_end "built $version into $dest"
+}
+
+UNAVAILABLE_MARK="$STACK_DIR/mongo-tools.unavailable"
+rm -f "$UNAVAILABLE_MARK"
+for spec in "$MONGO_TOOLS_CURRENT:$BIN_DIR" "$MONGO_TOOLS_FERRETDB:$STACK_DIR/mongo-tools-$MONGO_TOOLS_FERRETDB"; do
+    version="${spec%%:*}"
+    step_begin "mongodump + mongorestore $version (mongo-tools)"
+    if ! install_mongo_tools "$version" "${spec#*:}" 2>"$TMP_ROOT/mongo-tools.err"; then
+        cat "$TMP_ROOT/mongo-tools.err" >>"$UNAVAILABLE_MARK"
+        msg="mongodump/mongorestore $version are NOT installed: $(cat "$TMP_ROOT/mongo-tools.err")"
+        # CI may not pass by skipping the tests that need them.
+        if [ "$REQUIRE_MONGO_TOOLS" = "1" ] || [ "${CI:-}" = "true" ]; then
+            die "$msg (CI=true or REQUIRE_MONGO_TOOLS=1: required)"
         fi
         warn "$msg; tests that need them will be skipped"
         step_end "unavailable"
-    else
-        work="$TMP_ROOT/mongo-tools"
-        mkdir -p "$work"
-        copy_module "$tools_dir" "$work"
-        ldflags="-s -w -X main.VersionStr=$tools_ref -X main.GitCommit=none"
-        for tool in mongodump mongorestore; do
-            log "building $tool ($tools_ref)"
-            (cd "$work" && go build -mod=mod -trimpath -ldflags="$ldflags" -o "$BIN_DIR/$tool.tmp" "./$tool/main") \
-                || die "$tool build failed"
-            mv -f "$BIN_DIR/$tool.tmp" "$BIN_DIR/$tool"
-        done
-        rm -f "$UNAVAILABLE_MARK"
-        step_end "built from $MONGO_TOOLS_MODULE@$tools_ref"
     fi
-fi
+done
 
 venv_rc=0
 wait "$VENV_PID" || venv_rc=$?
@@ -217,7 +248,8 @@ cat "$VENV_LOG"
 [ "$venv_rc" -eq 0 ] || die "Python venv step failed (exit $venv_rc)"
 
 log "stack ready in $((SECONDS - SCRIPT_START))s:"
-for b in ferretdb mongodump mongorestore; do
-    if [ -x "$BIN_DIR/$b" ]; then log "  $BIN_DIR/$b"; else log "  $BIN_DIR/$b (missing)"; fi
+for b in "$BIN_DIR/ferretdb" "$BIN_DIR/mongodump" "$BIN_DIR/mongorestore" \
+    "$STACK_DIR/mongo-tools-$MONGO_TOOLS_FERRETDB/mongodump" "$STACK_DIR/mongo-tools-$MONGO_TOOLS_FERRETDB/mongorestore"; do
+    if [ -x "$b" ]; then log "  $b"; else log "  $b (missing)"; fi
 done
 log "  $VENV/bin/python"

@@ -2,8 +2,8 @@
 §1.1), not from ddsvault's code: it checks what mongorestore's demultiplexer checks, including the CRC-64 of every
 namespace, and returns the documents.
 
-It stands in for real mongorestore where mongo-tools cannot be installed (the Go module proxy refuses the module
-here), and double-checks our archives where it can.
+It double-checks our archives beside real mongorestore (which cannot insert into FerretDB from 100.12.0 on, see
+docs/mongodump-interop.md), and reads the archives real mongodump writes.
 """
 from __future__ import annotations
 

@@ -186,6 +186,21 @@ def schedule_now_and_start_scheduler(server: Ddsvault, instance_ids, retention: 
     return now
 
 
+def skip_or_fail(reason: str) -> None:
+    """A test that cannot run: under CI=true it fails with the reason (CI may not pass by skipping); elsewhere it is
+    skipped with the reason."""
+    if stack.in_ci():
+        pytest.fail(f"{reason}; CI=true: a test may not pass by skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_mongo_tools() -> None:
+    """mongodump + mongorestore (both releases, see stack.py) or skip_or_fail()."""
+    reason = stack.mongo_tools_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason)
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,13 +29,44 @@ def has_bin(name: str) -> bool:
     return p.is_file() and os.access(p, os.X_OK)
 
 
+# mongo-tools releases installed by setup-stack.sh: the current one in $STACK_DIR/bin, and the newest whose
+# mongorestore FerretDB 1.24 accepts inserts from (later ones send `bypassEmptyTsReplacement`, which it refuses).
+MONGO_TOOLS_CURRENT = "100.18.0"
+MONGO_TOOLS_FOR_FERRETDB = "100.11.0"
+
+
+def in_ci() -> bool:
+    """Under CI=true no test may pass by skipping."""
+    return os.environ.get("CI") == "true"
+
+
+def mongorestore_for_ferretdb() -> str:
+    """The mongorestore to restore INTO FerretDB with ($DDSVAULT_MONGORESTORE_FERRETDB, else
+    $STACK_DIR/mongo-tools-100.11.0/mongorestore). bin("mongorestore") (100.18.0) serves every check that does
+    not insert into FerretDB."""
+    return os.environ.get("DDSVAULT_MONGORESTORE_FERRETDB") or str(
+        STACK_DIR / f"mongo-tools-{MONGO_TOOLS_FOR_FERRETDB}" / "mongorestore")
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def mongo_tools_unavailable_reason() -> Optional[str]:
-    """None if mongodump and mongorestore are installed, otherwise why they are not."""
-    if has_bin("mongodump") and has_bin("mongorestore"):
+    """None if both mongo-tools releases are installed, otherwise why they are not."""
+    missing = [p for p in (bin("mongodump"), bin("mongorestore"), mongorestore_for_ferretdb()) if not _executable(p)]
+    if not missing:
         return None
     mark = STACK_DIR / "mongo-tools.unavailable"
     detail = mark.read_text(errors="replace").strip() if mark.is_file() else "run scripts/setup-stack.sh"
-    return f"mongodump/mongorestore not installed in {STACK_DIR / 'bin'}: {detail}"
+    return f"mongo-tools not installed ({', '.join(missing)} missing): {detail}"
+
+
+def tool_version(path: str) -> str:
+    """What `mongorestore --version` / `mongodump --version` reports, e.g. 100.18.0."""
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    first = out.splitlines()[0] if out else ""
+    return first.split("version: ", 1)[1].strip() if "version: " in first else ""
 
 
 def free_port() -> int:
@@ -214,3 +245,31 @@ class FerretDB:
 
     def __repr__(self) -> str:
         return f"FerretDB(uri={self.uri!r}, data_dir={str(self.data_dir)!r}, running={self.running})"
+
+
+def current_mongorestore_reads_every_namespace(uri: str, archive, namespaces, gzip: bool = False) -> str:
+    """Proves that mongorestore 100.18.0 ($STACK_DIR/bin) reads every namespace of a plain or gzip archive, without
+    inserting (FerretDB 1.24 refuses the inserts of mongorestore >= 100.12.0):
+
+    1. `--dryRun -v`: it parses the magic number, the prelude header and every namespace's metadata and makes a
+       restore intent for each (`found collection <ns> bson to restore`);
+    2. `--nsInclude` of a database not in the archive: every namespace is muted and its demultiplexer still reads the
+       whole archive block by block: every namespace header (strict decoder), every document's length framing and
+       trailing NUL, every EOF block (`demux checksum for namespace <ns> was not calculated`, at -vvvvv) and the end
+       check that every prelude namespace was closed. Muted namespaces skip the CRC-64 comparison: the restore with
+       mongorestore_for_ferretdb() checks those.
+
+    Returns both logs; raises AssertionError with the log when mongorestore fails or misses a namespace."""
+    logs = []
+    for what, args, line in (
+            ("dry run", ["--dryRun", "-v"], "found collection `{ns}` bson to restore"),
+            ("full read", ["--nsInclude=ddsvault-no-such-db.*", "-vvvvv"],
+             "demux checksum for namespace `{ns}` was not calculated")):
+        cmd = [bin("mongorestore"), f"--uri={uri}", f"--archive={archive}", *args] + (["--gzip"] if gzip else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        log = r.stdout + r.stderr
+        assert r.returncode == 0, f"mongorestore {what} of {archive} failed:\n{log[-3000:]}"
+        for ns in namespaces:
+            assert line.format(ns=ns) in log, f"mongorestore {what}: {ns} not read:\n{log[-3000:]}"
+        logs.append(log)
+    return "\n".join(logs)

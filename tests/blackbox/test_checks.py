@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from alibabacloud_dds20151201 import models as dds
 
@@ -64,7 +65,6 @@ def test_check_start_up_warnings_and_the_attribute_checks(tmp_path):
         # The server starts anyway and logs the same warnings.
         server = Ddsvault(tmp_path / "svc", text)
         try:
-            import time
             deadline = time.monotonic() + 30
             while "dds-dead" not in server.stderr() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -116,3 +116,28 @@ def test_automatic_backups_are_opt_in_and_the_default_method_is_shared(tmp_path)
             server.stop()
     finally:
         rs.stop()
+
+
+def test_the_next_backup_time_counts_the_window_that_is_open_now(tmp_path):
+    import datetime
+
+    # The scheduler ticks at start and then only every 10 minutes: a window opened by a policy set after the start
+    # is still waiting for its slot to be taken.
+    text = config_text(tmp_path / "data", {}, extra="[scheduler]\nenabled = true\ntick_secs = 600") \
+        + instance_lines("dds-now", DEAD_URI)
+    server = Ddsvault(tmp_path / "svc", text)
+    try:
+        now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+        if now.minute == 59 and now.hour == 23:
+            now += datetime.timedelta(minutes=1)  # a window across midnight belongs to the previous day
+        day = now.strftime("%A")
+        window = f"{now:%H:%M}Z-{now + datetime.timedelta(hours=1):%H:%M}Z"
+        tea = tea_client(server)
+        time.sleep(1)  # let the start-up tick pass first: the next one is 10 minutes away
+        tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(dbinstance_id="dds-now", preferred_backup_time=window,
+                                                               preferred_backup_period=day))
+        got = call(server, "DescribeBackupPolicy", DBInstanceId="dds-now")["PreferredNextBackupTime"]
+        # Today's window (open, its slot not taken yet), not next week's.
+        assert got == f"{now:%Y-%m-%dT%H:%M}Z", (got, window)
+    finally:
+        server.stop()

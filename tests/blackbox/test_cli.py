@@ -244,7 +244,10 @@ def test_exit_codes_for_unreachable_and_missing_credentials(env):
     for way in ("--access-key-id", "DDSVAULT_ACCESS_KEY_ID", "profile file"):
         assert way in r.stderr, r.stderr
     # Usage errors exit 2 too.
-    r = cli(e, "restore", "--backup-id", "1", "--to-instance", "x", "--to-dir", "/tmp/x")
+    for other in (["--to-dir", "/tmp/x"], ["--to", "mongodb://127.0.0.1:1/"]):
+        r = cli(e, "restore", "--backup-id", "1", "--to-instance", "x", *other)
+        assert r.returncode == 2 and "cannot be used with" in r.stderr, r
+    r = cli(e, "restore", "--archive", "/tmp/x.archive", "--to-instance", "x")
     assert r.returncode == 2, r
 
 

@@ -5,8 +5,9 @@ FerretDB 1.24 (does it store it byte for byte?), and whatever it stores goes thr
       FerretDB): documents byte-identical (canonical BSON), index specs and collection options identical;
   (2) the ddsvault archive -> the independent reader archive_check.read_archive: documents byte-identical, index specs
       and collection options in the metadata identical;
-  (3) real mongorestore / mongodump: skipped where mongo-tools cannot be installed (the Go module proxy refuses them
-      here); the tests run them when stack.mongo_tools_unavailable_reason() is None.
+  (3) real mongo-tools: mongorestore 100.18.0 reads every namespace of the archive, mongorestore 100.11.0 restores it
+      into FerretDB (the newest release FerretDB 1.24 accepts inserts from), mongodump 100.18.0 of the same source
+      holds the same documents. Missing tools skip these tests, or fail them under CI=true.
 
 What FerretDB refuses or alters is asserted by test_ferretdb_cannot_store[...], so the matrix in docs/fidelity.md stays
 true. Everything runs against one module-scoped world (one source, one backup, one restore) to keep the runtime low.
@@ -28,7 +29,7 @@ from bson.raw_bson import RawBSONDocument
 import fidelity_data as fd
 import stack
 from archive_check import read_archive
-from conftest import Ddsvault, config_text, tea_client, wait_backup
+from conftest import Ddsvault, config_text, require_mongo_tools, tea_client, wait_backup
 from test_restore import call, wait_restore
 
 RAW = CodecOptions(document_class=RawBSONDocument)
@@ -410,32 +411,40 @@ def test_archive_roundtrip_everything(world):
 
 # ------------------------------------------------------------------------------------------------ (3) mongo-tools
 
-MONGO_TOOLS = stack.mongo_tools_unavailable_reason()
-
-
 def _compare_fid(world, client):
+    """Namespaces whose documents or collection type/options differ from the source (indexes: see below)."""
     got = _snapshot(client)
     exp = world["expected"]
     assert sorted(got) == sorted(exp)
-    return [ns for ns in exp if got[ns]["docs"] != exp[ns]["docs"]]
+    return [ns for ns in exp
+            if (got[ns]["docs"], got[ns]["type"], got[ns]["options"]) != (exp[ns]["docs"], exp[ns]["type"],
+                                                                         exp[ns]["options"])]
 
 
-@pytest.mark.skipif(MONGO_TOOLS is not None, reason=f"real mongorestore round trip not runnable: {MONGO_TOOLS}")
 def test_mongorestore_roundtrip(world, tmp_path):
-    """ddsvault archive -> real mongorestore -> FerretDB: every document byte-identical (indexes: FerretDB refuses
-    the `ns` field mongorestore adds, hence --noIndexRestore)."""
+    """ddsvault archive (zstd, decompressed) -> mongorestore 100.18.0 reads every namespace (dry run + full read, see
+    stack.current_mongorestore_reads_every_namespace) -> mongorestore 100.11.0 restores it into FerretDB: every
+    document byte-identical, every collection's type and options identical. Indexes: mongorestore sends the legacy
+    `ns` index option, which FerretDB 1.24 refuses (asserted below), hence --noIndexRestore."""
+    require_mongo_tools()
     plain = tmp_path / "archive"
     subprocess.run(["zstd", "-d", "-q", "-f", str(world["archive_path"]), "-o", str(plain)], check=True)
     with stack.FerretDB(tmp_path / "t", repl_set_name="rs0") as target:
-        r = subprocess.run([stack.bin("mongorestore"), f"--uri={target.uri}", f"--archive={plain}",
+        fid_ns = [ns for ns in world["archive"].namespaces if ns.split(".", 1)[0] in FID_DBS]
+        stack.current_mongorestore_reads_every_namespace(target.uri, plain, fid_ns)
+        r = subprocess.run([stack.mongorestore_for_ferretdb(), f"--uri={target.uri}", f"--archive={plain}",
                             "--noIndexRestore", "--nsExclude=admin.*"], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert _compare_fid(world, target.client()) == []
+    with stack.FerretDB(tmp_path / "i", repl_set_name="rs0") as target:
+        r = subprocess.run([stack.mongorestore_for_ferretdb(), f"--uri={target.uri}", f"--archive={plain}",
+                            f"--nsInclude={fd.DB_IDX}.*"], capture_output=True, text=True, timeout=600)
+        assert r.returncode != 0 and 'Index option "ns" is unknown' in r.stderr, r.stderr[-3000:]
 
 
-@pytest.mark.skipif(MONGO_TOOLS is not None, reason=f"real mongodump round trip not runnable: {MONGO_TOOLS}")
 def test_mongodump_archive_reads_like_ours(world, tmp_path):
-    """Real mongodump of the same source -> archive_check: the same documents as ddsvault's archive."""
+    """Real mongodump 100.18.0 of the same source -> archive_check: the same documents as ddsvault's archive."""
+    require_mongo_tools()
     out = tmp_path / "dump.archive"
     r = subprocess.run([stack.bin("mongodump"), f"--uri={world['src'].uri}", f"--archive={out}"],
                        capture_output=True, text=True, timeout=600)

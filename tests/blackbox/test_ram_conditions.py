@@ -73,7 +73,7 @@ def readme_policy(name: str) -> list:
 
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "ram.md").read_text()
     m = re.search(rf"<!-- policy:{name} -->.*?```json\n(.*?)```", text, re.S)
     assert m, name
     return json.loads(m.group(1))["Statement"]

@@ -1,7 +1,7 @@
 //! The API error type and the JSON rendering of errors and successes.
 //!
 //! Every protocol-level code, HTTP status and message text lives in this file, so that what
-//! clients see can be audited in one place (protocol.md §6). Business errors are built through
+//! clients see can be audited in one place (docs/protocol.md §6). Business errors are built through
 //! the same type with [`ApiError::new`] or the generic constructors.
 
 use serde_json::{Map, Value};

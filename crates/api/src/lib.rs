@@ -16,7 +16,7 @@
 //!   and shared by the verifier and by [`sign_v1`] / [`sign_v3`], which our CLI, load
 //!   generator and tests use to produce requests.
 //!
-//! The rules implemented here are those of `protocol.md` (§2 V1, §3 V3, §5 time and
+//! The rules implemented here are those of `docs/protocol.md` (§2 V1, §3 V3, §5 time and
 //! nonce, §6 errors, §11 check order) and `dds-api.md` §2–4 (SDK wire behaviour).
 //!
 //! ```

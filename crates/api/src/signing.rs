@@ -112,7 +112,7 @@ pub fn v3_canonical_query<K: AsRef<str>, V: AsRef<str>>(
 }
 
 /// Every canonical query string a conforming client may have signed, the documented
-/// form first. Clients disagree in two places (protocol.md §3.2 step 4):
+/// form first. Clients disagree in two places (docs/protocol.md §3.2 step 4):
 /// darabonba util-py writes an empty value as a bare `name`, and the V3 doc sorts by the
 /// encoded name while the SDKs sort by the raw one (the orders differ only for names with
 /// reserved characters). Trying a handful of variants costs a few HMACs; none of them lets
@@ -425,7 +425,7 @@ pub fn sign_v3(req: &SignRequest) -> SignedRequest {
 
 #[cfg(test)]
 mod tests {
-    //! Every vector of protocol.md §4, recomputed.
+    //! Every vector of docs/protocol.md §4, recomputed.
     use super::*;
 
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -1,5 +1,5 @@
 //! Request authentication: parameter parsing, signature V1/V3 verification, timestamp and
-//! nonce checks, in the order of protocol.md §11.
+//! nonce checks, in the order of docs/protocol.md §11.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,7 +95,7 @@ pub const COMMON_PARAMS: [&str; 10] = [
     "Signature",
 ];
 
-/// Default accepted clock skew, both into the past and the future (protocol.md §5).
+/// Default accepted clock skew, both into the past and the future (docs/protocol.md §5).
 pub const DEFAULT_SKEW: Duration = Duration::minutes(15);
 
 /// Knobs of [`authenticate`].
@@ -126,7 +126,7 @@ impl Default for VerifyOptions {
 
 /// Verifies a request and returns its action, key and parameters.
 ///
-/// Checks run in the order of protocol.md §11: parameter parsing (duplicates, UTF-8);
+/// Checks run in the order of docs/protocol.md §11: parameter parsing (duplicates, UTF-8);
 /// signature version detection; mandatory parameters/headers (`Missing*`); signature
 /// method (`InvalidSignatureMethod`), and for V3 the signed-header set
 /// (`IncompleteSignature`); `Format`; timestamp format and skew; AccessKey lookup;
@@ -184,7 +184,7 @@ fn parse_params(req: &RawRequest) -> Result<Parsed, ApiError> {
     };
     let mut all = BTreeMap::new();
     for (k, v) in query.iter().cloned().chain(form) {
-        // The docs leave the signing order of repeated names open (protocol.md §2.2), and
+        // The docs leave the signing order of repeated names open (docs/protocol.md §2.2), and
         // a repeated name would make "the" value of a parameter ambiguous: refuse them.
         if all.contains_key(&k) {
             return Err(ApiError::invalid_parameter(

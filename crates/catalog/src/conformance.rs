@@ -30,6 +30,7 @@ pub async fn run_all(cat: Catalog) {
     settings(&cat).await;
     instances_and_policy(&cat).await;
     job_lifecycle(&cat).await;
+    claimed_backup_job(&cat).await;
     one_active_job_under_concurrency(&cat).await;
     recovery(&cat).await;
     listing(&cat).await;
@@ -246,6 +247,56 @@ async fn retention_lock(cat: &Catalog) {
         cat.get_retention_lock("dds-other").await.expect("get"),
         None
     );
+
+    // A requested deletion checks the lock in its own transaction: refused while the lock holds (the backup is
+    // untouched), allowed once the unlock took effect; expiry deletions never look at the lock.
+    let expire = Utc::now() + Duration::days(3);
+    let b = successful_backup(cat, "dds-lockdel", expire).await;
+    let other = successful_backup(cat, "dds-lockdel", expire).await;
+    // Whole seconds: the catalog keeps milliseconds.
+    let now = Utc
+        .timestamp_opt(Utc::now().timestamp(), 0)
+        .single()
+        .expect("time");
+    cat.set_retention_lock("dds-lockdel", true, now, cool)
+        .await
+        .expect("lock");
+    assert_eq!(
+        cat.mark_backup_deleting_unless_locked(b, now)
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Locked { unlock_at: None }
+    );
+    assert_eq!(
+        cat.get_backup(b).await.expect("get").expect("b").status,
+        BackupStatus::Success
+    );
+    let unlocking = cat
+        .set_retention_lock("dds-lockdel", false, now, cool)
+        .await
+        .expect("unlock")
+        .expect("lock");
+    assert_eq!(
+        cat.mark_backup_deleting_unless_locked(b, now + Duration::hours(1))
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Locked {
+            unlock_at: unlocking.unlock_at
+        }
+    );
+    assert!(matches!(
+        cat.mark_backup_deleting_unless_locked(b, now + cool)
+            .await
+            .expect("mark"),
+        crate::DeleteMark::Marked(_)
+    ));
+    cat.set_retention_lock("dds-lockdel", true, now + cool, cool)
+        .await
+        .expect("lock again");
+    assert!(matches!(
+        cat.mark_backup_deleting(other).await.expect("mark"),
+        crate::DeleteMark::Marked(_)
+    ));
 }
 
 /// `list_backups`' total equals the number of rows it can page through, for every instance-level filter,
@@ -858,6 +909,49 @@ async fn instances_and_policy(cat: &Catalog) {
     };
     cat.put_policy("dds-a", &p, t0).await.expect("put policy");
     assert_eq!(cat.get_policy("dds-a").await.expect("policy"), Some(p));
+}
+
+/// A job created Running for its creator (an import) is never handed to a runner, and completes like any other.
+async fn claimed_backup_job(cat: &Catalog) {
+    let end = Utc.timestamp_opt(1_700_000_100, 0).single().expect("time");
+    let now = Utc::now();
+    let (job, backup) = cat
+        .create_claimed_backup_job(&new_job("dds-import", 0), "importer", now)
+        .await
+        .expect("create");
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.owner.as_deref(), Some("importer"));
+    assert_eq!(job.backup_id, Some(backup.id));
+    assert_eq!(backup.status, BackupStatus::Running);
+    assert!(cat
+        .claim_next_job("other", now)
+        .await
+        .expect("claim")
+        .is_none());
+    // One active job per instance holds for it too.
+    assert!(matches!(
+        cat.create_claimed_backup_job(&new_job("dds-import", 1), "importer", now)
+            .await,
+        Err(CatalogError::ActiveJobExists { .. })
+    ));
+    cat.complete_backup(
+        job.id,
+        "importer",
+        &BackupCompletion {
+            end_time: end,
+            expire_time: end + Duration::days(30),
+            size: 1,
+            db_names: "a".into(),
+            repo_prefix: "backups/dds-import/1".into(),
+            details: serde_json::json!({}),
+        },
+    )
+    .await
+    .expect("complete");
+    let done = cat.get_backup(backup.id).await.expect("get").expect("row");
+    assert_eq!(done.status, BackupStatus::Success);
+    assert_eq!(done.start_time, new_job("dds-import", 0).now);
+    assert_eq!(done.end_time, Some(end));
 }
 
 async fn job_lifecycle(cat: &Catalog) {

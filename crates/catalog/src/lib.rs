@@ -126,6 +126,17 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
     async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError>;
+    /// Creates a backup job already Running under `owner` (heartbeat `now`) and its backup set, atomically: work
+    /// done by this process itself (`ddsvault import`), which no runner may claim. `new.now` is the backup's start.
+    ///
+    /// # Errors
+    /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
+    async fn create_claimed_backup_job(
+        &self,
+        new: &NewBackupJob,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Backup), CatalogError>;
     /// Creates a pending job of another kind than backup (e.g. a restore).
     ///
     /// # Errors
@@ -222,6 +233,14 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// Marks a `Success`, `Failed` (or already `Deleting`) backup `Deleting`, atomically with the check that no
     /// pending or running restore job reads it. From then on it is not listed, downloaded or restored.
     async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError>;
+    /// As [`CatalogBackend::mark_backup_deleting`] for a deletion someone asked for (`DeleteBackup`): in the same
+    /// transaction, refuses ([`DeleteMark::Locked`]) while the instance's retention lock holds at `now`, so a lock
+    /// enabled between a caller's own check and the deletion still wins.
+    async fn mark_backup_deleting_unless_locked(
+        &self,
+        backup_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<DeleteMark, CatalogError>;
     /// Successful backups whose expiry is at or before `now`, oldest expiry first, at most `limit`.
     async fn list_expired_backups(
         &self,

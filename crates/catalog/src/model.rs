@@ -281,6 +281,9 @@ pub enum DeleteMark {
     Running,
     /// No such backup.
     NotFound,
+    /// The instance's retention lock holds (only [`crate::CatalogBackend::mark_backup_deleting_unless_locked`]);
+    /// `unlock_at` is when a requested unlock takes effect, `None` while no unlock was requested.
+    Locked { unlock_at: Option<DateTime<Utc>> },
 }
 
 /// Outcome of [`crate::CatalogBackend::create_scheduled_backup_job`].

@@ -463,6 +463,34 @@ impl CatalogBackend for SqliteCatalog {
         }
     }
 
+    async fn create_claimed_backup_job(
+        &self,
+        new: &NewBackupJob,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Backup), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let Some((job, backup)) = insert_backup_job(&mut tx, new).await? else {
+            drop(tx);
+            return Err(self.active_job_conflict(&new.instance_id).await);
+        };
+        // In the same transaction as the insert: no runner ever sees it Pending.
+        let job = job_from_row(
+            &sqlx::query(&format!(
+                "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? WHERE id = ? \
+                 RETURNING {JOB_COLUMNS}"
+            ))
+            .bind(owner)
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(job.id)
+            .fetch_one(&mut *tx)
+            .await?,
+        )?;
+        tx.commit().await?;
+        Ok((job, backup))
+    }
+
     async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError> {
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \
@@ -826,48 +854,16 @@ impl CatalogBackend for SqliteCatalog {
     }
 
     async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError> {
-        // One writer transaction: the restore-job check and the status change cannot interleave with a restore
-        // job being created (writes are serialised, in this process and across processes).
-        let mut tx = self.write.begin().await?;
-        let updated = sqlx::query(&format!(
-            "UPDATE backups SET status = 'Deleting' WHERE id = ? AND status IN ('Success', 'Failed', 'Deleting') \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'restore' AND backup_id = ? \
-                             AND state IN ('Pending', 'Running')) \
-             RETURNING {BACKUP_COLUMNS}"
-        ))
-        .bind(backup_id)
-        .bind(backup_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mark = if let Some(row) = updated {
-            DeleteMark::Marked(Box::new(backup_from_row(&row)?))
-        } else {
-            let status: Option<String> = sqlx::query("SELECT status FROM backups WHERE id = ?")
-                .bind(backup_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("status"))
-                .transpose()?;
-            match status.as_deref() {
-                None => DeleteMark::NotFound,
-                Some("Running") => DeleteMark::Running,
-                Some(_) => {
-                    let job_id: i64 = sqlx::query(
-                        "SELECT id FROM jobs WHERE kind = 'restore' AND backup_id = ? \
-                         AND state IN ('Pending', 'Running') ORDER BY id LIMIT 1",
-                    )
-                    .bind(backup_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("id")?;
-                    DeleteMark::InUse { job_id }
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(mark)
+        self.mark_deleting(backup_id, None).await
     }
 
+    async fn mark_backup_deleting_unless_locked(
+        &self,
+        backup_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<DeleteMark, CatalogError> {
+        self.mark_deleting(backup_id, Some(now)).await
+    }
     async fn list_expired_backups(
         &self,
         now: DateTime<Utc>,
@@ -1210,5 +1206,75 @@ impl CatalogBackend for SqliteCatalog {
         }
         tx.commit().await?;
         Ok(next)
+    }
+}
+
+impl SqliteCatalog {
+    /// `mark_backup_deleting`, with the retention-lock check of a requested deletion when `lock_at` is given.
+    async fn mark_deleting(
+        &self,
+        backup_id: i64,
+        lock_at: Option<DateTime<Utc>>,
+    ) -> Result<DeleteMark, CatalogError> {
+        // One writer transaction: the restore-job check, the lock check and the status change cannot interleave
+        // with a restore job being created or a lock being enabled (writes are serialised, in this process and
+        // across processes).
+        let mut tx = self.write.begin().await?;
+        if let Some(now) = lock_at {
+            let lock = sqlx::query(
+                "SELECT l.enabled_at, l.unlock_at, l.instance_id FROM retention_locks l \
+                 JOIN backups b ON b.instance_id = l.instance_id WHERE b.id = ?",
+            )
+            .bind(backup_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = lock {
+                let instance: String = row.try_get("instance_id")?;
+                let lock = lock_from_row(&instance, &row)?;
+                if lock.is_active(now) {
+                    tx.commit().await?;
+                    return Ok(DeleteMark::Locked {
+                        unlock_at: lock.unlock_at,
+                    });
+                }
+            }
+        }
+        let updated = sqlx::query(&format!(
+            "UPDATE backups SET status = 'Deleting' WHERE id = ? AND status IN ('Success', 'Failed', 'Deleting') \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                             AND state IN ('Pending', 'Running')) \
+             RETURNING {BACKUP_COLUMNS}"
+        ))
+        .bind(backup_id)
+        .bind(backup_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mark = if let Some(row) = updated {
+            DeleteMark::Marked(Box::new(backup_from_row(&row)?))
+        } else {
+            let status: Option<String> = sqlx::query("SELECT status FROM backups WHERE id = ?")
+                .bind(backup_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("status"))
+                .transpose()?;
+            match status.as_deref() {
+                None => DeleteMark::NotFound,
+                Some("Running") => DeleteMark::Running,
+                Some(_) => {
+                    let job_id: i64 = sqlx::query(
+                        "SELECT id FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                         AND state IN ('Pending', 'Running') ORDER BY id LIMIT 1",
+                    )
+                    .bind(backup_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+                    DeleteMark::InUse { job_id }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(mark)
     }
 }

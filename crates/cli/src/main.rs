@@ -62,14 +62,22 @@ enum Command {
         backup_id: i64,
     },
     /// Restores a logical backup into a MongoDB-wire server (verified before anything is written), or a Physical or
-    /// Snapshot backup into a data directory (`--to-dir`); both read the repository directly. With
-    /// `--to-instance`, asks the server instead (RestoreDBInstance; RAM applies).
+    /// Snapshot backup into a data directory (`--to-dir`), or a mongodump archive file (`--archive`) into a server;
+    /// these read the repository (or file) directly. With `--to-instance`, asks the server instead
+    /// (RestoreDBInstance; RAM applies).
     #[command(after_help = client::EXIT_CODES_HELP)]
     Restore {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
-        #[arg(long)]
-        backup_id: i64,
+        #[arg(long, required_unless_present = "archive", conflicts_with = "archive")]
+        backup_id: Option<i64>,
+        /// A `mongodump --archive` file (plain or gzip, found from its content; a downloaded ddsvault archive too)
+        /// to restore with --to, instead of a backup from the repository.
+        #[arg(long, conflicts_with = "to_dir")]
+        archive: Option<PathBuf>,
+        /// With --archive: the file must be gzip-compressed (mongorestore's flag; gzip is also detected without it).
+        #[arg(long, requires = "archive")]
+        gzip: bool,
         /// Target connection string (logical backups).
         #[arg(long, required_unless_present_any = ["to_dir", "to_instance"], conflicts_with = "to_dir")]
         to: Option<String>,
@@ -83,11 +91,15 @@ enum Command {
         /// Only this collection of the (single) --db given (repeatable).
         #[arg(long = "collection")]
         collections: Vec<String>,
+        /// Only this namespace, as mongorestore's --nsInclude: `db.*` or `db.collection` (repeatable; other
+        /// wildcards are not supported).
+        #[arg(long = "ns-include", visible_alias = "nsInclude")]
+        ns_include: Vec<String>,
         /// Replace collections that already exist in the target (default: refuse).
         #[arg(long)]
         drop: bool,
         /// Restore through the ddsvault API into this registered instance (the server runs the job).
-        #[arg(long, conflicts_with_all = ["to", "to_dir"])]
+        #[arg(long, conflicts_with_all = ["to", "to_dir", "archive"])]
         to_instance: Option<String>,
         /// With --to-instance: the instance the backup belongs to (default: found by asking each instance).
         #[arg(long, requires = "to_instance")]
@@ -111,6 +123,31 @@ enum Command {
     Status(status::OverviewArgs),
     /// The next automatic backup of each instance and the policy behind it, through the API.
     Schedule(status::OverviewArgs),
+    /// Verifies a `mongodump --archive` file (plain or gzip) and stores it in the repository as a Logical backup of
+    /// an instance, listed by DescribeBackups and restorable and downloadable like ddsvault's own. Start and end
+    /// times come from the archive's oplog (`mongodump --oplog`), else from the file's times, unless given.
+    Import {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The configured instance the archive is a backup of.
+        #[arg(long)]
+        instance: String,
+        /// The archive file.
+        #[arg(long)]
+        archive: PathBuf,
+        /// The file must be gzip-compressed (gzip is also detected without it).
+        #[arg(long)]
+        gzip: bool,
+        /// When the dump started (RFC 3339), if the archive and the file do not tell.
+        #[arg(long)]
+        start_time: Option<String>,
+        /// When the dump finished (RFC 3339), if the archive and the file do not tell.
+        #[arg(long)]
+        end_time: Option<String>,
+        /// Days to keep it from its end time (7 to 730, or -1 = permanent; default: the instance's backup policy).
+        #[arg(long, allow_hyphen_values = true)]
+        retention_days: Option<i64>,
+    },
     /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
     /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
     Gc {
@@ -227,8 +264,16 @@ pub(crate) fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
 fn selectors(
     dbs: &[String],
     collections: &[String],
+    ns_include: &[String],
 ) -> anyhow::Result<Vec<ddsvault_mongo::restore::NsSelector>> {
     use ddsvault_mongo::restore::NsSelector;
+    if !ns_include.is_empty() {
+        anyhow::ensure!(
+            dbs.is_empty() && collections.is_empty(),
+            "--ns-include cannot be combined with --db/--collection"
+        );
+        return ns_include.iter().map(|ns| ns_selector(ns)).collect();
+    }
     if collections.is_empty() {
         return Ok(dbs
             .iter()
@@ -248,6 +293,26 @@ fn selectors(
             collection: Some(c.clone()),
         })
         .collect())
+}
+
+/// One `--ns-include` pattern: `db.*` (a database) or `db.collection` (one collection; the name may hold dots).
+fn ns_selector(ns: &str) -> anyhow::Result<ddsvault_mongo::restore::NsSelector> {
+    use ddsvault_mongo::restore::NsSelector;
+    let Some((db, coll)) = ns.split_once('.') else {
+        anyhow::bail!("--ns-include {ns:?}: expected db.* or db.collection");
+    };
+    anyhow::ensure!(
+        !db.is_empty()
+            && !coll.is_empty()
+            && !db.contains('*')
+            && (coll == "*" || !coll.contains('*')),
+        "--ns-include {ns:?}: expected db.* or db.collection (no other wildcards)"
+    );
+    Ok(if coll == "*" {
+        NsSelector::database(db)
+    } else {
+        NsSelector::collection(db, coll)
+    })
 }
 
 /// Keep the returned guard until the process ends: dropping it writes out what is still queued.
@@ -447,10 +512,12 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }),
+        // clap makes --backup-id required with --to-instance (only --archive does without it).
         Command::Restore {
-            backup_id,
+            backup_id: Some(backup_id),
             dbs,
             collections,
+            ns_include,
             drop,
             to_instance: Some(target),
             from_instance,
@@ -466,6 +533,7 @@ fn main() -> anyhow::Result<()> {
             backup_id,
             dbs,
             collections,
+            ns_include,
             drop,
             wait,
             timeout,
@@ -476,16 +544,39 @@ fn main() -> anyhow::Result<()> {
             backup_id,
             to,
             to_dir,
+            archive,
+            gzip,
             dbs,
             collections,
+            ns_include,
             drop,
             ..
         } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
+            if let Some(archive) = archive {
+                let to = to.context("--archive needs --to")?;
+                let select = selectors(&dbs, &collections, &ns_include)?;
+                let s = ddsvault_server::offline::restore_archive(
+                    &cfg, &archive, gzip, &to, select, drop,
+                )
+                .await?;
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "restored archive {}: {} collections, {} documents, {} oplog entries replayed",
+                    archive.display(),
+                    s.namespaces.len(),
+                    s.documents,
+                    s.oplog_replayed
+                );
+                return Ok(());
+            }
+            let backup_id = backup_id.context("--backup-id or --archive is required")?;
             if let Some(dir) = to_dir {
                 anyhow::ensure!(
-                    dbs.is_empty() && collections.is_empty() && !drop,
-                    "--db, --collection and --drop apply to logical restores (--to), not to --to-dir"
+                    dbs.is_empty() && collections.is_empty() && ns_include.is_empty() && !drop,
+                    "--db, --collection, --ns-include and --drop apply to logical restores (--to), not to --to-dir"
                 );
                 let r = ddsvault_server::offline::restore_to_dir(&cfg, backup_id, &dir).await?;
                 println!(
@@ -499,7 +590,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let to = to.context("--to or --to-dir is required")?;
-            let select = selectors(&dbs, &collections)?;
+            let select = selectors(&dbs, &collections, &ns_include)?;
             let s = ddsvault_server::offline::restore(&cfg, backup_id, &to, select, drop).await?;
             for w in &s.warnings {
                 eprintln!("warning: {w}");
@@ -508,6 +599,63 @@ fn main() -> anyhow::Result<()> {
                 "restored backup {backup_id}: {} collections, {} documents",
                 s.namespaces.len(),
                 s.documents
+            );
+            Ok(())
+        }),
+        Command::Import {
+            config,
+            instance,
+            archive,
+            gzip,
+            start_time,
+            end_time,
+            retention_days,
+        } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            let time = |flag: &str, v: Option<String>| {
+                v.map(|s| {
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .with_context(|| format!("{flag} {s:?}: expected an RFC 3339 time"))
+                })
+                .transpose()
+            };
+            let start = time("--start-time", start_time)?;
+            let end = time("--end-time", end_time)?;
+            let i = ddsvault_server::offline::import(
+                &cfg,
+                &instance,
+                &archive,
+                gzip,
+                start,
+                end,
+                retention_days,
+            )
+            .await?;
+            let t = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            println!(
+                "imported {} as backup {} of {instance} (job {}): {} ({} bytes, sha256 {}), {} collections, {} documents, {} oplog entries, databases {}",
+                archive.display(),
+                i.backup_id,
+                i.job_id,
+                i.archive_name,
+                i.size,
+                i.sha256,
+                i.collections,
+                i.documents,
+                i.oplog_entries,
+                i.databases.join(",")
+            );
+            println!(
+                "  start {} end {} (from the {}), expires {}",
+                t(i.start_time),
+                t(i.end_time),
+                match i.times_from {
+                    ddsvault_jobs::import::TimesFrom::Given => "times given",
+                    ddsvault_jobs::import::TimesFrom::Oplog => "archive's oplog",
+                    ddsvault_jobs::import::TimesFrom::File => "file's times",
+                },
+                t(i.expire_time)
             );
             Ok(())
         }),

@@ -17,6 +17,8 @@ pub struct RemoteRestore {
     pub backup_id: i64,
     pub dbs: Vec<String>,
     pub collections: Vec<String>,
+    /// mongorestore's `--nsInclude` (`db.*` or `db.collection`).
+    pub ns_include: Vec<String>,
     pub drop: bool,
     pub wait: bool,
     pub timeout: Option<u64>,
@@ -53,8 +55,8 @@ async fn find_source(client: &ApiClient, backup_id: i64) -> Result<String, CliEr
 }
 
 pub async fn run(r: RemoteRestore) -> Result<(), CliError> {
-    let select =
-        crate::selectors(&r.dbs, &r.collections).map_err(|e| CliError::Usage(e.to_string()))?;
+    let select = crate::selectors(&r.dbs, &r.collections, &r.ns_include)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let client = ApiClient::new(&resolve_from_process(&r.api)?)?;
     let source = match r.source.clone() {
         Some(s) => s,

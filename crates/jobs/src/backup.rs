@@ -7,6 +7,10 @@
 //! 4. only then does the catalog mark the job and backup Success.
 //!
 //! A crash before 4 leaves the job Running in the catalog; the next start fails it and deletes both prefixes.
+//!
+//! A backup is `Success` only if it can be restored: the dump checks every oplog entry it captures with the
+//! restore's own code (`ddsvault_mongo::oplog`), so an entry no restore could apply fails this job, naming the entry
+//! and its kind, before anything is published.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -17,7 +21,7 @@ use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
-use ddsvault_repo::{Manifest, ManifestFile, Repository, UploadOptions, UploadWriter};
+use ddsvault_repo::{Manifest, ManifestFile, RepoPath, Repository, UploadOptions, UploadWriter};
 use tokio_util::sync::CancellationToken;
 
 use crate::runner::{staging_token, HEARTBEAT_INTERVAL};
@@ -112,9 +116,6 @@ pub(crate) async fn run(
     close_writer(writer).await?;
     let uploaded = upload.finish().await?;
 
-    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
-    let final_archive = prefix.join(&archive_name)?;
-    runner.repo.rename(&staged_archive, &final_archive).await?;
     let end_time = Utc::now();
     let mut details = serde_json::json!({
         "archive": archive_name,
@@ -130,46 +131,124 @@ pub(crate) async fn run(
     });
     // The consistency point: restores replay the oplog up to this entry (ddsvault_mongo::oplog).
     if let Some(o) = &summary.oplog {
-        let consistent_time = chrono::DateTime::from_timestamp(i64::from(o.end_ts.time), 0)
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_default();
-        details["consistent_ts"] =
-            serde_json::json!({ "t": o.end_ts.time, "i": o.end_ts.increment });
-        details["consistent_time"] = serde_json::json!(consistent_time);
-        details["oplog_start_ts"] =
-            serde_json::json!({ "t": o.start_ts.time, "i": o.start_ts.increment });
-        details["oplog_entries"] = serde_json::json!(o.entries);
+        add_oplog_details(&mut details, o.start_ts, o.end_ts, o.entries);
     }
+    let namespaces = summary
+        .namespaces
+        .iter()
+        .map(|n| NamespaceEntry {
+            db: n.db.clone(),
+            collection: n.collection.clone(),
+            documents: n.documents,
+            raw_bytes: n.raw_bytes,
+            crc: n.crc,
+        })
+        .collect();
+    publish_logical(
+        runner,
+        job,
+        backup_id,
+        StagedArchive {
+            staging,
+            staged_archive,
+            archive_name,
+            size: uploaded.size,
+            sha256: uploaded.sha256,
+            databases: summary.databases,
+            namespaces,
+            details,
+            end_time,
+            expire_time: expire_time_of(job, end_time),
+        },
+    )
+    .await
+}
+
+/// Records an oplog window in a logical backup's details: `consistent_ts`/`consistent_time` (the point a restore
+/// that replays the oplog reaches), `oplog_start_ts`, `oplog_entries`.
+pub(crate) fn add_oplog_details(
+    details: &mut serde_json::Value,
+    start: bson::Timestamp,
+    end: bson::Timestamp,
+    entries: u64,
+) {
+    let consistent_time = chrono::DateTime::from_timestamp(i64::from(end.time), 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    details["consistent_ts"] = serde_json::json!({ "t": end.time, "i": end.increment });
+    details["consistent_time"] = serde_json::json!(consistent_time);
+    details["oplog_start_ts"] = serde_json::json!({ "t": start.time, "i": start.increment });
+    details["oplog_entries"] = serde_json::json!(entries);
+}
+
+/// One namespace of a logical backup's manifest.
+pub(crate) struct NamespaceEntry {
+    pub db: String,
+    pub collection: String,
+    pub documents: u64,
+    pub raw_bytes: u64,
+    pub crc: u64,
+}
+
+/// A complete, verified archive in a job's staging area, and what the backup records about it.
+pub(crate) struct StagedArchive {
+    /// The job's staging prefix (removed once published).
+    pub staging: RepoPath,
+    pub staged_archive: RepoPath,
+    pub archive_name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub databases: Vec<String>,
+    pub namespaces: Vec<NamespaceEntry>,
+    pub details: serde_json::Value,
+    pub end_time: chrono::DateTime<Utc>,
+    pub expire_time: chrono::DateTime<Utc>,
+}
+
+/// Steps 2 to 4 of the module's order of durability, shared by backup jobs and `ddsvault import`: the archive is
+/// renamed into `backups/<instance>/<backup_id>/`, `manifest.json` is written last there, and only then does the
+/// catalog mark the job and backup Success.
+pub(crate) async fn publish_logical(
+    runner: &Runner,
+    job: &Job,
+    backup_id: i64,
+    a: StagedArchive,
+) -> Result<(), JobError> {
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
+    let final_archive = prefix.join(&a.archive_name)?;
+    runner
+        .repo
+        .rename(&a.staged_archive, &final_archive)
+        .await?;
     let manifest = Manifest {
         format: 1,
         backup_id,
         instance_id: job.instance_id.clone(),
         method: "Logical".into(),
-        created_at: end_time,
+        created_at: a.end_time,
         files: vec![ManifestFile {
-            name: archive_name.clone(),
-            size: uploaded.size,
-            sha256: uploaded.sha256.clone(),
+            name: a.archive_name.clone(),
+            size: a.size,
+            sha256: a.sha256.clone(),
         }],
         extra: serde_json::json!({
-            "databases": summary.databases,
-            "namespaces": summary.namespaces.iter().map(|n| serde_json::json!({
+            "databases": a.databases,
+            "namespaces": a.namespaces.iter().map(|n| serde_json::json!({
                 "db": n.db, "collection": n.collection, "documents": n.documents,
                 "raw_bytes": n.raw_bytes, "crc": n.crc,
             })).collect::<Vec<_>>(),
-            "details": details,
+            "details": a.details,
         }),
     };
     runner.repo.write_manifest(&prefix, &manifest).await?;
 
-    let expire_time = expire_time_of(job, end_time);
     let done = BackupCompletion {
-        end_time,
-        expire_time,
-        size: i64::try_from(uploaded.size).unwrap_or(i64::MAX),
-        db_names: summary.databases.join(","),
+        end_time: a.end_time,
+        expire_time: a.expire_time,
+        size: i64::try_from(a.size).unwrap_or(i64::MAX),
+        db_names: a.databases.join(","),
         repo_prefix: prefix.to_string(),
-        details,
+        details: a.details,
     };
     if let Err(e) = runner
         .catalog
@@ -181,7 +260,7 @@ pub(crate) async fn run(
         let _ = runner.repo.delete_prefix(&prefix).await;
         return Err(e.into());
     }
-    let _ = runner.repo.delete_prefix(&staging).await;
+    let _ = runner.repo.delete_prefix(&a.staging).await;
     Ok(())
 }
 
@@ -222,7 +301,7 @@ fn compression_for(job: &Job, default: &Compression) -> Compression {
     }
 }
 
-fn compression_name(c: &Compression) -> &'static str {
+pub(crate) fn compression_name(c: &Compression) -> &'static str {
     match c {
         Compression::None => "none",
         Compression::Zstd { .. } => "zstd",
@@ -297,7 +376,7 @@ async fn heartbeat_loop(
     }
 }
 
-async fn close_writer(writer: UploadWriter) -> Result<(), JobError> {
+pub(crate) async fn close_writer(writer: UploadWriter) -> Result<(), JobError> {
     // Closing flushes the last chunk through a bounded channel: a blocking call, kept off the runtime threads.
     tokio::task::spawn_blocking(move || writer.close())
         .await

@@ -83,6 +83,8 @@ pub enum Deletion {
     Running,
     /// No such backup (perhaps deleted concurrently).
     NotFound,
+    /// The instance's retention lock holds (requested deletions only); nothing was touched.
+    Locked { unlock_at: Option<DateTime<Utc>> },
 }
 
 /// Deletes one backup in the safe order described in the module documentation.
@@ -94,11 +96,38 @@ pub async fn delete_backup(
     repo: &Repository,
     backup_id: i64,
 ) -> Result<Deletion, JobError> {
-    let backup = match catalog.mark_backup_deleting(backup_id).await? {
+    let mark = catalog.mark_backup_deleting(backup_id).await?;
+    finish_deletion(catalog, repo, mark).await
+}
+
+/// A deletion someone asked for (`DeleteBackup`): as [`delete_backup`], refused while the instance's retention
+/// lock holds at `now`, checked in the same catalog transaction that marks the backup.
+///
+/// # Errors
+/// As [`delete_backup`].
+pub async fn delete_backup_on_request(
+    catalog: &Catalog,
+    repo: &Repository,
+    backup_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Deletion, JobError> {
+    let mark = catalog
+        .mark_backup_deleting_unless_locked(backup_id, now)
+        .await?;
+    finish_deletion(catalog, repo, mark).await
+}
+
+async fn finish_deletion(
+    catalog: &Catalog,
+    repo: &Repository,
+    mark: DeleteMark,
+) -> Result<Deletion, JobError> {
+    let backup = match mark {
         DeleteMark::Marked(b) => b,
         DeleteMark::InUse { job_id } => return Ok(Deletion::InUse { job_id }),
         DeleteMark::Running => return Ok(Deletion::Running),
         DeleteMark::NotFound => return Ok(Deletion::NotFound),
+        DeleteMark::Locked { unlock_at } => return Ok(Deletion::Locked { unlock_at }),
     };
     for prefix in prefixes_of(&backup) {
         repo.delete_prefix(&prefix).await?;
@@ -394,7 +423,7 @@ impl Gc {
     ///   failing cleanly if one vanished. A committed snapshot with a missing chunk would need the whole job,
     ///   from creation to index (connect, image the data files, chunk them), to fit between this check and the
     ///   deletion of one batch; the collector would have to stall that long between two deletions. That
-    ///   theoretical window is documented in the README; closing it fully needs a lease in the catalog.
+    ///   theoretical window is documented in docs/physical-and-snapshot.md; closing it fully needs a lease in the catalog.
     /// - Deleting a chunk is idempotent and nothing is recorded about it, so a crash mid-sweep leaves only
     ///   orphans the next pass removes; catalog and repository agree after a restart.
     ///
@@ -625,7 +654,8 @@ impl Gc {
                     );
                     report.in_use.push(b.id);
                 }
-                Ok(Deletion::Running | Deletion::NotFound) => {}
+                // Expiry deletions never ask about the lock (Locked is only answered to requested deletions).
+                Ok(Deletion::Running | Deletion::NotFound | Deletion::Locked { .. }) => {}
                 Err(e) => {
                     tracing::warn!(backup_id = b.id, error = %e, "could not delete backup; retrying next pass");
                     report.failed += 1;

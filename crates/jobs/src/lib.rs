@@ -8,6 +8,7 @@ mod backup;
 mod error;
 pub mod file_restore;
 pub mod gc;
+pub mod import;
 pub mod physical;
 mod restore;
 pub mod retention;

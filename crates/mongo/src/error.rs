@@ -66,12 +66,29 @@ pub enum MongoError {
     /// A restore target already holds collections the restore would create; nothing was
     /// written. Restore with `drop` to replace them.
     #[error(
-        "the target already has {}; nothing was restored (use drop to replace existing collections)",
+        "the target already has {}; nothing was restored (to replace existing collections: --drop with `ddsvault restore`, DropExisting=true with RestoreDBInstance)",
         namespaces_list(.namespaces)
     )]
     TargetExists {
         /// The existing namespaces (`db.collection`), in archive order.
         namespaces: Vec<String>,
+    },
+
+    /// A restore failed after it had started to change the target: `complete` namespaces are
+    /// fully restored, `incomplete` ones are partly written (or dropped and not yet
+    /// rewritten); restoring again with `drop` replaces them.
+    #[error(
+        "{source}; the target is partly restored: complete: {}; incomplete: {} (restore again with drop to replace them)",
+        list_or_none(.complete),
+        list_or_none(.incomplete)
+    )]
+    RestoreIncomplete {
+        /// What failed.
+        source: Box<MongoError>,
+        /// Namespaces (`db.collection`) completely restored.
+        complete: Vec<String>,
+        /// Namespaces not completely restored.
+        incomplete: Vec<String>,
     },
 
     /// The oplog cannot be used for a consistent backup (empty, not capped).
@@ -112,6 +129,7 @@ impl MongoError {
             MongoError::Unreachable(_) | MongoError::Io { .. } => false,
             MongoError::Command { source, .. } => !is_transient_driver_error(source),
             MongoError::Archive(e) => e.is_permanent(),
+            MongoError::RestoreIncomplete { source, .. } => source.is_permanent(),
             MongoError::InvalidUri(_)
             | MongoError::Authentication(_)
             | MongoError::Protocol { .. }
@@ -157,6 +175,14 @@ fn namespaces_list(ns: &[String]) -> String {
         "collections"
     };
     format!("{noun} {}", ns.join(", "))
+}
+
+fn list_or_none(ns: &[String]) -> String {
+    if ns.is_empty() {
+        "none".into()
+    } else {
+        ns.join(", ")
+    }
 }
 
 fn is_transient_driver_error(e: &mongodb::error::Error) -> bool {

@@ -330,7 +330,7 @@ async fn dump_inner(
     // Read before the writer starts and before any collection is read.
     let oplog_start = if with_oplog {
         metas.push(CollectionMetadata::oplog());
-        let start = cancellable(cancel, oplog::newest_ts(client)).await?;
+        let start = cancellable(cancel, oplog::start_ts(client)).await?;
         info!(oplog_start = %oplog::fmt_ts(start), "oplog window starts");
         Some(start)
     } else {
@@ -368,7 +368,9 @@ async fn dump_inner(
             })
             .await?;
         match oplog_start {
-            Some(start) => dump_oplog(&ctx, oplog_ns, start).await.map(Some),
+            Some(start) => dump_oplog(&ctx, oplog_ns, start, &databases)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     };
@@ -452,14 +454,25 @@ async fn dump_inner(
 
 /// After the collections: reads `oplogEnd`, checks for overflow, writes the window into
 /// namespace `ns` and checks again. Returns `oplogEnd`.
+///
+/// Every entry of the dumped databases goes through the restore's checks
+/// ([`oplog::Sequencer`] in backup mode) as it is written: an entry a restore could not
+/// apply (unknown kind, malformed diff, a rename during the dump, a transaction whose start
+/// precedes the window) fails the backup now, naming the entry, instead of a later restore.
 async fn dump_oplog(
     ctx: &TaskCtx<'_>,
     ns: usize,
     start: bson::Timestamp,
+    databases: &[String],
 ) -> Result<bson::Timestamp, TaskError> {
     let end = oplog::newest_ts(ctx.client).await?;
     oplog::check_no_overflow(ctx.client, start).await?;
     let mut cursor = oplog::window_cursor(ctx.client, start, end, ctx.opts.batch_size).await?;
+    let mut check = oplog::Sequencer::new(
+        oplog::Scope::databases(databases.iter().map(String::as_str)),
+        oplog::Mode::Backup,
+        false,
+    );
     // Oplog entries are not documents of the backup: they stay out of the progress figures.
     let mut out = Segmenter::new(ctx, ns, false);
     while cursor
@@ -467,7 +480,11 @@ async fn dump_oplog(
         .await
         .map_err(|e| MongoError::from_driver("read cursor of local.oplog.rs", e))?
     {
+        check.push(cursor.current())?;
         out.push(cursor.current().as_bytes()).await?;
+    }
+    for w in check.finish().warnings {
+        info!("{w}");
     }
     // Entries evicted while we read would be missing from the window.
     oplog::check_no_overflow(ctx.client, start).await?;

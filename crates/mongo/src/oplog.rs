@@ -32,26 +32,49 @@
 //! fuzzy copy, and replaying from a fuzzy copy passes through states that never existed
 //! together on the source (e.g. two documents briefly holding the same unique key), which a
 //! unique index would refuse. Once the whole window is replayed the data is a state the
-//! source really had, so the index builds see consistent data. Entries are applied one at a
-//! time, in archive order, as [`ReplayOp`]s (FerretDB has no `applyOps`; [`Replayer`] batches
-//! them with the same result, see there):
+//! source really had, so the index builds see consistent data (indexes created or dropped
+//! by the oplog join or leave the set built then, as mongorestore's index catalog does).
 //!
-//! | entry | applied as |
-//! |---|---|
-//! | `i` | `replaceOne({_id}, o, upsert)` (idempotent) |
-//! | `u`, `o = {$v:1, $set:{<full doc with _id>}}` (FerretDB) | `replaceOne({_id: o2._id}, $set, upsert)` |
-//! | `u`, `o` a replacement document (no `$` keys) | `replaceOne({_id: o2._id or o._id}, o, upsert)` |
-//! | `u`, `o = {$v:1?, $set?, $unset?}` partial (MongoDB ≤ 4.x) | `updateOne({_id: o2._id}, {$set, $unset})` |
-//! | `u`, `o = {$v:2, diff}` (MongoDB ≥ 5.0) and anything else | [`MongoError::Unsupported`] naming the entry |
-//! | `d` | `deleteOne({_id: o._id})` |
-//! | `n` | skipped (no-op) |
-//! | `c` (commands) | [`MongoError::Unsupported`] naming the entry (DDL cannot be replayed safely) |
+//! Every entry is first checked, in the restore's verify pass, before the first drop or
+//! insert (and by the backup itself when it captures the window): `replay::Sequencer` parses
+//! it into a typed entry (`entry.rs`), refuses what cannot be applied with an error naming
+//! it, and collects transactions. The replay pass runs the same code and hands each
+//! resulting action to the `replay::Applier`, which applies it one of two ways, chosen by
+//! [`detect_apply_path`] (an empty `applyOps` on the target):
 //!
-//! Only entries of namespaces the restore restores are applied (the selection of the
-//! restore); entries of other namespaces are not. Entries of the restore's databases whose
-//! collection is not in the backup (created during the dump) are not replayed either; the
-//! restore reports them as a warning.
+//! | entry | [`ApplyPath::Translate`] (FerretDB: no `applyOps`) | [`ApplyPath::ApplyOps`] (mongod; **unverified**) |
+//! |---|---|---|
+//! | `i` | `replaceOne({_id}, o, upsert)` (batched by [`Replayer`]) | `applyOps: [entry]` |
+//! | `u`, full image (`o` without `$` keys; FerretDB's `{$v:1, $set: <whole document>}`) | `replaceOne({_id}, image, upsert)` (batched) | `applyOps` |
+//! | `u`, `{$v:1?, $set?, $unset?}` (MongoDB ≤ 4.x) | `updateOne({_id}, {$set, $unset})` | `applyOps` |
+//! | `u`, `{$v:2, diff}` (MongoDB ≥ 5.0) | the diff applied here ([`diff`]) to the current image, written whole | `applyOps` |
+//! | `d` | `deleteOne({_id})` (batched) | `applyOps` |
+//! | `n`, `km`, `ci`/`cu`/`cd` | skipped (as mongorestore) | skipped |
+//! | `c` `create` | `create` with the options the target supports (others: warning) | `applyOps` |
+//! | `c` `drop` | `drop` | `applyOps` |
+//! | `c` `dropDatabase` | `drop` of each collection of the database this restore manages | same |
+//! | `c` `createIndexes`, `commitIndexBuild`, `dropIndexes`, `collMod` `index` | the set of indexes built after the replay | same |
+//! | `c` `collMod` other options | warning: not applied (FerretDB has no validators, …) | `applyOps` |
+//! | `c` `renameCollection` | `renameCollection` (refused if it crosses the selection) | `applyOps` |
+//! | `c` `emptycapped` | `deleteMany({})` | `applyOps` |
+//! | `c` `convertToCapped`, `create` of a view or timeseries | refused before anything is written | `applyOps` |
+//! | `c` `applyOps` (transactions) | its operations, at the commit | same |
+//! | `c` `startIndexBuild`, `abortIndexBuild`, `dbCheck`, … | skipped (as mongorestore) | skipped |
+//! | unknown `op`, unknown command, `importCollection`, `$v:2` binary sections, other update forms | refused before anything is written, naming the entry | same |
 //!
+//! Transactions: the `applyOps` entries of one transaction (same `lsid` and `txnNumber`) are
+//! collected, each checked to follow the previous one (`prevOpTime`), and applied at the
+//! commit (the entry without `partialTxn`/`prepare`, or `commitTransaction` of a prepared
+//! one), as MongoDB applies them; an aborted one is dropped, one not committed by the end
+//! of the window is not applied (a warning says so), and one whose first entries precede
+//! the window fails the check. `applyOps` without `lsid` (or with `multiOpType: 1`) is
+//! applied at once.
+//!
+//! Only entries of the restore's scope are looked at: the selection (everything when it is
+//! empty) within the backup's databases. Collections of those databases that are not in the
+//! backup but written by the oplog (created during the dump) are restored by the replay and
+//! checked against the target (existing, or dropped with `drop`) like the others.
+
 //! # The guarantee
 //!
 //! For the restored namespaces, the restored data is the source's data **as of the oplog
@@ -65,18 +88,28 @@
 //!   window: a touched one ends at its last in-window image). The window is read in natural
 //!   (insertion) order, which is `ts` order unless concurrent writers insert their entries
 //!   out of `ts` order;
-//! * no DDL ran during the dump (FerretDB does not log collection or index creation, drops
-//!   or renames; MongoDB `c` entries make the restore fail rather than be ignored);
-//! * updates are in one of the forms above (anything else fails the restore, never skipped).
+//! * no DDL ran during the dump that the oplog does not show (FerretDB does not log
+//!   collection or index creation, drops or renames; MongoDB does, and its `c` entries are
+//!   replayed; a rename during the dump fails the backup, as in `mongodump --oplog`);
+//! * every entry is in one of the forms above (anything else fails the backup and the
+//!   restore, never skipped).
 //!
 //! Every document touched in the window ends at the image of its last entry in the window;
 //! every other document is as the dump read it, which is its state at `oplogEnd` as well.
-//! The replay is idempotent (full images, deletes, `$set`/`$unset`), so entries the dump
-//! already saw are harmless, and the window includes `oplogStart` itself (`$gte`), as
+//! The replay is idempotent (full images, deletes, `$set`/`$unset`, `$v:2` diffs, which
+//! MongoDB designs to be re-applicable), so entries the dump already saw are harmless, and the window includes `oplogStart` itself (`$gte`), as
 //! mongodump's does.
 //!
 //! A restore that fails during the replay leaves the collections partly replayed (and
-//! without their secondary indexes); running it again with `drop` starts over.
+//! without their secondary indexes); its error ([`MongoError::RestoreIncomplete`]) lists the
+//! complete and incomplete namespaces, and running it again with `drop` starts over.
+
+pub mod diff;
+mod entry;
+mod replay;
+
+pub use replay::{detect_apply_path, ApplyPath};
+pub(crate) use replay::{Applier, IndexCatalog, Mode, Scope, Sequencer, SequencerReport};
 
 use std::collections::BTreeMap;
 
@@ -174,6 +207,40 @@ pub(crate) async fn newest_ts(client: &Client) -> Result<Timestamp> {
     edge_ts(client, -1, "newest").await
 }
 
+/// Where a dump's oplog window starts (`mongodump`'s `getOplogCopyStartTime`): the newest
+/// entry, or the start of the oldest transaction still open (`config.transactions` in state
+/// `prepared` or `inProgress`), whichever is older, so that every entry of a transaction
+/// that commits during the dump is in the window. FerretDB has no transactions (the query
+/// finds nothing); the mongod case is **unverified** (no mongod to test with).
+///
+/// # Errors
+/// As [`newest_ts`].
+pub(crate) async fn start_ts(client: &Client) -> Result<Timestamp> {
+    let newest = newest_ts(client).await?;
+    let open = client
+        .database("config")
+        .collection::<Document>("transactions")
+        .find_one(doc! { "state": { "$in": ["prepared", "inProgress"] } })
+        .sort(doc! { "startOpTime": 1 })
+        .projection(doc! { "startOpTime": 1 })
+        .await;
+    let started = match open {
+        Ok(Some(d)) => d
+            .get_document("startOpTime")
+            .ok()
+            .and_then(|o| o.get_timestamp("ts").ok()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read config.transactions; the oplog window starts at the newest entry");
+            None
+        }
+    };
+    Ok(match started {
+        Some(t) if t < newest => t,
+        _ => newest,
+    })
+}
+
 /// Fails with [`MongoError::OplogOverflow`] unless the oldest entry is at or before `start`.
 pub(crate) async fn check_no_overflow(client: &Client, start: Timestamp) -> Result<()> {
     let oldest = edge_ts(client, 1, "oldest").await?;
@@ -245,12 +312,6 @@ pub enum ReplayOp {
     },
 }
 
-impl Converted {
-    fn apply(op: ReplayOp) -> Self {
-        Converted::Apply(Box::new(op))
-    }
-}
-
 impl ReplayOp {
     /// `(db, collection)` the op writes to.
     pub fn namespace(&self) -> (&str, &str) {
@@ -289,6 +350,13 @@ impl ReplayOp {
         }
         Ok(())
     }
+}
+
+fn id_key(id: &Bson) -> Result<Vec<u8>> {
+    bson::to_vec(&doc! { "_id": id.clone() }).map_err(|e| MongoError::Protocol {
+        context: "replay the oplog".into(),
+        detail: format!("unencodable _id: {e}"),
+    })
 }
 
 /// `_id` (as BSON bytes of `{_id}`) → (`_id`, final image or `None` = deleted).
@@ -352,10 +420,7 @@ impl Replayer {
             } => (db, collection, id, Some(doc)),
             ReplayOp::Delete { db, collection, id } => (db, collection, id, None),
         };
-        let key = bson::to_vec(&doc! { "_id": id.clone() }).map_err(|e| MongoError::Protocol {
-            context: "replay the oplog".into(),
-            detail: format!("unencodable _id: {e}"),
-        })?;
+        let key = id_key(&id)?;
         let size = key.len()
             + image
                 .as_ref()
@@ -370,6 +435,39 @@ impl Replayer {
             self.flush(client).await?;
         }
         Ok(())
+    }
+
+    /// The current image of a document: the batch's when it holds one (`None` if the batch
+    /// deletes it), otherwise the server's.
+    ///
+    /// # Errors
+    /// Server errors, naming the namespace.
+    pub async fn current(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &Bson,
+        client: &Client,
+    ) -> Result<Option<Document>> {
+        let key = id_key(id)?;
+        if let Some((_, image)) = self
+            .pending
+            .get(&(db.to_string(), collection.to_string()))
+            .and_then(|ns| ns.get(&key))
+        {
+            return Ok(image.clone());
+        }
+        client
+            .database(db)
+            .collection::<Document>(collection)
+            .find_one(doc! { "_id": id.clone() })
+            .await
+            .map_err(|e| {
+                MongoError::from_driver(
+                    format!("replay oplog: read _id {id} of {db}.{collection}"),
+                    e,
+                )
+            })
     }
 
     /// Applies everything held.
@@ -407,345 +505,5 @@ impl Replayer {
     }
 }
 
-/// What [`convert_entry`] decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Converted {
-    /// Apply this write.
-    Apply(Box<ReplayOp>),
-    /// Nothing to do: a no-op (`n`) or an internal namespace mongorestore skips too.
-    Noop,
-    /// An entry of a namespace the restore does not restore (`db`, `collection`).
-    NotSelected(String, String),
-}
-
-/// Turns one oplog entry into a write. `selected(db, collection)` says whether the restore
-/// restores that namespace; `c` entries are refused when their database holds a selected
-/// namespace (`selected_db`), and ignored otherwise.
-///
-/// # Errors
-/// [`MongoError::Unsupported`] naming the entry (`ts`, `ns`, `op`) for commands, `$v:2`
-/// diff updates and any other form that cannot be replayed exactly;
-/// [`MongoError::Protocol`] for malformed entries.
-pub fn convert_entry(
-    entry: &Document,
-    selected: &dyn Fn(&str, &str) -> bool,
-    selected_db: &dyn Fn(&str) -> bool,
-) -> Result<Converted> {
-    let op = entry.get_str("op").unwrap_or("");
-    let ns = entry.get_str("ns").unwrap_or("");
-    let name = || {
-        let ts = match entry.get("ts") {
-            Some(Bson::Timestamp(ts)) => fmt_ts(*ts),
-            _ => "no ts".into(),
-        };
-        format!("oplog entry {ts} (ns {ns:?}, op {op:?})")
-    };
-    let malformed = |detail: &str| MongoError::Protocol {
-        context: "replay the oplog".into(),
-        detail: format!("{}: {detail}", name()),
-    };
-    let unsupported = |detail: &str| MongoError::Unsupported(format!("{}: {detail}", name()));
-    if op == "n" {
-        return Ok(Converted::Noop);
-    }
-    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-    if op == "c" {
-        if selected_db(db) {
-            return Err(unsupported(
-                "command entries (DDL, transactions) cannot be replayed; \
-                 no DDL may run during a consistent backup",
-            ));
-        }
-        return Ok(Converted::NotSelected(db.to_string(), coll.to_string()));
-    }
-    if db.is_empty() || coll.is_empty() {
-        return Err(malformed("no \"db.collection\" namespace"));
-    }
-    // Internal namespaces mongorestore --oplogReplay skips as well.
-    if db == "config"
-        && (coll.starts_with("cache.") || coll == "system.sessions" || coll == "system.indexBuilds")
-    {
-        return Ok(Converted::Noop);
-    }
-    if !selected(db, coll) {
-        return Ok(Converted::NotSelected(db.to_string(), coll.to_string()));
-    }
-    let o = entry
-        .get_document("o")
-        .map_err(|_| malformed("no document \"o\""))?;
-    let (db, collection) = (db.to_string(), coll.to_string());
-    match op {
-        "i" => {
-            let id = o
-                .get("_id")
-                .cloned()
-                .ok_or_else(|| malformed("inserted document has no _id"))?;
-            Ok(Converted::apply(ReplayOp::Upsert {
-                db,
-                collection,
-                id,
-                doc: o.clone(),
-            }))
-        }
-        "d" => {
-            let id = o
-                .get("_id")
-                .cloned()
-                .ok_or_else(|| malformed("delete without o._id"))?;
-            Ok(Converted::apply(ReplayOp::Delete { db, collection, id }))
-        }
-        "u" => {
-            let o2_id = entry
-                .get_document("o2")
-                .ok()
-                .and_then(|o2| o2.get("_id"))
-                .cloned();
-            let has_operators = o.keys().any(|k| k.starts_with('$'));
-            if !has_operators {
-                // A replacement: `o` is the whole new document.
-                let id = o2_id
-                    .or_else(|| o.get("_id").cloned())
-                    .ok_or_else(|| malformed("replacement update without o2._id or o._id"))?;
-                if o.get("_id").is_some_and(|i| *i != id) {
-                    return Err(malformed("o._id differs from o2._id"));
-                }
-                return Ok(Converted::apply(ReplayOp::Upsert {
-                    db,
-                    collection,
-                    id,
-                    doc: o.clone(),
-                }));
-            }
-            let version = o.get("$v").and_then(|v| match v {
-                Bson::Int32(v) => Some(i64::from(*v)),
-                Bson::Int64(v) => Some(*v),
-                Bson::Double(v) if v.fract() == 0.0 => Some(*v as i64),
-                _ => None,
-            });
-            let Some(id) = o2_id else {
-                return Err(malformed("update without o2._id"));
-            };
-            match version {
-                None | Some(1) => {}
-                Some(2) => {
-                    return Err(unsupported(
-                        "$v:2 (diff) updates of MongoDB ≥ 5.0 are not supported by oplog replay",
-                    ))
-                }
-                Some(v) => return Err(unsupported(&format!("update format $v:{v}"))),
-            }
-            if let Some(bad) = o
-                .keys()
-                .find(|k| !matches!(k.as_str(), "$v" | "$set" | "$unset"))
-            {
-                return Err(unsupported(&format!("update operator {bad:?}")));
-            }
-            let set = match o.get("$set") {
-                None => None,
-                Some(Bson::Document(s)) => Some(s),
-                Some(_) => return Err(malformed("$set is not a document")),
-            };
-            // FerretDB logs an update as `$set` of the full post-update document.
-            if let Some(set) = set {
-                if o.get("$unset").is_none() && set.get("_id").is_some() {
-                    if set.get("_id") != Some(&id) {
-                        return Err(malformed("$set._id differs from o2._id"));
-                    }
-                    return Ok(Converted::apply(ReplayOp::Upsert {
-                        db,
-                        collection,
-                        id,
-                        doc: set.clone(),
-                    }));
-                }
-            }
-            let mut update = Document::new();
-            for k in ["$set", "$unset"] {
-                match o.get(k) {
-                    None => {}
-                    Some(Bson::Document(d)) if !d.is_empty() => {
-                        update.insert(k, d.clone());
-                    }
-                    Some(Bson::Document(_)) => {}
-                    Some(_) => return Err(malformed(&format!("{k} is not a document"))),
-                }
-            }
-            if update.is_empty() {
-                return Err(unsupported("update with neither $set nor $unset"));
-            }
-            Ok(Converted::apply(ReplayOp::Update {
-                db,
-                collection,
-                id,
-                update,
-            }))
-        }
-        other => Err(unsupported(&format!("unknown op {other:?}"))),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn all(_: &str, _: &str) -> bool {
-        true
-    }
-    fn all_db(_: &str) -> bool {
-        true
-    }
-    fn conv(e: Document) -> Result<Converted> {
-        convert_entry(&e, &all, &all_db)
-    }
-    fn upsert_id(c: Converted) -> Option<Bson> {
-        match c {
-            Converted::Apply(op) => match *op {
-                ReplayOp::Upsert { id, .. } => Some(id),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-    fn ts() -> Timestamp {
-        Timestamp {
-            time: 1_700_000_000,
-            increment: 7,
-        }
-    }
-
-    #[test]
-    fn insert_is_an_upsert_of_the_full_document() {
-        let got = conv(doc! { "ts": ts(), "ns": "a.b", "op": "i", "o": { "_id": 1, "x": 2 } });
-        assert_eq!(
-            got.unwrap(),
-            Converted::apply(ReplayOp::Upsert {
-                db: "a".into(),
-                collection: "b".into(),
-                id: Bson::Int32(1),
-                doc: doc! { "_id": 1, "x": 2 },
-            })
-        );
-        // Collections may contain dots.
-        let got = conv(doc! { "ns": "a.b.c", "op": "i", "o": { "_id": "k" } }).unwrap();
-        let Converted::Apply(op) = got else { panic!() };
-        assert_eq!(op.namespace(), ("a", "b.c"));
-        assert!(conv(doc! { "ns": "a.b", "op": "i", "o": { "x": 1 } }).is_err());
-    }
-
-    #[test]
-    fn ferretdb_update_replaces_with_the_full_document() {
-        let e = doc! { "ts": ts(), "ns": "a.b", "op": "u",
-        "o": { "$v": 1, "$set": { "_id": "counter", "n": 41 } }, "o2": { "_id": "counter" } };
-        assert_eq!(
-            conv(e).unwrap(),
-            Converted::apply(ReplayOp::Upsert {
-                db: "a".into(),
-                collection: "b".into(),
-                id: Bson::String("counter".into()),
-                doc: doc! { "_id": "counter", "n": 41 },
-            })
-        );
-        let e = doc! { "ns": "a.b", "op": "u",
-        "o": { "$v": 1, "$set": { "_id": "x", "n": 1 } }, "o2": { "_id": "y" } };
-        assert!(matches!(conv(e), Err(MongoError::Protocol { .. })));
-    }
-
-    #[test]
-    fn replacement_update_uses_o2_or_o_id() {
-        let e = doc! { "ns": "a.b", "op": "u", "o": { "_id": 3, "v": 1 }, "o2": { "_id": 3 } };
-        assert_eq!(upsert_id(conv(e).unwrap()), Some(Bson::Int32(3)));
-        // FerretDB before o2 existed: full document, no o2.
-        let e = doc! { "ns": "a.b", "op": "u", "o": { "_id": 4, "v": 1 } };
-        assert_eq!(upsert_id(conv(e).unwrap()), Some(Bson::Int32(4)));
-        let e = doc! { "ns": "a.b", "op": "u", "o": { "v": 1 } };
-        assert!(conv(e).is_err());
-    }
-
-    #[test]
-    fn legacy_modifier_update_is_applied_as_an_update() {
-        let e = doc! { "ns": "a.b", "op": "u",
-        "o": { "$v": 1, "$set": { "x.y": 2 }, "$unset": { "z": true } }, "o2": { "_id": 5 } };
-        assert_eq!(
-            conv(e).unwrap(),
-            Converted::apply(ReplayOp::Update {
-                db: "a".into(),
-                collection: "b".into(),
-                id: Bson::Int32(5),
-                update: doc! { "$set": { "x.y": 2 }, "$unset": { "z": true } },
-            })
-        );
-    }
-
-    #[test]
-    fn unsupported_updates_fail_naming_the_entry() {
-        let e = doc! { "ts": ts(), "ns": "a.b", "op": "u",
-        "o": { "$v": 2, "diff": { "u": { "x": 1 } } }, "o2": { "_id": 5 } };
-        let err = conv(e).unwrap_err();
-        assert!(matches!(err, MongoError::Unsupported(_)), "{err}");
-        let msg = err.to_string();
-        assert!(
-            msg.contains("Timestamp(1700000000, 7)") && msg.contains("a.b"),
-            "{msg}"
-        );
-        assert!(msg.contains("$v:2"), "{msg}");
-        for o in [
-            doc! { "$v": 1, "$inc": { "n": 1 } },
-            doc! { "$v": 3, "$set": { "n": 1 } },
-            doc! { "$v": 1 },
-        ] {
-            let e = doc! { "ns": "a.b", "op": "u", "o": o.clone(), "o2": { "_id": 1 } };
-            assert!(matches!(conv(e), Err(MongoError::Unsupported(_))), "{o}");
-        }
-        let e = doc! { "ns": "a.b", "op": "x", "o": {} };
-        assert!(matches!(conv(e), Err(MongoError::Unsupported(_))));
-    }
-
-    #[test]
-    fn delete_noop_and_commands() {
-        let e = doc! { "ns": "a.b", "op": "d", "o": { "_id": 9 } };
-        assert_eq!(
-            conv(e).unwrap(),
-            Converted::apply(ReplayOp::Delete {
-                db: "a".into(),
-                collection: "b".into(),
-                id: Bson::Int32(9),
-            })
-        );
-        assert_eq!(
-            conv(doc! { "ns": "", "op": "n", "o": { "msg": "x" } }).unwrap(),
-            Converted::Noop
-        );
-        let cmd = doc! { "ts": ts(), "ns": "a.$cmd", "op": "c", "o": { "drop": "b" } };
-        let err = conv(cmd.clone()).unwrap_err();
-        assert!(matches!(err, MongoError::Unsupported(_)), "{err}");
-        // A command on a database the restore does not touch is not its business.
-        let other = convert_entry(&cmd, &|_, _| false, &|d| d != "a").unwrap();
-        assert_eq!(other, Converted::NotSelected("a".into(), "$cmd".into()));
-        assert_eq!(
-            conv(doc! { "ns": "config.system.sessions", "op": "i", "o": { "_id": 1 } }).unwrap(),
-            Converted::Noop
-        );
-    }
-
-    #[test]
-    fn namespace_filter() {
-        let only_ab = |d: &str, c: &str| d == "a" && c == "b";
-        let only_a = |d: &str| d == "a";
-        let e = doc! { "ns": "a.c", "op": "i", "o": { "_id": 1 } };
-        assert_eq!(
-            convert_entry(&e, &only_ab, &only_a).unwrap(),
-            Converted::NotSelected("a".into(), "c".into())
-        );
-        let e = doc! { "ns": "a.b", "op": "d", "o": { "_id": 1 } };
-        assert!(matches!(
-            convert_entry(&e, &only_ab, &only_a).unwrap(),
-            Converted::Apply(_)
-        ));
-        // Unsupported forms of unselected namespaces are not an error.
-        let e = doc! { "ns": "z.b", "op": "u", "o": { "$v": 2, "diff": {} }, "o2": { "_id": 1 } };
-        assert!(matches!(
-            convert_entry(&e, &only_ab, &only_a).unwrap(),
-            Converted::NotSelected(..)
-        ));
-    }
-}
+mod tests;

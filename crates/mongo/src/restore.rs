@@ -68,17 +68,29 @@
 //! # Oplog replay
 //!
 //! When the archive holds an oplog (db `""`, collection `"oplog"`; written by a dump of a
-//! replica set with `local.oplog.rs`, ours or `mongodump --oplog`), a third pass runs once
-//! every collection is fully inserted: `open_input` is called a third time, only the oplog
-//! namespace's entries are read (streamed through a small bounded channel, so memory stays
-//! bounded) and applied one at a time, in archive order, by [`crate::oplog::convert_entry`]
-//! and [`crate::oplog::ReplayOp::apply`], restricted to the namespaces this restore
-//! restores. Secondary indexes are then built **after** the replay (not per collection as
-//! without an oplog): the collections are a fuzzy copy, and replaying from it passes
-//! through states the source never had together, which a unique index could refuse. See
-//! [`crate::oplog`] for the supported entry forms and the exact consistency guarantee.
+//! replica set with `local.oplog.rs`, ours or `mongodump --oplog`), the verify pass also
+//! checks every entry of the restore's scope with the replay's own code
+//! ([`crate::oplog`]'s `Sequencer`): parsed, of a kind this version applies, transactions
+//! chained. An entry that fails makes the restore fail **before the first drop or insert**,
+//! naming it. The target is then asked whether it has `applyOps`
+//! ([`crate::oplog::detect_apply_path`]); entries only `applyOps` can apply (views,
+//! `convertToCapped`) fail a restore into a target without it, still before any write.
+//!
+//! The replay pass runs once every collection is fully inserted: `open_input` is called a
+//! third time, only the oplog namespace's entries are read (streamed through a small bounded
+//! channel, so memory stays bounded) and applied in archive order. Secondary indexes are
+//! then built **after** the replay (not per collection as without an oplog): the
+//! collections are a fuzzy copy, and replaying from it passes through states the source
+//! never had together, which a unique index could refuse. See [`crate::oplog`] for the entry
+//! forms, the two apply paths and the exact consistency guarantee.
 //! [`RestoreOptions::replay_oplog`] = false skips the replay (the result is then the fuzzy
 //! copy; a warning says so).
+//!
+//! # Failures after the first write
+//!
+//! Once the target phase has started, an error comes as [`MongoError::RestoreIncomplete`]
+//! naming the namespaces that are complete (all documents, indexes and, with an oplog, the
+//! replay) and those that are not; restoring again with `drop` replaces them.
 //!
 //! # Not restored
 //!
@@ -90,7 +102,7 @@
 //! A restore that fails or is cancelled after the target phase leaves the collections it
 //! created (possibly partially filled); running it again with `drop` replaces them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,6 +118,9 @@ use crate::archive::{
 };
 use crate::error::cancellable;
 use crate::error::{MongoError, Result};
+use crate::oplog::{
+    detect_apply_path, Applier, ApplyPath, IndexCatalog, Mode, Scope, Sequencer, SequencerReport,
+};
 
 /// Largest insert batch the driver can send as one command (`maxWriteBatchSize`).
 const MAX_BATCH_DOCS: usize = 100_000;
@@ -152,6 +167,19 @@ impl Default for RestoreOptions {
 }
 
 impl RestoreOptions {
+    /// The namespaces whose oplog entries the replay applies: the selection.
+    fn scope(&self) -> Scope {
+        if self.select.is_empty() {
+            Scope::all()
+        } else {
+            Scope::selection(
+                self.select
+                    .iter()
+                    .map(|s| (s.db.as_str(), s.collection.as_deref())),
+            )
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(MongoError::InvalidArgument(what));
         if self.parallel_collections == 0 {
@@ -302,7 +330,7 @@ pub struct ArchiveSummary {
 /// # Errors
 /// [`MongoError::Archive`] naming the byte offset, the namespace and what is wrong.
 pub fn verify_archive<R: Read>(r: R) -> Result<ArchiveSummary> {
-    verify_inner(r, None)
+    verify_inner(r, None, None)
 }
 
 /// The databases a backup holds (for `DescribeBackupDBs`): sorted and deduplicated,
@@ -329,7 +357,14 @@ pub fn archive_databases<R: Read>(r: R) -> Result<Vec<String>> {
     Ok(dbs.into_iter().collect())
 }
 
-fn verify_inner<R: Read>(r: R, cancel: Option<&CancellationToken>) -> Result<ArchiveSummary> {
+/// The verify pass; with `oplog`, every oplog entry also goes through the replay's
+/// [`Sequencer`] (parsed, checked applicable, transactions chained), so that an entry the
+/// restore could not apply fails it before anything is written.
+fn verify_inner<R: Read>(
+    r: R,
+    cancel: Option<&CancellationToken>,
+    mut oplog: Option<&mut Sequencer>,
+) -> Result<ArchiveSummary> {
     let mut reader = ArchiveReader::new(r);
     let Some(ArchiveEvent::Prelude { header, namespaces }) = reader.next_event()? else {
         return Err(MongoError::Internal(
@@ -339,10 +374,21 @@ fn verify_inner<R: Read>(r: R, cancel: Option<&CancellationToken>) -> Result<Arc
     for m in &namespaces {
         check_prelude_entry(m).map_err(|detail| bad_metadata(m, detail))?;
     }
-    while reader.next_event()?.is_some() {
+    let oplog_ns = namespaces
+        .iter()
+        .position(|m| m.db.is_empty() && m.collection == "oplog");
+    if let Some(seq) = oplog.as_deref_mut() {
+        seq.within(archive_dbs(&namespaces));
+    }
+    while let Some(ev) = reader.next_event()? {
         // A flag load per document: cheap, and the pass stops within one document.
         if cancel.is_some_and(CancellationToken::is_cancelled) {
             return Err(MongoError::Cancelled);
+        }
+        if let (Some(seq), ArchiveEvent::Document { ns_index, raw }) = (oplog.as_deref_mut(), &ev) {
+            if Some(*ns_index) == oplog_ns {
+                seq.push_bytes(raw)?;
+            }
         }
     }
     let mut out = Vec::with_capacity(namespaces.len());
@@ -356,6 +402,14 @@ fn verify_inner<R: Read>(r: R, cancel: Option<&CancellationToken>) -> Result<Arc
         bytes: out.iter().map(|(_, s)| s.bytes).sum(),
         namespaces: out,
     })
+}
+
+/// The databases of an archive (the oplog's empty one left out).
+fn archive_dbs(namespaces: &[CollectionMetadata]) -> impl Iterator<Item = &str> {
+    namespaces
+        .iter()
+        .map(|m| m.db.as_str())
+        .filter(|d| !d.is_empty())
 }
 
 /// A prelude entry that cannot be used. The prelude is the archive's first block, which
@@ -475,7 +529,10 @@ fn as_integer(b: &Bson) -> Option<i64> {
 ///
 /// `capped: false` is the default and is dropped silently; everything else that is not
 /// kept (validators, collation, storage engine, …) is reported.
-fn create_command(collection: &str, options: &Document) -> Result<(Document, Vec<String>), String> {
+pub(crate) fn create_command(
+    collection: &str,
+    options: &Document,
+) -> Result<(Document, Vec<String>), String> {
     let mut cmd = doc! { "create": collection };
     let mut dropped = Vec::new();
     let capped = match options.get("capped") {
@@ -518,7 +575,7 @@ fn create_command(collection: &str, options: &Document) -> Result<(Document, Vec
 ///
 /// `v`, `ns` (FerretDB rejects both) and `background` (a no-op since MongoDB 4.2) are
 /// dropped silently; any other field is dropped and reported.
-fn clean_index(spec: &Document) -> Option<(Document, Vec<String>)> {
+pub(crate) fn clean_index(spec: &Document) -> Option<(Document, Vec<String>)> {
     let name = spec.get_str("name").unwrap_or_default();
     let key = spec.get_document("key").ok()?;
     if name == "_id_" || (key.len() == 1 && key.get("_id").and_then(as_integer) == Some(1)) {
@@ -751,13 +808,17 @@ pub async fn logical_restore(
     }
     let open: OpenInput = Arc::from(open_input);
 
-    // 1. Verify the whole archive before touching the target.
-    let verified = {
+    // 1. Verify the whole archive, oplog entries included, before touching the target.
+    let (verified, oplog_check) = {
         let open = open.clone();
         let token = cancel.clone();
+        let mut seq = opts
+            .replay_oplog
+            .then(|| Sequencer::new(opts.scope(), Mode::Verify, false));
         join_blocking(tokio::task::spawn_blocking(move || {
             let input = open().map_err(|e| MongoError::io("open the backup archive", e))?;
-            verify_inner(input, Some(&token))
+            let summary = verify_inner(input, Some(&token), seq.as_mut())?;
+            Ok((summary, seq.map(Sequencer::finish)))
         }))
         .await?
     };
@@ -774,12 +835,51 @@ pub async fn logical_restore(
         docs_done: 0,
         docs_total: plan.docs_total,
     });
+    // Namespaces the oplog writes that are not restored from the archive (created during the
+    // backup): checked and dropped like the others, created by the replay.
+    let oplog_check = oplog_check.filter(|_| plan.oplog.is_some());
+    let restored: BTreeSet<(String, String)> = plan
+        .workers
+        .iter()
+        .map(|w| (w.db.clone(), w.collection.clone()))
+        .collect();
+    let extra: Vec<(String, String)> = oplog_check
+        .as_ref()
+        .map(|c| c.touched.difference(&restored).cloned().collect())
+        .unwrap_or_default();
+
+    // How the target applies oplog entries (an empty applyOps writes nothing); what only
+    // applyOps can apply fails the restore here, still before anything is written.
+    let path = match &oplog_check {
+        Some(check) => {
+            let path = cancellable(cancel, detect_apply_path(client)).await?;
+            if let (ApplyPath::Translate, Some(refusal)) = (path, &check.translate_refusal) {
+                return Err(MongoError::Unsupported(format!(
+                    "{refusal} (the target has no applyOps); nothing was restored"
+                )));
+            }
+            path
+        }
+        None => ApplyPath::Translate,
+    };
+
+    // From here on the target changes: an error says what is complete.
+    let progress_state = Completion::new(&plan, &extra);
 
     // 3. Targets: refuse or drop existing namespaces, then create the collections.
-    cancellable(cancel, prepare_targets(client, &plan.workers, opts.drop)).await?;
+    match cancellable(
+        cancel,
+        prepare_targets(client, &plan.workers, &extra, opts.drop),
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(e @ MongoError::TargetExists { .. }) => return Err(e),
+        Err(e) => return Err(progress_state.fail(e)),
+    }
 
     // 4. Apply (indexes wait for the oplog replay when there is one).
-    let (mut namespaces, oplog_entries) = apply(
+    let (mut namespaces, oplog_entries) = match apply(
         client,
         open.clone(),
         &verified,
@@ -787,48 +887,75 @@ pub async fn logical_restore(
         opts,
         progress,
         cancel,
+        &progress_state.done,
     )
-    .await?;
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(progress_state.fail(e)),
+    };
     let mut warnings = plan.warnings.clone();
     let mut oplog_replayed = 0;
 
     // 5. Replay the oplog, then build the indexes.
     if let Some((ns_index, expected)) = plan.oplog {
-        let (replayed, not_replayed) =
-            replay_oplog(client, open, ns_index, expected, &plan.workers, cancel).await?;
-        info!(entries = oplog_entries, replayed, "oplog replayed");
-        oplog_replayed = replayed;
-        // Entries of collections the backup has but the selection left out are expected;
-        // entries of collections the backup does not have mean one was created during the dump.
-        let in_archive: BTreeSet<String> = verified
-            .namespaces
-            .iter()
-            .map(|(m, _)| m.namespace())
-            .collect();
-        for (ns, n) in not_replayed
-            .into_iter()
-            .filter(|(ns, _)| !in_archive.contains(ns))
-        {
-            let w = format!(
-                "{n} oplog entries of {ns} were not replayed: the collection is not in the backup \
-                 (created during the dump?)"
-            );
+        let mut catalog = IndexCatalog::default();
+        if opts.build_indexes {
+            for w in &plan.workers {
+                catalog
+                    .specs
+                    .insert((w.db.clone(), w.collection.clone()), w.indexes.clone());
+            }
+        }
+        let mut known = restored.clone();
+        known.extend(extra.iter().cloned());
+        let mut applier = Applier::new(client, path, catalog, known);
+        let metas: Vec<CollectionMetadata> =
+            verified.namespaces.iter().map(|(m, _)| m.clone()).collect();
+        let scope = opts.scope().within(archive_dbs(&metas));
+        let replayed =
+            replay_oplog(&mut applier, open, ns_index, expected, scope, path, cancel).await;
+        let report = match replayed {
+            Ok(r) => r,
+            Err(e) => return Err(progress_state.fail(e)),
+        };
+        info!(
+            entries = oplog_entries,
+            replayed = applier.applied,
+            "oplog replayed"
+        );
+        oplog_replayed = applier.applied;
+        for w in report.warnings.iter().chain(&applier.warnings) {
             warn!("{w}");
-            warnings.push(w);
+            warnings.push(w.clone());
         }
         if opts.build_indexes {
             let writes = Semaphore::new(opts.parallel_collections);
+            let catalog = std::mem::take(&mut applier.indexes.specs);
             let built = cancellable(
                 cancel,
-                futures::future::try_join_all(
-                    plan.workers
-                        .iter()
-                        .map(|w| create_indexes_of(client, &writes, w)),
-                ),
+                futures::future::try_join_all(catalog.iter().map(|((db, coll), specs)| {
+                    let writes = &writes;
+                    let done = &progress_state.done;
+                    async move {
+                        let names = create_indexes(client, writes, db, coll, specs).await?;
+                        if let Ok(mut d) = done.lock() {
+                            d.insert(format!("{db}.{coll}"));
+                        }
+                        Ok::<_, MongoError>(((db.clone(), coll.clone()), names))
+                    }
+                })),
             )
-            .await?;
-            for (n, names) in namespaces.iter_mut().zip(built) {
-                n.indexes = names;
+            .await;
+            let built: BTreeMap<(String, String), Vec<String>> = match built {
+                Ok(b) => b.into_iter().collect(),
+                Err(e) => return Err(progress_state.fail(e)),
+            };
+            for n in namespaces.iter_mut() {
+                n.indexes = built
+                    .get(&(n.db.clone(), n.collection.clone()))
+                    .cloned()
+                    .unwrap_or_default();
             }
         }
     }
@@ -855,6 +982,42 @@ pub async fn logical_restore(
     })
 }
 
+/// Which namespaces are complete once the target has started to change, for the error of a
+/// restore that fails mid-way ([`MongoError::RestoreIncomplete`]).
+struct Completion {
+    /// Every namespace the restore writes (`db.collection`), in plan order.
+    planned: Vec<String>,
+    /// Namespaces complete so far (workers add theirs; with a replay, the index builds do).
+    done: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Completion {
+    fn new(plan: &Plan, extra: &[(String, String)]) -> Completion {
+        let mut planned: Vec<String> = plan.workers.iter().map(|w| w.ns.clone()).collect();
+        planned.extend(extra.iter().map(|(d, c)| format!("{d}.{c}")));
+        Completion {
+            planned,
+            done: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `e`, with the namespaces that are complete and those that are not (cancellation and
+    /// nothing-written errors stay as they are).
+    fn fail(&self, e: MongoError) -> MongoError {
+        if matches!(e, MongoError::Cancelled) {
+            return e;
+        }
+        let done = self.done.lock().map(|d| d.clone()).unwrap_or_default();
+        let (complete, incomplete): (Vec<String>, Vec<String>) =
+            self.planned.iter().cloned().partition(|n| done.contains(n));
+        MongoError::RestoreIncomplete {
+            source: Box::new(e),
+            complete,
+            incomplete,
+        }
+    }
+}
+
 type OpenInput = Arc<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
 
 async fn join_blocking<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
@@ -871,9 +1034,11 @@ async fn join_blocking<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
 async fn prepare_targets(
     client: &mongodb::Client,
     workers: &[WorkerPlan],
+    extra: &[(String, String)],
     drop: bool,
 ) -> Result<()> {
-    let dbs: BTreeSet<&str> = workers.iter().map(|w| w.db.as_str()).collect();
+    let mut dbs: BTreeSet<&str> = workers.iter().map(|w| w.db.as_str()).collect();
+    dbs.extend(extra.iter().map(|(d, _)| d.as_str()));
     let mut existing: BTreeSet<(String, String)> = BTreeSet::new();
     for db in dbs {
         let names = client
@@ -883,31 +1048,34 @@ async fn prepare_targets(
             .map_err(|e| MongoError::from_driver(format!("list collections of {db}"), e))?;
         existing.extend(names.into_iter().map(|n| (db.to_string(), n)));
     }
-    let conflicts: Vec<&WorkerPlan> = workers
+    // The archive's collections, then those only the oplog writes (created during the backup).
+    let conflicts: Vec<(&str, &str)> = workers
         .iter()
-        .filter(|w| existing.contains(&(w.db.clone(), w.collection.clone())))
+        .map(|w| (w.db.as_str(), w.collection.as_str()))
+        .chain(extra.iter().map(|(d, c)| (d.as_str(), c.as_str())))
+        .filter(|(d, c)| existing.contains(&(d.to_string(), c.to_string())))
         .collect();
     if !conflicts.is_empty() {
         if !drop {
             return Err(MongoError::TargetExists {
-                namespaces: conflicts.iter().map(|w| w.ns.clone()).collect(),
+                namespaces: conflicts.iter().map(|(d, c)| format!("{d}.{c}")).collect(),
             });
         }
-        for w in &conflicts {
-            info!(namespace = %w.ns, "dropping existing collection before restore");
+        for (db, coll) in &conflicts {
+            info!(namespace = %format!("{db}.{coll}"), "dropping existing collection before restore");
             // FerretDB 1.24 (SQLite) has been seen to keep a dropped collection's SQLite index, so that the
             // restore's createIndexes later fails with "index … already exists"; dropping the indexes through
             // the server first avoids it. Best effort: the drop below is what must succeed.
             let _ = client
-                .database(&w.db)
-                .run_command(doc! { "dropIndexes": w.collection.as_str(), "index": "*" })
+                .database(db)
+                .run_command(doc! { "dropIndexes": *coll, "index": "*" })
                 .await;
             client
-                .database(&w.db)
-                .collection::<Document>(&w.collection)
+                .database(db)
+                .collection::<Document>(coll)
                 .drop()
                 .await
-                .map_err(|e| MongoError::from_driver(format!("drop {}", w.ns), e))?;
+                .map_err(|e| MongoError::from_driver(format!("drop {db}.{coll}"), e))?;
         }
     }
     for w in workers {
@@ -960,8 +1128,15 @@ struct WorkerCtx<'a> {
     progress: &'a (dyn Fn(RestoreProgress) + Send + Sync),
     /// Set when the reader failed (or on cancellation): workers stop at the next batch.
     abort: &'a CancellationToken,
+    /// Namespaces completely restored (`db.collection`), for the error of a failed restore.
+    completed: &'a std::sync::Mutex<BTreeSet<String>>,
+    /// An oplog replay follows the inserts.
+    oplog_pending: bool,
 }
 
+// One more argument than clippy likes: the completion record is what a mid-way failure
+// reports, and bundling it with unrelated arguments would only hide that.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     client: &mongodb::Client,
     open: OpenInput,
@@ -970,6 +1145,7 @@ async fn apply(
     opts: &RestoreOptions,
     progress: &(dyn Fn(RestoreProgress) + Send + Sync),
     cancel: &CancellationToken,
+    completed: &std::sync::Mutex<BTreeSet<String>>,
 ) -> Result<(Vec<RestoredNamespace>, u64)> {
     let slots = Arc::new(Semaphore::new(
         opts.parallel_collections
@@ -1006,6 +1182,8 @@ async fn apply(
         docs_total: plan.docs_total,
         progress,
         abort: &abort,
+        completed,
+        oplog_pending: plan.oplog.is_some(),
     };
     // With an oplog to replay, indexes are built after the replay (see the module docs).
     let build_indexes = opts.build_indexes && plan.oplog.is_none();
@@ -1117,6 +1295,12 @@ async fn run_worker(
         Vec::new()
     };
     debug!(namespace = %w.ns, documents, indexes = names.len(), "collection restored");
+    // With an oplog to replay, the collection is complete only after the replay.
+    if !ctx.oplog_pending {
+        if let Ok(mut c) = ctx.completed.lock() {
+            c.insert(w.ns.clone());
+        }
+    }
     Ok(Some(RestoredNamespace {
         db: w.db.clone(),
         collection: w.collection.clone(),
@@ -1132,11 +1316,22 @@ async fn create_indexes_of(
     writes: &Semaphore,
     w: &WorkerPlan,
 ) -> Result<Vec<String>> {
-    if w.indexes.is_empty() {
+    create_indexes(client, writes, &w.db, &w.collection, &w.indexes).await
+}
+
+/// Builds `specs` on `db.coll` (one `createIndexes`, under a write permit); returns their
+/// names.
+async fn create_indexes(
+    client: &mongodb::Client,
+    writes: &Semaphore,
+    db_name: &str,
+    coll: &str,
+    specs: &[Document],
+) -> Result<Vec<String>> {
+    if specs.is_empty() {
         return Ok(Vec::new());
     }
-    let names: Vec<String> = w
-        .indexes
+    let names: Vec<String> = specs
         .iter()
         .map(|i| i.get_str("name").unwrap_or_default().to_string())
         .collect();
@@ -1144,12 +1339,11 @@ async fn create_indexes_of(
         .acquire()
         .await
         .map_err(|_| MongoError::Internal("write semaphore closed".into()))?;
-    let db = client.database(&w.db);
-    let create =
-        || db.run_command(doc! { "createIndexes": &w.collection, "indexes": w.indexes.clone() });
+    let db = client.database(db_name);
+    let create = || db.run_command(doc! { "createIndexes": coll, "indexes": specs.to_vec() });
     let failed = |e| {
         MongoError::from_driver(
-            format!("create indexes {} on {}", names.join(", "), w.ns),
+            format!("create indexes {} on {db_name}.{coll}", names.join(", ")),
             e,
         )
     };
@@ -1159,9 +1353,9 @@ async fn create_indexes_of(
         // SQLite error "index … already exists"; seen once in ~10 CI runs despite the dropIndexes before the
         // drop). Drop the collection's indexes through the server and ask once more.
         Err(e) if e.to_string().contains("already exists") => {
-            warn!(namespace = %w.ns, error = %e, "createIndexes found a stale index; dropping indexes and retrying");
+            warn!(namespace = %format!("{db_name}.{coll}"), error = %e, "createIndexes found a stale index; dropping indexes and retrying");
             let _ = db
-                .run_command(doc! { "dropIndexes": w.collection.as_str(), "index": "*" })
+                .run_command(doc! { "dropIndexes": coll, "index": "*" })
                 .await;
             create().await.map_err(failed)?;
         }
@@ -1173,18 +1367,17 @@ async fn create_indexes_of(
 /// Oplog entries the replay reader hands over at most at once (each ≤ 16 MiB).
 const REPLAY_CHANNEL: usize = 64;
 
-/// The replay pass: reads the oplog namespace `ns_index` once more and applies its entries
-/// in order, for the namespaces of `workers`. Returns the number of entries applied and,
-/// per namespace (`db.collection`) of the restored databases that is not restored, the
-/// number of entries not applied.
+/// The replay pass: reads the oplog namespace `ns_index` once more and applies its entries in
+/// order, through the same [`Sequencer`] the verify pass checked them with.
 async fn replay_oplog(
-    client: &mongodb::Client,
+    applier: &mut Applier<'_>,
     open: OpenInput,
     ns_index: usize,
     expected: NamespaceStats,
-    workers: &[WorkerPlan],
+    scope: Scope,
+    path: ApplyPath,
     cancel: &CancellationToken,
-) -> Result<(u64, std::collections::BTreeMap<String, u64>)> {
+) -> Result<SequencerReport> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLAY_CHANNEL);
     // Stops the reader on cancellation or when the replay fails.
     let abort = cancel.child_token();
@@ -1218,16 +1411,7 @@ async fn replay_oplog(
         }
         Err(changed("the oplog namespace never ended"))
     });
-    let restored: BTreeSet<(&str, &str)> = workers
-        .iter()
-        .map(|w| (w.db.as_str(), w.collection.as_str()))
-        .collect();
-    let dbs: BTreeSet<&str> = workers.iter().map(|w| w.db.as_str()).collect();
-    let selected = |d: &str, c: &str| restored.contains(&(d, c));
-    let selected_db = |d: &str| dbs.contains(d);
-    let mut replayed = 0u64;
-    let mut not_replayed = std::collections::BTreeMap::new();
-    let mut replayer = crate::oplog::Replayer::new();
+    let mut seq = Sequencer::new(scope, Mode::Restore(path), true);
     let applied: Result<()> = async {
         loop {
             let raw = tokio::select! {
@@ -1239,30 +1423,16 @@ async fn replay_oplog(
                         return tokio::select! {
                             biased;
                             _ = cancel.cancelled() => Err(MongoError::Cancelled),
-                            r = replayer.flush(client) => r,
+                            r = applier.flush() => r,
                         };
                     }
                 },
             };
-            let entry =
-                Document::from_reader(raw.as_slice()).map_err(|e| MongoError::Protocol {
-                    context: "replay the oplog".into(),
-                    detail: format!("undecodable oplog entry: {e}"),
-                })?;
-            match crate::oplog::convert_entry(&entry, &selected, &selected_db)? {
-                crate::oplog::Converted::Apply(op) => {
-                    tokio::select! {
-                        biased;
-                        _ = cancel.cancelled() => return Err(MongoError::Cancelled),
-                        r = replayer.push(*op, client) => r?,
-                    }
-                    replayed += 1;
-                }
-                crate::oplog::Converted::Noop => {}
-                crate::oplog::Converted::NotSelected(db, coll) => {
-                    if dbs.contains(db.as_str()) {
-                        *not_replayed.entry(format!("{db}.{coll}")).or_insert(0u64) += 1;
-                    }
+            for action in seq.push_bytes(&raw)? {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(MongoError::Cancelled),
+                    r = applier.apply(action) => r?,
                 }
             }
         }
@@ -1280,7 +1450,7 @@ async fn replay_oplog(
     }
     applied?;
     read?;
-    Ok((replayed, not_replayed))
+    Ok(seq.finish())
 }
 
 /// A batch being filled by the reader.

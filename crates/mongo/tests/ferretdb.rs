@@ -1,6 +1,7 @@
-//! Integration tests against a real FerretDB v1.24 (SQLite) and, when present, real
-//! `mongodump`/`mongorestore`. Binaries come from `scripts/setup-stack.sh` (`.stack/bin`);
-//! without FerretDB the tests print `SKIPPED: ferretdb not found` and return.
+//! Integration tests against a real FerretDB v1.24 (SQLite) and real `mongodump`/`mongorestore`
+//! (100.18.0, and 100.11.0 for restores into FerretDB). Binaries come from `scripts/setup-stack.sh`
+//! (`.stack/bin`, `.stack/mongo-tools-100.11.0`); without one a test prints `SKIPPED: <reason>` and
+//! returns, or fails under `CI=true`.
 
 mod common;
 
@@ -13,7 +14,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
-use common::{require_binary, FerretDb};
+use common::{
+    current_mongorestore_reads_every_namespace, require_binary, require_mongorestore_for_ferretdb,
+    FerretDb,
+};
 use ddsvault_mongo::archive::{ArchiveEvent, ArchiveReader, Compression};
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress, DumpSummary};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases, TopologyKind};
@@ -250,7 +254,13 @@ async fn logical_dump_round_trips_through_reader_and_mongorestore() {
     let server_version = discover(&client).await.expect("discover").server_version;
     // Set DDSVAULT_KEEP_ARCHIVES=<dir> to keep the archives for inspection with other tools.
     let keep = std::env::var_os("DDSVAULT_KEEP_ARCHIVES").map(std::path::PathBuf::from);
-    let mongorestore = require_binary("mongorestore");
+    // The current mongorestore reads every archive; the FerretDB-compatible one restores it.
+    let Some(mongorestore) = require_binary("mongorestore") else {
+        return;
+    };
+    let Some(mongorestore_ferretdb) = require_mongorestore_for_ferretdb() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
 
     for compression in [
@@ -337,28 +347,35 @@ async fn logical_dump_round_trips_through_reader_and_mongorestore() {
         assert_eq!(capped["options"]["capped"], true, "{capped}");
         assert!(back.namespaces["shop.empty"].is_empty());
 
-        // (b) Real mongorestore accepts it and restores the same documents.
-        let Some(mongorestore) = mongorestore.as_ref() else {
-            continue;
-        };
+        // (b) Real mongorestore accepts it and restores the same documents: the current release
+        // reads every namespace (it cannot insert into FerretDB 1.24), the FerretDB-compatible
+        // release restores them (checking every namespace's CRC-64 on the way).
         let dst = FerretDb::start(&ferretdb, false);
-        let mut cmd = Command::new(mongorestore);
-        cmd.arg(format!("--uri={}?directConnection=true", dst.uri()))
-            .arg("--noIndexRestore")
-            .arg("--nsExclude=admin.*");
-        match compression {
-            Compression::None => {
-                cmd.arg(format!("--archive={}", path.display()));
-            }
-            Compression::Gzip => {
-                cmd.arg(format!("--archive={}", path.display()))
-                    .arg("--gzip");
-            }
+        let dst_uri = format!("{}?directConnection=true", dst.uri());
+        let (archive, gzip) = match compression {
+            Compression::None => (path.clone(), false),
+            Compression::Gzip => (path.clone(), true),
             Compression::Zstd { .. } => {
                 let plain = tmp.path().join("unzstd.archive");
                 decompress_to(&path, &plain, compression);
-                cmd.arg(format!("--archive={}", plain.display()));
+                (plain, false)
             }
+        };
+        let namespaces: Vec<String> = expected.keys().cloned().collect();
+        current_mongorestore_reads_every_namespace(
+            &mongorestore,
+            &dst_uri,
+            &archive,
+            gzip,
+            &namespaces,
+        );
+        let mut cmd = Command::new(&mongorestore_ferretdb);
+        cmd.arg(format!("--uri={dst_uri}"))
+            .arg("--noIndexRestore")
+            .arg("--nsExclude=admin.*")
+            .arg(format!("--archive={}", archive.display()));
+        if gzip {
+            cmd.arg("--gzip");
         }
         let log = run_tool(&mut cmd);
         let restored_client = connect(&dst.uri()).await.expect("connect dst");

@@ -1,6 +1,6 @@
 //! Oplog capture and replay against real FerretDB v1.24 (SQLite, `--repl-set-name`, with and
 //! without `local.oplog.rs`). Without the FerretDB binary the tests print
-//! `SKIPPED: ferretdb not found` and return.
+//! `SKIPPED: <reason>` and return, or fail under `CI=true`.
 
 mod common;
 
@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bson::{doc, Bson, Document, Timestamp};
-use common::{require_binary, FerretDb};
+use common::{create_oplog, require_binary, FerretDb};
 use ddsvault_mongo::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression};
 use ddsvault_mongo::logical::{logical_dump, metadata_json, DumpOptions, DumpSummary};
 use ddsvault_mongo::restore::{logical_restore, verify_archive, RestoreOptions, RestoreSummary};
 use ddsvault_mongo::topology::connect;
 use ddsvault_mongo::MongoError;
 use futures::TryStreamExt;
-use mongodb::options::CreateCollectionOptions;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -75,20 +74,6 @@ async fn restore(
         &CancellationToken::new(),
     )
     .await
-}
-
-async fn create_oplog(client: &Client) {
-    client
-        .database("local")
-        .create_collection("oplog.rs")
-        .with_options(
-            CreateCollectionOptions::builder()
-                .capped(true)
-                .size(256 * 1024 * 1024)
-                .build(),
-        )
-        .await
-        .expect("create local.oplog.rs");
 }
 
 async fn all_docs(client: &Client, db: &str, coll: &str) -> Vec<Document> {
@@ -302,7 +287,9 @@ fn archive(data: &[Document], oplog: &[Document]) -> Vec<u8> {
 }
 
 /// A fuzzy copy can violate a unique index until the replay is done: indexes are built
-/// after the replay. Unsupported entries fail the restore, naming them.
+/// after the replay. A collection created during the dump is restored by the replay; a
+/// MongoDB 5.0+ diff update is applied; an entry of an unknown kind fails the restore,
+/// naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_runs_before_unique_indexes_and_refuses_unsupported_entries() {
     let Some(bin) = require_binary("ferretdb") else {
@@ -327,19 +314,17 @@ async fn replay_runs_before_unique_indexes_and_refuses_unsupported_entries() {
         doc! { "ts": t(4), "ns": "app.users", "op": "d", "o": { "_id": "c" } },
         doc! { "ts": t(5), "ns": "other.coll", "op": "i", "o": { "_id": 1 } },
         doc! { "ts": t(6), "ns": "", "op": "n", "o": { "msg": "periodic noop" } },
-        // A collection created during the dump: not in the backup, not replayed, reported.
+        // A collection created during the dump: not in the backup, created by the replay.
         doc! { "ts": t(7), "ns": "app.newcoll", "op": "i", "o": { "_id": 1 } },
     ];
     let s = restore(&client, archive(&data, &oplog), &RestoreOptions::default())
         .await
         .expect("restore");
-    assert_eq!(s.oplog_replayed, 4);
+    assert_eq!(s.oplog_replayed, 5);
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     assert_eq!(
-        s.warnings,
-        [
-            "1 oplog entries of app.newcoll were not replayed: the collection is not in the \
-          backup (created during the dump?)"
-        ]
+        all_docs(&client, "app", "newcoll").await,
+        [doc! { "_id": 1 }]
     );
     assert_eq!(s.namespaces[0].indexes, ["email_1"]);
     assert_eq!(
@@ -370,13 +355,31 @@ async fn replay_runs_before_unique_indexes_and_refuses_unsupported_entries() {
     .unwrap_err();
     assert!(e.to_string().contains("email_1"), "{e}");
 
-    // A MongoDB 5.0+ diff update is refused, naming the entry, never skipped.
+    // A MongoDB 5.0+ diff update is applied (an inserted field goes last).
     let diff = [
-        doc! { "ts": t(9), "ns": "app.users", "op": "u", "o": { "$v": 2, "diff": { "u": { "email": "q" } } }, "o2": { "_id": "a" } },
+        doc! { "ts": t(9), "ns": "app.users", "op": "u", "o": { "$v": 2, "diff": { "u": { "email": "q" }, "i": { "z": 1 } } }, "o2": { "_id": "a" } },
     ];
-    let e = restore(
+    restore(
         &client,
         archive(&[doc! { "_id": "a", "email": "x" }], &diff),
+        &RestoreOptions {
+            drop: true,
+            ..RestoreOptions::default()
+        },
+    )
+    .await
+    .expect("restore with a diff");
+    let users = all_docs(&client, "app", "users").await;
+    assert_eq!(
+        bson::to_vec(&users[0]).unwrap(),
+        bson::to_vec(&doc! { "_id": "a", "email": "q", "z": 1 }).unwrap()
+    );
+
+    // An entry of an unknown kind is refused, naming it, never skipped.
+    let unknown = [doc! { "ts": t(9), "ns": "app.users", "op": "x", "o": { "_id": "a" } }];
+    let e = restore(
+        &client,
+        archive(&[doc! { "_id": "a", "email": "x" }], &unknown),
         &RestoreOptions {
             drop: true,
             ..RestoreOptions::default()

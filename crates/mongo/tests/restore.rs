@@ -1,6 +1,7 @@
 //! Logical restore against a real FerretDB v1.24 (SQLite): dump with `logical_dump`,
 //! restore with `logical_restore` into another instance, compare byte for byte.
-//! Without the FerretDB binary the tests print `SKIPPED: ferretdb not found` and return.
+//! Without the FerretDB binary (or mongodump) a test prints `SKIPPED: <reason>` and returns, or
+//! fails under `CI=true`.
 
 mod common;
 
@@ -699,7 +700,8 @@ async fn foreign_metadata_interleaving_and_skipped_namespaces() {
     assert!(e.to_string().contains("chg.c"), "{e}");
 }
 
-/// A real `mongodump --archive` (gzip) restores to identical data.
+/// Real `mongodump --archive` archives (the current release: plain, `--gzip`, and `--oplog` from a
+/// replica set with an oplog) restore through `logical_restore` to identical data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_real_mongodump_archives() {
     let Some(ferretdb) = require_binary("ferretdb") else {
@@ -708,33 +710,50 @@ async fn restores_real_mongodump_archives() {
     let Some(mongodump) = require_binary("mongodump") else {
         return;
     };
+    eprintln!("mongodump {}", common::tool_version(&mongodump));
+    // The oplog must exist before the writes for FerretDB to log them: mongodump --oplog needs
+    // at least one entry to start from.
     let src = FerretDb::start(&ferretdb, true);
     let client = connect(&src.uri()).await.expect("connect");
+    common::create_oplog(&client).await;
     seed(&client).await;
     let expected = snapshot(&client).await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let path = tmp.path().join("mongodump.archive.gz");
-    let out = std::process::Command::new(&mongodump)
-        .arg(format!("--uri={}?directConnection=true", src.uri()))
-        .arg(format!("--archive={}", path.display()))
-        .arg("--gzip")
-        .output()
-        .expect("run mongodump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dst = FerretDb::start(&ferretdb, false);
-    let dst_client = connect(&dst.uri()).await.expect("connect dst");
-    let (r, _) = restore(
-        &dst_client,
-        file_input(&path, Compression::Gzip, Arc::default()),
-        &RestoreOptions::default(),
-    )
-    .await;
-    r.expect("restore mongodump archive");
-    assert_eq!(snapshot(&dst_client).await, expected);
+    for (name, args, compression) in [
+        ("plain", &[][..], Compression::None),
+        ("gzip", &["--gzip"][..], Compression::Gzip),
+        ("oplog", &["--oplog"][..], Compression::None),
+        ("oplog-gzip", &["--oplog", "--gzip"][..], Compression::Gzip),
+    ] {
+        let path = tmp.path().join(format!("mongodump-{name}.archive"));
+        let out = std::process::Command::new(&mongodump)
+            .arg(format!("--uri={}?directConnection=true", src.uri()))
+            .arg(format!("--archive={}", path.display()))
+            .args(args)
+            .output()
+            .expect("run mongodump");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dst = FerretDb::start(&ferretdb, false);
+        let dst_client = connect(&dst.uri()).await.expect("connect dst");
+        let (r, _) = restore(
+            &dst_client,
+            file_input(&path, compression, Arc::default()),
+            &RestoreOptions::default(),
+        )
+        .await;
+        let summary = r.unwrap_or_else(|e| panic!("restore mongodump {name} archive: {e}"));
+        assert_eq!(snapshot(&dst_client).await, expected, "{name}");
+        if name.starts_with("oplog") {
+            // The entries written since the dump started (at least the newest one before it).
+            assert!(summary.oplog_replayed >= 1, "{name}: {summary:?}");
+        } else {
+            assert_eq!(summary.oplog_replayed, 0, "{name}");
+        }
+    }
 }
 
 fn peak_rss_mib() -> Option<f64> {

@@ -1,4 +1,4 @@
-//! The `Condition` element (protocol.md §8.2–8.4): operators, condition keys
+//! The `Condition` element (docs/protocol.md §8.2–8.4): operators, condition keys
 //! and the request context they are evaluated against.
 //!
 //! Semantics, chosen so that a condition means exactly what it says:
@@ -205,7 +205,7 @@ impl Context {
     }
 }
 
-/// The operator families and their members (protocol.md §8.3).
+/// The operator families and their members (docs/protocol.md §8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     StringEquals,

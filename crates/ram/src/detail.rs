@@ -1,5 +1,5 @@
 //! The `AccessDeniedDetail` object returned with authorization failures
-//! (protocol.md §9).
+//! (docs/protocol.md §9).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

@@ -1,4 +1,4 @@
-//! Evaluation of a request against a user's policies (protocol.md §8.2).
+//! Evaluation of a request against a user's policies (docs/protocol.md §8.2).
 
 use crate::condition::{Context, EMPTY_CONTEXT};
 use crate::policy::{Effect, Policy};

@@ -1,7 +1,7 @@
 //! RAM identity policies for ddsvault: parsing, validation and evaluation.
 //!
 //! ddsvault speaks Alibaba Cloud's Dds API, and RAM users' access is governed
-//! by the same JSON policy language as on Alibaba Cloud (protocol.md §8):
+//! by the same JSON policy language as on Alibaba Cloud (docs/protocol.md §8):
 //!
 //! ```
 //! use ddsvault_ram::{evaluate, Decision, Policy, Request};

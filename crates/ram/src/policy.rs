@@ -8,7 +8,7 @@ use crate::glob::{Case, Pattern};
 use crate::json::Json;
 
 /// Maximum length of a policy document, in characters (Alibaba's current
-/// limit for custom policies; protocol.md §8.5).
+/// limit for custom policies; docs/protocol.md §8.5).
 pub const MAX_POLICY_DOCUMENT_CHARS: usize = 6144;
 
 const DOCUMENT_ELEMENTS: &[&str] = &["Version", "Statement"];
@@ -292,7 +292,7 @@ fn parse_statement(value: &Json, location: Location) -> Result<Statement, Policy
     })
 }
 
-/// A single string and a one-element list are equivalent (protocol.md §8.1).
+/// A single string and a one-element list are equivalent (docs/protocol.md §8.1).
 fn string_list<'a>(
     value: &'a Json,
     element: &'static str,

@@ -1,4 +1,4 @@
-//! The AccessDeniedDetail object (protocol.md §9).
+//! The AccessDeniedDetail object (docs/protocol.md §9).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

@@ -1,4 +1,4 @@
-//! The example policies of README's "RAM policies" section parse and grant what the text says they grant.
+//! The example policies of docs/ram.md's "RAM policies" section parse and grant what the text says they grant.
 
 use chrono::{DateTime, Utc};
 use ddsvault_ram::{evaluate, Context, Decision, Policy, Request};
@@ -7,7 +7,7 @@ const ARN_A: &str = "acs:dds:cn-hangzhou:1234567890123456:dbinstance/dds-bp1aaaa
 const ARN_B: &str = "acs:dds:cn-hangzhou:1234567890123456:dbinstance/dds-bp1bbbb";
 
 fn readme_policy(name: &str) -> Policy {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../docs/ram.md");
     let marker = format!("<!-- policy:{name} -->");
     let start = readme.find(&marker).expect("README has the policy marker");
     let rest = &readme[start..];

@@ -247,7 +247,7 @@ pub fn findings_json(findings: &[Finding]) -> serde_json::Value {
     })
 }
 
-/// Configuration-wide checks: AccessKeys that still use the README's example secrets.
+/// Configuration-wide checks: AccessKeys that still use the example secrets of docs/configuration.md.
 pub fn check_config(cfg: &Config) -> Vec<Finding> {
     let examples: Vec<&str> = cfg
         .access_keys

@@ -1,4 +1,4 @@
-//! The configuration file (TOML). Every key is documented in the README; `README.md`'s example is loaded by a test.
+//! The configuration file (TOML). Every key is documented in docs/configuration.md, whose example is loaded by a test.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -726,10 +726,10 @@ mod tests {
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
     }
 
-    /// The example in the README must load as documented.
+    /// The example in docs/configuration.md must load as documented.
     #[test]
     fn readme_example_loads() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../docs/configuration.md");
         let start = readme
             .find("<!-- config-example -->")
             .expect("README has a config example marker");

@@ -29,6 +29,10 @@ pub enum ServerError {
     },
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// An input of an offline command (an archive file, a namespace selection, an instance) that cannot be used, or
+    /// the command's work failing on it; the text names the file or namespace.
+    #[error("{0}")]
+    Input(String),
     /// Identity management refused (unknown name, limit reached, wrong master key…); the text says why.
     #[error("{0}")]
     Identity(String),

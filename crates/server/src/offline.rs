@@ -268,9 +268,23 @@ pub async fn restore(
     drop: bool,
 ) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
     let (_, _, opener) = checked_archive(cfg, backup_id).await?;
+    restore_from(cfg, opener, to_uri, select, drop)
+        .await
+        .map_err(|e| ConfigError(format!("restore of backup {backup_id}: {e}")).into())
+}
+
+/// Runs ddsvault's logical restore (verify, then write) of `opener`'s archive into `to_uri` from this process. The
+/// error text has the URI's credentials redacted.
+async fn restore_from(
+    cfg: &Config,
+    opener: ArchiveOpener,
+    to_uri: &str,
+    select: Vec<ddsvault_mongo::restore::NsSelector>,
+    drop: bool,
+) -> Result<ddsvault_mongo::restore::RestoreSummary, String> {
     let client = ddsvault_mongo::topology::connect(to_uri)
         .await
-        .map_err(|e| ConfigError(crate::redact(&e.to_string(), to_uri)))?;
+        .map_err(|e| crate::redact(&e.to_string(), to_uri))?;
     let opts = ddsvault_mongo::restore::RestoreOptions {
         drop,
         select,
@@ -280,13 +294,149 @@ pub async fn restore(
     let cancel = tokio_util::sync::CancellationToken::new();
     ddsvault_mongo::restore::logical_restore(&client, opener, &opts, &|_| {}, &cancel)
         .await
-        .map_err(|e| {
-            ConfigError(format!(
-                "restore of backup {backup_id}: {}",
-                crate::redact(&e.to_string(), to_uri)
+        .map_err(|e| crate::redact(&e.to_string(), to_uri))
+}
+
+/// How a mongodump archive file given on the command line is stored, found from its first bytes (plain, gzip as
+/// `mongodump --archive --gzip` writes it, or zstd as ddsvault stores it). `gzip` (mongorestore's `--gzip`) insists on
+/// gzip.
+///
+/// # Errors
+/// The file cannot be read, is not an archive in any of these forms, or is not gzip while `gzip` is set; each
+/// names the file.
+pub fn archive_file_compression(
+    path: &Path,
+    gzip: bool,
+) -> Result<ddsvault_mongo::archive::Compression, ServerError> {
+    use ddsvault_mongo::archive::Compression;
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .map_err(|e| ServerError::Input(format!("archive {}: {e}", path.display())))?;
+    let found = Compression::detect(&head).ok_or_else(|| {
+        ServerError::Input(format!(
+            "{} is not a mongodump archive (neither plain, gzip nor zstd): it starts with {}",
+            path.display(),
+            if head.is_empty() {
+                "nothing (empty file)".to_string()
+            } else {
+                format!("bytes {}", hex::encode(&head))
+            }
+        ))
+    })?;
+    if gzip && found != Compression::Gzip {
+        return Err(ServerError::Input(format!(
+            "{}: --gzip given, but the file is not gzip-compressed",
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// Decompressed readers over an archive file, for engines that read on a blocking thread.
+pub fn archive_file_opener(
+    path: &Path,
+    compression: ddsvault_mongo::archive::Compression,
+) -> ArchiveOpener {
+    let path = path.to_path_buf();
+    Box::new(move || {
+        let f = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&path)?);
+        Ok(Box::new(compression.wrap_reader(f)?) as Box<dyn std::io::Read + Send>)
+    })
+}
+
+/// Restores a mongodump archive file (`mongodump --archive[=FILE] [--gzip]`, or a downloaded ddsvault archive)
+/// into `to_uri` with ddsvault's restore: the whole archive is verified first (framing, every namespace's CRC-64,
+/// metadata, the selection), so a truncated or corrupt archive or a selection that matches nothing writes nothing.
+///
+/// # Errors
+/// Not an archive, corrupt or truncated (nothing written), existing target collections without `drop`, a
+/// selection matching nothing, server errors; each names the file.
+pub async fn restore_archive(
+    cfg: &Config,
+    archive: &Path,
+    gzip: bool,
+    to_uri: &str,
+    select: Vec<ddsvault_mongo::restore::NsSelector>,
+    drop: bool,
+) -> Result<ddsvault_mongo::restore::RestoreSummary, ServerError> {
+    let compression = archive_file_compression(archive, gzip)?;
+    let opener = archive_file_opener(archive, compression);
+    restore_from(cfg, opener, to_uri, select, drop)
+        .await
+        .map_err(|e| ServerError::Input(format!("restore of archive {}: {e}", archive.display())))
+}
+
+/// Imports a mongodump archive file as a Logical backup of `instance_id` (`ddsvault import`): verified in full
+/// before anything is written, then stored, manifested and recorded as a backup job stores its own archive (see
+/// `ddsvault_jobs::import`). Never creates a catalog: the server must have run with this configuration once.
+///
+/// # Errors
+/// A missing catalog (naming its path), an unconfigured instance, a file that is not a valid archive (nothing
+/// written), bad times or retention, an active job on the instance, repository or catalog errors.
+pub async fn import(
+    cfg: &Config,
+    instance_id: &str,
+    file: &Path,
+    gzip: bool,
+    start_time: Option<chrono::DateTime<chrono::Utc>>,
+    end_time: Option<chrono::DateTime<chrono::Utc>>,
+    retention_days: Option<i64>,
+) -> Result<ddsvault_jobs::import::Imported, ServerError> {
+    let url = cfg.catalog_url();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if !Path::new(path).is_file() {
+            return Err(ServerError::Input(format!(
+                "catalog {path} does not exist: import adds to the catalog of a ddsvault that has run with this \
+                 configuration (start `ddsvault serve` once); it never creates one"
+            )));
+        }
+    }
+    let inst = cfg
+        .instances
+        .iter()
+        .find(|i| i.id == instance_id)
+        .ok_or_else(|| {
+            ServerError::Input(format!(
+                "instance {instance_id:?} is not configured ([[instances]] in the configuration)"
             ))
-            .into()
-        })
+        })?;
+    let compression = archive_file_compression(file, gzip)?;
+    let (catalog, repo) = open(cfg).await?;
+    let spec = ddsvault_jobs::InstanceSpec {
+        id: inst.id.clone(),
+        uri: inst.uri.clone(),
+        storage_type: inst.storage_type.clone(),
+        data_path: inst.data_path.clone(),
+    };
+    // An owner id of its own: a server sharing the catalog neither claims this job nor mistakes it for one its
+    // previous life left running (it fails it only once its heartbeat is stale, i.e. this process died).
+    let node_id = format!("import-{}", hex::encode(rand::random::<[u8; 6]>()));
+    let runner = ddsvault_jobs::Runner::new(
+        catalog,
+        repo,
+        std::sync::Arc::new([(spec.id.clone(), spec)].into_iter().collect()),
+        node_id,
+        ddsvault_jobs::BackupSettings {
+            compression,
+            parallel_collections: cfg.backup.parallel_collections,
+            scratch_dir: cfg.data_dir.join("scratch"),
+        },
+        1,
+    );
+    let req = ddsvault_jobs::import::ImportRequest {
+        instance_id: instance_id.to_string(),
+        file: file.to_path_buf(),
+        compression,
+        start_time,
+        end_time,
+        retention_days,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    ddsvault_jobs::import::import_logical_archive(&runner, &req, &cancel)
+        .await
+        .map_err(|e| ServerError::Input(format!("import of {}: {e}", file.display())))
 }
 
 /// What `restore --to-dir` wrote.

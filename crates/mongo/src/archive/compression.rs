@@ -47,6 +47,20 @@ impl Compression {
         })
     }
 
+    /// Recognises how an archive file is stored from its first bytes: the mongodump archive
+    /// magic number (plain), a gzip member header (`mongodump --archive --gzip`) or a zstd frame
+    /// (ddsvault's default). `None` for anything else, or fewer than 4 bytes.
+    pub fn detect(head: &[u8]) -> Option<Compression> {
+        match head {
+            [0x1f, 0x8b, ..] => Some(Compression::Gzip),
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Some(Compression::Zstd { level: 3 }),
+            [a, b, c, d, ..] if u32::from_le_bytes([*a, *b, *c, *d]) == super::MAGIC => {
+                Some(Compression::None)
+            }
+            _ => None,
+        }
+    }
+
     /// Wraps `r` in the matching decompressor.
     pub fn wrap_reader<R: Read>(&self, r: R) -> io::Result<DecompressReader<R>> {
         Ok(match self {
@@ -195,5 +209,33 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod detect_tests {
+    use super::Compression;
+
+    #[test]
+    fn detects_each_format_from_real_headers_and_nothing_else() {
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&super::super::MAGIC.to_le_bytes());
+        plain.extend_from_slice(b"rest");
+        assert_eq!(Compression::detect(&plain), Some(Compression::None));
+        for c in [Compression::Gzip, Compression::Zstd { level: 3 }] {
+            let mut w = c.wrap_writer(Vec::new()).expect("writer");
+            std::io::Write::write_all(&mut w, &plain).expect("write");
+            let bytes = w.finish().expect("finish");
+            assert_eq!(Compression::detect(&bytes), Some(c), "{c:?}");
+        }
+        for other in [
+            &b""[..],
+            b"\x1f",
+            b"PK\x03\x04",
+            b"{\"a\": 1}",
+            &[0x6d, 0xe2, 0x99],
+        ] {
+            assert_eq!(Compression::detect(other), None, "{other:?}");
+        }
     }
 }

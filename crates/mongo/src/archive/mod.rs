@@ -26,6 +26,7 @@
 
 mod compression;
 mod reader;
+mod window;
 mod writer;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ mod tests;
 
 pub use compression::{CompressWriter, Compression, DecompressReader, HashingWriter};
 pub use reader::{ArchiveEvent, ArchiveReader};
+pub use window::{oplog_window, OplogWindow};
 pub use writer::ArchiveWriter;
 
 use bson::{RawDocument, RawDocumentBuf};

@@ -4,7 +4,7 @@
 //! How the copy is made consistent depends on what the server is:
 //! * FerretDB with the SQLite backend: every `<db>.sqlite` through SQLite's online backup API ([`sqlite`]).
 //! * MongoDB (mongod): `$backupCursor` on Enterprise/Percona, or an `fsync` lock on a secondary on Community.
-//!   Neither can run against a real mongod here; see the README's method table.
+//!   Neither can run against a real mongod here; see the method table of docs/physical-and-snapshot.md.
 
 pub mod mongod;
 pub mod sqlite;

@@ -980,7 +980,7 @@ fn target_exists_error_names_the_namespaces() {
     assert_eq!(
         e.to_string(),
         "the target already has collections shop.users, shop.orders; nothing was restored \
-         (use drop to replace existing collections)"
+         (to replace existing collections: --drop with `ddsvault restore`, DropExisting=true with RestoreDBInstance)"
     );
     assert!(e.is_permanent());
 }

@@ -16,11 +16,7 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stack = std::env::var_os("STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".stack"));
-    let p = stack.join("bin").join(name);
+    let p = stack_dir().join("bin").join(name);
     if p.is_file() {
         return Some(p);
     }
@@ -31,20 +27,142 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Returns the binary, or prints `SKIPPED: <name> not found` and returns None.
+/// True under `CI=true`, where no test may pass by skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A missing stack binary: under `CI=true` the test fails with the reason; elsewhere it prints
+/// `SKIPPED: <reason>` and the caller returns.
 ///
 /// The message is written straight to the process's stderr, not through `eprintln!`,
 /// so the test harness does not capture it: a skip is always visible in the output.
+pub fn missing(reason: &str) {
+    if in_ci() {
+        panic!("{reason}; CI=true: a test may not pass by skipping");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+}
+
+/// Returns the binary, or reports it missing (see [`missing`]) and returns None.
 pub fn require_binary(name: &str) -> Option<PathBuf> {
     let found = find_binary(name);
     if found.is_none() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name} not found (run scripts/setup-stack.sh or set DDSVAULT_{})",
+        missing(&format!(
+            "{name} not found (run scripts/setup-stack.sh or set DDSVAULT_{})",
             name.to_ascii_uppercase()
-        );
+        ));
     }
     found
+}
+
+/// The mongo-tools release whose mongorestore can insert into FerretDB 1.24: later releases send
+/// `bypassEmptyTsReplacement`, which FerretDB refuses (see shared/third_party/mongo-tools/README.md).
+pub const MONGO_TOOLS_FOR_FERRETDB: &str = "100.11.0";
+
+/// The mongorestore to restore INTO FerretDB with: `$DDSVAULT_MONGORESTORE_FERRETDB`, else
+/// `$STACK_DIR/mongo-tools-100.11.0/mongorestore` (installed by scripts/setup-stack.sh). The
+/// current release (`require_binary("mongorestore")`) serves every check that does not insert.
+pub fn require_mongorestore_for_ferretdb() -> Option<PathBuf> {
+    let from_env = std::env::var_os("DDSVAULT_MONGORESTORE_FERRETDB").map(PathBuf::from);
+    let p = from_env.unwrap_or_else(|| {
+        stack_dir()
+            .join(format!("mongo-tools-{MONGO_TOOLS_FOR_FERRETDB}"))
+            .join("mongorestore")
+    });
+    if p.is_file() {
+        return Some(p);
+    }
+    missing(&format!(
+        "mongorestore {MONGO_TOOLS_FOR_FERRETDB} not found at {} (run scripts/setup-stack.sh or set \
+         DDSVAULT_MONGORESTORE_FERRETDB)",
+        p.display()
+    ));
+    None
+}
+
+fn stack_dir() -> PathBuf {
+    std::env::var_os("STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.stack"))
+}
+
+/// What `mongorestore --version` reports on its first line, e.g. `100.18.0`.
+pub fn tool_version(bin: &Path) -> String {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --version: {e}", bin.display()));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.split("version: ").nth(1))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Proves that a (current) mongorestore reads every namespace of a plain or gzip archive without
+/// inserting anything (FerretDB 1.24 refuses the inserts of mongorestore >= 100.12.0):
+///
+/// 1. `--dryRun -v`: it parses the magic number, the prelude header and every namespace's
+///    metadata, and makes a restore intent for each (`found collection <ns> bson to restore`).
+/// 2. `--nsInclude` of a database that is not in the archive: every namespace is muted, and its
+///    demultiplexer still reads the whole archive, block by block: every namespace header (decoded
+///    by its strict header decoder), every document's length framing and trailing NUL, every EOF
+///    block (`demux checksum for namespace <ns> was not calculated`, logged at -vvvvv), and the end
+///    check that every prelude namespace was seen and closed. Muted namespaces skip the CRC-64
+///    comparison; the CRCs are checked by the restore with [`MONGO_TOOLS_FOR_FERRETDB`].
+///
+/// Returns both logs. Panics with the log when mongorestore fails or a namespace is not reported.
+pub fn current_mongorestore_reads_every_namespace(
+    mongorestore: &Path,
+    uri: &str,
+    archive: &Path,
+    gzip: bool,
+    namespaces: &[String],
+) -> String {
+    let mut logs = String::new();
+    for (pass, args, line) in [
+        (
+            "dry run",
+            vec!["--dryRun", "-v"],
+            "found collection `{ns}` bson to restore",
+        ),
+        (
+            "full read",
+            vec!["--nsInclude=ddsvault-no-such-db.*", "-vvvvv"],
+            "demux checksum for namespace `{ns}` was not calculated",
+        ),
+    ] {
+        let mut cmd = Command::new(mongorestore);
+        cmd.arg(format!("--uri={uri}"))
+            .arg(format!("--archive={}", archive.display()))
+            .args(&args);
+        if gzip {
+            cmd.arg("--gzip");
+        }
+        let out = cmd.output().expect("run mongorestore");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "mongorestore {pass} of {}: {log}",
+            archive.display()
+        );
+        for ns in namespaces {
+            let want = line.replace("{ns}", ns);
+            assert!(
+                log.contains(&want),
+                "mongorestore {pass}: no `{want}` in:\n{log}"
+            );
+        }
+        logs.push_str(&log);
+    }
+    logs
 }
 
 /// A port that was free a moment ago.
@@ -124,4 +242,19 @@ impl Drop for FerretDb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates `local.oplog.rs` (capped, 256 MiB): FerretDB then logs the writes that follow, as a replica set member.
+pub async fn create_oplog(client: &mongodb::Client) {
+    client
+        .database("local")
+        .create_collection("oplog.rs")
+        .with_options(
+            mongodb::options::CreateCollectionOptions::builder()
+                .capped(true)
+                .size(256 * 1024 * 1024)
+                .build(),
+        )
+        .await
+        .expect("create local.oplog.rs");
 }

@@ -5,15 +5,13 @@
 //! repository, so geo-redundant (cross-region) policies answer `UnsupportedOperation`. Log policies are stored
 //! and validated only: log backup is another issue.
 
-use std::sync::atomic::Ordering;
-
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::advanced::{Retention, Schedule};
 use ddsvault_catalog::policy::parse_backup_window;
 use ddsvault_catalog::{AdvancedPolicy, BackupPolicy, DataPolicy, LogPolicy};
 use serde_json::{json, Map, Value};
 
-use super::policy::preferred_next_backup_time;
+use super::policy::next_backup_answer;
 use crate::error::ActionError;
 use crate::router::ActionResult;
 use crate::state::AppState;
@@ -43,11 +41,20 @@ pub async fn describe_advanced_backup_policy(st: &AppState, p: &Params) -> Actio
     );
     out.insert(
         "PreferredNextBackupTime".into(),
-        json!(preferred_next_backup_time(
-            &standard,
-            Some(&advanced),
-            st.scheduler_running.load(Ordering::Relaxed)
-        )),
+        json!(
+            next_backup_answer(
+                st,
+                id,
+                &standard,
+                Some(&advanced),
+                st.catalog
+                    .get_policy(id)
+                    .await
+                    .map_err(ActionError::from)?
+                    .is_some()
+            )
+            .await
+        ),
     );
     out.insert(
         "SnapshotBackupType".into(),

@@ -112,7 +112,7 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
             400,
             "UnsupportedOperation",
             format!(
-                "The action {} is not implemented by this ddsvault version yet. See the API coverage table in the README.",
+                "The action {} is not implemented by this ddsvault version yet. See the API coverage table in docs/api.md.",
                 other.name()
             ),
         )),

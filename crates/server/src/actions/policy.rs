@@ -28,6 +28,40 @@ pub(crate) fn preferred_next_backup_time(
         .unwrap_or_default()
 }
 
+/// `PreferredNextBackupTime` of an instance: "" without automatic backups (no stored policy) or scheduler; the
+/// start of the window that is open now while its slot has not been taken yet (the scheduler takes it within a
+/// tick); else the next window start.
+pub(crate) async fn next_backup_answer(
+    st: &AppState,
+    id: &str,
+    pol: &BackupPolicy,
+    advanced: Option<&ddsvault_catalog::AdvancedPolicy>,
+    automatic: bool,
+) -> String {
+    let running = automatic && st.scheduler_running.load(Ordering::Relaxed);
+    if !running {
+        return String::new();
+    }
+    let now = chrono::Utc::now();
+    let rules = ddsvault_jobs::retention::RetentionRules::from_policies(pol, advanced);
+    if let Some((slot, _, _)) = ddsvault_jobs::scheduler::due_window(pol, &rules, now) {
+        // Unknown (catalog error) counts as taken: never promise a backup that may not come.
+        let taken = st
+            .catalog
+            .list_schedule_runs(id, 16)
+            .await
+            .map_or(true, |runs| {
+                runs.iter().any(|r| {
+                    r.schedule == ddsvault_catalog::SCHEDULE_STANDARD && r.slot_start == slot
+                })
+            });
+        if !taken {
+            return slot.format("%Y-%m-%dT%H:%MZ").to_string();
+        }
+    }
+    preferred_next_backup_time(pol, advanced, true)
+}
+
 /// High-frequency (Flash) snapshot intervals in minutes; -1 switches high-frequency backup off.
 const BACKUP_INTERVALS: [i64; 10] = [-1, 15, 30, 60, 120, 180, 240, 360, 480, 720];
 
@@ -67,11 +101,7 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     );
     out.insert(
         "PreferredNextBackupTime".into(),
-        json!(preferred_next_backup_time(
-            &pol,
-            advanced.as_ref(),
-            automatic && st.scheduler_running.load(Ordering::Relaxed)
-        )),
+        json!(next_backup_answer(st, id, &pol, advanced.as_ref(), automatic).await),
     );
     // ddsvault extension: whether automatic backups run for the instance (a policy was set).
     out.insert(
@@ -131,7 +161,7 @@ pub(crate) fn apply_changes(mut pol: BackupPolicy, p: &Params) -> Result<BackupP
             400,
             "UnsupportedOperation",
             format!(
-                "Cross-region backup ({name}) is not implemented by this ddsvault version. See the README."
+                "Cross-region backup ({name}) is not implemented by this ddsvault version. See docs/api.md."
             ),
         ));
     }

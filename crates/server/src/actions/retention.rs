@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::{permanent_expiry, Backup, BackupStatus, CatalogError, RetentionLock};
-use ddsvault_jobs::gc::{delete_backup as delete_backup_files, Deletion};
+use ddsvault_jobs::gc::{delete_backup_on_request, Deletion};
 use serde_json::{json, Map, Value};
 
 use super::dds_time;
@@ -106,8 +106,10 @@ pub async fn delete_backup(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
     let backup = backup_of(st, id, p).await?;
+    // Checked here for the usual answer, and again inside the catalog transaction that marks the backup, so a
+    // lock enabled in between still wins.
     check_unlocked(st, id).await?;
-    let outcome = delete_backup_files(&st.catalog, &st.repo, backup.id)
+    let outcome = delete_backup_on_request(&st.catalog, &st.repo, backup.id, Utc::now())
         .await
         .map_err(|e| ActionError::Internal(format!("delete backup {}: {e}", backup.id)))?;
     match outcome {
@@ -120,6 +122,11 @@ pub async fn delete_backup(st: &AppState, p: &Params) -> ActionResult {
             "The backup {} is still being taken; delete it when it has finished.",
             backup.id
         ))
+        .into()),
+        Deletion::Locked { unlock_at } => Err(ActionError::RetentionLocked {
+            instance: id.to_string(),
+            unlock_at,
+        }
         .into()),
         Deletion::InUse { job_id } => Err(ActionError::BackupInUse {
             backup_id: backup.id,

@@ -1,6 +1,13 @@
 //! The `ddsvault` binary: `ddsvault serve [--config FILE]`.
 
+mod backup;
+mod client;
+mod credentials;
+mod output;
 mod ram;
+mod remote_restore;
+mod status;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -55,7 +62,10 @@ enum Command {
         backup_id: i64,
     },
     /// Restores a logical backup into a MongoDB-wire server (verified before anything is written), or a Physical or
-    /// Snapshot backup into a data directory (`--to-dir`), or a mongodump archive file (`--archive`) into a server.
+    /// Snapshot backup into a data directory (`--to-dir`), or a mongodump archive file (`--archive`) into a server;
+    /// these read the repository (or file) directly. With `--to-instance`, asks the server instead
+    /// (RestoreDBInstance; RAM applies).
+    #[command(after_help = client::EXIT_CODES_HELP)]
     Restore {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
@@ -69,7 +79,7 @@ enum Command {
         #[arg(long, requires = "archive")]
         gzip: bool,
         /// Target connection string (logical backups).
-        #[arg(long, required_unless_present = "to_dir", conflicts_with = "to_dir")]
+        #[arg(long, required_unless_present_any = ["to_dir", "to_instance"], conflicts_with = "to_dir")]
         to: Option<String>,
         /// Empty (or new) directory to write the data files of a Physical or Snapshot backup into; start the server
         /// on it afterwards.
@@ -88,7 +98,31 @@ enum Command {
         /// Replace collections that already exist in the target (default: refuse).
         #[arg(long)]
         drop: bool,
+        /// Restore through the ddsvault API into this registered instance (the server runs the job).
+        #[arg(long, conflicts_with_all = ["to", "to_dir", "archive"])]
+        to_instance: Option<String>,
+        /// With --to-instance: the instance the backup belongs to (default: found by asking each instance).
+        #[arg(long, requires = "to_instance")]
+        from_instance: Option<String>,
+        /// With --to-instance: follow the restore job to its end; exit 1 if it fails.
+        #[arg(long, requires = "to_instance")]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 4; the restore goes on).
+        #[arg(long, requires = "wait", value_name = "SECS")]
+        timeout: Option<u64>,
+        /// With --to-instance: one JSON document on stdout.
+        #[arg(long, requires = "to_instance")]
+        json: bool,
+        #[command(flatten)]
+        api: credentials::ApiArgs,
     },
+    /// Backups through the ddsvault API, signed with your AccessKey (RAM applies): create, list, show, wait.
+    Backup(backup::BackupArgs),
+    /// Every instance at a glance through the API: last backup and its age, running jobs with progress, the next
+    /// automatic backup, failures in the last 24 hours.
+    Status(status::OverviewArgs),
+    /// The next automatic backup of each instance and the policy behind it, through the API.
+    Schedule(status::OverviewArgs),
     /// Verifies a `mongodump --archive` file (plain or gzip) and stores it in the repository as a Logical backup of
     /// an instance, listed by DescribeBackups and restorable and downloadable like ddsvault's own. Start and end
     /// times come from the archive's oplog (`mongodump --oplog`), else from the file's times, unless given.
@@ -478,6 +512,33 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }),
+        // clap makes --backup-id required with --to-instance (only --archive does without it).
+        Command::Restore {
+            backup_id: Some(backup_id),
+            dbs,
+            collections,
+            ns_include,
+            drop,
+            to_instance: Some(target),
+            from_instance,
+            wait,
+            timeout,
+            json,
+            api,
+            ..
+        } => client::finish(rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
+            api,
+            target,
+            source: from_instance,
+            backup_id,
+            dbs,
+            collections,
+            ns_include,
+            drop,
+            wait,
+            timeout,
+            json,
+        }))),
         Command::Restore {
             config,
             backup_id,
@@ -489,6 +550,7 @@ fn main() -> anyhow::Result<()> {
             collections,
             ns_include,
             drop,
+            ..
         } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             if let Some(archive) = archive {
@@ -657,6 +719,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ram(args) => rt.block_on(ram::run(args)),
+        Command::Backup(args) => client::finish(rt.block_on(backup::run(args))),
+        Command::Status(args) => client::finish(rt.block_on(status::status(args))),
+        Command::Schedule(args) => client::finish(rt.block_on(status::schedule(args))),
         Command::Audit {
             config,
             since,

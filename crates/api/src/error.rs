@@ -327,6 +327,20 @@ impl ApiError {
         )
     }
 
+    /// 400 `Throttling.User` because the AccessKey signed more requests within the replay window than the nonce
+    /// store keeps for one key. Alibaba documents no code for this; it is flow control of that one key, so it
+    /// takes the key's flow-control code and says when a retry can pass (`x-acs-retry-after`), and other keys
+    /// are unaffected. `SignatureNonceUsed` would be wrong: the nonce is fresh, and some clients retry that code
+    /// at once with a new nonce.
+    pub fn nonce_quota_exceeded(retry_after_ms: u64) -> Self {
+        Self::new(
+            400,
+            codes::THROTTLING_USER,
+            "Request was denied due to user flow control: this AccessKey sent more signed requests within the replay window than the server remembers for one key.",
+        )
+        .with_retry_after_ms(retry_after_ms)
+    }
+
     /// 400 `Throttling.Api`.
     pub fn throttling_api() -> Self {
         Self::new(

@@ -350,6 +350,35 @@ impl ApiError {
         )
     }
 
+    /// 413 `RequestEntityTooLarge`: the body is over `limit` bytes.
+    pub fn request_entity_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("The request body is larger than {limit} bytes."),
+        )
+    }
+
+    /// 400 `RequestTimeout`: the body did not arrive within `secs` seconds. Alibaba documents no POP code for
+    /// this; OSS, Alibaba's own HTTP gateway, answers a socket left idle with `RequestTimeout` (400).
+    pub fn request_timeout(secs: u64) -> Self {
+        Self::new(
+            400,
+            "RequestTimeout",
+            format!("The request body did not arrive within {secs} seconds."),
+        )
+    }
+
+    /// 400 `IncompleteBody`: the body broke off or was malformed (e.g. bad chunked encoding). OSS's code for a
+    /// body shorter than its `Content-Length`.
+    pub fn incomplete_body(why: &str) -> Self {
+        Self::new(
+            400,
+            "IncompleteBody",
+            format!("The request body could not be read completely: {why}"),
+        )
+    }
+
     /// 503 `ServiceUnavailable`.
     pub fn service_unavailable() -> Self {
         Self::new(

@@ -26,8 +26,10 @@ pub const LIST_DATABASES_TIMEOUT: Duration = Duration::from_secs(30);
 /// The account itself; never evaluated against RAM policies.
 pub const ROOT_USER: &str = "root";
 
-/// How long to wait for an instance to answer before calling it unreachable.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a probe of an instance may take in all (connecting, `hello`, and the one retry) before the instance is
+/// called unreachable. Well under the SDKs' read timeout (tea: 10 s), so a CreateBackup on a dead instance gets
+/// its answer instead of a client-side timeout (issue 17.6: driver selection 5 s + retry 5 s = 10.0 s).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// An instance as configured, plus its first-registration time.
 #[derive(Clone)]
@@ -75,6 +77,11 @@ pub struct AppState {
     pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// CreateBackup's look at an instance (what it is, which databases it holds), shared by concurrent calls.
     pub inspections: crate::coalesce::Coalesce<crate::actions::backup::Inspection>,
+    /// Every API call runs as its own task in here, so that a client hanging up cannot cut a call (and its audit
+    /// record) short; shutdown waits for them before the audit writer stops.
+    pub requests: tokio_util::task::TaskTracker,
+    /// How long a request body may take to arrive (`[server] idle_timeout_secs`).
+    pub body_timeout: Duration,
     /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
     clients: Mutex<HashMap<String, mongodb::Client>>,
 }
@@ -113,6 +120,8 @@ impl AppState {
             audit: crate::audit::AuditLog::default(),
             throttle: std::sync::OnceLock::new(),
             inspections: crate::coalesce::Coalesce::new(INSPECTION_FRESH),
+            requests: tokio_util::task::TaskTracker::new(),
+            body_timeout: Duration::from_secs(60),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -146,9 +155,17 @@ impl AppState {
 
     /// Asks the server what it is (topology comes from the server, never from the configuration).
     pub async fn probe(&self, inst: &Instance) -> Result<(mongodb::Client, Topology), ActionError> {
-        let client = self.client(inst).await?;
-        let ask =
-            || tokio::time::timeout(PROBE_TIMEOUT, ddsvault_mongo::topology::discover(&client));
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        let late = || {
+            ActionError::InstanceUnreachable(format!(
+                "no answer within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        };
+        let client = tokio::time::timeout_at(deadline, self.client(inst))
+            .await
+            .map_err(|_| late())??;
+        let ask = || tokio::time::timeout_at(deadline, ddsvault_mongo::topology::discover(&client));
         let topo = match ask().await {
             // A restarted node leaves this client's pooled connections dead; the driver drops the pool on the
             // first failure, so one more attempt reaches the new process (a stopped node fails again).
@@ -159,12 +176,7 @@ impl AppState {
             first => first,
         };
         let topo = topo
-            .map_err(|_| {
-                ActionError::InstanceUnreachable(format!(
-                    "no answer within {}s",
-                    PROBE_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| late())?
             .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
         Ok((client, topo))
     }

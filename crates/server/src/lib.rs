@@ -348,7 +348,10 @@ impl Prepared {
                         addr: tls_addr.clone(),
                         source,
                     })?;
-                Some(tls::TlsListener::new(tcp, Arc::clone(config)))
+                Some(
+                    tls::TlsListener::new(tcp, Arc::clone(config))
+                        .handshake_timeout(Duration::from_secs(self.server.header_timeout_secs)),
+                )
             }
             None => None,
         };

@@ -174,8 +174,7 @@ async fn serve_connection<I>(
         // What `into_make_service_with_connect_info` and the TLS layer used to provide.
         req.extensions_mut().insert(ConnectInfo(peer));
         if secure {
-            req.extensions_mut()
-                .insert(axum::Extension(Transport { secure: true }));
+            req.extensions_mut().insert(Transport { secure: true });
         }
         let busy = BusyGuard::new(Arc::clone(&svc_conn));
         let mut router = router.clone();

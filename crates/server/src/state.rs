@@ -10,7 +10,7 @@ use ddsvault_catalog::Catalog;
 use ddsvault_jobs::Runner;
 use ddsvault_mongo::topology::Topology;
 use ddsvault_repo::Repository;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use crate::error::ActionError;
 use crate::identity::Identities;
@@ -82,8 +82,10 @@ pub struct AppState {
     pub requests: tokio_util::task::TaskTracker,
     /// How long a request body may take to arrive (`[server] idle_timeout_secs`).
     pub body_timeout: Duration,
-    /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
-    clients: Mutex<HashMap<String, mongodb::Client>>,
+    /// One driver client per instance: clients hold connection pools and monitors, so they are reused. One cell
+    /// per instance, so connecting to an instance that does not answer never holds up probes of the others (the
+    /// probe deadline covers connecting).
+    clients: std::sync::Mutex<HashMap<String, Arc<OnceCell<mongodb::Client>>>>,
 }
 
 impl AppState {
@@ -122,7 +124,7 @@ impl AppState {
             inspections: crate::coalesce::Coalesce::new(INSPECTION_FRESH),
             requests: tokio_util::task::TaskTracker::new(),
             body_timeout: Duration::from_secs(60),
-            clients: Mutex::new(HashMap::new()),
+            clients: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,15 +144,19 @@ impl AppState {
     }
 
     async fn client(&self, inst: &Instance) -> Result<mongodb::Client, ActionError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&inst.id) {
-            return Ok(c.clone());
-        }
-        let c = ddsvault_mongo::topology::connect(&inst.uri)
-            .await
-            .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
-        clients.insert(inst.id.clone(), c.clone());
-        Ok(c)
+        let cell = {
+            // A poisoned map only means a panic elsewhere while inserting; the map itself is intact.
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(clients.entry(inst.id.clone()).or_default())
+        };
+        // Concurrent callers share one attempt; a failed (or abandoned) attempt leaves the cell empty for the next.
+        cell.get_or_try_init(|| async {
+            ddsvault_mongo::topology::connect(&inst.uri)
+                .await
+                .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))
+        })
+        .await
+        .cloned()
     }
 
     /// Asks the server what it is (topology comes from the server, never from the configuration).

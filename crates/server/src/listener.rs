@@ -89,7 +89,7 @@ pub fn raise_fd_limit() -> Option<u64> {
     if lim.current != lim.maximum {
         let before = lim.current;
         lim.current = lim.maximum;
-        match setrlimit(Resource::Nofile, lim.clone()) {
+        match setrlimit(Resource::Nofile, lim) {
             Ok(()) => {
                 tracing::debug!(from = ?before, to = ?lim.current, "raised the open-file limit")
             }

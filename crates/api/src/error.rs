@@ -327,12 +327,55 @@ impl ApiError {
         )
     }
 
+    /// 400 `Throttling.User` because the AccessKey signed more requests within the replay window than the nonce
+    /// store keeps for one key. Alibaba documents no code for this; it is flow control of that one key, so it
+    /// takes the key's flow-control code and says when a retry can pass (`x-acs-retry-after`), and other keys
+    /// are unaffected. `SignatureNonceUsed` would be wrong: the nonce is fresh, and some clients retry that code
+    /// at once with a new nonce.
+    pub fn nonce_quota_exceeded(retry_after_ms: u64) -> Self {
+        Self::new(
+            400,
+            codes::THROTTLING_USER,
+            "Request was denied due to user flow control: this AccessKey sent more signed requests within the replay window than the server remembers for one key.",
+        )
+        .with_retry_after_ms(retry_after_ms)
+    }
+
     /// 400 `Throttling.Api`.
     pub fn throttling_api() -> Self {
         Self::new(
             400,
             codes::THROTTLING_API,
             "Request was denied due to api flow control.",
+        )
+    }
+
+    /// 413 `RequestEntityTooLarge`: the body is over `limit` bytes.
+    pub fn request_entity_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("The request body is larger than {limit} bytes."),
+        )
+    }
+
+    /// 400 `RequestTimeout`: the body did not arrive within `secs` seconds. Alibaba documents no POP code for
+    /// this; OSS, Alibaba's own HTTP gateway, answers a socket left idle with `RequestTimeout` (400).
+    pub fn request_timeout(secs: u64) -> Self {
+        Self::new(
+            400,
+            "RequestTimeout",
+            format!("The request body did not arrive within {secs} seconds."),
+        )
+    }
+
+    /// 400 `IncompleteBody`: the body broke off or was malformed (e.g. bad chunked encoding). OSS's code for a
+    /// body shorter than its `Content-Length`.
+    pub fn incomplete_body(why: &str) -> Self {
+        Self::new(
+            400,
+            "IncompleteBody",
+            format!("The request body could not be read completely: {why}"),
         )
     }
 

@@ -61,7 +61,9 @@ pub use error::{
     JSON_CONTENT_TYPE, REQUEST_ID_HEADER, RETRY_AFTER_HEADER,
 };
 pub use keys::{KeyState, Secret, SecretLookup};
-pub use nonce::{MemoryNonceStore, NonceStore, DEFAULT_NONCE_CAPACITY};
+pub use nonce::{
+    MemoryNonceStore, NonceCheck, NonceStore, DEFAULT_NONCES_PER_KEY, DEFAULT_NONCE_CAPACITY,
+};
 pub use params::Params;
 pub use signing::{
     format_timestamp, hex_sha256, new_nonce, sign_v1, sign_v3, v1_canonicalized_query,

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use crate::encoding::parse_pairs;
 use crate::error::{codes, ApiError};
 use crate::keys::{KeyState, Secret, SecretLookup};
-use crate::nonce::NonceStore;
+use crate::nonce::{NonceCheck, NonceStore};
 use crate::params::Params;
 use crate::signing::{
     hex_sha256, v1_signature, v1_string_to_sign, v3_canonical_query_variants, v3_canonical_request,
@@ -132,7 +132,7 @@ impl Default for VerifyOptions {
 /// (`IncompleteSignature`); `Format`; timestamp format and skew; AccessKey lookup;
 /// signature (`SignatureDoesNotMatch`, for V3 after the body hash); nonce replay
 /// (`SignatureNonceUsed`, only after the signature verified, so that nobody can burn
-/// another client's nonces). Action/Version existence, throttling and RAM are the
+/// another client's nonces), or a key over its nonce quota (`Throttling.User`). Action/Version existence, throttling and RAM are the
 /// server's job.
 ///
 /// # Errors
@@ -296,10 +296,12 @@ fn record_nonce(
         .checked_mul(2)
         .and_then(|d| opts.now.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    if nonces.check_and_record(access_key_id, nonce, keep) {
-        Ok(())
-    } else {
-        Err(ApiError::nonce_used())
+    match nonces.check_and_record(access_key_id, nonce, keep) {
+        NonceCheck::Recorded => Ok(()),
+        NonceCheck::Replayed => Err(ApiError::nonce_used()),
+        NonceCheck::OverQuota { retry_after } => Err(ApiError::nonce_quota_exceeded(
+            u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+        )),
     }
 }
 
@@ -451,14 +453,11 @@ fn verify_v3(
         .ok_or_else(|| ApiError::missing_common("Signature"))?;
     let date = non_empty(headers.single("x-acs-date")?)
         .ok_or_else(|| ApiError::missing_common_as("Timestamp", "x-acs-date"))?;
-    // The nonce header is optional in the V3 docs, but an empty one is a client bug.
-    let nonce = headers.single("x-acs-signature-nonce")?;
-    if nonce == Some("") {
-        return Err(ApiError::missing_common_as(
-            "SignatureNonce",
-            "x-acs-signature-nonce",
-        ));
-    }
+    // The V3 docs mark the nonce optional, but without one a signed request could be replayed as often as
+    // its date allows (a replayed CreateBackup takes a second backup). Every SDK sends it, and V1 requires
+    // `SignatureNonce`: so does V3 here, with the V1 code.
+    let nonce = non_empty(headers.single("x-acs-signature-nonce")?)
+        .ok_or_else(|| ApiError::missing_common_as("SignatureNonce", "x-acs-signature-nonce"))?;
     let content_sha256 = headers.single("x-acs-content-sha256")?;
     let security_token = headers.single("x-acs-security-token")?;
 
@@ -525,9 +524,7 @@ fn verify_v3(
             primary,
         ));
     }
-    if let Some(nonce) = nonce {
-        record_nonce(nonces, access_key_id, nonce, opts)?;
-    }
+    record_nonce(nonces, access_key_id, nonce, opts)?;
 
     Ok(AuthenticatedRequest {
         action: action.to_owned(),

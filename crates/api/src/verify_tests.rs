@@ -37,6 +37,7 @@ fn keys(ak: &str) -> Result<Option<KeyState>, ApiError> {
     match ak {
         "testid" => Ok(Some(KeyState::Active(Secret::new("testsecret")))),
         "YourAccessKeyId" => Ok(Some(KeyState::Active(Secret::new("YourAccessKeySecret")))),
+        "otherid" => Ok(Some(KeyState::Active(Secret::new("othersecret")))),
         "disabled" => Ok(Some(KeyState::Inactive)),
         "broken" => Err(ApiError::internal("catalog unavailable")),
         _ => Ok(None),
@@ -788,12 +789,12 @@ fn reused_nonce_is_refused_and_bad_signatures_do_not_burn_nonces() {
 fn nonce_is_remembered_for_twice_the_skew() {
     struct Spy(std::sync::Mutex<Vec<DateTime<Utc>>>);
     impl NonceStore for Spy {
-        fn check_and_record(&self, _: &str, _: &str, expires_at: DateTime<Utc>) -> bool {
+        fn check_and_record(&self, _: &str, _: &str, expires_at: DateTime<Utc>) -> NonceCheck {
             self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(expires_at);
-            true
+            NonceCheck::Recorded
         }
     }
     let spy = Spy(std::sync::Mutex::new(Vec::new()));
@@ -802,8 +803,10 @@ fn nonce_is_remembered_for_twice_the_skew() {
     assert_eq!(seen, vec![t(NOW) + Duration::minutes(30)]);
 }
 
+/// Issue 17: a V3 request without `x-acs-signature-nonce` could be replayed as often as its date allowed. It is
+/// refused now (correctly signed or not), before anything is recorded.
 #[test]
-fn v3_without_nonce_is_accepted_but_not_recorded() {
+fn v3_without_nonce_is_refused() {
     let mut req = manual_v3("", "", &[]);
     // Re-sign without the nonce header.
     drop_header(&mut req, "x-acs-signature-nonce");
@@ -821,8 +824,38 @@ fn v3_without_nonce_is_accepted_but_not_recorded() {
     );
     req.headers.push(("Authorization".into(), auth));
     let nonces = store();
-    authenticate(&req, &keys, &nonces, &opts()).expect("verifies");
+    for _ in 0..2 {
+        let e = authenticate(&req, &keys, &nonces, &opts()).expect_err("no nonce");
+        assert_eq!((e.status, e.code.as_str()), (400, "MissingSignatureNonce"));
+        assert_eq!(
+            e.message,
+            "x-acs-signature-nonce is mandatory for this action."
+        );
+    }
     assert!(nonces.is_empty());
+}
+
+/// A key over its nonce quota gets `Throttling.User` with a retry-after; another key is not affected.
+#[test]
+fn key_over_its_nonce_quota_is_throttled_alone() {
+    let nonces = MemoryNonceStore::with_clock(1000, || t(NOW)).per_key(3);
+    for i in 0..3 {
+        let mut sr = base();
+        sr.nonce = format!("nonce-{i}");
+        authenticate(&v3(&sr), &keys, &nonces, &opts()).expect("within quota");
+    }
+    let mut sr = base();
+    sr.nonce = "nonce-3".into();
+    for make in [v1 as fn(&SignRequest) -> RawRequest, v3] {
+        let e = authenticate(&make(&sr), &keys, &nonces, &opts()).expect_err("over quota");
+        assert_eq!((e.status, e.code.as_str()), (400, "Throttling.User"));
+        assert_eq!(e.retry_after_ms, Some(30 * 60 * 1000));
+    }
+    let mut other = base();
+    other.access_key_id = "otherid".into();
+    other.secret = Secret::new("othersecret");
+    authenticate(&v3(&other), &keys, &nonces, &opts()).expect("another key");
+    assert_eq!(nonces.len_for("testid"), 3);
 }
 
 // ---- properties ----

@@ -892,6 +892,16 @@ async fn settings(cat: &Catalog) {
     assert_eq!(cat.init_setting("node_id", "a").await.expect("init"), "a");
     // A second init keeps the first value: two processes starting at once agree on one value.
     assert_eq!(cat.init_setting("node_id", "b").await.expect("init"), "a");
+    // Compare-and-set: only from the expected value, and only once.
+    assert!(!cat.replace_setting("node_id", "x", "c").await.expect("cas"));
+    assert!(cat.replace_setting("node_id", "a", "c").await.expect("cas"));
+    assert!(!cat.replace_setting("node_id", "a", "d").await.expect("cas"));
+    assert!(!cat.replace_setting("absent", "", "d").await.expect("cas"));
+    assert_eq!(
+        cat.get_setting("node_id").await.expect("get").as_deref(),
+        Some("c")
+    );
+    assert_eq!(cat.get_setting("absent").await.expect("get"), None);
 }
 
 async fn instances_and_policy(cat: &Catalog) {

@@ -32,6 +32,14 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, CatalogError>;
     /// Writes a setting only if it is not set yet; returns the value that is stored afterwards.
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, CatalogError>;
+    /// Replaces a setting only if it still holds `expected` (compare-and-set, for migrating a stored value in
+    /// place while other processes may do the same); true if this call replaced it.
+    async fn replace_setting(
+        &self,
+        key: &str,
+        expected: &str,
+        value: &str,
+    ) -> Result<bool, CatalogError>;
 
     /// Inserts or replaces an AccessKey (no per-user limit: start-up uses it for the generated root key).
     async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError>;

@@ -292,6 +292,21 @@ impl CatalogBackend for SqliteCatalog {
         Ok(row.try_get("value")?)
     }
 
+    async fn replace_setting(
+        &self,
+        key: &str,
+        expected: &str,
+        value: &str,
+    ) -> Result<bool, CatalogError> {
+        let done = sqlx::query("UPDATE settings SET value = ? WHERE key = ? AND value = ?")
+            .bind(value)
+            .bind(key)
+            .bind(expected)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn put_access_key(&self, key: &AccessKeyRecord) -> Result<(), CatalogError> {
         self.put_access_key_impl(key).await
     }

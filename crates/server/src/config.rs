@@ -86,6 +86,9 @@ pub struct Config {
     /// Flow control per AccessKey and per action.
     #[serde(default)]
     pub throttling: ThrottlingConfig,
+    /// Connection and request-path bounds.
+    #[serde(default)]
+    pub server: ServerConfig,
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
     #[serde(default)]
@@ -187,6 +190,60 @@ fn default_chunk_grace() -> u64 {
 
 fn default_gc_interval() -> u64 {
     600
+}
+
+/// `[server]`: bounds on connections and on what one client can hold (see docs/reliability.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds a connection gets to send a complete request head: from its opening, and again after each
+    /// answer while it is kept alive (so this is the keep-alive idle limit too). 1..=300.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a request's body may take to arrive, and an answer may wait for a client that does not read it.
+    /// 1..=3600.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once (plain and TLS each). At the cap, the connection that has waited longest for
+    /// a request head is closed to make room. 16..=1000000; lowered at start to what the file-descriptor limit
+    /// allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Signature nonces remembered per AccessKey (replay window: 2 × timestamp_skew_secs). 1..=100000000.
+    #[serde(default = "default_nonces_per_key")]
+    pub nonces_per_access_key: usize,
+    /// Signature nonces remembered over all keys; when full, only keys below their fair share may add.
+    /// 1..=100000000.
+    #[serde(default = "default_nonce_capacity")]
+    pub nonce_capacity: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: default_header_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            nonces_per_access_key: default_nonces_per_key(),
+            nonce_capacity: default_nonce_capacity(),
+        }
+    }
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_nonces_per_key() -> usize {
+    ddsvault_api::DEFAULT_NONCES_PER_KEY
+}
+fn default_nonce_capacity() -> usize {
+    ddsvault_api::DEFAULT_NONCE_CAPACITY
 }
 
 /// `[scheduler]`: automatic backups following each instance's backup policy.
@@ -606,6 +663,30 @@ impl Config {
                 self.retention.chunk_grace_secs
             ));
         }
+        let srv = &self.server;
+        for (name, value, range) in [
+            ("header_timeout_secs", srv.header_timeout_secs, 1..=300),
+            ("idle_timeout_secs", srv.idle_timeout_secs, 1..=3600),
+            (
+                "max_connections",
+                srv.max_connections as u64,
+                16..=1_000_000,
+            ),
+            (
+                "nonces_per_access_key",
+                srv.nonces_per_access_key as u64,
+                1..=100_000_000,
+            ),
+            ("nonce_capacity", srv.nonce_capacity as u64, 1..=100_000_000),
+        ] {
+            if !range.contains(&value) {
+                return err(format!(
+                    "server.{name} = {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
         if !(1..=600).contains(&self.scheduler.tick_secs) {
             return err(format!(
                 "scheduler.tick_secs = {} is outside 1..=600",
@@ -774,6 +855,8 @@ mod tests {
             })
         );
         assert_eq!(c.listen_tls, None);
+        assert_eq!(c.server.header_timeout_secs, 10);
+        assert_eq!(c.server.nonces_per_access_key, 200_000);
     }
 
     #[test]
@@ -800,6 +883,9 @@ mod tests {
             ("[backup]\ncompression = \"lz4\"", "compression"),
             ("[retention]\nchunk_grace_secs = 604801", "retention.chunk_grace_secs"),
             ("[retention]\naudit_retention_days = 36501", "retention.audit_retention_days"),
+            ("[server]\nheader_timeout_secs = 0", "server.header_timeout_secs"),
+            ("[server]\nmax_connections = 2", "server.max_connections"),
+            ("[server]\nnonces_per_access_key = 0", "server.nonces_per_access_key"),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

@@ -1,7 +1,8 @@
 //! Time-limited download URLs for backup files, served by ddsvault itself (`BackupDownloadURL`).
 //!
 //! A URL is `<base>/download/<BackupId>/<file>?Expires=<unix seconds>&Signature=<hex>`, where the signature is
-//! HMAC-SHA256 over `<BackupId>\n<file>\n<Expires>` with a key generated once and kept in the catalog. Anyone
+//! HMAC-SHA256 over `<BackupId>\n<file>\n<Expires>` with a key generated once and kept in the catalog, sealed
+//! with the master key like AccessKey secrets ([`load_key`]). Anyone
 //! holding the URL may read that one file until it expires, as with an OSS signed URL; range requests are
 //! supported so `curl -C -` and parallel downloaders work.
 
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::Utc;
 use ddsvault_api::{new_request_id, render_error, ApiError};
-use ddsvault_catalog::{AuditRecord, Backup, BackupStatus};
+use ddsvault_catalog::{AuditRecord, Backup, BackupStatus, Catalog};
 use ddsvault_repo::RepoPath;
 use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
@@ -24,10 +25,87 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::audit::clean_field;
+use crate::error::ServerError;
+use crate::identity::crypto::MasterKey;
 use crate::router::Transport;
 use crate::state::AppState;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The catalog setting holding the URL-signing key.
+const KEY_SETTING: &str = "download_url_key";
+/// Marks a sealed key: `aes256gcm-v1:` + [`MasterKey::seal`] of the key's hex, with the setting's name as associated
+/// data. A value without it is a key an earlier version stored in clear (hex digits).
+const SEALED_PREFIX: &str = "aes256gcm-v1:";
+/// Bytes of a generated key.
+const KEY_BYTES: usize = 32;
+
+fn damaged_key(why: &str) -> ServerError {
+    ServerError::Identity(format!(
+        "the download-URL key stored in the catalog (setting {KEY_SETTING:?}) {why}; restore the catalog (or the \
+         master key) it belongs to. Deleting the setting makes the next start issue a new key, and every download \
+         URL handed out before stops working"
+    ))
+}
+
+fn parse_key(hex_text: &str) -> Result<Vec<u8>, ServerError> {
+    match hex::decode(hex_text) {
+        Ok(k) if k.len() >= 16 => Ok(k),
+        _ => Err(damaged_key(
+            "is damaged (not a hex key of at least 16 bytes)",
+        )),
+    }
+}
+
+fn seal_key(master: &MasterKey, hex_key: &str) -> Result<String, ServerError> {
+    let sealed = master
+        .seal(KEY_SETTING, hex_key)
+        .map_err(|e| ServerError::Identity(e.to_string()))?;
+    Ok(format!("{SEALED_PREFIX}{sealed}"))
+}
+
+fn open_key(master: &MasterKey, stored: &str) -> Result<Vec<u8>, ServerError> {
+    let sealed = stored
+        .strip_prefix(SEALED_PREFIX)
+        .ok_or_else(|| damaged_key("is not sealed"))?;
+    let hex_key = master
+        .open(KEY_SETTING, sealed)
+        .map_err(|_| damaged_key("cannot be decrypted with this master key"))?;
+    parse_key(hex_key.expose())
+}
+
+/// The key download URLs are signed with: the one in the catalog (so every process sharing it signs and verifies
+/// alike), generated on first start. A key an earlier version stored in clear is sealed in place, keeping its
+/// value so URLs already handed out stay valid. A key that cannot be read stops the start: replacing it silently
+/// would break every URL handed out, and differently in each process (issue 17.7).
+///
+/// # Errors
+/// A damaged or foreign stored key; catalog errors.
+pub async fn load_key(catalog: &Catalog, master: &MasterKey) -> Result<Vec<u8>, ServerError> {
+    let mut fresh = vec![0u8; KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+    let stored = catalog
+        .init_setting(KEY_SETTING, &seal_key(master, &hex::encode(&fresh))?)
+        .await?;
+    if stored.starts_with(SEALED_PREFIX) {
+        return open_key(master, &stored);
+    }
+    let key = parse_key(stored.trim())?;
+    let sealed = seal_key(master, &hex::encode(&key))?;
+    if catalog
+        .replace_setting(KEY_SETTING, &stored, &sealed)
+        .await?
+    {
+        tracing::info!("sealed the download-URL key that was stored in clear");
+        return Ok(key);
+    }
+    // Another process sealed it meanwhile: use what it stored.
+    let now = catalog
+        .get_setting(KEY_SETTING)
+        .await?
+        .ok_or_else(|| damaged_key("vanished during start-up"))?;
+    open_key(master, &now)
+}
 
 /// Signs download URLs.
 #[derive(Clone)]
@@ -440,5 +518,77 @@ mod tests {
         assert!(!s.verify(7, "archive.zst", 101, &sig));
         assert!(!s.verify(7, "archive.zst", 100, "zz"));
         assert!(!UrlSigner::new(b"other".to_vec(), 60).verify(7, "archive.zst", 100, &sig));
+    }
+
+    fn master(b: u8) -> MasterKey {
+        MasterKey::from_bytes(&[b; 32], crate::identity::crypto::KeySource::Env)
+    }
+
+    async fn catalog() -> Catalog {
+        ddsvault_catalog::open("sqlite::memory:")
+            .await
+            .expect("catalog")
+    }
+
+    /// A fresh key is stored sealed (not in clear) and read back the same by the next start.
+    #[tokio::test]
+    async fn key_is_stored_sealed_and_stable() {
+        let cat = catalog().await;
+        let m = master(1);
+        let key = load_key(&cat, &m).await.expect("first start");
+        assert_eq!(key.len(), KEY_BYTES);
+        let stored = cat
+            .get_setting(KEY_SETTING)
+            .await
+            .expect("get")
+            .expect("set");
+        assert!(stored.starts_with(SEALED_PREFIX), "{stored}");
+        assert!(
+            !stored.contains(&hex::encode(&key)),
+            "the key is not in clear"
+        );
+        assert_eq!(load_key(&cat, &m).await.expect("restart"), key);
+        // Another master key cannot read it: a start-up error, not a fresh key.
+        let e = load_key(&cat, &master(2))
+            .await
+            .expect_err("foreign master key");
+        assert!(e.to_string().contains("cannot be decrypted"), "{e}");
+    }
+
+    /// A key stored in clear by an earlier version keeps its value (URLs stay valid) and is sealed in place.
+    #[tokio::test]
+    async fn clear_key_is_migrated() {
+        let cat = catalog().await;
+        let old = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        cat.init_setting(KEY_SETTING, old).await.expect("seed");
+        let m = master(1);
+        let key = load_key(&cat, &m).await.expect("migrate");
+        assert_eq!(hex::encode(&key), old);
+        let stored = cat
+            .get_setting(KEY_SETTING)
+            .await
+            .expect("get")
+            .expect("set");
+        assert!(
+            stored.starts_with(SEALED_PREFIX) && !stored.contains(old),
+            "{stored}"
+        );
+        assert_eq!(load_key(&cat, &m).await.expect("again"), key);
+    }
+
+    /// A damaged stored key stops the start (it used to become a random in-memory key, silently).
+    #[tokio::test]
+    async fn damaged_key_is_a_start_up_error() {
+        for damaged in ["not hex at all", "0011", "aes256gcm-v1:AAAA"] {
+            let cat = catalog().await;
+            cat.init_setting(KEY_SETTING, damaged).await.expect("seed");
+            let e = load_key(&cat, &master(1)).await.expect_err(damaged);
+            assert!(e.to_string().contains(KEY_SETTING), "{e}");
+            assert_eq!(
+                cat.get_setting(KEY_SETTING).await.expect("get").as_deref(),
+                Some(damaged),
+                "nothing is overwritten"
+            );
+        }
     }
 }

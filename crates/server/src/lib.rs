@@ -12,6 +12,7 @@ pub mod config;
 mod download;
 pub mod error;
 pub mod identity;
+mod listener;
 pub mod offline;
 mod ram_api;
 mod router;
@@ -65,6 +66,8 @@ pub struct Prepared {
     /// Held until the process ends: the data directory's lock and the node id.
     identity: startup::Identity,
     data_dir: std::path::PathBuf,
+    /// Connection bounds (`[server]`).
+    server: config::ServerConfig,
     /// The HTTPS listener's address and rustls configuration (`listen_tls`).
     tls: Option<(String, Arc<rustls::ServerConfig>)>,
     public_url: Option<String>,
@@ -76,20 +79,6 @@ pub struct Prepared {
 
 /// The file a newly created root AccessKey is written to, inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root-accesskey.txt";
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::thread_rng().fill(buf.as_mut_slice());
-    hex::encode(buf)
-}
-
-fn hex_decode_or_regenerate(s: &str) -> Vec<u8> {
-    // A damaged setting must not disable downloads silently with an empty key.
-    match hex::decode(s) {
-        Ok(k) if k.len() >= 16 => k,
-        _ => hex::decode(random_hex(32)).unwrap_or_default(),
-    }
-}
 
 fn random_string(len: usize) -> String {
     rand::thread_rng()
@@ -163,7 +152,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         root_key_id = Some(id.clone());
         created_root_key = Some(CreatedRootKey { id, secret });
     }
-    let identities = Identities::load(Arc::clone(&catalog), master).await?;
+    let identities = Identities::load(Arc::clone(&catalog), Arc::clone(&master)).await?;
 
     let mut instances = HashMap::new();
     let mut specs = HashMap::new();
@@ -226,11 +215,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     }
 
     // The key of download URLs lives in the catalog so every process sharing it signs and verifies alike.
-    let download_key = hex_decode_or_regenerate(
-        &catalog
-            .init_setting("download_url_key", &random_hex(32))
-            .await?,
-    );
+    let download_key = download::load_key(&catalog, &master).await?;
     let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
     let gc = Arc::new(
         Gc::new(
@@ -269,6 +254,11 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         runner,
         cfg.backup.compression.clone(),
     );
+    state.nonces = ddsvault_api::MemoryNonceStore::with_limits(
+        cfg.server.nonce_capacity,
+        cfg.server.nonces_per_access_key,
+    );
+    state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
     state.retention_lock_cooling_off = chrono::Duration::seconds(
         i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
     );
@@ -301,6 +291,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         listeners,
         identity,
         data_dir: cfg.data_dir.clone(),
+        server: cfg.server.clone(),
         tls,
         public_url: cfg.public_url.clone(),
         created_root_key,
@@ -366,7 +357,10 @@ impl Prepared {
         let listener = self.listeners.plain;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let tls_listener = match (&self.tls, self.listeners.tls) {
-            (Some((_, config)), Some(tcp)) => Some(tls::TlsListener::new(tcp, Arc::clone(config))),
+            (Some((_, config)), Some(tcp)) => Some(
+                tls::TlsListener::new(tcp, Arc::clone(config))
+                    .handshake_timeout(Duration::from_secs(self.server.header_timeout_secs)),
+            ),
             _ => None,
         };
         let tls_addr = match &tls_listener {
@@ -412,37 +406,46 @@ impl Prepared {
                 .spawn("backup-scheduler", move |token| scheduler.run(token));
         }
 
-        let app = router::router(Arc::clone(&self.state));
-        let stop = shutdown.clone();
-        let plain = async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        };
+        // Plain and TLS listeners each get the connection bounds; the TLS router marks its calls secure.
+        let fd_limit = listener::raise_fd_limit();
+        let limits = listener::Limits::new(
+            &self.server,
+            fd_limit,
+            1 + usize::from(tls_listener.is_some()),
+        );
+        tracing::info!(max_connections = limits.max_connections, header_timeout_secs = limits.header_timeout.as_secs(),
+            idle_timeout_secs = limits.idle_timeout.as_secs(), fd_limit = ?fd_limit, "connection limits");
+        let plain = listener::serve(
+            listener,
+            router::router(Arc::clone(&self.state)),
+            limits,
+            false,
+            shutdown.clone(),
+        );
         let secure = async {
-            let Some(listener) = tls_listener else {
-                return Ok(());
-            };
-            use axum::serve::ListenerExt;
-            let app = router::router(Arc::clone(&self.state))
-                .layer(axum::Extension(router::Transport { secure: true }));
-            let stop = shutdown.clone();
-            // `tap_io` only wraps the listener so that axum hands the peer address to `ConnectInfo`.
-            axum::serve(
-                listener.tap_io(|_| {}),
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+            if let Some(listener) = tls_listener {
+                listener::serve(
+                    listener,
+                    router::router(Arc::clone(&self.state)),
+                    limits,
+                    true,
+                    shutdown.clone(),
+                )
+                .await;
+            }
         };
-        let (served, served_tls) = tokio::join!(plain, secure);
-        let served = served.and(served_tls);
+        tokio::join!(plain, secure);
         tracing::info!("HTTP server stopped accepting requests");
+        // Calls whose client went away still run to their end (and their audit record) before the writer stops.
+        self.state.requests.close();
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, self.state.requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("calls still running after the shutdown deadline");
+        }
         self.tasks.shutdown(SHUTDOWN_DEADLINE).await;
         tracing::info!("shutdown complete");
-        served.map_err(ServerError::Serve)
+        Ok(())
     }
 }

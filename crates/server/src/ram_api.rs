@@ -78,8 +78,14 @@ fn custom_policy_type(p: &Params) -> Result<(), ActionError> {
     }
 }
 
-/// The RAM resources a call touches, for the caller's policies (`acs:ram:*:<account>:user/<name>`…).
-fn resources(st: &AppState, action: &str, p: &Params) -> Vec<String> {
+/// The served RAM action of that name, as a static name (for the throttle's per-action buckets).
+pub fn action(name: &str) -> Option<&'static str> {
+    ACTIONS.iter().copied().find(|a| *a == name)
+}
+
+/// The RAM resources a call touches, for the caller's policies (`acs:ram:*:<account>:user/<name>`…) and the
+/// audit trail.
+pub fn resources(st: &AppState, action: &str, p: &Params) -> Vec<String> {
     let arn = |kind: &str, name: &str| format!("acs:ram:*:{}:{kind}/{name}", st.account_id);
     let mut out = Vec::new();
     if let Some(u) = p.get("UserName").filter(|u| !u.is_empty()) {

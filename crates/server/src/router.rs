@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +18,7 @@ use ddsvault_api::{
 };
 use ddsvault_catalog::AuditRecord;
 use ddsvault_ram::{access_denied_detail, evaluate, Context, Decision, Request as RamRequest};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
 use crate::actions;
@@ -64,7 +64,6 @@ struct CallInfo {
     resources: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn handle(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -72,11 +71,93 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
+) -> Response {
+    let secure = transport.is_some_and(|Extension(t)| t.secure);
+    // hyper drops this future when the client hangs up (a CreateBackup waiting on a dead instance, an SDK read
+    // timeout): the call itself runs as a task of its own, so it finishes, is logged and is audited regardless.
+    let task = st.requests.spawn(call(
+        Arc::clone(&st),
+        peer,
+        secure,
+        method,
+        uri,
+        headers,
+        body,
+    ));
+    match task.await {
+        Ok(response) => response,
+        Err(e) => {
+            let request_id = new_request_id();
+            tracing::error!(request_id = %request_id, error = %e, "request task failed");
+            into_response(render_error(
+                &ApiError::internal(e.to_string()),
+                &request_id,
+                &st.host_id,
+            ))
+        }
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Stalled,
+    Broken(String),
+}
+
+impl BodyError {
+    fn into_api(self, timeout: std::time::Duration) -> ApiError {
+        match self {
+            BodyError::TooLarge => ApiError::request_entity_too_large(MAX_BODY_BYTES),
+            BodyError::Stalled => ApiError::request_timeout(timeout.as_secs()),
+            BodyError::Broken(why) => ApiError::incomplete_body(&why),
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of body within `timeout`, telling a body that is too large from one that is late
+/// or broken off (issue 17.7: every failure used to be answered `RequestEntityTooLarge`).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, BodyError> {
+    // A declared length over the limit is refused before a byte is read.
+    if usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).map_or(true, |n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let read = async move {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Stalled))
+}
+
+async fn call(
+    st: Arc<AppState>,
+    peer: SocketAddr,
+    secure: bool,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let request_id = new_request_id();
     let now = Utc::now();
-    let secure = transport.is_some_and(|Extension(t)| t.secure);
     let header_pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| {
@@ -93,30 +174,24 @@ async fn handle(
         peer,
         secure,
     };
-    let (outcome, info) = match body {
-        _ if raw.raw_query.len() > MAX_QUERY_BYTES => {
-            raw.raw_query.truncate(0);
-            (
-                Err(ApiError::new(
-                    414,
-                    "RequestURITooLong",
-                    format!("The query string is longer than {MAX_QUERY_BYTES} bytes."),
-                )),
-                claimed(&raw),
-            )
-        }
-        Ok(b) => {
-            raw.body = b.to_vec();
-            process(&st, &raw, now).await
-        }
-        Err(rejection) => (
+    let (outcome, info) = if raw.raw_query.len() > MAX_QUERY_BYTES {
+        raw.raw_query.truncate(0);
+        (
             Err(ApiError::new(
-                rejection.status().as_u16(),
-                "RequestEntityTooLarge",
-                format!("The request body could not be read: {rejection}. At most {MAX_BODY_BYTES} bytes are accepted."),
+                414,
+                "RequestURITooLong",
+                format!("The query string is longer than {MAX_QUERY_BYTES} bytes."),
             )),
             claimed(&raw),
-        ),
+        )
+    } else {
+        match read_body(body, MAX_BODY_BYTES, st.body_timeout).await {
+            Ok(b) => {
+                raw.body = b;
+                process(&st, &raw, now).await
+            }
+            Err(e) => (Err(e.into_api(st.body_timeout)), claimed(&raw)),
+        }
     };
     let action = info.action.as_deref().unwrap_or("-");
     let key = info.access_key_id.as_deref().unwrap_or("-");
@@ -230,49 +305,63 @@ async fn process(
             .principal(&auth.access_key_id)
             .ok()
             .map(|(user, _)| user),
-        action: Some(auth.action.clone()),
+        // The name is client text until it matches an action: bounded and without control characters before it
+        // reaches the log and the audit trail.
+        action: Some(clean_field(&auth.action)),
         resources: Vec::new(),
     };
-    let result =
-        async {
-            if auth.version == crate::ram_api::RAM_API_VERSION {
-                return crate::ram_api::handle(
-                    st,
-                    &auth.access_key_id,
-                    &auth.action,
-                    &auth.params,
-                    &condition_context(raw, now),
-                )
-                .await;
-            }
-            if auth.version != API_VERSION {
-                return Err(ApiError::invalid_version());
-            }
-            let Some(act) = actions::Action::from_name(&auth.action) else {
+    let result = async {
+        if auth.version == crate::ram_api::RAM_API_VERSION {
+            let Some(action) = crate::ram_api::action(&auth.action) else {
                 return Err(ApiError::api_not_found());
             };
-            if let Some(throttle) = st.throttle.get() {
-                throttle
-                    .check(&auth.access_key_id, act.name(), std::time::Instant::now())
-                    .map_err(|refusal| match refusal {
-                        Refusal::User { retry_after } => ApiError::throttling_user()
-                            .with_retry_after_ms(retry_after_ms(retry_after)),
-                        Refusal::Api { retry_after } => ApiError::throttling_api()
-                            .with_retry_after_ms(retry_after_ms(retry_after)),
-                    })?;
-            }
-            info.resources = resources_of(st, act, &auth.params);
-            authorize(
+            throttle(st, &auth.access_key_id, action)?;
+            info.resources = crate::ram_api::resources(st, action, &auth.params);
+            return crate::ram_api::handle(
                 st,
                 &auth.access_key_id,
-                act,
-                &info.resources,
+                action,
+                &auth.params,
                 &condition_context(raw, now),
-            )?;
-            actions::dispatch(st, act, &auth.params).await
+            )
+            .await;
         }
-        .await;
+        if auth.version != API_VERSION {
+            return Err(ApiError::invalid_version());
+        }
+        let Some(act) = actions::Action::from_name(&auth.action) else {
+            return Err(ApiError::api_not_found());
+        };
+        throttle(st, &auth.access_key_id, act.name())?;
+        info.resources = resources_of(st, act, &auth.params);
+        authorize(
+            st,
+            &auth.access_key_id,
+            act,
+            &info.resources,
+            &condition_context(raw, now),
+        )?;
+        actions::dispatch(st, act, &auth.params).await
+    }
+    .await;
     (result, info)
+}
+
+/// Flow control of an authenticated key and a known action (Dds or RAM: both are calls on this endpoint).
+fn throttle(st: &AppState, access_key_id: &str, action: &'static str) -> Result<(), ApiError> {
+    let Some(throttle) = st.throttle.get() else {
+        return Ok(());
+    };
+    throttle
+        .check(access_key_id, action, std::time::Instant::now())
+        .map_err(|refusal| match refusal {
+            Refusal::User { retry_after } => {
+                ApiError::throttling_user().with_retry_after_ms(retry_after_ms(retry_after))
+            }
+            Refusal::Api { retry_after } => {
+                ApiError::throttling_api().with_retry_after_ms(retry_after_ms(retry_after))
+            }
+        })
 }
 
 /// The ARNs a call touches: its instance parameters, or `*` for actions that are not resource-scoped.

@@ -10,7 +10,7 @@ use ddsvault_catalog::Catalog;
 use ddsvault_jobs::Runner;
 use ddsvault_mongo::topology::Topology;
 use ddsvault_repo::Repository;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use crate::error::ActionError;
 use crate::identity::Identities;
@@ -26,8 +26,10 @@ pub const LIST_DATABASES_TIMEOUT: Duration = Duration::from_secs(30);
 /// The account itself; never evaluated against RAM policies.
 pub const ROOT_USER: &str = "root";
 
-/// How long to wait for an instance to answer before calling it unreachable.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a probe of an instance may take in all (connecting, `hello`, and the one retry) before the instance is
+/// called unreachable. Well under the SDKs' read timeout (tea: 10 s), so a CreateBackup on a dead instance gets
+/// its answer instead of a client-side timeout (issue 17.6: driver selection 5 s + retry 5 s = 10.0 s).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// An instance as configured, plus its first-registration time.
 #[derive(Clone)]
@@ -75,8 +77,15 @@ pub struct AppState {
     pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// CreateBackup's look at an instance (what it is, which databases it holds), shared by concurrent calls.
     pub inspections: crate::coalesce::Coalesce<crate::actions::backup::Inspection>,
-    /// One driver client per instance: clients hold connection pools and monitors, so they are reused.
-    clients: Mutex<HashMap<String, mongodb::Client>>,
+    /// Every API call runs as its own task in here, so that a client hanging up cannot cut a call (and its audit
+    /// record) short; shutdown waits for them before the audit writer stops.
+    pub requests: tokio_util::task::TaskTracker,
+    /// How long a request body may take to arrive (`[server] idle_timeout_secs`).
+    pub body_timeout: Duration,
+    /// One driver client per instance: clients hold connection pools and monitors, so they are reused. One cell
+    /// per instance, so connecting to an instance that does not answer never holds up probes of the others (the
+    /// probe deadline covers connecting).
+    clients: std::sync::Mutex<HashMap<String, Arc<OnceCell<mongodb::Client>>>>,
 }
 
 impl AppState {
@@ -113,7 +122,9 @@ impl AppState {
             audit: crate::audit::AuditLog::default(),
             throttle: std::sync::OnceLock::new(),
             inspections: crate::coalesce::Coalesce::new(INSPECTION_FRESH),
-            clients: Mutex::new(HashMap::new()),
+            requests: tokio_util::task::TaskTracker::new(),
+            body_timeout: Duration::from_secs(60),
+            clients: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,22 +144,34 @@ impl AppState {
     }
 
     async fn client(&self, inst: &Instance) -> Result<mongodb::Client, ActionError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&inst.id) {
-            return Ok(c.clone());
-        }
-        let c = ddsvault_mongo::topology::connect(&inst.uri)
-            .await
-            .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
-        clients.insert(inst.id.clone(), c.clone());
-        Ok(c)
+        let cell = {
+            // A poisoned map only means a panic elsewhere while inserting; the map itself is intact.
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(clients.entry(inst.id.clone()).or_default())
+        };
+        // Concurrent callers share one attempt; a failed (or abandoned) attempt leaves the cell empty for the next.
+        cell.get_or_try_init(|| async {
+            ddsvault_mongo::topology::connect(&inst.uri)
+                .await
+                .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))
+        })
+        .await
+        .cloned()
     }
 
     /// Asks the server what it is (topology comes from the server, never from the configuration).
     pub async fn probe(&self, inst: &Instance) -> Result<(mongodb::Client, Topology), ActionError> {
-        let client = self.client(inst).await?;
-        let ask =
-            || tokio::time::timeout(PROBE_TIMEOUT, ddsvault_mongo::topology::discover(&client));
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        let late = || {
+            ActionError::InstanceUnreachable(format!(
+                "no answer within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        };
+        let client = tokio::time::timeout_at(deadline, self.client(inst))
+            .await
+            .map_err(|_| late())??;
+        let ask = || tokio::time::timeout_at(deadline, ddsvault_mongo::topology::discover(&client));
         let topo = match ask().await {
             // A restarted node leaves this client's pooled connections dead; the driver drops the pool on the
             // first failure, so one more attempt reaches the new process (a stopped node fails again).
@@ -159,12 +182,7 @@ impl AppState {
             first => first,
         };
         let topo = topo
-            .map_err(|_| {
-                ActionError::InstanceUnreachable(format!(
-                    "no answer within {}s",
-                    PROBE_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| late())?
             .map_err(|e| ActionError::InstanceUnreachable(redact(&e.to_string(), &inst.uri)))?;
         Ok((client, topo))
     }

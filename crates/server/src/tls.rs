@@ -1,9 +1,12 @@
 //! The HTTPS listener (`listen_tls`): rustls over the same router as plain HTTP, marked secure so that RAM's
 //! `acs:SecureTransport` is true for its calls.
 //!
-//! Handshakes run concurrently inside `accept` and each has a deadline, so a client that connects and never
-//! finishes its handshake cannot hold up other clients.
+//! Handshakes run concurrently inside `accept` and each has a deadline (`[server] header_timeout_secs`), so a
+//! client that connects and never finishes its handshake cannot hold up other clients; when
+//! [`MAX_PENDING_HANDSHAKES`] are in progress, the oldest is abandoned to make room, so stalled handshakes cannot
+//! keep new clients waiting either.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,16 +16,16 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::ConfigError;
 
-/// How long a client gets to complete its TLS handshake.
+/// How long a client gets to complete its TLS handshake unless set with [`TlsListener::handshake_timeout`].
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once; at this number the oldest is abandoned for a new connection.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Builds the server configuration from PEM files: a certificate chain (leaf first) and its private key (PKCS#8,
 /// PKCS#1 or SEC1).
@@ -58,6 +61,9 @@ pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    /// Handshakes in start order, to abandon the oldest (finished ones are skipped and pruned).
+    started: VecDeque<AbortHandle>,
+    timeout: Duration,
 }
 
 impl TlsListener {
@@ -66,6 +72,26 @@ impl TlsListener {
             tcp,
             acceptor: TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
+            started: VecDeque::new(),
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Sets the handshake deadline.
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Abandons the oldest handshake still in progress.
+    fn abandon_oldest(&mut self) {
+        while let Some(h) = self.started.pop_front() {
+            if !h.is_finished() {
+                h.abort();
+                tracing::debug!("abandoned the oldest pending TLS handshake to make room");
+                return;
+            }
         }
     }
 }
@@ -76,13 +102,19 @@ impl axum::serve::Listener for TlsListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let can_accept = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
             tokio::select! {
-                accepted = self.tcp.accept(), if can_accept => match accepted {
+                accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                            self.abandon_oldest();
+                        }
+                        if self.started.len() > 2 * MAX_PENDING_HANDSHAKES {
+                            self.started.retain(|h| !h.is_finished());
+                        }
                         let acceptor = self.acceptor.clone();
-                        self.handshakes.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        let timeout = self.timeout;
+                        let handle = self.handshakes.spawn(async move {
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => Some((tls, peer)),
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -94,6 +126,7 @@ impl axum::serve::Listener for TlsListener {
                                 }
                             }
                         });
+                        self.started.push_back(handle);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.

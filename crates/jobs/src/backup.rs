@@ -221,7 +221,7 @@ pub(crate) async fn publish_logical(
         .rename(&a.staged_archive, &final_archive)
         .await?;
     let manifest = Manifest {
-        format: 1,
+        format: ddsvault_repo::MANIFEST_FORMAT,
         backup_id,
         instance_id: job.instance_id.clone(),
         method: "Logical".into(),

@@ -360,6 +360,64 @@ impl Repository {
         .map_err(|e| RepoError::Internal(format!("chunk decompression task: {e}")))?
     }
 
+    /// Re-reads a stored chunk and checks it against its name: seal, zstd frame, SHA-256 of the raw bytes. A
+    /// chunk written before seals existed that is intact gets its seal now (an atomic rewrite of the same frame).
+    ///
+    /// # Errors
+    /// [`RepoError::Integrity`] for a damaged chunk, [`RepoError::NotFound`] if it vanished, or the store error.
+    pub async fn scrub_chunk(&self, chunk: &StoredChunk) -> Result<ChunkSeal, RepoError> {
+        let stored = self.get(&chunk.path).await?;
+        let at = chunk.path.to_string();
+        let want = chunk.sha256.clone();
+        let seal = tokio::task::spawn_blocking(move || {
+            let (frame, seal) = unseal_chunk(&at, &stored)?;
+            let raw = zstd::stream::decode_all(frame).map_err(|e| RepoError::Integrity {
+                path: at.clone(),
+                what: "zstd frame",
+                expected: "a valid frame".into(),
+                actual: e.to_string(),
+            })?;
+            let actual = sha256_hex(&raw);
+            if actual != want {
+                return Err(RepoError::Integrity {
+                    path: at,
+                    what: "sha256",
+                    expected: want,
+                    actual,
+                });
+            }
+            Ok(match seal {
+                ChunkSeal::Sealed => None,
+                ChunkSeal::Legacy => Some(seal_chunk(stored.to_vec())),
+            })
+        })
+        .await
+        .map_err(|e| RepoError::Internal(format!("chunk scrub task: {e}")))??;
+        match seal {
+            None => Ok(ChunkSeal::Sealed),
+            Some(sealed) => {
+                self.put(&chunk.path, Bytes::from(sealed)).await?;
+                Ok(ChunkSeal::Legacy)
+            }
+        }
+    }
+
+    /// Moves a damaged chunk out of its store to `quarantine/<its path>.<unix ms>` (never deleted, never
+    /// overwriting an earlier quarantined copy). The store then lacks it, so the next snapshot that has these
+    /// bytes writes it again; snapshots that name it fail verification until then.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn quarantine_chunk(&self, chunk: &StoredChunk) -> Result<RepoPath, RepoError> {
+        let to = RepoPath::from_valid(layout::QUARANTINE_DIR.to_string()).join(&format!(
+            "{}.{}",
+            chunk.path,
+            Utc::now().timestamp_millis()
+        ))?;
+        self.rename(&chunk.path, &to).await?;
+        Ok(to)
+    }
+
     /// How many chunks the instance's store holds and their stored (compressed) bytes.
     ///
     /// # Errors

@@ -87,7 +87,11 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
         reason: format!("states {what} {manifest}, the catalog {catalog}"),
     };
     if m.backup_id != b.id {
-        return Err(differs("backup id", m.backup_id.to_string(), b.id.to_string()));
+        return Err(differs(
+            "backup id",
+            m.backup_id.to_string(),
+            b.id.to_string(),
+        ));
     }
     if m.instance_id != b.instance_id {
         return Err(differs(
@@ -119,7 +123,11 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
     }
     let stated = m.extra.get("details").unwrap_or(&serde_json::Value::Null);
     if *stated != row_details {
-        return Err(differs("details", stated.to_string(), row_details.to_string()));
+        return Err(differs(
+            "details",
+            stated.to_string(),
+            row_details.to_string(),
+        ));
     }
     let databases = m
         .extra
@@ -265,4 +273,133 @@ pub async fn verify_backup(repo: &Repository, backup: &Backup) -> Result<Verifie
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chrono::{TimeZone, Utc};
+    use ddsvault_catalog::BackupStatus;
+    use ddsvault_repo::ManifestFile;
+
+    /// A logical backup as `publish_logical` leaves it: archive, manifest, and the catalog row (with the
+    /// manifest's hash unless `older`).
+    async fn logical(repo: &Repository, older: bool) -> Backup {
+        let prefix = Repository::backup_prefix("dds-i", 9);
+        let archive = Bytes::from_static(b"not really an archive");
+        repo.put(&prefix.join("archive.zst").expect("path"), archive.clone())
+            .await
+            .expect("put");
+        let end = Utc.with_ymd_and_hms(2026, 3, 1, 2, 3, 4).unwrap();
+        let details = serde_json::json!({"archive": "archive.zst", "compression": "zstd",
+            "consistent_time": "2026-03-01T02:03:00Z"});
+        let mut m = Manifest::new(9, "dds-i", "Logical");
+        m.created_at = end;
+        m.files.push(ManifestFile {
+            name: "archive.zst".into(),
+            size: archive.len() as u64,
+            sha256: ddsvault_repo::sha256_hex(&archive),
+        });
+        m.extra = serde_json::json!({"databases": ["app", "crm"], "details": details});
+        let sha = repo.write_manifest(&prefix, &m).await.expect("manifest");
+        Backup {
+            id: 9,
+            job_id: 1,
+            instance_id: "dds-i".into(),
+            status: BackupStatus::Success,
+            method: "Logical".into(),
+            mode: "Manual".into(),
+            backup_type: "FullBackup".into(),
+            start_time: end,
+            end_time: Some(end),
+            expire_time: Some(end),
+            retention_days: 7,
+            size: archive.len() as i64,
+            db_names: "app,crm".into(),
+            engine_version: "7.0".into(),
+            repo_prefix: prefix.to_string(),
+            details: if older {
+                details
+            } else {
+                sealed_details(details, sha)
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_matching_its_row_is_authenticated() {
+        let repo = Repository::memory();
+        let b = logical(&repo, false).await;
+        let c = authenticated_manifest(&repo, &b).await.expect("authentic");
+        assert!(c.authenticated);
+        assert_eq!(c.manifest.backup_id, 9);
+    }
+
+    #[tokio::test]
+    async fn an_older_backup_without_hash_is_accepted_as_unauthenticated() {
+        let repo = Repository::memory();
+        let b = logical(&repo, true).await;
+        let c = authenticated_manifest(&repo, &b).await.expect("accepted");
+        assert!(!c.authenticated);
+        let v = Verified {
+            method: "Logical".into(),
+            files: 1,
+            bytes: 1,
+            namespaces: 0,
+            documents: 0,
+            chunks: 0,
+            authenticated: false,
+        };
+        assert!(v.report(9).contains("unauthenticated (older backup"));
+    }
+
+    #[tokio::test]
+    async fn a_hash_mismatch_is_refused_naming_the_catalog() {
+        let repo = Repository::memory();
+        let mut b = logical(&repo, false).await;
+        b.details[MANIFEST_SHA256] = serde_json::json!("0".repeat(64));
+        let e = authenticated_manifest(&repo, &b)
+            .await
+            .expect_err("mismatch");
+        assert!(
+            matches!(&e, JobError::Repo(RepoError::Integrity { what, .. }) if what.contains("catalog")),
+            "{e}"
+        );
+    }
+
+    /// Each statement that disagrees with the row is named (the row is what changes here: the hash still
+    /// matches, so only the statement check can catch it).
+    #[tokio::test]
+    async fn every_statement_is_compared_with_the_row() {
+        let repo = Repository::memory();
+        let good = logical(&repo, false).await;
+        type Change = Box<dyn Fn(&mut Backup)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("backup id", Box::new(|b| b.id = 10)),
+            ("instance", Box::new(|b| b.instance_id = "dds-j".into())),
+            ("method", Box::new(|b| b.method = "Physical".into())),
+            (
+                "commit time",
+                Box::new(|b| {
+                    b.end_time = b.end_time.map(|t| t + chrono::Duration::milliseconds(1))
+                }),
+            ),
+            (
+                "details",
+                Box::new(|b| b.details["consistent_time"] = "2026-03-01T02:03:01Z".into()),
+            ),
+            ("databases", Box::new(|b| b.db_names = "app".into())),
+            ("size", Box::new(|b| b.size += 1)),
+        ];
+        for (what, change) in cases {
+            let mut b = good.clone();
+            change(&mut b);
+            let e = authenticated_manifest(&repo, &b)
+                .await
+                .expect_err(what)
+                .to_string();
+            assert!(e.contains(&format!("states {what}")), "{what}: {e}");
+        }
+    }
 }

@@ -13,9 +13,9 @@ pub mod integrity;
 pub mod physical;
 mod restore;
 pub mod retention;
-pub mod scrub;
 mod runner;
 pub mod scheduler;
+pub mod scrub;
 mod tasks;
 
 pub use error::JobError;

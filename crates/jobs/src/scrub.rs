@@ -9,7 +9,6 @@
 //! A chunk quarantined while a snapshot that reuses it is running makes that snapshot fail its final check
 //! (`verify_reused`), as a concurrent sweep would; the next snapshot rewrites the chunk.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ddsvault_catalog::{BackupFilter, BackupStatus, Catalog, Page};
@@ -126,7 +125,7 @@ pub async fn scrub(
 /// # Errors
 /// Never: a failed pass is logged and retried at the next interval.
 pub async fn run_every(
-    catalog: Arc<Catalog>,
+    catalog: Catalog,
     repo: Repository,
     interval: Duration,
     cancel: CancellationToken,

@@ -200,10 +200,18 @@ fn open_chunk(at: &str, stored: &[u8], want: &ChunkRef) -> Result<(Vec<u8>, Chun
     let (frame, seal) = unseal_chunk(at, stored)?;
     let capacity = usize::try_from(want.size).unwrap_or(usize::MAX);
     let raw = zstd::bulk::decompress(frame, capacity).map_err(|e| {
-        integrity("zstd frame", format!("{} raw bytes", want.size), e.to_string())
+        integrity(
+            "zstd frame",
+            format!("{} raw bytes", want.size),
+            e.to_string(),
+        )
     })?;
     if raw.len() as u64 != want.size {
-        return Err(integrity("size", want.size.to_string(), raw.len().to_string()));
+        return Err(integrity(
+            "size",
+            want.size.to_string(),
+            raw.len().to_string(),
+        ));
     }
     let actual = sha256_hex(&raw);
     if actual != want.sha256 {

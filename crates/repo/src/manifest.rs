@@ -153,8 +153,7 @@ fn unseal(path: &RepoPath, bytes: &[u8]) -> Result<Manifest, RepoError> {
         path: path.to_string(),
         reason,
     };
-    let m: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("decoding: {e}")))?;
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("decoding: {e}")))?;
     m.validate(path)?;
     if m.format == MANIFEST_FORMAT_UNSEALED {
         return Ok(m);
@@ -162,9 +161,7 @@ fn unseal(path: &RepoPath, bytes: &[u8]) -> Result<Manifest, RepoError> {
     let split = bytes
         .len()
         .checked_sub(TRAILER_LEN)
-        .filter(|&at| {
-            bytes[at..].starts_with(TRAILER_HEAD) && bytes.ends_with(TRAILER_TAIL)
-        })
+        .filter(|&at| bytes[at..].starts_with(TRAILER_HEAD) && bytes.ends_with(TRAILER_TAIL))
         .ok_or_else(|| bad("format 2 without its checksum trailer (damaged)".into()))?;
     let recorded = &bytes[split + TRAILER_HEAD.len()..bytes.len() - TRAILER_TAIL.len()];
     let mut body = Vec::with_capacity(split + 2);
@@ -263,7 +260,11 @@ impl Repository {
     ///
     /// # Errors
     /// As [`Repository::verify`].
-    pub async fn verify_files(&self, prefix: &RepoPath, manifest: &Manifest) -> Result<(), RepoError> {
+    pub async fn verify_files(
+        &self,
+        prefix: &RepoPath,
+        manifest: &Manifest,
+    ) -> Result<(), RepoError> {
         for f in &manifest.files {
             let path = prefix.join(&f.name)?;
             let (size, stream) = self.get_stream(&path).await?;

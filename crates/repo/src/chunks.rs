@@ -189,6 +189,24 @@ fn unseal_chunk<'a>(at: &str, stored: &'a [u8]) -> Result<(&'a [u8], ChunkSeal),
     Ok((frame, ChunkSeal::Sealed))
 }
 
+/// Checks `data` against an expected size and SHA-256, naming `at` in the error.
+fn check_bytes(at: &str, data: &[u8], size: u64, sha256: &str) -> Result<(), RepoError> {
+    let integrity = |what: &'static str, expected: String, actual: String| RepoError::Integrity {
+        path: at.to_string(),
+        what,
+        expected,
+        actual,
+    };
+    if data.len() as u64 != size {
+        return Err(integrity("size", size.to_string(), data.len().to_string()));
+    }
+    let actual = sha256_hex(data);
+    if actual != sha256 {
+        return Err(integrity("sha256", sha256.to_string(), actual));
+    }
+    Ok(())
+}
+
 /// Decompresses a stored chunk and checks it against `want` (size and SHA-256); CPU work, for a blocking thread.
 fn open_chunk(at: &str, stored: &[u8], want: &ChunkRef) -> Result<(Vec<u8>, ChunkSeal), RepoError> {
     let integrity = |what: &'static str, expected: String, actual: String| RepoError::Integrity {
@@ -206,17 +224,7 @@ fn open_chunk(at: &str, stored: &[u8], want: &ChunkRef) -> Result<(Vec<u8>, Chun
             e.to_string(),
         )
     })?;
-    if raw.len() as u64 != want.size {
-        return Err(integrity(
-            "size",
-            want.size.to_string(),
-            raw.len().to_string(),
-        ));
-    }
-    let actual = sha256_hex(&raw);
-    if actual != want.sha256 {
-        return Err(integrity("sha256", want.sha256.clone(), actual));
-    }
+    check_bytes(at, &raw, want.size, &want.sha256)?;
     Ok((raw, seal))
 }
 
@@ -285,21 +293,11 @@ impl Repository {
                     expected,
                     actual,
                 };
-            if compressed.len() as u64 != want.size {
-                return Err(integrity(
-                    "size",
-                    want.size.to_string(),
-                    compressed.len().to_string(),
-                ));
-            }
-            let actual = sha256_hex(&compressed);
-            if actual != want.sha256 {
-                return Err(integrity("sha256", want.sha256, actual));
-            }
+            check_bytes(at.as_str(), &compressed, want.size, &want.sha256)?;
             let mut out = Vec::new();
             zstd::stream::copy_decode(compressed.as_ref(), &mut out)
                 .map_err(|e| integrity("zstd frame", "a valid frame".into(), e.to_string()))?;
-            Ok(out)
+            Ok::<_, RepoError>(out)
         })
         .await
         .map_err(|e| RepoError::Internal(format!("index decompression task: {e}")))??;

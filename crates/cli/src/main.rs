@@ -148,6 +148,12 @@ enum Command {
         #[arg(long, allow_hyphen_values = true)]
         retention_days: Option<i64>,
     },
+    /// Re-hashes every snapshot chunk (damaged ones are moved to quarantine/, so the next snapshot rewrites them)
+    /// and verifies every successful backup; exits non-zero if anything is damaged.
+    Scrub {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
     /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
     Gc {
@@ -499,17 +505,7 @@ fn main() -> anyhow::Result<()> {
         Command::Verify { config, backup_id } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             let v = ddsvault_server::offline::verify(&cfg, backup_id).await?;
-            if v.method != "Logical" {
-                println!(
-                    "backup {backup_id} OK: {} backup, {} data file(s), {} bytes match the manifest; {} snapshot chunk(s) checked",
-                    v.method, v.files, v.bytes, v.chunks
-                );
-                return Ok(());
-            }
-            println!(
-                "backup {backup_id} OK: {} file(s), {} bytes match the manifest; {} collections, {} documents, every CRC matches",
-                v.files, v.bytes, v.namespaces, v.documents
-            );
+            println!("{}", v.report(backup_id));
             Ok(())
         }),
         // clap makes --backup-id required with --to-instance (only --archive does without it).
@@ -674,6 +670,15 @@ fn main() -> anyhow::Result<()> {
         } => anyhow::bail!(
             "--instance needs --dry-run: a retention pass covers every instance"
         ),
+        Command::Scrub { config } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            let r = ddsvault_server::offline::scrub(&cfg).await?;
+            for line in ddsvault_server::offline::scrub_lines(&r) {
+                println!("{line}");
+            }
+            anyhow::ensure!(r.is_clean(), "scrub found damage (listed above)");
+            Ok(())
+        }),
         Command::Retention { config, .. } | Command::Gc { config } => rt.block_on(async {
             let cfg = load_config(config.as_ref())?;
             let r = ddsvault_server::retention_pass(&cfg).await?;

@@ -215,7 +215,7 @@ pub(crate) async fn publish_logical(
         .rename(&a.staged_archive, &final_archive)
         .await?;
     let manifest = Manifest {
-        format: 1,
+        format: ddsvault_repo::MANIFEST_FORMAT,
         backup_id,
         instance_id: job.instance_id.clone(),
         method: "Logical".into(),
@@ -234,7 +234,7 @@ pub(crate) async fn publish_logical(
             "details": a.details,
         }),
     };
-    runner.repo.write_manifest(&prefix, &manifest).await?;
+    let manifest_sha256 = runner.repo.write_manifest(&prefix, &manifest).await?;
 
     let done = BackupCompletion {
         end_time: a.end_time,
@@ -242,7 +242,7 @@ pub(crate) async fn publish_logical(
         size: i64::try_from(a.size).unwrap_or(i64::MAX),
         db_names: a.databases.join(","),
         repo_prefix: prefix.to_string(),
-        details: a.details,
+        details: crate::integrity::sealed_details(a.details, manifest_sha256),
     };
     if let Err(e) = runner
         .catalog

@@ -611,11 +611,9 @@ pub(crate) async fn run(
     })?;
     ensure_stopped(&spec.uri, &data_path).await?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = runner
-        .repo
-        .read_manifest(&prefix)
+    let manifest = crate::integrity::authenticated_manifest(&runner.repo, backup)
         .await?
-        .ok_or_else(|| JobError::Other(format!("backup {} has no manifest", backup.id)))?;
+        .manifest;
 
     let staged = restore_dir(&data_path, job.id);
     // Left by an earlier attempt of this job that never swapped (cleanup removes it, this is belt and braces).

@@ -9,12 +9,14 @@ mod error;
 pub mod file_restore;
 pub mod gc;
 pub mod import;
+pub mod integrity;
 pub mod physical;
 pub mod progress;
 mod restore;
 pub mod retention;
 mod runner;
 pub mod scheduler;
+pub mod scrub;
 mod tasks;
 
 pub use error::JobError;

@@ -318,7 +318,7 @@ async fn run_job(
         files: manifest_files,
         extra,
     };
-    runner.repo.write_manifest(&prefix, &manifest).await?;
+    let manifest_sha256 = runner.repo.write_manifest(&prefix, &manifest).await?;
     complete(
         runner,
         job,
@@ -326,7 +326,7 @@ async fn run_job(
         &staging,
         image_bytes,
         &databases,
-        details,
+        crate::integrity::sealed_details(details, manifest_sha256),
         end_time,
     )
     .await

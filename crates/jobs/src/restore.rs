@@ -132,7 +132,11 @@ pub(crate) async fn run(
     }
     let spec = runner.instance(&job.instance_id)?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    runner.repo.verify(&prefix).await?;
+    let manifest = crate::integrity::authenticated_manifest(&runner.repo, &backup).await?;
+    runner
+        .repo
+        .verify_files(&prefix, &manifest.manifest)
+        .await?;
     let archive = backup
         .details
         .get("archive")

@@ -5,6 +5,7 @@
 //! backups/<instance>/<backup_id>/<files…>        the backup's data files
 //! staging/<job_token>/<files…>                   scratch space of a running job
 //! chunks/<instance>/<hh>/<sha256>                snapshot chunks, shared by the instance's snapshots
+//! quarantine/chunks/<instance>/<hh>/<sha256>.<ms> damaged chunks moved aside by scrub
 //! ```
 //!
 //! `<instance>` and `<job_token>` come from outside; they are escaped with
@@ -19,6 +20,8 @@ pub const BACKUPS_DIR: &str = "backups";
 pub const STAGING_DIR: &str = "staging";
 /// Top-level directory of the snapshot chunk stores (one per instance, see [`crate::chunks`]).
 pub const CHUNKS_DIR: &str = "chunks";
+/// Top-level directory of what `scrub` found damaged and moved aside (see [`crate::chunks`]).
+pub const QUARANTINE_DIR: &str = "quarantine";
 /// File name of a backup's manifest, relative to its backup prefix.
 pub const MANIFEST_FILE: &str = "manifest.json";
 

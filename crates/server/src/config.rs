@@ -163,6 +163,10 @@ pub struct RetentionConfig {
     /// Days audit records are kept, 0..=36500 (0: forever; default 180).
     #[serde(default = "default_audit_retention")]
     pub audit_retention_days: u32,
+    /// Seconds between two scrub passes (every chunk re-hashed, every backup verified; see docs/integrity.md),
+    /// 0 = never (default; `ddsvault scrub` runs one by hand), else 3600..=31536000.
+    #[serde(default)]
+    pub scrub_interval_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -172,6 +176,7 @@ impl Default for RetentionConfig {
             lock_cooling_off_secs: default_lock_cooling_off(),
             chunk_grace_secs: default_chunk_grace(),
             audit_retention_days: default_audit_retention(),
+            scrub_interval_secs: 0,
         }
     }
 }
@@ -643,6 +648,12 @@ impl Config {
             return err(format!(
                 "retention.gc_interval_secs = {} is outside 1..=86400",
                 self.retention.gc_interval_secs
+            ));
+        }
+        let scrub = self.retention.scrub_interval_secs;
+        if scrub != 0 && !(3600..=31_536_000).contains(&scrub) {
+            return err(format!(
+                "retention.scrub_interval_secs = {scrub} is outside 3600..=31536000 (or 0: never)"
             ));
         }
         if !(1..=31_536_000).contains(&self.retention.lock_cooling_off_secs) {

@@ -451,9 +451,11 @@ async fn serve_tar(st: &AppState, backup: &Backup, method: &Method) -> Response 
         Ok(p) => p,
         Err(e) => return error(st, ApiError::internal(e.to_string())),
     };
-    let manifest = match st.repo.read_manifest(&prefix).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return error(st, gone()),
+    let manifest = match ddsvault_jobs::integrity::authenticated_manifest(&st.repo, backup).await {
+        Ok(m) => m.manifest,
+        Err(ddsvault_jobs::JobError::Repo(ddsvault_repo::RepoError::NotFound { .. })) => {
+            return error(st, gone())
+        }
         Err(e) => return error(st, ApiError::internal(e.to_string())),
     };
     let (length, stream) =

@@ -61,6 +61,8 @@ pub struct Prepared {
     gc: Arc<Gc>,
     /// The automatic-backup scheduler, started with the runner unless disabled.
     scheduler: Option<Arc<Scheduler>>,
+    /// `[retention] scrub_interval_secs`, if scrubbing is scheduled.
+    scrub_interval: Option<Duration>,
     /// Bound before anything else was touched (`startup`).
     listeners: startup::Listeners,
     /// Held until the process ends: the data directory's lock and the node id.
@@ -288,6 +290,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         tasks: Tasks::new(),
         gc,
         scheduler,
+        scrub_interval: (cfg.retention.scrub_interval_secs > 0)
+            .then(|| Duration::from_secs(cfg.retention.scrub_interval_secs)),
         listeners,
         identity,
         data_dir: cfg.data_dir.clone(),
@@ -389,6 +393,12 @@ impl Prepared {
             .spawn("job-runner", move |token| runner.run(tasks, token));
         let gc = Arc::clone(&self.gc);
         self.tasks.spawn("retention-gc", move |token| gc.run(token));
+        if let Some(interval) = self.scrub_interval {
+            let (catalog, repo) = (self.state.catalog.clone(), self.state.repo.clone());
+            self.tasks.spawn("repository-scrub", move |token| {
+                ddsvault_jobs::scrub::run_every(catalog, repo, interval, token)
+            });
+        }
         let st = Arc::clone(&self.state);
         self.tasks
             .spawn("instance-checks", move |token| async move {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ddsvault_catalog::{Backup, BackupStatus, Catalog};
+use ddsvault_jobs::integrity::authenticated_manifest;
 use ddsvault_repo::{Manifest, RepoPath, Repository};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -47,13 +48,9 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
     let backup = finished_backup(&catalog, backup_id).await?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
     if backup.method == "Physical" || backup.method == "Snapshot" {
-        return download_files_tar(&repo, &prefix, backup_id, out).await;
+        return download_files_tar(&repo, &backup, out).await;
     }
-    let manifest = repo.read_manifest(&prefix).await?.ok_or_else(|| {
-        ConfigError(format!(
-            "backup {backup_id} has no manifest in the repository"
-        ))
-    })?;
+    let manifest = authenticated_manifest(&repo, &backup).await?.manifest;
     let file = backup
         .details
         .get("archive")
@@ -128,11 +125,13 @@ async fn write_checked(
 /// are checked against their hashes as the tar is assembled; nothing is left at `out` unless all matched.
 async fn download_files_tar(
     repo: &Repository,
-    prefix: &RepoPath,
-    backup_id: i64,
+    backup: &Backup,
     out: &Path,
 ) -> Result<Downloaded, ServerError> {
-    let manifest = repo.verify(prefix).await?;
+    let backup_id = backup.id;
+    let prefix = &RepoPath::new(backup.repo_prefix.clone())?;
+    let manifest = authenticated_manifest(repo, backup).await?.manifest;
+    repo.verify_files(prefix, &manifest).await?;
     let (length, stream) = ddsvault_jobs::file_restore::tar_stream(repo, prefix, &manifest)
         .await
         .map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
@@ -164,7 +163,8 @@ async fn checked_archive(
     let (catalog, repo) = open(cfg).await?;
     let backup = finished_backup(&catalog, backup_id).await?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = repo.verify(&prefix).await?;
+    let manifest = authenticated_manifest(&repo, &backup).await?.manifest;
+    repo.verify_files(&prefix, &manifest).await?;
     let archive = backup
         .details
         .get("archive")
@@ -182,78 +182,57 @@ async fn checked_archive(
 type ArchiveOpener = Box<dyn Fn() -> std::io::Result<Box<dyn std::io::Read + Send>> + Send + Sync>;
 
 /// What `verify` checked.
-#[derive(Debug)]
-pub struct Verified {
-    pub files: usize,
-    pub bytes: u64,
-    pub namespaces: usize,
-    pub documents: u64,
-    /// Snapshot chunks read back and checked (0 for other methods).
-    pub chunks: u64,
-    pub method: String,
-}
+pub use ddsvault_jobs::integrity::Verified;
 
-/// A Physical or Snapshot backup: every file listed by the manifest (size, SHA-256), and for a snapshot every
-/// chunk its index names (decompressed, size and SHA-256).
-async fn verify_files(repo: &Repository, backup: &Backup) -> Result<Verified, ServerError> {
-    let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = repo.verify(&prefix).await?;
-    let mut chunks = 0u64;
-    let mut bytes = manifest.total_size();
-    let mut files = manifest.files.len();
-    if let Some(index) = repo.read_snapshot_index(&prefix, &manifest).await? {
-        files = index.files.len();
-        bytes = index.total_size();
-        for f in &index.files {
-            for c in &f.chunks {
-                repo.get_chunk(&manifest.instance_id, c).await?;
-                chunks += 1;
-            }
-        }
-    }
-    Ok(Verified {
-        files,
-        bytes,
-        namespaces: 0,
-        documents: 0,
-        chunks,
-        method: backup.method.clone(),
-    })
-}
-
-/// Re-reads a backup: every file against the manifest (size, SHA-256), then the archive's own framing and
-/// per-collection CRC-64.
+/// Re-reads a backup end to end (see [`ddsvault_jobs::integrity::verify_backup`]): the manifest authenticated
+/// against the catalog, every file against the manifest (size, SHA-256), then the archive's own framing and
+/// per-collection CRC-64, or a snapshot's every chunk.
 ///
 /// # Errors
-/// Unknown backup, or the first problem found, naming the file or namespace.
+/// Unknown backup, or the first problem found, naming the file, chunk or namespace.
 pub async fn verify(cfg: &Config, backup_id: i64) -> Result<Verified, ServerError> {
-    {
-        let (catalog, repo) = open(cfg).await?;
-        let backup = finished_backup(&catalog, backup_id).await?;
-        if backup.method == "Physical" || backup.method == "Snapshot" {
-            return verify_files(&repo, &backup).await;
-        }
+    let (catalog, repo) = open(cfg).await?;
+    let backup = finished_backup(&catalog, backup_id).await?;
+    Ok(ddsvault_jobs::integrity::verify_backup(&repo, &backup).await?)
+}
+
+/// One scrub pass over the repository now (`ddsvault scrub`, see [`ddsvault_jobs::scrub`]): every chunk re-hashed
+/// (damaged ones quarantined, never deleted), every successful backup verified.
+///
+/// # Errors
+/// Catalog or repository errors that stop the pass (damage is in the report, not an error).
+pub async fn scrub(cfg: &Config) -> Result<ddsvault_jobs::scrub::ScrubReport, ServerError> {
+    let (catalog, repo) = open(cfg).await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    Ok(ddsvault_jobs::scrub::scrub(&catalog, &repo, &cancel).await?)
+}
+
+/// The lines `ddsvault scrub` prints for a report: one per finding, then a summary.
+pub fn scrub_lines(r: &ddsvault_jobs::scrub::ScrubReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &r.chunks_quarantined {
+        out.push(format!(
+            "DAMAGED chunk {} of instance {}: {}; moved to {}",
+            c.sha256, c.instance_id, c.reason, c.moved_to
+        ));
     }
-    let (manifest, archive, opener) = checked_archive(cfg, backup_id).await?;
-    let summary = tokio::task::spawn_blocking(move || {
-        let input = opener().map_err(|e| format!("open archive: {e}"))?;
-        ddsvault_mongo::restore::verify_archive(input).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ConfigError(format!("verify task: {e}")))?
-    .map_err(|e| {
-        ConfigError(format!(
-            "backup {backup_id} archive {archive} is corrupt: {e}"
-        ))
-    })?;
-    Ok(Verified {
-        files: manifest.files.len(),
-        bytes: manifest.files.iter().map(|f| f.size).sum(),
-        namespaces: summary.namespaces.len(),
-        documents: summary.documents,
-        chunks: 0,
-        method: "Logical".into(),
-    })
+    for (id, e) in &r.backups_damaged {
+        out.push(format!("DAMAGED backup {id}: {e}"));
+    }
+    for id in &r.backups_unauthenticated {
+        out.push(format!(
+            "backup {id}: intact, manifest unauthenticated (older backup: the catalog recorded no hash for it)"
+        ));
+    }
+    out.push(format!(
+        "scrub: {} chunk(s) re-hashed ({} sealed now, {} quarantined); {} backup(s) verified ({} damaged)",
+        r.chunks_checked,
+        r.chunks_sealed,
+        r.chunks_quarantined.len(),
+        r.backups_checked,
+        r.backups_damaged.len()
+    ));
+    out
 }
 
 /// Restores a logical backup straight into `to_uri` from this process (no server, no job).
@@ -470,11 +449,7 @@ pub async fn restore_to_dir(
         .into());
     }
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = repo.read_manifest(&prefix).await?.ok_or_else(|| {
-        ConfigError(format!(
-            "backup {backup_id} has no manifest in the repository"
-        ))
-    })?;
+    let manifest = authenticated_manifest(&repo, &backup).await?.manifest;
     std::fs::create_dir_all(dir)
         .map_err(|e| ConfigError(format!("create {}: {e}", dir.display())))?;
     let mut entries =

@@ -14,7 +14,6 @@
 use chrono::Utc;
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::{Backup, BackupStatus, JobState, NewJob};
-use ddsvault_repo::RepoPath;
 use serde_json::{json, Map, Value};
 
 use super::{dds_time, page};
@@ -95,14 +94,10 @@ async fn backup_namespaces(
     st: &AppState,
     backup: &Backup,
 ) -> Result<Vec<(String, String)>, ActionError> {
-    let prefix = RepoPath::new(backup.repo_prefix.clone())
-        .map_err(|e| ActionError::Internal(e.to_string()))?;
-    let manifest = st
-        .repo
-        .read_manifest(&prefix)
+    let manifest = ddsvault_jobs::integrity::authenticated_manifest(&st.repo, backup)
         .await
         .map_err(|e| ActionError::Internal(e.to_string()))?
-        .ok_or_else(|| ActionError::Internal(format!("backup {} has no manifest", backup.id)))?;
+        .manifest;
     Ok(manifest.extra["namespaces"]
         .as_array()
         .map(|a| {

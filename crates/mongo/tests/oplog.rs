@@ -4,39 +4,25 @@
 
 mod common;
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bson::{doc, Bson, Document, Timestamp};
-use common::{create_oplog, require_binary, FerretDb};
-use ddsvault_mongo::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression};
-use ddsvault_mongo::logical::{logical_dump, metadata_json, DumpOptions, DumpSummary};
-use ddsvault_mongo::restore::{logical_restore, verify_archive, RestoreOptions, RestoreSummary};
+use bson::{doc, Document, Timestamp};
+use common::{
+    archive_with_oplog, collection_meta, create_oplog, find_sorted, require_binary,
+    restore_bytes as restore, ts_of, FerretDb, SharedBuf,
+};
+use ddsvault_mongo::archive::Compression;
+use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpSummary};
+use ddsvault_mongo::restore::{verify_archive, RestoreOptions};
 use ddsvault_mongo::topology::connect;
 use ddsvault_mongo::MongoError;
 use futures::TryStreamExt;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
-type Opener = Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
-
-/// A `Write` into a shared buffer (the dump takes ownership of its output).
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 async fn dump(client: &Client, dbs: &[&str]) -> (Result<DumpSummary, MongoError>, Vec<u8>) {
-    let buf = Buf::default();
+    let buf = SharedBuf::default();
     let opts = DumpOptions {
         compression: Compression::None,
         parallel_collections: 1,
@@ -57,43 +43,12 @@ async fn dump(client: &Client, dbs: &[&str]) -> (Result<DumpSummary, MongoError>
     (r, bytes)
 }
 
-fn bytes_input(bytes: Vec<u8>) -> Opener {
-    Box::new(move || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>))
-}
-
-async fn restore(
-    client: &Client,
-    bytes: Vec<u8>,
-    opts: &RestoreOptions,
-) -> Result<RestoreSummary, MongoError> {
-    logical_restore(
-        client,
-        bytes_input(bytes),
-        opts,
-        &|_| {},
-        &CancellationToken::new(),
+async fn all_docs(client: &Client, db: &str, coll: &str) -> Vec<Document> {
+    find_sorted(
+        &client.database(db).collection::<Document>(coll),
+        doc! { "_id": 1 },
     )
     .await
-}
-
-async fn all_docs(client: &Client, db: &str, coll: &str) -> Vec<Document> {
-    client
-        .database(db)
-        .collection::<Document>(coll)
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("read")
-}
-
-fn ts_of(d: &Document) -> Timestamp {
-    match d.get("ts") {
-        Some(Bson::Timestamp(t)) => *t,
-        other => panic!("no ts in {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,37 +208,16 @@ async fn dump_under_writes_restores_the_state_at_oplog_end() {
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
 }
 
-fn meta(db: &str, coll: &str, indexes: &[Document]) -> CollectionMetadata {
-    CollectionMetadata::collection(
-        db,
-        coll,
-        metadata_json(&Document::new(), indexes, None, coll, Some("collection")),
-    )
-}
-
 fn archive(data: &[Document], oplog: &[Document]) -> Vec<u8> {
-    let mut w = ArchiveWriter::new(Vec::new(), &ArchiveHeader::new(1, "7.0.0", "test")).unwrap();
-    let users = w
-        .add_namespace(meta(
-            "app",
-            "users",
-            &[
-                doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
-                doc! { "v": 2, "key": { "email": 1 }, "name": "email_1", "unique": true },
-            ],
-        ))
-        .unwrap();
-    let op = w.add_namespace(CollectionMetadata::oplog()).unwrap();
-    w.finish_prelude().unwrap();
-    let raw =
-        |ds: &[Document]| -> Vec<u8> { ds.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect() };
-    w.write_segment(users, &raw(data)).unwrap();
-    w.close_namespace(users).unwrap();
-    if !oplog.is_empty() {
-        w.write_segment(op, &raw(oplog)).unwrap();
-    }
-    w.close_namespace(op).unwrap();
-    w.finish().unwrap()
+    let users = collection_meta(
+        "app",
+        "users",
+        &[
+            doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+            doc! { "v": 2, "key": { "email": 1 }, "name": "email_1", "unique": true },
+        ],
+    );
+    archive_with_oplog(&[(users, data.to_vec())], oplog)
 }
 
 /// A fuzzy copy can violate a unique index until the replay is done: indexes are built

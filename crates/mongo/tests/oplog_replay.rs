@@ -7,58 +7,22 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bson::{doc, Bson, Document, Timestamp};
-use common::{require_binary, FerretDb};
-use ddsvault_mongo::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression};
-use ddsvault_mongo::logical::{logical_dump, metadata_json, DumpOptions};
-use ddsvault_mongo::restore::{logical_restore, RestoreOptions, RestoreSummary};
+use common::{
+    archive_with_oplog, collection_meta, create_oplog, find_sorted, require_binary,
+    restore_bytes as restore, ts_of, FerretDb, SharedBuf,
+};
+use ddsvault_mongo::archive::Compression;
+use ddsvault_mongo::logical::{logical_dump, DumpOptions};
+use ddsvault_mongo::restore::RestoreOptions;
 use ddsvault_mongo::topology::connect;
 use ddsvault_mongo::MongoError;
 use futures::TryStreamExt;
-use mongodb::options::CreateCollectionOptions;
 use mongodb::{Client, IndexModel};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-async fn restore(
-    client: &Client,
-    bytes: Vec<u8>,
-    opts: &RestoreOptions,
-) -> Result<RestoreSummary, MongoError> {
-    let open =
-        Box::new(move || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>));
-    logical_restore(client, open, opts, &|_| {}, &CancellationToken::new()).await
-}
-
-async fn create_oplog(client: &Client) {
-    client
-        .database("local")
-        .create_collection("oplog.rs")
-        .with_options(
-            CreateCollectionOptions::builder()
-                .capped(true)
-                .size(256 * 1024 * 1024)
-                .build(),
-        )
-        .await
-        .expect("create local.oplog.rs");
-}
 
 fn raw_bytes(d: &Document) -> Vec<u8> {
     bson::to_vec(d).expect("encode")
@@ -79,14 +43,7 @@ async fn snapshot(client: &Client) -> BTreeMap<String, (Vec<Vec<u8>>, Vec<Vec<u8
             .expect("collections")
         {
             let c = client.database(&db).collection::<Document>(&coll);
-            let docs: Vec<Document> = c
-                .find(doc! {})
-                .sort(doc! { "_id": 1 })
-                .await
-                .expect("find")
-                .try_collect()
-                .await
-                .expect("read");
+            let docs = find_sorted(&c, doc! { "_id": 1 }).await;
             let mut indexes: Vec<Vec<u8>> = c
                 .list_indexes()
                 .await
@@ -105,13 +62,6 @@ async fn snapshot(client: &Client) -> BTreeMap<String, (Vec<Vec<u8>>, Vec<Vec<u8
         }
     }
     out
-}
-
-fn ts_of(d: &Document) -> Timestamp {
-    match d.get("ts") {
-        Some(Bson::Timestamp(t)) => *t,
-        other => panic!("no ts in {other:?}"),
-    }
 }
 
 /// The writes of the test writer, step `i`: every kind of write FerretDB logs (`i` of
@@ -281,14 +231,7 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
 
     let mut baseline = BTreeMap::new();
     for coll in app.list_collection_names().await.expect("collections") {
-        let docs: Vec<Document> = app
-            .collection::<Document>(&coll)
-            .find(doc! {})
-            .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("read");
+        let docs = find_sorted(&app.collection::<Document>(&coll), doc! { "_id": 1 }).await;
         baseline.insert(format!("app.{coll}"), docs);
     }
 
@@ -306,7 +249,7 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let buf = Buf::default();
+    let buf = SharedBuf::default();
     let summary = logical_dump(
         &client,
         &["app".to_string()],
@@ -331,16 +274,11 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
     );
     eprintln!("writer steps: {steps}; window entries: {}", o.entries);
 
-    let oplog: Vec<Document> = client
-        .database("local")
-        .collection::<Document>("oplog.rs")
-        .find(doc! {})
-        .sort(doc! { "$natural": 1 })
-        .await
-        .expect("oplog")
-        .try_collect()
-        .await
-        .expect("read oplog");
+    let oplog = find_sorted(
+        &client.database("local").collection::<Document>("oplog.rs"),
+        doc! { "$natural": 1 },
+    )
+    .await;
     let kinds: std::collections::BTreeSet<&str> = oplog
         .iter()
         .filter(|e| ts_of(e) >= o.start_ts && ts_of(e) <= o.end_ts)
@@ -393,42 +331,16 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
     );
 }
 
-fn meta(db: &str, coll: &str, indexes: &[Document]) -> CollectionMetadata {
-    CollectionMetadata::collection(
-        db,
-        coll,
-        metadata_json(&Document::new(), indexes, None, coll, Some("collection")),
-    )
-}
-
-/// An archive of `collections` (db `app`) and an oplog.
+/// An archive of `collections` (db `app`, each with an index on `email`) and an oplog.
 fn archive(collections: &[(&str, Vec<Document>)], oplog: &[Document]) -> Vec<u8> {
-    let mut w = ArchiveWriter::new(Vec::new(), &ArchiveHeader::new(1, "7.0.0", "test")).unwrap();
-    let ids: Vec<_> = collections
+    let collections: Vec<_> = collections
         .iter()
-        .map(|(c, _)| {
-            w.add_namespace(meta(
-                "app",
-                c,
-                &[doc! { "v": 2, "key": { "email": 1 }, "name": "email_1" }],
-            ))
-            .unwrap()
+        .map(|(c, docs)| {
+            let index = doc! { "v": 2, "key": { "email": 1 }, "name": "email_1" };
+            (collection_meta("app", c, &[index]), docs.clone())
         })
         .collect();
-    let op = w.add_namespace(CollectionMetadata::oplog()).unwrap();
-    w.finish_prelude().unwrap();
-    let raw = |ds: &[Document]| -> Vec<u8> { ds.iter().flat_map(raw_bytes).collect() };
-    for (id, (_, docs)) in ids.iter().zip(collections) {
-        if !docs.is_empty() {
-            w.write_segment(*id, &raw(docs)).unwrap();
-        }
-        w.close_namespace(*id).unwrap();
-    }
-    if !oplog.is_empty() {
-        w.write_segment(op, &raw(oplog)).unwrap();
-    }
-    w.close_namespace(op).unwrap();
-    w.finish().unwrap()
+    archive_with_oplog(&collections, oplog)
 }
 
 /// An entry the restore cannot apply fails it before the first drop or insert: the target,
@@ -499,26 +411,26 @@ async fn unappliable_entries_leave_the_target_byte_identical() {
             "precede the backup's oplog window",
         ),
     ];
-    for (entry, want) in bad {
-        let mut oplog = good.to_vec();
-        oplog.push(entry.clone());
-        let bytes = archive(
+    // The backup: other versions of the target's collections, and an oplog.
+    let backup = |oplog: &[Document]| {
+        archive(
             &[
                 ("users", vec![doc! { "_id": "a", "email": "x", "n": [1] }]),
                 ("orders", vec![doc! { "_id": 1, "total": 1 }]),
             ],
-            &oplog,
-        );
-        let e = restore(
-            &client,
-            bytes,
-            &RestoreOptions {
-                drop: true,
-                ..RestoreOptions::default()
-            },
+            oplog,
         )
-        .await
-        .expect_err(want);
+    };
+    let with_drop = RestoreOptions {
+        drop: true,
+        ..RestoreOptions::default()
+    };
+    for (entry, want) in bad {
+        let mut oplog = good.to_vec();
+        oplog.push(entry.clone());
+        let e = restore(&client, backup(&oplog), &with_drop)
+            .await
+            .expect_err(want);
         let msg = e.to_string();
         assert!(
             msg.contains(want) && msg.contains("Timestamp(1800000000, 3)"),
@@ -534,23 +446,9 @@ async fn unappliable_entries_leave_the_target_byte_identical() {
 
     // The same archive with only applicable entries restores (so the refusals above were the
     // bad entries' doing).
-    let bytes = archive(
-        &[
-            ("users", vec![doc! { "_id": "a", "email": "x", "n": [1] }]),
-            ("orders", vec![doc! { "_id": 1, "total": 1 }]),
-        ],
-        &good,
-    );
-    restore(
-        &client,
-        bytes,
-        &RestoreOptions {
-            drop: true,
-            ..RestoreOptions::default()
-        },
-    )
-    .await
-    .expect("restore");
+    restore(&client, backup(&good), &with_drop)
+        .await
+        .expect("restore");
     let after = snapshot(&client).await;
     assert_eq!(
         after["app.users"].0,
@@ -568,22 +466,15 @@ async fn a_target_failing_mid_way_names_the_complete_namespaces() {
     };
     let dst = FerretDb::start(&bin, true);
     let client = connect(&dst.uri()).await.expect("connect");
-    let mut w = ArchiveWriter::new(Vec::new(), &ArchiveHeader::new(1, "7.0.0", "test")).unwrap();
-    let good = w.add_namespace(meta("app", "good", &[])).unwrap();
-    let bad = w.add_namespace(meta("app", "bad", &[])).unwrap();
-    w.finish_prelude().unwrap();
-    let docs: Vec<u8> = (0..50)
-        .flat_map(|i| raw_bytes(&doc! { "_id": i }))
-        .collect();
-    w.write_segment(good, &docs).unwrap();
-    w.close_namespace(good).unwrap();
-    let bad_docs: Vec<u8> = [doc! { "_id": 1 }, doc! { "_id": 2, "nested": [[1, 2]] }]
-        .iter()
-        .flat_map(raw_bytes)
-        .collect();
-    w.write_segment(bad, &bad_docs).unwrap();
-    w.close_namespace(bad).unwrap();
-    let bytes = w.finish().unwrap();
+    let good: Vec<Document> = (0..50).map(|i| doc! { "_id": i }).collect();
+    let bad = vec![doc! { "_id": 1 }, doc! { "_id": 2, "nested": [[1, 2]] }];
+    let bytes = archive_with_oplog(
+        &[
+            (collection_meta("app", "good", &[]), good),
+            (collection_meta("app", "bad", &[]), bad),
+        ],
+        &[],
+    );
     let e = restore(
         &client,
         bytes,
@@ -667,7 +558,7 @@ async fn a_backup_whose_oplog_cannot_be_replayed_fails() {
                 parallel_collections: 1,
                 ..DumpOptions::default()
             },
-            Box::new(Buf::default()),
+            Box::new(SharedBuf::default()),
             &slow,
             &CancellationToken::new(),
         )

@@ -324,6 +324,12 @@ fn ins(ns: &str, id: i32) -> Document {
     doc! { "op": "i", "ns": ns, "ui": 1, "o": { "_id": id } }
 }
 
+/// Feeds a transaction entry `i` (after `prev`) with `o`; asserts it applies nothing yet.
+fn held(s: &mut Sequencer, i: u32, prev: Option<u32>, o: Document) {
+    let a = run(s, txn_entry(i, prev, o.clone())).unwrap();
+    assert!(a.is_empty(), "{o}: {a:?}");
+}
+
 #[test]
 fn transactions_are_applied_at_their_commit() {
     // One entry: applied at once, operations outside the scope left out.
@@ -354,16 +360,12 @@ fn transactions_are_applied_at_their_commit() {
 
     // A chain of partial entries: nothing until the last one, then everything in order.
     let mut s = seq(Mode::Restore(ApplyPath::Translate));
-    assert!(run(
+    held(
         &mut s,
-        txn_entry(
-            1,
-            None,
-            doc! { "applyOps": [ins("a.b", 1)], "partialTxn": true }
-        )
-    )
-    .unwrap()
-    .is_empty());
+        1,
+        None,
+        doc! { "applyOps": [ins("a.b", 1)], "partialTxn": true },
+    );
     assert!(
         run(
             &mut s,
@@ -373,16 +375,12 @@ fn transactions_are_applied_at_their_commit() {
         .len()
             == 1
     );
-    assert!(run(
+    held(
         &mut s,
-        txn_entry(
-            3,
-            Some(1),
-            doc! { "applyOps": [ins("a.b", 2)], "partialTxn": true }
-        )
-    )
-    .unwrap()
-    .is_empty());
+        3,
+        Some(1),
+        doc! { "applyOps": [ins("a.b", 2)], "partialTxn": true },
+    );
     let a = run(
         &mut s,
         txn_entry(4, Some(3), doc! { "applyOps": [ins("a.b", 3)], "count": 3 }),
@@ -402,16 +400,12 @@ fn transactions_are_applied_at_their_commit() {
 
     // Prepared: applied at commitTransaction; an aborted one never.
     let mut s = seq(Mode::Restore(ApplyPath::Translate));
-    assert!(run(
+    held(
         &mut s,
-        txn_entry(
-            1,
-            None,
-            doc! { "applyOps": [ins("a.b", 1)], "prepare": true }
-        )
-    )
-    .unwrap()
-    .is_empty());
+        1,
+        None,
+        doc! { "applyOps": [ins("a.b", 1)], "prepare": true },
+    );
     let a = run(
         &mut s,
         txn_entry(
@@ -423,36 +417,23 @@ fn transactions_are_applied_at_their_commit() {
     .unwrap();
     assert_eq!(a.len(), 1);
     let mut s = seq(Mode::Restore(ApplyPath::Translate));
-    assert!(run(
+    held(
         &mut s,
-        txn_entry(
-            1,
-            None,
-            doc! { "applyOps": [ins("a.b", 1)], "prepare": true }
-        )
-    )
-    .unwrap()
-    .is_empty());
-    assert!(run(
-        &mut s,
-        txn_entry(2, Some(1), doc! { "abortTransaction": 1 })
-    )
-    .unwrap()
-    .is_empty());
+        1,
+        None,
+        doc! { "applyOps": [ins("a.b", 1)], "prepare": true },
+    );
+    held(&mut s, 2, Some(1), doc! { "abortTransaction": 1 });
     assert_eq!(s.finish().actions, 0);
 
     // Not committed by the end of the window: not applied, reported.
     let mut s = seq(Mode::Restore(ApplyPath::Translate));
-    assert!(run(
+    held(
         &mut s,
-        txn_entry(
-            1,
-            None,
-            doc! { "applyOps": [ins("a.b", 1)], "partialTxn": true }
-        )
-    )
-    .unwrap()
-    .is_empty());
+        1,
+        None,
+        doc! { "applyOps": [ins("a.b", 1)], "partialTxn": true },
+    );
     let r = s.finish();
     assert_eq!(r.actions, 0);
     assert!(r.warnings[0].contains("not committed"), "{:?}", r.warnings);

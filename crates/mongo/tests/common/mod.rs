@@ -244,6 +244,77 @@ impl Drop for FerretDb {
     }
 }
 
+/// A plain collection's prelude entry (no options) with `indexes`.
+pub fn collection_meta(
+    db: &str,
+    coll: &str,
+    indexes: &[bson::Document],
+) -> ddsvault_mongo::archive::CollectionMetadata {
+    ddsvault_mongo::archive::CollectionMetadata::collection(
+        db,
+        coll,
+        ddsvault_mongo::logical::metadata_json(
+            &bson::Document::new(),
+            indexes,
+            None,
+            coll,
+            Some("collection"),
+        ),
+    )
+}
+
+/// An uncompressed archive of `collections` (each in one segment) and an oplog namespace
+/// holding `oplog`, as a dump of a replica set writes it.
+pub fn archive_with_oplog(
+    collections: &[(
+        ddsvault_mongo::archive::CollectionMetadata,
+        Vec<bson::Document>,
+    )],
+    oplog: &[bson::Document],
+) -> Vec<u8> {
+    use ddsvault_mongo::archive::{ArchiveHeader, ArchiveWriter, CollectionMetadata};
+    let raw = |ds: &[bson::Document]| -> Vec<u8> {
+        ds.iter()
+            .flat_map(|d| bson::to_vec(d).expect("encode"))
+            .collect()
+    };
+    let mut w =
+        ArchiveWriter::new(Vec::new(), &ArchiveHeader::new(1, "7.0.0", "test")).expect("archive");
+    let ids: Vec<_> = collections
+        .iter()
+        .map(|(m, _)| w.add_namespace(m.clone()).expect("namespace"))
+        .collect();
+    let op = w
+        .add_namespace(CollectionMetadata::oplog())
+        .expect("oplog namespace");
+    w.finish_prelude().expect("prelude");
+    for (id, (_, docs)) in ids.iter().zip(collections) {
+        if !docs.is_empty() {
+            w.write_segment(*id, &raw(docs)).expect("segment");
+        }
+        w.close_namespace(*id).expect("close");
+    }
+    if !oplog.is_empty() {
+        w.write_segment(op, &raw(oplog)).expect("oplog segment");
+    }
+    w.close_namespace(op).expect("close oplog");
+    w.finish().expect("finish")
+}
+
+/// A `Write` into a shared buffer (a dump takes ownership of its output).
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Creates `local.oplog.rs` (capped, 256 MiB): FerretDB then logs the writes that follow, as a replica set member.
 pub async fn create_oplog(client: &mongodb::Client) {
     client
@@ -257,4 +328,45 @@ pub async fn create_oplog(client: &mongodb::Client) {
         )
         .await
         .expect("create local.oplog.rs");
+}
+
+/// Restores the (uncompressed) archive `bytes`.
+pub async fn restore_bytes(
+    client: &mongodb::Client,
+    bytes: Vec<u8>,
+    opts: &ddsvault_mongo::restore::RestoreOptions,
+) -> Result<ddsvault_mongo::restore::RestoreSummary, ddsvault_mongo::MongoError> {
+    let open =
+        Box::new(move || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>));
+    ddsvault_mongo::restore::logical_restore(
+        client,
+        open,
+        opts,
+        &|_| {},
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+}
+
+/// Every document of `coll`, in `sort` order.
+pub async fn find_sorted(
+    coll: &mongodb::Collection<bson::Document>,
+    sort: bson::Document,
+) -> Vec<bson::Document> {
+    use futures::TryStreamExt;
+    coll.find(bson::doc! {})
+        .sort(sort)
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("read")
+}
+
+/// The `ts` of an oplog entry.
+pub fn ts_of(d: &bson::Document) -> bson::Timestamp {
+    match d.get("ts") {
+        Some(bson::Bson::Timestamp(t)) => *t,
+        other => panic!("no ts in {other:?}"),
+    }
 }

@@ -236,6 +236,17 @@ pub struct Job {
     pub result: serde_json::Value,
 }
 
+impl Job {
+    /// The `ErrorCode` the task APIs answer: the failure's code for a Failed job ([`JOB_ERROR_CODE`] when it was
+    /// recorded without one), "" for any other state.
+    pub fn answered_error_code(&self) -> &str {
+        match self.state {
+            JobState::Failed => self.error_code.as_deref().unwrap_or(JOB_ERROR_CODE),
+            _ => "",
+        }
+    }
+}
+
 /// The code of a job failure whose source is not known more precisely (also the code of failures recorded
 /// before codes were kept).
 pub const JOB_ERROR_CODE: &str = "Job.Failed";

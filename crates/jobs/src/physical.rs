@@ -246,8 +246,8 @@ async fn run_job(
                     store_chunks(runner, &job.instance_id, f, image, level, &known, written).await?
                 }
             };
-            let d = done.fetch_add(on_disk_size(&f.path).max(s.size), Ordering::Relaxed)
-                + on_disk_size(&f.path).max(s.size);
+            let file_bytes = on_disk_size(&f.path).max(s.size);
+            let d = done.fetch_add(file_bytes, Ordering::Relaxed) + file_bytes;
             progress.bytes(d, total);
             progress.set_percent(percent_in(2..95, d, total));
             stored.push(s);

@@ -74,26 +74,35 @@ pub fn default_method(
     }
 }
 
-/// The checks of one instance (connection string, data directory, storage type).
+/// The checks of one instance (connection string, data directory, storage type), connecting on its own: for
+/// `ddsvault check`, which has no server state.
 pub async fn check_instance(
     uri: &str,
     data_path: Option<&Path>,
     storage_type: &str,
 ) -> Vec<Finding> {
+    let probed = match tokio::time::timeout(CHECK_TIMEOUT, probe(uri)).await {
+        Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+        Ok(r) => r.map_err(|e| redact(&e, uri)),
+    };
+    check_probed(probed, data_path, storage_type).await
+}
+
+/// The checks of one instance given the outcome of a probe already made (the server's own
+/// [`crate::state::AppState::probe`], so a check costs no second connection); `Err` holds why it failed, free of
+/// credentials.
+pub async fn check_probed(
+    probed: Result<(mongodb::Client, Topology), String>,
+    data_path: Option<&Path>,
+    storage_type: &str,
+) -> Vec<Finding> {
     let mut out = Vec::new();
-    let topo = match tokio::time::timeout(CHECK_TIMEOUT, probe(uri)).await {
-        Err(_) => {
-            out.push(Finding::warn(
-                "reachable",
-                format!("no answer within {}s", CHECK_TIMEOUT.as_secs()),
-            ));
+    let topo = match probed {
+        Err(why) => {
+            out.push(Finding::warn("reachable", why));
             None
         }
-        Ok(Err(e)) => {
-            out.push(Finding::warn("reachable", redact(&e, uri)));
-            None
-        }
-        Ok(Ok((client, topo))) => {
+        Ok((client, topo)) => {
             out.push(Finding::ok("reachable", "answers"));
             out.push(Finding::ok("topology", describe(&topo)));
             if topo.kind == TopologyKind::ReplicaSet {
@@ -213,12 +222,7 @@ pub async fn log_instance_checks(st: &crate::state::AppState) {
     let runs = ids
         .iter()
         .filter_map(|id| st.instances.get(*id))
-        .map(|i| async move {
-            (
-                i.id.clone(),
-                check_instance(&i.uri, i.data_path.as_deref(), &i.storage_type).await,
-            )
-        });
+        .map(|i| async move { (i.id.clone(), check_registered(st, i).await) });
     for (id, findings) in futures::future::join_all(runs).await {
         let warnings: Vec<&Finding> = findings
             .iter()
@@ -231,6 +235,30 @@ pub async fn log_instance_checks(st: &crate::state::AppState) {
             tracing::info!(instance = %id, "instance checks passed");
         }
     }
+}
+
+/// The checks of a registered instance, through the server's probe (its client cache and deadline).
+pub async fn check_registered(
+    st: &crate::state::AppState,
+    inst: &crate::state::Instance,
+) -> Vec<Finding> {
+    check_probed(
+        probe_outcome(st.probe(inst).await),
+        inst.data_path.as_deref(),
+        &inst.storage_type,
+    )
+    .await
+}
+
+/// A server probe's outcome as [`check_probed`] takes it (the reason of an unreachable instance is already free
+/// of credentials).
+pub fn probe_outcome(
+    r: Result<(mongodb::Client, Topology), crate::error::ActionError>,
+) -> Result<(mongodb::Client, Topology), String> {
+    r.map_err(|e| match e {
+        crate::error::ActionError::InstanceUnreachable(why) => why,
+        other => other.to_string(),
+    })
 }
 
 /// The findings as DescribeDBInstanceAttribute's `Checks` extension field.

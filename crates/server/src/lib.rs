@@ -101,7 +101,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         (Some(addr), Some(cert), Some(key)) => Some((addr.clone(), tls::server_config(cert, key)?)),
         _ => None,
     };
-    let listeners = startup::bind_listeners(&cfg).await?;
+    let listeners =
+        startup::bind_listeners(&cfg, tls.as_ref().map(|(addr, _)| addr.as_str())).await?;
     // Identity of this process for job ownership: kept in its data directory (never shared through the
     // catalog) and locked there, so a restart recognises (and fails) the jobs its previous life left running,
     // and a second server on the same directory stops here.

@@ -18,19 +18,20 @@ pub(crate) struct Listeners {
     pub tls: Option<tokio::net::TcpListener>,
 }
 
-/// Binds `listen` and, when configured, `listen_tls`.
-pub(crate) async fn bind_listeners(cfg: &Config) -> Result<Listeners, ServerError> {
+/// Binds `listen` and, with a TLS configuration loaded, its address `tls_addr`.
+pub(crate) async fn bind_listeners(
+    cfg: &Config,
+    tls_addr: Option<&str>,
+) -> Result<Listeners, ServerError> {
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| ServerError::Listen { addr, source })
     };
     let plain = bind(cfg.listen.clone()).await?;
-    let tls = match &cfg.listen_tls {
-        Some(addr) if cfg.tls_cert.is_some() && cfg.tls_key.is_some() => {
-            Some(bind(addr.clone()).await?)
-        }
-        _ => None,
+    let tls = match tls_addr {
+        Some(addr) => Some(bind(addr.to_string()).await?),
+        None => None,
     };
     Ok(Listeners { plain, tls })
 }

@@ -48,6 +48,16 @@ impl Instance {
     pub fn is_cloud_disk(&self) -> bool {
         self.storage_type.starts_with("cloud_")
     }
+
+    /// What a backup without `BackupMethod` takes on this instance, manual or automatic
+    /// ([`crate::checks::default_method`]).
+    pub fn default_method(&self, topo: &ddsvault_mongo::topology::Topology) -> &'static str {
+        crate::checks::default_method(
+            topo.kind,
+            self.is_cloud_disk(),
+            self.data_path.is_some() && topo.is_ferretdb,
+        )
+    }
 }
 
 /// Everything a request handler can reach.

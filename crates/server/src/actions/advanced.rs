@@ -20,7 +20,16 @@ const DATA: &str = "AdvancedBackupDataPolicies";
 const LOG: &str = "AdvancedBackupLogPolicies";
 
 async fn load(st: &AppState, id: &str) -> Result<(BackupPolicy, AdvancedPolicy), ActionError> {
-    let standard = st.catalog.get_policy(id).await?.unwrap_or_default();
+    let (standard, advanced) = load_stored(st, id).await?;
+    Ok((standard.unwrap_or_default(), advanced))
+}
+
+/// As [`load`], with the standard policy only if one is stored (automatic backups are opt-in).
+async fn load_stored(
+    st: &AppState,
+    id: &str,
+) -> Result<(Option<BackupPolicy>, AdvancedPolicy), ActionError> {
+    let standard = st.catalog.get_policy(id).await?;
     let advanced = st
         .catalog
         .get_advanced_policy(id)
@@ -32,7 +41,9 @@ async fn load(st: &AppState, id: &str) -> Result<(BackupPolicy, AdvancedPolicy),
 pub async fn describe_advanced_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
-    let (standard, advanced) = load(st, id).await?;
+    let (stored, advanced) = load_stored(st, id).await?;
+    let automatic = stored.is_some();
+    let standard = stored.unwrap_or_default();
     let mut out = Map::new();
     out.insert("DBInstanceId".into(), json!(id));
     out.insert(
@@ -41,20 +52,7 @@ pub async fn describe_advanced_backup_policy(st: &AppState, p: &Params) -> Actio
     );
     out.insert(
         "PreferredNextBackupTime".into(),
-        json!(
-            next_backup_answer(
-                st,
-                id,
-                &standard,
-                Some(&advanced),
-                st.catalog
-                    .get_policy(id)
-                    .await
-                    .map_err(ActionError::from)?
-                    .is_some()
-            )
-            .await
-        ),
+        json!(next_backup_answer(st, id, &standard, Some(&advanced), automatic).await),
     );
     out.insert(
         "SnapshotBackupType".into(),

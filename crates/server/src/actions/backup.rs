@@ -113,11 +113,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     // Without BackupMethod, manual and automatic backups take the same method (checks::default_method).
     let method = match requested {
         Some(_) => choose_method(requested, topo.kind, inst.is_cloud_disk())?,
-        None => crate::checks::default_method(
-            topo.kind,
-            inst.is_cloud_disk(),
-            inst.data_path.is_some() && topo.is_ferretdb,
-        ),
+        None => inst.default_method(&topo),
     };
     if method != "Logical" {
         file_backup_possible(inst, &topo, method)?;
@@ -166,11 +162,7 @@ pub async fn automatic_method(st: &AppState, id: &str) -> &'static str {
     let Ok((_, topo)) = st.probe(inst).await else {
         return "Logical";
     };
-    crate::checks::default_method(
-        topo.kind,
-        inst.is_cloud_disk(),
-        inst.data_path.is_some() && topo.is_ferretdb,
-    )
+    inst.default_method(&topo)
 }
 
 /// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
@@ -416,7 +408,7 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
                 "JobMode": j.mode,
                 "Progress": j.progress.to_string(),
                 "JobStatus": j.state.as_str(),
-                "ErrorCode": if failed { j.error_code.as_deref().unwrap_or(ddsvault_catalog::JOB_ERROR_CODE) } else { "" },
+                "ErrorCode": j.answered_error_code(),
                 "ErrorMessage": if failed { j.error.as_deref().unwrap_or("") } else { "" },
             });
             super::add_progress_detail(&mut item, j);

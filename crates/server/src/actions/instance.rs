@@ -160,11 +160,11 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
 pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
-    let (probe, findings) = tokio::join!(
-        st.probe(inst),
-        crate::checks::check_instance(&inst.uri, inst.data_path.as_deref(), &inst.storage_type)
-    );
-    let topo = probe.ok().map(|(_, t)| t);
+    // One probe serves both the answer and the checks.
+    let probed = crate::checks::probe_outcome(st.probe(inst).await);
+    let topo = probed.as_ref().ok().map(|(_, t)| t.clone());
+    let findings =
+        crate::checks::check_probed(probed, inst.data_path.as_deref(), &inst.storage_type).await;
     let status = status(st, inst, topo.is_some()).await;
     let mut row = instance_json(st, inst, topo.as_ref(), status, true);
     if let Value::Object(m) = &mut row {

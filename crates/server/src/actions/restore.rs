@@ -310,11 +310,7 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
                 "Progress": j.progress.to_string(),
                 "CreateTime": dds_time(j.created_at),
                 "EndTime": j.finished_at.map(dds_time).unwrap_or_default(),
-                "ErrorCode": if j.state == JobState::Failed {
-                    j.error_code.as_deref().unwrap_or(ddsvault_catalog::JOB_ERROR_CODE)
-                } else {
-                    ""
-                },
+                "ErrorCode": j.answered_error_code(),
                 "ErrorMessage": j.error.clone().unwrap_or_default(),
                 "RestoredDocuments": j.result["documents"].as_i64().unwrap_or(0),
             });

@@ -210,6 +210,8 @@ else
     fi
 fi
 
+STACK_DIR="$STACK_DIR" "$REPO_DIR/scripts/setup-minio.sh" || die "MinIO (S3 server for the repository tests) could not be built"
+
 venv_rc=0
 wait "$VENV_PID" || venv_rc=$?
 VENV_PID=""

@@ -78,6 +78,7 @@ mod local;
 mod manifest;
 mod path;
 mod repository;
+pub mod s3;
 pub mod upload;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -91,5 +92,6 @@ pub use error::RepoError;
 pub use hash::sha256_hex;
 pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};
 pub use path::RepoPath;
-pub use repository::{ObjectInfo, Repository};
+pub use repository::{ObjectInfo, Repository, RepositoryLocation, UploadTuning};
+pub use s3::S3Settings;
 pub use upload::{UploadHandle, UploadOptions, UploadWriter, UploadedObject};

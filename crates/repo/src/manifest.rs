@@ -114,11 +114,14 @@ impl Manifest {
 
 impl Repository {
     /// Writes `<prefix>/manifest.json` atomically. Call it after every file it lists has been
-    /// stored: its presence is what makes the backup complete.
+    /// stored: its presence is what makes the backup complete. Every listed file is first confirmed present
+    /// with the listed size. On S3 the manifest is created conditionally (`If-None-Match: *`) unless the
+    /// repository is configured without conditional creates.
     ///
     /// # Errors
     /// [`RepoError::Manifest`] if the manifest is invalid (wrong format, bad file name,
-    /// duplicate, malformed digest), or the store error.
+    /// duplicate, malformed digest), [`RepoError::NotFound`] / [`RepoError::Integrity`] if a listed file is
+    /// missing or has another size, or the store error (a manifest already there on S3: `AlreadyExists`).
     pub async fn write_manifest(&self, prefix: &RepoPath, m: &Manifest) -> Result<(), RepoError> {
         let path = layout::manifest_path(prefix);
         m.validate(&path)?;
@@ -126,7 +129,46 @@ impl Repository {
             path: path.to_string(),
             reason: format!("encoding: {e}"),
         })?;
-        self.put(&path, Bytes::from(json)).await
+        // Nothing is committed that is not all there: every listed file must exist with its size. (On S3 a
+        // part or a PUT that the server lost, or an object deleted behind our back, is caught here.)
+        for f in &m.files {
+            let at = prefix.join(&f.name)?;
+            let info = self.head(&at).await?;
+            if info.size != f.size {
+                return Err(RepoError::Integrity {
+                    path: at.to_string(),
+                    what: "size",
+                    expected: f.size.to_string(),
+                    actual: info.size.to_string(),
+                });
+            }
+        }
+        match &self.s3 {
+            // Conditional create: a backup's manifest is written once; a second writer (a recovered job
+            // racing its successor) fails instead of replacing it.
+            Some(s3) if s3.conditional_create => {
+                let location = path.to_location()?;
+                let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+                match self
+                    .store
+                    .put_opts(
+                        &location,
+                        object_store::PutPayload::from(json.clone()),
+                        opts,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    // Servers without conditional writes: an unconditional put is what local stores do.
+                    Err(object_store::Error::NotImplemented)
+                    | Err(object_store::Error::NotSupported { .. }) => {
+                        self.put(&path, Bytes::from(json)).await
+                    }
+                    Err(e) => Err(RepoError::from_store(&path, e)),
+                }
+            }
+            _ => self.put(&path, Bytes::from(json)).await,
+        }
     }
 
     /// Reads `<prefix>/manifest.json`; `Ok(None)` if there is none (incomplete or no backup).

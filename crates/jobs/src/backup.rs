@@ -17,7 +17,7 @@ use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
-use ddsvault_repo::{Manifest, ManifestFile, Repository, UploadOptions, UploadWriter};
+use ddsvault_repo::{Manifest, ManifestFile, Repository, UploadWriter};
 use tokio_util::sync::CancellationToken;
 
 use crate::runner::{staging_token, HEARTBEAT_INTERVAL};
@@ -50,10 +50,16 @@ pub(crate) async fn run(
     let compression = compression_for(job, &runner.settings.compression);
     let archive_name = format!("archive{}", compression.extension());
     let staging = Repository::staging_prefix(&staging_token(job.id));
-    let staged_archive = staging.join(&archive_name)?;
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
+    let final_archive = prefix.join(&archive_name)?;
+    // Staged and renamed into place where renames are atomic; under its final key on S3 (the manifest, written
+    // last, commits it there).
+    let staged_archive = runner
+        .repo
+        .write_path(&staging.join(&archive_name)?, &final_archive);
     let (writer, upload) = runner
         .repo
-        .upload(&staged_archive, UploadOptions::default());
+        .upload(&staged_archive, runner.repo.upload_options());
 
     // The dump owns its writer on a blocking thread and drops it when done, while an unclosed UploadWriter
     // aborts on drop. Sharing it lets us close it only when the dump reports success.
@@ -112,8 +118,6 @@ pub(crate) async fn run(
     close_writer(writer).await?;
     let uploaded = upload.finish().await?;
 
-    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
-    let final_archive = prefix.join(&archive_name)?;
     runner.repo.rename(&staged_archive, &final_archive).await?;
     let end_time = Utc::now();
     let mut details = serde_json::json!({

@@ -216,6 +216,7 @@ async fn run_job(
     let done = Arc::new(AtomicU64::new(0));
     let percent = Arc::new(AtomicI32::new(0));
     let staging = Repository::staging_prefix(&staging_token(job.id));
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
     let level = match runner.settings.compression {
         Compression::Zstd { level } => level,
         _ => 3,
@@ -238,7 +239,7 @@ async fn run_job(
             let image = open_image(f, &scratch.0).await?;
             let s = match method {
                 FileMethod::Physical => {
-                    store_file(runner, &staging, f, image, &work_cancel).await?
+                    store_file(runner, &staging, &prefix, f, image, &work_cancel).await?
                 }
                 FileMethod::Snapshot => {
                     store_chunks(runner, &job.instance_id, f, image, level, &known, written).await?
@@ -255,12 +256,13 @@ async fn run_job(
     };
     let stored = with_heartbeat(runner, job.id, &percent, &work_cancel, work).await??;
 
-    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
     let mut manifest_files = Vec::new();
     let mut index = SnapshotIndex::default();
     for s in &stored {
         if let Some(mf) = &s.manifest_file {
-            let from = staging.join(&mf.name)?;
+            let from = runner
+                .repo
+                .write_path(&staging.join(&mf.name)?, &prefix.join(&mf.name)?);
             runner.repo.rename(&from, &prefix.join(&mf.name)?).await?;
             manifest_files.push(mf.clone());
         }
@@ -417,15 +419,18 @@ impl Drop for ScratchImage {
 async fn store_file(
     runner: &Runner,
     staging: &RepoPath,
+    prefix: &RepoPath,
     f: &DataFile,
     mut image: Image,
     cancel: &CancellationToken,
 ) -> Result<Stored, JobError> {
     let name = format!("{FILES_DIR}/{}", f.name);
-    let staged = staging.join(&name)?;
+    let staged = runner
+        .repo
+        .write_path(&staging.join(&name)?, &prefix.join(&name)?);
     let (mut writer, upload) = runner.repo.upload(
         &staged,
-        UploadOptions::default().with_cancel(cancel.clone()),
+        runner.repo.upload_options().with_cancel(cancel.clone()),
     );
     let producer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::io::copy(&mut image, &mut writer)?;

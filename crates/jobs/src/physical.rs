@@ -25,7 +25,6 @@ use ddsvault_mongo::physical::{self, sqlite::DataFile};
 use ddsvault_mongo::topology::{connect, discover, SYSTEM_DATABASES};
 use ddsvault_repo::{
     ChunkRef, Manifest, ManifestFile, RepoPath, Repository, SnapshotFile, SnapshotIndex,
-    UploadOptions,
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};

@@ -29,7 +29,6 @@ use chrono::Utc;
 use ddsvault_catalog::{AccessKeyRecord, Catalog};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
-use ddsvault_repo::Repository;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;

@@ -52,6 +52,18 @@ def _tail(path: Path, lines: int = 40) -> str:
         return f"<cannot read {path}: {e}>"
 
 
+def _terminate(p: Optional[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; nothing if the process is gone."""
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout)
+
+
 class _PortInUse(RuntimeError):
     pass
 
@@ -162,14 +174,7 @@ class FerretDB:
                 pass
         self._clients = []
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout)
+        _terminate(p, timeout)
 
     def restart(self) -> "FerretDB":
         """Stop and start again on the same port and data (FerretDB reads the DB list at startup)."""
@@ -269,14 +274,7 @@ class MinIO:
 
     def stop(self, timeout: float = 10.0) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout)
+        _terminate(p, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the server dies mid-request."""

@@ -192,6 +192,16 @@ def test_serve_refuses_an_unusable_s3_repository(tmp_path, fault):
         assert not (tmp_path / "data" / "catalog.db").exists()
 
 
+def _big_stack(tmp_path, **repository):
+    """MinIO with the test bucket, a FerretDB with ~24 MB to back up, and ddsvault on the bucket."""
+    minio = stack.MinIO(tmp_path / "minio").start()
+    minio.bucket(BUCKET)
+    big = _big_source(tmp_path / "big")
+    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {"dds-big": (big.uri, "local_ssd")},
+                                                     extra=minio.repository_config(BUCKET, PREFIX, **repository)))
+    return minio, big, server
+
+
 def _big_source(base):
     big = stack.FerretDB(base, repl_set_name="rs0")
     rnd = random.Random(11)
@@ -228,13 +238,7 @@ def _final(tea, iid, job_id, timeout=300):
 
 def test_minio_killed_mid_upload_and_restarted(tmp_path):
     _require_minio()
-    minio = stack.MinIO(tmp_path / "minio").start()
-    minio.bucket(BUCKET)
-    big = _big_source(tmp_path / "big")
-    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {"dds-big": (big.uri, "local_ssd")},
-                                                     extra=minio.repository_config(
-                                                         BUCKET, PREFIX, retry_timeout_secs=20,
-                                                         request_timeout_secs=10)))
+    minio, big, server = _big_stack(tmp_path, retry_timeout_secs=20, request_timeout_secs=10)
     try:
         tea = tea_client(server)
         job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-big", backup_method="Logical")).body
@@ -266,11 +270,7 @@ def test_minio_killed_mid_upload_and_restarted(tmp_path):
 
 def test_ddsvault_killed_mid_upload_leaves_nothing_after_restart(tmp_path):
     _require_minio()
-    minio = stack.MinIO(tmp_path / "minio").start()
-    minio.bucket(BUCKET)
-    big = _big_source(tmp_path / "big")
-    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {"dds-big": (big.uri, "local_ssd")},
-                                                     extra=minio.repository_config(BUCKET, PREFIX)))
+    minio, big, server = _big_stack(tmp_path)
     try:
         tea = tea_client(server)
         job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-big", backup_method="Logical")).body

@@ -209,38 +209,34 @@ impl Repository {
     /// # Errors
     /// The store error.
     pub async fn sweep_uploads(&self, older_than: std::time::Duration) -> Result<u64, RepoError> {
-        let Some(s3) = &self.s3 else {
-            return Ok(0);
-        };
         let cutoff =
             Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
-        let root = RepoPath::from_valid(crate::s3::UPLOADS_DIR.to_string());
-        let mut aborted = 0;
-        for m in self.list(&root).await? {
-            if m.last_modified <= cutoff
-                && s3
-                    .abort_marked(&m.path.to_location()?)
-                    .await
-                    .map_err(|e| RepoError::from_store(&m.path, e))?
-            {
-                aborted += 1;
-            }
-        }
-        Ok(aborted)
+        self.abort_journaled(crate::s3::UPLOADS_DIR.to_string(), Some(cutoff))
+            .await
     }
 
     /// Aborts the journaled uploads whose target is under `prefix` (S3 only).
     async fn abort_uploads_under(&self, prefix: &RepoPath) -> Result<u64, RepoError> {
+        self.abort_journaled(format!("{}/{prefix}", crate::s3::UPLOADS_DIR), None)
+            .await
+    }
+
+    /// Aborts the uploads journaled under `markers` (markers written before `cutoff`, if given). S3 only.
+    async fn abort_journaled(
+        &self,
+        markers: String,
+        cutoff: Option<DateTime<Utc>>,
+    ) -> Result<u64, RepoError> {
         let Some(s3) = &self.s3 else {
             return Ok(0);
         };
-        let root = RepoPath::from_valid(format!("{}/{prefix}", crate::s3::UPLOADS_DIR));
         let mut aborted = 0;
-        for m in self.list(&root).await? {
-            if s3
-                .abort_marked(&m.path.to_location()?)
-                .await
-                .map_err(|e| RepoError::from_store(&m.path, e))?
+        for m in self.list(&RepoPath::from_valid(markers)).await? {
+            if cutoff.map_or(true, |c| m.last_modified <= c)
+                && s3
+                    .abort_marked(&m.path.to_location()?)
+                    .await
+                    .map_err(|e| RepoError::from_store(&m.path, e))?
             {
                 aborted += 1;
             }

@@ -852,4 +852,44 @@ mod tests {
             "{dbg}"
         );
     }
+
+    #[test]
+    fn repository_locations() {
+        use ddsvault_repo::RepositoryLocation as L;
+        let loc = |body: &str| {
+            Config::parse(&format!("data_dir = \"/d\"\n[repository]\n{body}"))
+                .map(|c| c.repository.location(&c.data_dir).expect("location"))
+        };
+        assert!(
+            matches!(loc("").expect("default"), L::Local(p) if p == Path::new("/d/repository"))
+        );
+        assert!(
+            matches!(loc("url = \"file:///srv/r\"").expect("file"), L::Local(p) if p == Path::new("/srv/r"))
+        );
+        match loc("url = \"s3://b/x/y/\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nsecret_access_key = \"S3SECRET\"")
+            .expect("s3")
+        {
+            L::S3(s) => {
+                assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", "x/y"));
+                assert!(!format!("{s:?}").contains("S3SECRET"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (body, needle) in [
+            ("url = \"s3://b\"\nlocal_path = \"/x\"", "alternatives"),
+            ("url = \"gs://b\"", "supported are"),
+            ("url = \"file://rel\"", "absolute"),
+            ("url = \"s3:///p\"", "no bucket"),
+            ("endpoint = \"http://h\"", "need url"),
+            ("url = \"s3://b\"\nendpoint = \"http://h\"", "allow_http"),
+            ("part_size_mib = 4", "part_size_mib"),
+            ("parts_in_flight = 0", "parts_in_flight"),
+        ] {
+            let e = loc(body).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?}: {}", e.0);
+        }
+        let c = Config::parse("[repository]\nsecret_access_key = \"S3SECRET\"\nurl = \"s3://b\"")
+            .expect("valid");
+        assert!(!format!("{c:?}").contains("S3SECRET"));
+    }
 }

@@ -241,6 +241,8 @@ for spec in "$MONGO_TOOLS_CURRENT:$BIN_DIR" "$MONGO_TOOLS_FERRETDB:$STACK_DIR/mo
     fi
 done
 
+STACK_DIR="$STACK_DIR" "$REPO_DIR/scripts/setup-minio.sh" || die "MinIO (S3 server for the repository tests) could not be built"
+
 venv_rc=0
 wait "$VENV_PID" || venv_rc=$?
 VENV_PID=""

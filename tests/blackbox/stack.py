@@ -83,6 +83,18 @@ def _tail(path: Path, lines: int = 40) -> str:
         return f"<cannot read {path}: {e}>"
 
 
+def _terminate(p: Optional[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; nothing if the process is gone."""
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout)
+
+
 class _PortInUse(RuntimeError):
     pass
 
@@ -193,14 +205,7 @@ class FerretDB:
                 pass
         self._clients = []
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout)
+        _terminate(p, timeout)
 
     def restart(self) -> "FerretDB":
         """Stop and start again on the same port and data (FerretDB reads the DB list at startup)."""
@@ -273,3 +278,113 @@ def current_mongorestore_reads_every_namespace(uri: str, archive, namespaces, gz
             assert line.format(ns=ns) in log, f"mongorestore {what}: {ns} not read:\n{log[-3000:]}"
         logs.append(log)
     return "\n".join(logs)
+
+
+class MinIO:
+    """A MinIO server ($STACK_DIR/bin/minio, built by scripts/setup-minio.sh) on 127.0.0.1:<free port> with a
+    temporary data directory: the real S3 server of the S3 repository tests. `bucket()` creates a bucket with
+    object lock enabled (which also turns versioning on, as S3 requires)."""
+
+    START_TIMEOUT = 60.0
+    USER = "ddsvault-minio"
+    PASSWORD = "ddsvault-minio-secret"
+
+    def __init__(self, tmpdir):
+        self.dir = Path(tmpdir)
+        self.data_dir = self.dir / "minio-data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "minio.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = free_port()
+        self.console_port = free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MinIO":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if not has_bin("minio"):
+            raise RuntimeError(f"{bin('minio')} not found: run scripts/setup-stack.sh")
+        env = dict(os.environ, MINIO_ROOT_USER=self.USER, MINIO_ROOT_PASSWORD=self.PASSWORD, MINIO_BROWSER="off")
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [bin("minio"), "server", str(self.data_dir), "--address", f"127.0.0.1:{self.port}",
+                 "--console-address", f"127.0.0.1:{self.console_port}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.dir)
+        finally:
+            log.close()
+        import urllib.request
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"minio exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"minio not ready within {self.START_TIMEOUT}s:\n{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p, self.proc = self.proc, None
+        _terminate(p, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies mid-request."""
+        p, self.proc = self.proc, None
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def __enter__(self) -> "MinIO":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # best effort: never leave a server behind
+        try:
+            self.stop(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def client(self, secret: Optional[str] = None):
+        """A boto3 S3 client for this server."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.USER, aws_secret_access_key=secret or self.PASSWORD,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+
+    def bucket(self, name: str, object_lock: bool = True) -> str:
+        self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> dict:
+        """{key: size} of every object under prefix."""
+        out = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"]] = o["Size"]
+        return out
+
+    def multipart_uploads(self, bucket: str, prefix: str = "") -> list:
+        """Unfinished multipart uploads (their parts are still stored)."""
+        r = self.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+
+    def repository_config(self, bucket: str, prefix: str = "ddsvault", **extra) -> str:
+        """The `[repository]` section of a ddsvault configuration using this server."""
+        lines = ["[repository]", f'url = "s3://{bucket}/{prefix}"', f'endpoint = "{self.endpoint}"',
+                 'region = "us-east-1"', f'access_key_id = "{self.USER}"',
+                 f'secret_access_key = "{self.PASSWORD}"', "allow_http = true"]
+        for k, v in extra.items():
+            lines.append(f"{k} = {v}")
+        return "\n".join(lines) + "\n"

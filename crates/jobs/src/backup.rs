@@ -20,7 +20,7 @@ use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
-use ddsvault_repo::{Manifest, ManifestFile, RepoPath, Repository, UploadOptions, UploadWriter};
+use ddsvault_repo::{Manifest, ManifestFile, RepoPath, Repository, UploadWriter};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
@@ -54,10 +54,15 @@ pub(crate) async fn run(
     let compression = compression_for(job, &runner.settings.compression);
     let archive_name = format!("archive{}", compression.extension());
     let staging = Repository::staging_prefix(&staging_token(job.id));
-    let staged_archive = staging.join(&archive_name)?;
+    let final_archive = Repository::backup_prefix(&job.instance_id, backup_id).join(&archive_name)?;
+    // Staged and renamed into place where renames are atomic; under its final key on S3 (no rename there: the
+    // manifest, written last, is what makes the backup visible).
+    let staged_archive = runner
+        .repo
+        .write_path(&staging.join(&archive_name)?, &final_archive);
     let (writer, upload) = runner
         .repo
-        .upload(&staged_archive, UploadOptions::default());
+        .upload(&staged_archive, runner.repo.upload_options());
 
     // The dump owns its writer on a blocking thread and drops it when done, while an unclosed UploadWriter
     // aborts on drop. Sharing it lets us close it only when the dump reports success.

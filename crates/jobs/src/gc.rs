@@ -230,6 +230,9 @@ pub struct Gc {
     before_batch: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
 }
 
+/// A journaled multipart upload this old is taken for lost: no backup upload runs a day without finishing.
+const LOST_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
+
 impl Gc {
     pub fn new(catalog: Catalog, repo: Repository, interval: Duration) -> Self {
         Self {
@@ -304,6 +307,16 @@ impl Gc {
             }
             if let Some(why) = sweep.skipped {
                 report.chunk_stores_skipped.push((sweep.instance_id, why));
+            }
+        }
+        // S3: multipart uploads whose job could not clean up (the store was down when it failed) and whose
+        // process is long gone. Uploads of crashed jobs go sooner, with their job's files, at recovery.
+        match self.repo.sweep_uploads(LOST_UPLOAD_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "aborted lost multipart uploads"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sweep lost multipart uploads; retrying next pass");
+                report.failed += 1;
             }
         }
         if let Some(keep) = self.audit_retention {

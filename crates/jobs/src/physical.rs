@@ -25,7 +25,6 @@ use ddsvault_mongo::physical::{self, sqlite::DataFile};
 use ddsvault_mongo::topology::{connect, discover, SYSTEM_DATABASES};
 use ddsvault_repo::{
     ChunkRef, Manifest, ManifestFile, RepoPath, Repository, SnapshotFile, SnapshotIndex,
-    UploadOptions,
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -216,6 +215,7 @@ async fn run_job(
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::new(job.id);
     let staging = Repository::staging_prefix(&staging_token(job.id));
+    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
     let level = match runner.settings.compression {
         Compression::Zstd { level } => level,
         _ => 3,
@@ -240,7 +240,7 @@ async fn run_job(
             let image = open_image(f, &scratch.0).await?;
             let s = match method {
                 FileMethod::Physical => {
-                    store_file(runner, &staging, f, image, &work_cancel).await?
+                    store_file(runner, &staging, &prefix, f, image, &work_cancel).await?
                 }
                 FileMethod::Snapshot => {
                     store_chunks(runner, &job.instance_id, f, image, level, &known, written).await?
@@ -257,12 +257,13 @@ async fn run_job(
     let stored = with_heartbeat(runner, job.id, &progress, &work_cancel, work).await??;
     progress.set_phase(Phase::Uploading);
 
-    let prefix = Repository::backup_prefix(&job.instance_id, backup_id);
     let mut manifest_files = Vec::new();
     let mut index = SnapshotIndex::default();
     for s in &stored {
         if let Some(mf) = &s.manifest_file {
-            let from = staging.join(&mf.name)?;
+            let from = runner
+                .repo
+                .write_path(&staging.join(&mf.name)?, &prefix.join(&mf.name)?);
             runner.repo.rename(&from, &prefix.join(&mf.name)?).await?;
             manifest_files.push(mf.clone());
         }
@@ -419,15 +420,18 @@ impl Drop for ScratchImage {
 async fn store_file(
     runner: &Runner,
     staging: &RepoPath,
+    prefix: &RepoPath,
     f: &DataFile,
     mut image: Image,
     cancel: &CancellationToken,
 ) -> Result<Stored, JobError> {
     let name = format!("{FILES_DIR}/{}", f.name);
-    let staged = staging.join(&name)?;
+    let staged = runner
+        .repo
+        .write_path(&staging.join(&name)?, &prefix.join(&name)?);
     let (mut writer, upload) = runner.repo.upload(
         &staged,
-        UploadOptions::default().with_cancel(cancel.clone()),
+        runner.repo.upload_options().with_cancel(cancel.clone()),
     );
     let producer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::io::copy(&mut image, &mut writer)?;

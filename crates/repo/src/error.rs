@@ -81,6 +81,32 @@ pub enum RepoError {
     /// An internal task failed (panicked or was lost).
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The repository cannot be used (wrong credentials, missing bucket, unreachable endpoint), found by
+    /// [`crate::Repository::check`].
+    #[error("repository {repository} is not usable: {reason}")]
+    Unusable {
+        /// Where the repository is (never with credentials).
+        repository: String,
+        /// The failing step and the store's reason.
+        reason: String,
+    },
+}
+
+/// `e` and its sources, `: `-separated: object_store hides the HTTP status and the server's message (e.g.
+/// `NoSuchBucket`, `InvalidAccessKeyId`) in the source chain.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 impl RepoError {
@@ -95,7 +121,8 @@ impl RepoError {
             | RepoError::Integrity { .. }
             | RepoError::Manifest { .. }
             | RepoError::Cancelled
-            | RepoError::WriterDropped { .. } => true,
+            | RepoError::WriterDropped { .. }
+            | RepoError::Unusable { .. } => true,
             RepoError::Store(e) => store_error_is_permanent(e),
             RepoError::Io(_) | RepoError::Internal(_) => false,
         }

@@ -2,8 +2,8 @@
 //!
 //! Every byte of backup data is read and written through [`Repository`], a thin, validated
 //! layer over an [`object_store::ObjectStore`]: a local directory today
-//! ([`Repository::local`]), S3/OSS later by configuration ([`Repository::from_store`]), memory
-//! in tests ([`Repository::memory`]). Apart from `Repository::local` (and its private store
+//! ([`Repository::local`]), an S3-compatible bucket — AWS S3, MinIO, Alibaba OSS ([`Repository::s3`], see
+//! [`s3`]), memory in tests ([`Repository::memory`]); [`Repository::open`] picks one from configuration. Apart from `Repository::local` (and its private store
 //! wrapper) nothing here assumes a filesystem.
 //!
 //! # Layout
@@ -26,8 +26,8 @@
 //! | operation | local directory | S3 / OSS |
 //! |---|---|---|
 //! | [`Repository::put`] | data goes to a hidden staging file `<name>#<n>` in the same directory, then `rename(2)` replaces `<name>`: readers see the old object or the whole new one. The file and its directories are fsynced before `put` returns. | one `PUT`: the object appears whole when the request succeeds (both are strongly read-after-write consistent), or not at all. |
-//! | [`Repository::upload`] | parts are written into the staging file; completion renames it into place (then fsync). Aborting removes it. | a multipart upload: nothing is visible until `CompleteMultipartUpload`. Aborted uploads are cleaned with `AbortMultipartUpload`; uploads lost to a crash leave invisible, billed parts — configure the bucket lifecycle rule *AbortIncompleteMultipartUpload* (e.g. 1 day). |
-//! | [`Repository::rename`] | atomic `rename(2)` (replaces the target). | copy then delete: the target appears whole, the source lingers until the delete; a crash in between leaves both. Single-request copy is limited to 5 GiB. |
+//! | [`Repository::upload`] | parts are written into the staging file; completion renames it into place (then fsync). Aborting removes it. | a multipart upload: nothing is visible until `CompleteMultipartUpload`. Aborted uploads are cleaned with `AbortMultipartUpload`; uploads lost to a crash are found through their journal marker (`uploads/…`, see [`s3`]) and aborted by `delete_prefix` of their prefix or by [`Repository::sweep_uploads`]. |
+//! | [`Repository::rename`] | atomic `rename(2)` (replaces the target). | jobs avoid it ([`Repository::write_path`] gives the final key); otherwise copy then delete: the target appears whole, the source lingers until the delete; a crash in between leaves both. Single-request copy is limited to 5 GiB. |
 //! | [`Repository::delete_prefix`] | file by file (manifests first), empty directories removed; not atomic. | object by object (manifests first); not atomic. |
 //! | [`Repository::list`] | hides staging files. | lists only completed objects. |
 //!
@@ -78,6 +78,7 @@ mod local;
 mod manifest;
 mod path;
 mod repository;
+pub mod s3;
 pub mod upload;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -91,5 +92,6 @@ pub use error::RepoError;
 pub use hash::sha256_hex;
 pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};
 pub use path::RepoPath;
-pub use repository::{ObjectInfo, Repository};
+pub use repository::{ObjectInfo, Repository, RepositoryLocation, UploadTuning};
+pub use s3::S3Settings;
 pub use upload::{UploadHandle, UploadOptions, UploadWriter, UploadedObject};

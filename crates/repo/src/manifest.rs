@@ -180,15 +180,18 @@ fn unseal(path: &RepoPath, bytes: &[u8]) -> Result<Manifest, RepoError> {
 }
 
 impl Repository {
-    /// Writes `<prefix>/manifest.json` atomically and returns the SHA-256 of the bytes written, which the
+    /// Writes `<prefix>/manifest.json` and returns the SHA-256 of the bytes written, which the
     /// caller records in the catalog: readers that know it ([`Repository::read_manifest_sealed`]) then trust
     /// nothing the manifest says unless its bytes hash to it. The file also carries its own checksum (a trailer,
     /// see [`MANIFEST_FORMAT`]) for readers without a catalog. Call it after every file it lists has been
-    /// stored: its presence is what makes the backup complete.
+    /// stored: its presence is what makes the backup complete. Every listed file is first confirmed present
+    /// with the listed size. On S3 the manifest is created conditionally (`If-None-Match: *`) unless the
+    /// repository is configured without conditional creates.
     ///
     /// # Errors
     /// [`RepoError::Manifest`] if the manifest is invalid (format other than [`MANIFEST_FORMAT`], bad file name,
-    /// duplicate, malformed digest), or the store error.
+    /// duplicate, malformed digest), [`RepoError::NotFound`] / [`RepoError::Integrity`] if a listed file is
+    /// missing or has another size, or the store error (a manifest already there on S3: `AlreadyExists`).
     pub async fn write_manifest(
         &self,
         prefix: &RepoPath,
@@ -204,7 +207,46 @@ impl Repository {
         m.validate(&path)?;
         let bytes = seal(&path, m)?;
         let sha256 = hash::sha256_hex(&bytes);
-        self.put(&path, Bytes::from(bytes)).await?;
+        // Nothing is committed that is not all there: every listed file must exist with its size. (On S3 a
+        // part or a PUT that the server lost, or an object deleted behind our back, is caught here.)
+        for f in &m.files {
+            let at = prefix.join(&f.name)?;
+            let info = self.head(&at).await?;
+            if info.size != f.size {
+                return Err(RepoError::Integrity {
+                    path: at.to_string(),
+                    what: "size",
+                    expected: f.size.to_string(),
+                    actual: info.size.to_string(),
+                });
+            }
+        }
+        match &self.s3 {
+            // Conditional create: a backup's manifest is written once; a second writer (a recovered job
+            // racing its successor) fails instead of replacing it.
+            Some(s3) if s3.conditional_create => {
+                let location = path.to_location()?;
+                let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+                match self
+                    .store
+                    .put_opts(
+                        &location,
+                        object_store::PutPayload::from(bytes.clone()),
+                        opts,
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    // Servers without conditional writes: an unconditional put is what local stores do.
+                    Err(object_store::Error::NotImplemented)
+                    | Err(object_store::Error::NotSupported { .. }) => {
+                        self.put(&path, Bytes::from(bytes)).await?;
+                    }
+                    Err(e) => return Err(RepoError::from_store(&path, e)),
+                }
+            }
+            _ => self.put(&path, Bytes::from(bytes)).await?,
+        }
         Ok(sha256)
     }
 

@@ -38,6 +38,38 @@ pub struct Repository {
     /// Root directory of a local repository: abandoned upload files (`<name>#<n>`, left by a crash) are
     /// invisible to the store, so `delete_prefix` removes them from the filesystem itself.
     local_root: Option<std::path::PathBuf>,
+    /// The same store as `store` when it is S3: for the multipart journal and conditional creates.
+    pub(crate) s3: Option<Arc<crate::s3::S3Store>>,
+    /// Part size and parts in flight of this repository's uploads ([`Repository::upload_options`]).
+    upload_tuning: UploadTuning,
+}
+
+/// Where a repository lives; see [`Repository::open`].
+#[derive(Debug, Clone)]
+pub enum RepositoryLocation {
+    /// A local directory (`file:///path`, `local_path`).
+    Local(std::path::PathBuf),
+    /// An S3-compatible bucket (`s3://bucket/prefix`).
+    S3(crate::S3Settings),
+}
+
+/// Upload tuning of a repository: size of the parts and how many upload at once. One upload buffers at most
+/// [`crate::UploadOptions::memory_bound`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadTuning {
+    /// Part size in bytes (raised to [`crate::upload::MIN_PART_SIZE`]).
+    pub part_size: usize,
+    /// Parts uploading concurrently (at least 1).
+    pub max_in_flight_parts: usize,
+}
+
+impl Default for UploadTuning {
+    fn default() -> Self {
+        Self {
+            part_size: crate::upload::DEFAULT_PART_SIZE,
+            max_in_flight_parts: crate::upload::DEFAULT_MAX_IN_FLIGHT_PARTS,
+        }
+    }
 }
 
 impl std::fmt::Debug for Repository {
@@ -61,7 +93,37 @@ impl Repository {
         Ok(Self {
             store: Arc::new(store),
             local_root: Some(std::fs::canonicalize(dir)?),
+            s3: None,
+            upload_tuning: UploadTuning::default(),
         })
+    }
+
+    /// A repository over an S3-compatible bucket (AWS S3, MinIO, Alibaba OSS). Nothing is contacted yet:
+    /// call [`Repository::check`] to find out whether the bucket is reachable and writable.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] if the settings are invalid (e.g. a malformed endpoint).
+    pub fn s3(settings: &crate::S3Settings) -> Result<Self, RepoError> {
+        let store = Arc::new(settings.build()?);
+        Ok(Self {
+            store: Arc::clone(&store) as Arc<dyn ObjectStore>,
+            local_root: None,
+            s3: Some(store),
+            upload_tuning: UploadTuning::default(),
+        })
+    }
+
+    /// Opens the repository at `location` with the given upload tuning.
+    ///
+    /// # Errors
+    /// As [`Repository::local`] or [`Repository::s3`].
+    pub fn open(location: &RepositoryLocation, tuning: UploadTuning) -> Result<Self, RepoError> {
+        let mut repo = match location {
+            RepositoryLocation::Local(dir) => Self::local(dir)?,
+            RepositoryLocation::S3(settings) => Self::s3(settings)?,
+        };
+        repo.upload_tuning = tuning;
+        Ok(repo)
     }
 
     /// A repository over any object store (S3, OSS, a wrapper, …).
@@ -69,7 +131,117 @@ impl Repository {
         Self {
             store,
             local_root: None,
+            s3: None,
+            upload_tuning: UploadTuning::default(),
         }
+    }
+
+    /// `true` when objects are renamed atomically (local directory, memory); `false` on S3, where a rename is
+    /// a copy plus a delete.
+    pub fn has_atomic_rename(&self) -> bool {
+        self.s3.is_none()
+    }
+
+    /// Where a job should write a file that will end up at `final_path`: `staged` where [`Repository::rename`]
+    /// is atomic (written aside, renamed into place), `final_path` itself on S3 (no rename there; the backup's
+    /// manifest, written last, is what makes the file part of a backup). Pass the result to
+    /// [`Repository::rename`] as `from`: renaming a path onto itself does nothing.
+    pub fn write_path(&self, staged: &RepoPath, final_path: &RepoPath) -> RepoPath {
+        if self.has_atomic_rename() {
+            staged.clone()
+        } else {
+            final_path.clone()
+        }
+    }
+
+    /// Upload options with this repository's part size and parts in flight.
+    pub fn upload_options(&self) -> crate::UploadOptions {
+        crate::UploadOptions::default()
+            .with_part_size(self.upload_tuning.part_size)
+            .with_max_in_flight_parts(self.upload_tuning.max_in_flight_parts)
+    }
+
+    /// Checks that the repository can be used: writes, reads back and deletes a probe object and lists the
+    /// backups. Meant for start-up, so a server with wrong credentials or a missing bucket refuses to start.
+    ///
+    /// # Errors
+    /// The first failing step, as [`RepoError::Unusable`] with the store's reason.
+    pub async fn check(&self) -> Result<(), RepoError> {
+        // Straight on the store: its errors carry the server's answer (NoSuchBucket, InvalidAccessKeyId, …)
+        // in their source chain, which `RepoError::NotFound` would drop.
+        let unusable = |step: &str, e: &(dyn std::error::Error + 'static)| RepoError::Unusable {
+            repository: self.store.to_string(),
+            reason: format!("{step}: {}", crate::error::describe(e)),
+        };
+        let probe =
+            object_store::path::Path::from(format!("ddsvault-probe/{}", uuid::Uuid::new_v4()));
+        let body = crate::s3::probe_body();
+        self.store
+            .put(&probe, PutPayload::from(body.clone()))
+            .await
+            .map_err(|e| unusable("writing a probe object", &e))?;
+        let read = match self.store.get(&probe).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        let deleted = self.store.delete(&probe).await;
+        match read {
+            Ok(b) if b == body => {}
+            Ok(_) => {
+                return Err(RepoError::Unusable {
+                    repository: self.store.to_string(),
+                    reason: "a probe object read back different bytes".into(),
+                })
+            }
+            Err(e) => return Err(unusable("reading the probe object back", &e)),
+        }
+        deleted.map_err(|e| unusable("deleting the probe object", &e))?;
+        self.list(&layout::backups_root())
+            .await
+            .map_err(|e| unusable("listing backups", &e))?;
+        Ok(())
+    }
+
+    /// Aborts the journaled multipart uploads (S3 only) started more than `older_than` ago — uploads whose
+    /// process died — and removes their markers. Returns how many were aborted. A local or memory repository
+    /// has none.
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn sweep_uploads(&self, older_than: std::time::Duration) -> Result<u64, RepoError> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
+        self.abort_journaled(crate::s3::UPLOADS_DIR.to_string(), Some(cutoff))
+            .await
+    }
+
+    /// Aborts the journaled uploads whose target is under `prefix` (S3 only).
+    async fn abort_uploads_under(&self, prefix: &RepoPath) -> Result<u64, RepoError> {
+        self.abort_journaled(format!("{}/{prefix}", crate::s3::UPLOADS_DIR), None)
+            .await
+    }
+
+    /// Aborts the uploads journaled under `markers` (markers written before `cutoff`, if given). S3 only.
+    async fn abort_journaled(
+        &self,
+        markers: String,
+        cutoff: Option<DateTime<Utc>>,
+    ) -> Result<u64, RepoError> {
+        let Some(s3) = &self.s3 else {
+            return Ok(0);
+        };
+        let mut aborted = 0;
+        for m in self.list(&RepoPath::from_valid(markers)).await? {
+            if cutoff.map_or(true, |c| m.last_modified <= c)
+                && s3
+                    .abort_marked(&m.path.to_location()?)
+                    .await
+                    .map_err(|e| RepoError::from_store(&m.path, e))?
+            {
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
     }
 
     /// An empty in-memory repository, for tests.
@@ -326,6 +498,8 @@ impl Repository {
     ///
     /// Not atomic, but ordered: every `manifest.json` under the prefix is deleted before any
     /// other object, so a backup whose deletion fails half-way no longer looks complete.
+    /// On S3, unfinished multipart uploads into the prefix (left by a crash, see [`crate::s3`]) are aborted
+    /// and counted too.
     ///
     /// # Errors
     /// [`RepoError::Store`] on store failure (retrying is safe).
@@ -338,7 +512,8 @@ impl Repository {
             .into_iter()
             .map(|m| m.location)
             .partition(|l| l.filename() == Some(layout::MANIFEST_FILE));
-        let mut deleted = 0u64;
+        // Uploads that a crashed writer left under this prefix (S3): aborted so their parts are freed.
+        let mut deleted = self.abort_uploads_under(prefix).await?;
         for batch in [manifests, data] {
             let locations = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
             let mut results = self.store.delete_stream(locations);
@@ -383,6 +558,10 @@ impl Repository {
     /// # Errors
     /// [`RepoError::NotFound`] (naming `from`) if there is no source object.
     pub async fn rename(&self, from: &RepoPath, to: &RepoPath) -> Result<(), RepoError> {
+        if from == to {
+            // `write_path` already wrote the file under its final name.
+            return Ok(());
+        }
         let from_location = from.to_location()?;
         let to_location = to.to_location()?;
         self.store

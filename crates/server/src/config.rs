@@ -99,13 +99,187 @@ pub struct Config {
     pub instances: Vec<InstanceConfig>,
 }
 
-/// `[repository]`: where backup files are kept.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[repository]`: where backup files are kept (docs/s3-repository.md).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
-    /// Local directory; default `<data_dir>/repository`.
+    /// Local directory; default `<data_dir>/repository`. Same as `url = "file:///path"`.
     #[serde(default)]
     pub local_path: Option<PathBuf>,
+    /// `file:///path` or `s3://BUCKET/PREFIX` (S3, MinIO, Alibaba OSS through its S3 endpoint).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// S3 service endpoint, e.g. `http://127.0.0.1:9000`, `https://oss-cn-hangzhou.aliyuncs.com`; default:
+    /// `AWS_ENDPOINT` or AWS S3.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region; default `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 access key id; default `AWS_ACCESS_KEY_ID`.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3 secret; default `AWS_SECRET_ACCESS_KEY`. Never logged.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Allow an `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Virtual-hosted style requests (`https://BUCKET.endpoint/key`); required by Alibaba OSS.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// Multipart part size in MiB (5–5120, default 8).
+    #[serde(default)]
+    pub part_size_mib: Option<u64>,
+    /// Parts of one upload in flight at once (1–64, default 1). One upload buffers at most about
+    /// `6 MiB + parts_in_flight × part_size`.
+    #[serde(default)]
+    pub parts_in_flight: Option<usize>,
+    /// Retries of a request that failed transiently (throttling, 5xx, timeouts), default 10.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// No retry starts after this many seconds since the first attempt, default 180.
+    #[serde(default)]
+    pub retry_timeout_secs: Option<u64>,
+    /// Timeout of one HTTP request in seconds (a part upload included), default 120.
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
+    /// Create manifests with `If-None-Match: *` (default true); set false for a server that rejects it.
+    #[serde(default)]
+    pub conditional_create: Option<bool>,
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    // Secrets never reach logs, even through `{:?}` of the whole configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("local_path", &self.local_path)
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RepositoryConfig {
+    /// Where the repository is, from `url` (or `local_path`, or the default under `data_dir`).
+    ///
+    /// # Errors
+    /// An unsupported URL scheme, both `url` and `local_path`, S3 settings without an `s3://` URL.
+    pub fn location(
+        &self,
+        data_dir: &Path,
+    ) -> Result<ddsvault_repo::RepositoryLocation, ConfigError> {
+        use ddsvault_repo::RepositoryLocation;
+        let s3_only = self.endpoint.is_some()
+            || self.region.is_some()
+            || self.access_key_id.is_some()
+            || self.secret_access_key.is_some()
+            || self.allow_http
+            || self.virtual_hosted_style
+            || self.conditional_create.is_some();
+        let url = match (&self.url, &self.local_path) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "[repository] url and local_path are alternatives: set one".into(),
+                ))
+            }
+            (Some(u), None) => u.as_str(),
+            (None, path) => {
+                if s3_only {
+                    return Err(ConfigError(
+                        "[repository] endpoint/region/credentials need url = \"s3://BUCKET/PREFIX\"".into(),
+                    ));
+                }
+                let dir = path.clone().unwrap_or_else(|| data_dir.join("repository"));
+                return Ok(RepositoryLocation::Local(dir));
+            }
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if s3_only {
+                return Err(ConfigError(
+                    "[repository] endpoint/region/credentials apply to s3:// URLs only".into(),
+                ));
+            }
+            if !path.starts_with('/') {
+                return Err(ConfigError(format!(
+                    "[repository] url = {url:?}: a file URL needs an absolute path (file:///path)"
+                )));
+            }
+            return Ok(RepositoryLocation::Local(PathBuf::from(path)));
+        }
+        if !url.starts_with("s3://") {
+            return Err(ConfigError(format!(
+                "[repository] url = {url:?}: supported are file:///path and s3://BUCKET/PREFIX"
+            )));
+        }
+        let mut s = ddsvault_repo::S3Settings::from_url(url)
+            .map_err(|e| ConfigError(format!("[repository] url: {e}")))?;
+        s.endpoint = self.endpoint.clone();
+        s.region = self.region.clone();
+        s.access_key_id = self.access_key_id.clone();
+        s.secret_access_key = self.secret_access_key.clone();
+        s.allow_http = self.allow_http;
+        s.virtual_hosted_style = self.virtual_hosted_style;
+        if let Some(n) = self.max_retries {
+            s.max_retries = n;
+        }
+        if let Some(t) = self.retry_timeout_secs {
+            s.retry_timeout = std::time::Duration::from_secs(t);
+        }
+        if let Some(t) = self.request_timeout_secs {
+            if t == 0 {
+                return Err(ConfigError(
+                    "[repository] request_timeout_secs must be > 0".into(),
+                ));
+            }
+            s.request_timeout = std::time::Duration::from_secs(t);
+        }
+        if let Some(c) = self.conditional_create {
+            s.conditional_create = c;
+        }
+        if let Some(e) = &s.endpoint {
+            if e.starts_with("http://") && !s.allow_http {
+                return Err(ConfigError(format!(
+                    "[repository] endpoint {e:?} is plain http: set allow_http = true to use it"
+                )));
+            }
+        }
+        Ok(RepositoryLocation::S3(s))
+    }
+
+    /// Part size and parts in flight of uploads.
+    ///
+    /// # Errors
+    /// Values out of range.
+    pub fn tuning(&self) -> Result<ddsvault_repo::UploadTuning, ConfigError> {
+        let mut t = ddsvault_repo::UploadTuning::default();
+        if let Some(mib) = self.part_size_mib {
+            if !(5..=5120).contains(&mib) {
+                return Err(ConfigError(format!(
+                    "[repository] part_size_mib = {mib}: must be 5..=5120 (S3's part limits)"
+                )));
+            }
+            t.part_size = usize::try_from(mib * 1024 * 1024)
+                .map_err(|_| ConfigError("[repository] part_size_mib too large".into()))?;
+        }
+        if let Some(n) = self.parts_in_flight {
+            if !(1..=64).contains(&n) {
+                return Err(ConfigError(format!(
+                    "[repository] parts_in_flight = {n}: must be 1..=64"
+                )));
+            }
+            t.max_in_flight_parts = n;
+        }
+        Ok(t)
+    }
 }
 
 /// `[backup]`: how backups are made.
@@ -587,6 +761,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        self.repository.location(&self.data_dir)?;
+        self.repository.tuning()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return err(format!(
                 "listen = {:?} is not an ip:port address",
@@ -926,5 +1102,45 @@ mod tests {
             !dbg.contains("TOPSECRET") && !dbg.contains("PASSWORD"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn repository_locations() {
+        use ddsvault_repo::RepositoryLocation as L;
+        let loc = |body: &str| {
+            Config::parse(&format!("data_dir = \"/d\"\n[repository]\n{body}"))
+                .map(|c| c.repository.location(&c.data_dir).expect("location"))
+        };
+        assert!(
+            matches!(loc("").expect("default"), L::Local(p) if p == Path::new("/d/repository"))
+        );
+        assert!(
+            matches!(loc("url = \"file:///srv/r\"").expect("file"), L::Local(p) if p == Path::new("/srv/r"))
+        );
+        match loc("url = \"s3://b/x/y/\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nsecret_access_key = \"S3SECRET\"")
+            .expect("s3")
+        {
+            L::S3(s) => {
+                assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", "x/y"));
+                assert!(!format!("{s:?}").contains("S3SECRET"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (body, needle) in [
+            ("url = \"s3://b\"\nlocal_path = \"/x\"", "alternatives"),
+            ("url = \"gs://b\"", "supported are"),
+            ("url = \"file://rel\"", "absolute"),
+            ("url = \"s3:///p\"", "no bucket"),
+            ("endpoint = \"http://h\"", "need url"),
+            ("url = \"s3://b\"\nendpoint = \"http://h\"", "allow_http"),
+            ("part_size_mib = 4", "part_size_mib"),
+            ("parts_in_flight = 0", "parts_in_flight"),
+        ] {
+            let e = loc(body).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?}: {}", e.0);
+        }
+        let c = Config::parse("[repository]\nsecret_access_key = \"S3SECRET\"\nurl = \"s3://b\"")
+            .expect("valid");
+        assert!(!format!("{c:?}").contains("S3SECRET"));
     }
 }

@@ -15,6 +15,7 @@ pub mod identity;
 mod listener;
 pub mod offline;
 mod ram_api;
+pub mod repository;
 mod router;
 pub mod startup;
 mod state;
@@ -30,7 +31,6 @@ use chrono::Utc;
 use ddsvault_catalog::{AccessKeyRecord, Catalog};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
-use ddsvault_repo::Repository;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -109,8 +109,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     let identity = startup::hold_identity(&cfg)?;
     let node_id = identity.node_id.clone();
 
+    // A repository that cannot be used stops the start before the catalog is touched.
+    let repo = repository::open_checked(&cfg).await?;
     let catalog: Catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
-    let repo = Repository::local(&cfg.repository_path())?;
     let now = Utc::now();
     let account_id = match &cfg.account_id {
         Some(a) => a.clone(),
@@ -312,7 +313,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
 /// Catalog or repository errors.
 pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
-    let repo = Repository::local(&cfg.repository_path())?;
+    let repo = repository::open(cfg)?;
     let gc = Gc::new(
         catalog,
         repo,
@@ -332,7 +333,7 @@ pub async fn retention_dry_run(
     instance: Option<&str>,
 ) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
-    let repo = Repository::local(&cfg.repository_path())?;
+    let repo = repository::open(cfg)?;
     let gc = Gc::new(
         catalog,
         repo,

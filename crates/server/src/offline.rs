@@ -22,7 +22,7 @@ pub struct Downloaded {
 
 async fn open(cfg: &Config) -> Result<(Catalog, Repository), ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
-    let repo = Repository::local(&cfg.repository_path())?;
+    let repo = crate::repository::open(cfg)?;
     Ok((catalog, repo))
 }
 

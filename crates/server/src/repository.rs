@@ -1,0 +1,52 @@
+//! Opening the configured repository (`[repository]`: a local directory or an S3-compatible bucket).
+
+use std::time::Duration;
+
+use ddsvault_repo::Repository;
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::ServerError;
+
+/// How long the start-up check may take: an unreachable endpoint is retried by the client for much longer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Journaled multipart uploads older than this are taken for lost (their process died) and aborted at start.
+/// Uploads of crashed jobs are aborted sooner, with their job's files, by job recovery.
+const LOST_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Opens the repository in effect; contacts nothing.
+///
+/// # Errors
+/// Invalid settings, or a local directory that cannot be created.
+pub fn open(cfg: &Config) -> Result<Repository, ServerError> {
+    let location = cfg.repository.location(&cfg.data_dir)?;
+    let tuning = cfg.repository.tuning()?;
+    Ok(Repository::open(&location, tuning)?)
+}
+
+/// Opens the repository and proves it usable (write, read, delete, list), so a server with wrong credentials, a
+/// missing bucket or an unreachable endpoint refuses to start and says why. Then aborts lost uploads.
+///
+/// # Errors
+/// As [`open`], or the failed check.
+pub async fn open_checked(cfg: &Config) -> Result<Repository, ServerError> {
+    let repo = open(cfg)?;
+    match tokio::time::timeout(CHECK_TIMEOUT, repo.check()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ConfigError(format!(
+                "repository {} did not answer within {} s (is the endpoint reachable?)",
+                repo.store(),
+                CHECK_TIMEOUT.as_secs()
+            ))
+            .into())
+        }
+    }
+    match repo.sweep_uploads(LOST_UPLOAD_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(uploads = n, "aborted lost multipart uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep lost multipart uploads"),
+    }
+    Ok(repo)
+}

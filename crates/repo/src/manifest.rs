@@ -410,6 +410,11 @@ mod seal_tests {
         let repo = Repository::memory();
         let prefix = layout::backup_prefix("dds-seal", 7);
         let m = sample();
+        // write_manifest confirms every listed file is present with its size first.
+        let archive = prefix.join("archive.zst").expect("name");
+        repo.put(&archive, Bytes::from(vec![0u8; 1234]))
+            .await
+            .expect("archive");
         let written = repo.write_manifest(&prefix, &m).await.expect("write");
         let stored = repo.get(&path()).await.expect("get");
         assert_eq!(written, hash::sha256_hex(&stored));

@@ -124,7 +124,15 @@ impl Minio {
             .expect("presign");
         let target = url.as_str();
         let path = &target[target.find(&format!("/{bucket}")).expect("bucket in url")..];
-        let status = http(self.port, "PUT", path);
+        // MinIO answers 503 while it is still settling (and under load); that is its "retry later".
+        let mut status = http(self.port, "PUT", path);
+        for _ in 0..20 {
+            if status != Some(503) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            status = http(self.port, "PUT", path);
+        }
         assert_eq!(status, Some(200), "CreateBucket {bucket}");
     }
 }

@@ -212,9 +212,12 @@ def _big_source(base):
 
 
 def _wait_uploading(minio, timeout=120):
+    """A multipart upload is under way and journaled. The marker is written right after CreateMultipartUpload
+    (it records the upload id); a crash between the two leaves an upload no marker names: a known window of one
+    request, left to the bucket's AbortIncompleteMultipartUpload lifecycle rule (docs/s3-repository.md)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if minio.multipart_uploads(BUCKET):
+        if minio.multipart_uploads(BUCKET) and minio.keys(BUCKET, f"{PREFIX}/uploads/"):
             return True
         time.sleep(0.05)
     return False

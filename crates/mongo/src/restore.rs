@@ -954,8 +954,7 @@ pub async fn logical_restore(
         let replayed = replay_oplog(
             &mut applier,
             open,
-            ns_index,
-            expected,
+            (ns_index, expected),
             scope,
             path,
             &report_entries,
@@ -1423,8 +1422,7 @@ const REPLAY_CHANNEL: usize = 64;
 async fn replay_oplog(
     applier: &mut Applier<'_>,
     open: OpenInput,
-    ns_index: usize,
-    expected: NamespaceStats,
+    (ns_index, expected): (usize, NamespaceStats),
     scope: Scope,
     path: ApplyPath,
     report_entries: &(dyn Fn(u64) + Send + Sync),

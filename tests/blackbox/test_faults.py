@@ -147,3 +147,52 @@ def test_a_failed_backup_says_why_through_both_sdks(tmp_path):
             server.stop()
     finally:
         ferret.stop()
+
+
+def chunk_files(repo):
+    root = repo / "chunks"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_the_chunks_of_a_snapshot_killed_mid_write_go_at_the_restart(tmp_path):
+    """SIGKILL of ddsvault while a Snapshot backup stores its chunks: the job's own list of the chunks it wrote dies
+    with it, and the collector's grace period (default one hour) would keep them. At the restart recovery fails the
+    job and its chunks are swept at once (nothing references them and no job of the instance is at work)."""
+    big = stack.FerretDB(tmp_path / "big")
+    try:
+        rnd = random.Random(23)
+        for start in range(0, 24000, 4000):
+            big.client().big.docs.insert_many([{"_id": i, "pad": rnd.randbytes(800).hex()}
+                                               for i in range(start, start + 4000)])
+        data = tmp_path / "data"
+        repo = data / "repository"
+        server = Ddsvault(tmp_path / "svc", config_text(data, {})
+                          + instance_lines("dds-big", big.uri, data_path=big.data_dir))
+        try:
+            tea = tea_client(server)
+            r = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-big", backup_method="Snapshot")).body
+            deadline = time.monotonic() + 120
+            while len(chunk_files(repo)) < 20:
+                assert time.monotonic() < deadline, "no chunk stored within 120 s"
+                time.sleep(0.01)
+            server.kill()
+            left = len(chunk_files(repo))
+            assert not list(repo.rglob("manifest.json")), "the killed snapshot must not look complete"
+            server.start()
+            # Recovery runs before the server answers: the job is failed and its chunks are gone.
+            job = wait_job_end(server, "dds-big", r.backup_job_id, timeout=10)
+            assert job["JobStatus"] == "Failed", job
+            print(f"\n{left} chunks stored when killed; {len(chunk_files(repo))} left after the restart")
+            assert left >= 20 and chunk_files(repo) == [], chunk_files(repo)[:3]
+            staging = repo / "staging"
+            assert not staging.exists() or not any(staging.iterdir())
+            assert "orphan chunks of a crashed snapshot swept" in "\n".join(server.stdout_lines) + server.stderr()
+            # A new snapshot stores every chunk again and completes.
+            tea = tea_client(server)  # the restarted server listens on another port
+            ok = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-big", backup_method="Snapshot")).body
+            assert wait_backup(tea, "dds-big", ok.backup_job_id).backup_status == "Success"
+            assert len(chunk_files(repo)) >= left
+        finally:
+            server.stop()
+    finally:
+        big.stop()

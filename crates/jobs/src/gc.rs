@@ -399,6 +399,53 @@ impl Gc {
         out
     }
 
+    /// Sweeps the orphan chunks of `instance` without the grace period, once the jobs that may have written
+    /// them are known dead: called at start for each instance a crashed Snapshot job of this node was failed
+    /// for by recovery (its process is gone, and with it the list of chunks it would have removed itself).
+    ///
+    /// The grace period only matters for chunks a live job may still reference; every check of
+    /// `sweep_instance` still applies (no pending or running job of the instance, before the references are
+    /// read and again before every batch), so a job started meanwhile leaves the store alone, and a chunk a new
+    /// job reuses is verified by it before its snapshot commits. A full repository so recovers at the restart
+    /// after a crash instead of an hour later.
+    pub async fn sweep_after_crash(&self, instance: &str) -> ChunkSweep {
+        let now = self.clock.now();
+        let stored = match self.repo.chunk_stores().await {
+            Ok(stores) => stores
+                .into_iter()
+                .find(|(i, _)| i == instance)
+                .map(|(_, s)| s)
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, instance, "could not list the chunk stores after a crash; the collector will sweep them after its grace period");
+                return ChunkSweep {
+                    instance_id: instance.to_string(),
+                    skipped: Some(format!("listing the chunk stores: {e}")),
+                    failed: true,
+                    ..ChunkSweep::default()
+                };
+            }
+        };
+        // Everything listed is older than now: only references and the job checks decide.
+        let sweep = self
+            .sweep_instance(instance.to_string(), stored, now, true)
+            .await;
+        match &sweep.skipped {
+            Some(why) => {
+                tracing::info!(instance, reason = %why, swept = sweep.chunks, "chunks of a crashed snapshot not fully swept; the collector retries")
+            }
+            None => {
+                tracing::info!(
+                    instance,
+                    chunks = sweep.chunks,
+                    bytes = sweep.bytes,
+                    "orphan chunks of a crashed snapshot swept"
+                )
+            }
+        }
+        sweep
+    }
+
     /// `Ok(newest job id)` of the instance if none of its jobs is pending or running, else `Err(that job's id)`.
     async fn jobs_at_rest(&self, instance_id: &str) -> Result<Result<Option<i64>, i64>, JobError> {
         let jobs = self.catalog.list_jobs(instance_id, false).await?;
@@ -1325,6 +1372,47 @@ mod tests {
         let r = gc.pass().await.expect("pass");
         assert_eq!(r.chunk_stores_skipped, vec![]);
         assert!(!has_chunk(&repo, "dds-s", b"orphan").await);
+    }
+
+    #[tokio::test]
+    async fn the_chunks_of_a_crashed_snapshot_go_at_once_unless_a_job_is_at_work() {
+        let (cat, repo, clock) = setup().await;
+        snapshot(&cat, &repo, "dds-s", &[b"kept"]).await;
+        orphan(&repo, "dds-s", b"written by the crashed job").await;
+        orphan(&repo, "dds-other", b"another instance's orphan").await;
+        *clock.0.lock().expect("clock") = Utc::now() + chrono::Duration::seconds(1);
+        let gc = Gc::new(cat.clone(), repo.clone(), Duration::from_secs(60))
+            .with_clock(clock.clone())
+            .with_chunk_grace(Duration::from_secs(3600));
+        // The ordinary pass keeps the young orphan for the grace period ...
+        assert_eq!(gc.pass().await.expect("pass").chunks_swept, 0);
+        // ... the sweep after a crash does not wait, and touches only that instance and unreferenced chunks.
+        let sweep = gc.sweep_after_crash("dds-s").await;
+        assert_eq!((sweep.chunks, sweep.skipped), (1, None));
+        assert!(!has_chunk(&repo, "dds-s", b"written by the crashed job").await);
+        assert!(has_chunk(&repo, "dds-s", b"kept").await);
+        assert!(has_chunk(&repo, "dds-other", b"another instance's orphan").await);
+
+        // A job of the instance at work (e.g. created right after the restart): nothing is swept.
+        orphan(&repo, "dds-s", b"written by the crashed job").await;
+        cat.create_backup_job(&NewBackupJob {
+            instance_id: "dds-s".into(),
+            method: "Snapshot".into(),
+            mode: "Manual".into(),
+            retention_days: 7,
+            engine_version: "7.0".into(),
+            params: serde_json::json!({}),
+            now: t0(),
+        })
+        .await
+        .expect("job");
+        *clock.0.lock().expect("clock") = Utc::now() + chrono::Duration::seconds(1);
+        let sweep = gc.sweep_after_crash("dds-s").await;
+        assert_eq!(sweep.chunks, 0);
+        assert!(sweep
+            .skipped
+            .is_some_and(|w| w.contains("pending or running")));
+        assert!(has_chunk(&repo, "dds-s", b"written by the crashed job").await);
     }
 
     #[tokio::test]

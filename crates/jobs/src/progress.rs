@@ -68,6 +68,9 @@ pub struct Progress {
     bytes_done: AtomicU64,
     bytes_total: AtomicU64,
     oplog_entries: AtomicU64,
+    /// Wakes the heartbeat at a phase change, so that every phase reaches the catalog (and the task APIs), even
+    /// one shorter than the heartbeat interval.
+    phase_changed: tokio::sync::Notify,
 }
 
 /// The progress detail stored with the job and answered by the task APIs.
@@ -95,6 +98,7 @@ impl Progress {
             bytes_done: AtomicU64::new(0),
             bytes_total: AtomicU64::new(0),
             oplog_entries: AtomicU64::new(0),
+            phase_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -102,11 +106,14 @@ impl Progress {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
-    /// Enters `phase` (a log line at every change).
+    /// Enters `phase` (a log line at every change). Phases only move forward, in the order of [`Phase`]: a
+    /// late report of an earlier stage (the dump's closing summary after the oplog capture, the restore's after
+    /// the replay) updates the counters without showing the job going back.
     pub fn set_phase(&self, phase: Phase) {
-        let before = self.phase.swap(phase as u8, Ordering::Relaxed);
-        if before != phase as u8 {
+        let before = self.phase.fetch_max(phase as u8, Ordering::Relaxed);
+        if before < phase as u8 {
             tracing::info!(job_id = self.job_id, phase = ?phase, percent = self.percent(), "job phase");
+            self.phase_changed.notify_one();
         }
     }
 
@@ -201,6 +208,7 @@ async fn heartbeat_loop(
                 std::future::pending::<()>().await;
             }
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL.min(stall_after)) => {}
+            _ = progress.phase_changed.notified() => {}
         }
         let now = (progress.detail(), progress.percent());
         if now != last {
@@ -265,6 +273,8 @@ mod tests {
         p.set_percent(250);
         assert_eq!(p.percent(), 99);
         p.set_phase(Phase::CapturingOplog);
+        p.set_phase(Phase::Dumping);
+        assert_eq!(p.phase(), Phase::CapturingOplog, "a phase never goes back");
         p.oplog_entries(7);
         let d = serde_json::to_value(p.detail()).expect("json");
         assert_eq!(d["phase"], "CapturingOplog");

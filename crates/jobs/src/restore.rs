@@ -173,7 +173,9 @@ pub(crate) async fn run(
         }
         RestoreStage::ReplayingOplog => {
             cell.set_phase(Phase::ReplayingOplog);
-            cell.set_percent(90);
+            cell.oplog_entries(p.oplog_entries);
+            // The entries to replay are not counted before the replay reads them (as in the backup's capture).
+            cell.set_percent(percent_in(90..99, p.oplog_entries, 0));
         }
     };
     let restore_cancel = cancel.child_token();

@@ -96,12 +96,13 @@ impl Runner {
     }
 
     /// Fails the jobs a previous life of this node (or a dead node) left running and removes their partial files.
-    /// Called once at start, before serving.
+    /// Called once at start, before serving. Returns the jobs it failed: the chunks a crashed snapshot wrote are
+    /// not under its prefixes, and go with [`crate::Gc::sweep_after_crash`].
     ///
     /// # Errors
     /// Catalog errors. Failing to delete leftover files is logged, not fatal: the files are unreachable (no
     /// catalog row points at them as Success) and are retried at the next start.
-    pub async fn recover(&self) -> Result<usize, JobError> {
+    pub async fn recover(&self) -> Result<Vec<Job>, JobError> {
         let now = Utc::now();
         let stale =
             now - chrono::Duration::from_std(STALE_AFTER).unwrap_or(chrono::Duration::minutes(2));
@@ -113,7 +114,7 @@ impl Runner {
             tracing::warn!(job_id = job.id, instance = %job.instance_id, "failed a job interrupted by a stop");
             self.remove_job_files(job).await;
         }
-        Ok(jobs.len())
+        Ok(jobs)
     }
 
     /// Deletes everything a backup job may have written: its staging area and its (never completed) backup

@@ -276,6 +276,8 @@ pub struct RestoreProgress {
     pub docs_done: u64,
     /// Documents of the selected namespaces, counted by the verify pass (exact; 0 while verifying).
     pub docs_total: u64,
+    /// Oplog entries read for the replay so far (0 before it starts): the replay moves the progress too.
+    pub oplog_entries: u64,
 }
 
 /// The stages of a logical restore, in order.
@@ -824,6 +826,7 @@ pub async fn logical_restore(
         stage: RestoreStage::Verifying,
         docs_done: 0,
         docs_total: 0,
+        oplog_entries: 0,
     });
 
     // 1. Verify the whole archive, oplog entries included, before touching the target.
@@ -853,6 +856,7 @@ pub async fn logical_restore(
         stage: RestoreStage::Inserting,
         docs_done: 0,
         docs_total: plan.docs_total,
+        oplog_entries: 0,
     });
     // Namespaces the oplog writes that are not restored from the archive (created during the
     // backup): checked and dropped like the others, created by the replay.
@@ -937,9 +941,26 @@ pub async fn logical_restore(
             stage: RestoreStage::ReplayingOplog,
             docs_done: plan.docs_total,
             docs_total: plan.docs_total,
+            oplog_entries: 0,
         });
-        let replayed =
-            replay_oplog(&mut applier, open, ns_index, expected, scope, path, cancel).await;
+        let report_entries = |n: u64| {
+            progress(RestoreProgress {
+                stage: RestoreStage::ReplayingOplog,
+                docs_done: plan.docs_total,
+                docs_total: plan.docs_total,
+                oplog_entries: n,
+            })
+        };
+        let replayed = replay_oplog(
+            &mut applier,
+            open,
+            (ns_index, expected),
+            scope,
+            path,
+            &report_entries,
+            cancel,
+        )
+        .await;
         let report = match replayed {
             Ok(r) => r,
             Err(e) => return Err(progress_state.fail(e)),
@@ -991,6 +1012,7 @@ pub async fn logical_restore(
         stage: RestoreStage::Inserting,
         docs_done: documents,
         docs_total: plan.docs_total,
+        oplog_entries: 0,
     });
     info!(
         collections = namespaces.len(),
@@ -1312,6 +1334,7 @@ async fn run_worker(
                     stage: RestoreStage::Inserting,
                     docs_done: total,
                     docs_total: ctx.docs_total,
+                    oplog_entries: 0,
                 });
             }
         }
@@ -1399,10 +1422,10 @@ const REPLAY_CHANNEL: usize = 64;
 async fn replay_oplog(
     applier: &mut Applier<'_>,
     open: OpenInput,
-    ns_index: usize,
-    expected: NamespaceStats,
+    (ns_index, expected): (usize, NamespaceStats),
     scope: Scope,
     path: ApplyPath,
+    report_entries: &(dyn Fn(u64) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<SequencerReport> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLAY_CHANNEL);
@@ -1439,6 +1462,7 @@ async fn replay_oplog(
         Err(changed("the oplog namespace never ended"))
     });
     let mut seq = Sequencer::new(scope, Mode::Restore(path), true);
+    let mut entries = 0u64;
     let applied: Result<()> = async {
         loop {
             let raw = tokio::select! {
@@ -1462,6 +1486,8 @@ async fn replay_oplog(
                     r = applier.apply(action) => r?,
                 }
             }
+            entries += 1;
+            report_entries(entries);
         }
     }
     .await;

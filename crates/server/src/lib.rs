@@ -211,9 +211,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         cfg.backup.max_concurrent_jobs,
     ));
     let recovered = runner.recover().await?;
-    if recovered > 0 {
+    if !recovered.is_empty() {
         tracing::warn!(
-            jobs = recovered,
+            jobs = recovered.len(),
             "failed jobs interrupted by the previous stop"
         );
     }
@@ -230,6 +230,18 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs))
         .with_audit_retention(cfg.retention.audit_retention_days),
     );
+    // The chunks of a snapshot that crashed: its job is failed now, so they need not wait for the grace period.
+    let crashed_snapshots: std::collections::BTreeSet<&str> = recovered
+        .iter()
+        .filter(|j| {
+            j.kind == "backup"
+                && j.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot")
+        })
+        .map(|j| j.instance_id.as_str())
+        .collect();
+    for instance in crashed_snapshots {
+        gc.sweep_after_crash(instance).await;
+    }
     let scheduler = cfg.scheduler.enabled.then(|| {
         Arc::new(
             Scheduler::new(

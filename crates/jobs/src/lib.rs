@@ -10,6 +10,7 @@ pub mod file_restore;
 pub mod gc;
 pub mod import;
 pub mod integrity;
+pub mod object_lock;
 pub mod physical;
 pub mod progress;
 mod restore;

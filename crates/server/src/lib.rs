@@ -394,7 +394,13 @@ impl Prepared {
         self.tasks
             .spawn("job-runner", move |token| runner.run(tasks, token));
         let gc = Arc::clone(&self.gc);
+        let lock_interval = gc.interval();
         self.tasks.spawn("retention-gc", move |token| gc.run(token));
+        let locker = Arc::clone(&self.state.object_lock);
+        let ids: Vec<String> = self.state.instances.keys().cloned().collect();
+        self.tasks.spawn("object-lock", move |token| {
+            locker.run(ids, lock_interval, token)
+        });
         if let Some(interval) = self.scrub_interval {
             let (catalog, repo) = (self.state.catalog.clone(), self.state.repo.clone());
             self.tasks.spawn("repository-scrub", move |token| {

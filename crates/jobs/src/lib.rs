@@ -5,6 +5,7 @@
 //! job, and a job whose process died is failed by the next process that starts (or notices its stale heartbeat).
 
 mod backup;
+pub mod copies;
 mod error;
 pub mod file_restore;
 pub mod gc;

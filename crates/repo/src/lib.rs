@@ -71,6 +71,7 @@
 #![warn(missing_docs)]
 
 pub mod chunks;
+mod copy;
 mod error;
 mod hash;
 pub mod layout;

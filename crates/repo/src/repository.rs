@@ -41,7 +41,7 @@ pub struct Repository {
     /// The same store as `store` when it is S3: for the multipart journal and conditional creates.
     pub(crate) s3: Option<Arc<crate::s3::S3Store>>,
     /// Part size and parts in flight of this repository's uploads ([`Repository::upload_options`]).
-    upload_tuning: UploadTuning,
+    pub(crate) upload_tuning: UploadTuning,
 }
 
 /// Where a repository lives; see [`Repository::open`].

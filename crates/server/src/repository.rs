@@ -50,3 +50,32 @@ pub async fn open_checked(cfg: &Config) -> Result<Repository, ServerError> {
     }
     Ok(repo)
 }
+
+/// Opens the `[[repository.copies]]` repositories and proves each usable, like the main one.
+///
+/// # Errors
+/// Invalid settings, or a copy repository that fails its check.
+pub async fn open_copies(
+    cfg: &Config,
+) -> Result<Vec<ddsvault_jobs::copies::CopyTarget>, ServerError> {
+    let mut out = Vec::new();
+    for (region, location, tuning) in cfg.repository.copy_locations(&cfg.data_dir)? {
+        let repo = Repository::open(&location, tuning)?;
+        match tokio::time::timeout(CHECK_TIMEOUT, repo.check()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ConfigError(format!(
+                    "copy repository {} ({region}) did not answer within {} s",
+                    repo.store(),
+                    CHECK_TIMEOUT.as_secs()
+                ))
+                .into())
+            }
+        }
+        out.push(ddsvault_jobs::copies::CopyTarget {
+            dest_region: region,
+            repo,
+        });
+    }
+    Ok(out)
+}

@@ -102,3 +102,113 @@ impl Repository {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use crate::{
+        sha256_hex, ChunkRef, Manifest, ManifestFile, Repository, SnapshotFile, SnapshotIndex,
+    };
+
+    /// A snapshot of one file made of two chunks, committed in `repo`.
+    async fn snapshot(repo: &Repository, id: i64, chunks: &[&'static [u8]]) -> crate::RepoPath {
+        let prefix = Repository::backup_prefix("dds-c", id);
+        let mut file = SnapshotFile {
+            name: "data.db".into(),
+            size: 0,
+            sha256: String::new(),
+            chunks: Vec::new(),
+        };
+        let mut whole = Vec::new();
+        for c in chunks {
+            let digest = sha256_hex(c);
+            repo.put_chunk("dds-c", &digest, Bytes::from_static(c), 3)
+                .await
+                .expect("chunk");
+            file.chunks.push(ChunkRef {
+                sha256: digest,
+                size: c.len() as u64,
+            });
+            whole.extend_from_slice(c);
+        }
+        file.size = whole.len() as u64;
+        file.sha256 = sha256_hex(&whole);
+        let index = SnapshotIndex { files: vec![file] };
+        let entry = repo
+            .write_snapshot_index(&prefix, &index, 3)
+            .await
+            .expect("index");
+        let mut m = Manifest::new(id, "dds-c", "Snapshot");
+        m.files.push(entry);
+        let extra = Bytes::from_static(b"metadata");
+        repo.put(&prefix.join("meta.json").expect("path"), extra.clone())
+            .await
+            .expect("put");
+        m.files.push(ManifestFile {
+            name: "meta.json".into(),
+            size: extra.len() as u64,
+            sha256: sha256_hex(&extra),
+        });
+        repo.write_manifest(&prefix, &m).await.expect("manifest");
+        prefix
+    }
+
+    #[tokio::test]
+    async fn a_copy_has_the_same_bytes_and_skips_chunks_the_destination_has() {
+        let (src, dst) = (Repository::memory(), Repository::memory());
+        let first = snapshot(&src, 1, &[b"chunk one", b"chunk two"]).await;
+        let copied = src
+            .copy_backup_to(&dst, &first, "dds-c")
+            .await
+            .expect("copy");
+        let second = snapshot(&src, 2, &[b"chunk one", b"chunk three"]).await;
+        let copied2 = src
+            .copy_backup_to(&dst, &second, "dds-c")
+            .await
+            .expect("copy");
+        for prefix in [&first, &second] {
+            let manifest = Repository::manifest_path(prefix);
+            assert_eq!(
+                src.get(&manifest).await.expect("src"),
+                dst.get(&manifest).await.expect("dst")
+            );
+            let m = dst.verify(prefix).await.expect("verifies");
+            let index = dst
+                .read_snapshot_index(prefix, &m)
+                .await
+                .expect("index")
+                .expect("snapshot");
+            for c in &index.files[0].chunks {
+                dst.get_chunk("dds-c", c).await.expect("chunk copied");
+            }
+        }
+        // "chunk one" was in the destination already: the second copy moved its prefix's objects and only
+        // "chunk three".
+        let prefix_bytes: u64 = src
+            .list(&second)
+            .await
+            .expect("list")
+            .iter()
+            .map(|o| o.size)
+            .sum();
+        let three = crate::chunks::chunk_path("dds-c", &sha256_hex(b"chunk three")).expect("path");
+        let three_size = src.head(&three).await.expect("head").size;
+        assert_eq!(copied2, prefix_bytes + three_size);
+        assert_eq!(
+            dst.list(&crate::chunks::chunks_prefix("dds-c"))
+                .await
+                .expect("list")
+                .len(),
+            3
+        );
+        assert!(copied > copied2);
+        // A backup without a manifest is not copied.
+        let missing = Repository::backup_prefix("dds-c", 9);
+        assert!(src
+            .copy_backup_to(&dst, &missing, "dds-c")
+            .await
+            .expect_err("no manifest")
+            .is_not_found());
+    }
+}

@@ -1202,4 +1202,41 @@ mod tests {
             .expect("valid");
         assert!(!format!("{c:?}").contains("S3SECRET"));
     }
+
+    #[test]
+    fn copy_repositories() {
+        let parse = |body: &str| Config::parse(&format!("data_dir = \"/d\"\n[repository]\n{body}"));
+        let c = parse(
+            "[[repository.copies]]\ndest_region = \"cn-shanghai\"\nurl = \"s3://second/c\"\n\
+             [[repository.copies]]\ndest_region = \"cn-beijing\"\nurl = \"file:///srv/copy\"",
+        )
+        .expect("valid");
+        let regions: Vec<String> = c
+            .repository
+            .copy_locations(&c.data_dir)
+            .expect("copies")
+            .into_iter()
+            .map(|(r, _, _)| r)
+            .collect();
+        assert_eq!(regions, ["cn-shanghai", "cn-beijing"]);
+        for (body, needle) in [
+            (
+                "[[repository.copies]]\nurl = \"file:///c\"",
+                "needs dest_region",
+            ),
+            (
+                "[[repository.copies]]\ndest_region = \"a\"\nurl = \"file:///c\"\n\
+                 [[repository.copies]]\ndest_region = \"a\"\nurl = \"file:///e\"",
+                "named twice",
+            ),
+            ("dest_region = \"a\"", "belongs in"),
+            (
+                "[[repository.copies]]\ndest_region = \"a\"\nurl = \"gs://x\"",
+                "supported are",
+            ),
+        ] {
+            let e = parse(body).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?}: {}", e.0);
+        }
+    }
 }

@@ -18,6 +18,8 @@ from test_s3 import _require_minio
 
 PRIMARY, SECOND = "primary", "second"
 SHANGHAI, BEIJING = "cn-shanghai", "cn-beijing"
+# A region whose bucket disappears for a while: its copies fail and are retried.
+FLAKY, FLAKY_BUCKET = "cn-flaky", "flaky"
 
 
 def copies_config(minio, local_dir):
@@ -25,6 +27,8 @@ def copies_config(minio, local_dir):
             + "[[repository.copies]]\n" + f'dest_region = "{SHANGHAI}"\n'
             + minio.repository_config(SECOND, "copy").split("\n", 1)[1]
             + "[[repository.copies]]\n" + f'dest_region = "{BEIJING}"\n' + f'url = "file://{local_dir}"\n'
+            + "[[repository.copies]]\n" + f'dest_region = "{FLAKY}"\n'
+            + minio.repository_config(FLAKY_BUCKET, "copy").split("\n", 1)[1]
             + "[retention]\ngc_interval_secs = 2\n")
 
 
@@ -75,6 +79,7 @@ def test_new_backups_are_copied_verified_and_listed(tmp_path):
     try:
         minio.bucket(PRIMARY, object_lock=False)
         minio.bucket(SECOND, object_lock=False)
+        minio.bucket(FLAKY_BUCKET, object_lock=False)
         seed_data(src.client())
         local = tmp_path / "copies-beijing"
         instances = {"dds-src": (src.uri, "local_ssd")}
@@ -112,6 +117,8 @@ def test_new_backups_are_copied_verified_and_listed(tmp_path):
                     tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(dbinstance_id="dds-src", **bad))
                 assert (ei.value.status_code, ei.value.code) == (400, code), (bad, ei.value)
 
+            # The flaky region's bucket goes away (it passed the start-up check).
+            minio.client().delete_bucket(Bucket=FLAKY_BUCKET)
             new = backup(server)
             sh = wait_copied(server, SHANGHAI, new.backup_id)
             end = datetime.datetime.strptime(new.backup_end_time, "%Y-%m-%dT%H:%M:%SZ")
@@ -126,6 +133,20 @@ def test_new_backups_are_copied_verified_and_listed(tmp_path):
             primary = minio.client().get_object(
                 Bucket=PRIMARY, Key=f"main/backups/dds-src/{new.backup_id}/manifest.json")["Body"].read()
             assert manifest.read_bytes() == primary
+
+            # The copy to the missing bucket failed, is recorded as pending with its error, and is retried.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                flaky = copies(server, FLAKY).get(new.backup_id)
+                if flaky and flaky["CopyAttempts"] >= 1:
+                    break
+                time.sleep(0.5)
+            assert flaky["BackupStatus"] == "Pending" and "NoSuchBucket" in flaky["ErrorMessage"], flaky
+            assert not flaky["IsAvail"]
+            minio.bucket(FLAKY_BUCKET, object_lock=False)
+            retried = wait_copied(server, FLAKY, new.backup_id, timeout=90)
+            assert retried["CopyAttempts"] >= 2 and retried["ErrorMessage"] == "", retried
+            assert minio.keys(FLAKY_BUCKET, f"copy/backups/dds-src/{new.backup_id}/")
 
             # The backup from before the copies were configured is not copied by itself…
             assert old.backup_id not in copies(server, SHANGHAI)

@@ -65,11 +65,17 @@ impl Repository {
             .get(&location)
             .await
             .map_err(|e| RepoError::from_store(path, e))?;
+        // Errors of the destination name it and keep the server's answer (a missing bucket is a 404 too, which
+        // `from_store` would report as a missing object).
+        let dst_error = |e: object_store::Error| RepoError::Unusable {
+            repository: dst.store.to_string(),
+            reason: format!("writing {path}: {}", crate::error::describe(&e)),
+        };
         let upload = dst
             .store
             .put_multipart(&location)
             .await
-            .map_err(|e| RepoError::from_store(path, e))?;
+            .map_err(dst_error)?;
         let tuning = dst.upload_tuning;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, tuning.part_size);
         let mut stream = source.into_stream();
@@ -88,16 +94,13 @@ impl Repository {
         .await;
         match outcome {
             Ok(()) => {
-                writer
-                    .finish()
-                    .await
-                    .map_err(|e| RepoError::from_store(path, e))?;
+                writer.finish().await.map_err(dst_error)?;
                 Ok(size)
             }
             Err(e) => {
                 // Aborting releases the parts; its own failure is left to the upload journal's sweep.
                 let _ = writer.abort().await;
-                Err(RepoError::from_store(path, e))
+                Err(RepoError::Store(e))
             }
         }
     }

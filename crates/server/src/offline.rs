@@ -551,41 +551,6 @@ pub fn audit_line(r: &ddsvault_catalog::AuditRecord) -> String {
     )
 }
 
-#[cfg(test)]
-mod audit_tests {
-    use super::parse_since;
-    use chrono::{TimeZone, Utc};
-
-    #[test]
-    fn since_accepts_times_and_ages() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
-        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 28, h, m, s).unwrap();
-        assert_eq!(
-            parse_since("2026-11-28T09:00:00+08:00", now).unwrap(),
-            at(1, 0, 0)
-        );
-        assert_eq!(parse_since("90s", now).unwrap(), at(11, 58, 30));
-        assert_eq!(parse_since("15m", now).unwrap(), at(11, 45, 0));
-        assert_eq!(parse_since("2h", now).unwrap(), at(10, 0, 0));
-        assert_eq!(
-            parse_since("1d", now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
-        );
-        for bad in [
-            "",
-            "h",
-            "5",
-            "5w",
-            "-5m",
-            "yesterday",
-            "99999999999999999999d",
-        ] {
-            let e = parse_since(bad, now).expect_err(bad);
-            assert!(e.0.contains("RFC 3339"), "{bad}: {}", e.0);
-        }
-    }
-}
-
 /// `ddsvault repo copy --to TARGET`: copies successful backups (all, or `backup_id`) into a second repository
 /// and verifies each copy there against the catalog's record of its manifest. `to` is a configured
 /// `[[repository.copies]]` `dest_region` or `url` (the copies are then recorded, so DescribeBackups with
@@ -715,4 +680,39 @@ async fn copy_unrecorded(
         .await?;
     ddsvault_jobs::integrity::verify_backup(target, b).await?;
     Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::parse_since;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn since_accepts_times_and_ages() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 28, h, m, s).unwrap();
+        assert_eq!(
+            parse_since("2026-11-28T09:00:00+08:00", now).unwrap(),
+            at(1, 0, 0)
+        );
+        assert_eq!(parse_since("90s", now).unwrap(), at(11, 58, 30));
+        assert_eq!(parse_since("15m", now).unwrap(), at(11, 45, 0));
+        assert_eq!(parse_since("2h", now).unwrap(), at(10, 0, 0));
+        assert_eq!(
+            parse_since("1d", now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+        );
+        for bad in [
+            "",
+            "h",
+            "5",
+            "5w",
+            "-5m",
+            "yesterday",
+            "99999999999999999999d",
+        ] {
+            let e = parse_since(bad, now).expect_err(bad);
+            assert!(e.0.contains("RFC 3339"), "{bad}: {}", e.0);
+        }
+    }
 }

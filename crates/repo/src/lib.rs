@@ -72,6 +72,7 @@
 
 pub mod chunks;
 mod copy;
+pub mod encrypted;
 mod error;
 mod hash;
 pub mod layout;

@@ -126,6 +126,14 @@ impl Repository {
         Ok(repo)
     }
 
+    /// The same repository with every object sealed by `key` on the way in and opened on the way out
+    /// (client-side encryption, see [`crate::encrypted`]). Multipart journal markers and S3 Object Lock requests
+    /// bypass it (they hold no backup data).
+    pub fn with_encryption(mut self, key: Arc<crate::encrypted::MasterKey>) -> Self {
+        self.store = Arc::new(crate::encrypted::EncryptedStore::new(self.store, key));
+        self
+    }
+
     /// A repository over any object store (S3, OSS, a wrapper, …).
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
         Self {

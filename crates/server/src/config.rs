@@ -147,6 +147,10 @@ pub struct RepositoryConfig {
     /// Create manifests with `If-None-Match: *` (default true); set false for a server that rejects it.
     #[serde(default)]
     pub conditional_create: Option<bool>,
+    /// Client-side encryption: a file holding the 32-byte master key (64 hex digits). Every object is sealed
+    /// with AES-256-GCM under its own data key wrapped by it (docs/s3-repository.md). Losing it loses the backups.
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
     /// In a `[[repository.copies]]` entry: the Dds region name of the copy (`DestRegion`), e.g. `cn-shanghai`.
     #[serde(default)]
     pub dest_region: Option<String>,

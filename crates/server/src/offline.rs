@@ -574,9 +574,10 @@ pub async fn copy_backups(
         .zip(cfg.repository.copies.iter())
         .find(|((region, _, _), c)| region == to || c.url.as_deref() == Some(to));
     let (region, target) = match configured {
-        Some(((region, location, tuning), _)) => {
-            (Some(region), Repository::open(&location, tuning)?)
-        }
+        Some(((region, _, _), rc)) => (
+            Some(region),
+            crate::repository::open_with(rc, &cfg.data_dir)?,
+        ),
         None => {
             let mut rc = cfg.repository.clone();
             rc.url = Some(to.to_string());
@@ -588,10 +589,9 @@ pub async fn copy_backups(
                     ..Default::default()
                 };
             }
-            (
-                None,
-                Repository::open(&rc.location(&cfg.data_dir)?, rc.tuning()?)?,
-            )
+            // An unconfigured target is sealed with the main repository's key, if it has one.
+            rc.encryption_key_file = cfg.repository.encryption_key_file.clone();
+            (None, crate::repository::open_with(&rc, &cfg.data_dir)?)
         }
     };
     target.check().await?;

@@ -6,6 +6,7 @@
 //! callers. One conformance suite ([`conformance`]) runs against every engine.
 
 pub mod advanced;
+pub mod copies;
 mod error;
 mod model;
 pub mod policy;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use advanced::{AdvancedPolicy, DataPolicy, LogPolicy, RetentionLock};
+pub use copies::{BackupCopy, CopyStatus, CrossRegionPolicy, CrossRetention};
 pub use error::CatalogError;
 pub use model::*;
 pub use sqlite::SqliteCatalog;
@@ -334,6 +336,38 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         cooling_off: chrono::Duration,
     ) -> Result<Option<RetentionLock>, CatalogError>;
+
+    /// Writes the cross-region settings of an instance for one destination region.
+    async fn put_cross_policy(&self, policy: &CrossRegionPolicy) -> Result<(), CatalogError>;
+    /// The cross-region settings of an instance, by destination region.
+    async fn list_cross_policies(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<CrossRegionPolicy>, CatalogError>;
+    /// Records a copy job unless the backup already has one for that region; `true` if it was new.
+    async fn enqueue_copy(&self, copy: &BackupCopy) -> Result<bool, CatalogError>;
+    /// Pending copies whose next attempt is due at `now`, oldest first.
+    async fn due_copies(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BackupCopy>, CatalogError>;
+    /// Writes the outcome of an attempt (status, attempts, next attempt, error, size, copied_at).
+    async fn update_copy(&self, copy: &BackupCopy) -> Result<(), CatalogError>;
+    /// The copies of an instance in a region (every status), newest backup first.
+    async fn list_copies(
+        &self,
+        instance_id: &str,
+        dest_region: &str,
+    ) -> Result<Vec<BackupCopy>, CatalogError>;
+    /// Successful copies (any instance, any region) expired at `now`.
+    async fn expired_copies(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BackupCopy>, CatalogError>;
+    /// Forgets a copy (after its files were deleted).
+    async fn delete_copy(&self, backup_id: i64, dest_region: &str) -> Result<(), CatalogError>;
 
     /// Appends audit records (their `id` is ignored and assigned by the catalog), all or none.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), CatalogError>;

@@ -14,10 +14,11 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, AdvancedPolicy, AuditFilter, AuditRecord, Backup, BackupCompletion,
-    BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend, CatalogError,
-    ConfigIdentities, DeleteMark, GroupMember, IdentitySnapshot, InstanceRecord, Job, JobState,
-    NewBackupJob, NewJob, Page, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
-    RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
+    BackupCopy, BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend, CatalogError,
+    ConfigIdentities, CopyStatus, CrossRegionPolicy, CrossRetention, DeleteMark, GroupMember,
+    IdentitySnapshot, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page, PolicyAttachment,
+    PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock, ScheduleRun,
+    ScheduledJob,
 };
 
 #[path = "sqlite_fast.rs"]
@@ -117,6 +118,48 @@ fn from_ms(v: i64) -> Result<DateTime<Utc>, CatalogError> {
 
 fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>, CatalogError> {
     v.map(from_ms).transpose()
+}
+
+const COPY_COLUMNS: &str =
+    "backup_id, dest_region, instance_id, status, attempts, next_attempt_at, last_error, \
+     method, start_time, end_time, size, expire_time, created_at, copied_at";
+
+fn copy_from_row(r: &SqliteRow) -> Result<BackupCopy, CatalogError> {
+    let status: String = r.try_get("status")?;
+    Ok(BackupCopy {
+        backup_id: r.try_get("backup_id")?,
+        dest_region: r.try_get("dest_region")?,
+        instance_id: r.try_get("instance_id")?,
+        status: CopyStatus::parse(&status)
+            .ok_or_else(|| CatalogError::Corrupt(format!("copy status {status:?}")))?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: from_ms(r.try_get("next_attempt_at")?)?,
+        last_error: r.try_get("last_error")?,
+        method: r.try_get("method")?,
+        start_time: from_ms(r.try_get("start_time")?)?,
+        end_time: opt_from_ms(r.try_get("end_time")?)?,
+        size: r.try_get("size")?,
+        expire_time: opt_from_ms(r.try_get("expire_time")?)?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        copied_at: opt_from_ms(r.try_get("copied_at")?)?,
+    })
+}
+
+fn cross_from_row(r: &SqliteRow) -> Result<CrossRegionPolicy, CatalogError> {
+    let kind: String = r.try_get("retention_type")?;
+    let value: i64 = r.try_get("retention_value")?;
+    Ok(CrossRegionPolicy {
+        instance_id: r.try_get("instance_id")?,
+        dest_region: r.try_get("dest_region")?,
+        src_region: r.try_get("src_region")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        backup_period: r.try_get("backup_period")?,
+        retention: match kind.as_str() {
+            "never" => CrossRetention::Never,
+            _ => CrossRetention::Days(value),
+        },
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+    })
 }
 
 fn json(text: &str, what: &str) -> Result<serde_json::Value, CatalogError> {
@@ -1043,6 +1086,153 @@ impl CatalogBackend for SqliteCatalog {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_cross_policy(&self, p: &CrossRegionPolicy) -> Result<(), CatalogError> {
+        let (kind, value) = match p.retention {
+            CrossRetention::Days(d) => ("delay", d),
+            CrossRetention::Never => ("never", 0),
+        };
+        sqlx::query(
+            "INSERT INTO cross_region_policies (instance_id, dest_region, src_region, enabled, backup_period, \
+             retention_type, retention_value, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (instance_id, dest_region) DO UPDATE SET src_region = excluded.src_region, \
+             enabled = excluded.enabled, backup_period = excluded.backup_period, \
+             retention_type = excluded.retention_type, retention_value = excluded.retention_value, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&p.instance_id)
+        .bind(&p.dest_region)
+        .bind(&p.src_region)
+        .bind(i64::from(p.enabled))
+        .bind(&p.backup_period)
+        .bind(kind)
+        .bind(value)
+        .bind(ms(p.updated_at))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_cross_policies(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<CrossRegionPolicy>, CatalogError> {
+        sqlx::query(
+            "SELECT * FROM cross_region_policies WHERE instance_id = ? ORDER BY dest_region",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(cross_from_row)
+        .collect()
+    }
+
+    async fn enqueue_copy(&self, c: &BackupCopy) -> Result<bool, CatalogError> {
+        let done = sqlx::query(&format!(
+            "INSERT OR IGNORE INTO backup_copies ({COPY_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(c.backup_id)
+        .bind(&c.dest_region)
+        .bind(&c.instance_id)
+        .bind(c.status.as_str())
+        .bind(c.attempts)
+        .bind(ms(c.next_attempt_at))
+        .bind(&c.last_error)
+        .bind(&c.method)
+        .bind(ms(c.start_time))
+        .bind(c.end_time.map(ms))
+        .bind(c.size)
+        .bind(c.expire_time.map(ms))
+        .bind(ms(c.created_at))
+        .bind(c.copied_at.map(ms))
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    async fn due_copies(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BackupCopy>, CatalogError> {
+        sqlx::query(&format!(
+            "SELECT {COPY_COLUMNS} FROM backup_copies WHERE status = 'Pending' AND next_attempt_at <= ? \
+             ORDER BY next_attempt_at, backup_id LIMIT ?"
+        ))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(copy_from_row)
+        .collect()
+    }
+
+    async fn update_copy(&self, c: &BackupCopy) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE backup_copies SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, size = ?, \
+             copied_at = ? WHERE backup_id = ? AND dest_region = ?",
+        )
+        .bind(c.status.as_str())
+        .bind(c.attempts)
+        .bind(ms(c.next_attempt_at))
+        .bind(&c.last_error)
+        .bind(c.size)
+        .bind(c.copied_at.map(ms))
+        .bind(c.backup_id)
+        .bind(&c.dest_region)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_copies(
+        &self,
+        instance_id: &str,
+        dest_region: &str,
+    ) -> Result<Vec<BackupCopy>, CatalogError> {
+        sqlx::query(&format!(
+            "SELECT {COPY_COLUMNS} FROM backup_copies WHERE instance_id = ? AND dest_region = ? \
+             ORDER BY backup_id DESC"
+        ))
+        .bind(instance_id)
+        .bind(dest_region)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(copy_from_row)
+        .collect()
+    }
+
+    async fn expired_copies(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BackupCopy>, CatalogError> {
+        sqlx::query(&format!(
+            "SELECT {COPY_COLUMNS} FROM backup_copies WHERE status = 'Success' AND expire_time IS NOT NULL \
+             AND expire_time <= ? ORDER BY expire_time LIMIT ?"
+        ))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(copy_from_row)
+        .collect()
+    }
+
+    async fn delete_copy(&self, backup_id: i64, dest_region: &str) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM backup_copies WHERE backup_id = ? AND dest_region = ?")
+            .bind(backup_id)
+            .bind(dest_region)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 

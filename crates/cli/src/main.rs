@@ -28,6 +28,23 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum RepoCommand {
+    /// Copies successful backups (older ones included) into a second repository and verifies every copy there.
+    /// TARGET is a configured [[repository.copies]] dest_region or url (copies are recorded and listed by
+    /// DescribeBackups with DestRegion), or another s3:// or file:/// URL.
+    Copy {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Destination: a dest_region, or a repository URL.
+        #[arg(long)]
+        to: String,
+        /// Only this backup.
+        #[arg(long)]
+        backup_id: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Runs the API server and the backup job runner.
     Serve {
@@ -153,6 +170,11 @@ enum Command {
     Scrub {
         #[arg(long, short, env = "DDSVAULT_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Works on second repositories (`[[repository.copies]]`).
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
     },
     /// Runs one retention pass now: deletes expired backups, finishes interrupted deletions and sweeps orphan
     /// snapshot chunks (the server does this every `[retention] gc_interval_secs`).
@@ -677,6 +699,20 @@ fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
             anyhow::ensure!(r.is_clean(), "scrub found damage (listed above)");
+            Ok(())
+        }),
+        Command::Repo {
+            command:
+                RepoCommand::Copy {
+                    config,
+                    to,
+                    backup_id,
+                },
+        } => rt.block_on(async {
+            let cfg = load_config(config.as_ref())?;
+            for line in ddsvault_server::offline::copy_backups(&cfg, &to, backup_id).await? {
+                println!("{line}");
+            }
             Ok(())
         }),
         Command::Retention { config, .. } | Command::Gc { config } => rt.block_on(async {

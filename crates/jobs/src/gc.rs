@@ -85,6 +85,8 @@ pub enum Deletion {
     NotFound,
     /// The instance's retention lock holds (requested deletions only); nothing was touched.
     Locked { unlock_at: Option<DateTime<Utc>> },
+    /// The backup's objects are under S3 Object Lock retention until then; nothing was touched.
+    Retained { until: DateTime<Utc> },
 }
 
 /// Deletes one backup in the safe order described in the module documentation.
@@ -96,8 +98,36 @@ pub async fn delete_backup(
     repo: &Repository,
     backup_id: i64,
 ) -> Result<Deletion, JobError> {
+    if let Some(until) = retained_until(catalog, repo, backup_id, Utc::now()).await? {
+        return Ok(Deletion::Retained { until });
+    }
     let mark = catalog.mark_backup_deleting(backup_id).await?;
     finish_deletion(catalog, repo, mark).await
+}
+
+/// When the objects of a backup not yet being deleted are under S3 Object Lock retention after `now`: until
+/// then S3 refuses to delete them (a plain DELETE would only hide them behind a delete marker), so ddsvault
+/// refuses the deletion as well. `None` on repositories without object lock.
+async fn retained_until(
+    catalog: &Catalog,
+    repo: &Repository,
+    backup_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, JobError> {
+    let Some(b) = catalog.get_backup(backup_id).await? else {
+        return Ok(None);
+    };
+    if b.status == BackupStatus::Deleting {
+        return Ok(None);
+    }
+    for prefix in prefixes_of(&b) {
+        match repo.check_not_retained(&prefix, now).await {
+            Ok(()) => {}
+            Err(ddsvault_repo::RepoError::Retained { until, .. }) => return Ok(Some(until)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
 }
 
 /// A deletion someone asked for (`DeleteBackup`): as [`delete_backup`], refused while the instance's retention
@@ -111,6 +141,9 @@ pub async fn delete_backup_on_request(
     backup_id: i64,
     now: DateTime<Utc>,
 ) -> Result<Deletion, JobError> {
+    if let Some(until) = retained_until(catalog, repo, backup_id, now).await? {
+        return Ok(Deletion::Retained { until });
+    }
     let mark = catalog
         .mark_backup_deleting_unless_locked(backup_id, now)
         .await?;
@@ -139,7 +172,7 @@ async fn finish_deletion(
 
 /// The repository prefixes holding a backup's files: its canonical prefix, plus the recorded one if it differs
 /// and still lies inside the instance's own area (a damaged row can never widen a deletion).
-fn prefixes_of(b: &Backup) -> Vec<RepoPath> {
+pub(crate) fn prefixes_of(b: &Backup) -> Vec<RepoPath> {
     let canonical = Repository::backup_prefix(&b.instance_id, b.id);
     let mut out = vec![canonical.clone()];
     if let Ok(recorded) = RepoPath::new(b.repo_prefix.clone()) {
@@ -155,6 +188,50 @@ fn prefixes_of(b: &Backup) -> Vec<RepoPath> {
     out
 }
 
+/// Every successful backup of an instance with the slot that took it (retention looks at all of them).
+pub(crate) async fn candidates(
+    catalog: &Catalog,
+    instance_id: &str,
+) -> Result<Vec<Candidate>, JobError> {
+    let slots: HashMap<i64, (SlotKind, DateTime<Utc>)> = catalog
+        .list_backup_slots(instance_id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let kind = if s.schedule == SCHEDULE_HIGH_FREQUENCY {
+                SlotKind::HighFrequency
+            } else {
+                SlotKind::Standard
+            };
+            (s.backup_id, (kind, s.slot_start))
+        })
+        .collect();
+    let filter = BackupFilter {
+        instance_id: Some(instance_id.to_string()),
+        ..BackupFilter::default()
+    };
+    let mut out = Vec::new();
+    for number in 1u32.. {
+        let (total, page) = catalog
+            .list_backups(&filter, Page { number, size: 500 })
+            .await?;
+        let empty = page.is_empty();
+        out.extend(
+            page.into_iter()
+                .filter(|b| b.status == BackupStatus::Success)
+                .map(|b| Candidate {
+                    backup_id: b.id,
+                    expire_time: b.expire_time,
+                    slot: slots.get(&b.id).copied(),
+                }),
+        );
+        if empty || u64::from(number) * 500 >= total {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// What one collector pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -162,6 +239,9 @@ pub struct GcReport {
     pub deleted: Vec<i64>,
     /// Backups kept because a restore reads them.
     pub in_use: Vec<i64>,
+    /// Expired backups kept because their objects are still under S3 Object Lock retention (the store's clock
+    /// or a longer retention put by hand); retried next pass.
+    pub retained: Vec<i64>,
     /// Expired backups a tiered policy keeps longer: their recorded expiry was extended.
     pub extended: Vec<i64>,
     /// Deletions and chunk sweeps that failed (retried next pass).
@@ -622,45 +702,7 @@ impl Gc {
     /// Every successful backup of an instance with the slot that took it (the thinning of high-frequency
     /// snapshots looks at their neighbours, not only the expired ones).
     async fn candidates(&self, instance_id: &str) -> Result<Vec<Candidate>, JobError> {
-        let slots: HashMap<i64, (SlotKind, DateTime<Utc>)> = self
-            .catalog
-            .list_backup_slots(instance_id)
-            .await?
-            .into_iter()
-            .map(|s| {
-                let kind = if s.schedule == SCHEDULE_HIGH_FREQUENCY {
-                    SlotKind::HighFrequency
-                } else {
-                    SlotKind::Standard
-                };
-                (s.backup_id, (kind, s.slot_start))
-            })
-            .collect();
-        let filter = BackupFilter {
-            instance_id: Some(instance_id.to_string()),
-            ..BackupFilter::default()
-        };
-        let mut out = Vec::new();
-        for number in 1u32.. {
-            let (total, page) = self
-                .catalog
-                .list_backups(&filter, Page { number, size: 500 })
-                .await?;
-            let empty = page.is_empty();
-            out.extend(
-                page.into_iter()
-                    .filter(|b| b.status == BackupStatus::Success)
-                    .map(|b| Candidate {
-                        backup_id: b.id,
-                        expire_time: b.expire_time,
-                        slot: slots.get(&b.id).copied(),
-                    }),
-            );
-            if empty || u64::from(number) * 500 >= total {
-                break;
-            }
-        }
-        Ok(out)
+        candidates(&self.catalog, instance_id).await
     }
 
     async fn apply(&self, p: &InstancePlan, report: &mut GcReport, skip: &mut HashSet<i64>) {
@@ -697,7 +739,7 @@ impl Gc {
                 }
             }
         }
-        for id in &report.in_use {
+        for id in report.in_use.iter().chain(&report.retained) {
             skip.insert(*id);
         }
     }
@@ -714,6 +756,10 @@ impl Gc {
                     );
                     report.in_use.push(b.id);
                 }
+                Ok(Deletion::Retained { until }) => {
+                    tracing::info!(backup_id = b.id, until = %until, "expired backup kept: its objects are retained by S3 Object Lock");
+                    report.retained.push(b.id);
+                }
                 // Expiry deletions never ask about the lock (Locked is only answered to requested deletions).
                 Ok(Deletion::Running | Deletion::NotFound | Deletion::Locked { .. }) => {}
                 Err(e) => {
@@ -722,6 +768,11 @@ impl Gc {
                 }
             }
         }
+    }
+
+    /// The time between two passes.
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     /// Runs a pass at once, then one every `interval`, until `cancel` fires.

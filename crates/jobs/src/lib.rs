@@ -5,11 +5,13 @@
 //! job, and a job whose process died is failed by the next process that starts (or notices its stale heartbeat).
 
 mod backup;
+pub mod copies;
 mod error;
 pub mod file_restore;
 pub mod gc;
 pub mod import;
 pub mod integrity;
+pub mod object_lock;
 pub mod physical;
 pub mod progress;
 mod restore;

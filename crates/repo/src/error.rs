@@ -91,6 +91,27 @@ pub enum RepoError {
         /// The failing step and the store's reason.
         reason: String,
     },
+
+    /// An S3 Object Lock request (reading the bucket's configuration, reading or putting an object's retention)
+    /// failed.
+    #[error("object lock on {path:?}: {reason}")]
+    ObjectLock {
+        /// The object (empty for the bucket).
+        path: String,
+        /// The step and the server's answer.
+        reason: String,
+    },
+
+    /// The object is under S3 Object Lock retention: it cannot be deleted before then.
+    #[error("{path} is retained (S3 Object Lock, {mode}) until {until}")]
+    Retained {
+        /// The object.
+        path: String,
+        /// `COMPLIANCE` or `GOVERNANCE`.
+        mode: &'static str,
+        /// The retain-until date.
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// `e` and its sources, `: `-separated: object_store hides the HTTP status and the server's message (e.g.
@@ -122,9 +143,10 @@ impl RepoError {
             | RepoError::Manifest { .. }
             | RepoError::Cancelled
             | RepoError::WriterDropped { .. }
-            | RepoError::Unusable { .. } => true,
+            | RepoError::Unusable { .. }
+            | RepoError::Retained { .. } => true,
             RepoError::Store(e) => store_error_is_permanent(e),
-            RepoError::Io(_) | RepoError::Internal(_) => false,
+            RepoError::Io(_) | RepoError::Internal(_) | RepoError::ObjectLock { .. } => false,
         }
     }
 

@@ -71,11 +71,14 @@
 #![warn(missing_docs)]
 
 pub mod chunks;
+mod copy;
+pub mod encrypted;
 mod error;
 mod hash;
 pub mod layout;
 mod local;
 mod manifest;
+mod object_lock;
 mod path;
 mod repository;
 pub mod s3;
@@ -91,6 +94,7 @@ pub use chunks::{ChunkRef, ChunkSeal, SnapshotFile, SnapshotIndex, StoredChunk};
 pub use error::RepoError;
 pub use hash::sha256_hex;
 pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};
+pub use object_lock::{ObjectRetention, Retained};
 pub use path::RepoPath;
 pub use repository::{ObjectInfo, Repository, RepositoryLocation, UploadTuning};
 pub use s3::S3Settings;

@@ -41,7 +41,7 @@ pub struct Repository {
     /// The same store as `store` when it is S3: for the multipart journal and conditional creates.
     pub(crate) s3: Option<Arc<crate::s3::S3Store>>,
     /// Part size and parts in flight of this repository's uploads ([`Repository::upload_options`]).
-    upload_tuning: UploadTuning,
+    pub(crate) upload_tuning: UploadTuning,
 }
 
 /// Where a repository lives; see [`Repository::open`].
@@ -124,6 +124,14 @@ impl Repository {
         };
         repo.upload_tuning = tuning;
         Ok(repo)
+    }
+
+    /// The same repository with every object sealed by `key` on the way in and opened on the way out
+    /// (client-side encryption, see [`crate::encrypted`]). Multipart journal markers and S3 Object Lock requests
+    /// bypass it (they hold no backup data).
+    pub fn with_encryption(mut self, key: Arc<crate::encrypted::MasterKey>) -> Self {
+        self.store = Arc::new(crate::encrypted::EncryptedStore::new(self.store, key));
+        self
     }
 
     /// A repository over any object store (S3, OSS, a wrapper, …).
@@ -242,6 +250,115 @@ impl Repository {
             }
         }
         Ok(aborted)
+    }
+
+    /// Whether the repository itself can refuse early deletions: an S3 bucket with Object Lock enabled. Local
+    /// and memory repositories answer `false` without contacting anything.
+    ///
+    /// # Errors
+    /// [`RepoError::ObjectLock`] if the bucket's configuration cannot be read.
+    pub async fn object_lock_enabled(&self) -> Result<bool, RepoError> {
+        match &self.s3 {
+            Some(s3) => s3.object_lock.bucket_lock_enabled().await,
+            None => Ok(false),
+        }
+    }
+
+    /// The S3 Object Lock retention of the object at `path` (its current version); `None` when it has none or
+    /// the repository is not S3.
+    ///
+    /// # Errors
+    /// [`RepoError::NotFound`], or [`RepoError::ObjectLock`] with the server's answer.
+    pub async fn retention(
+        &self,
+        path: &RepoPath,
+    ) -> Result<Option<crate::ObjectRetention>, RepoError> {
+        match &self.s3 {
+            Some(s3) => s3.object_lock.retention(&path.to_location()?).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Puts `COMPLIANCE` retention until `until` on the object at `path`, or leaves a longer one in place: never
+    /// shortens. Needs an S3 bucket with Object Lock enabled ([`Repository::object_lock_enabled`]).
+    ///
+    /// # Errors
+    /// [`RepoError::ObjectLock`] on a repository without object lock or when the server refuses,
+    /// [`RepoError::NotFound`] if the object is gone.
+    pub async fn retain_until(
+        &self,
+        path: &RepoPath,
+        until: DateTime<Utc>,
+    ) -> Result<crate::Retained, RepoError> {
+        match &self.s3 {
+            Some(s3) => s3.object_lock.retain(&path.to_location()?, until).await,
+            None => Err(RepoError::ObjectLock {
+                path: path.to_string(),
+                reason: "the repository is not an S3 bucket with object lock".into(),
+            }),
+        }
+    }
+
+    /// Every object a committed backup consists of: everything under its prefix (manifest last-written but
+    /// listed like the rest) and, for a snapshot, the chunks its index names (shared with other snapshots).
+    ///
+    /// # Errors
+    /// The store error, or a manifest or index that does not decode.
+    pub async fn backup_objects(
+        &self,
+        prefix: &RepoPath,
+        instance_id: &str,
+    ) -> Result<Vec<RepoPath>, RepoError> {
+        let mut out: Vec<RepoPath> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.path)
+            .collect();
+        if let Some(m) = self.read_manifest(prefix).await? {
+            if let Some(idx) = self.read_snapshot_index(prefix, &m).await? {
+                let digests: std::collections::BTreeSet<String> = idx
+                    .files
+                    .into_iter()
+                    .flat_map(|f| f.chunks.into_iter().map(|c| c.sha256))
+                    .collect();
+                for d in digests {
+                    out.push(crate::chunks::chunk_path(instance_id, &d)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses ([`RepoError::Retained`]) when the manifest under `prefix` is under S3 Object Lock retention
+    /// after `now`. On a versioned (object lock) bucket a plain DELETE only adds a delete marker and succeeds,
+    /// hiding the backup while its locked versions stay: deletions of backups check this first instead.
+    ///
+    /// # Errors
+    /// [`RepoError::Retained`], or the error reading the retention (a missing manifest is not retained).
+    pub async fn check_not_retained(
+        &self,
+        prefix: &RepoPath,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        if !self.object_lock_enabled().await? {
+            return Ok(());
+        }
+        let manifest = Self::manifest_path(prefix);
+        match self.retention(&manifest).await {
+            Ok(Some(r)) if r.until > now => Err(RepoError::Retained {
+                path: manifest.to_string(),
+                mode: if r.compliance {
+                    "COMPLIANCE"
+                } else {
+                    "GOVERNANCE"
+                },
+                until: r.until,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// An empty in-memory repository, for tests.

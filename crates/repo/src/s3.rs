@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::FutureExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{HttpConnector, ReqwestConnector};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
@@ -31,6 +32,8 @@ use object_store::{
     RetryConfig, UploadPart,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::object_lock::ObjectLockClient;
 
 /// Top-level directory of the multipart upload journal (see the module docs).
 pub const UPLOADS_DIR: &str = "uploads";
@@ -149,7 +152,11 @@ impl S3Settings {
         if let Some(t) = &self.session_token {
             b = b.with_token(t);
         }
-        let s3 = b
+        let client_options = ClientOptions::new()
+            .with_allow_http(self.allow_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(self.request_timeout);
+        let b = b
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(self.virtual_hosted_style)
             .with_retry(RetryConfig {
@@ -157,15 +164,31 @@ impl S3Settings {
                 max_retries: self.max_retries,
                 retry_timeout: self.retry_timeout,
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(self.allow_http)
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_timeout(self.request_timeout),
-            )
-            .build()?;
+            .with_client_options(client_options.clone());
+        // The object lock requests go to the same bucket URL object_store derives (builder.rs `bucket_endpoint`).
+        let region = b
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let bucket_url = match b.get_config_value(&AmazonS3ConfigKey::Endpoint) {
+            Some(e) if self.virtual_hosted_style => e.trim_end_matches('/').to_string(),
+            Some(e) => format!("{}/{}", e.trim_end_matches('/'), self.bucket),
+            None if self.virtual_hosted_style => {
+                format!("https://{}.s3.{region}.amazonaws.com", self.bucket)
+            }
+            None => format!("https://s3.{region}.amazonaws.com/{}", self.bucket),
+        };
+        let s3 = b.build()?;
         let prefix = Path::from(self.prefix.as_str());
+        let object_lock = ObjectLockClient {
+            http: ReqwestConnector::default().connect(&client_options)?,
+            credentials: Arc::clone(s3.credentials()),
+            region,
+            bucket_url,
+            prefix: prefix.clone(),
+            known_enabled: std::sync::atomic::AtomicBool::new(false),
+        };
         Ok(S3Store {
+            object_lock,
             inner: PrefixStore::new(s3.clone(), prefix.clone()),
             s3: Arc::new(s3),
             prefix,
@@ -188,6 +211,8 @@ pub(crate) struct UploadMarker {
 /// through `PrefixStore`.
 #[derive(Debug)]
 pub(crate) struct S3Store {
+    /// The S3 Object Lock requests object_store does not make.
+    pub(crate) object_lock: ObjectLockClient,
     inner: PrefixStore<AmazonS3>,
     s3: Arc<AmazonS3>,
     prefix: Path,

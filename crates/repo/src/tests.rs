@@ -43,6 +43,21 @@ async fn conformance_local() -> TestResult {
     Ok(())
 }
 
+fn test_key() -> std::sync::Arc<crate::encrypted::MasterKey> {
+    std::sync::Arc::new(crate::encrypted::MasterKey::from_bytes(&[0x42; 32]))
+}
+
+/// Client-side encryption is transparent: the whole suite passes over sealed stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_encrypted_memory_and_local() -> TestResult {
+    conformance(&Repository::memory().with_encryption(test_key())).await;
+    let dir = tempfile::tempdir()?;
+    let repo = Repository::local(dir.path())?.with_encryption(test_key());
+    conformance(&repo).await;
+    assert!(walk(dir.path())?.is_empty());
+    Ok(())
+}
+
 /// The single-threaded runtime (`#[tokio::test]` default) must work too: the uploader and the
 /// producer must not need a second worker.
 #[tokio::test]

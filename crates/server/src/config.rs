@@ -147,6 +147,17 @@ pub struct RepositoryConfig {
     /// Create manifests with `If-None-Match: *` (default true); set false for a server that rejects it.
     #[serde(default)]
     pub conditional_create: Option<bool>,
+    /// Client-side encryption: a file holding the 32-byte master key (64 hex digits). Every object is sealed
+    /// with AES-256-GCM under its own data key wrapped by it (docs/s3-repository.md). Losing it loses the backups.
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// In a `[[repository.copies]]` entry: the Dds region name of the copy (`DestRegion`), e.g. `cn-shanghai`.
+    #[serde(default)]
+    pub dest_region: Option<String>,
+    /// `[[repository.copies]]`: second repositories receiving a verified copy of every new backup
+    /// (docs/s3-repository.md). Same keys as `[repository]`, plus `dest_region`.
+    #[serde(default)]
+    pub copies: Vec<RepositoryConfig>,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -253,6 +264,57 @@ impl RepositoryConfig {
             }
         }
         Ok(RepositoryLocation::S3(s))
+    }
+
+    /// The copy repositories by region, checked: each names a distinct `dest_region` and nests no copies; the
+    /// main repository names none.
+    ///
+    /// # Errors
+    /// A missing, repeated or misplaced `dest_region`, nested copies, or an invalid copy location.
+    pub fn copy_locations(
+        &self,
+        data_dir: &Path,
+    ) -> Result<
+        Vec<(
+            String,
+            ddsvault_repo::RepositoryLocation,
+            ddsvault_repo::UploadTuning,
+        )>,
+        ConfigError,
+    > {
+        if self.dest_region.is_some() {
+            return Err(ConfigError(
+                "[repository] dest_region belongs in a [[repository.copies]] entry".into(),
+            ));
+        }
+        let mut out: Vec<(String, _, _)> = Vec::new();
+        for c in &self.copies {
+            let region = c
+                .dest_region
+                .as_deref()
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| {
+                    ConfigError(
+                        "[[repository.copies]] needs dest_region (e.g. \"cn-shanghai\")".into(),
+                    )
+                })?;
+            if !c.copies.is_empty() {
+                return Err(ConfigError(
+                    "[[repository.copies]] entries cannot have copies of their own".into(),
+                ));
+            }
+            if out.iter().any(|(r, _, _)| r == region) {
+                return Err(ConfigError(format!(
+                    "[[repository.copies]] dest_region {region:?} is named twice"
+                )));
+            }
+            let location = c
+                .location(data_dir)
+                .map_err(|e| ConfigError(format!("[[repository.copies]] {region}: {}", e.0)))?;
+            out.push((region.to_string(), location, c.tuning()?));
+        }
+        Ok(out)
     }
 
     /// Part size and parts in flight of uploads.
@@ -763,6 +825,7 @@ impl Config {
         let err = |m: String| Err(ConfigError(m));
         self.repository.location(&self.data_dir)?;
         self.repository.tuning()?;
+        self.repository.copy_locations(&self.data_dir)?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return err(format!(
                 "listen = {:?} is not an ip:port address",
@@ -1142,5 +1205,42 @@ mod tests {
         let c = Config::parse("[repository]\nsecret_access_key = \"S3SECRET\"\nurl = \"s3://b\"")
             .expect("valid");
         assert!(!format!("{c:?}").contains("S3SECRET"));
+    }
+
+    #[test]
+    fn copy_repositories() {
+        let parse = |body: &str| Config::parse(&format!("data_dir = \"/d\"\n[repository]\n{body}"));
+        let c = parse(
+            "[[repository.copies]]\ndest_region = \"cn-shanghai\"\nurl = \"s3://second/c\"\n\
+             [[repository.copies]]\ndest_region = \"cn-beijing\"\nurl = \"file:///srv/copy\"",
+        )
+        .expect("valid");
+        let regions: Vec<String> = c
+            .repository
+            .copy_locations(&c.data_dir)
+            .expect("copies")
+            .into_iter()
+            .map(|(r, _, _)| r)
+            .collect();
+        assert_eq!(regions, ["cn-shanghai", "cn-beijing"]);
+        for (body, needle) in [
+            (
+                "[[repository.copies]]\nurl = \"file:///c\"",
+                "needs dest_region",
+            ),
+            (
+                "[[repository.copies]]\ndest_region = \"a\"\nurl = \"file:///c\"\n\
+                 [[repository.copies]]\ndest_region = \"a\"\nurl = \"file:///e\"",
+                "named twice",
+            ),
+            ("dest_region = \"a\"", "belongs in"),
+            (
+                "[[repository.copies]]\ndest_region = \"a\"\nurl = \"gs://x\"",
+                "supported are",
+            ),
+        ] {
+            let e = parse(body).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?}: {}", e.0);
+        }
     }
 }

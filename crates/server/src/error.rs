@@ -90,6 +90,13 @@ pub enum ActionError {
         instance: String,
         unlock_at: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// The backup's objects carry S3 Object Lock (COMPLIANCE) retention until `until`: the store refuses to
+    /// delete them before, and so does ddsvault.
+    #[error("backup {backup_id} is retained by S3 Object Lock until {until}")]
+    ObjectRetained {
+        backup_id: i64,
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// The instance cannot be reached; the text is already free of credentials.
     #[error("instance unreachable: {0}")]
     InstanceUnreachable(String),
@@ -240,6 +247,14 @@ pub fn to_api_error(e: ActionError) -> ApiError {
                     ),
                     None => "Disable it with ModifyBackupRetentionLock (Enable=false); it ends after the cooling-off period.".to_string(),
                 }
+            ),
+        ),
+        ActionError::ObjectRetained { backup_id, until } => ApiError::new(
+            403,
+            "OperationDenied.RetentionLocked",
+            format!(
+                "The backup {backup_id} cannot be deleted: its objects are under S3 Object Lock (COMPLIANCE) retention until {}, which not even the bucket owner can shorten.",
+                until.format("%Y-%m-%dT%H:%M:%SZ")
             ),
         ),
         ActionError::RamNotFound { kind, what } => ApiError::new(

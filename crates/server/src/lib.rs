@@ -111,6 +111,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
 
     // A repository that cannot be used stops the start before the catalog is touched.
     let repo = repository::open_checked(&cfg).await?;
+    let copy_targets = repository::open_copies(&cfg).await?;
     let catalog: Catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
     let now = Utc::now();
     let account_id = match &cfg.account_id {
@@ -275,6 +276,14 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         cfg.server.nonces_per_access_key,
     );
     state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
+    if !copy_targets.is_empty() {
+        state.copier = Some(Arc::new(ddsvault_jobs::copies::Copier::new(
+            Arc::clone(&state.catalog),
+            state.repo.clone(),
+            copy_targets,
+            cfg.instances.iter().map(|i| i.id.clone()).collect(),
+        )));
+    }
     state.retention_lock_cooling_off = chrono::Duration::seconds(
         i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
     );
@@ -406,7 +415,19 @@ impl Prepared {
         self.tasks
             .spawn("job-runner", move |token| runner.run(tasks, token));
         let gc = Arc::clone(&self.gc);
+        let lock_interval = gc.interval();
         self.tasks.spawn("retention-gc", move |token| gc.run(token));
+        if let Some(copier) = self.state.copier.clone() {
+            // Copies follow new backups within a minute, or a collector interval if that is shorter.
+            let every = lock_interval.min(Duration::from_secs(60));
+            self.tasks
+                .spawn("repository-copies", move |token| copier.run(every, token));
+        }
+        let locker = Arc::clone(&self.state.object_lock);
+        let ids: Vec<String> = self.state.instances.keys().cloned().collect();
+        self.tasks.spawn("object-lock", move |token| {
+            locker.run(ids, lock_interval, token)
+        });
         if let Some(interval) = self.scrub_interval {
             let (catalog, repo) = (self.state.catalog.clone(), self.state.repo.clone());
             self.tasks.spawn("repository-scrub", move |token| {

@@ -551,6 +551,137 @@ pub fn audit_line(r: &ddsvault_catalog::AuditRecord) -> String {
     )
 }
 
+/// `ddsvault repo copy --to TARGET`: copies successful backups (all, or `backup_id`) into a second repository
+/// and verifies each copy there against the catalog's record of its manifest. `to` is a configured
+/// `[[repository.copies]]` `dest_region` or `url` (the copies are then recorded, so DescribeBackups with
+/// `DestRegion` lists them and they expire with the region's retention), or any other `s3://…`/`file:///…` URL
+/// (an unrecorded copy; an `s3://` URL uses the main `[repository]`'s endpoint and credentials). Backups already
+/// copied are skipped. Returns one line per backup.
+///
+/// # Errors
+/// Catalog errors, or an unusable target; a failed copy is reported in its line and makes the result `Err` at
+/// the end.
+pub async fn copy_backups(
+    cfg: &Config,
+    to: &str,
+    backup_id: Option<i64>,
+) -> Result<Vec<String>, ServerError> {
+    let (catalog, source) = open(cfg).await?;
+    let configured = cfg
+        .repository
+        .copy_locations(&cfg.data_dir)?
+        .into_iter()
+        .zip(cfg.repository.copies.iter())
+        .find(|((region, _, _), c)| region == to || c.url.as_deref() == Some(to));
+    let (region, target) = match configured {
+        Some(((region, _, _), rc)) => (
+            Some(region),
+            crate::repository::open_with(rc, &cfg.data_dir)?,
+        ),
+        None => {
+            let mut rc = cfg.repository.clone();
+            rc.url = Some(to.to_string());
+            rc.local_path = None;
+            rc.copies.clear();
+            if to.starts_with("file://") {
+                rc = crate::config::RepositoryConfig {
+                    url: Some(to.to_string()),
+                    ..Default::default()
+                };
+            }
+            // An unconfigured target is sealed with the main repository's key, if it has one.
+            rc.encryption_key_file = cfg.repository.encryption_key_file.clone();
+            (None, crate::repository::open_with(&rc, &cfg.data_dir)?)
+        }
+    };
+    target.check().await?;
+    let backups: Vec<Backup> = match backup_id {
+        Some(id) => vec![finished_backup(&catalog, id).await?],
+        None => {
+            let mut all = Vec::new();
+            for inst in &cfg.instances {
+                let filter = ddsvault_catalog::BackupFilter {
+                    instance_id: Some(inst.id.clone()),
+                    ..Default::default()
+                };
+                for number in 1u32.. {
+                    let (total, page) = catalog
+                        .list_backups(&filter, ddsvault_catalog::Page { number, size: 500 })
+                        .await?;
+                    let empty = page.is_empty();
+                    all.extend(
+                        page.into_iter()
+                            .filter(|b| b.status == BackupStatus::Success),
+                    );
+                    if empty || u64::from(number) * 500 >= total {
+                        break;
+                    }
+                }
+            }
+            all.sort_by_key(|b| b.id);
+            all
+        }
+    };
+    let mut lines = Vec::new();
+    let mut failed = 0;
+    let copier = region.as_ref().map(|r| {
+        ddsvault_jobs::copies::Copier::new(
+            catalog.clone(),
+            source.clone(),
+            vec![ddsvault_jobs::copies::CopyTarget {
+                dest_region: r.clone(),
+                repo: target.clone(),
+            }],
+            Vec::new(),
+        )
+    });
+    for b in backups {
+        let outcome = match (&copier, &region) {
+            (Some(c), Some(r)) => c.copy_now(&b, r, chrono::Utc::now()).await,
+            _ => copy_unrecorded(&source, &target, &b).await,
+        };
+        match outcome {
+            Ok(Some(bytes)) => lines.push(format!(
+                "backup {} copied to {to} and verified ({bytes} bytes)",
+                b.id
+            )),
+            Ok(None) => lines.push(format!("backup {} already in {to}", b.id)),
+            Err(e) => {
+                failed += 1;
+                lines.push(format!("backup {} NOT copied: {e}", b.id));
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(ConfigError(format!(
+            "{failed} backup(s) could not be copied to {to}:\n{}",
+            lines.join("\n")
+        ))
+        .into());
+    }
+    Ok(lines)
+}
+
+/// A copy to a repository that is not a configured region: skipped when it verifies there already.
+async fn copy_unrecorded(
+    source: &Repository,
+    target: &Repository,
+    b: &Backup,
+) -> Result<Option<u64>, ddsvault_jobs::JobError> {
+    if ddsvault_jobs::integrity::verify_backup(target, b)
+        .await
+        .is_ok()
+    {
+        return Ok(None);
+    }
+    let prefix = RepoPath::new(b.repo_prefix.clone())?;
+    let bytes = source
+        .copy_backup_to(target, &prefix, &b.instance_id)
+        .await?;
+    ddsvault_jobs::integrity::verify_backup(target, b).await?;
+    Ok(Some(bytes))
+}
+
 #[cfg(test)]
 mod audit_tests {
     use super::parse_since;

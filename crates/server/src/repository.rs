@@ -20,9 +20,25 @@ const LOST_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
 /// # Errors
 /// Invalid settings, or a local directory that cannot be created.
 pub fn open(cfg: &Config) -> Result<Repository, ServerError> {
-    let location = cfg.repository.location(&cfg.data_dir)?;
-    let tuning = cfg.repository.tuning()?;
-    Ok(Repository::open(&location, tuning)?)
+    open_with(&cfg.repository, &cfg.data_dir)
+}
+
+/// Opens the repository `rc` describes (the main one or a copy), with its encryption key if it has one.
+///
+/// # Errors
+/// Invalid settings, an unreadable key file, or a local directory that cannot be created.
+pub fn open_with(
+    rc: &crate::config::RepositoryConfig,
+    data_dir: &std::path::Path,
+) -> Result<Repository, ServerError> {
+    let repo = Repository::open(&rc.location(data_dir)?, rc.tuning()?)?;
+    Ok(match &rc.encryption_key_file {
+        Some(path) => {
+            let key = ddsvault_repo::encrypted::MasterKey::from_file(path).map_err(ConfigError)?;
+            repo.with_encryption(std::sync::Arc::new(key))
+        }
+        None => repo,
+    })
 }
 
 /// Opens the repository and proves it usable (write, read, delete, list), so a server with wrong credentials, a
@@ -49,4 +65,34 @@ pub async fn open_checked(cfg: &Config) -> Result<Repository, ServerError> {
         Err(e) => tracing::warn!(error = %e, "could not sweep lost multipart uploads"),
     }
     Ok(repo)
+}
+
+/// Opens the `[[repository.copies]]` repositories and proves each usable, like the main one.
+///
+/// # Errors
+/// Invalid settings, or a copy repository that fails its check.
+pub async fn open_copies(
+    cfg: &Config,
+) -> Result<Vec<ddsvault_jobs::copies::CopyTarget>, ServerError> {
+    let mut out = Vec::new();
+    let regions = cfg.repository.copy_locations(&cfg.data_dir)?;
+    for ((region, _, _), rc) in regions.into_iter().zip(&cfg.repository.copies) {
+        let repo = open_with(rc, &cfg.data_dir)?;
+        match tokio::time::timeout(CHECK_TIMEOUT, repo.check()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ConfigError(format!(
+                    "copy repository {} ({region}) did not answer within {} s",
+                    repo.store(),
+                    CHECK_TIMEOUT.as_secs()
+                ))
+                .into())
+            }
+        }
+        out.push(ddsvault_jobs::copies::CopyTarget {
+            dest_region: region,
+            repo,
+        });
+    }
+    Ok(out)
 }

@@ -68,6 +68,10 @@ pub struct AppState {
     pub skew: chrono::Duration,
     pub catalog: Catalog,
     pub repo: Repository,
+    /// Puts the retention lock onto the repository (S3 Object Lock), see `ddsvault_jobs::object_lock`.
+    pub object_lock: Arc<ddsvault_jobs::object_lock::ObjectLocker>,
+    /// Copies to `[[repository.copies]]` (cross-region backup); `None` when none is configured.
+    pub copier: Option<Arc<ddsvault_jobs::copies::Copier>>,
     pub downloads: crate::download::UrlSigner,
     /// Base of download URLs: `public_url` from the configuration, else `http://<bound address>`.
     pub public_base: std::sync::OnceLock<String>,
@@ -118,6 +122,11 @@ impl AppState {
             account_id,
             host_id,
             skew,
+            object_lock: Arc::new(ddsvault_jobs::object_lock::ObjectLocker::new(
+                catalog.clone(),
+                repo.clone(),
+            )),
+            copier: None,
             catalog,
             repo,
             downloads,

@@ -352,6 +352,9 @@ pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
         }
     }
     let pg = page(p)?;
+    if let Some(dest) = p.opt_str("DestRegion") {
+        return describe_copies(st, id, dest.trim(), backup_id, start, end, pg).await;
+    }
     let (total, backups) = st
         .catalog
         .list_backups(
@@ -372,6 +375,81 @@ pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
         "Backups".into(),
         json!({ "Backup": backups.iter().map(|b| backup_json(st, b)).collect::<Vec<_>>() }),
     );
+    out.insert("TotalCount".into(), json!(total));
+    out.insert("PageNumber".into(), json!(pg.number));
+    out.insert("PageSize".into(), json!(pg.size));
+    Ok(out)
+}
+
+/// DescribeBackups with `DestRegion`: the copies of the instance's backups in that region's repository
+/// (`[[repository.copies]]`), in Dds' backup format. `BackupStatus` is the copy's: `Success` once copied and
+/// verified, `Pending` while waiting for an attempt (ddsvault's `Running`-like state), `Failed` when given up;
+/// `BackupExpireTime` is the copy's own expiry. Copies are not downloadable through this service (their
+/// repository is the copy): the URLs are empty.
+async fn describe_copies(
+    st: &AppState,
+    id: &str,
+    dest: &str,
+    backup_id: Option<i64>,
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    end: Option<chrono::DateTime<chrono::Utc>>,
+    pg: ddsvault_catalog::Page,
+) -> ActionResult {
+    let regions = st.copier.as_ref().map(|c| c.regions()).unwrap_or_default();
+    if !regions.iter().any(|r| r == dest) {
+        return Err(ApiError::invalid_parameter(
+            "DestRegion",
+            &format!(
+                "{dest:?} has no repository here; configured [[repository.copies]] regions: {}.",
+                if regions.is_empty() {
+                    "none".to_string()
+                } else {
+                    regions.join(", ")
+                }
+            ),
+        ));
+    }
+    let copies: Vec<_> = st
+        .catalog
+        .list_copies(id, dest)
+        .await
+        .map_err(ActionError::from)?
+        .into_iter()
+        .filter(|c| backup_id.is_none_or(|b| b == c.backup_id))
+        .filter(|c| {
+            start.is_none_or(|s| c.start_time >= s) && end.is_none_or(|e| c.start_time <= e)
+        })
+        .collect();
+    let total = copies.len();
+    let skip = (pg.number.saturating_sub(1) as usize).saturating_mul(pg.size as usize);
+    let items: Vec<Value> = copies
+        .iter()
+        .skip(skip)
+        .take(pg.size as usize)
+        .map(|c| {
+            json!({
+                "BackupId": c.backup_id.to_string(),
+                "BackupStatus": c.status.as_str(),
+                "BackupStartTime": dds_time(c.start_time),
+                "BackupEndTime": c.end_time.map(dds_time).unwrap_or_default(),
+                "BackupExpireTime": dds_time(c.expire_time.unwrap_or_else(ddsvault_catalog::permanent_expiry)),
+                "BackupSize": c.size,
+                "BackupMethod": c.method,
+                "BackupType": "FullBackup",
+                "BackupDownloadURL": "",
+                "BackupIntranetDownloadURL": "",
+                "IsAvail": c.status == ddsvault_catalog::CopyStatus::Success,
+                "SrcRegion": st.region_id,
+                "DestRegion": c.dest_region,
+                // ddsvault extensions: when the copy was verified, and the last failure while it is not.
+                "CopyTime": c.copied_at.map(dds_time).unwrap_or_default(),
+                "CopyAttempts": c.attempts,
+                "ErrorMessage": c.last_error,
+            })
+        })
+        .collect();
+    let mut out = Map::new();
+    out.insert("Backups".into(), json!({ "Backup": items }));
     out.insert("TotalCount".into(), json!(total));
     out.insert("PageNumber".into(), json!(pg.number));
     out.insert("PageSize".into(), json!(pg.size));

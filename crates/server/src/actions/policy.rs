@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use ddsvault_api::{ApiError, Params};
 use ddsvault_catalog::policy::{format_backup_period, parse_backup_period, parse_backup_window};
 use ddsvault_catalog::BackupPolicy;
+use ddsvault_catalog::{CrossRegionPolicy, CrossRetention};
 use serde_json::{json, Map};
 
 use crate::error::ActionError;
@@ -65,18 +66,135 @@ pub(crate) async fn next_backup_answer(
 /// High-frequency (Flash) snapshot intervals in minutes; -1 switches high-frequency backup off.
 const BACKUP_INTERVALS: [i64; 10] = [-1, 15, 30, 60, 120, 180, 240, 360, 480, 720];
 
-/// Cross-region backup parameters of ModifyBackupPolicy: not implemented, so refused instead of ignored.
-const CROSS_REGION_PARAMS: [&str; 9] = [
+/// Cross-region log backup parameters of ModifyBackupPolicy: not implemented (copies are of backup sets, not of
+/// the oplog), so refused instead of ignored.
+const CROSS_REGION_LOG_PARAMS: [&str; 3] = [
+    "CrossLogRetentionType",
+    "CrossLogRetentionValue",
+    "EnableCrossLogBackup",
+];
+
+/// Cross-region backup parameters of ModifyBackupPolicy: they drive the copies to `[[repository.copies]]`.
+const CROSS_REGION_PARAMS: [&str; 6] = [
     "CrossBackupType",
     "CrossBackupPeriod",
     "CrossRetentionType",
     "CrossRetentionValue",
-    "CrossLogRetentionType",
-    "CrossLogRetentionValue",
-    "EnableCrossLogBackup",
     "DestRegion",
     "SrcRegion",
 ];
+
+/// The cross-region settings a ModifyBackupPolicy call carries, checked and merged with the stored ones for
+/// its `DestRegion`; `None` when it carries none. `preferred_period` is the (new) standard backup period, of
+/// which `CrossBackupPeriod` must be a subset.
+async fn cross_changes(
+    st: &AppState,
+    id: &str,
+    p: &Params,
+    preferred_period: &str,
+) -> Result<Option<CrossRegionPolicy>, ApiError> {
+    if !CROSS_REGION_PARAMS.iter().any(|n| p.opt_str(n).is_some()) {
+        return Ok(None);
+    }
+    let Some(copier) = &st.copier else {
+        return Err(ActionError::CrossRegionNotSupported(
+            "Cross-region backup needs a second repository: configure [[repository.copies]] with a dest_region (docs/s3-repository.md).".into(),
+        )
+        .into());
+    };
+    let regions = copier.regions();
+    let dest = p.required("DestRegion")?.trim().to_string();
+    if !regions.contains(&dest) {
+        return Err(ApiError::invalid_parameter(
+            "DestRegion",
+            &format!(
+                "{dest:?} has no repository; configured [[repository.copies]] regions: {}.",
+                regions.join(", ")
+            ),
+        ));
+    }
+    if let Some(src) = p.opt_str("SrcRegion") {
+        if src.trim() != st.region_id {
+            return Err(ApiError::invalid_parameter(
+                "SrcRegion",
+                &format!("It must be this service's region {}.", st.region_id),
+            ));
+        }
+    }
+    let stored = st
+        .catalog
+        .list_cross_policies(id)
+        .await
+        .map_err(ActionError::from)?
+        .into_iter()
+        .find(|c| c.dest_region == dest);
+    let enabled = match p.opt_str("CrossBackupType") {
+        None | Some("update") => true,
+        Some("delete") => false,
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(
+                "CrossBackupType",
+                "Valid values: update, delete.",
+            ))
+        }
+    };
+    let backup_period = match p.opt_str("CrossBackupPeriod") {
+        Some(v) => {
+            let days = parse_backup_period(v).map_err(ActionError::InvalidBackupPeriod)?;
+            let allowed = parse_backup_period(preferred_period).unwrap_or_default();
+            if let Some(d) = days.iter().find(|d| !allowed.contains(d)) {
+                return Err(ApiError::invalid_parameter(
+                    "CrossBackupPeriod",
+                    &format!("{d} is not in PreferredBackupPeriod ({preferred_period}): the cross-region days must be a subset of it."),
+                ));
+            }
+            format_backup_period(&days)
+        }
+        None => stored
+            .as_ref()
+            .map(|c| c.backup_period.clone())
+            .unwrap_or_default(),
+    };
+    let value = p.opt_i64("CrossRetentionValue").map_err(|_| {
+        ApiError::invalid_parameter("CrossRetentionValue", "It must be an integer: 3-1825 days.")
+    })?;
+    if let Some(v) = value {
+        if !(3..=1825).contains(&v) {
+            return Err(ApiError::invalid_parameter(
+                "CrossRetentionValue",
+                &format!("{v} is out of range: 3-1825 days."),
+            ));
+        }
+    }
+    let retention = match p.opt_str("CrossRetentionType") {
+        Some("never") => CrossRetention::Never,
+        Some("delay") => CrossRetention::Days(
+            value.ok_or_else(|| ApiError::missing_parameter("CrossRetentionValue"))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(
+                "CrossRetentionType",
+                "Valid values: delay, never.",
+            ))
+        }
+        None => match (value, stored.as_ref().map(|c| c.retention)) {
+            (Some(v), _) => CrossRetention::Days(v),
+            (None, Some(r)) => r,
+            (None, None) => {
+                return Err(ApiError::missing_parameter("CrossRetentionType"));
+            }
+        },
+    };
+    Ok(Some(CrossRegionPolicy {
+        instance_id: id.to_string(),
+        dest_region: dest,
+        src_region: st.region_id.clone(),
+        enabled,
+        backup_period,
+        retention,
+        updated_at: chrono::Utc::now(),
+    }))
+}
 
 pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
@@ -132,19 +250,49 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         "BackupRetentionPolicyOnClusterDeletion".into(),
         json!(pol.backup_retention_policy_on_cluster_deletion),
     );
+    // Cross-region settings (of the first destination region that has some; ddsvault extension
+    // CrossRegionPolicies lists all of them).
+    let cross = st
+        .catalog
+        .list_cross_policies(id)
+        .await
+        .map_err(ActionError::from)?;
+    if let Some(c) = cross.first() {
+        let (kind, value) = match c.retention {
+            CrossRetention::Days(d) => ("delay", d),
+            CrossRetention::Never => ("never", 0),
+        };
+        out.insert(
+            "CrossBackupType".into(),
+            json!(if c.enabled { "update" } else { "delete" }),
+        );
+        out.insert("CrossBackupPeriod".into(), json!(c.backup_period));
+        out.insert("CrossRetentionType".into(), json!(kind));
+        out.insert("CrossRetentionValue".into(), json!(value));
+        out.insert("SrcRegion".into(), json!(c.src_region));
+        out.insert("DestRegion".into(), json!(c.dest_region));
+    }
     Ok(out)
 }
 
 pub async fn modify_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
-    let current = st
-        .catalog
-        .get_policy(id)
-        .await
-        .map_err(ActionError::from)?
-        .unwrap_or_default();
-    let updated = apply_changes(current, p)?;
+    let stored = st.catalog.get_policy(id).await.map_err(ActionError::from)?;
+    let current = stored.clone().unwrap_or_default();
+    let updated = apply_changes(current.clone(), p)?;
+    let cross = cross_changes(st, id, p, &updated.preferred_backup_period).await?;
+    if let Some(c) = &cross {
+        st.catalog
+            .put_cross_policy(c)
+            .await
+            .map_err(ActionError::from)?;
+        tracing::info!(instance = %id, policy = ?c, "cross-region backup settings modified");
+        if stored.is_none() && updated == current {
+            // Only cross-region settings: storing the standard policy would switch automatic backups on.
+            return Ok(Map::new());
+        }
+    }
     st.catalog
         .put_policy(id, &updated, chrono::Utc::now())
         .await
@@ -156,12 +304,15 @@ pub async fn modify_backup_policy(st: &AppState, p: &Params) -> ActionResult {
 /// Validates every parameter the call carries and returns the policy with them applied. Absent (or empty)
 /// parameters keep their stored value.
 pub(crate) fn apply_changes(mut pol: BackupPolicy, p: &Params) -> Result<BackupPolicy, ApiError> {
-    if let Some(name) = CROSS_REGION_PARAMS.iter().find(|n| p.opt_str(n).is_some()) {
+    if let Some(name) = CROSS_REGION_LOG_PARAMS
+        .iter()
+        .find(|n| p.opt_str(n).is_some())
+    {
         return Err(ApiError::new(
             400,
             "UnsupportedOperation",
             format!(
-                "Cross-region backup ({name}) is not implemented by this ddsvault version. See docs/api.md."
+                "Cross-region log backup ({name}) is not implemented by this ddsvault version: copies are of backup sets. See docs/s3-repository.md."
             ),
         ));
     }
@@ -353,7 +504,7 @@ mod tests {
         // BackupInterval must be -1 with Standard snapshots (the default type).
         assert_eq!(code(&[("BackupInterval", "60")]), "InvalidParameter");
         assert_eq!(
-            code(&[("CrossBackupType", "update")]),
+            code(&[("EnableCrossLogBackup", "1")]),
             "UnsupportedOperation"
         );
     }

@@ -87,7 +87,51 @@ pub async fn modify_backup_retention_lock(st: &AppState, p: &Params) -> ActionRe
         .await
         .map_err(ActionError::from)?;
     tracing::info!(instance = %id, enable, unlock_at = ?lock.as_ref().and_then(|l| l.unlock_at), "retention lock changed");
-    Ok(lock_answer(st, id, lock.as_ref()))
+    let mut out = lock_answer(st, id, lock.as_ref());
+    add_object_lock(st, &mut out).await;
+    if enable && out.get("RepositoryObjectLock") == Some(&json!("Enabled")) {
+        // The answer waits for the existing backups to be retained, so that when it says so the bucket refuses
+        // their deletion; new backups and later expiries are covered by the periodic pass.
+        match st.object_lock.pass_instance(id, Utc::now()).await {
+            Ok(pass) => {
+                out.insert(
+                    "ObjectLockRetainedBackups".into(),
+                    json!(pass.retained_backups),
+                );
+                out.insert("ObjectLockPendingBackups".into(), json!(pass.failed.len()));
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "object lock pass failed; the periodic pass retries");
+                out.insert("ObjectLockPendingBackups".into(), json!(-1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// ddsvault extension fields: whether the repository enforces the lock itself (S3 Object Lock, COMPLIANCE
+/// retention) or only ddsvault does.
+async fn add_object_lock(st: &AppState, out: &mut Map<String, Value>) {
+    let (state, note) = match st.object_lock.supported().await {
+        Ok(true) => (
+            "Enabled",
+            "The bucket has S3 Object Lock: while the lock is on, every object of each backup gets COMPLIANCE retention until the backup expires, so not even the bucket owner can delete it earlier.".to_string(),
+        ),
+        Ok(false) if st.repo.has_atomic_rename() => (
+            "Unsupported",
+            "The repository is a local directory: only ddsvault enforces the lock; anyone who can write the directory can still delete backups.".to_string(),
+        ),
+        Ok(false) => (
+            "Unsupported",
+            "The bucket has no S3 Object Lock: only ddsvault enforces the lock; anyone with write access to the bucket can still delete backups. Create the bucket with object lock enabled to have the store enforce it.".to_string(),
+        ),
+        Err(e) => (
+            "Unknown",
+            format!("The bucket's object lock configuration could not be read: {e}"),
+        ),
+    };
+    out.insert("RepositoryObjectLock".into(), json!(state));
+    out.insert("RepositoryObjectLockNote".into(), json!(note));
 }
 
 /// ddsvault extension: the state of the retention lock and when it unlocks.
@@ -99,7 +143,9 @@ pub async fn describe_backup_retention_lock(st: &AppState, p: &Params) -> Action
         .get_retention_lock(id)
         .await
         .map_err(ActionError::from)?;
-    Ok(lock_answer(st, id, lock.as_ref()))
+    let mut out = lock_answer(st, id, lock.as_ref());
+    add_object_lock(st, &mut out).await;
+    Ok(out)
 }
 
 pub async fn delete_backup(st: &AppState, p: &Params) -> ActionResult {
@@ -126,6 +172,11 @@ pub async fn delete_backup(st: &AppState, p: &Params) -> ActionResult {
         Deletion::Locked { unlock_at } => Err(ActionError::RetentionLocked {
             instance: id.to_string(),
             unlock_at,
+        }
+        .into()),
+        Deletion::Retained { until } => Err(ActionError::ObjectRetained {
+            backup_id: backup.id,
+            until,
         }
         .into()),
         Deletion::InUse { job_id } => Err(ActionError::BackupInUse {

@@ -276,8 +276,10 @@ def main():
                     help="measure backup against the raw read only (no restore, no peers)")
     ap.add_argument("--no-peers", action="store_true", help="leave out mongodump/mongorestore even if installed")
     ap.add_argument("--out", default=None, help="default: bench/results/<UTC time>-run.json")
+    ap.add_argument("--no-setup", action="store_true", help="use the stack in $STACK_DIR as it is (no setup-stack.sh)")
     args = ap.parse_args()
-    sh(str(REPO / "scripts" / "setup-stack.sh"))
+    if not args.no_setup:
+        sh(str(REPO / "scripts" / "setup-stack.sh"))
     build()
     tools = stack.mongo_tools_unavailable_reason()
     if tools:

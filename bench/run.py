@@ -11,7 +11,9 @@ Builds the release binary, generates reproducible datasets in FerretDB, and meas
   - the raw insert rate of the target server (crates/mongo/examples/raw_write.rs: the same documents, held in
     memory, inserted with the restore's batches and parallelism) as the limit for restore
   - peak RSS of the ddsvault process (VmHWM, one fresh process per measured run)
-It prints min/median with repeat counts and the ratios ddsvault/peer and ddsvault/limit, and writes a JSON file.
+It prints min/median with repeat counts and the ratios ddsvault/peer and ddsvault/limit, and writes a JSON file
+under bench/results/ (committed: the log of every run), with the machine, the load average before and after, the
+nice value it ran at and the peers' versions. The machine is shared: run it as `nice -n -10 ...` (root) and say so.
 
   .stack/venv/bin/python bench/run.py --datasets small,medium --repeat 3
   .stack/venv/bin/python bench/run.py --datasets large --large-mb 4096 --repeat 1 [--no-peers | --backup-only]
@@ -40,7 +42,8 @@ sys.path.insert(0, str(REPO / "tests" / "blackbox"))
 import stack  # noqa: E402
 
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-BIN = TARGET / "release" / "ddsvault"
+# DDSVAULT_BENCH_BIN: another build to measure (e.g. a copy of the binary before a change, for a before/after).
+BIN = Path(os.environ.get("DDSVAULT_BENCH_BIN") or TARGET / "release" / "ddsvault")
 RAW_READ = TARGET / "release" / "examples" / "raw_read"
 RAW_WRITE = TARGET / "release" / "examples" / "raw_write"
 AK = ("LTAI5tBenchRootKey0001", "bench-root-secret-0001")
@@ -222,6 +225,44 @@ def children_cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+RESULTS = REPO / "bench" / "results"
+
+
+def machine() -> dict:
+    """What a result must say about where it was taken: CPU, memory, kernel, load (1/5/15-minute averages, taken
+    now: call again at the end), the nice value of this harness, the commit measured."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal:")), None)
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "mem_mib": mem,
+            "python": platform.python_version(), "nice": os.nice(0), "loadavg_start": list(os.getloadavg()),
+            "commit": commit}
+
+
+def tool_versions() -> dict:
+    """The peers' versions, as the binaries report them (or why they are missing)."""
+    out = {}
+    for key, path in (("mongodump", stack.bin("mongodump")), ("mongorestore", stack.mongorestore_for_ferretdb())):
+        try:
+            out[key] = stack.tool_version(path)
+        except (OSError, subprocess.SubprocessError) as e:
+            out[key] = f"unavailable: {e}"
+    return out
+
+
+def write_result(kind: str, results: dict, out: str | None = None) -> Path:
+    """Writes one run's JSON to `out`, or bench/results/<UTC time>-<kind>.json, after recording the end load."""
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = Path(out) if out else RESULTS / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
 def summary(xs):
     return {"runs": len(xs), "min": min(xs), "median": statistics.median(xs), "values": xs} if xs else None
 
@@ -234,17 +275,19 @@ def main():
     ap.add_argument("--backup-only", action="store_true",
                     help="measure backup against the raw read only (no restore, no peers)")
     ap.add_argument("--no-peers", action="store_true", help="leave out mongodump/mongorestore even if installed")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"bench-{int(time.time())}.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/<UTC time>-run.json")
+    ap.add_argument("--no-setup", action="store_true", help="use the stack in $STACK_DIR as it is (no setup-stack.sh)")
     args = ap.parse_args()
-    sh(str(REPO / "scripts" / "setup-stack.sh"))
+    if not args.no_setup:
+        sh(str(REPO / "scripts" / "setup-stack.sh"))
     build()
     tools = stack.mongo_tools_unavailable_reason()
     if tools:
         tools = tools.splitlines()[0]
     if args.backup_only or args.no_peers:
         tools = "not measured (--backup-only or --no-peers)"
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()}, "datasets": {}}
+    results = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+               "command": sys.argv[1:], "peers": tools or tool_versions(), "datasets": {}}
     for name in args.datasets.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -333,9 +376,8 @@ def main():
             print(f"  {k:30s} " + (f"min {v['min']:.2f}  median {v['median']:.2f}" if v else "n/a"))
         for k, v in s["ratios"].items():
             print(f"  {k:30s} {v if isinstance(v, str) else f'{v:.2f}'}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    print(f"\nload average: start {results['machine']['loadavg_start']}, end {list(os.getloadavg())}")
+    print(f"wrote {write_result('run', results, args.out)}")
 
 
 if __name__ == "__main__":

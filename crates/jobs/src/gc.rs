@@ -1264,9 +1264,8 @@ mod tests {
         let id = backup(cat, repo, inst, None).await;
         let refs: Vec<ddsvault_repo::ChunkRef> = chunks
             .iter()
-            .map(|raw| ddsvault_repo::ChunkRef {
-                sha256: ddsvault_repo::sha256_hex(raw),
-                size: raw.len() as u64,
+            .map(|raw| {
+                ddsvault_repo::ChunkRef::new(ddsvault_repo::sha256_hex(raw), raw.len() as u64)
             })
             .collect();
         for (raw, c) in chunks.iter().zip(&refs) {
@@ -1348,10 +1347,7 @@ mod tests {
         assert!(!has_chunk(&repo, "dds-s", b"left by a failed snapshot").await);
         assert!(!has_chunk(&repo, "dds-other", b"shared").await);
         for raw in [&b"shared"[..], b"only-second"] {
-            let c = ddsvault_repo::ChunkRef {
-                sha256: ddsvault_repo::sha256_hex(raw),
-                size: raw.len() as u64,
-            };
+            let c = ddsvault_repo::ChunkRef::new(ddsvault_repo::sha256_hex(raw), raw.len() as u64);
             assert_eq!(repo.get_chunk("dds-s", &c).await.expect("kept"), raw);
         }
         assert!(cat.get_backup(second).await.expect("get").is_some());

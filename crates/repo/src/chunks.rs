@@ -21,7 +21,7 @@
 //! Chunks no manifest names (left by a failed or deleted snapshot) are orphans: [`Repository::referenced_chunks`]
 //! gives the set a collector must keep.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -39,12 +39,56 @@ use crate::{
 pub const SNAPSHOT_INDEX_FILE: &str = "snapshot-index.json.zst";
 
 /// One chunk of a snapshot file, in file order.
+///
+/// `blake3` and `stored` were added later (both optional, left out when absent): indexes written before them
+/// read as they are, and readers that predate them ignore them (serde skips unknown fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
     /// Lowercase hex SHA-256 of the raw (uncompressed) bytes.
     pub sha256: String,
     /// Raw size in bytes.
     pub size: u64,
+    /// Fingerprint of the raw bytes: the first 16 bytes of their BLAKE3 hash, lowercase hex. The next snapshot
+    /// of the instance looks its chunks up by it, so an unchanged chunk is neither SHA-256 hashed nor compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Stored (compressed and sealed) bytes of the chunk when this snapshot wrote or reused it: a later snapshot
+    /// reuses the chunk only if the store still holds it with exactly this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u64>,
+}
+
+impl ChunkRef {
+    /// A chunk named by its SHA-256 and raw size, without fingerprint or stored size (the original format).
+    pub fn new(sha256: String, size: u64) -> Self {
+        Self {
+            sha256,
+            size,
+            blake3: None,
+            stored: None,
+        }
+    }
+}
+
+/// Length in bytes of a chunk fingerprint ([`ChunkRef::blake3`]): 128 bits of BLAKE3 keep a crafted collision
+/// out of reach (2^64 work) while adding only 32 hex digits per chunk to the index.
+pub const FINGERPRINT_BYTES: usize = 16;
+
+/// The fingerprint of a chunk's raw bytes ([`ChunkRef::blake3`]).
+pub fn fingerprint(raw: &[u8]) -> String {
+    hex::encode(&blake3::hash(raw).as_bytes()[..FINGERPRINT_BYTES])
+}
+
+/// What [`Repository::put_chunk_checked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutChunk {
+    /// The chunk was absent and is now stored with this many bytes.
+    Written(u64),
+    /// The store held a chunk of that name with another size than expected (damaged or truncated): it was
+    /// written again, with this many bytes. Other snapshots may name it, so it is not this writer's to delete.
+    Replaced(u64),
+    /// The store already held it, with this many bytes (the expected size, when one was given).
+    Present(u64),
 }
 
 /// One file of a snapshot.
@@ -80,7 +124,12 @@ impl SnapshotIndex {
             if !is_digest(&f.sha256) {
                 return Err(bad(format!("file {:?}: malformed sha256", f.name)));
             }
-            if let Some(c) = f.chunks.iter().find(|c| !is_digest(&c.sha256)) {
+            if let Some(c) = f.chunks.iter().find(|c| {
+                !is_digest(&c.sha256)
+                    || c.blake3
+                        .as_deref()
+                        .is_some_and(|b| b.len() != 2 * FINGERPRINT_BYTES || !is_hex(b))
+            }) {
                 return Err(bad(format!(
                     "file {:?}: malformed chunk digest {:?}",
                     f.name, c.sha256
@@ -229,9 +278,12 @@ fn open_chunk(at: &str, stored: &[u8], want: &ChunkRef) -> Result<(Vec<u8>, Chun
 }
 
 fn is_digest(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && is_hex(s)
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Repository {
@@ -319,13 +371,42 @@ impl Repository {
         raw: Bytes,
         zstd_level: i32,
     ) -> Result<Option<u64>, RepoError> {
+        Ok(
+            match self
+                .put_chunk_checked(instance_id, sha256, raw, zstd_level, None)
+                .await?
+            {
+                PutChunk::Written(n) | PutChunk::Replaced(n) => Some(n),
+                PutChunk::Present(_) => None,
+            },
+        )
+    }
+
+    /// [`Repository::put_chunk`] that also says what was there: a chunk already stored counts as present only
+    /// with `expect_stored` bytes when that is given (the size an earlier snapshot recorded), with any non-zero
+    /// size otherwise; one of another size is written again ([`PutChunk::Replaced`]), since the name fixes the
+    /// content and a rewrite can only repair it.
+    ///
+    /// # Errors
+    /// As [`Repository::put_chunk`].
+    pub async fn put_chunk_checked(
+        &self,
+        instance_id: &str,
+        sha256: &str,
+        raw: Bytes,
+        zstd_level: i32,
+        expect_stored: Option<u64>,
+    ) -> Result<PutChunk, RepoError> {
         let path = chunk_path(instance_id, sha256)?;
-        match self.head(&path).await {
+        let replaced = match self.head(&path).await {
+            Ok(meta) if meta.size > 0 && expect_stored.is_none_or(|n| n == meta.size) => {
+                return Ok(PutChunk::Present(meta.size))
+            }
             // Empty: left by a power loss before the writer's sync (see `sync_deferred`); written again.
-            Ok(meta) if meta.size > 0 => return Ok(None),
-            Ok(_) | Err(RepoError::NotFound { .. }) => {}
+            Ok(meta) => meta.size > 0,
+            Err(RepoError::NotFound { .. }) => false,
             Err(e) => return Err(e),
-        }
+        };
         let expected = sha256.to_string();
         let at = path.to_string();
         let compressed = tokio::task::spawn_blocking(move || {
@@ -346,7 +427,11 @@ impl Repository {
         .map_err(|e| RepoError::Internal(format!("chunk compression task: {e}")))??;
         let stored = compressed.len() as u64;
         self.put_deferred(&path, Bytes::from(compressed)).await?;
-        Ok(Some(stored))
+        Ok(if replaced {
+            PutChunk::Replaced(stored)
+        } else {
+            PutChunk::Written(stored)
+        })
     }
 
     /// Reads a chunk back, decompressed and checked against its size and SHA-256 (on a blocking thread).
@@ -446,13 +531,29 @@ impl Repository {
         instance_id: &str,
     ) -> Result<HashSet<String>, RepoError> {
         Ok(self
+            .stored_chunk_sizes(instance_id)
+            .await?
+            .into_keys()
+            .collect())
+    }
+
+    /// The digests the instance's chunk store holds with their stored sizes, from one listing (see
+    /// [`Repository::stored_chunk_digests`]).
+    ///
+    /// # Errors
+    /// The store error.
+    pub async fn stored_chunk_sizes(
+        &self,
+        instance_id: &str,
+    ) -> Result<HashMap<String, u64>, RepoError> {
+        Ok(self
             .list(&chunks_prefix(instance_id))
             .await?
             .into_iter()
             .filter_map(|o| {
                 let name = o.path.file_name();
                 // An empty chunk file is what a power loss leaves of one written but not yet synced: not a chunk.
-                (is_digest(name) && o.size > 0).then(|| name.to_string())
+                (is_digest(name) && o.size > 0).then(|| (name.to_string(), o.size))
             })
             .collect())
     }
@@ -552,13 +653,7 @@ mod gc_tests {
         assert!(written.is_some_and(|n| n > 0), "rewritten: {written:?}");
         repo.sync_deferred().await.expect("sync");
         let back = repo
-            .get_chunk(
-                "dds-p",
-                &ChunkRef {
-                    sha256: digest.clone(),
-                    size: raw.len() as u64,
-                },
-            )
+            .get_chunk("dds-p", &ChunkRef::new(digest.clone(), raw.len() as u64))
             .await
             .expect("readable");
         assert_eq!(back, raw);
@@ -637,10 +732,7 @@ mod flip_tests {
             .expect("put");
         let path = chunk_path("dds-f", &digest).expect("path");
         let stored = repo.get(&path).await.expect("stored").to_vec();
-        let chunk = ChunkRef {
-            sha256: digest,
-            size: raw.len() as u64,
-        };
+        let chunk = ChunkRef::new(digest, raw.len() as u64);
         let mut accepted = Vec::new();
         for i in 0..stored.len() * 8 {
             let mut b = stored.clone();

@@ -129,10 +129,7 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
     const C: &str = "chunk store";
     let raw = Bytes::from(pseudo_random(7, 100_000));
     let digest = sha256_hex(&raw);
-    let chunk = ChunkRef {
-        sha256: digest.clone(),
-        size: raw.len() as u64,
-    };
+    let chunk = ChunkRef::new(digest.clone(), raw.len() as u64);
     let first = repo
         .put_chunk(instance, &digest, raw.clone(), 3)
         .await

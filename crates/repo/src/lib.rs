@@ -90,7 +90,7 @@ pub mod conformance;
 #[cfg(test)]
 mod tests;
 
-pub use chunks::{ChunkRef, ChunkSeal, SnapshotFile, SnapshotIndex, StoredChunk};
+pub use chunks::{ChunkRef, ChunkSeal, PutChunk, SnapshotFile, SnapshotIndex, StoredChunk};
 pub use error::RepoError;
 pub use hash::sha256_hex;
 pub use manifest::{Manifest, ManifestFile, MANIFEST_FORMAT};

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod import;
 pub mod integrity;
 pub mod physical;
+pub mod pitr;
 pub mod progress;
 mod restore;
 pub mod retention;

@@ -354,8 +354,11 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, CatalogError>;
     /// Gives the claim up (only if `owner` holds it).
-    async fn release_log_follower(&self, instance_id: &str, owner: &str)
-        -> Result<(), CatalogError>;
+    async fn release_log_follower(
+        &self,
+        instance_id: &str,
+        owner: &str,
+    ) -> Result<(), CatalogError>;
     /// Records a stored slice, only while `owner` holds the instance's claim (a fencing check in the same
     /// transaction) and only if it continues the last slice (`start_excl` = its `end_incl`) or is marked as a gap
     /// after it.

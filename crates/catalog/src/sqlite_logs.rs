@@ -7,7 +7,8 @@ use sqlx::Row;
 use super::{from_ms, ms, SqliteCatalog};
 use crate::{CatalogError, LogSlice, NewLogSlice};
 
-const SLICE_COLUMNS: &str = "id, instance_id, start_excl, end_incl, first_ts, last_ts, entries, size, sha256, \
+const SLICE_COLUMNS: &str =
+    "id, instance_id, start_excl, end_incl, first_ts, last_ts, entries, size, sha256, \
      path, gap, created_at";
 
 fn slice_row(r: &SqliteRow) -> Result<LogSlice, CatalogError> {
@@ -73,12 +74,11 @@ impl SqliteCatalog {
         owner: &str,
     ) -> Result<LogSlice, CatalogError> {
         let mut tx = self.write.begin().await?;
-        let holder: Option<(String, i64)> = sqlx::query_as(
-            "SELECT owner, lease_until FROM log_followers WHERE instance_id = ?",
-        )
-        .bind(&s.instance_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let holder: Option<(String, i64)> =
+            sqlx::query_as("SELECT owner, lease_until FROM log_followers WHERE instance_id = ?")
+                .bind(&s.instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         match holder {
             Some((o, until)) if o == owner && until >= ms(s.now) => {}
             _ => {
@@ -120,10 +120,12 @@ impl SqliteCatalog {
         .bind(ms(s.now))
         .fetch_one(&mut *tx)
         .await?;
-        let row = sqlx::query(&format!("SELECT {SLICE_COLUMNS} FROM log_slices WHERE id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SLICE_COLUMNS} FROM log_slices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         let slice = slice_row(&row)?;
         tx.commit().await?;
         Ok(slice)

@@ -41,7 +41,8 @@ use bson::Timestamp;
 use bytes::Bytes;
 use chrono::Utc;
 use ddsvault_catalog::{
-    ts_key, ts_parts, Backup, CatalogError, BackupFilter, BackupStatus, Catalog, LogSlice, NewLogSlice, Page,
+    ts_key, ts_parts, Backup, BackupFilter, BackupStatus, Catalog, CatalogError, LogSlice,
+    NewLogSlice, Page,
 };
 use ddsvault_mongo::oplog;
 use ddsvault_repo::{sha256_hex, RepoPath, Repository};
@@ -297,7 +298,10 @@ impl Follower {
                         }
                     }
                     let mut fresh = Open::new(pred(oldest), true);
-                    Self::append(&mut fresh, entries.into_iter().filter(|(ts, _)| *ts >= oldest));
+                    Self::append(
+                        &mut fresh,
+                        entries.into_iter().filter(|(ts, _)| *ts >= oldest),
+                    );
                     fresh.covered = upto.max(fresh.start_excl);
                     *open = Some(fresh);
                 }
@@ -590,7 +594,10 @@ pub fn slice_entries(repo: Repository, plan: &PitrPlan) -> ddsvault_mongo::resto
             after,
             until,
         };
-        Ok(Box::new(it) as Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>)
+        Ok(Box::new(it)
+            as Box<
+                dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send,
+            >)
     })
 }
 

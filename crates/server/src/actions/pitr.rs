@@ -86,7 +86,10 @@ pub async fn check_recovery_condition(st: &AppState, p: &Params) -> ActionResult
     let id = p.required("SourceDBInstance")?;
     st.instance(id)?;
     let backup = p.get("BackupId").map(str::trim).filter(|s| !s.is_empty());
-    let time = p.get("RestoreTime").map(str::trim).filter(|s| !s.is_empty());
+    let time = p
+        .get("RestoreTime")
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
     let valid = match (backup, time) {
         (Some(b), None) => {
             let backup_id: i64 = b.parse().map_err(|_| {

@@ -120,7 +120,11 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
     st.instance(source)?;
     // RestoreTime (point in time, docs/pitr.md): the newest Logical backup at or before it (or BackupId, when
     // given) plus the log backup up to that second; refused here, before any job exists, outside every range.
-    let restore_time = match p.get("RestoreTime").map(str::trim).filter(|s| !s.is_empty()) {
+    let restore_time = match p
+        .get("RestoreTime")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(raw) => Some(super::pitr::parse_restore_time(raw)?),
         None => None,
     };

@@ -375,6 +375,39 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError>;
     /// Deletes the audit records older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError>;
+
+    // Continuous log backup (see crates/jobs/src/pitr.rs).
+
+    /// Takes or renews the claim of following `instance_id`'s oplog for `owner` until `lease_until`: succeeds when
+    /// nobody holds it, `owner` already does, or the holder's lease ran out before `now`. True if `owner` holds it.
+    async fn claim_log_follower(
+        &self,
+        instance_id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, CatalogError>;
+    /// Gives the claim up (only if `owner` holds it).
+    async fn release_log_follower(
+        &self,
+        instance_id: &str,
+        owner: &str,
+    ) -> Result<(), CatalogError>;
+    /// Records a stored slice, only while `owner` holds the instance's claim (a fencing check in the same
+    /// transaction) and only if it continues the last slice (`start_excl` = its `end_incl`) or is marked as a gap
+    /// after it.
+    ///
+    /// # Errors
+    /// [`CatalogError::Conflict`] when the claim is lost or the slice does not follow the last one.
+    async fn add_log_slice(
+        &self,
+        slice: &NewLogSlice,
+        owner: &str,
+    ) -> Result<LogSlice, CatalogError>;
+    /// The instance's slices, oldest first.
+    async fn list_log_slices(&self, instance_id: &str) -> Result<Vec<LogSlice>, CatalogError>;
+    /// Removes a slice's row (its object is deleted first by the caller).
+    async fn delete_log_slice(&self, id: i64) -> Result<(), CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -469,3 +469,53 @@ pub fn permanent_expiry() -> DateTime<Utc> {
     // 9999-01-01T00:00:00Z is a valid instant, so this cannot fail; the fallback only satisfies the type.
     DateTime::from_timestamp(253_370_764_800, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// An oplog timestamp as one ordered integer: `seconds << 32 | increment` (how slices are indexed).
+pub fn ts_key(time: u32, increment: u32) -> i64 {
+    (i64::from(time) << 32) | i64::from(increment)
+}
+
+/// `(seconds, increment)` of a [`ts_key`].
+pub fn ts_parts(key: i64) -> (u32, u32) {
+    // Keys are built by ts_key from two u32s, so both halves fit; a corrupt negative key reads as 0.
+    let k = u64::try_from(key).unwrap_or(0);
+    ((k >> 32) as u32, (k & 0xffff_ffff) as u32)
+}
+
+/// One stored slice of an instance's oplog: every entry with `start_excl < ts <= end_incl` (as [`ts_key`]s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSlice {
+    pub id: i64,
+    pub instance_id: String,
+    pub start_excl: i64,
+    pub end_incl: i64,
+    /// First and last entry held (none for an empty slice, which still proves the interval had no writes).
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+    pub entries: i64,
+    /// Stored (compressed) bytes and their SHA-256.
+    pub size: i64,
+    pub sha256: String,
+    /// Repository path of the slice object.
+    pub path: String,
+    /// The follower found the oplog had rolled past its position: entries between the previous slice and this
+    /// one are lost, and this slice starts a new recoverable range.
+    pub gap: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A slice to record (see [`LogSlice`]).
+#[derive(Clone, Debug)]
+pub struct NewLogSlice {
+    pub instance_id: String,
+    pub start_excl: i64,
+    pub end_incl: i64,
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+    pub entries: i64,
+    pub size: i64,
+    pub sha256: String,
+    pub path: String,
+    pub gap: bool,
+    pub now: DateTime<Utc>,
+}

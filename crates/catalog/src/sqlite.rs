@@ -20,11 +20,14 @@ use crate::{
     PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock, ScheduleRun,
     ScheduledJob,
 };
+use crate::{LogSlice, NewLogSlice};
 
 #[path = "sqlite_fast.rs"]
 mod fast;
 #[path = "sqlite_identity.rs"]
 mod identity;
+#[path = "sqlite_logs.rs"]
+mod logs;
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
 /// connection per process avoids `SQLITE_BUSY` on lock upgrades; reads use a small pool of their own.
@@ -1234,6 +1237,41 @@ impl CatalogBackend for SqliteCatalog {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    async fn claim_log_follower(
+        &self,
+        instance_id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        self.claim_log_follower_impl(instance_id, owner, now, lease_until)
+            .await
+    }
+
+    async fn release_log_follower(
+        &self,
+        instance_id: &str,
+        owner: &str,
+    ) -> Result<(), CatalogError> {
+        self.release_log_follower_impl(instance_id, owner).await
+    }
+
+    async fn add_log_slice(
+        &self,
+        slice: &NewLogSlice,
+        owner: &str,
+    ) -> Result<LogSlice, CatalogError> {
+        self.add_log_slice_impl(slice, owner).await
+    }
+
+    async fn list_log_slices(&self, instance_id: &str) -> Result<Vec<LogSlice>, CatalogError> {
+        self.list_log_slices_impl(instance_id).await
+    }
+
+    async fn delete_log_slice(&self, id: i64) -> Result<(), CatalogError> {
+        self.delete_log_slice_impl(id).await
     }
 
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError> {

@@ -13,6 +13,7 @@ pub mod import;
 pub mod integrity;
 pub mod object_lock;
 pub mod physical;
+pub mod pitr;
 pub mod progress;
 mod restore;
 pub mod retention;

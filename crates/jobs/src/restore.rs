@@ -14,7 +14,8 @@ use chrono::Utc;
 use ddsvault_catalog::{BackupStatus, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::restore::{
-    logical_restore, NsSelector, RestoreOptions, RestoreProgress, RestoreStage,
+    logical_restore_with_oplog, ExtraOplog, NsSelector, RestoreOptions, RestoreProgress,
+    RestoreStage,
 };
 use ddsvault_mongo::topology::connect;
 use ddsvault_repo::{RepoError, RepoPath, Repository};
@@ -151,6 +152,30 @@ pub(crate) async fn run(
         )
     };
 
+    // A point-in-time restore: the log slices from the backup's consistency point to the chosen second, checked
+    // to be still there and contiguous now (retention may have run since the request was accepted).
+    let extra: Option<ExtraOplog> = match job.params.get("restore_time").and_then(|v| v.as_u64()) {
+        None => None,
+        Some(t) => {
+            let t = u32::try_from(t)
+                .map_err(|_| JobError::Other(format!("restore time {t} out of range")))?;
+            let slices = runner.catalog.list_log_slices(&backup.instance_id).await?;
+            let bases: Vec<_> = crate::pitr::base_of(&backup).into_iter().collect();
+            let plan = crate::pitr::plan_point_in_time(
+                &crate::pitr::chains(&slices),
+                &bases,
+                t,
+                Some(backup.id),
+            )
+            .ok_or_else(|| {
+                JobError::Other(format!(
+                    "the log backup no longer covers the time from backup {backup_id} to {t}; nothing was restored"
+                ))
+            })?;
+            Some(crate::pitr::slice_entries(runner.repo.clone(), &plan))
+        }
+    };
+
     let client = connect(&spec.uri).await?;
     let opts = RestoreOptions {
         drop: job
@@ -179,7 +204,14 @@ pub(crate) async fn run(
         }
     };
     let restore_cancel = cancel.child_token();
-    let restore = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
+    let restore = logical_restore_with_oplog(
+        &client,
+        open(),
+        extra.clone(),
+        &opts,
+        &progress,
+        &restore_cancel,
+    );
     let summary = match with_heartbeat(runner, job.id, &job_progress, &restore_cancel, restore)
         .await?
     {
@@ -189,7 +221,14 @@ pub(crate) async fn run(
         // (it drops and rewrites the same collections), so one more attempt is safe; anything else fails the job.
         Err(e) if opts.drop && is_ferretdb_stale_index(&e.to_string()) => {
             tracing::warn!(error = %e, "FerretDB kept a dropped collection's index; restoring once more");
-            let again = logical_restore(&client, open(), &opts, &progress, &restore_cancel);
+            let again = logical_restore_with_oplog(
+                &client,
+                open(),
+                extra.clone(),
+                &opts,
+                &progress,
+                &restore_cancel,
+            );
             with_heartbeat(runner, job.id, &job_progress, &restore_cancel, again).await??
         }
         Err(e) => return Err(e.into()),
@@ -204,6 +243,7 @@ pub(crate) async fn run(
         })).collect::<Vec<_>>(),
         "warnings": summary.warnings,
         "oplog_replayed": summary.oplog_replayed,
+        "restore_time": job.params.get("restore_time"),
     });
     runner
         .catalog

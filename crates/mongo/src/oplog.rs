@@ -202,6 +202,76 @@ async fn edge_ts(client: &Client, dir: i32, what: &str) -> Result<Timestamp> {
     }
 }
 
+/// `ts` of the oldest (`dir` 1) or newest (`dir` -1) entry, `None` when the oplog is empty (log backup's follower).
+///
+/// # Errors
+/// Server errors; an entry without a timestamp.
+pub async fn edge_ts_opt(client: &Client, dir: i32) -> Result<Option<Timestamp>> {
+    match edge_ts(client, dir, if dir < 0 { "newest" } else { "oldest" }).await {
+        Ok(ts) => Ok(Some(ts)),
+        Err(MongoError::OplogUnusable(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The server's clock (`hello.localTime`), in whole seconds since the epoch: the follower only takes entries of
+/// seconds that are over on the server, so an entry still being written cannot land behind its position.
+///
+/// # Errors
+/// Server errors; an answer without `localTime`.
+pub async fn server_time_secs(client: &Client) -> Result<u32> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .map_err(|e| MongoError::from_driver("run hello", e))?;
+    let t = hello
+        .get_datetime("localTime")
+        .map_err(|e| MongoError::Protocol {
+            context: "run hello".into(),
+            detail: format!("no localTime: {e}"),
+        })?;
+    u32::try_from(t.timestamp_millis() / 1000).map_err(|_| MongoError::Protocol {
+        context: "run hello".into(),
+        detail: format!("localTime {t} out of range"),
+    })
+}
+
+/// Every entry with `after < ts <= upto`, sorted by `ts` (the order MongoDB applies them in; FerretDB's
+/// concurrent writers may insert entries slightly out of `ts` order).
+///
+/// # Errors
+/// Server errors naming the oplog; an entry without a timestamp.
+pub async fn entries_between(
+    client: &Client,
+    after: Timestamp,
+    upto: Timestamp,
+) -> Result<Vec<(Timestamp, RawDocumentBuf)>> {
+    use futures::TryStreamExt;
+    let cursor = client
+        .database(OPLOG_DB)
+        .collection::<RawDocumentBuf>(OPLOG_COLLECTION)
+        .find(doc! { "ts": { "$gt": after, "$lte": upto } })
+        .sort(doc! { "$natural": 1 })
+        .batch_size(1000)
+        .await
+        .map_err(|e| MongoError::from_driver("run find on local.oplog.rs", e))?;
+    let docs: Vec<RawDocumentBuf> = cursor
+        .try_collect()
+        .await
+        .map_err(|e| MongoError::from_driver("read local.oplog.rs", e))?;
+    let mut out = Vec::with_capacity(docs.len());
+    for d in docs {
+        let ts = d.get_timestamp("ts").map_err(|e| MongoError::Protocol {
+            context: "read local.oplog.rs".into(),
+            detail: format!("entry without a timestamp \"ts\": {e}"),
+        })?;
+        out.push((ts, d));
+    }
+    out.sort_by_key(|(ts, _)| *ts);
+    Ok(out)
+}
+
 /// `ts` of the newest oplog entry.
 pub(crate) async fn newest_ts(client: &Client) -> Result<Timestamp> {
     edge_ts(client, -1, "newest").await

@@ -345,7 +345,7 @@ pub struct ArchiveSummary {
 /// # Errors
 /// [`MongoError::Archive`] naming the byte offset, the namespace and what is wrong.
 pub fn verify_archive<R: Read>(r: R) -> Result<ArchiveSummary> {
-    verify_inner(r, None, None)
+    verify_inner(r, None, None, true)
 }
 
 /// The databases a backup holds (for `DescribeBackupDBs`): sorted and deduplicated,
@@ -379,6 +379,7 @@ fn verify_inner<R: Read>(
     r: R,
     cancel: Option<&CancellationToken>,
     mut oplog: Option<&mut Sequencer>,
+    restrict_dbs: bool,
 ) -> Result<ArchiveSummary> {
     let mut reader = ArchiveReader::new(r);
     let Some(ArchiveEvent::Prelude { header, namespaces }) = reader.next_event()? else {
@@ -392,7 +393,7 @@ fn verify_inner<R: Read>(
     let oplog_ns = namespaces
         .iter()
         .position(|m| m.db.is_empty() && m.collection == "oplog");
-    if let Some(seq) = oplog.as_deref_mut() {
+    if let Some(seq) = oplog.as_deref_mut().filter(|_| restrict_dbs) {
         seq.within(archive_dbs(&namespaces));
     }
     while let Some(ev) = reader.next_event()? {
@@ -669,6 +670,8 @@ struct Plan {
     docs_total: u64,
     /// Prelude index and totals of the oplog namespace, when it is replayed.
     oplog: Option<(usize, NamespaceStats)>,
+    /// An oplog replay follows the inserts: the archive's oplog, or entries after it (point in time).
+    replay: bool,
 }
 
 /// Decides what happens to every prelude namespace; performs no I/O.
@@ -680,6 +683,7 @@ fn plan_restore(archive: &ArchiveSummary, opts: &RestoreOptions) -> Result<Plan>
         warnings: Vec::new(),
         docs_total: 0,
         oplog: None,
+        replay: false,
     };
     for (meta, stats) in &archive.namespaces {
         let ns = meta.namespace();
@@ -817,7 +821,39 @@ pub async fn logical_restore(
     progress: &(dyn Fn(RestoreProgress) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<RestoreSummary> {
+    logical_restore_with_oplog(client, open_input, None, opts, progress, cancel).await
+}
+
+/// Oplog entries a point-in-time restore replays after the archive's own window: raw BSON entries in `ts`
+/// order, all after the archive's consistency point. Called twice (the verify pass, the replay), it must yield
+/// the same entries each time; an `Err` item fails the restore (before any write when the verify pass sees it).
+pub type ExtraOplog = Arc<
+    dyn Fn() -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// [`logical_restore`], then `extra` replayed after the archive's oplog (a point-in-time restore). The extra
+/// entries are checked by the verify pass with the archive's, before anything is written, and are applied to
+/// every database of the selection, also those the archive does not hold (created after the backup).
+///
+/// # Errors
+/// As [`logical_restore`]; [`MongoError::InvalidArgument`] with `extra` and `replay_oplog` false.
+pub async fn logical_restore_with_oplog(
+    client: &mongodb::Client,
+    open_input: Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>,
+    extra_oplog: Option<ExtraOplog>,
+    opts: &RestoreOptions,
+    progress: &(dyn Fn(RestoreProgress) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<RestoreSummary> {
+    let extra = extra_oplog;
     opts.validate()?;
+    if extra.is_some() && !opts.replay_oplog {
+        return Err(MongoError::InvalidArgument(
+            "a point-in-time restore replays the oplog: replay_oplog cannot be false".into(),
+        ));
+    }
     if cancel.is_cancelled() {
         return Err(MongoError::Cancelled);
     }
@@ -836,9 +872,20 @@ pub async fn logical_restore(
         let mut seq = opts
             .replay_oplog
             .then(|| Sequencer::new(opts.scope(), Mode::Verify, false));
+        let extra = extra.clone();
         join_blocking(tokio::task::spawn_blocking(move || {
             let input = open().map_err(|e| MongoError::io("open the backup archive", e))?;
-            let summary = verify_inner(input, Some(&token), seq.as_mut())?;
+            let summary = verify_inner(input, Some(&token), seq.as_mut(), extra.is_none())?;
+            if let (Some(seq), Some(extra)) = (seq.as_mut(), extra) {
+                let entries = extra().map_err(|e| MongoError::io("open the log backup", e))?;
+                for raw in entries {
+                    if token.is_cancelled() {
+                        return Err(MongoError::Cancelled);
+                    }
+                    let raw = raw.map_err(|e| MongoError::io("read the log backup", e))?;
+                    seq.push_bytes(&raw)?;
+                }
+            }
             Ok((summary, seq.map(Sequencer::finish)))
         }))
         .await?
@@ -851,7 +898,8 @@ pub async fn logical_restore(
     );
 
     // 2. Plan (no I/O).
-    let plan = plan_restore(&verified, opts)?;
+    let mut plan = plan_restore(&verified, opts)?;
+    plan.replay = plan.oplog.is_some() || extra.is_some();
     progress(RestoreProgress {
         stage: RestoreStage::Inserting,
         docs_done: 0,
@@ -860,12 +908,13 @@ pub async fn logical_restore(
     });
     // Namespaces the oplog writes that are not restored from the archive (created during the
     // backup): checked and dropped like the others, created by the replay.
-    let oplog_check = oplog_check.filter(|_| plan.oplog.is_some());
+    let oplog_check = oplog_check.filter(|_| plan.replay);
     let restored: BTreeSet<(String, String)> = plan
         .workers
         .iter()
         .map(|w| (w.db.clone(), w.collection.clone()))
         .collect();
+    let pitr = extra.clone();
     let extra: Vec<(String, String)> = oplog_check
         .as_ref()
         .map(|c| c.touched.difference(&restored).cloned().collect())
@@ -921,7 +970,7 @@ pub async fn logical_restore(
     let mut oplog_replayed = 0;
 
     // 5. Replay the oplog, then build the indexes.
-    if let Some((ns_index, expected)) = plan.oplog {
+    if plan.replay {
         let mut catalog = IndexCatalog::default();
         if opts.build_indexes {
             for w in &plan.workers {
@@ -935,7 +984,11 @@ pub async fn logical_restore(
         let mut applier = Applier::new(client, path, catalog, known);
         let metas: Vec<CollectionMetadata> =
             verified.namespaces.iter().map(|(m, _)| m.clone()).collect();
-        let scope = opts.scope().within(archive_dbs(&metas));
+        let scope = if pitr.is_some() {
+            opts.scope()
+        } else {
+            opts.scope().within(archive_dbs(&metas))
+        };
         // Every collection is inserted by now.
         progress(RestoreProgress {
             stage: RestoreStage::ReplayingOplog,
@@ -954,7 +1007,8 @@ pub async fn logical_restore(
         let replayed = replay_oplog(
             &mut applier,
             open,
-            (ns_index, expected),
+            plan.oplog,
+            pitr,
             scope,
             path,
             &report_entries,
@@ -1231,10 +1285,10 @@ async fn apply(
         progress,
         abort: &abort,
         completed,
-        oplog_pending: plan.oplog.is_some(),
+        oplog_pending: plan.replay,
     };
     // With an oplog to replay, indexes are built after the replay (see the module docs).
-    let build_indexes = opts.build_indexes && plan.oplog.is_none();
+    let build_indexes = opts.build_indexes && !plan.replay;
     let workers = futures::future::try_join_all(
         plan.workers
             .iter()
@@ -1422,7 +1476,8 @@ const REPLAY_CHANNEL: usize = 64;
 async fn replay_oplog(
     applier: &mut Applier<'_>,
     open: OpenInput,
-    (ns_index, expected): (usize, NamespaceStats),
+    archive_oplog: Option<(usize, NamespaceStats)>,
+    extra: Option<ExtraOplog>,
     scope: Scope,
     path: ApplyPath,
     report_entries: &(dyn Fn(u64) + Send + Sync),
@@ -1433,33 +1488,53 @@ async fn replay_oplog(
     let abort = cancel.child_token();
     let reader_abort = abort.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let input = open().map_err(|e| MongoError::io("reopen the backup archive", e))?;
-        let mut reader = ArchiveReader::new(input);
-        while let Some(ev) = reader.next_event()? {
-            if reader_abort.is_cancelled() {
-                return Ok(());
-            }
-            match ev {
-                ArchiveEvent::Document { ns_index: i, raw } if i == ns_index => {
-                    // A failed send means the replayer stopped; its result says why.
-                    let Ok(()) = tx.blocking_send(raw) else {
-                        return Ok(());
-                    };
-                }
-                ArchiveEvent::NamespaceEnd { ns_index: i } if i == ns_index => {
-                    let got = reader.namespace_stats(i).unwrap_or_default();
-                    if got != expected {
-                        return Err(changed(&format!(
-                            "oplog: {} entries with CRC {:#018x} instead of {} with {:#018x}",
-                            got.documents, got.crc, expected.documents, expected.crc
-                        )));
-                    }
+        if let Some((ns_index, expected)) = archive_oplog {
+            let input = open().map_err(|e| MongoError::io("reopen the backup archive", e))?;
+            let mut reader = ArchiveReader::new(input);
+            let mut ended = false;
+            while let Some(ev) = reader.next_event()? {
+                if reader_abort.is_cancelled() {
                     return Ok(());
                 }
-                _ => {}
+                match ev {
+                    ArchiveEvent::Document { ns_index: i, raw } if i == ns_index => {
+                        // A failed send means the replayer stopped; its result says why.
+                        let Ok(()) = tx.blocking_send(raw) else {
+                            return Ok(());
+                        };
+                    }
+                    ArchiveEvent::NamespaceEnd { ns_index: i } if i == ns_index => {
+                        let got = reader.namespace_stats(i).unwrap_or_default();
+                        if got != expected {
+                            return Err(changed(&format!(
+                                "oplog: {} entries with CRC {:#018x} instead of {} with {:#018x}",
+                                got.documents, got.crc, expected.documents, expected.crc
+                            )));
+                        }
+                        ended = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if !ended {
+                return Err(changed("the oplog namespace never ended"));
             }
         }
-        Err(changed("the oplog namespace never ended"))
+        // A point-in-time restore continues with the log backup's entries, after the archive's window.
+        if let Some(extra) = extra {
+            let entries = extra().map_err(|e| MongoError::io("reopen the log backup", e))?;
+            for raw in entries {
+                if reader_abort.is_cancelled() {
+                    return Ok(());
+                }
+                let raw = raw.map_err(|e| MongoError::io("read the log backup", e))?;
+                let Ok(()) = tx.blocking_send(raw) else {
+                    return Ok(());
+                };
+            }
+        }
+        Ok(())
     });
     let mut seq = Sequencer::new(scope, Mode::Restore(path), true);
     let mut entries = 0u64;

@@ -79,6 +79,9 @@ pub struct Config {
     /// Automatic backups.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Continuous log (oplog) backup of instances whose policy has `EnableBackupLog=1` (docs/pitr.md).
+    #[serde(default)]
+    pub log_backup: LogBackupConfig,
     /// File holding the 256-bit master key (64 hex digits) that seals AccessKey secrets in the catalog.
     /// `DDSVAULT_MASTER_KEY` wins over it; with neither, `<data_dir>/master.key` is generated on first start.
     #[serde(default)]
@@ -504,6 +507,57 @@ impl Default for SchedulerConfig {
         Self {
             enabled: true,
             tick_secs: default_tick(),
+        }
+    }
+}
+
+/// `[log_backup]`: the oplog followers (docs/pitr.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBackupConfig {
+    /// Run followers at all (an instance is followed only when its policy has `EnableBackupLog=1`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A slice is closed after this many seconds, 1..=3600.
+    #[serde(default = "default_slice_secs")]
+    pub slice_secs: u64,
+    /// ... or once it holds this many MiB of entries, 1..=1024.
+    #[serde(default = "default_slice_mib")]
+    pub slice_mib: usize,
+    /// Milliseconds between two reads of the oplog, 100..=60000.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_slice_secs() -> u64 {
+    60
+}
+fn default_slice_mib() -> usize {
+    16
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+impl Default for LogBackupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            slice_secs: default_slice_secs(),
+            slice_mib: default_slice_mib(),
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+impl LogBackupConfig {
+    /// The follower settings.
+    pub fn settings(&self) -> ddsvault_jobs::pitr::LogSettings {
+        ddsvault_jobs::pitr::LogSettings {
+            slice_secs: self.slice_secs,
+            slice_bytes: self.slice_mib.saturating_mul(1024 * 1024),
+            poll: std::time::Duration::from_millis(self.poll_ms),
+            ..ddsvault_jobs::pitr::LogSettings::default()
         }
     }
 }
@@ -941,6 +995,15 @@ impl Config {
             return err(format!(
                 "scheduler.tick_secs = {} is outside 1..=600",
                 self.scheduler.tick_secs
+            ));
+        }
+        if !(1..=3600).contains(&self.log_backup.slice_secs)
+            || !(1..=1024).contains(&self.log_backup.slice_mib)
+            || !(100..=60_000).contains(&self.log_backup.poll_ms)
+        {
+            return err(format!(
+                "log_backup: slice_secs = {} (1..=3600), slice_mib = {} (1..=1024), poll_ms = {} (100..=60000): a value is out of range",
+                self.log_backup.slice_secs, self.log_backup.slice_mib, self.log_backup.poll_ms
             ));
         }
         check_limit("throttling.per_access_key", self.throttling.per_access_key)?;

@@ -117,6 +117,9 @@ pub enum ActionError {
     Catalog(#[from] CatalogError),
     #[error("internal: {0}")]
     Internal(String),
+    /// A point-in-time restore to a second no recoverable range holds (docs/pitr.md); nothing is written.
+    #[error("restore time {time} is outside every recoverable range")]
+    RestoreTimeOutOfRange { time: String, ranges: String },
 }
 
 impl From<ActionError> for ApiError {
@@ -278,5 +281,12 @@ pub fn to_api_error(e: ActionError) -> ApiError {
         }
         ActionError::Catalog(c) => ApiError::internal(c.to_string()),
         ActionError::Internal(m) => ApiError::internal(m),
+        ActionError::RestoreTimeOutOfRange { time, ranges } => ApiError::new(
+            400,
+            "InvalidRestoreTime.OutOfRange",
+            format!(
+                "The restore time {time} is outside every recoverable range of the instance ({ranges}); nothing was restored. DescribeInstanceRecoverTime lists the ranges."
+            ),
+        ),
     }
 }

@@ -63,6 +63,8 @@ pub struct Prepared {
     scheduler: Option<Arc<Scheduler>>,
     /// `[retention] scrub_interval_secs`, if scrubbing is scheduled.
     scrub_interval: Option<Duration>,
+    /// The instances whose oplog followers start with the server, the node id and `[log_backup]` (None: off).
+    log_backup: Option<LogFollowers>,
     /// Bound before anything else was touched (`startup`).
     listeners: startup::Listeners,
     /// Held until the process ends: the data directory's lock and the node id.
@@ -77,6 +79,13 @@ pub struct Prepared {
     pub created_root_key: Option<CreatedRootKey>,
     /// The root AccessKeyId in effect (generated or configured).
     pub root_key_id: Option<String>,
+}
+
+/// What the log-backup followers need (`[log_backup]`).
+struct LogFollowers {
+    instances: HashMap<String, InstanceSpec>,
+    node_id: String,
+    settings: ddsvault_jobs::pitr::LogSettings,
 }
 
 /// The file a newly created root AccessKey is written to, inside the data directory.
@@ -198,6 +207,11 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             level: cfg.backup.zstd_level,
         },
     };
+    let log_backup = cfg.log_backup.enabled.then(|| LogFollowers {
+        instances: specs.clone(),
+        node_id: node_id.clone(),
+        settings: cfg.log_backup.settings(),
+    });
     let runner = Arc::new(Runner::new(
         Arc::clone(&catalog),
         repo.clone(),
@@ -313,6 +327,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         tasks: Tasks::new(),
         gc,
         scheduler,
+        log_backup,
         scrub_interval: (cfg.retention.scrub_interval_secs > 0)
             .then(|| Duration::from_secs(cfg.retention.scrub_interval_secs)),
         listeners,
@@ -443,6 +458,16 @@ impl Prepared {
                 }
                 Ok(())
             });
+        if let Some(f) = &self.log_backup {
+            ddsvault_jobs::pitr::spawn_followers(
+                &self.tasks,
+                &self.state.catalog,
+                &self.state.repo,
+                &f.instances,
+                &f.node_id,
+                &f.settings,
+            );
+        }
         if let Some(scheduler) = self.scheduler.clone() {
             self.state
                 .scheduler_running

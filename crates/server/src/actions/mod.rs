@@ -5,6 +5,7 @@
 mod advanced;
 pub(crate) mod backup;
 mod instance;
+mod pitr;
 mod policy;
 mod restore;
 mod retention;
@@ -67,6 +68,8 @@ actions!(
     CheckRecoveryCondition,
     TransferClusterBackup,
     DescribeBinlogFiles,
+    // Restores into a new instance (provisioning, issue 20.4): not implemented, answered with UnsupportedOperation.
+    CreateDBInstance,
 );
 
 impl Action {
@@ -75,6 +78,7 @@ impl Action {
     pub fn instance_params(self) -> &'static [&'static str] {
         match self {
             Action::DescribeBackupDBs | Action::CheckRecoveryCondition => &["SourceDBInstance"],
+            Action::CreateDBInstance => &["SrcDBInstanceId"],
             Action::RestoreDBInstance => &["DBInstanceId", "TargetDBInstanceId"],
             _ => &["DBInstanceId"],
         }
@@ -108,6 +112,10 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::RestoreDBInstance => restore::restore_db_instance(st, p).await,
         Action::DescribeRestoreTasks => restore::describe_restore_tasks(st, p).await,
         Action::DescribeBackupDBs => restore::describe_backup_dbs(st, p).await,
+        Action::DescribeInstanceRecoverTime | Action::DescribeClusterRecoverTime => {
+            pitr::describe_recover_time(st, p).await
+        }
+        Action::CheckRecoveryCondition => pitr::check_recovery_condition(st, p).await,
         other => Err(ApiError::new(
             400,
             "UnsupportedOperation",

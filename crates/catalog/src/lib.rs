@@ -341,6 +341,9 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError>;
     /// Deletes the audit records older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError>;
+
+    /// Job and backup counts for `/metrics` ([`CatalogStats`]).
+    async fn stats(&self) -> Result<CatalogStats, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -14,10 +14,11 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, AdvancedPolicy, AuditFilter, AuditRecord, Backup, BackupCompletion,
-    BackupCount, BackupFilter, CatalogStats, JobCount, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend, CatalogError,
-    ConfigIdentities, DeleteMark, GroupMember, IdentitySnapshot, InstanceRecord, Job, JobState,
-    NewBackupJob, NewJob, Page, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
-    RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
+    BackupCount, BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend,
+    CatalogError, CatalogStats, ConfigIdentities, DeleteMark, GroupMember, IdentitySnapshot,
+    InstanceRecord, Job, JobCount, JobState, NewBackupJob, NewJob, Page, PolicyAttachment,
+    PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock, ScheduleRun,
+    ScheduledJob,
 };
 
 #[path = "sqlite_fast.rs"]

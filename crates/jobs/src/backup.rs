@@ -54,7 +54,8 @@ pub(crate) async fn run(
     let compression = compression_for(job, &runner.settings.compression);
     let archive_name = format!("archive{}", compression.extension());
     let staging = Repository::staging_prefix(&staging_token(job.id));
-    let final_archive = Repository::backup_prefix(&job.instance_id, backup_id).join(&archive_name)?;
+    let final_archive =
+        Repository::backup_prefix(&job.instance_id, backup_id).join(&archive_name)?;
     // Staged and renamed into place where renames are atomic; under its final key on S3 (no rename there: the
     // manifest, written last, is what makes the backup visible).
     let staged_archive = runner

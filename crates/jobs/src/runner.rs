@@ -277,7 +277,9 @@ impl Runner {
                         method = b.method;
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not read the finished backup for metrics"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the finished backup for metrics")
+                    }
                 }
             }
         }

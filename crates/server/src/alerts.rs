@@ -93,8 +93,9 @@ impl Alerts {
         let mut hooks = Vec::new();
         let mut senders = Vec::new();
         for (i, w) in cfg.webhooks.iter().enumerate() {
-            let url = reqwest::Url::parse(&w.url)
-                .map_err(|e| crate::ConfigError(format!("[[alerts.webhooks]] #{}: url: {e}", i + 1)))?;
+            let url = reqwest::Url::parse(&w.url).map_err(|e| {
+                crate::ConfigError(format!("[[alerts.webhooks]] #{}: url: {e}", i + 1))
+            })?;
             let name = format!("#{} ({})", i + 1, url.host_str().unwrap_or("?"));
             let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
             hooks.push(Hook {
@@ -341,9 +342,16 @@ mod tests {
         assert_eq!(body["event"], "slot_missed");
         assert_eq!(body["instance_id"], "dds-1");
         assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err(), "the third was dropped, the failure filtered out");
+        assert!(
+            rx.try_recv().is_err(),
+            "the third was dropped, the failure filtered out"
+        );
         let text = metrics
-            .render(&ddsvault_catalog::open("sqlite::memory:").await.expect("cat"))
+            .render(
+                &ddsvault_catalog::open("sqlite::memory:")
+                    .await
+                    .expect("cat"),
+            )
             .await;
         assert!(
             text.contains("ddsvault_alerts_total{event=\"slot_missed\",result=\"dropped\"} 1"),

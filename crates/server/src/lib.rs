@@ -285,9 +285,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         }));
     }
     // Finished jobs and missed slots feed the metrics and the alert webhooks.
-    let alerts = alerts::Alerts::new(&cfg.alerts, &cfg.region_id, Arc::clone(&state.metrics))?
-        .map(Arc::new);
-    let alert_senders = alerts.as_ref().map(|a| a.take_senders()).unwrap_or_default();
+    let alerts =
+        alerts::Alerts::new(&cfg.alerts, &cfg.region_id, Arc::clone(&state.metrics))?.map(Arc::new);
+    let alert_senders = alerts
+        .as_ref()
+        .map(|a| a.take_senders())
+        .unwrap_or_default();
     let watchers: Arc<dyn ddsvault_jobs::EventSink> = Arc::new(metrics::Watchers {
         metrics: Arc::clone(&state.metrics),
         alerts,

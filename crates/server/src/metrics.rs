@@ -168,7 +168,8 @@ impl Metrics {
             "Jobs this process ran to an end, by kind, method and final state",
             jobs_finished.clone(),
         );
-        let job_duration = HistogramFamily::<JobLabels>::new_with_constructor(job_duration_histogram);
+        let job_duration =
+            HistogramFamily::<JobLabels>::new_with_constructor(job_duration_histogram);
         registry.register(
             "job_duration_seconds",
             "Run time of the jobs this process finished, by kind, method and final state",
@@ -426,19 +427,18 @@ impl Readiness {
                 return report.clone();
             }
         }
-        let catalog = match tokio::time::timeout(READY_TIMEOUT, st.catalog.get_setting("account_id"))
-            .await
-        {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: the catalog cannot be read");
-                "unavailable"
-            }
-            Err(_) => {
-                tracing::warn!("readiness: the catalog did not answer in time");
-                "unavailable"
-            }
-        };
+        let catalog =
+            match tokio::time::timeout(READY_TIMEOUT, st.catalog.get_setting("account_id")).await {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness: the catalog cannot be read");
+                    "unavailable"
+                }
+                Err(_) => {
+                    tracing::warn!("readiness: the catalog did not answer in time");
+                    "unavailable"
+                }
+            };
         let repository = match tokio::time::timeout(READY_TIMEOUT, st.repo.ping()).await {
             Ok(Ok(())) => "ok",
             Ok(Err(e)) => {
@@ -474,7 +474,11 @@ async fn serve_metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn healthz() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok\n").into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok\n",
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {

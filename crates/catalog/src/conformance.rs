@@ -44,6 +44,7 @@ pub async fn run_all(cat: Catalog) {
     advanced_policies(&cat).await;
     retention_lock(&cat).await;
     audit(&cat).await;
+    stats(&cat).await;
 }
 
 async fn high_frequency_slots(cat: &Catalog) {
@@ -1645,4 +1646,41 @@ async fn config_identities(cat: &Catalog) {
         .collect();
     att.sort_unstable();
     assert_eq!(att, [("cfg-op", "config"), ("cli-user", "cli")]);
+}
+
+/// The metrics counts follow the rows: a new successful backup moves the job count of its method, the instance's
+/// last success and the bytes of its method.
+async fn stats(cat: &Catalog) {
+    let before = cat.stats().await.expect("stats");
+    let jobs_of = |s: &crate::CatalogStats, state: JobState| {
+        s.jobs
+            .iter()
+            .filter(|j| j.kind == "backup" && j.method == "Logical" && j.state == state)
+            .map(|j| j.count)
+            .sum::<u64>()
+    };
+    let bytes_of = |s: &crate::CatalogStats| {
+        s.backups
+            .iter()
+            .filter(|b| b.method == "Logical" && b.status == "Success")
+            .map(|b| b.bytes)
+            .sum::<u64>()
+    };
+    assert!(!before.last_success.iter().any(|(i, _)| i == "dds-stats"));
+    let expire = Utc::now() + Duration::days(3);
+    let id = successful_backup(cat, "dds-stats", expire).await;
+    let backup = cat.get_backup(id).await.expect("get").expect("backup");
+    let after = cat.stats().await.expect("stats");
+    assert_eq!(
+        jobs_of(&after, JobState::Success),
+        jobs_of(&before, JobState::Success) + 1,
+        "{after:?}"
+    );
+    assert_eq!(bytes_of(&after), bytes_of(&before) + 10);
+    let last = after
+        .last_success
+        .iter()
+        .find(|(i, _)| i == "dds-stats")
+        .map(|(_, t)| *t);
+    assert_eq!(last, backup.end_time);
 }

@@ -408,6 +408,9 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     async fn list_log_slices(&self, instance_id: &str) -> Result<Vec<LogSlice>, CatalogError>;
     /// Removes a slice's row (its object is deleted first by the caller).
     async fn delete_log_slice(&self, id: i64) -> Result<(), CatalogError>;
+
+    /// Job and backup counts for `/metrics` ([`CatalogStats`]).
+    async fn stats(&self) -> Result<CatalogStats, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -519,3 +519,35 @@ pub struct NewLogSlice {
     pub gap: bool,
     pub now: DateTime<Utc>,
 }
+
+/// Counts the metrics endpoint reads at each scrape, in one aggregate read of the catalog (every process sharing
+/// it sees the same numbers).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CatalogStats {
+    /// Jobs by kind, method (`params.method`, "" when the job has none) and state.
+    pub jobs: Vec<JobCount>,
+    /// Backup sets by method and status (Deleting ones included: their files still take room).
+    pub backups: Vec<BackupCount>,
+    /// The end time of each instance's newest successful backup.
+    pub last_success: Vec<(String, DateTime<Utc>)>,
+}
+
+/// One group of [`CatalogStats::jobs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCount {
+    pub kind: String,
+    pub method: String,
+    pub state: JobState,
+    pub count: u64,
+}
+
+/// One group of [`CatalogStats::backups`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupCount {
+    pub method: String,
+    pub status: String,
+    pub count: u64,
+    /// Sum of the sets' recorded sizes (what each backup took when it was written; snapshot chunks shared by
+    /// several sets are counted in each).
+    pub bytes: u64,
+}

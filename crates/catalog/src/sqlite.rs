@@ -14,9 +14,10 @@ use sqlx::Row;
 
 use crate::{
     AccessKeyRecord, AdvancedPolicy, AuditFilter, AuditRecord, Backup, BackupCompletion,
-    BackupCopy, BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend, CatalogError,
-    ConfigIdentities, CopyStatus, CrossRegionPolicy, CrossRetention, DeleteMark, GroupMember,
-    IdentitySnapshot, InstanceRecord, Job, JobState, NewBackupJob, NewJob, Page, PolicyAttachment,
+    BackupCopy, BackupCount, BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend,
+    CatalogError, CatalogStats, ConfigIdentities, CopyStatus, CrossRegionPolicy, CrossRetention, DeleteMark,
+    GroupMember, IdentitySnapshot, InstanceRecord, Job, JobCount, JobState, NewBackupJob, NewJob, Page,
+    PolicyAttachment,
     PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock, ScheduleRun,
     ScheduledJob,
 };
@@ -1290,6 +1291,58 @@ impl CatalogBackend for SqliteCatalog {
                 return Ok(total);
             }
         }
+    }
+
+    async fn stats(&self) -> Result<CatalogStats, CatalogError> {
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let mut stats = CatalogStats::default();
+        for r in sqlx::query(
+            // A backup job's method is its set's; other kinds may name one in their parameters.
+            "SELECT j.kind AS kind, COALESCE(b.method, json_extract(j.params, '$.method'), '') AS method, \
+             j.state AS state, COUNT(*) AS n FROM jobs j LEFT JOIN backups b ON b.job_id = j.id \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&self.read)
+        .await?
+        {
+            let state: String = r.try_get("state")?;
+            stats.jobs.push(JobCount {
+                kind: r.try_get("kind")?,
+                // A method that is not a string (never written so) is shown as it is stored.
+                method: r
+                    .try_get::<String, _>("method")
+                    .unwrap_or_else(|_| "?".to_string()),
+                state: JobState::parse(&state)
+                    .ok_or_else(|| CatalogError::Corrupt(format!("job state {state:?}")))?,
+                count: count(r.try_get("n")?),
+            });
+        }
+        for r in sqlx::query(
+            "SELECT method, status, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM backups \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&self.read)
+        .await?
+        {
+            stats.backups.push(BackupCount {
+                method: r.try_get("method")?,
+                status: r.try_get("status")?,
+                count: count(r.try_get("n")?),
+                bytes: count(r.try_get("bytes")?),
+            });
+        }
+        for r in sqlx::query(
+            "SELECT instance_id, MAX(end_time) AS t FROM backups \
+             WHERE status = 'Success' AND end_time IS NOT NULL GROUP BY instance_id ORDER BY instance_id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        {
+            stats
+                .last_success
+                .push((r.try_get("instance_id")?, from_ms(r.try_get("t")?)?));
+        }
+        Ok(stats)
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CatalogError> {

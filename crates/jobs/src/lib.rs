@@ -7,6 +7,7 @@
 mod backup;
 pub mod copies;
 mod error;
+pub mod events;
 pub mod file_restore;
 pub mod gc;
 pub mod import;
@@ -23,6 +24,7 @@ pub mod scrub;
 mod tasks;
 
 pub use error::JobError;
+pub use events::{Event, EventSink, JobOutcome};
 pub use gc::{Clock, Gc, ManualClock, SystemClock};
 pub use restore::{archive_opener, compression_of};
 pub use runner::{BackupSettings, InstanceSpec, Runner};

@@ -61,6 +61,7 @@ pub struct Runner {
     pub(crate) settings: BackupSettings,
     wake: Notify,
     slots: Arc<Semaphore>,
+    events: crate::events::Events,
 }
 
 impl Runner {
@@ -80,7 +81,13 @@ impl Runner {
             settings,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs.max(1))),
+            events: crate::events::Events::default(),
         }
+    }
+
+    /// Reports every finished job to `sink` from now on (set once).
+    pub fn set_event_sink(&self, sink: Arc<dyn crate::EventSink>) {
+        self.events.set(sink);
     }
 
     /// The configured instance a job works on.
@@ -227,7 +234,10 @@ impl Runner {
 
     async fn settle(&self, job: &Job, result: Result<(), JobError>, cancel: &CancellationToken) {
         match result {
-            Ok(()) => tracing::info!("job succeeded"),
+            Ok(()) => {
+                tracing::info!("job succeeded");
+                self.report(job, None).await;
+            }
             Err(e) => {
                 // A job cancelled by shutdown stays Running in the catalog: the next start fails it and cleans
                 // up (recover), which is the same path as a crash, so there is only one way out.
@@ -244,8 +254,52 @@ impl Runner {
                 {
                     tracing::error!(error = %ce, "could not record the job failure");
                 }
+                self.report(job, Some((e.code(), e.to_string()))).await;
             }
         }
+    }
+
+    /// Tells the event sink how `job` ended (`failure`: its code and message).
+    async fn report(&self, job: &Job, failure: Option<(&str, String)>) {
+        let now = Utc::now();
+        let started = job.started_at.unwrap_or(job.created_at);
+        let mut method = job
+            .params
+            .get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_string();
+        let mut bytes = None;
+        if failure.is_none() && job.kind == "backup" {
+            if let Some(id) = job.backup_id {
+                match self.catalog.get_backup(id).await {
+                    Ok(Some(b)) => {
+                        bytes = Some(u64::try_from(b.size).unwrap_or(0));
+                        method = b.method;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the finished backup for metrics")
+                    }
+                }
+            }
+        }
+        let (error_code, error) = match failure {
+            Some((code, message)) => (Some(code.to_string()), Some(message)),
+            None => (None, None),
+        };
+        self.events
+            .emit(&crate::Event::JobFinished(crate::JobOutcome {
+                job_id: job.id,
+                instance_id: job.instance_id.clone(),
+                kind: job.kind.clone(),
+                method,
+                mode: job.mode.clone(),
+                error_code,
+                error,
+                duration: (now - started).to_std().unwrap_or_default(),
+                bytes,
+            }));
     }
 }
 

@@ -160,6 +160,7 @@ pub struct Scheduler {
     runner: Option<Arc<Runner>>,
     method: std::sync::OnceLock<Chooser>,
     ticks: watch::Sender<u64>,
+    events: crate::events::Events,
 }
 
 impl Scheduler {
@@ -181,6 +182,7 @@ impl Scheduler {
             runner: None,
             method: std::sync::OnceLock::new(),
             ticks: watch::channel(0).0,
+            events: crate::events::Events::default(),
         }
     }
 
@@ -202,6 +204,11 @@ impl Scheduler {
     /// chooser is never set, automatic backups are Logical. Set once, after the server's state exists.
     pub fn set_method_chooser(&self, chooser: MethodChooser) {
         let _ = self.method.set(Chooser(chooser));
+    }
+
+    /// Reports missed slots to `sink` from now on (set once).
+    pub fn set_event_sink(&self, sink: Arc<dyn crate::EventSink>) {
+        self.events.set(sink);
     }
 
     /// Counts finished ticks (tests wait on it instead of sleeping).
@@ -356,6 +363,13 @@ impl Scheduler {
                 ScheduledJob::AlreadyTaken => TickOutcome::AlreadyTaken { slot },
                 ScheduledJob::Skipped { job_id, kind } => {
                     tracing::warn!(instance = %id, %slot, schedule, job_id, kind = %kind, "automatic backup skipped: the instance has an active job");
+                    self.events.emit(&crate::Event::SlotMissed {
+                        instance_id: id.to_string(),
+                        schedule: schedule.to_string(),
+                        slot,
+                        reason: "active_job",
+                        blocking_job_id: job_id,
+                    });
                     TickOutcome::Skipped { slot, job_id }
                 }
             },

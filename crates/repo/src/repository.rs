@@ -175,6 +175,22 @@ impl Repository {
     /// # Errors
     /// The first failing step, as [`RepoError::Unusable`] with the store's reason.
     pub async fn check(&self) -> Result<(), RepoError> {
+        self.ping().await?;
+        self.list(&layout::backups_root())
+            .await
+            .map_err(|e| RepoError::Unusable {
+                repository: self.store.to_string(),
+                reason: format!("listing backups: {}", crate::error::describe(&e)),
+            })?;
+        Ok(())
+    }
+
+    /// Writes, reads back and deletes a probe object: the cheap part of [`Repository::check`], for readiness
+    /// probes (nothing is listed, so its cost does not grow with the repository).
+    ///
+    /// # Errors
+    /// The first failing step, as [`RepoError::Unusable`] with the store's reason.
+    pub async fn ping(&self) -> Result<(), RepoError> {
         // Straight on the store: its errors carry the server's answer (NoSuchBucket, InvalidAccessKeyId, …)
         // in their source chain, which `RepoError::NotFound` would drop.
         let unusable = |step: &str, e: &(dyn std::error::Error + 'static)| RepoError::Unusable {
@@ -204,9 +220,6 @@ impl Repository {
             Err(e) => return Err(unusable("reading the probe object back", &e)),
         }
         deleted.map_err(|e| unusable("deleting the probe object", &e))?;
-        self.list(&layout::backups_root())
-            .await
-            .map_err(|e| unusable("listing backups", &e))?;
         Ok(())
     }
 

@@ -100,6 +100,101 @@ pub struct Config {
     pub ram_policies: Vec<RamPolicyConfig>,
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+    /// `/metrics`, `/healthz`, `/readyz` (docs/observability.md).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Webhook notifications (docs/observability.md).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[metrics]`: the unauthenticated monitoring endpoints `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve them at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `host:port` of a plain-HTTP listener of their own; then the API listeners do not serve them. Default:
+    /// served on the API listeners (`listen`, `listen_tls`).
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// The events an alert webhook can be sent.
+pub const ALERT_EVENTS: [&str; 3] = ["job_failed", "slot_missed", "repository_error"];
+
+/// `[alerts]`: where notifications go and how hard ddsvault tries.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Notifications waiting per webhook; a new one finding the queue full is dropped (counted and logged).
+    /// 1..=100000, default 1000.
+    #[serde(default = "default_alert_queue")]
+    pub queue_capacity: usize,
+    /// Attempts per notification, 1..=20 (default 5); the waits between them double from 1 s up to 60 s.
+    #[serde(default = "default_alert_attempts")]
+    pub max_attempts: u32,
+    /// Seconds one attempt may take (connecting, sending, the receiver's answer), 1..=300 (default 10).
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            queue_capacity: default_alert_queue(),
+            max_attempts: default_alert_attempts(),
+            timeout_secs: default_alert_timeout(),
+        }
+    }
+}
+
+fn default_alert_queue() -> usize {
+    1000
+}
+fn default_alert_attempts() -> u32 {
+    5
+}
+fn default_alert_timeout() -> u64 {
+    10
+}
+
+/// `[[alerts.webhooks]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the notifications are POSTed to. Never logged (it may carry a token).
+    pub url: String,
+    /// With a secret, each POST carries `X-Ddsvault-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The events sent to this webhook (`job_failed`, `slot_missed`, `repository_error`); default all.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    // The URL may carry a token and the secret signs notifications: neither reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &"***")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 /// `[repository]`: where backup files are kept (docs/s3-repository.md).
@@ -1075,6 +1170,50 @@ impl Config {
                 p.validate(&i.id)?;
             }
         }
+        self.validate_observability()
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if let Some(addr) = &self.metrics.listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return err(format!(
+                    "[metrics] listen = {addr:?} is not an ip:port address"
+                ));
+            }
+        }
+        let a = &self.alerts;
+        if !(1..=100_000).contains(&a.queue_capacity) {
+            return err("[alerts] queue_capacity must be 1..=100000".into());
+        }
+        if !(1..=20).contains(&a.max_attempts) {
+            return err("[alerts] max_attempts must be 1..=20".into());
+        }
+        if !(1..=300).contains(&a.timeout_secs) {
+            return err("[alerts] timeout_secs must be 1..=300".into());
+        }
+        for (i, w) in a.webhooks.iter().enumerate() {
+            let n = i + 1;
+            // The URL itself is not quoted: it may carry a token.
+            match reqwest::Url::parse(&w.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                Ok(_) => return err(format!(
+                    "[[alerts.webhooks]] #{n}: url must be an http:// or https:// URL with a host"
+                )),
+                Err(e) => return err(format!("[[alerts.webhooks]] #{n}: url does not parse: {e}")),
+            }
+            if w.secret.as_deref() == Some("") {
+                return err(format!(
+                    "[[alerts.webhooks]] #{n}: secret is empty (remove it to send unsigned notifications)"
+                ));
+            }
+            if let Some(e) = crate::alerts::unknown_event(&w.events) {
+                return err(format!(
+                    "[[alerts.webhooks]] #{n}: unknown event {e:?}; known: {}",
+                    ALERT_EVENTS.join(", ")
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1206,6 +1345,13 @@ mod tests {
             ("[throttling]\nper_action = { rate = 5, burst = 0 }", "throttling.per_action.burst"),
             ("[throttling.actions]\nCreateBackupz = { rate = 1, burst = 1 }", "unknown action \"CreateBackupz\""),
             ("[throttling.actions]\nCreateBackup = { rate = 1, burst = 1, x = 1 }", "unknown field"),
+            ("[metrics]\nlisten = \"9187\"", "[metrics] listen"),
+            ("[[alerts.webhooks]]\nurl = \"ftp://h/x\"", "http:// or https://"),
+            ("[[alerts.webhooks]]\nurl = \"not a url\"", "does not parse"),
+            ("[[alerts.webhooks]]\nurl = \"http://h/\"\nsecret = \"\"", "secret is empty"),
+            ("[[alerts.webhooks]]\nurl = \"http://h/\"\nevents = [\"job_done\"]", "unknown event \"job_done\""),
+            ("[alerts]\nmax_attempts = 0", "[alerts] max_attempts"),
+            ("[alerts]\ntimeout_secs = 301", "[alerts] timeout_secs"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text).expect_err(text);
@@ -1220,12 +1366,15 @@ mod tests {
     #[test]
     fn debug_hides_secrets() {
         let c = Config::parse(
-            "[[access_keys]]\nid = \"k\"\nsecret = \"TOPSECRET\"\nuser = \"root\"\n[[instances]]\nid = \"a\"\nuri = \"mongodb://u:PASSWORD@h\"",
+            "[[access_keys]]\nid = \"k\"\nsecret = \"TOPSECRET\"\nuser = \"root\"\n[[instances]]\nid = \"a\"\nuri = \"mongodb://u:PASSWORD@h\"\n[[alerts.webhooks]]\nurl = \"https://hooks.example/HOOKTOKEN\"\nsecret = \"HOOKSECRET\"",
         )
         .expect("valid");
         let dbg = format!("{c:?}");
         assert!(
-            !dbg.contains("TOPSECRET") && !dbg.contains("PASSWORD"),
+            !dbg.contains("TOPSECRET")
+                && !dbg.contains("PASSWORD")
+                && !dbg.contains("HOOKTOKEN")
+                && !dbg.contains("HOOKSECRET"),
             "{dbg}"
         );
     }

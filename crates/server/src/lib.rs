@@ -5,6 +5,7 @@
 //! ones finish, cancel background tasks with a deadline, close the catalog.
 
 mod actions;
+pub mod alerts;
 mod audit;
 pub mod checks;
 mod coalesce;
@@ -13,6 +14,7 @@ mod download;
 pub mod error;
 pub mod identity;
 mod listener;
+pub mod metrics;
 pub mod offline;
 mod ram_api;
 pub mod repository;
@@ -75,6 +77,10 @@ pub struct Prepared {
     /// The HTTPS listener's address and rustls configuration (`listen_tls`).
     tls: Option<(String, Arc<rustls::ServerConfig>)>,
     public_url: Option<String>,
+    /// `[metrics] enabled`, and whether they have a listener of their own.
+    monitoring: config::MetricsConfig,
+    /// The alert webhooks' senders, started with the other tasks.
+    alert_senders: Vec<alerts::Sender>,
     /// Set when this start created the root AccessKey.
     pub created_root_key: Option<CreatedRootKey>,
     /// The root AccessKeyId in effect (generated or configured).
@@ -313,6 +319,21 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             })
         }));
     }
+    // Finished jobs and missed slots feed the metrics and the alert webhooks.
+    let alerts =
+        alerts::Alerts::new(&cfg.alerts, &cfg.region_id, Arc::clone(&state.metrics))?.map(Arc::new);
+    let alert_senders = alerts
+        .as_ref()
+        .map(|a| a.take_senders())
+        .unwrap_or_default();
+    let watchers: Arc<dyn ddsvault_jobs::EventSink> = Arc::new(metrics::Watchers {
+        metrics: Arc::clone(&state.metrics),
+        alerts,
+    });
+    state.runner.set_event_sink(Arc::clone(&watchers));
+    if let Some(scheduler) = &scheduler {
+        scheduler.set_event_sink(watchers);
+    }
     let _ = state
         .throttle
         .set(throttle::Throttle::new(cfg.throttling.clone()));
@@ -336,6 +357,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         server: cfg.server.clone(),
         tls,
         public_url: cfg.public_url.clone(),
+        monitoring: cfg.metrics.clone(),
+        alert_senders,
         created_root_key,
         root_key_id,
     })
@@ -468,6 +491,10 @@ impl Prepared {
                 &f.settings,
             );
         }
+        for sender in self.alert_senders {
+            self.tasks
+                .spawn("alert-webhook", move |token| sender.run(token));
+        }
         if let Some(scheduler) = self.scheduler.clone() {
             self.state
                 .scheduler_running
@@ -477,6 +504,13 @@ impl Prepared {
         }
 
         // Plain and TLS listeners each get the connection bounds; the TLS router marks its calls secure.
+        let metrics_listener = self.listeners.metrics;
+        if let Some(l) = &metrics_listener {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "serving /metrics, /healthz and /readyz on their own listener");
+            }
+        }
+        let on_api_listeners = self.monitoring.enabled && metrics_listener.is_none();
         let fd_limit = listener::raise_fd_limit();
         let limits = listener::Limits::new(
             &self.server,
@@ -487,7 +521,7 @@ impl Prepared {
             idle_timeout_secs = limits.idle_timeout.as_secs(), fd_limit = ?fd_limit, "connection limits");
         let plain = listener::serve(
             listener,
-            router::router(Arc::clone(&self.state)),
+            router::router(Arc::clone(&self.state), on_api_listeners),
             limits,
             false,
             shutdown.clone(),
@@ -496,7 +530,7 @@ impl Prepared {
             if let Some(listener) = tls_listener {
                 listener::serve(
                     listener,
-                    router::router(Arc::clone(&self.state)),
+                    router::router(Arc::clone(&self.state), on_api_listeners),
                     limits,
                     true,
                     shutdown.clone(),
@@ -504,7 +538,19 @@ impl Prepared {
                 .await;
             }
         };
-        tokio::join!(plain, secure);
+        let monitoring = async {
+            if let Some(listener) = metrics_listener {
+                listener::serve(
+                    listener,
+                    metrics::routes(Arc::clone(&self.state)),
+                    limits,
+                    false,
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
+        tokio::join!(plain, secure, monitoring);
         tracing::info!("HTTP server stopped accepting requests");
         // Calls whose client went away still run to their end (and their audit record) before the writer stops.
         self.state.requests.close();

@@ -38,15 +38,21 @@ pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 /// The result of an action handler: the fields of the JSON answer (RequestId is added by the renderer).
 pub type ActionResult = Result<Map<String, Value>, ApiError>;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The API's routes; with `monitoring`, also `/metrics`, `/healthz` and `/readyz` ([`crate::metrics::routes`]).
+pub fn router(state: Arc<AppState>, monitoring: bool) -> Router {
+    let api = Router::new()
         .route("/", any(handle))
         .route(
             "/download/{backup_id}/{file}",
             axum::routing::get(crate::download::serve_download),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    if monitoring {
+        api.merge(crate::metrics::routes(state))
+    } else {
+        api
+    }
 }
 
 /// Whether a router serves the TLS listener; set as an extension so both listeners share one handler.
@@ -158,6 +164,7 @@ async fn call(
 ) -> Response {
     let request_id = new_request_id();
     let now = Utc::now();
+    let started = std::time::Instant::now();
     let header_pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| {
@@ -196,6 +203,13 @@ async fn call(
     let action = info.action.as_deref().unwrap_or("-");
     let key = info.access_key_id.as_deref().unwrap_or("-");
     let code = outcome.as_ref().err().map(|e| e.code.clone());
+    // Only names of real actions become labels: a client cannot grow the metrics with invented ones.
+    let known = actions::Action::from_name(action)
+        .map(actions::Action::name)
+        .or_else(|| crate::ram_api::action(action))
+        .unwrap_or("-");
+    st.metrics
+        .api_call(known, code.as_deref().unwrap_or("OK"), started.elapsed());
     let (status, hdrs, body) = match outcome {
         Ok(map) => {
             tracing::info!(request_id = %request_id, action = %action, access_key = %key, "ok");

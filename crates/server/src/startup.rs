@@ -16,6 +16,8 @@ use crate::error::{ConfigError, ServerError};
 pub(crate) struct Listeners {
     pub plain: tokio::net::TcpListener,
     pub tls: Option<tokio::net::TcpListener>,
+    /// `[metrics] listen`: the monitoring endpoints' own listener.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// Binds `listen` and, with a TLS configuration loaded, its address `tls_addr`.
@@ -33,7 +35,15 @@ pub(crate) async fn bind_listeners(
         Some(addr) => Some(bind(addr.to_string()).await?),
         None => None,
     };
-    Ok(Listeners { plain, tls })
+    let metrics = match (&cfg.metrics.listen, cfg.metrics.enabled) {
+        (Some(addr), true) => Some(bind(addr.clone()).await?),
+        _ => None,
+    };
+    Ok(Listeners {
+        plain,
+        tls,
+        metrics,
+    })
 }
 
 /// This process's identity: its node id, and the lock that makes it the only server of its data directory.

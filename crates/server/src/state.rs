@@ -100,6 +100,10 @@ pub struct AppState {
     /// per instance, so connecting to an instance that does not answer never holds up probes of the others (the
     /// probe deadline covers connecting).
     clients: std::sync::Mutex<HashMap<String, Arc<OnceCell<mongodb::Client>>>>,
+    /// What `/metrics` shows (also fed by the job runner and the scheduler).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The last `/readyz` verdict.
+    pub readiness: crate::metrics::Readiness,
 }
 
 impl AppState {
@@ -144,6 +148,8 @@ impl AppState {
             requests: tokio_util::task::TaskTracker::new(),
             body_timeout: Duration::from_secs(60),
             clients: std::sync::Mutex::new(HashMap::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            readiness: crate::metrics::Readiness::default(),
         }
     }
 

@@ -1,0 +1,74 @@
+//! What background work reports as it happens, for whoever watches: the server's metrics and its alert webhooks.
+//!
+//! The jobs layer knows nothing of Prometheus or HTTP: it hands each event to an [`EventSink`], which must not
+//! block (a sink queues or counts and returns), so a slow watcher can never hold up a job.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// How one job ended (as recorded in the catalog).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobOutcome {
+    pub job_id: i64,
+    pub instance_id: String,
+    /// `backup` | `restore`.
+    pub kind: String,
+    /// The job's method (`Logical`, `Physical`, `Snapshot`; "" when the job names none).
+    pub method: String,
+    /// `Manual` | `Automated`.
+    pub mode: String,
+    /// `None` on success; the failure's code (e.g. `Repository.NoSpace`) otherwise.
+    pub error_code: Option<String>,
+    /// The failure as recorded for the task APIs (already free of secrets and URIs).
+    pub error: Option<String>,
+    /// From the job's start to its end.
+    pub duration: Duration,
+    /// What a successful backup stored (its recorded size); `None` for other jobs.
+    pub bytes: Option<u64>,
+}
+
+impl JobOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.error_code.is_none()
+    }
+}
+
+/// Something a watcher may want to count or be told about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A job reached Success or Failed.
+    JobFinished(JobOutcome),
+    /// A scheduled slot did not get its backup: the instance had an active job when the slot opened.
+    SlotMissed {
+        instance_id: String,
+        /// `standard` | `high_frequency`.
+        schedule: String,
+        slot: DateTime<Utc>,
+        /// Why: `active_job`.
+        reason: &'static str,
+        /// The job that held the instance.
+        blocking_job_id: i64,
+    },
+}
+
+/// Receives events; must return quickly and never block.
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    fn emit(&self, event: &Event);
+}
+
+/// The sink a component reports to, set once after start-up wiring (none: events are dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Events(std::sync::OnceLock<std::sync::Arc<dyn EventSink>>);
+
+impl Events {
+    pub(crate) fn set(&self, sink: std::sync::Arc<dyn EventSink>) {
+        let _ = self.0.set(sink);
+    }
+
+    pub(crate) fn emit(&self, event: &Event) {
+        if let Some(sink) = self.0.get() {
+            sink.emit(event);
+        }
+    }
+}

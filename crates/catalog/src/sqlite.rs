@@ -15,11 +15,10 @@ use sqlx::Row;
 use crate::{
     AccessKeyRecord, AdvancedPolicy, AuditFilter, AuditRecord, Backup, BackupCompletion,
     BackupCopy, BackupCount, BackupFilter, BackupPolicy, BackupSlot, BackupStatus, CatalogBackend,
-    CatalogError, CatalogStats, ConfigIdentities, CopyStatus, CrossRegionPolicy, CrossRetention, DeleteMark,
-    GroupMember, IdentitySnapshot, InstanceRecord, Job, JobCount, JobState, NewBackupJob, NewJob, Page,
-    PolicyAttachment,
-    PrincipalKind, RamGroupRecord, RamPolicyRecord, RamUserRecord, RetentionLock, ScheduleRun,
-    ScheduledJob,
+    CatalogError, CatalogStats, ConfigIdentities, CopyStatus, CrossRegionPolicy, CrossRetention,
+    DeleteMark, GroupMember, IdentitySnapshot, InstanceRecord, Job, JobCount, JobState,
+    NewBackupJob, NewJob, Page, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
+    RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
 };
 use crate::{LogSlice, NewLogSlice};
 

@@ -1197,9 +1197,11 @@ impl Config {
             // The URL itself is not quoted: it may carry a token.
             match reqwest::Url::parse(&w.url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                Ok(_) => return err(format!(
+                Ok(_) => {
+                    return err(format!(
                     "[[alerts.webhooks]] #{n}: url must be an http:// or https:// URL with a host"
-                )),
+                ))
+                }
                 Err(e) => return err(format!("[[alerts.webhooks]] #{n}: url does not parse: {e}")),
             }
             if w.secret.as_deref() == Some("") {

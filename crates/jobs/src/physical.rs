@@ -953,7 +953,7 @@ mod tests {
             .await
             .expect_err("one vanished");
         assert!(e.to_string().contains(&swept), "{e}");
-        let only_kept = with_sizes(&[kept.clone()]);
+        let only_kept = with_sizes(std::slice::from_ref(&kept));
         verify_reused(&repo, "dds-s", &only_kept)
             .await
             .expect("the other one is still there");
@@ -1100,7 +1100,7 @@ mod tests {
             (1, 2, 24)
         );
         let now_written = written.0.lock().expect("lock").clone();
-        assert_eq!(now_written[before..], [gone.sha256.clone()]);
+        assert_eq!(now_written[before..], *std::slice::from_ref(&gone.sha256));
         let fc = third.snapshot_file.clone().expect("file");
         assert_eq!(reassemble(&repo, &fc).await, b);
         assert_eq!(

@@ -1007,8 +1007,10 @@ pub async fn logical_restore_with_oplog(
         let replayed = replay_oplog(
             &mut applier,
             open,
-            plan.oplog,
-            pitr,
+            ReplaySources {
+                archive_oplog: plan.oplog,
+                extra: pitr,
+            },
             scope,
             path,
             &report_entries,
@@ -1471,13 +1473,22 @@ async fn create_indexes(
 /// Oplog entries the replay reader hands over at most at once (each ≤ 16 MiB).
 const REPLAY_CHANNEL: usize = 64;
 
+/// Where the replayed entries come from: the archive's oplog namespace (its index and the stats the verify pass
+/// recorded), then a point-in-time restore's log backup entries.
+struct ReplaySources {
+    archive_oplog: Option<(usize, NamespaceStats)>,
+    extra: Option<ExtraOplog>,
+}
+
 /// The replay pass: reads the oplog namespace `ns_index` once more and applies its entries in
 /// order, through the same [`Sequencer`] the verify pass checked them with.
 async fn replay_oplog(
     applier: &mut Applier<'_>,
     open: OpenInput,
-    archive_oplog: Option<(usize, NamespaceStats)>,
-    extra: Option<ExtraOplog>,
+    ReplaySources {
+        archive_oplog,
+        extra,
+    }: ReplaySources,
     scope: Scope,
     path: ApplyPath,
     report_entries: &(dyn Fn(u64) + Send + Sync),

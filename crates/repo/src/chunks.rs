@@ -399,7 +399,7 @@ impl Repository {
     ) -> Result<PutChunk, RepoError> {
         let path = chunk_path(instance_id, sha256)?;
         let replaced = match self.head(&path).await {
-            Ok(meta) if meta.size > 0 && expect_stored.is_none_or(|n| n == meta.size) => {
+            Ok(meta) if meta.size > 0 && !expect_stored.is_some_and(|n| n != meta.size) => {
                 return Ok(PutChunk::Present(meta.size))
             }
             // Empty: left by a power loss before the writer's sync (see `sync_deferred`); written again.

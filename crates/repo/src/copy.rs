@@ -129,10 +129,7 @@ mod tests {
             repo.put_chunk("dds-c", &digest, Bytes::from_static(c), 3)
                 .await
                 .expect("chunk");
-            file.chunks.push(ChunkRef {
-                sha256: digest,
-                size: c.len() as u64,
-            });
+            file.chunks.push(ChunkRef::new(digest, c.len() as u64));
             whole.extend_from_slice(c);
         }
         file.size = whole.len() as u64;

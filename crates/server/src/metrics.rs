@@ -285,7 +285,7 @@ impl Metrics {
     pub async fn render(&self, catalog: &ddsvault_catalog::Catalog) -> String {
         {
             let mut refreshed = self.refreshed.lock().await;
-            if refreshed.map_or(true, |t| t.elapsed() >= REFRESH_EVERY) {
+            if !refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
                 self.refresh(catalog).await;
                 *refreshed = Some(Instant::now());
             }

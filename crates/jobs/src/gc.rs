@@ -515,10 +515,20 @@ impl Gc {
                 tracing::info!(instance, reason = %why, swept = sweep.chunks, "chunks of a crashed snapshot not fully swept; the collector retries")
             }
             None => {
+                // The job's process died mid-write too: its half-written chunk files go with its chunks (the
+                // checks above found no job of the instance at work, so none of them is a live write).
+                let partial = match self.repo.remove_abandoned_chunk_writes(instance).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(instance, error = %e, "could not remove the partial chunk writes of a crashed snapshot; the collector retries");
+                        0
+                    }
+                };
                 tracing::info!(
                     instance,
                     chunks = sweep.chunks,
                     bytes = sweep.bytes,
+                    partial,
                     "orphan chunks of a crashed snapshot swept"
                 )
             }

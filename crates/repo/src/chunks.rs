@@ -509,6 +509,26 @@ impl Repository {
         Ok(to)
     }
 
+    /// Removes what the chunk writes of a crashed process left in the instance's store: on a local filesystem
+    /// the staging files (`<digest>#<n>`) written before the rename that makes a chunk appear; on S3 nothing
+    /// (an unfinished upload is not an object; the upload journal's sweep aborts it). Returns how many files
+    /// were removed. Call only while no job of the instance runs: a live write's staging file looks the same.
+    ///
+    /// # Errors
+    /// The filesystem error.
+    pub async fn remove_abandoned_chunk_writes(&self, instance_id: &str) -> Result<u64, RepoError> {
+        let Some(root) = &self.local_root else {
+            return Ok(0);
+        };
+        let dir = chunks_prefix(instance_id)
+            .segments()
+            .fold(root.clone(), |d, seg| d.join(seg));
+        tokio::task::spawn_blocking(move || crate::local::remove_abandoned_uploads(&dir))
+            .await
+            .map_err(|e| RepoError::Internal(format!("remove abandoned chunk writes: {e}")))?
+            .map_err(RepoError::from)
+    }
+
     /// How many chunks the instance's store holds and their stored (compressed) bytes.
     ///
     /// # Errors
@@ -666,6 +686,43 @@ mod gc_tests {
         assert_eq!(
             repo.put_chunk("dds-p", &digest, raw, 3).await.expect("put"),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_partial_chunk_writes_of_a_crash_are_removed_and_stored_chunks_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::local(dir.path()).expect("local");
+        let raw = Bytes::from_static(b"a stored chunk");
+        let digest = sha256_hex(&raw);
+        repo.put_chunk("dds-p", &digest, raw, 3).await.expect("put");
+        let stored = dir
+            .path()
+            .join(chunk_path("dds-p", &digest).expect("path").as_str());
+        // What LocalFileSystem leaves when the process dies between writing and renaming.
+        let partial = stored.with_file_name(format!("{}#1", sha256_hex(b"other")));
+        std::fs::write(&partial, b"half").expect("write");
+        let other = dir
+            .path()
+            .join(chunk_path("dds-q", &digest).expect("path").as_str());
+        std::fs::create_dir_all(other.parent().expect("parent")).expect("mkdir");
+        let foreign = other.with_file_name(format!("{digest}#2"));
+        std::fs::write(&foreign, b"half").expect("write");
+        assert_eq!(
+            repo.remove_abandoned_chunk_writes("dds-p")
+                .await
+                .expect("remove"),
+            1
+        );
+        assert!(!partial.exists());
+        assert!(stored.exists(), "a complete chunk stays");
+        assert!(foreign.exists(), "another instance's store is not touched");
+        assert_eq!(
+            Repository::memory()
+                .remove_abandoned_chunk_writes("dds-p")
+                .await
+                .expect("memory"),
+            0
         );
     }
 

@@ -37,7 +37,7 @@ pub struct Repository {
     pub(crate) store: Arc<dyn ObjectStore>,
     /// Root directory of a local repository: abandoned upload files (`<name>#<n>`, left by a crash) are
     /// invisible to the store, so `delete_prefix` removes them from the filesystem itself.
-    local_root: Option<std::path::PathBuf>,
+    pub(crate) local_root: Option<std::path::PathBuf>,
     /// The same store as `store` when it is S3: for the multipart journal and conditional creates.
     pub(crate) s3: Option<Arc<crate::s3::S3Store>>,
     /// Part size and parts in flight of this repository's uploads ([`Repository::upload_options`]).

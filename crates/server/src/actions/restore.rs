@@ -286,8 +286,11 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
             })?;
     match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
         Ok(()) => {}
-        Err(ddsvault_jobs::JobError::NodeRunning(why) | ddsvault_jobs::JobError::Other(why)) => {
+        Err(ddsvault_jobs::JobError::NodeRunning(why)) => {
             return Err(ActionError::NodeNotStopped(why).into())
+        }
+        Err(e @ ddsvault_jobs::JobError::NodeStateUnknown(_)) => {
+            return Err(ActionError::NodeNotStopped(e.to_string()).into())
         }
         Err(e) => return Err(ActionError::Internal(e.to_string()).into()),
     }

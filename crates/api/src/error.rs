@@ -4,6 +4,9 @@
 //! clients see can be audited in one place (docs/protocol.md §6). Business errors are built through
 //! the same type with [`ApiError::new`] or the generic constructors.
 
+// The one place where codes are built (clippy.toml forbids ApiError::new everywhere else).
+#![allow(clippy::disallowed_methods)]
+
 use serde_json::{Map, Value};
 
 use crate::encoding::percent_encode_rfc3986;
@@ -356,6 +359,24 @@ impl ApiError {
             413,
             "RequestEntityTooLarge",
             format!("The request body is larger than {limit} bytes."),
+        )
+    }
+
+    /// 414 `RequestURITooLong`: the query string is over `limit` bytes.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            414,
+            "RequestURITooLong",
+            format!("The query string is longer than {limit} bytes."),
+        )
+    }
+
+    /// 400 `InvalidParameter` for a form body that is not UTF-8.
+    pub fn body_not_utf8() -> Self {
+        Self::new(
+            400,
+            codes::INVALID_PARAMETER,
+            "The request body is not valid UTF-8.",
         )
     }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use subtle::ConstantTimeEq;
 
 use crate::encoding::parse_pairs;
-use crate::error::{codes, ApiError};
+use crate::error::ApiError;
 use crate::keys::{KeyState, Secret, SecretLookup};
 use crate::nonce::{NonceCheck, NonceStore};
 use crate::params::Params;
@@ -171,13 +171,7 @@ fn is_form(headers: &Headers<'_>) -> bool {
 fn parse_params(req: &RawRequest) -> Result<Parsed, ApiError> {
     let query = parse_pairs(&req.raw_query)?;
     let form = if req.method.eq_ignore_ascii_case("POST") && is_form(&Headers(&req.headers)) {
-        let body = std::str::from_utf8(&req.body).map_err(|_| {
-            ApiError::new(
-                400,
-                codes::INVALID_PARAMETER,
-                "The request body is not valid UTF-8.",
-            )
-        })?;
+        let body = std::str::from_utf8(&req.body).map_err(|_| ApiError::body_not_utf8())?;
         parse_pairs(body)?
     } else {
         Vec::new()

@@ -19,6 +19,10 @@ pub enum JobError {
     /// A file restore found its target node running; it must be stopped first.
     #[error("the node is running ({0}); stop the node first")]
     NodeRunning(String),
+    /// Whether the target node is stopped cannot be checked (its address probe failed): a file restore must not
+    /// start, and the caller answers the same refusal as for a running node.
+    #[error("cannot check that the node is stopped: {0}")]
+    NodeStateUnknown(String),
     /// Reading or writing local files (a data directory, a scratch directory) failed: labelled by that source,
     /// not by the MongoDB layer the call went through.
     #[error("filesystem: {0}")]
@@ -52,6 +56,7 @@ impl JobError {
             JobError::Cancelled(_) => "Job.Cancelled",
             JobError::Stalled(_) => "Job.Stalled",
             JobError::NodeRunning(_) => "Node.Running",
+            JobError::NodeStateUnknown(_) => "Node.StateUnknown",
             JobError::Filesystem(_) => "Filesystem.Error",
             JobError::Mongo(e) => match e {
                 MongoError::Unreachable(_) => "MongoDB.Unreachable",

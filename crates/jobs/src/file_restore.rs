@@ -121,7 +121,7 @@ pub fn locked_files(data_path: &Path) -> Result<Vec<String>, JobError> {
 /// at its address and no process holds a lock on its database files.
 ///
 /// # Errors
-/// [`JobError::NodeRunning`] saying what answered; [`JobError::Other`] if it cannot be checked.
+/// [`JobError::NodeRunning`] saying what answered; [`JobError::NodeStateUnknown`] if it cannot be checked.
 pub async fn ensure_stopped(uri: &str, data_path: &Path) -> Result<(), JobError> {
     match ddsvault_mongo::topology::accepts_connections(uri, STOPPED_PROBE_TIMEOUT).await {
         Ok(true) => {
@@ -130,16 +130,13 @@ pub async fn ensure_stopped(uri: &str, data_path: &Path) -> Result<(), JobError>
             ))
         }
         Ok(false) => {}
-        Err(e) => {
-            return Err(JobError::Other(format!(
-                "cannot check that the node is stopped: {e}"
-            )))
-        }
+        Err(e) => return Err(JobError::NodeStateUnknown(e.to_string())),
     }
     let dir = data_path.to_path_buf();
     let held = tokio::task::spawn_blocking(move || locked_files(&dir))
         .await
-        .map_err(|e| JobError::Other(format!("lock probe task: {e}")))??;
+        .map_err(|e| JobError::NodeStateUnknown(format!("lock probe task: {e}")))?
+        .map_err(|e| JobError::NodeStateUnknown(e.to_string()))?;
     if !held.is_empty() {
         return Err(JobError::NodeRunning(format!(
             "a process holds its data files open: {}",

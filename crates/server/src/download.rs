@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::error::ActionError;
+
 use axum::body::Body;
 use std::net::SocketAddr;
 
@@ -304,16 +306,7 @@ async fn checked_backup(
     file: &str,
     q: DownloadQuery,
 ) -> Result<Backup, Response> {
-    let invalid = |why: &str| {
-        error(
-            st,
-            ApiError::new(
-                403,
-                "InvalidDownloadURL.Signature",
-                format!("The download URL is not valid: {why}."),
-            ),
-        )
-    };
+    let invalid = |why: &str| error(st, ActionError::DownloadUrlInvalid(why.to_string()).into());
     let Ok(id) = backup_id.parse::<i64>() else {
         return Err(invalid("malformed backup id"));
     };
@@ -327,24 +320,13 @@ async fn checked_backup(
         return Err(invalid("signature mismatch"));
     }
     if Utc::now().timestamp() > expires {
-        return Err(error(
-            st,
-            ApiError::new(
-                403,
-                "InvalidDownloadURL.Expired",
-                "The download URL has expired; call DescribeBackups for a new one.",
-            ),
-        ));
+        return Err(error(st, ActionError::DownloadUrlExpired.into()));
     }
     match st.catalog.get_backup(id).await {
         Ok(Some(b)) if b.status == BackupStatus::Success => Ok(b),
         Ok(_) => Err(error(
             st,
-            ApiError::new(
-                404,
-                "InvalidBackupId.NotFound",
-                format!("The specified backup \"{id}\" is not found."),
-            ),
+            ActionError::BackupNotFound(id.to_string()).into(),
         )),
         Err(e) => Err(error(st, ApiError::internal(e.to_string()))),
     }
@@ -371,11 +353,7 @@ async fn serve_backup_file(
         Err(e) if e.is_not_found() => {
             return error(
                 st,
-                ApiError::new(
-                    404,
-                    "InvalidBackupId.NotFound",
-                    "The backup file is no longer in the repository.",
-                ),
+                ActionError::BackupFilesGone("The backup file is".into()).into(),
             )
         }
         Err(e) => return error(st, ApiError::internal(e.to_string())),
@@ -383,14 +361,7 @@ async fn serve_backup_file(
     let range = match parse_range(headers.get(header::RANGE), size) {
         Ok(r) => r,
         Err(()) => {
-            let mut resp = error(
-                st,
-                ApiError::new(
-                    416,
-                    "InvalidRange",
-                    format!("The requested range is not satisfiable (size {size})."),
-                ),
-            );
+            let mut resp = error(st, ActionError::RangeNotSatisfiable { size }.into());
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -441,11 +412,9 @@ async fn serve_backup_file(
 /// not offered (`Accept-Ranges: none`), so a `Range` header gets the whole file (RFC 9110 allows it).
 async fn serve_tar(st: &AppState, backup: &Backup, method: &Method) -> Response {
     let gone = || {
-        ApiError::new(
-            404,
-            "InvalidBackupId.NotFound",
-            "The backup's files are no longer in the repository.",
-        )
+        ApiError::from(ActionError::BackupFilesGone(
+            "The backup's files are".into(),
+        ))
     };
     let prefix = match RepoPath::new(backup.repo_prefix.clone()) {
         Ok(p) => p,

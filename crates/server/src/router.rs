@@ -183,14 +183,7 @@ async fn call(
     };
     let (outcome, info) = if raw.raw_query.len() > MAX_QUERY_BYTES {
         raw.raw_query.truncate(0);
-        (
-            Err(ApiError::new(
-                414,
-                "RequestURITooLong",
-                format!("The query string is longer than {MAX_QUERY_BYTES} bytes."),
-            )),
-            claimed(&raw),
-        )
+        (Err(ApiError::uri_too_long(MAX_QUERY_BYTES)), claimed(&raw))
     } else {
         match read_body(body, MAX_BODY_BYTES, st.body_timeout).await {
             Ok(b) => {

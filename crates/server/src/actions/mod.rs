@@ -12,6 +12,7 @@ mod retention;
 
 use ddsvault_api::{ApiError, Params};
 
+use crate::error::ActionError;
 use crate::router::ActionResult;
 use crate::state::AppState;
 
@@ -108,7 +109,9 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
             retention::describe_backup_retention_lock(st, p).await
         }
         Action::DescribeDBInstances => instance::describe_db_instances(st, p).await,
-        Action::DescribeDBInstanceAttribute => instance::describe_db_instance_attribute(st, p).await,
+        Action::DescribeDBInstanceAttribute => {
+            instance::describe_db_instance_attribute(st, p).await
+        }
         Action::RestoreDBInstance => restore::restore_db_instance(st, p).await,
         Action::DescribeRestoreTasks => restore::describe_restore_tasks(st, p).await,
         Action::DescribeBackupDBs => restore::describe_backup_dbs(st, p).await,
@@ -116,14 +119,7 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
             pitr::describe_recover_time(st, p).await
         }
         Action::CheckRecoveryCondition => pitr::check_recovery_condition(st, p).await,
-        other => Err(ApiError::new(
-            400,
-            "UnsupportedOperation",
-            format!(
-                "The action {} is not implemented by this ddsvault version yet. See the API coverage table in docs/api.md.",
-                other.name()
-            ),
-        )),
+        other => Err(ActionError::ActionNotImplemented(other.name().to_string()).into()),
     }
 }
 

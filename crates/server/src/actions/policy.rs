@@ -308,13 +308,10 @@ pub(crate) fn apply_changes(mut pol: BackupPolicy, p: &Params) -> Result<BackupP
         .iter()
         .find(|n| p.opt_str(n).is_some())
     {
-        return Err(ApiError::new(
-            400,
-            "UnsupportedOperation",
-            format!(
-                "Cross-region log backup ({name}) is not implemented by this ddsvault version: copies are of backup sets. See docs/s3-repository.md."
-            ),
-        ));
+        return Err(ActionError::Unsupported(format!(
+            "Cross-region log backup ({name}) is not implemented by this ddsvault version: copies are of backup sets. See docs/s3-repository.md."
+        ))
+        .into());
     }
     if let Some(t) = p.opt_str("InstanceType") {
         if t != "replicate" && t != "sharding" {

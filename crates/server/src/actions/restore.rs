@@ -77,15 +77,10 @@ async fn usable_backup(
         .filter(|b| b.instance_id == id)
         .ok_or_else(|| ActionError::BackupNotFound(raw.to_string()))?;
     if backup.status != BackupStatus::Success {
-        return Err(ApiError::new(
-            403,
-            "OperationDenied.BackupStatus",
-            format!(
-                "The backup {backup_id} is {} and cannot be restored.",
-                backup.status.as_str()
-            ),
-        )
-        .into());
+        return Err(ActionError::BackupNotAvailable(format!(
+            "The backup {backup_id} is {} and cannot be restored.",
+            backup.status.as_str()
+        )));
     }
     Ok(backup)
 }
@@ -217,13 +212,12 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                     ))
                 })?;
             if existing.iter().any(|c| c == coll) {
-                return Err(ApiError::new(
-                    403,
-                    "OperationDenied.NamespaceExists",
-                    format!(
-                        "The collection {db}.{coll} already exists in instance {target_id}; pass DropExisting=true to replace it."
-                    ),
-                ));
+                return Err(ActionError::NamespaceExists {
+                    db: db.to_string(),
+                    collection: coll.to_string(),
+                    instance: target_id.to_string(),
+                }
+                .into());
             }
         }
     }
@@ -292,8 +286,11 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
             })?;
     match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
         Ok(()) => {}
-        Err(ddsvault_jobs::JobError::NodeRunning(why) | ddsvault_jobs::JobError::Other(why)) => {
+        Err(ddsvault_jobs::JobError::NodeRunning(why)) => {
             return Err(ActionError::NodeNotStopped(why).into())
+        }
+        Err(e @ ddsvault_jobs::JobError::NodeStateUnknown(_)) => {
+            return Err(ActionError::NodeNotStopped(e.to_string()).into())
         }
         Err(e) => return Err(ActionError::Internal(e.to_string()).into()),
     }
@@ -354,11 +351,11 @@ pub async fn describe_backup_dbs(st: &AppState, p: &Params) -> ActionResult {
     let source = p.required("SourceDBInstance")?;
     st.instance(source)?;
     if p.get("BackupId").is_none_or(str::is_empty) {
-        return Err(ApiError::new(
-            400,
-            "UnsupportedOperation",
-            "Only BackupId is supported; RestoreTime (point in time) is not implemented by this ddsvault version.",
-        ));
+        return Err(ActionError::Unsupported(
+            "Only BackupId is supported; RestoreTime (point in time) is not implemented by this ddsvault version."
+                .into(),
+        )
+        .into());
     }
     let backup = usable_backup(st, source, p, "BackupId").await?;
     let pg = page(p)?;

@@ -61,12 +61,13 @@ actions!(
     ModifyBackupRetentionLock,
     DescribeBackupRetentionLock,
     DescribeBackupStorage,
-    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
-    DescribeClusterBackups,
+    // Point-in-time recovery (docs/pitr.md).
     DescribeClusterRecoverTime,
     DescribeInstanceRecoverTime,
-    DescribeRestoreDBInstanceList,
     CheckRecoveryCondition,
+    // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
+    DescribeClusterBackups,
+    DescribeRestoreDBInstanceList,
     TransferClusterBackup,
     DescribeBinlogFiles,
     // Restores into a new instance (provisioning, issue 20.4): not implemented, answered with UnsupportedOperation.

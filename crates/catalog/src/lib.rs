@@ -4,6 +4,7 @@
 //! any process can claim, not a task in memory. Callers see the [`Catalog`] handle and the record types; the storage
 //! engine sits behind the crate-private [`CatalogBackend`] trait so that PostgreSQL can join SQLite without touching
 //! callers. One conformance suite ([`conformance`]) runs against every engine.
+#![forbid(unsafe_code)]
 
 pub mod advanced;
 pub mod copies;

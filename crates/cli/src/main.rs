@@ -1,4 +1,5 @@
 //! The `ddsvault` binary: `ddsvault serve [--config FILE]`.
+#![forbid(unsafe_code)]
 
 mod backup;
 mod client;

@@ -3,6 +3,7 @@
 //!
 //! Jobs live in the catalog, never only in memory: any ddsvault process sharing the catalog can claim a pending
 //! job, and a job whose process died is failed by the next process that starts (or notices its stale heartbeat).
+#![forbid(unsafe_code)]
 
 mod backup;
 pub mod copies;

@@ -10,7 +10,8 @@
 //! - a slot that meets an active job of the instance (a manual backup, a restore) is recorded as skipped, never
 //!   queued behind it.
 //!
-//! Automatic backups use the Logical method (the only one implemented) with the policy's
+//! Automatic backups take the method a manual CreateBackup without `BackupMethod` would (the server's rules, set
+//! through [`Scheduler::set_method_chooser`]; Logical until they are set) with the policy's
 //! `BackupRetentionPeriod`; an instance that cannot take one (unreachable, standalone) gets a Failed backup with
 //! the reason, like a manual one.
 //!

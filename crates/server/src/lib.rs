@@ -3,6 +3,7 @@
 //! Start-up order: open the catalog → register instances and key material → fail jobs a previous run left
 //! behind → start the job runner → serve. Shutdown runs the other way: stop accepting requests, let in-flight
 //! ones finish, cancel background tasks with a deadline, close the catalog.
+#![forbid(unsafe_code)]
 
 mod actions;
 pub mod alerts;

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from alibabacloud_dds20151201 import models as dds
-from alibabacloud_tea_openapi.exceptions import ClientException
+from alibabacloud_tea_openapi.exceptions import ClientException, ThrottlingException
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 import stack
@@ -86,7 +86,7 @@ def test_a_real_backup_moves_the_job_backup_and_api_counters(env):
     assert ei.value.code == "InvalidBackupMethod.ValueNotSupport"
     # The second DescribeBackupPolicy within 100 s is throttled.
     tea.describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-m1"))
-    with pytest.raises(ClientException) as ei:
+    with pytest.raises(ThrottlingException) as ei:
         tea.describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-m1"))
     assert ei.value.code == "Throttling.Api"
 
@@ -180,7 +180,9 @@ def test_the_endpoints_can_be_switched_off_or_moved(tmp_path):
         for path in ("/metrics", "/healthz", "/readyz"):
             assert requests.get(f"http://{moved.endpoint}{path}", timeout=10).status_code == 404, path
         # The API still answers on its own listener.
-        tea_client(moved).describe_regions(dds.DescribeRegionsRequest())
+        with pytest.raises(ClientException) as ei:
+            tea_client(moved).describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-none"))
+        assert ei.value.code == "InvalidDBInstanceId.NotFound"
     finally:
         moved.stop()
 
@@ -322,7 +324,8 @@ def test_json_logs_parse_and_carry_no_secret(tmp_path, monkeypatch):
         assert wait_backup(tea, "dds-j", job.backup_job_id).backup_status == "Success"
         # A refused call with a wrong secret is logged too.
         with pytest.raises(ClientException):
-            tea_client(server, ak=(ROOT_AK[0], "a-wrong-secret-0001")).describe_regions(dds.DescribeRegionsRequest())
+            tea_client(server, ak=(ROOT_AK[0], "a-wrong-secret-0001")).describe_backups(
+                dds.DescribeBackupsRequest(dbinstance_id="dds-j"))
     finally:
         server.stop()
         ferret.stop()

@@ -348,3 +348,60 @@ def test_a_bad_log_format_is_refused_clearly(tmp_path):
     assert r.returncode != 0
     assert 'DDSVAULT_LOG_FORMAT="xml"' in r.stderr and '"json"' in r.stderr, r.stderr
 
+
+
+# ------------------------------------------------------------------------------------------------ contrib/
+
+CONTRIB = stack.REPO_DIR / "contrib"
+
+
+def test_the_example_config_passes_check_and_serves_monitoring_on_its_own_listener(tmp_path):
+    example = (CONTRIB / "ddsvault.example.toml").read_text()
+    # What the unit's ExecStartPre runs: valid (exit 0), with the placeholders flagged.
+    r = subprocess.run([DDSVAULT_BIN, "check", "--config", str(CONTRIB / "ddsvault.example.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "example secret" in r.stdout and "PASSWORD" not in r.stdout + r.stderr
+    # A mistake in it stops the start (exit 2) with the reason.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(example.replace('listen = "127.0.0.1:9187"', 'listen = "9187"'))
+    r = subprocess.run([DDSVAULT_BIN, "check", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "[metrics] listen" in r.stderr, r.stderr
+
+    # The example, with this test's directories and ports, starts and serves /readyz on the metrics listener only.
+    mport = stack.free_port()
+    text = (example.replace('data_dir = "/var/lib/ddsvault"', f'data_dir = "{tmp_path / "state"}"')
+            .replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
+            .replace('listen = "127.0.0.1:9187"', f'listen = "127.0.0.1:{mport}"')
+            .replace("[scheduler]\nenabled = true", "[scheduler]\nenabled = false"))
+    assert f"127.0.0.1:{mport}" in text and str(tmp_path / "state") in text
+    server = Ddsvault(tmp_path / "svc", text)
+    try:
+        r = requests.get(f"http://127.0.0.1:{mport}/readyz", timeout=10)
+        assert r.status_code == 200, r.text
+        assert requests.get(f"http://{server.endpoint}/readyz", timeout=10).status_code == 404
+    finally:
+        server.stop()
+
+
+def test_the_systemd_unit_is_hardened_and_valid(tmp_path):
+    unit = (CONTRIB / "systemd" / "ddsvault.service").read_text()
+    directives = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines()
+                  if "=" in line and not line.startswith("#")}
+    assert directives["User"] == "ddsvault" and directives["Group"] == "ddsvault"
+    assert directives["ProtectSystem"] == "strict"
+    assert directives["NoNewPrivileges"] == "yes"
+    assert "/var/lib/ddsvault" in directives["ReadWritePaths"]
+    assert directives["ExecStartPre"].startswith("/usr/local/bin/ddsvault check --config ")
+    assert directives["ExecStart"].startswith("/usr/local/bin/ddsvault serve --config ")
+    assert "/etc/ddsvault/ddsvault.toml" in directives["Environment"] or \
+        "DDSVAULT_CONFIG=/etc/ddsvault/ddsvault.toml" in unit
+    analyze = "/usr/bin/systemd-analyze"
+    if not os.path.exists(analyze):
+        from conftest import skip_or_fail
+        skip_or_fail("systemd-analyze is not installed (Debian package systemd)")
+    # With this build's binary in place of /usr/local/bin/ddsvault (verify checks that the commands exist).
+    copy = tmp_path / "ddsvault.service"
+    copy.write_text(unit.replace("/usr/local/bin/ddsvault", DDSVAULT_BIN))
+    r = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr

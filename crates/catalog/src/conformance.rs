@@ -1687,11 +1687,19 @@ async fn stats(cat: &Catalog) {
     // The log backup's stored end is the newest slice's, per instance.
     assert!(!after.log_backup_end.iter().any(|(i, _)| i == "dds-stats"));
     assert!(cat
-        .claim_log_follower("dds-stats", "n1", Utc::now(), Utc::now() + Duration::minutes(1))
+        .claim_log_follower(
+            "dds-stats",
+            "n1",
+            Utc::now(),
+            Utc::now() + Duration::minutes(1)
+        )
         .await
         .expect("claim"));
     // Slices chain: each starts where the previous one ended.
-    for (start, end) in [(crate::ts_key(100, 0), 200), (crate::ts_key(200, u32::MAX), 300)] {
+    for (start, end) in [
+        (crate::ts_key(100, 0), 200),
+        (crate::ts_key(200, u32::MAX), 300),
+    ] {
         cat.add_log_slice(
             &crate::NewLogSlice {
                 instance_id: "dds-stats".into(),

@@ -387,7 +387,9 @@ impl LogFormat {
             Ok(v) if v.eq_ignore_ascii_case("json") => Ok(Self::Json),
             Ok(v) => anyhow::bail!("DDSVAULT_LOG_FORMAT={v:?}: expected \"text\" or \"json\""),
             Err(std::env::VarError::NotUnicode(_)) => {
-                anyhow::bail!("DDSVAULT_LOG_FORMAT is not valid UTF-8: expected \"text\" or \"json\"")
+                anyhow::bail!(
+                    "DDSVAULT_LOG_FORMAT is not valid UTF-8: expected \"text\" or \"json\""
+                )
             }
         }
     }

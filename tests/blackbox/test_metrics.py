@@ -187,6 +187,40 @@ def test_the_endpoints_can_be_switched_off_or_moved(tmp_path):
         moved.stop()
 
 
+def test_the_log_backup_lag_follows_the_oplog(tmp_path):
+    """Continuous log backup on: the stored end of the oplog per instance and its lag appear and move on."""
+    src = stack.FerretDB(tmp_path / "src", repl_set_name="rs0", create_oplog=True)
+    src.client().app.items.insert_one({"_id": 0})
+    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {"dds-log": (src.uri, "local_ssd")},
+                                                    extra="[log_backup]\nslice_secs = 1\npoll_ms = 200"))
+    try:
+        url = f"http://{server.endpoint}"
+        samples, _ = scrape(url)
+        assert ("ddsvault_log_backup_lag_seconds", frozenset({("instance", "dds-log")})) not in samples
+        tea_client(server).modify_backup_policy(dds.ModifyBackupPolicyRequest(
+            dbinstance_id="dds-log", enable_backup_log=1, log_backup_retention_period=7))
+        first = None
+        for i in range(1, 4):
+            src.client().app.items.insert_one({"_id": i})
+            written = time.time()
+            deadline = time.monotonic() + 60
+            while True:
+                samples, text = scrape(url)
+                end = value(samples, "ddsvault_log_backup_stored_until_timestamp_seconds", instance="dds-log")
+                if end >= int(written) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert end >= int(written), f"the write of {written:.0f} is not stored after 60 s:\n{text}"
+            lag = value(samples, "ddsvault_log_backup_lag_seconds", instance="dds-log")
+            assert 0 <= lag <= time.time() - end + 1.5, (lag, end)
+            first = first or end
+            time.sleep(1.1)
+        assert end > first, (first, end)
+    finally:
+        server.stop()
+        src.stop()
+
+
 # ------------------------------------------------------------------------------------------------ webhooks
 
 class Receiver:

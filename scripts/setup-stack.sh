@@ -123,6 +123,7 @@ from alibabacloud_tea_openapi import utils_models  # noqa: F401
 from aliyunsdkcore.client import AcsClient  # noqa: F401
 from aliyunsdkdds.request.v20151201.CreateBackupRequest import CreateBackupRequest  # noqa: F401
 import pymongo, pytest, requests, zstandard  # noqa: F401,E401
+import prometheus_client.openmetrics.parser  # noqa: F401
 PYEOF
     printf '%s\n' "$req_hash" >"$stamp"
     step_end "installed ($(grep -c '==' "$REQUIREMENTS") pinned packages)"

@@ -1683,4 +1683,42 @@ async fn stats(cat: &Catalog) {
         .find(|(i, _)| i == "dds-stats")
         .map(|(_, t)| *t);
     assert_eq!(last, backup.end_time);
+
+    // The log backup's stored end is the newest slice's, per instance.
+    assert!(!after.log_backup_end.iter().any(|(i, _)| i == "dds-stats"));
+    assert!(cat
+        .claim_log_follower(
+            "dds-stats",
+            "n1",
+            Utc::now(),
+            Utc::now() + Duration::minutes(1)
+        )
+        .await
+        .expect("claim"));
+    // Slices chain: each starts where the previous one ended.
+    for (start, end) in [
+        (crate::ts_key(100, 0), 200),
+        (crate::ts_key(200, u32::MAX), 300),
+    ] {
+        cat.add_log_slice(
+            &crate::NewLogSlice {
+                instance_id: "dds-stats".into(),
+                start_excl: start,
+                end_incl: crate::ts_key(end, u32::MAX),
+                first_ts: None,
+                last_ts: None,
+                entries: 0,
+                size: 1,
+                sha256: String::new(),
+                path: format!("log/{end}"),
+                gap: false,
+                now: Utc::now(),
+            },
+            "n1",
+        )
+        .await
+        .expect("slice");
+    }
+    let logs = cat.stats().await.expect("stats").log_backup_end;
+    assert!(logs.contains(&("dds-stats".to_string(), 300)), "{logs:?}");
 }

@@ -530,6 +530,9 @@ pub struct CatalogStats {
     pub backups: Vec<BackupCount>,
     /// The end time of each instance's newest successful backup.
     pub last_success: Vec<(String, DateTime<Utc>)>,
+    /// How far each instance's continuous log backup is durably stored: the newest slice's `end_incl` seconds
+    /// (the oplog time up to which a point-in-time restore is possible). Instances without slices are absent.
+    pub log_backup_end: Vec<(String, u32)>,
 }
 
 /// One group of [`CatalogStats::jobs`].

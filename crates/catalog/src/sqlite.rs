@@ -1341,6 +1341,18 @@ impl CatalogBackend for SqliteCatalog {
                 .last_success
                 .push((r.try_get("instance_id")?, from_ms(r.try_get("t")?)?));
         }
+        // One index seek per instance (log_slices_instance_end).
+        for r in sqlx::query(
+            "SELECT instance_id, MAX(end_incl) AS e FROM log_slices GROUP BY instance_id ORDER BY instance_id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        {
+            let (secs, _) = crate::model::ts_parts(r.try_get("e")?);
+            stats
+                .log_backup_end
+                .push((r.try_get("instance_id")?, secs));
+        }
         Ok(stats)
     }
 

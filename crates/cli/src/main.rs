@@ -345,7 +345,9 @@ fn ns_selector(ns: &str) -> anyhow::Result<ddsvault_mongo::restore::NsSelector> 
 }
 
 /// Keep the returned guard until the process ends: dropping it writes out what is still queued.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging() -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    // Checked before anything is logged: a typo must not silently give the other format.
+    let format = LogFormat::from_env()?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("DDSVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr; stdout carries only what a user must read (listen address, a newly created key).
@@ -356,14 +358,42 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .thread_name("ddsvault-log")
         .finish(std::io::stderr());
-    // Colours only for a person at a terminal: escape codes in a log file or the journal are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .init();
-    guard
+        .with_writer(writer);
+    match format {
+        // One JSON object per line (timestamp, level, target, fields, spans) for log shippers.
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => {
+            // Colours only for a person at a terminal: escape codes in a log file or the journal are noise.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+    }
+    Ok(guard)
+}
+
+/// `DDSVAULT_LOG_FORMAT`: `text` (default) or `json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("DDSVAULT_LOG_FORMAT") {
+            Err(std::env::VarError::NotPresent) => Ok(Self::Text),
+            Ok(v) if v.eq_ignore_ascii_case("text") || v.is_empty() => Ok(Self::Text),
+            Ok(v) if v.eq_ignore_ascii_case("json") => Ok(Self::Json),
+            Ok(v) => anyhow::bail!("DDSVAULT_LOG_FORMAT={v:?}: expected \"text\" or \"json\""),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!(
+                    "DDSVAULT_LOG_FORMAT is not valid UTF-8: expected \"text\" or \"json\""
+                )
+            }
+        }
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (so a signal sent right after start-up is never missed) and
@@ -498,7 +528,7 @@ async fn serve(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _log = init_logging();
+    let _log = init_logging()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

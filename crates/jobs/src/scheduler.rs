@@ -444,6 +444,16 @@ mod tests {
         .with_clock(clock.clone())
     }
 
+    /// Keeps every event it is given.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<crate::Event>>);
+
+    impl crate::EventSink for Recorder {
+        fn emit(&self, event: &crate::Event) {
+            self.0.lock().expect("events").push(event.clone());
+        }
+    }
+
     fn set(clock: &ManualClock, s: &str) {
         *clock.0.lock().expect("clock") = at(s);
     }
@@ -632,6 +642,8 @@ mod tests {
             .expect("manual job");
         set(&clock, "2026-11-27T03:00:30Z");
         let s = scheduler(&cat, &clock, "node-1");
+        let events = Arc::new(Recorder::default());
+        s.set_event_sink(events.clone());
         let slot = at("2026-11-27T03:00:00Z");
         assert_eq!(
             s.tick().await.expect("tick")[0].1,
@@ -639,6 +651,17 @@ mod tests {
                 slot,
                 job_id: manual.id
             }
+        );
+        // Watchers (metrics, alert webhooks) are told once, with the job that held the instance.
+        assert_eq!(
+            *events.0.lock().expect("events"),
+            vec![crate::Event::SlotMissed {
+                instance_id: "dds-a".into(),
+                schedule: "standard".into(),
+                slot,
+                reason: "active_job",
+                blocking_job_id: manual.id,
+            }]
         );
         // Even when the manual job ends inside the window, the skipped slot is not piled up afterwards.
         cat.fail_job(manual.id, "done", at("2026-11-27T03:10:00Z"))

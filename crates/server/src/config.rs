@@ -100,10 +100,10 @@ pub struct Config {
     pub ram_policies: Vec<RamPolicyConfig>,
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
-    /// `/metrics`, `/healthz`, `/readyz` (docs/observability.md).
+    /// `/metrics`, `/healthz`, `/readyz` (docs/monitoring.md).
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// Webhook notifications (docs/observability.md).
+    /// Webhook notifications (docs/monitoring.md).
     #[serde(default)]
     pub alerts: AlertsConfig,
 }

@@ -130,6 +130,8 @@ pub struct Metrics {
     backups: Family<BackupLabels, Gauge>,
     repository_bytes: Family<BackupLabels, Gauge>,
     last_success: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    log_backup_end: Family<InstanceLabels, Gauge>,
+    log_backup_lag: Family<InstanceLabels, Gauge>,
     catalog_up: Gauge,
     /// When the catalog was last read; held while reading so concurrent scrapes share one read.
     refreshed: Mutex<Option<Instant>>,
@@ -218,6 +220,19 @@ impl Metrics {
             "End time (Unix seconds) of each instance's newest successful backup",
             last_success.clone(),
         );
+        let log_backup_end = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "log_backup_stored_until_timestamp_seconds",
+            "Oplog time (Unix seconds) up to which each instance's continuous log backup is durably stored",
+            log_backup_end.clone(),
+        );
+        let log_backup_lag = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "log_backup_lag_seconds",
+            "Seconds between now and the end of each instance's newest stored log slice: how much recent history a \
+             point-in-time restore could not reach if the instance were lost now",
+            log_backup_lag.clone(),
+        );
         let catalog_up = Gauge::default();
         registry.register(
             "catalog_up",
@@ -238,6 +253,8 @@ impl Metrics {
             backups,
             repository_bytes,
             last_success,
+            log_backup_end,
+            log_backup_lag,
             catalog_up,
             refreshed: Mutex::new(None),
         }
@@ -304,6 +321,8 @@ impl Metrics {
         self.backups.clear();
         self.repository_bytes.clear();
         self.last_success.clear();
+        self.log_backup_end.clear();
+        self.log_backup_lag.clear();
         let stats = match catalog.stats().await {
             Ok(s) => s,
             Err(e) => {
@@ -340,6 +359,17 @@ impl Metrics {
             self.last_success
                 .get_or_create(&InstanceLabels { instance })
                 .set(secs);
+        }
+        let now = chrono::Utc::now().timestamp();
+        for (instance, end) in stats.log_backup_end {
+            let labels = InstanceLabels { instance };
+            self.log_backup_end
+                .get_or_create(&labels)
+                .set(i64::from(end));
+            // A slice ends at most a few seconds in the future of this clock (server clocks differ): never below 0.
+            self.log_backup_lag
+                .get_or_create(&labels)
+                .set((now - i64::from(end)).max(0));
         }
     }
 }
@@ -536,7 +566,43 @@ mod tests {
         let cat = ddsvault_catalog::open("sqlite::memory:")
             .await
             .expect("catalog");
+        let now = chrono::Utc::now();
+        assert!(cat
+            .claim_log_follower("dds-1", "n1", now, now + chrono::Duration::minutes(1))
+            .await
+            .expect("claim"));
+        let end = u32::try_from(now.timestamp() - 30).expect("time");
+        cat.add_log_slice(
+            &ddsvault_catalog::NewLogSlice {
+                instance_id: "dds-1".into(),
+                start_excl: ddsvault_catalog::ts_key(end - 60, 0),
+                end_incl: ddsvault_catalog::ts_key(end, 0),
+                first_ts: None,
+                last_ts: None,
+                entries: 0,
+                size: 1,
+                sha256: String::new(),
+                path: "log/x".into(),
+                gap: false,
+                now,
+            },
+            "n1",
+        )
+        .await
+        .expect("slice");
         let text = m.render(&cat).await;
+        assert!(
+            text.contains(&format!(
+                "ddsvault_log_backup_stored_until_timestamp_seconds{{instance=\"dds-1\"}} {end}"
+            )),
+            "{text}"
+        );
+        let lag: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ddsvault_log_backup_lag_seconds{instance=\"dds-1\"} "))
+            .and_then(|v| v.parse().ok())
+            .expect("lag line");
+        assert!((30..40).contains(&lag), "{lag}");
         for line in [
             "ddsvault_api_calls_total{action=\"CreateBackup\",code=\"OK\"} 1",
             "ddsvault_api_calls_total{action=\"CreateBackup\",code=\"Throttling.User\"} 1",

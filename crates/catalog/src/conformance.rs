@@ -45,6 +45,7 @@ pub async fn run_all(cat: Catalog) {
     retention_lock(&cat).await;
     audit(&cat).await;
     stats(&cat).await;
+    storage_usage(&cat).await;
 }
 
 async fn high_frequency_slots(cat: &Catalog) {
@@ -1721,4 +1722,147 @@ async fn stats(cat: &Catalog) {
     }
     let logs = cat.stats().await.expect("stats").log_backup_end;
     assert!(logs.contains(&("dds-stats".to_string(), 300)), "{logs:?}");
+}
+
+/// A backup of `instance` committed with its repository usage (migration 0015).
+async fn backup_with_storage(cat: &Catalog, instance: &str, usage: &crate::BackupStorage) -> i64 {
+    drain(cat).await;
+    let (job, backup) = cat
+        .create_backup_job(&new_job(instance, 0))
+        .await
+        .expect("create");
+    let claimed = cat
+        .claim_next_job("node-use", Utc::now())
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, job.id);
+    cat.complete_backup_with_storage(
+        job.id,
+        "node-use",
+        &BackupCompletion {
+            end_time: backup.start_time + Duration::minutes(5),
+            expire_time: crate::permanent_expiry(),
+            size: 10,
+            db_names: "shop".into(),
+            repo_prefix: format!("backups/{instance}/{}", backup.id),
+            details: serde_json::json!({}),
+        },
+        usage,
+    )
+    .await
+    .expect("complete");
+    backup.id
+}
+
+/// DescribeBackupStorage's counters: a backup counts while Success, a chunk once per instance however many
+/// snapshots name it, until the collector forgets it; backups committed without a record can be measured later.
+async fn storage_usage(cat: &Catalog) {
+    use crate::{BackupStorage, ChunkUsage, StorageUsage};
+    let inst = "dds-use";
+    let chunk = |d: &str, size: u64| ChunkUsage {
+        digest: d.into(),
+        size,
+    };
+    let usage = |b: u64, c: u64| StorageUsage {
+        backup_bytes: b,
+        chunk_bytes: c,
+    };
+    assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(0, 0));
+    let a = backup_with_storage(
+        cat,
+        inst,
+        &BackupStorage {
+            stored_bytes: 100,
+            chunks: vec![chunk("a", 10), chunk("b", 20)],
+        },
+    )
+    .await;
+    backup_with_storage(
+        cat,
+        inst,
+        &BackupStorage {
+            stored_bytes: 50,
+            chunks: vec![chunk("b", 20), chunk("c", 5)],
+        },
+    )
+    .await;
+    // "b" is named twice and counted once.
+    assert_eq!(
+        cat.storage_usage(inst).await.expect("usage"),
+        usage(150, 35)
+    );
+    assert_eq!(
+        cat.storage_usage("dds-use-other").await.expect("usage"),
+        usage(0, 0)
+    );
+
+    // A backup committed without a record (before the migration) is listed until measured, then counted.
+    let old = successful_backup(cat, inst, crate::permanent_expiry()).await;
+    let missing: Vec<i64> = cat
+        .backups_without_storage(1000)
+        .await
+        .expect("missing")
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert!(
+        missing.contains(&old) && !missing.contains(&a),
+        "{missing:?}"
+    );
+    let measured = BackupStorage {
+        stored_bytes: 7,
+        chunks: vec![chunk("d", 1)],
+    };
+    assert!(cat
+        .record_backup_storage(old, &measured)
+        .await
+        .expect("record"));
+    assert!(!cat
+        .record_backup_storage(old, &measured)
+        .await
+        .expect("again"));
+    assert!(!cat
+        .backups_without_storage(1000)
+        .await
+        .expect("missing")
+        .iter()
+        .any(|b| b.id == old));
+    assert_eq!(
+        cat.storage_usage(inst).await.expect("usage"),
+        usage(157, 36)
+    );
+    // Only a Success backup is recorded.
+    drain(cat).await;
+    let (_, running) = cat
+        .create_backup_job(&new_job(inst, 1))
+        .await
+        .expect("running");
+    assert!(!cat
+        .record_backup_storage(running.id, &measured)
+        .await
+        .expect("running"));
+    drain(cat).await;
+    assert_eq!(
+        cat.storage_usage(inst).await.expect("usage"),
+        usage(157, 36)
+    );
+
+    // A backup stops counting when its deletion starts; its chunks count until the collector deletes them.
+    assert!(matches!(
+        cat.mark_backup_deleting(a).await.expect("mark"),
+        crate::DeleteMark::Marked(_)
+    ));
+    assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(57, 36));
+    assert!(cat.delete_backup_row(a).await.expect("row"));
+    assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(57, 36));
+    cat.forget_instance_chunks(inst, &["a".to_string(), "zz".to_string()])
+        .await
+        .expect("forget");
+    assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(57, 26));
+    // A chunk counts once however often it is added; its size is the latest measured (a rewritten chunk).
+    cat.add_instance_chunks(inst, &[chunk("a", 10), chunk("a", 10), chunk("b", 25)])
+        .await
+        .expect("add");
+    assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(57, 41));
 }

@@ -12,6 +12,7 @@ mod error;
 mod model;
 pub mod policy;
 mod sqlite;
+pub mod storage;
 
 pub mod conformance;
 
@@ -25,6 +26,7 @@ pub use copies::{BackupCopy, CopyStatus, CrossRegionPolicy, CrossRetention};
 pub use error::CatalogError;
 pub use model::*;
 pub use sqlite::SqliteCatalog;
+pub use storage::{BackupStorage, ChunkUsage, StorageUsage};
 
 /// Operations the rest of ddsvault needs from a catalog engine.
 ///
@@ -196,6 +198,41 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         owner: &str,
         done: &BackupCompletion,
     ) -> Result<(), CatalogError>;
+    /// As [`CatalogBackend::complete_backup`], recording in the same transaction what the backup occupies in the
+    /// repository ([`BackupStorage`]): its stored bytes, and the snapshot chunks it names that the instance's
+    /// earlier snapshots did not (each chunk counts once per instance).
+    async fn complete_backup_with_storage(
+        &self,
+        job_id: i64,
+        owner: &str,
+        done: &BackupCompletion,
+        usage: &BackupStorage,
+    ) -> Result<(), CatalogError>;
+    /// Records the usage of a Success backup that has none (one committed before migration 0015, or by a path
+    /// that does not measure). Returns false if the backup is not Success or was already recorded (its first
+    /// record stays; its chunks are still counted).
+    async fn record_backup_storage(
+        &self,
+        backup_id: i64,
+        usage: &BackupStorage,
+    ) -> Result<bool, CatalogError>;
+    /// Success backups with no recorded usage, oldest first, at most `limit`.
+    async fn backups_without_storage(&self, limit: u32) -> Result<Vec<Backup>, CatalogError>;
+    /// Counts chunks a committed snapshot names, each once per instance (a chunk already counted takes the size
+    /// given now).
+    async fn add_instance_chunks(
+        &self,
+        instance_id: &str,
+        chunks: &[ChunkUsage],
+    ) -> Result<(), CatalogError>;
+    /// Stops counting chunks the collector deleted.
+    async fn forget_instance_chunks(
+        &self,
+        instance_id: &str,
+        digests: &[String],
+    ) -> Result<(), CatalogError>;
+    /// The instance's recorded usage: DescribeBackupStorage's `FullStorageSize` without a repository listing.
+    async fn storage_usage(&self, instance_id: &str) -> Result<StorageUsage, CatalogError>;
     /// Marks a job (and its backup set, if any) Failed with a reason whose source is unknown
     /// ([`JOB_ERROR_CODE`]).
     async fn fail_job(

@@ -28,6 +28,8 @@ mod fast;
 mod identity;
 #[path = "sqlite_logs.rs"]
 mod logs;
+#[path = "sqlite_storage.rs"]
+mod storage;
 
 /// SQLite catalog. Writes go through a single connection: SQLite serialises writers anyway, and one writer
 /// connection per process avoids `SQLITE_BUSY` on lock upgrades; reads use a small pool of their own.
@@ -651,38 +653,50 @@ impl CatalogBackend for SqliteCatalog {
         owner: &str,
         done: &BackupCompletion,
     ) -> Result<(), CatalogError> {
-        let mut tx = self.write.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ? \
-             WHERE id = ? AND owner = ? AND state = 'Running' RETURNING backup_id",
-        )
-        .bind(ms(done.end_time))
-        .bind(ms(done.end_time))
-        .bind(job_id)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = updated else {
-            return Err(CatalogError::LostOwnership(job_id));
-        };
-        let backup_id: Option<i64> = row.try_get("backup_id")?;
-        let backup_id =
-            backup_id.ok_or_else(|| CatalogError::NotFound(format!("backup of job {job_id}")))?;
-        sqlx::query(
-            "UPDATE backups SET status = 'Success', end_time = ?, expire_time = ?, size = ?, db_names = ?, \
-             repo_prefix = ?, details = ? WHERE id = ?",
-        )
-        .bind(ms(done.end_time))
-        .bind(ms(done.expire_time))
-        .bind(done.size)
-        .bind(&done.db_names)
-        .bind(&done.repo_prefix)
-        .bind(done.details.to_string())
-        .bind(backup_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.complete_backup_impl(job_id, owner, done, None).await
+    }
+
+    async fn complete_backup_with_storage(
+        &self,
+        job_id: i64,
+        owner: &str,
+        done: &BackupCompletion,
+        usage: &crate::BackupStorage,
+    ) -> Result<(), CatalogError> {
+        self.complete_backup_impl(job_id, owner, done, Some(usage))
+            .await
+    }
+
+    async fn record_backup_storage(
+        &self,
+        backup_id: i64,
+        usage: &crate::BackupStorage,
+    ) -> Result<bool, CatalogError> {
+        self.record_backup_storage_impl(backup_id, usage).await
+    }
+
+    async fn backups_without_storage(&self, limit: u32) -> Result<Vec<Backup>, CatalogError> {
+        self.backups_without_storage_impl(limit).await
+    }
+
+    async fn add_instance_chunks(
+        &self,
+        instance_id: &str,
+        chunks: &[crate::ChunkUsage],
+    ) -> Result<(), CatalogError> {
+        self.add_instance_chunks_impl(instance_id, chunks).await
+    }
+
+    async fn forget_instance_chunks(
+        &self,
+        instance_id: &str,
+        digests: &[String],
+    ) -> Result<(), CatalogError> {
+        self.forget_instance_chunks_impl(instance_id, digests).await
+    }
+
+    async fn storage_usage(&self, instance_id: &str) -> Result<crate::StorageUsage, CatalogError> {
+        self.storage_usage_impl(instance_id).await
     }
 
     async fn fail_job_with_code(
@@ -959,10 +973,17 @@ impl CatalogBackend for SqliteCatalog {
     }
 
     async fn delete_backup_row(&self, backup_id: i64) -> Result<bool, CatalogError> {
+        let mut tx = self.write.begin().await?;
         let done = sqlx::query("DELETE FROM backups WHERE id = ? AND status = 'Deleting'")
             .bind(backup_id)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        // Its recorded usage (migration 0015) goes with it; it stopped counting when it left Success.
+        sqlx::query("DELETE FROM backup_storage WHERE backup_id = ?")
+            .bind(backup_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -1591,5 +1612,58 @@ impl SqliteCatalog {
         };
         tx.commit().await?;
         Ok(mark)
+    }
+}
+
+impl SqliteCatalog {
+    /// [`CatalogBackend::complete_backup`], recording the backup's repository usage in the same transaction when
+    /// given (migration 0015).
+    async fn complete_backup_impl(
+        &self,
+        job_id: i64,
+        owner: &str,
+        done: &BackupCompletion,
+        usage: Option<&crate::BackupStorage>,
+    ) -> Result<(), CatalogError> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ? \
+             WHERE id = ? AND owner = ? AND state = 'Running' RETURNING backup_id",
+        )
+        .bind(ms(done.end_time))
+        .bind(ms(done.end_time))
+        .bind(job_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = updated else {
+            return Err(CatalogError::LostOwnership(job_id));
+        };
+        let backup_id: Option<i64> = row.try_get("backup_id")?;
+        let backup_id =
+            backup_id.ok_or_else(|| CatalogError::NotFound(format!("backup of job {job_id}")))?;
+        sqlx::query(
+            "UPDATE backups SET status = 'Success', end_time = ?, expire_time = ?, size = ?, db_names = ?, \
+             repo_prefix = ?, details = ? WHERE id = ?",
+        )
+        .bind(ms(done.end_time))
+        .bind(ms(done.expire_time))
+        .bind(done.size)
+        .bind(&done.db_names)
+        .bind(&done.repo_prefix)
+        .bind(done.details.to_string())
+        .bind(backup_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(usage) = usage {
+            let instance: String =
+                sqlx::query_scalar("SELECT instance_id FROM backups WHERE id = ?")
+                    .bind(backup_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            storage::record_in(&mut tx, backup_id, &instance, usage).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

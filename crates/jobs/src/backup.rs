@@ -250,9 +250,11 @@ pub(crate) async fn publish_logical(
         repo_prefix: prefix.to_string(),
         details: crate::integrity::sealed_details(a.details, manifest_sha256),
     };
+    // What it occupies, measured once now so DescribeBackupStorage never lists the repository.
+    let usage = crate::storage::measure(&runner.repo, &job.instance_id, &prefix).await?;
     if let Err(e) = runner
         .catalog
-        .complete_backup(job.id, &runner.node_id, &done)
+        .complete_backup_with_storage(job.id, &runner.node_id, &done, &usage)
         .await
     {
         // Whoever took the job from us (recovery) also owns the cleanup decision; our files must not survive

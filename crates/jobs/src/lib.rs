@@ -22,6 +22,7 @@ pub mod retention;
 mod runner;
 pub mod scheduler;
 pub mod scrub;
+pub mod storage;
 mod tasks;
 
 pub use error::JobError;

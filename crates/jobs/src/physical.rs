@@ -394,9 +394,11 @@ async fn complete(
         repo_prefix: prefix.to_string(),
         details,
     };
+    // What it occupies, measured once now so DescribeBackupStorage never lists the repository.
+    let usage = crate::storage::measure(&runner.repo, &job.instance_id, prefix).await?;
     if let Err(e) = runner
         .catalog
-        .complete_backup(job.id, &runner.node_id, &done)
+        .complete_backup_with_storage(job.id, &runner.node_id, &done, &usage)
         .await
     {
         // Whoever took the job from us also owns the cleanup; our files must not look complete.

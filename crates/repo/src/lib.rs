@@ -74,6 +74,8 @@ pub mod chunks;
 mod copy;
 pub mod encrypted;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod hash;
 pub mod layout;
 mod local;

@@ -240,6 +240,16 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         );
     }
 
+    // Backups committed before the catalog recorded their stored size (migration 0015) are measured once, before
+    // the API answers DescribeBackupStorage from the catalog; a failure is logged and retried by the collector.
+    match ddsvault_jobs::storage::backfill(&catalog, &repo).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(backups = n, "recorded the stored size of older backups"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the stored size of older backups; the collector retries")
+        }
+    }
+
     // The key of download URLs lives in the catalog so every process sharing it signs and verifies alike.
     let download_key = download::load_key(&catalog, &master).await?;
     let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));

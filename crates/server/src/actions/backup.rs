@@ -505,18 +505,15 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
 pub async fn describe_backup_storage(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     st.instance(id)?;
-    let repo_err = |e: ddsvault_repo::RepoError| ActionError::Internal(format!("repository: {e}"));
-    let backups: u64 = st
-        .repo
-        .list(&ddsvault_repo::Repository::instance_prefix(id))
+    // From the catalog, not the repository (issue 17.7): each Success backup's stored bytes and each chunk a
+    // committed snapshot named, as recorded at commit and forgotten by the collector (docs/decisions.md).
+    let usage = st
+        .catalog
+        .storage_usage(id)
         .await
-        .map_err(repo_err)?
-        .iter()
-        .map(|o| o.size)
-        .sum();
-    let (_, chunks) = st.repo.chunk_store_usage(id).await.map_err(repo_err)?;
+        .map_err(ActionError::from)?;
     let mut out = Map::new();
-    out.insert("FullStorageSize".into(), json!(backups + chunks));
+    out.insert("FullStorageSize".into(), json!(usage.total()));
     // The oplog slices of the continuous log backup (docs/pitr.md), as indexed with their stored size.
     let logs = ddsvault_jobs::pitr::log_storage_size(&st.catalog, id)
         .await

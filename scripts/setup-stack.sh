@@ -242,6 +242,21 @@ for spec in "$MONGO_TOOLS_CURRENT:$BIN_DIR" "$MONGO_TOOLS_FERRETDB:$STACK_DIR/mo
     fi
 done
 
+# PostgreSQL server binaries (Debian's `postgresql` package): the PostgreSQL catalog tests start throw-away clusters
+# with initdb/pg_ctl, so no service needs to run.
+step_begin "PostgreSQL server binaries"
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    step_end "already installed ($(ls -d /usr/lib/postgresql/*/bin/initdb | head -1)), skipped"
+else
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq || die "apt-get update failed (PostgreSQL)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql \
+        || die "could not install the postgresql package"
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "postgresql installed but no initdb under /usr/lib/postgresql"
+    step_end "installed"
+fi
+
 STACK_DIR="$STACK_DIR" "$REPO_DIR/scripts/setup-minio.sh" || die "MinIO (S3 server for the repository tests) could not be built"
 
 venv_rc=0

@@ -6,8 +6,10 @@ Only the standard library and pymongo are used.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -388,3 +390,78 @@ class MinIO:
         for k, v in extra.items():
             lines.append(f"{k} = {v}")
         return "\n".join(lines) + "\n"
+
+
+def pg_bin_dir() -> Optional[Path]:
+    """The directory of initdb/pg_ctl: $DDSVAULT_PG_BIN, else the newest /usr/lib/postgresql/<v>/bin."""
+    if os.environ.get("DDSVAULT_PG_BIN"):
+        return Path(os.environ["DDSVAULT_PG_BIN"])
+    root = Path("/usr/lib/postgresql")
+    found = sorted((int(p.name), p / "bin") for p in root.glob("*") if p.name.isdigit() and (p / "bin/initdb").is_file()) \
+        if root.is_dir() else []
+    return found[-1][1] if found else None
+
+
+class PostgreSQL:
+    """A throw-away PostgreSQL cluster (Debian's `postgresql` package, installed by scripts/setup-stack.sh): initdb in
+    a temporary directory, pg_ctl start on 127.0.0.1:<free port>, trust authentication, superuser `ddsvault`.
+    initdb refuses root, so under root the cluster runs as the `postgres` system user, which owns the directory."""
+
+    def __init__(self, tmpdir):
+        self.bin = pg_bin_dir()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL not installed (no /usr/lib/postgresql/*/bin/initdb): run scripts/setup-stack.sh")
+        # Not under `tmpdir`: pytest's directories are private to the test's user, and the server may run as
+        # `postgres`. A directory of its own in the system temp dir, removed by stop().
+        del tmpdir
+        self.dir = Path(tempfile.mkdtemp(prefix="ddsvault-pg-"))
+        self.data = self.dir / "pgdata"
+        self.log_path = self.dir / "postgres.log"
+        self.run_as = "postgres" if os.geteuid() == 0 else None
+        if self.run_as:
+            shutil.chown(self.dir, user=self.run_as)
+        self.port = 0
+        self._tool("initdb", "-D", str(self.data), "-U", "ddsvault", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _tool(self, name: str, *args: str) -> None:
+        cmd = [str(self.bin / name), *args]
+        if self.run_as:
+            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+        r = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"{name} failed: {r.stdout}{r.stderr}\n{_tail(self.log_path)}")
+
+    def start(self) -> "PostgreSQL":
+        self.port = free_port()
+        self._tool("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "start", "-o",
+                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
+        return self
+
+    def stop(self) -> None:
+        if self.port:
+            self._tool("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self.port = 0
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, db: str = "postgres", password: Optional[str] = None) -> str:
+        auth = f"ddsvault:{password}" if password else "ddsvault"
+        return f"postgres://{auth}@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self, name: str) -> str:
+        self._tool("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "ddsvault", name)
+        return self.url(name)
+
+    def sql(self, db: str, statement: str) -> str:
+        """Runs one statement with psql and returns its unaligned output."""
+        r = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "ddsvault",
+                            "-d", db, "-A", "-t", "-c", statement], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"psql failed: {r.stderr}")
+        return r.stdout.strip()
+
+    def __enter__(self) -> "PostgreSQL":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -11,10 +11,13 @@ pub mod copies;
 mod error;
 mod model;
 pub mod policy;
+mod postgres;
 mod sqlite;
 pub mod storage;
 
 pub mod conformance;
+#[cfg(feature = "pgtest")]
+pub mod pgtest;
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ pub use advanced::{AdvancedPolicy, DataPolicy, LogPolicy, RetentionLock};
 pub use copies::{BackupCopy, CopyStatus, CrossRegionPolicy, CrossRetention};
 pub use error::CatalogError;
 pub use model::*;
+pub use postgres::{redact_url, PgCatalog};
 pub use sqlite::SqliteCatalog;
 pub use storage::{BackupStorage, ChunkUsage, StorageUsage};
 
@@ -471,12 +475,16 @@ pub async fn open_existing(url: &str) -> Result<Catalog, CatalogError> {
     open(url).await
 }
 
-/// Opens the catalog named by `url`, creating it if needed. Only `sqlite:` URLs exist today; the URL scheme is the extension point for
-/// PostgreSQL.
+/// Opens the catalog named by `url`, creating it (or its schema) if needed: `sqlite://<path>`, `sqlite::memory:`,
+/// or `postgres://` / `postgresql://` (the database must exist; its tables are created by the migrations).
 ///
 /// # Errors
-/// [`CatalogError::Config`] for an unsupported URL, or the engine's error when it cannot open or migrate.
+/// [`CatalogError::Config`] for an unsupported or unreachable URL (shown without its password), or the engine's
+/// error when it cannot open or migrate.
 pub async fn open(url: &str) -> Result<Catalog, CatalogError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgCatalog::connect(url).await?));
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(
             SqliteCatalog::open_file(std::path::Path::new(path)).await?,
@@ -486,6 +494,7 @@ pub async fn open(url: &str) -> Result<Catalog, CatalogError> {
         return Ok(Arc::new(SqliteCatalog::open_memory().await?));
     }
     Err(CatalogError::Config(format!(
-        "unsupported catalog url {url:?}: expected sqlite://<path> or sqlite::memory:"
+        "unsupported catalog url {:?}: expected sqlite://<path>, sqlite::memory: or postgres://user:password@host:port/database",
+        redact_url(url)
     )))
 }

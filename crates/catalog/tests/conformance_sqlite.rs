@@ -37,7 +37,7 @@ async fn reopening_keeps_data() {
 
 #[tokio::test]
 async fn unsupported_url_is_refused() {
-    let err = ddsvault_catalog::open("postgres://x")
+    let err = ddsvault_catalog::open("mysql://x")
         .await
         .expect_err("must fail");
     assert!(err.to_string().contains("unsupported catalog url"), "{err}");

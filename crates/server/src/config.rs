@@ -997,6 +997,15 @@ impl Config {
                 self.backup.stall_timeout_secs
             ));
         }
+        if let Some(url) = &self.catalog_url {
+            let known = ["sqlite://", "postgres://", "postgresql://"];
+            if url != "sqlite::memory:" && !known.iter().any(|p| url.starts_with(p)) {
+                return err(format!(
+                    "catalog_url = {:?} must be sqlite://<path> or postgres://user:password@host:port/database",
+                    ddsvault_catalog::redact_url(url)
+                ));
+            }
+        }
         if let Some(n) = &self.node_id {
             if !crate::startup::valid_node_id(n) {
                 return err(format!(

@@ -29,15 +29,20 @@ def call(server, action, **params):
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("pgcat")
     pg = stack.PostgreSQL(base / "pg")
-    url = pg.create_database("ddsvault")
-    src = stack.FerretDB(base / "src", repl_set_name="rs0")
-    seed_data(src.client(), DBS)
-    expected = snapshot(src.client(), DBS)
-    dst = stack.FerretDB(base / "dst", repl_set_name="rs0")
-    data = base / "data"
-    server = Ddsvault(base / "svc", config_text(data, {"dds-src": (src.uri, "local_ssd"),
-                                                       "dds-dst": (dst.uri, "local_ssd")},
-                                                extra=f'catalog_url = "{url}"'))
+    try:
+        url = pg.create_database("ddsvault")
+        src = stack.FerretDB(base / "src", repl_set_name="rs0")
+        seed_data(src.client(), DBS)
+        expected = snapshot(src.client(), DBS)
+        dst = stack.FerretDB(base / "dst", repl_set_name="rs0")
+        data = base / "data"
+        server = Ddsvault(base / "svc", config_text(data, {"dds-src": (src.uri, "local_ssd"),
+                                                           "dds-dst": (dst.uri, "local_ssd")},
+                                                    extra=f'catalog_url = "{url}"'))
+    except BaseException:
+        # A failed setup must not leave the cluster running (teardown does not run).
+        pg.stop()
+        raise
     yield {"server": server, "pg": pg, "src": src, "dst": dst, "expected": expected, "data": data, "base": base}
     server.stop()
     for f in (src, dst):

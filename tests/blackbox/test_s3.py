@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import time
 
 import pytest
 import requests
 from alibabacloud_dds20151201 import models as dds
+from aliyunsdkcore.acs_exception.exceptions import ServerException
 
 import stack
 from conftest import DDSVAULT_BIN, Ddsvault, config_text, seed_data, snapshot, tea_client, wait_backup
@@ -53,8 +55,10 @@ def env(tmp_path_factory):
     single = stack.FerretDB(base / "single")
     rnd = random.Random(7)
     single.client().big.docs.insert_many([{"_id": i, "pad": rnd.randbytes(400).hex()} for i in range(6000)])
-    text = config_text(base / "data", {"dds-src": (src.uri, "local_ssd"), "dds-dst": (dst.uri, "local_ssd")},
+    # dds-src has its data path, so Physical backups of it work too (the tests ask for Logical by name).
+    text = config_text(base / "data", {"dds-dst": (dst.uri, "local_ssd")},
                        extra=minio.repository_config(BUCKET, PREFIX, part_size_mib=5, parts_in_flight=2)) \
+        + instance_lines("dds-src", src.uri, data_path=src.data_dir) \
         + instance_lines("dds-single", single.uri, data_path=single.data_dir)
     server = Ddsvault(base / "svc", text)
     yield {"server": server, "minio": minio, "src": src, "dst": dst, "single": single, "expected": expected,
@@ -76,7 +80,9 @@ def assert_nothing_half_done(minio):
     keys = minio.keys(BUCKET, PREFIX + "/")
     assert not [k for k in keys if k.startswith(f"{PREFIX}/uploads/")], keys
     assert not [k for k in keys if k.startswith(f"{PREFIX}/staging/")], keys
-    prefixes = {k.rsplit("/", 1)[0] for k in keys if k.startswith(f"{PREFIX}/backups/")}
+    # A backup's prefix is <PREFIX>/backups/<instance>/<backup id>; Physical files sit one level deeper.
+    depth = PREFIX.count("/") + 4
+    prefixes = {"/".join(k.split("/")[:depth]) for k in keys if k.startswith(f"{PREFIX}/backups/")}
     for p in prefixes:
         assert f"{p}/manifest.json" in keys, f"{p} has files but no manifest: {keys}"
 
@@ -158,6 +164,61 @@ def test_snapshot_backup_restore_download_gc_on_s3(env):
     assert_nothing_half_done(minio)
 
 
+def test_physical_backup_restore_download_verify_retention_on_s3(env, tmp_path):
+    server, minio, tea, src = env["server"], env["minio"], tea_client(env["server"]), env["src"]
+    expected = snapshot(src.client(), DBS)
+    assert expected == env["expected"]
+    before = tea.describe_backup_storage(dds.DescribeBackupStorageRequest(dbinstance_id="dds-src")).body
+    b = wait_backup(tea, "dds-src", call(server, "CreateBackup", DBInstanceId="dds-src",
+                                         BackupMethod="Physical")["BackupJobId"])
+    assert (b.backup_status, b.backup_method) == ("Success", "Physical")
+    # The data files and the manifest are in the bucket under their final keys, with the manifest's sizes.
+    keys = minio.keys(BUCKET, f"{PREFIX}/backups/dds-src/{b.backup_id}/")
+    m = manifest_of(minio, "dds-src", b.backup_id)
+    assert sorted(keys) == sorted([f"{PREFIX}/backups/dds-src/{b.backup_id}/{f['name']}" for f in m["files"]]
+                                  + [f"{PREFIX}/backups/dds-src/{b.backup_id}/manifest.json"]), keys
+    for f in m["files"]:
+        assert keys[f"{PREFIX}/backups/dds-src/{b.backup_id}/{f['name']}"] == f["size"], f
+    assert sorted(f["name"] for f in m["files"]) == sorted(f"files/{db}.sqlite" for db in DBS), m["files"]
+    assert_nothing_half_done(minio)
+
+    # Download URL (a tar streamed from S3) and `ddsvault download`: the same bytes, a FerretDB serves them.
+    names = download_tar(b.backup_download_url, env["base"] / "downloaded-phys" / "data")
+    assert names == sorted(f"{db}.sqlite" for db in DBS), names
+    with stack.FerretDB(env["base"] / "downloaded-phys") as fresh:
+        assert snapshot(fresh.client(), DBS) == expected
+    out = tmp_path / "phys.tar"
+    d = cli(server, "download", "--backup-id", b.backup_id, "-o", str(out))
+    assert d.returncode == 0, d.stderr
+    assert out.read_bytes() == requests.get(b.backup_download_url, timeout=120).content
+    # Restore into an empty directory, verified against the manifest on the way.
+    target = env["base"] / "restored-phys" / "data"
+    assert "verified against the manifest" in restore_to_dir(server, b.backup_id, target)
+    with stack.FerretDB(env["base"] / "restored-phys") as fresh:
+        assert snapshot(fresh.client(), DBS) == expected
+    v = cli(server, "verify", "--backup-id", b.backup_id)
+    assert v.returncode == 0, v.stderr
+
+    # DescribeBackupStorage counts it; retention of the expired backup removes it from the bucket and the count.
+    during = tea.describe_backup_storage(dds.DescribeBackupStorageRequest(dbinstance_id="dds-src")).body
+    assert int(during.full_storage_size) >= int(before.full_storage_size) + b.backup_size, \
+        (before.to_map(), during.to_map())
+    with sqlite3.connect(env["base"] / "data" / "catalog.db") as c:
+        c.execute("UPDATE backups SET expire_time = ? WHERE id = ?", (int((time.time() - 60) * 1000),
+                                                                     int(b.backup_id)))
+    r = cli(server, "retention")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{b.backup_id}" in r.stdout, r.stdout
+    assert minio.keys(BUCKET, f"{PREFIX}/backups/dds-src/{b.backup_id}/") == {}
+    after = tea.describe_backup_storage(dds.DescribeBackupStorageRequest(dbinstance_id="dds-src")).body
+    # Everything the backup stored (its files and its manifest) is no longer counted.
+    assert int(after.full_storage_size) == int(during.full_storage_size) - sum(keys.values()), \
+        (during.to_map(), after.to_map(), keys)
+    listed = tea.describe_backups(dds.DescribeBackupsRequest(dbinstance_id="dds-src", backup_id=b.backup_id))
+    assert not (listed.body.backups and listed.body.backups.backup), "the expired backup is no longer listed"
+    assert_nothing_half_done(minio)
+
+
 def test_an_object_deleted_behind_our_back_is_named_by_verify(env):
     server, minio, tea = env["server"], env["minio"], tea_client(env["server"])
     b = wait_backup(tea, "dds-src", tea.create_backup(dds.CreateBackupRequest(
@@ -167,6 +228,21 @@ def test_an_object_deleted_behind_our_back_is_named_by_verify(env):
     v = cli(server, "verify", "--backup-id", b.backup_id)
     assert v.returncode != 0
     assert b.backup_id in v.stderr + v.stdout and "archive.zst" in v.stderr + v.stdout, v.stderr
+    # A restore from it fails (refused, or its job Failed) saying the archive is missing; the target is left
+    # as it was.
+    before = snapshot(env["dst"].client(), DBS)
+    try:
+        out = call(server, "RestoreDBInstance", DBInstanceId="dds-src", BackupId=b.backup_id,
+                   TargetDBInstanceId="dds-dst", DropExisting="true")
+    except ServerException as e:
+        why = str(e)
+    else:
+        job = wait_restore(server, "dds-dst", out["RestoreJobId"])
+        assert job["Status"] == "Failed", job
+        why = job["ErrorMessage"]
+    print(f"restore of the damaged backup: {why}")
+    assert "archive.zst" in why, why
+    assert snapshot(env["dst"].client(), DBS) == before
 
 
 @pytest.mark.parametrize("fault", ["wrong-secret", "missing-bucket", "unreachable"])
@@ -292,3 +368,46 @@ def test_ddsvault_killed_mid_upload_leaves_nothing_after_restart(tmp_path):
         server.stop()
         big.stop()
         minio.stop()
+
+
+def test_an_upload_no_journal_marker_names_is_swept_after_its_grace_period(tmp_path):
+    """A process killed between CreateMultipartUpload and its journal marker leaves an upload nothing names. The
+    sweep (start-up and every GC pass) lists the uploads under the repository prefix (ListMultipartUploads) and
+    aborts those older than `lost_upload_grace_secs`; uploads outside the prefix are not ddsvault's."""
+    _require_minio()
+    grace = 12
+    with stack.MinIO(tmp_path / "minio") as minio:
+        minio.bucket(BUCKET)
+        s3 = minio.client()
+
+        def start_upload(key):
+            u = s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+            s3.upload_part(Bucket=BUCKET, Key=key, UploadId=u["UploadId"], PartNumber=1, Body=b"x" * 1024)
+            return (key, u["UploadId"])
+
+        created = time.monotonic()
+        lost = start_upload(f"{PREFIX}/backups/dds-x/1234/archive.zst")
+        other = start_upload("elsewhere/archive.zst")
+        server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {}, extra=minio.repository_config(
+            BUCKET, PREFIX, lost_upload_grace_secs=grace)))
+        try:
+            # Younger than the grace period: the start-up sweep leaves it (it may belong to a running job).
+            assert time.monotonic() - created < grace, "the start took longer than the grace period"
+            assert sorted(minio.multipart_uploads(BUCKET)) == sorted([lost, other])
+            time.sleep(max(0.0, grace + 1.5 - (time.monotonic() - created)))
+            g = cli(server, "gc")
+            assert g.returncode == 0, g.stdout + g.stderr
+            assert minio.multipart_uploads(BUCKET) == [other]
+            # And the server, started again, sweeps at start too: a second lost upload, backdated by a 0 s grace.
+            server.stop()
+            lost2 = start_upload(f"{PREFIX}/backups/dds-x/1235/files/a.sqlite")
+            server.config_path.write_text(server.config_path.read_text().replace(
+                f"lost_upload_grace_secs = {grace}", "lost_upload_grace_secs = 0"))
+            time.sleep(1.1)  # S3 dates have a resolution of a second or a millisecond, never finer
+            server.start()
+            deadline = time.monotonic() + 20
+            while lost2 in minio.multipart_uploads(BUCKET) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert minio.multipart_uploads(BUCKET) == [other]
+        finally:
+            server.stop()

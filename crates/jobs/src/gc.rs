@@ -310,9 +310,6 @@ pub struct Gc {
     before_batch: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
 }
 
-/// A journaled multipart upload this old is taken for lost: no backup upload runs a day without finishing.
-const LOST_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
-
 impl Gc {
     pub fn new(catalog: Catalog, repo: Repository, interval: Duration) -> Self {
         Self {
@@ -391,7 +388,7 @@ impl Gc {
         }
         // S3: multipart uploads whose job could not clean up (the store was down when it failed) and whose
         // process is long gone. Uploads of crashed jobs go sooner, with their job's files, at recovery.
-        match self.repo.sweep_uploads(LOST_UPLOAD_AGE).await {
+        match self.repo.sweep_uploads(self.repo.lost_upload_grace()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(uploads = n, "aborted lost multipart uploads"),
             Err(e) => {

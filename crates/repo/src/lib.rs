@@ -84,6 +84,7 @@ mod object_lock;
 mod path;
 mod repository;
 pub mod s3;
+mod s3_uploads;
 pub mod upload;
 
 #[cfg(any(test, feature = "conformance"))]

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::RepoError;
 
 /// Percent-encoding of key segments, as `object_store` does it (RFC 3986 unreserved characters stay).
-const KEY_ENCODE_SET: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
+pub(crate) const KEY_ENCODE_SET: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -81,14 +81,14 @@ pub enum Retained {
 }
 
 /// An answer: status and body.
-struct Answer {
-    status: StatusCode,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
     /// The S3 error code of an error answer (`<Code>…</Code>`), if any.
-    fn code(&self) -> String {
+    pub(crate) fn code(&self) -> String {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct ErrorXml {
@@ -122,7 +122,7 @@ impl ObjectLockClient {
     }
 
     /// Sends a signed request, retrying transient failures with exponential backoff.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: &str,

@@ -49,8 +49,8 @@ pub struct Repository {
 pub enum RepositoryLocation {
     /// A local directory (`file:///path`, `local_path`).
     Local(std::path::PathBuf),
-    /// An S3-compatible bucket (`s3://bucket/prefix`).
-    S3(crate::S3Settings),
+    /// An S3-compatible bucket (`s3://bucket/prefix`). Boxed: the settings are far larger than a path.
+    S3(Box<crate::S3Settings>),
 }
 
 /// Upload tuning of a repository: size of the parts and how many upload at once. One upload buffers at most
@@ -223,17 +223,37 @@ impl Repository {
         Ok(())
     }
 
-    /// Aborts the journaled multipart uploads (S3 only) started more than `older_than` ago — uploads whose
-    /// process died — and removes their markers. Returns how many were aborted. A local or memory repository
-    /// has none.
+    /// Aborts the multipart uploads (S3 only) started more than `older_than` ago — uploads whose process died —
+    /// and removes their markers: first those the journal names, then any other under the repository prefix
+    /// that this process is not uploading (`ListMultipartUploads`: an upload whose process died before its
+    /// marker was written). Returns how many were aborted. A local or memory repository has none.
     ///
     /// # Errors
     /// The store error.
     pub async fn sweep_uploads(&self, older_than: std::time::Duration) -> Result<u64, RepoError> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
-        self.abort_journaled(crate::s3::UPLOADS_DIR.to_string(), Some(cutoff))
-            .await
+        let journaled = self
+            .abort_journaled(crate::s3::UPLOADS_DIR.to_string(), Some(cutoff))
+            .await?;
+        let Some(s3) = &self.s3 else {
+            return Ok(journaled);
+        };
+        let listed = s3.abort_listed(cutoff).await.map_err(|e| {
+            RepoError::from_store(&RepoPath::from_valid(crate::s3::UPLOADS_DIR.into()), e)
+        })?;
+        Ok(journaled + listed)
+    }
+
+    /// How old a multipart upload must be before [`Repository::sweep_uploads`] may abort it as lost: the S3
+    /// setting `lost_upload_grace` (24 hours by default); a local or memory repository has no uploads to sweep
+    /// and answers the default.
+    pub fn lost_upload_grace(&self) -> std::time::Duration {
+        self.s3
+            .as_ref()
+            .map_or(crate::s3::DEFAULT_LOST_UPLOAD_GRACE, |s| {
+                s.lost_upload_grace
+            })
     }
 
     /// Aborts the journaled uploads whose target is under `prefix` (S3 only).

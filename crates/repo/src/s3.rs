@@ -6,13 +6,18 @@
 //! therefore first writes a small marker object, `uploads/<target key>/<uuid>`, holding its upload id, and
 //! removes it after completing or aborting. [`crate::Repository::delete_prefix`] of a prefix aborts the uploads
 //! whose target is under it (a failed or recovered job deletes its backup prefix, so its lost uploads go with
-//! it), and [`crate::Repository::sweep_uploads`] aborts any older than a limit. A bucket lifecycle rule
-//! *AbortIncompleteMultipartUpload* remains a useful second net (docs/s3-repository.md).
+//! it), and [`crate::Repository::sweep_uploads`] aborts any older than a limit. A process killed between
+//! `CreateMultipartUpload` and its marker leaves an upload no marker names: the sweep also lists the uploads
+//! under the prefix (`ListMultipartUploads`, [`crate::s3_uploads`]) and aborts those older than the limit that
+//! are not in progress in this process. A bucket lifecycle rule *AbortIncompleteMultipartUpload* remains a
+//! useful second net (docs/s3-repository.md).
 //!
 //! Retries: `object_store` retries throttling (429/503), other 5xx, timeouts and connection errors with
-//! exponential backoff and decorrelated jitter, up to [`S3Settings::max_retries`] attempts within
-//! [`S3Settings::retry_timeout`]; 4xx answers (bad credentials, missing bucket) fail at once.
+//! exponential backoff and decorrelated jitter ([`DEFAULT_BACKOFF_INITIAL`], [`BACKOFF_BASE`]), up to
+//! [`S3Settings::max_retries`] attempts within [`S3Settings::retry_timeout`]; 4xx answers (bad credentials,
+//! missing bucket) fail at once.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +42,20 @@ use crate::object_lock::ObjectLockClient;
 
 /// Top-level directory of the multipart upload journal (see the module docs).
 pub const UPLOADS_DIR: &str = "uploads";
+
+/// Default first retry delay. object_store's own default (100 ms, growth 2, cap 15 s) gives up on a throttling
+/// server within a few seconds: its decorrelated jitter draws the next delay from `[initial, previous × base]`,
+/// so with base 2 the delays grow only by about `initial / 2` per attempt (10 retries ≈ 5 s in all). S3 asks
+/// clients that get `SlowDown` to back off for seconds, not milliseconds.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Default longest delay between two attempts.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(20);
+/// Growth of the jitter range per attempt. With base 3 the expected delay grows by half each attempt
+/// (1, 2, 3.5, 5.8, 9, 14, 20, 20 … s): the default 10 retries ride out about 2 minutes of throttling, within
+/// the default `retry_timeout` of 180 s.
+pub const BACKOFF_BASE: f64 = 3.0;
+/// Default grace period of multipart uploads before a sweep may abort them as lost.
+pub const DEFAULT_LOST_UPLOAD_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// How to reach an S3-compatible bucket. Values left `None` come from the usual `AWS_*` environment variables
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT`, …).
@@ -67,6 +86,13 @@ pub struct S3Settings {
     pub retry_timeout: Duration,
     /// Timeout of one HTTP request (a part upload included).
     pub request_timeout: Duration,
+    /// First retry delay (upper end of its jitter range); later delays grow by [`BACKOFF_BASE`].
+    pub backoff_initial: Duration,
+    /// Longest delay between two attempts.
+    pub backoff_max: Duration,
+    /// Multipart uploads under the prefix older than this that no live upload of this process owns are
+    /// aborted by [`crate::Repository::sweep_uploads`] (start-up and every GC pass).
+    pub lost_upload_grace: Duration,
     /// Publish manifests with a conditional create (`If-None-Match: *`); turn off for servers that reject it.
     pub conditional_create: bool,
 }
@@ -118,6 +144,9 @@ impl S3Settings {
             max_retries: 10,
             retry_timeout: Duration::from_secs(180),
             request_timeout: Duration::from_secs(120),
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            lost_upload_grace: DEFAULT_LOST_UPLOAD_GRACE,
             conditional_create: true,
         })
     }
@@ -160,7 +189,11 @@ impl S3Settings {
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(self.virtual_hosted_style)
             .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
+                backoff: BackoffConfig {
+                    init_backoff: self.backoff_initial,
+                    max_backoff: self.backoff_max,
+                    base: BACKOFF_BASE,
+                },
                 max_retries: self.max_retries,
                 retry_timeout: self.retry_timeout,
             })
@@ -189,6 +222,8 @@ impl S3Settings {
         };
         Ok(S3Store {
             object_lock,
+            live_uploads: Arc::new(Mutex::new(HashSet::new())),
+            lost_upload_grace: self.lost_upload_grace,
             inner: PrefixStore::new(s3.clone(), prefix.clone()),
             s3: Arc::new(s3),
             prefix,
@@ -207,12 +242,19 @@ pub(crate) struct UploadMarker {
     pub upload_id: String,
 }
 
+/// Upload ids in progress in this process.
+type LiveUploads = Arc<Mutex<HashSet<String>>>;
+
 /// `AmazonS3` under a key prefix whose multipart uploads are journaled. Everything but multipart uploads goes
 /// through `PrefixStore`.
 #[derive(Debug)]
 pub(crate) struct S3Store {
     /// The S3 Object Lock requests object_store does not make.
     pub(crate) object_lock: ObjectLockClient,
+    /// Upload ids of this process's multipart uploads still in progress: the sweep never aborts them.
+    live_uploads: LiveUploads,
+    /// See [`S3Settings::lost_upload_grace`].
+    pub(crate) lost_upload_grace: Duration,
     inner: PrefixStore<AmazonS3>,
     s3: Arc<AmazonS3>,
     prefix: Path,
@@ -256,6 +298,48 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Aborts the multipart uploads under the repository prefix initiated at or before `cutoff` that are not
+    /// in progress in this process, whether or not a journal marker names them (ListMultipartUploads). This
+    /// closes the window between `CreateMultipartUpload` and its marker. Returns how many were aborted.
+    pub(crate) async fn abort_listed(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let listed = self
+            .object_lock
+            .list_multipart_uploads()
+            .await
+            .map_err(|reason| object_store::Error::Generic {
+                store: "S3",
+                source: reason.into(),
+            })?;
+        let mut aborted = 0;
+        for u in listed {
+            let live = self
+                .live_uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&u.upload_id);
+            if live || u.initiated > cutoff {
+                continue;
+            }
+            let Ok(target) = Path::parse(&u.key) else {
+                // Not a key ddsvault writes (object_store could not even name it): not ours to abort.
+                tracing::warn!(key = %u.key, "multipart upload with an unusual key left alone");
+                continue;
+            };
+            match self.s3.abort_multipart(&target, &u.upload_id).await {
+                Ok(()) => {
+                    tracing::info!(key = %u.key, initiated = %u.initiated, "aborted a lost multipart upload");
+                    aborted += 1;
+                }
+                // Completed or aborted since the listing.
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(aborted)
+    }
+}
+
 impl fmt::Display for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display)
@@ -281,6 +365,8 @@ impl ObjectStore for S3Store {
         let _ = opts;
         let target = self.full(location);
         let upload_id = self.s3.create_multipart(&target).await?;
+        // Registered before anything else can fail, removed when the upload ends or is dropped.
+        let live = LiveUpload::new(&self.live_uploads, &upload_id);
         let marker = Self::marker_path(location);
         let record = UploadMarker {
             key: location.to_string(),
@@ -303,6 +389,7 @@ impl ObjectStore for S3Store {
             marker,
             parts: Arc::new(Mutex::new(Vec::new())),
             next_part: 0,
+            _live: live,
         }))
     }
 
@@ -361,6 +448,36 @@ struct JournaledUpload {
     /// Part ids by part index, filled as parts finish (parts upload concurrently).
     parts: Arc<Mutex<Vec<Option<PartId>>>>,
     next_part: usize,
+    /// Keeps the upload out of the sweep while this value lives.
+    _live: LiveUpload,
+}
+
+/// An entry of [`S3Store`]'s live uploads, removed when dropped.
+#[derive(Debug)]
+struct LiveUpload {
+    set: LiveUploads,
+    id: String,
+}
+
+impl LiveUpload {
+    fn new(set: &LiveUploads, id: &str) -> Self {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        Self {
+            set: Arc::clone(set),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for LiveUpload {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl JournaledUpload {

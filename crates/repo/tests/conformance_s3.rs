@@ -158,7 +158,7 @@ async fn conformance_on_minio() {
     minio.create_bucket("conformance").await;
     // Under a key prefix, with several parts in flight.
     let repo = Repository::open(
-        &ddsvault_repo::RepositoryLocation::S3(minio.settings("conformance", "team/a")),
+        &ddsvault_repo::RepositoryLocation::S3(Box::new(minio.settings("conformance", "team/a"))),
         UploadTuning {
             part_size: 5 * 1024 * 1024,
             max_in_flight_parts: 3,
@@ -170,7 +170,7 @@ async fn conformance_on_minio() {
     // Sealed by client-side encryption, with S3's minimum part size (parts keep their size: the final segment
     // goes with the last part).
     let sealed = Repository::open(
-        &ddsvault_repo::RepositoryLocation::S3(minio.settings("conformance", "sealed")),
+        &ddsvault_repo::RepositoryLocation::S3(Box::new(minio.settings("conformance", "sealed"))),
         UploadTuning {
             part_size: 5 * 1024 * 1024,
             max_in_flight_parts: 2,
@@ -272,4 +272,68 @@ async fn lost_uploads_are_aborted_with_their_prefix() {
     repo.put(&target, Bytes::from_static(b"x"))
         .await
         .expect("put");
+}
+
+/// An upload no journal marker names (its process died between CreateMultipartUpload and the marker) is found by
+/// the sweep through ListMultipartUploads once older than the grace period; an upload this process is running,
+/// and uploads outside the repository prefix, are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_no_marker_names_are_swept_by_listing() {
+    let Some(bin) = minio_binary() else { return };
+    let minio = Minio::start(&bin);
+    minio.create_bucket("unmarked").await;
+    let repo = Repository::s3(&minio.settings("unmarked", "p")).expect("open");
+    let loc = object_store::path::Path::from("backups/i/8/archive.zst");
+    let mut running = repo.store().put_multipart(&loc).await.expect("start");
+    running
+        .put_part(vec![8u8; 5 * 1024 * 1024].into())
+        .await
+        .expect("part");
+    // The marker is lost, as if the process had died before writing it.
+    for m in repo
+        .list(&RepoPath::new("uploads").expect("path"))
+        .await
+        .expect("list")
+    {
+        repo.delete(&m.path).await.expect("delete marker");
+    }
+    // Another repository prefix in the same bucket, with an upload of its own: not this repository's.
+    let neighbour = Repository::s3(&minio.settings("unmarked", "q")).expect("open");
+    let theirs = neighbour.store().put_multipart(&loc).await.expect("start");
+    std::mem::forget(theirs);
+
+    // The process that runs the upload leaves it alone, whatever its age.
+    assert_eq!(repo.sweep_uploads(Duration::ZERO).await.expect("sweep"), 0);
+    // Another process (a restart) does not run it: left while younger than the grace, then aborted.
+    let restarted = Repository::s3(&minio.settings("unmarked", "p")).expect("open");
+    assert_eq!(
+        restarted
+            .sweep_uploads(Duration::from_secs(3600))
+            .await
+            .expect("sweep"),
+        0
+    );
+    assert_eq!(
+        restarted
+            .sweep_uploads(Duration::ZERO)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert!(
+        running.complete().await.is_err(),
+        "the aborted upload cannot be completed"
+    );
+    assert_eq!(
+        restarted
+            .sweep_uploads(Duration::ZERO)
+            .await
+            .expect("sweep"),
+        0,
+        "the neighbour's upload is not swept"
+    );
+    assert!(repo
+        .head(&RepoPath::new("backups/i/8/archive.zst").expect("path"))
+        .await
+        .is_err());
 }

@@ -242,6 +242,16 @@ pub struct RepositoryConfig {
     /// Timeout of one HTTP request in seconds (a part upload included), default 120.
     #[serde(default)]
     pub request_timeout_secs: Option<u64>,
+    /// First retry delay in milliseconds (upper end of its jitter range), default 1000.
+    #[serde(default)]
+    pub retry_initial_backoff_ms: Option<u64>,
+    /// Longest delay between two attempts in seconds, default 20.
+    #[serde(default)]
+    pub retry_max_backoff_secs: Option<u64>,
+    /// Multipart uploads under the prefix older than this many seconds that no running upload owns are
+    /// aborted at start and by every GC pass, default 86400 (24 h).
+    #[serde(default)]
+    pub lost_upload_grace_secs: Option<u64>,
     /// Create manifests with `If-None-Match: *` (default true); set false for a server that rejects it.
     #[serde(default)]
     pub conditional_create: Option<bool>,
@@ -293,7 +303,10 @@ impl RepositoryConfig {
             || self.secret_access_key.is_some()
             || self.allow_http
             || self.virtual_hosted_style
-            || self.conditional_create.is_some();
+            || self.conditional_create.is_some()
+            || self.retry_initial_backoff_ms.is_some()
+            || self.retry_max_backoff_secs.is_some()
+            || self.lost_upload_grace_secs.is_some();
         let url = match (&self.url, &self.local_path) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(
@@ -351,6 +364,27 @@ impl RepositoryConfig {
             }
             s.request_timeout = std::time::Duration::from_secs(t);
         }
+        if let Some(ms) = self.retry_initial_backoff_ms {
+            if ms == 0 {
+                return Err(ConfigError(
+                    "[repository] retry_initial_backoff_ms must be > 0".into(),
+                ));
+            }
+            s.backoff_initial = std::time::Duration::from_millis(ms);
+        }
+        if let Some(t) = self.retry_max_backoff_secs {
+            s.backoff_max = std::time::Duration::from_secs(t);
+        }
+        if s.backoff_max < s.backoff_initial {
+            return Err(ConfigError(format!(
+                "[repository] retry_max_backoff_secs ({} s) is shorter than retry_initial_backoff_ms ({} ms)",
+                s.backoff_max.as_secs(),
+                s.backoff_initial.as_millis()
+            )));
+        }
+        if let Some(t) = self.lost_upload_grace_secs {
+            s.lost_upload_grace = std::time::Duration::from_secs(t);
+        }
         if let Some(c) = self.conditional_create {
             s.conditional_create = c;
         }
@@ -361,7 +395,7 @@ impl RepositoryConfig {
                 )));
             }
         }
-        Ok(RepositoryLocation::S3(s))
+        Ok(RepositoryLocation::S3(Box::new(s)))
     }
 
     /// The copy repositories by region, checked: each names a distinct `dest_region` and nests no copies; the

@@ -11,10 +11,6 @@ use crate::ServerError;
 /// How long the start-up check may take: an unreachable endpoint is retried by the client for much longer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Journaled multipart uploads older than this are taken for lost (their process died) and aborted at start.
-/// Uploads of crashed jobs are aborted sooner, with their job's files, by job recovery.
-const LOST_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
-
 /// Opens the repository in effect; contacts nothing.
 ///
 /// # Errors
@@ -59,7 +55,7 @@ pub async fn open_checked(cfg: &Config) -> Result<Repository, ServerError> {
             .into())
         }
     }
-    match repo.sweep_uploads(LOST_UPLOAD_AGE).await {
+    match repo.sweep_uploads(repo.lost_upload_grace()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(uploads = n, "aborted lost multipart uploads"),
         Err(e) => tracing::warn!(error = %e, "could not sweep lost multipart uploads"),

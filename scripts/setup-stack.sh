@@ -8,6 +8,8 @@
 #   $STACK_DIR/mongo-tools-100.11.0/{mongodump,mongorestore}
 #                                  the newest mongorestore whose inserts FerretDB 1.24 accepts
 #   $STACK_DIR/venv                Python venv from tests/blackbox/requirements.txt
+#   chromium, chromedriver         Debian packages chromium + chromium-driver (apt-get, when missing): the
+#                                  console tests drive headless Chromium with selenium
 #
 # Environment:
 #   STACK_DIR              install prefix (default <repo>/.stack)
@@ -255,6 +257,27 @@ else
         || die "could not install the postgresql package"
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "postgresql installed but no initdb under /usr/lib/postgresql"
     step_end "installed"
+fi
+
+step_begin "headless Chromium (console tests)"
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    step_end "present, skipped"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    if apt-get install -y --no-install-recommends chromium chromium-driver >"$TMP_ROOT/chromium.log" 2>&1 ||
+        { apt-get update >>"$TMP_ROOT/chromium.log" 2>&1 &&
+            apt-get install -y --no-install-recommends chromium chromium-driver >>"$TMP_ROOT/chromium.log" 2>&1; }; then
+        step_end "installed"
+    else
+        tail -5 "$TMP_ROOT/chromium.log" >&2
+        # CI may not pass by skipping the console tests.
+        [ "${CI:-}" = "true" ] && die "chromium/chromium-driver could not be installed (CI=true: required)"
+        warn "chromium/chromium-driver could not be installed; the console tests will be skipped"
+        step_end "unavailable"
+    fi
+else
+    [ "${CI:-}" = "true" ] && die "chromium/chromium-driver missing and apt-get unusable (not root?): install them"
+    warn "install the Debian packages chromium and chromium-driver for the console tests"
+    step_end "unavailable"
 fi
 
 STACK_DIR="$STACK_DIR" "$REPO_DIR/scripts/setup-minio.sh" || die "MinIO (S3 server for the repository tests) could not be built"

@@ -11,6 +11,7 @@ mod audit;
 pub mod checks;
 mod coalesce;
 pub mod config;
+mod console;
 mod download;
 pub mod error;
 pub mod identity;

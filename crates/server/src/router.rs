@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>, monitoring: bool) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::clone(&state));
+    let api = api.merge(crate::console::routes(Arc::clone(&state)));
     if monitoring {
         api.merge(crate::metrics::routes(state))
     } else {
@@ -355,7 +356,11 @@ async fn process(
 }
 
 /// Flow control of an authenticated key and a known action (Dds or RAM: both are calls on this endpoint).
-fn throttle(st: &AppState, access_key_id: &str, action: &'static str) -> Result<(), ApiError> {
+pub(crate) fn throttle(
+    st: &AppState,
+    access_key_id: &str,
+    action: &'static str,
+) -> Result<(), ApiError> {
     let Some(throttle) = st.throttle.get() else {
         return Ok(());
     };
@@ -372,7 +377,7 @@ fn throttle(st: &AppState, access_key_id: &str, action: &'static str) -> Result<
 }
 
 /// The ARNs a call touches: its instance parameters, or `*` for actions that are not resource-scoped.
-fn resources_of(st: &AppState, act: actions::Action, params: &Params) -> Vec<String> {
+pub(crate) fn resources_of(st: &AppState, act: actions::Action, params: &Params) -> Vec<String> {
     let mut resources: Vec<String> = act
         .instance_params()
         .iter()
@@ -411,10 +416,27 @@ fn condition_context(raw: &RawRequest, now: chrono::DateTime<Utc>) -> Context {
 }
 
 /// RAM: the root key may do everything; a RAM user gets what its policies allow.
-fn authorize(
+pub(crate) fn authorize(
     st: &AppState,
     access_key_id: &str,
     act: actions::Action,
+    resources: &[String],
+    context: &Context,
+) -> Result<(), ApiError> {
+    authorize_named(
+        st,
+        access_key_id,
+        &format!("dds:{}", act.name()),
+        resources,
+        context,
+    )
+}
+
+/// [`authorize`] for a RAM action given by name (the console's own `dds:DescribeAuditRecords`).
+pub(crate) fn authorize_named(
+    st: &AppState,
+    access_key_id: &str,
+    ram_action: &str,
     resources: &[String],
     context: &Context,
 ) -> Result<(), ApiError> {
@@ -422,18 +444,17 @@ fn authorize(
     if user == ROOT_USER {
         return Ok(());
     }
-    let ram_action = format!("dds:{}", act.name());
     let policies: Vec<&ddsvault_ram::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     // Every resource the call touches must be allowed.
     for resource in resources {
         let decision = evaluate(
             &policies,
-            &RamRequest::new(&ram_action, resource).with_context(context),
+            &RamRequest::new(ram_action, resource).with_context(context),
         );
         if decision != Decision::Allow {
             return Err(ApiError::forbidden_ram(access_denied_detail(
                 decision,
-                &ram_action,
+                ram_action,
                 resource,
                 &user,
                 &st.account_id,

@@ -1,0 +1,310 @@
+"""The web console (issue 21.3) in headless Chromium driven by selenium, against the real binary and a real
+FerretDB: login with an AccessKey, a real instance and backup on the pages, a backup started from the console
+followed to Success, the policy changed, the audit rows; refusals for a key without permissions, a wrong secret,
+a POST without the CSRF token, and too many failed logins. Screenshots of the main pages go to docs/console/."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from alibabacloud_dds20151201 import models as dds
+
+import stack
+from conftest import (DENIED_AK, OPERATOR_AK, REPO, ROOT_AK, Ddsvault, config_text, seed_data, skip_or_fail,
+                      tea_client, wait_backup)
+
+SHOTS = REPO / "docs" / "console"
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _chromium() -> tuple[str, str]:
+    browser = next((shutil.which(b) for b in CHROMIUM if shutil.which(b)), None)
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        skip_or_fail("headless Chromium (Debian packages chromium, chromium-driver) is not installed: "
+                     "run scripts/setup-stack.sh")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("console")
+    rs1 = stack.FerretDB(base / "rs1", repl_set_name="rs0")
+    other = stack.FerretDB(base / "other", repl_set_name="rs0")
+    seed_data(rs1.client())
+    server = Ddsvault(base / "ddsvault", config_text(base / "data", {
+        "dds-rs1": (rs1.uri, "local_ssd"), "dds-other": (other.uri, "local_ssd")}))
+    tea = tea_client(server)
+    job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-rs1", backup_method="Logical")).body
+    first = wait_backup(tea, "dds-rs1", job.backup_job_id)
+    assert first.backup_status == "Success", first
+    yield server, tea, first
+    server.stop()
+    rs1.stop()
+    other.stop()
+
+
+def _new_driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1400,900"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.fixture
+def browser():
+    d = _new_driver()
+    yield d
+    d.quit()
+
+
+def base(server: Ddsvault) -> str:
+    return f"http://{server.endpoint}/console"
+
+
+def login(d, server, ak):
+    from selenium.webdriver.common.by import By
+
+    d.get(base(server) + "/login")
+    d.find_element(By.ID, "access_key_id").send_keys(ak[0])
+    d.find_element(By.ID, "access_key_secret").send_keys(ak[1])
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button = d.find_element(By.ID, "login")
+    button.click()
+    # Wait for the answer page to replace the form before anyone reads it.
+    WebDriverWait(d, 30).until(ec.staleness_of(button))
+
+
+def text(d) -> str:
+    from selenium.webdriver.common.by import By
+    return d.find_element(By.TAG_NAME, "body").text
+
+
+def shot(d, name: str):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    d.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    server, tea, first = env
+    d = browser
+    login(d, server, ROOT_AK)
+    assert d.current_url.endswith("/console/instances"), d.current_url
+    table = d.find_element(By.ID, "instances").text
+    assert "dds-rs1" in table and "dds-other" in table
+    # The last backup column shows the backup taken through the SDK.
+    row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#instances tr") if "dds-rs1" in r.text)
+    assert "Success" in row.text and "Logical" in row.text and first.backup_start_time in row.text, row.text
+    shot(d, "instances")
+
+    d.find_element(By.LINK_TEXT, "dds-rs1").click()
+    rows = {r.get_attribute("data-id"): r.text for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")}
+    assert first.backup_id in rows and "Success" in rows[first.backup_id], rows
+    assert "Logical" in rows[first.backup_id]
+    assert d.find_element(By.ID, "lock").text == "Disabled"
+    shot(d, "backups")
+
+    # Start a backup from the console and follow it to the end on the live jobs page.
+    Select(d.find_element(By.ID, "method")).select_by_visible_text("Logical")
+    d.find_element(By.ID, "start").click()
+    assert "/console/instances/dds-rs1/jobs?job=" in d.current_url, d.current_url
+    job_id = d.current_url.rsplit("=", 1)[1]
+    deadline = time.monotonic() + 180
+    state = ""
+    while time.monotonic() < deadline:
+        try:
+            state = d.find_element(By.CSS_SELECTOR, f'tr.job[data-id="{job_id}"] .state').text
+        except Exception:  # noqa: BLE001 - the page is reloading itself
+            state = ""
+        if state in ("Success", "Failed"):
+            break
+        time.sleep(0.5)
+    assert state == "Success", text(d)
+    assert "100%" in d.find_element(By.CSS_SELECTOR, f'tr.job[data-id="{job_id}"]').text
+    shot(d, "jobs")
+    # The same job seen through the API: a real, finished backup.
+    done = wait_backup(tea, "dds-rs1", job_id, timeout=30)
+    assert done.backup_status == "Success" and done.backup_method == "Logical"
+    d.get(base(server) + "/instances/dds-rs1/backups")
+    assert done.backup_id in [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")]
+
+    # A download URL for the new backup (the action is DescribeBackups with its BackupId, audited).
+    row = d.find_element(By.CSS_SELECTOR, f'tr.backup[data-id="{done.backup_id}"]')
+    row.find_element(By.CSS_SELECTOR, "button.download").click()
+    links = d.find_elements(By.ID, "download-url")
+    if links:
+        assert f"/download/{done.backup_id}/" in links[0].get_attribute("href")
+    else:
+        assert "no download URL" in text(d)
+
+    # Change the policy through the form; the API reads back the change.
+    d.get(base(server) + "/instances/dds-rs1/policy")
+    for box in d.find_elements(By.CSS_SELECTOR, 'input[name="day"]'):
+        if box.is_selected() != (box.get_attribute("value") in ("Monday", "Thursday")):
+            box.click()
+    for field, value in (("PreferredBackupTime", "03:00Z-04:00Z"), ("BackupRetentionPeriod", "14")):
+        el = d.find_element(By.CSS_SELECTOR, f"input#{field}")
+        el.clear()
+        el.send_keys(value)
+    d.find_element(By.ID, "save-policy").click()
+    assert d.find_element(By.ID, "saved")
+    assert d.find_element(By.CSS_SELECTOR, "td#pol-PreferredBackupPeriod").text == "Monday,Thursday"
+    assert d.find_element(By.CSS_SELECTOR, "td#pol-BackupRetentionPeriod").text == "14"
+    shot(d, "policy")
+    pol = tea.describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-rs1")).body
+    assert (pol.preferred_backup_period, pol.preferred_backup_time, str(pol.backup_retention_period)) == (
+        "Monday,Thursday", "03:00Z-04:00Z", "14")
+
+    # A bad value is refused with the action's own error, and nothing changes.
+    el = d.find_element(By.CSS_SELECTOR, "input#BackupRetentionPeriod")
+    el.clear()
+    el.send_keys("3")
+    d.find_element(By.ID, "save-policy").click()
+    assert "Refused" in d.find_element(By.ID, "refused").text
+    pol = tea.describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-rs1")).body
+    assert str(pol.backup_retention_period) == "14"
+
+    # The audit trail shows the console's actions with this key.
+    d.get(base(server) + "/audit")
+    rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            for r in d.find_elements(By.CSS_SELECTOR, "tr.audit-row")]
+    for action in ("ConsoleLogin", "CreateBackup", "ModifyBackupPolicy", "DescribeBackups"):
+        assert any(r[3] == action and r[1] == ROOT_AK[0] and r[7] == "200" for r in rows), (action, rows[:10])
+    refused = [r for r in rows if r[3] == "ModifyBackupPolicy" and r[7] != "200"]
+    assert refused and refused[0][8], rows[:10]
+    create = next(r for r in rows if r[3] == "CreateBackup")
+    assert create[4].endswith("dbinstance/dds-rs1") and create[5] == "127.0.0.1", create
+    shot(d, "audit")
+
+    # Restore the first backup into the other instance from the console.
+    d.get(base(server) + "/instances/dds-rs1/backups")
+    row = d.find_element(By.CSS_SELECTOR, f'tr.backup[data-id="{first.backup_id}"]')
+    Select(row.find_element(By.NAME, "target")).select_by_visible_text("dds-other")
+    row.find_element(By.CSS_SELECTOR, "button.restore").click()
+    assert d.current_url.endswith("/console/instances/dds-other/jobs"), d.current_url
+    deadline = time.monotonic() + 180
+    status = ""
+    while time.monotonic() < deadline:
+        cells = d.find_elements(By.CSS_SELECTOR, "tr.restore-job")
+        try:
+            status = cells[0].text if cells else ""
+        except Exception:  # noqa: BLE001 - reloading
+            status = ""
+        if "Success" in status or "Failed" in status:
+            break
+        time.sleep(0.5)
+    assert "Success" in status, text(d)
+
+    # Logout ends the session: the pages send back to the login form.
+    d.find_element(By.ID, "logout").click()
+    d.get(base(server) + "/instances")
+    assert d.current_url.endswith("/console/login")
+
+
+def test_key_without_permissions_sees_refusals_not_data(env, browser):
+    from selenium.webdriver.common.by import By
+
+    server, _, first = env
+    d = browser
+    login(d, server, DENIED_AK)
+    assert d.current_url.endswith("/console/instances")
+    assert "Refused: Forbidden.RAM" in d.find_element(By.ID, "refused").text
+    assert "dds-rs1" not in text(d)
+    d.get(base(server) + "/instances/dds-rs1/backups")
+    assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
+    assert first.backup_id not in [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")]
+    d.get(base(server) + "/audit")
+    assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
+    assert not d.find_elements(By.CSS_SELECTOR, "tr.audit-row")
+    d.find_element(By.ID, "logout").click()
+
+    # The operator may back up dds-rs1 only: dds-other's pages and actions are refused.
+    login(d, server, OPERATOR_AK)
+    d.get(base(server) + "/instances/dds-rs1/backups")
+    assert first.backup_id in [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")]
+    d.get(base(server) + "/instances/dds-other/backups")
+    assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
+    d.get(base(server) + "/instances/dds-rs1/policy")
+    d.find_element(By.ID, "save-policy").click()
+    assert "dds:ModifyBackupPolicy" in d.find_element(By.ID, "refused").text or \
+        "Forbidden.RAM" in d.find_element(By.ID, "refused").text
+
+
+def test_wrong_secret_is_refused(env, browser):
+    from selenium.webdriver.common.by import By
+
+    server, _, _ = env
+    d = browser
+    login(d, server, (ROOT_AK[0], "not-the-secret"))
+    assert "Login refused" in text(d)
+    assert not [c for c in d.get_cookies() if c["name"] == "ddsvault_console"]
+    d.get(base(server) + "/instances")
+    assert d.current_url.endswith("/console/login")
+    shot(d, "login")
+    # An unknown key reads the same.
+    login(d, server, ("LTAI5tNoSuchKey000001", ROOT_AK[1]))
+    assert "Login refused" in text(d)
+    assert d.find_element(By.ID, "message")
+
+
+def test_post_without_csrf_token_is_refused(env, browser):
+    from selenium.webdriver.common.by import By
+
+    server, tea, _ = env
+    d = browser
+    login(d, server, ROOT_AK)
+    d.get(base(server) + "/instances/dds-other/backups")
+    d.execute_script('document.querySelector("#start-backup input[name=csrf]").remove()')
+    d.find_element(By.ID, "start").click()
+    assert "CSRF" in text(d)
+    d.get(base(server) + "/instances/dds-other/backups")
+    d.execute_script('document.querySelector("#start-backup input[name=csrf]").value = "00" + '
+                     'document.querySelector("#start-backup input[name=csrf]").value.slice(2)')
+    d.find_element(By.ID, "start").click()
+    assert "CSRF" in text(d)
+    tasks = tea.describe_backup_tasks(dds.DescribeBackupTasksRequest(dbinstance_id="dds-other")).body
+    assert not tasks.backup_jobs, tasks
+    # The cookie alone (what a cross-site form would carry) does not start anything either.
+    cookie = next(c for c in d.get_cookies() if c["name"] == "ddsvault_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    r = requests.post(base(server) + "/instances/dds-other/backup", data={"method": "Logical"},
+                      cookies={"ddsvault_console": cookie["value"]}, allow_redirects=False, timeout=30)
+    assert r.status_code == 403 and "CSRF" in r.text
+    # A login form posted without its token is refused before the secret is looked at.
+    r = requests.post(base(server) + "/login", data={"access_key_id": ROOT_AK[0], "access_key_secret": ROOT_AK[1]},
+                      allow_redirects=False, timeout=30)
+    assert r.status_code == 403 and "ddsvault_console=" not in r.headers.get("set-cookie", "")
+
+
+def test_failed_logins_are_limited_per_address(tmp_path):
+    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {}))
+    try:
+        s = requests.Session()
+
+        def attempt(secret):
+            page = s.get(f"http://{server.endpoint}/console/login", timeout=30).text
+            token = page.split('name="login_csrf" value="', 1)[1].split('"', 1)[0]
+            return s.post(f"http://{server.endpoint}/console/login", allow_redirects=False, timeout=30,
+                          data={"login_csrf": token, "access_key_id": ROOT_AK[0], "access_key_secret": secret})
+
+        for _ in range(5):
+            assert attempt("wrong").status_code == 401
+        # The sixth attempt is refused unchecked, even with the right secret.
+        r = attempt(ROOT_AK[1])
+        assert r.status_code == 429 and "Too many failed logins" in r.text
+    finally:
+        server.stop()

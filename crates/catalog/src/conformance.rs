@@ -69,7 +69,11 @@ async fn provisioned_instances(cat: &Catalog) {
         params: serde_json::json!({"source_instance": "dds-src"}),
         now,
     };
-    assert!(cat.list_provisioned_instances().await.expect("list").is_empty());
+    assert!(cat
+        .list_provisioned_instances()
+        .await
+        .expect("list")
+        .is_empty());
     let (inst, j) = cat
         .create_provisioned_instance(&new("dds-p1", 41000), &job("dds-p1"))
         .await
@@ -83,12 +87,21 @@ async fn provisioned_instances(cat: &Catalog) {
     // Same id, or same port: refused, and nothing of the second attempt is written (no second job).
     for (id, port) in [("dds-p1", 41001), ("dds-p2", 41000)] {
         assert!(matches!(
-            cat.create_provisioned_instance(&new(id, port), &job(id)).await,
+            cat.create_provisioned_instance(&new(id, port), &job(id))
+                .await,
             Err(CatalogError::AlreadyExists(_))
         ));
     }
-    assert!(cat.get_provisioned_instance("dds-p2").await.expect("get").is_none());
-    assert!(cat.list_jobs("dds-p2", false).await.expect("jobs").is_empty());
+    assert!(cat
+        .get_provisioned_instance("dds-p2")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(cat
+        .list_jobs("dds-p2", false)
+        .await
+        .expect("jobs")
+        .is_empty());
     assert_eq!(cat.list_jobs("dds-p1", false).await.expect("jobs").len(), 1);
     // Registered as an instance: the registration keeps the creation time.
     let rec = cat
@@ -133,8 +146,14 @@ async fn provisioned_instances(cat: &Catalog) {
         .map(|i| i.id)
         .collect();
     assert_eq!(ids, ["dds-p1", "dds-p2"]);
-    assert!(cat.delete_provisioned_instance("dds-p1").await.expect("delete"));
-    assert!(!cat.delete_provisioned_instance("dds-p1").await.expect("again"));
+    assert!(cat
+        .delete_provisioned_instance("dds-p1")
+        .await
+        .expect("delete"));
+    assert!(!cat
+        .delete_provisioned_instance("dds-p1")
+        .await
+        .expect("again"));
     // Its port is free again.
     cat.create_provisioned_instance(&new("dds-p3", 41000), &job("dds-p3"))
         .await

@@ -9,7 +9,8 @@ use crate::{
     CatalogError, Job, NewJob, NewProvisionedInstance, ProvisionStatus, ProvisionedInstance,
 };
 
-const COLUMNS: &str = "id, port, dir, status, source_instance_id, backup_id, restore_time, description, job_id, \
+const COLUMNS: &str =
+    "id, port, dir, status, source_instance_id, backup_id, restore_time, description, job_id, \
      error, created_at, updated_at";
 
 fn row(r: &SqliteRow) -> Result<ProvisionedInstance, CatalogError> {

@@ -164,7 +164,7 @@ def test_unknown_action_wrong_version_missing_parameter(server):
 
 def test_known_but_unimplemented_action_is_explicit(server):
     e = acs_error(lambda: acs_client(server).do_action_with_exception(
-        common("DescribeRestoreDBInstanceList", DBInstanceId="dds-p1")))
+        common("DescribeBinlogFiles", DBInstanceId="dds-p1")))
     assert (e.get_http_status(), e.get_error_code()) == (400, "UnsupportedOperation")
 
 

@@ -46,6 +46,119 @@ pub async fn run_all(cat: Catalog) {
     audit(&cat).await;
     stats(&cat).await;
     storage_usage(&cat).await;
+    provisioned_instances(&cat).await;
+}
+
+async fn provisioned_instances(cat: &Catalog) {
+    use crate::{NewProvisionedInstance, ProvisionStatus};
+    let now = Utc.timestamp_opt(1_960_000_000, 0).single().expect("time");
+    let new = |id: &str, port: u16| NewProvisionedInstance {
+        id: id.into(),
+        port,
+        dir: format!("/p/{id}"),
+        source_instance_id: "dds-src".into(),
+        backup_id: Some(7),
+        restore_time: None,
+        description: "restored".into(),
+        now,
+    };
+    let job = |id: &str| NewJob {
+        kind: "provision".into(),
+        instance_id: id.into(),
+        backup_id: Some(7),
+        mode: "Manual".into(),
+        params: serde_json::json!({"source_instance": "dds-src"}),
+        now,
+    };
+    assert!(cat
+        .list_provisioned_instances()
+        .await
+        .expect("list")
+        .is_empty());
+    let (inst, j) = cat
+        .create_provisioned_instance(&new("dds-p1", 41000), &job("dds-p1"))
+        .await
+        .expect("create");
+    assert_eq!(inst.status, ProvisionStatus::Creating);
+    assert_eq!(inst.job_id, Some(j.id));
+    assert_eq!(inst.port, 41000);
+    assert_eq!(j.kind, "provision");
+    assert_eq!(j.instance_id, "dds-p1");
+    assert_eq!(j.state, JobState::Pending);
+    // Same id, or same port: refused, and nothing of the second attempt is written (no second job).
+    for (id, port) in [("dds-p1", 41001), ("dds-p2", 41000)] {
+        assert!(matches!(
+            cat.create_provisioned_instance(&new(id, port), &job(id))
+                .await,
+            Err(CatalogError::AlreadyExists(_))
+        ));
+    }
+    assert!(cat
+        .get_provisioned_instance("dds-p2")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(cat
+        .list_jobs("dds-p2", false)
+        .await
+        .expect("jobs")
+        .is_empty());
+    assert_eq!(cat.list_jobs("dds-p1", false).await.expect("jobs").len(), 1);
+    // Registered as an instance: the registration keeps the creation time.
+    let rec = cat
+        .register_instance("dds-p1", now + Duration::days(1))
+        .await
+        .expect("register");
+    assert_eq!(rec.created_at, now);
+
+    cat.set_provisioned_status("dds-p1", ProvisionStatus::Failed, Some("boom"), now)
+        .await
+        .expect("fail");
+    let got = cat
+        .get_provisioned_instance("dds-p1")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.status, ProvisionStatus::Failed);
+    assert_eq!(got.error.as_deref(), Some("boom"));
+    cat.set_provisioned_status("dds-p1", ProvisionStatus::Running, None, now)
+        .await
+        .expect("run");
+    let got = cat
+        .get_provisioned_instance("dds-p1")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.status, ProvisionStatus::Running);
+    assert_eq!(got.error, None);
+    assert!(matches!(
+        cat.set_provisioned_status("dds-nope", ProvisionStatus::Running, None, now)
+            .await,
+        Err(CatalogError::NotFound(_))
+    ));
+    cat.create_provisioned_instance(&new("dds-p2", 41001), &job("dds-p2"))
+        .await
+        .expect("second");
+    let ids: Vec<String> = cat
+        .list_provisioned_instances()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, ["dds-p1", "dds-p2"]);
+    assert!(cat
+        .delete_provisioned_instance("dds-p1")
+        .await
+        .expect("delete"));
+    assert!(!cat
+        .delete_provisioned_instance("dds-p1")
+        .await
+        .expect("again"));
+    // Its port is free again.
+    cat.create_provisioned_instance(&new("dds-p3", 41000), &job("dds-p3"))
+        .await
+        .expect("port reused");
 }
 
 async fn high_frequency_slots(cat: &Catalog) {

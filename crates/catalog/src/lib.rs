@@ -451,6 +451,39 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// Removes a slice's row (its object is deleted first by the caller).
     async fn delete_log_slice(&self, id: i64) -> Result<(), CatalogError>;
 
+    // Provisioned instances (CreateDBInstance, docs/provisioning.md).
+
+    /// Records a new provisioned instance (status `Creating`, registered as an instance) and creates `job` for it,
+    /// in one transaction; the row's `job_id` is the new job's.
+    ///
+    /// # Errors
+    /// [`CatalogError::AlreadyExists`] when the id or the port is taken (nothing is written).
+    async fn create_provisioned_instance(
+        &self,
+        new: &NewProvisionedInstance,
+        job: &NewJob,
+    ) -> Result<(ProvisionedInstance, Job), CatalogError>;
+    /// One provisioned instance.
+    async fn get_provisioned_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<ProvisionedInstance>, CatalogError>;
+    /// Every provisioned instance, oldest first.
+    async fn list_provisioned_instances(&self) -> Result<Vec<ProvisionedInstance>, CatalogError>;
+    /// Sets the status (and the failure message, cleared when `None`).
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] when there is no such instance.
+    async fn set_provisioned_status(
+        &self,
+        id: &str,
+        status: ProvisionStatus,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+    /// Removes the row; true if there was one. Its backups and jobs stay.
+    async fn delete_provisioned_instance(&self, id: &str) -> Result<bool, CatalogError>;
+
     /// Job and backup counts for `/metrics` ([`CatalogStats`]).
     async fn stats(&self) -> Result<CatalogStats, CatalogError>;
 }

@@ -554,3 +554,69 @@ pub struct BackupCount {
     /// several sets are counted in each).
     pub bytes: u64,
 }
+
+/// The life of an instance ddsvault provisioned (CreateDBInstance): `Creating` while its job materializes or
+/// restores the backup, `Running` once it serves the restored data, `Failed` when the job failed (its process and
+/// data are gone; the row stays so the failure is visible until DeleteDBInstance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProvisionStatus {
+    Creating,
+    Running,
+    Failed,
+}
+
+impl ProvisionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisionStatus::Creating => "Creating",
+            ProvisionStatus::Running => "Running",
+            ProvisionStatus::Failed => "Failed",
+        }
+    }
+
+    /// The status stored as `s`; `None` for a value this version does not write.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Creating" => Some(ProvisionStatus::Creating),
+            "Running" => Some(ProvisionStatus::Running),
+            "Failed" => Some(ProvisionStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An instance ddsvault provisioned: where its process listens and keeps its files, and what it was restored from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisionedInstance {
+    pub id: String,
+    /// TCP port on 127.0.0.1 (unique among provisioned instances).
+    pub port: u16,
+    /// The instance's own directory (its data directory and log live inside).
+    pub dir: String,
+    pub status: ProvisionStatus,
+    pub source_instance_id: String,
+    /// The full backup it was restored from (for a point-in-time restore: the base backup).
+    pub backup_id: Option<i64>,
+    /// The second restored to (Unix seconds), for a point-in-time restore.
+    pub restore_time: Option<i64>,
+    pub description: String,
+    /// The job that creates it.
+    pub job_id: Option<i64>,
+    /// Why creating it failed.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A provisioned instance to record, created together with the job that creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewProvisionedInstance {
+    pub id: String,
+    pub port: u16,
+    pub dir: String,
+    pub source_instance_id: String,
+    pub backup_id: Option<i64>,
+    pub restore_time: Option<i64>,
+    pub description: String,
+    pub now: DateTime<Utc>,
+}

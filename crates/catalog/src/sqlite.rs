@@ -28,6 +28,8 @@ mod fast;
 mod identity;
 #[path = "sqlite_logs.rs"]
 mod logs;
+#[path = "sqlite_provision.rs"]
+mod provision;
 #[path = "sqlite_storage.rs"]
 mod storage;
 
@@ -1293,6 +1295,42 @@ impl CatalogBackend for SqliteCatalog {
 
     async fn delete_log_slice(&self, id: i64) -> Result<(), CatalogError> {
         self.delete_log_slice_impl(id).await
+    }
+
+    async fn create_provisioned_instance(
+        &self,
+        new: &crate::NewProvisionedInstance,
+        job: &NewJob,
+    ) -> Result<(crate::ProvisionedInstance, Job), CatalogError> {
+        self.create_provisioned_impl(new, job).await
+    }
+
+    async fn get_provisioned_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::ProvisionedInstance>, CatalogError> {
+        self.get_provisioned_impl(id).await
+    }
+
+    async fn list_provisioned_instances(
+        &self,
+    ) -> Result<Vec<crate::ProvisionedInstance>, CatalogError> {
+        self.list_provisioned_impl().await
+    }
+
+    async fn set_provisioned_status(
+        &self,
+        id: &str,
+        status: crate::ProvisionStatus,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        self.set_provisioned_status_impl(id, status, error, now)
+            .await
+    }
+
+    async fn delete_provisioned_instance(&self, id: &str) -> Result<bool, CatalogError> {
+        self.delete_provisioned_impl(id).await
     }
 
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError> {

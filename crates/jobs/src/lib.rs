@@ -17,6 +17,7 @@ pub mod object_lock;
 pub mod physical;
 pub mod pitr;
 pub mod progress;
+pub mod provision;
 mod restore;
 pub mod retention;
 mod runner;

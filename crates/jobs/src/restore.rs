@@ -132,8 +132,27 @@ pub(crate) async fn run(
         }
     }
     let spec = runner.instance(&job.instance_id)?;
+    let result = logical_into(runner, job, &backup, &spec.uri, cancel).await?;
+    runner
+        .catalog
+        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .await?;
+    Ok(())
+}
+
+/// Restores the Logical `backup` into the server at `uri` as `job.params` say (`select`, `drop`, and
+/// `restore_time` for a point in time), under `job`'s heartbeat; answers the job's result. Shared by the restore
+/// job and the provisioning job (a new instance restored from a Logical backup).
+pub(crate) async fn logical_into(
+    runner: &Runner,
+    job: &Job,
+    backup: &ddsvault_catalog::Backup,
+    uri: &str,
+    cancel: &CancellationToken,
+) -> Result<serde_json::Value, JobError> {
+    let backup_id = backup.id;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    let manifest = crate::integrity::authenticated_manifest(&runner.repo, &backup).await?;
+    let manifest = crate::integrity::authenticated_manifest(&runner.repo, backup).await?;
     runner
         .repo
         .verify_files(&prefix, &manifest.manifest)
@@ -160,7 +179,7 @@ pub(crate) async fn run(
             let t = u32::try_from(t)
                 .map_err(|_| JobError::Other(format!("restore time {t} out of range")))?;
             let slices = runner.catalog.list_log_slices(&backup.instance_id).await?;
-            let bases: Vec<_> = crate::pitr::base_of(&backup).into_iter().collect();
+            let bases: Vec<_> = crate::pitr::base_of(backup).into_iter().collect();
             let plan = crate::pitr::plan_point_in_time(
                 &crate::pitr::chains(&slices),
                 &bases,
@@ -176,7 +195,7 @@ pub(crate) async fn run(
         }
     };
 
-    let client = connect(&spec.uri).await?;
+    let client = connect(uri).await?;
     let opts = RestoreOptions {
         drop: job
             .params
@@ -245,11 +264,7 @@ pub(crate) async fn run(
         "oplog_replayed": summary.oplog_replayed,
         "restore_time": job.params.get("restore_time"),
     });
-    runner
-        .catalog
-        .complete_job(job.id, &runner.node_id, &result, Utc::now())
-        .await?;
-    Ok(())
+    Ok(result)
 }
 
 /// The FerretDB 1.24 error for an index its SQLite file still has after the collection was dropped.

@@ -56,12 +56,15 @@ pub struct BackupSettings {
 pub struct Runner {
     pub(crate) catalog: Catalog,
     pub(crate) repo: Repository,
-    pub(crate) instances: Arc<HashMap<String, InstanceSpec>>,
+    /// Configured instances, and the provisioned ones (added and removed while serving).
+    instances: std::sync::RwLock<HashMap<String, InstanceSpec>>,
     pub(crate) node_id: String,
     pub(crate) settings: BackupSettings,
     wake: Notify,
     slots: Arc<Semaphore>,
     events: crate::events::Events,
+    /// Starts and stops the server processes of provisioned instances (`[provisioning]`); unset without it.
+    provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
 }
 
 impl Runner {
@@ -76,12 +79,13 @@ impl Runner {
         Self {
             catalog,
             repo,
-            instances,
+            instances: std::sync::RwLock::new((*instances).clone()),
             node_id,
             settings,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs.max(1))),
             events: crate::events::Events::default(),
+            provisioner: std::sync::OnceLock::new(),
         }
     }
 
@@ -90,11 +94,40 @@ impl Runner {
         self.events.set(sink);
     }
 
-    /// The configured instance a job works on.
-    pub(crate) fn instance(&self, id: &str) -> Result<&InstanceSpec, JobError> {
+    /// Sets the provisioner (once, before jobs run: recovery needs it to clean up interrupted provisioning).
+    pub fn set_provisioner(&self, p: Arc<crate::provision::Provisioner>) {
+        let _ = self.provisioner.set(p);
+    }
+
+    pub(crate) fn provisioner(&self) -> Option<&Arc<crate::provision::Provisioner>> {
+        self.provisioner.get()
+    }
+
+    /// The instance a job works on (configured or provisioned).
+    pub(crate) fn instance(&self, id: &str) -> Result<InstanceSpec, JobError> {
+        // A poisoned lock only means a panic elsewhere while inserting; the map itself is intact.
         self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(id)
+            .cloned()
             .ok_or_else(|| JobError::UnknownInstance(id.to_string()))
+    }
+
+    /// Makes a provisioned instance known to jobs (backups, restores) from now on.
+    pub fn add_instance(&self, spec: InstanceSpec) {
+        self.instances
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.id.clone(), spec);
+    }
+
+    /// Forgets a deleted provisioned instance.
+    pub fn remove_instance(&self, id: &str) {
+        self.instances
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Tells the runner a job was just created, so it does not wait for the next poll.
@@ -132,6 +165,10 @@ impl Runner {
             self.remove_restore_files(job).await;
             return;
         }
+        if job.kind == "provision" {
+            crate::provision::cleanup(self, job, "creating the instance was interrupted").await;
+            return;
+        }
         if job.kind != "backup" {
             return;
         }
@@ -157,9 +194,9 @@ impl Runner {
     /// interrupted swap undone (see `file_restore`). Logical restores leave nothing behind.
     async fn remove_restore_files(&self, job: &Job) {
         let Some(data_path) = self
-            .instances
-            .get(&job.instance_id)
-            .and_then(|i| i.data_path.clone())
+            .instance(&job.instance_id)
+            .ok()
+            .and_then(|i| i.data_path)
         else {
             return;
         };
@@ -224,6 +261,7 @@ impl Runner {
             let result = match job.kind.as_str() {
                 "backup" => crate::backup::run(self, &job, &cancel).await,
                 "restore" => crate::restore::run(self, &job, &cancel).await,
+                "provision" => crate::provision::run(self, &job, &cancel).await,
                 other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
             };
             self.settle(&job, result, &cancel).await;
@@ -246,7 +284,12 @@ impl Runner {
                     return;
                 }
                 tracing::warn!(error = %e, "job failed");
-                self.remove_job_files(job).await;
+                if job.kind == "provision" {
+                    // The instance shows why it failed (its process and data are removed).
+                    crate::provision::cleanup(self, job, &e.to_string()).await;
+                } else {
+                    self.remove_job_files(job).await;
+                }
                 if let Err(ce) = self
                     .catalog
                     .fail_job_with_code(job.id, e.code(), &e.to_string(), Utc::now())

@@ -82,6 +82,9 @@ pub struct Config {
     /// Continuous log (oplog) backup of instances whose policy has `EnableBackupLog=1` (docs/pitr.md).
     #[serde(default)]
     pub log_backup: LogBackupConfig,
+    /// New instances restored from a backup (CreateDBInstance, docs/provisioning.md); none by default.
+    #[serde(default)]
+    pub provisioning: Option<ProvisioningConfig>,
     /// File holding the 256-bit master key (64 hex digits) that seals AccessKey secrets in the catalog.
     /// `DDSVAULT_MASTER_KEY` wins over it; with neither, `<data_dir>/master.key` is generated on first start.
     #[serde(default)]
@@ -691,6 +694,101 @@ impl LogBackupConfig {
     }
 }
 
+/// `[provisioning]`: how CreateDBInstance runs a new instance (docs/provisioning.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// The server command, split on whitespace (quotes group); `{data_dir}`, `{dir}`, `{port}` and `{id}` are
+    /// replaced in each argument. Must use `{port}` (listening on 127.0.0.1) and `{data_dir}`.
+    pub command: String,
+    /// First and last port handed to new instances (on 127.0.0.1).
+    #[serde(default = "default_port_min")]
+    pub port_min: u16,
+    #[serde(default = "default_port_max")]
+    pub port_max: u16,
+    /// Where instance directories go; default `<data_dir>/instances`.
+    #[serde(default)]
+    pub base_dir: Option<PathBuf>,
+    /// How long a new server may take to answer `ping`, 1..=600 seconds.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_secs: u64,
+}
+
+fn default_port_min() -> u16 {
+    27100
+}
+fn default_port_max() -> u16 {
+    27199
+}
+fn default_start_timeout() -> u64 {
+    30
+}
+
+impl ProvisioningConfig {
+    /// The provisioner settings (`data_dir`: ddsvault's, for the default base directory).
+    ///
+    /// # Errors
+    /// A template that does not split (validated at load, so only for a hand-built config).
+    pub fn settings(
+        &self,
+        data_dir: &Path,
+    ) -> Result<ddsvault_jobs::provision::ProvisionSettings, ConfigError> {
+        Ok(ddsvault_jobs::provision::ProvisionSettings {
+            command: ddsvault_jobs::provision::split_command(&self.command)
+                .map_err(|e| ConfigError(format!("provisioning.command: {e}")))?,
+            ports: self.port_min..=self.port_max,
+            base_dir: self
+                .base_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("instances")),
+            start_timeout: std::time::Duration::from_secs(self.start_timeout_secs),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(format!("provisioning: {m}")));
+        let args = ddsvault_jobs::provision::split_command(&self.command)
+            .map_err(|e| ConfigError(format!("provisioning.command: {e}")))?;
+        if args.is_empty() {
+            return err("command is empty".into());
+        }
+        for needed in ["{port}", "{data_dir}"] {
+            if !args.iter().any(|a| a.contains(needed)) {
+                return err(format!("command must use {needed}"));
+            }
+        }
+        for a in &args {
+            let mut rest = a.as_str();
+            while let Some(open) = rest.find('{') {
+                let Some(close) = rest[open..].find('}') else {
+                    break;
+                };
+                let name = &rest[open..open + close + 1];
+                if !ddsvault_jobs::provision::PLACEHOLDERS.contains(&name) {
+                    return err(format!(
+                        "unknown placeholder {name} in command (known: {})",
+                        ddsvault_jobs::provision::PLACEHOLDERS.join(", ")
+                    ));
+                }
+                rest = &rest[open + close + 1..];
+            }
+        }
+        if self.port_min < 1024 || self.port_min > self.port_max {
+            return err(format!(
+                "port_min = {} and port_max = {}: need 1024 <= port_min <= port_max",
+                self.port_min, self.port_max
+            ));
+        }
+        if !(1..=600).contains(&self.start_timeout_secs) {
+            return err(format!(
+                "start_timeout_secs = {} is outside 1..=600",
+                self.start_timeout_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A token bucket: `burst` calls at once, refilled at `rate` calls per second.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -980,6 +1078,9 @@ impl Config {
         {
             fix(p);
         }
+        if let Some(p) = self.provisioning.as_mut().and_then(|p| p.base_dir.as_mut()) {
+            fix(p);
+        }
         for i in &mut self.instances {
             if let Some(p) = &mut i.data_path {
                 fix(p);
@@ -1144,6 +1245,9 @@ impl Config {
                 self.log_backup.slice_secs, self.log_backup.slice_mib, self.log_backup.poll_ms
             ));
         }
+        if let Some(p) = &self.provisioning {
+            p.validate()?;
+        }
         check_limit("throttling.per_access_key", self.throttling.per_access_key)?;
         check_limit("throttling.per_action", self.throttling.per_action)?;
         for (action, limit) in &self.throttling.actions {
@@ -1281,6 +1385,37 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provisioning_is_validated_and_defaults_under_data_dir() {
+        let c = Config::parse(
+            "data_dir = \"/d\"\n[provisioning]\ncommand = \"ferretdb --sqlite-url=file:{data_dir}/ --listen-addr=127.0.0.1:{port}\"\n",
+        )
+        .expect("valid");
+        let s = c
+            .provisioning
+            .as_ref()
+            .expect("section")
+            .settings(&c.data_dir)
+            .expect("settings");
+        assert_eq!(s.base_dir, PathBuf::from("/d/instances"));
+        assert_eq!(s.ports, 27100..=27199);
+        assert_eq!(s.command.len(), 3);
+        for bad in [
+            "command = \"ferretdb --listen-addr=127.0.0.1:{port}\"",
+            "command = \"ferretdb {data_dir}\"",
+            "command = \"ferretdb {data_dir} {port} {nope}\"",
+            "command = \"ferretdb '{data_dir} {port}\"",
+            "command = \"x {data_dir} {port}\"\nport_min = 80",
+            "command = \"x {data_dir} {port}\"\nport_min = 30000\nport_max = 29999",
+        ] {
+            assert!(
+                Config::parse(&format!("[provisioning]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Config::parse("").expect("empty").provisioning.is_none());
+    }
 
     #[test]
     fn relative_paths_of_a_file_are_relative_to_the_file() {

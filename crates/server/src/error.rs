@@ -148,6 +148,18 @@ pub enum ActionError {
     /// A point-in-time restore to a second no recoverable range holds (docs/pitr.md); nothing is written.
     #[error("restore time {time} is outside every recoverable range")]
     RestoreTimeOutOfRange { time: String, ranges: String },
+    /// CreateDBInstance on a node without `[provisioning]` (docs/provisioning.md).
+    #[error("provisioning is not configured")]
+    ProvisioningNotConfigured,
+    /// DeleteDBInstance of an instance ddsvault did not provision (a configured one).
+    #[error("instance {0} was not provisioned by ddsvault")]
+    NotProvisioned(String),
+    /// DeleteDBInstance while the instance is still being created.
+    #[error("instance {0} is being created")]
+    InstanceCreating(String),
+    /// Every port of `[provisioning]`'s range is taken.
+    #[error("no free port in {0}")]
+    NoFreePort(String),
 }
 
 impl From<ActionError> for ApiError {
@@ -347,6 +359,28 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             416,
             "InvalidRange",
             format!("The requested range is not satisfiable (size {size})."),
+        ),
+        ActionError::ProvisioningNotConfigured => ApiError::new(
+            400,
+            "UnsupportedOperation",
+            "CreateDBInstance restores a backup into a new instance that ddsvault runs itself; this ddsvault node has no [provisioning] section in its configuration (docs/provisioning.md). Restore into a configured instance with RestoreDBInstance instead.",
+        ),
+        ActionError::NotProvisioned(id) => ApiError::new(
+            403,
+            "OperationDenied.NotProvisioned",
+            format!(
+                "The instance {id} is configured in [[instances]], not provisioned by ddsvault: DeleteDBInstance only removes instances created by CreateDBInstance. Remove it from the configuration instead."
+            ),
+        ),
+        ActionError::InstanceCreating(id) => ApiError::new(
+            403,
+            "OperationDenied.DBInstanceStatus",
+            format!("The instance {id} is being created; delete it once DBInstanceStatus is Running or Failed."),
+        ),
+        ActionError::NoFreePort(range) => ApiError::new(
+            409,
+            "ResourceNotAvailable",
+            format!("Every port of the [provisioning] range {range} is taken; delete an instance or widen the range."),
         ),
         ActionError::RestoreTimeOutOfRange { time, ranges } => ApiError::new(
             400,

@@ -196,6 +196,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 description: i.description.clone(),
                 data_path: i.data_path.clone(),
                 created_at: rec.created_at,
+                provisioned: false,
             },
         );
         specs.insert(
@@ -233,6 +234,17 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         },
         cfg.backup.max_concurrent_jobs,
     ));
+    // Before recovery: an interrupted provision job is cleaned up through it (process, directory).
+    let provisioner = match &cfg.provisioning {
+        Some(pc) => {
+            let p = Arc::new(ddsvault_jobs::provision::Provisioner::new(
+                pc.settings(&cfg.data_dir)?,
+            ));
+            runner.set_provisioner(Arc::clone(&p));
+            Some(p)
+        }
+        None => None,
+    };
     let recovered = runner.recover().await?;
     if !recovered.is_empty() {
         tracing::warn!(
@@ -316,10 +328,15 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
             cfg.instances.iter().map(|i| i.id.clone()).collect(),
         )));
     }
+    state.provisioner = provisioner;
     state.retention_lock_cooling_off = chrono::Duration::seconds(
         i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
     );
     let state = Arc::new(state);
+    // Instances created by CreateDBInstance (their processes are started again by the supervisor task).
+    for p in state.catalog.list_provisioned_instances().await? {
+        state.add_provisioned(&p);
+    }
     if let Some(scheduler) = &scheduler {
         let st = Arc::clone(&state);
         scheduler.set_method_chooser(Arc::new(move |id: String| {
@@ -458,6 +475,13 @@ impl Prepared {
             let catalog = Arc::clone(&self.state.catalog);
             self.tasks.spawn("audit-writer", move |token| {
                 audit::run_writer(catalog, rx, token)
+            });
+        }
+        if let Some(p) = self.state.provisioner.clone() {
+            // Starts the provisioned instances that were Running, and stops them all at shutdown.
+            let catalog = Arc::clone(&self.state.catalog);
+            self.tasks.spawn("provisioned-instances", move |token| {
+                p.supervise(catalog, token)
             });
         }
         let runner = Arc::clone(&self.state.runner);

@@ -41,6 +41,8 @@ pub struct Instance {
     /// The node's data directory, for file-level (Physical, Snapshot) backups.
     pub data_path: Option<std::path::PathBuf>,
     pub created_at: DateTime<Utc>,
+    /// Created by ddsvault (CreateDBInstance): its status is in the catalog, DeleteDBInstance may remove it.
+    pub provisioned: bool,
 }
 
 impl Instance {
@@ -80,7 +82,12 @@ pub struct AppState {
     /// AccessKeys, users, groups and policies, as of the catalog's identity version.
     pub identities: Identities,
     pub nonces: MemoryNonceStore,
-    pub instances: HashMap<String, Instance>,
+    /// The configured (`[[instances]]`) instances.
+    pub instances: HashMap<String, Arc<Instance>>,
+    /// The instances ddsvault provisioned (CreateDBInstance), added and removed while serving.
+    pub provisioned: std::sync::RwLock<HashMap<String, Arc<Instance>>>,
+    /// Starts and stops provisioned instances; `None` without `[provisioning]`.
+    pub provisioner: Option<Arc<ddsvault_jobs::provision::Provisioner>>,
     pub runner: Arc<Runner>,
     pub default_compression: String,
     /// How long a retention lock stays on after an unlock request (`[retention] lock_cooling_off_secs`).
@@ -138,7 +145,12 @@ impl AppState {
             scheduler_running: std::sync::atomic::AtomicBool::new(false),
             identities,
             nonces: MemoryNonceStore::new(),
-            instances,
+            instances: instances
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            provisioned: std::sync::RwLock::new(HashMap::new()),
+            provisioner: None,
             runner,
             default_compression,
             retention_lock_cooling_off: chrono::Duration::hours(24),
@@ -161,11 +173,64 @@ impl AppState {
         )
     }
 
-    /// A configured instance, or the Dds not-found error.
-    pub fn instance(&self, id: &str) -> Result<&Instance, ActionError> {
-        self.instances
+    /// A configured or provisioned instance, or the Dds not-found error.
+    pub fn instance(&self, id: &str) -> Result<Arc<Instance>, ActionError> {
+        if let Some(i) = self.instances.get(id) {
+            return Ok(Arc::clone(i));
+        }
+        // A poisoned lock only means a panic elsewhere while inserting; the map itself is intact.
+        self.provisioned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(id)
+            .cloned()
             .ok_or_else(|| ActionError::InstanceNotFound(id.to_string()))
+    }
+
+    /// Every instance, configured and provisioned, sorted by id.
+    pub fn all_instances(&self) -> Vec<Arc<Instance>> {
+        let mut all: Vec<Arc<Instance>> = self.instances.values().cloned().collect();
+        all.extend(
+            self.provisioned
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Makes a provisioned instance visible to the API and to jobs.
+    pub fn add_provisioned(&self, p: &ddsvault_catalog::ProvisionedInstance) {
+        let spec = ddsvault_jobs::provision::Provisioner::spec(p);
+        let inst = Instance {
+            id: p.id.clone(),
+            uri: spec.uri.clone(),
+            storage_type: spec.storage_type.clone(),
+            description: p.description.clone(),
+            data_path: spec.data_path.clone(),
+            created_at: p.created_at,
+            provisioned: true,
+        };
+        self.provisioned
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(p.id.clone(), Arc::new(inst));
+        self.runner.add_instance(spec);
+    }
+
+    /// Forgets a deleted provisioned instance (and its pooled client).
+    pub fn remove_provisioned(&self, id: &str) {
+        self.provisioned
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.runner.remove_instance(id);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     async fn client(&self, inst: &Instance) -> Result<mongodb::Client, ActionError> {

@@ -100,7 +100,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         topo,
         databases,
         at: listed_at,
-    } = match inspect(st, inst).await {
+    } = match inspect(st, &inst).await {
         Ok(found) => found,
         // A job that started meanwhile keeps the instance busy (a dump can slow its answers down): that, not
         // the slowness, is the reason to give.
@@ -116,7 +116,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         None => inst.default_method(&topo),
     };
     if method != "Logical" {
-        file_backup_possible(inst, &topo, method)?;
+        file_backup_possible(&inst, &topo, method)?;
     }
     if databases.is_empty() {
         return Err(ActionError::NoDatabase.into());
@@ -159,7 +159,7 @@ pub async fn automatic_method(st: &AppState, id: &str) -> &'static str {
     let Ok(inst) = st.instance(id) else {
         return "Logical";
     };
-    let Ok((_, topo)) = st.probe(inst).await else {
+    let Ok((_, topo)) = st.probe(&inst).await else {
         return "Logical";
     };
     inst.default_method(&topo)

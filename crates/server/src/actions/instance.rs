@@ -20,8 +20,26 @@ fn dds_type(kind: TopologyKind) -> &'static str {
     }
 }
 
-/// `Running`, `Restoring` while a restore job is pending or running, `Unavailable` when the server does not answer.
+/// The status of a provisioned instance that is not `Running` in the catalog (`Creating`, `Failed`): it is not
+/// probed (its server is not up yet, or gone).
+async fn provisioned_status(st: &AppState, inst: &Instance) -> Option<&'static str> {
+    if !inst.provisioned {
+        return None;
+    }
+    match st.catalog.get_provisioned_instance(&inst.id).await {
+        Ok(Some(p)) if p.status != ddsvault_catalog::ProvisionStatus::Running => {
+            Some(p.status.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// `Running`, `Restoring` while a restore job is pending or running, `Unavailable` when the server does not answer;
+/// `Creating` / `Failed` for a provisioned instance whose creation runs or failed.
 async fn status(st: &AppState, inst: &Instance, reachable: bool) -> &'static str {
+    if let Some(s) = provisioned_status(st, inst).await {
+        return s;
+    }
     if !reachable {
         return "Unavailable";
     }
@@ -57,6 +75,8 @@ fn instance_json(
         "DBInstanceStorage": 0,
         "NetworkType": "VPC",
         "Tags": {"Tag": []},
+        // ddsvault extension: created by CreateDBInstance (DeleteDBInstance removes only these).
+        "Provisioned": inst.provisioned,
     });
     if detailed {
         if let Value::Object(m) = &mut v {
@@ -70,8 +90,21 @@ fn instance_json(
             );
             m.insert("UseClusterBackup".into(), json!(false));
             m.insert("Encrypted".into(), json!(false));
-            let members: Vec<Value> = topo
-                .map(|t| {
+            let members: Vec<Value> = if topo.is_none() && inst.provisioned {
+                // Not answering yet (Creating): where it will listen. Its URI holds no secret.
+                let hostport = inst
+                    .uri
+                    .trim_start_matches("mongodb://")
+                    .trim_end_matches('/');
+                let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, ""));
+                vec![json!({
+                    "ReplicaSetRole": "Primary",
+                    "ConnectionDomain": host,
+                    "ConnectionPort": port,
+                    "NetworkType": "VPC",
+                })]
+            } else {
+                topo.map(|t| {
                     t.hosts
                         .iter()
                         .enumerate()
@@ -86,8 +119,14 @@ fn instance_json(
                         })
                         .collect()
                 })
-                .unwrap_or_default();
+                .unwrap_or_default()
+            };
             m.insert("ReplicaSets".into(), json!({ "ReplicaSet": members }));
+            if inst.provisioned {
+                // ddsvault extension: the connection string of an instance ddsvault runs (never of a configured
+                // one, whose URI may hold credentials).
+                m.insert("ConnectionString".into(), json!(inst.uri));
+            }
         }
     }
     v
@@ -117,13 +156,22 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
         ));
     }
     let want_id = p.get("DBInstanceId").filter(|s| !s.is_empty());
-    let mut candidates: Vec<&Instance> = st
-        .instances
-        .values()
+    let mut candidates: Vec<std::sync::Arc<Instance>> = st
+        .all_instances()
+        .into_iter()
         .filter(|i| want_id.is_none_or(|w| w.split(',').any(|x| x.trim() == i.id)))
         .collect();
     candidates.sort_by(|a, b| a.id.cmp(&b.id));
-    let probes = join_all(candidates.iter().map(|i| st.probe(i))).await;
+    let probes = join_all(candidates.iter().map(|i| async move {
+        // A provisioned instance being created (or failed) has no server to ask.
+        if provisioned_status(st, i).await.is_some() {
+            return Err(crate::error::ActionError::InstanceUnreachable(
+                "not running".into(),
+            ));
+        }
+        st.probe(i).await
+    }))
+    .await;
     let mut rows: Vec<Value> = Vec::new();
     for (inst, probe) in candidates.iter().zip(probes) {
         let topo = probe.ok().map(|(_, t)| t);
@@ -160,6 +208,14 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
 pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
+    let inst = &*inst;
+    if provisioned_status(st, inst).await.is_some() {
+        let status = status(st, inst, false).await;
+        let row = instance_json(st, inst, None, status, true);
+        let mut out = Map::new();
+        out.insert("DBInstances".into(), json!({ "DBInstance": [row] }));
+        return Ok(out);
+    }
     // One probe serves both the answer and the checks.
     let probed = crate::checks::probe_outcome(st.probe(inst).await);
     let topo = probed.as_ref().ok().map(|(_, t)| t.clone());

@@ -7,6 +7,7 @@ pub(crate) mod backup;
 mod instance;
 mod pitr;
 mod policy;
+mod provision;
 mod restore;
 mod retention;
 
@@ -67,11 +68,13 @@ actions!(
     CheckRecoveryCondition,
     // Known Dds backup actions, answered with UnsupportedOperation until their issue lands.
     DescribeClusterBackups,
-    DescribeRestoreDBInstanceList,
     TransferClusterBackup,
     DescribeBinlogFiles,
-    // Restores into a new instance (provisioning, issue 20.4): not implemented, answered with UnsupportedOperation.
+    // Restores into a new instance ddsvault runs (docs/provisioning.md); UnsupportedOperation without
+    // [provisioning].
     CreateDBInstance,
+    DeleteDBInstance,
+    DescribeRestoreDBInstanceList,
 );
 
 impl Action {
@@ -120,6 +123,11 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
             pitr::describe_recover_time(st, p).await
         }
         Action::CheckRecoveryCondition => pitr::check_recovery_condition(st, p).await,
+        Action::CreateDBInstance => provision::create_db_instance(st, p).await,
+        Action::DeleteDBInstance => provision::delete_db_instance(st, p).await,
+        Action::DescribeRestoreDBInstanceList => {
+            provision::describe_restore_db_instance_list(st, p).await
+        }
         other => Err(ActionError::ActionNotImplemented(other.name().to_string()).into()),
     }
 }

@@ -23,7 +23,7 @@ use crate::router::ActionResult;
 use crate::state::AppState;
 
 /// A list parameter: a JSON array of strings or a comma-separated string.
-fn list_param(p: &Params, name: &str) -> Result<Vec<String>, ApiError> {
+pub(crate) fn list_param(p: &Params, name: &str) -> Result<Vec<String>, ApiError> {
     let Some(raw) = p.get(name).map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -59,7 +59,7 @@ fn bool_param(p: &Params, name: &str) -> Result<bool, ApiError> {
 }
 
 /// The backup `BackupId` of instance `id`, which must have succeeded.
-async fn usable_backup(
+pub(crate) async fn usable_backup(
     st: &AppState,
     id: &str,
     p: &Params,
@@ -86,7 +86,7 @@ async fn usable_backup(
 }
 
 /// `(db, collection)` pairs the backup holds, from its manifest.
-async fn backup_namespaces(
+pub(crate) async fn backup_namespaces(
     st: &AppState,
     backup: &Backup,
 ) -> Result<Vec<(String, String)>, ActionError> {
@@ -190,7 +190,7 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
 
     // Refuse early, with the namespace named, rather than fail the job later; the job checks again before
     // writing, since the target may change in between.
-    let (client, _) = st.probe(target).await?;
+    let (client, _) = st.probe(&target).await?;
     if !drop {
         let chosen: Vec<&(String, String)> = held
             .iter()

@@ -1,0 +1,518 @@
+//! Provisioned instances (CreateDBInstance, docs/provisioning.md): the server processes ddsvault starts from the
+//! `[provisioning]` command template, and the `provision` job that fills a new instance from a backup.
+//!
+//! Layout of an instance: `<base_dir>/<id>/` is the process's working directory (FerretDB keeps its `state.json`
+//! there) and holds `server.log` (its stdout and stderr); `<base_dir>/<id>/data/` is `{data_dir}` of the template.
+//!
+//! The job: a Physical or Snapshot backup is materialized straight into the empty data directory before the process
+//! starts (the files are the database: nothing to replay); a Logical one (and every point-in-time restore) is
+//! restored through the wire protocol once the new process answers `ping`. The instance turns `Running` only after
+//! that; a failure stops the process, removes the directory and marks the instance `Failed`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ddsvault_catalog::{BackupStatus, Catalog, Job, ProvisionStatus, ProvisionedInstance};
+use ddsvault_repo::RepoPath;
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
+use crate::{InstanceSpec, JobError, Runner};
+
+/// How long a stopped process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The storage type provisioned instances report (a local data directory, like `[[instances]]`' default).
+pub const STORAGE_TYPE: &str = "local_ssd";
+
+/// `[provisioning]`, resolved.
+#[derive(Clone, Debug)]
+pub struct ProvisionSettings {
+    /// The command template, split into arguments; `{data_dir}`, `{dir}`, `{port}` and `{id}` are replaced in each.
+    pub command: Vec<String>,
+    /// Ports handed to new instances (on 127.0.0.1), both ends included.
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// Where instance directories are created.
+    pub base_dir: PathBuf,
+    /// How long a started process may take to answer `ping`.
+    pub start_timeout: Duration,
+}
+
+/// Splits a command template into arguments: whitespace separates, single or double quotes group (no escapes).
+///
+/// # Errors
+/// An unbalanced quote.
+pub fn split_command(template: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in template.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            None => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unbalanced quote".into());
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 4] = ["{data_dir}", "{dir}", "{port}", "{id}"];
+
+/// Starts, watches and stops the processes of provisioned instances.
+#[derive(Debug)]
+pub struct Provisioner {
+    settings: ProvisionSettings,
+    children: tokio::sync::Mutex<HashMap<String, std::process::Child>>,
+}
+
+impl Provisioner {
+    pub fn new(settings: ProvisionSettings) -> Self {
+        Self {
+            settings,
+            children: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &ProvisionSettings {
+        &self.settings
+    }
+
+    /// The directory of a new instance.
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.settings.base_dir.join(id)
+    }
+
+    /// The data directory (`{data_dir}`) inside an instance directory.
+    pub fn data_dir(dir: &Path) -> PathBuf {
+        dir.join("data")
+    }
+
+    /// The connection string of a provisioned instance.
+    pub fn uri(port: u16) -> String {
+        format!("mongodb://127.0.0.1:{port}/")
+    }
+
+    /// What jobs need to know of a provisioned instance.
+    pub fn spec(p: &ProvisionedInstance) -> InstanceSpec {
+        InstanceSpec {
+            id: p.id.clone(),
+            uri: Self::uri(p.port),
+            storage_type: STORAGE_TYPE.into(),
+            data_path: Some(Self::data_dir(Path::new(&p.dir))),
+        }
+    }
+
+    /// A port of the range that no provisioned instance holds and that is free on 127.0.0.1 now, starting at a
+    /// random place so concurrent calls rarely collide (the catalog's unique port settles a collision).
+    pub fn pick_port(&self, taken: &[u16], start: u32) -> Option<u16> {
+        let (lo, hi) = (*self.settings.ports.start(), *self.settings.ports.end());
+        let n = u32::from(hi - lo) + 1;
+        (0..n)
+            .map(|k| lo + u16::try_from((start % n + k) % n).unwrap_or(0))
+            .filter(|p| !taken.contains(p))
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+    }
+
+    fn command_for(&self, id: &str, port: u16, dir: &Path) -> Vec<String> {
+        let data = Self::data_dir(dir);
+        self.settings
+            .command
+            .iter()
+            .map(|a| {
+                a.replace("{data_dir}", &data.display().to_string())
+                    .replace("{dir}", &dir.display().to_string())
+                    .replace("{port}", &port.to_string())
+                    .replace("{id}", id)
+            })
+            .collect()
+    }
+
+    /// Whether ddsvault runs the process of `id` now.
+    pub async fn is_running(&self, id: &str) -> bool {
+        let mut children = self.children.lock().await;
+        match children.get_mut(id) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The process id of `id`'s server, while it runs.
+    pub async fn pid(&self, id: &str) -> Option<u32> {
+        let mut children = self.children.lock().await;
+        let c = children.get_mut(id)?;
+        match c.try_wait() {
+            Ok(None) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    /// Starts the server of `id` (unless it runs already) and waits until it answers `ping`.
+    ///
+    /// # Errors
+    /// The process cannot be started, exits, or does not answer within the start timeout (it is stopped then).
+    pub async fn start(&self, id: &str, port: u16, dir: &Path) -> Result<(), JobError> {
+        if self.is_running(id).await {
+            return Ok(());
+        }
+        let args = self.command_for(id, port, dir);
+        let (program, rest) = args
+            .split_first()
+            .ok_or_else(|| JobError::Other("the [provisioning] command is empty".into()))?;
+        std::fs::create_dir_all(Self::data_dir(dir))
+            .map_err(|e| JobError::Filesystem(format!("create {}: {e}", dir.display())))?;
+        let log_path = dir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| JobError::Filesystem(format!("open {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| JobError::Filesystem(format!("open {}: {e}", log_path.display())))?;
+        // Spawning only forks and execs: no need for a blocking thread.
+        let child = std::process::Command::new(program)
+            .args(rest)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| JobError::Other(format!("could not start {program:?} for {id}: {e}")))?;
+        tracing::info!(instance = %id, port, pid = child.id(), "started a provisioned instance");
+        self.children.lock().await.insert(id.to_string(), child);
+
+        let uri = Self::uri(port);
+        let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
+        loop {
+            {
+                let mut children = self.children.lock().await;
+                if let Some(c) = children.get_mut(id) {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        children.remove(id);
+                        return Err(JobError::Other(format!(
+                            "the server of {id} exited during start ({status}); last lines of {}: {}",
+                            log_path.display(),
+                            tail(&log_path, 5)
+                        )));
+                    }
+                }
+            }
+            let ping = tokio::time::timeout(
+                Duration::from_secs(3),
+                ddsvault_mongo::topology::connect(&uri),
+            )
+            .await;
+            if let Ok(Ok(_)) = ping {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.stop(id).await;
+                return Err(JobError::Other(format!(
+                    "the server of {id} did not answer ping on port {port} within {}s; last lines of {}: {}",
+                    self.settings.start_timeout.as_secs(),
+                    log_path.display(),
+                    tail(&log_path, 5)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the server of `id` if ddsvault runs it: SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop(&self, id: &str) {
+        let Some(mut child) = self.children.lock().await.remove(id) else {
+            return;
+        };
+        if let Some(pid) = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        // Polled: std's wait would block the runtime thread.
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(instance = %id, "the provisioned server ignored SIGTERM; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        tracing::info!(instance = %id, "stopped a provisioned instance");
+    }
+
+    /// Stops every process ddsvault started (shutdown).
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.children.lock().await.keys().cloned().collect();
+        futures::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+    }
+
+    /// Stops `id`'s process and removes its directory.
+    ///
+    /// # Errors
+    /// The directory cannot be removed.
+    pub async fn destroy(&self, id: &str, dir: &Path) -> Result<(), JobError> {
+        self.stop(id).await;
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(JobError::Filesystem(format!(
+                "remove {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// The supervisor task: starts every `Running` provisioned instance again (ddsvault's own start), then, when
+    /// `cancel` fires (shutdown), stops every process it started.
+    pub async fn supervise(
+        self: Arc<Self>,
+        catalog: Catalog,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        let rows = catalog
+            .list_provisioned_instances()
+            .await
+            .map_err(|e| e.to_string())?;
+        for p in rows.iter().filter(|p| p.status == ProvisionStatus::Running) {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if let Err(e) = self.start(&p.id, p.port, Path::new(&p.dir)).await {
+                tracing::error!(instance = %p.id, error = %e, "could not start a provisioned instance again");
+            }
+        }
+        cancel.cancelled().await;
+        self.stop_all().await;
+        Ok(())
+    }
+}
+
+/// The last `n` lines of a log file, on one line (empty if it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// After a failed or interrupted provision job: the process stopped, its directory removed, the instance marked
+/// `Failed` with `why`. Logged, never fatal (a later DeleteDBInstance removes what is left).
+pub(crate) async fn cleanup(runner: &Runner, job: &Job, why: &str) {
+    let id = &job.instance_id;
+    let row = match runner.catalog.get_provisioned_instance(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, "could not read the provisioned instance to clean up");
+            return;
+        }
+    };
+    if let Some(p) = runner.provisioner() {
+        if let Err(e) = p.destroy(id, Path::new(&row.dir)).await {
+            tracing::warn!(instance = %id, error = %e, "could not remove the failed instance's files");
+        }
+    } else if let Err(e) = std::fs::remove_dir_all(&row.dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(instance = %id, error = %e, "could not remove the failed instance's files");
+        }
+    }
+    if let Err(e) = runner
+        .catalog
+        .set_provisioned_status(id, ProvisionStatus::Failed, Some(why), Utc::now())
+        .await
+    {
+        tracing::warn!(instance = %id, error = %e, "could not mark the instance failed");
+    }
+}
+
+/// The provision job of `job.instance_id`: backup → new data directory / new server, then `Running`.
+pub(crate) async fn run(
+    runner: &Runner,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let prov = runner.provisioner().cloned().ok_or_else(|| {
+        JobError::Other("this ddsvault node has no [provisioning] configuration".into())
+    })?;
+    let inst = runner
+        .catalog
+        .get_provisioned_instance(&job.instance_id)
+        .await?
+        .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
+    let backup_id = job
+        .backup_id
+        .ok_or_else(|| JobError::Other("provision job names no backup".into()))?;
+    let backup = runner
+        .catalog
+        .get_backup(backup_id)
+        .await?
+        .filter(|b| b.status == BackupStatus::Success)
+        .ok_or_else(|| {
+            JobError::Other(format!(
+                "backup {backup_id} does not exist or did not succeed"
+            ))
+        })?;
+    let dir = PathBuf::from(&inst.dir);
+    let data = Provisioner::data_dir(&dir);
+    // Whatever an earlier life of this instance id left is not ours to keep.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&data)
+        .map_err(|e| JobError::Filesystem(format!("create {}: {e}", data.display())))?;
+
+    let mut result = serde_json::json!({
+        "source_instance": backup.instance_id,
+        "backup_id": backup.id,
+        "method": backup.method,
+    });
+    match backup.method.as_str() {
+        "Physical" | "Snapshot" => {
+            // Nothing runs on the directory yet: the backup's files go straight to their final place.
+            let prefix = RepoPath::new(backup.repo_prefix.clone())?;
+            let manifest = crate::integrity::authenticated_manifest(&runner.repo, &backup)
+                .await?
+                .manifest;
+            let total = crate::file_restore::restore_size(&runner.repo, &prefix, &manifest).await?;
+            let done = Arc::new(AtomicU64::new(0));
+            let progress = Arc::new(Progress::new(job.id));
+            progress.set_phase(Phase::Restoring);
+            let work_cancel = cancel.child_token();
+            let work = async {
+                let ticker = {
+                    let (done, progress) = (Arc::clone(&done), Arc::clone(&progress));
+                    async move {
+                        #[allow(clippy::infinite_loop)]
+                        loop {
+                            let d = done.load(Ordering::Relaxed);
+                            progress.bytes(d, total);
+                            progress.set_percent(percent_in(2..90, d, total));
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = crate::file_restore::materialize(&runner.repo, &prefix, &manifest, &data, &work_cancel, Arc::clone(&done)) => r,
+                    () = ticker => Err(JobError::Other("the progress ticker stopped".into())),
+                }
+            };
+            let m = with_heartbeat(runner, job.id, &progress, &work_cancel, work).await??;
+            result["files"] = serde_json::json!(m.files);
+            result["bytes"] = serde_json::json!(m.bytes);
+            prov.start(&inst.id, inst.port, &dir).await?;
+        }
+        "Logical" => {
+            prov.start(&inst.id, inst.port, &dir).await?;
+            result = crate::restore::logical_into(
+                runner,
+                job,
+                &backup,
+                &Provisioner::uri(inst.port),
+                cancel,
+            )
+            .await?;
+        }
+        other => {
+            return Err(JobError::Other(format!(
+                "backup {backup_id} has an unknown method {other:?}"
+            )))
+        }
+    }
+    runner.add_instance(Provisioner::spec(&inst));
+    runner
+        .catalog
+        .set_provisioned_status(&inst.id, ProvisionStatus::Running, None, Utc::now())
+        .await?;
+    runner
+        .catalog
+        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .await?;
+    tracing::info!(instance = %inst.id, backup_id, "provisioned instance running");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_split_on_whitespace_and_quotes_group() {
+        assert_eq!(
+            split_command(
+                "ferretdb --handler=sqlite  --sqlite-url=file:{data_dir}/ --x='a b' \"c d\""
+            )
+            .expect("split"),
+            [
+                "ferretdb",
+                "--handler=sqlite",
+                "--sqlite-url=file:{data_dir}/",
+                "--x=a b",
+                "c d"
+            ]
+        );
+        assert!(split_command("a 'b").is_err());
+        assert!(split_command("   ").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn placeholders_are_replaced_in_every_argument() {
+        let p = Provisioner::new(ProvisionSettings {
+            command: split_command("srv --data={data_dir}/ --port={port} --dir={dir} --name={id}")
+                .expect("split"),
+            ports: 40000..=40010,
+            base_dir: PathBuf::from("/b"),
+            start_timeout: Duration::from_secs(1),
+        });
+        let dir = p.instance_dir("dds-x");
+        assert_eq!(
+            p.command_for("dds-x", 40001, &dir),
+            [
+                "srv",
+                "--data=/b/dds-x/data/",
+                "--port=40001",
+                "--dir=/b/dds-x",
+                "--name=dds-x"
+            ]
+        );
+    }
+
+    #[test]
+    fn picked_ports_skip_taken_ones_and_stay_in_range() {
+        let p = Provisioner::new(ProvisionSettings {
+            command: vec!["x".into()],
+            ports: 40100..=40102,
+            base_dir: PathBuf::from("/b"),
+            start_timeout: Duration::from_secs(1),
+        });
+        let port = p.pick_port(&[40100, 40101], 0).expect("a port");
+        assert_eq!(port, 40102);
+        assert_eq!(p.pick_port(&[40100, 40101, 40102], 5), None);
+    }
+}

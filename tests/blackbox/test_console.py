@@ -76,24 +76,49 @@ def base(server: Ddsvault) -> str:
     return f"http://{server.endpoint}/console"
 
 
+def click_and_wait(d, element):
+    """Clicks a link or submit button and waits until the page it leads to has replaced this one, so what is read
+    next is the answer, not the page the click was made on (reading too early raced in CI)."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from selenium.common.exceptions import WebDriverException
+
+    def gone(_):
+        # Chromium sometimes reports a replaced node as "does not belong to the document" rather than stale.
+        try:
+            return ec.staleness_of(element)(d)
+        except WebDriverException:
+            return True
+
+    element.click()
+    WebDriverWait(d, 30).until(gone)
+
+
 def login(d, server, ak):
     from selenium.webdriver.common.by import By
 
     d.get(base(server) + "/login")
     d.find_element(By.ID, "access_key_id").send_keys(ak[0])
     d.find_element(By.ID, "access_key_secret").send_keys(ak[1])
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    button = d.find_element(By.ID, "login")
-    button.click()
     # Wait for the answer page to replace the form before anyone reads it.
-    WebDriverWait(d, 30).until(ec.staleness_of(button))
+    click_and_wait(d, d.find_element(By.ID, "login"))
 
 
 def text(d) -> str:
+    """The page's text once the page has settled: a read that races a page still being replaced (the element it
+    found left the document) is retried, up to 10 s."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    return d.find_element(By.TAG_NAME, "body").text
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return d.find_element(By.TAG_NAME, "body").text
+        except (StaleElementReferenceException, WebDriverException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def shot(d, name: str):
@@ -116,7 +141,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     assert "Success" in row.text and "Logical" in row.text and first.backup_start_time in row.text, row.text
     shot(d, "instances")
 
-    d.find_element(By.LINK_TEXT, "dds-rs1").click()
+    click_and_wait(d, d.find_element(By.LINK_TEXT, "dds-rs1"))
     rows = {r.get_attribute("data-id"): r.text for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")}
     assert first.backup_id in rows and "Success" in rows[first.backup_id], rows
     assert "Logical" in rows[first.backup_id]
@@ -125,7 +150,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
 
     # Start a backup from the console and follow it to the end on the live jobs page.
     Select(d.find_element(By.ID, "method")).select_by_visible_text("Logical")
-    d.find_element(By.ID, "start").click()
+    click_and_wait(d, d.find_element(By.ID, "start"))
     assert "/console/instances/dds-rs1/jobs?job=" in d.current_url, d.current_url
     job_id = d.current_url.rsplit("=", 1)[1]
     deadline = time.monotonic() + 180
@@ -149,7 +174,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
 
     # A download URL for the new backup (the action is DescribeBackups with its BackupId, audited).
     row = d.find_element(By.CSS_SELECTOR, f'tr.backup[data-id="{done.backup_id}"]')
-    row.find_element(By.CSS_SELECTOR, "button.download").click()
+    click_and_wait(d, row.find_element(By.CSS_SELECTOR, "button.download"))
     links = d.find_elements(By.ID, "download-url")
     if links:
         assert f"/download/{done.backup_id}/" in links[0].get_attribute("href")
@@ -165,7 +190,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
         el = d.find_element(By.CSS_SELECTOR, f"input#{field}")
         el.clear()
         el.send_keys(value)
-    d.find_element(By.ID, "save-policy").click()
+    click_and_wait(d, d.find_element(By.ID, "save-policy"))
     assert d.find_element(By.ID, "saved")
     assert d.find_element(By.CSS_SELECTOR, "td#pol-PreferredBackupPeriod").text == "Monday,Thursday"
     assert d.find_element(By.CSS_SELECTOR, "td#pol-BackupRetentionPeriod").text == "14"
@@ -178,7 +203,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     el = d.find_element(By.CSS_SELECTOR, "input#BackupRetentionPeriod")
     el.clear()
     el.send_keys("3")
-    d.find_element(By.ID, "save-policy").click()
+    click_and_wait(d, d.find_element(By.ID, "save-policy"))
     assert "Refused" in d.find_element(By.ID, "refused").text
     pol = tea.describe_backup_policy(dds.DescribeBackupPolicyRequest(dbinstance_id="dds-rs1")).body
     assert str(pol.backup_retention_period) == "14"
@@ -199,7 +224,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     d.get(base(server) + "/instances/dds-rs1/backups")
     row = d.find_element(By.CSS_SELECTOR, f'tr.backup[data-id="{first.backup_id}"]')
     Select(row.find_element(By.NAME, "target")).select_by_visible_text("dds-other")
-    row.find_element(By.CSS_SELECTOR, "button.restore").click()
+    click_and_wait(d, row.find_element(By.CSS_SELECTOR, "button.restore"))
     assert d.current_url.endswith("/console/instances/dds-other/jobs"), d.current_url
     deadline = time.monotonic() + 180
     status = ""
@@ -215,7 +240,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     assert "Success" in status, text(d)
 
     # Logout ends the session: the pages send back to the login form.
-    d.find_element(By.ID, "logout").click()
+    click_and_wait(d, d.find_element(By.ID, "logout"))
     d.get(base(server) + "/instances")
     assert d.current_url.endswith("/console/login")
 
@@ -235,7 +260,7 @@ def test_key_without_permissions_sees_refusals_not_data(env, browser):
     d.get(base(server) + "/audit")
     assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
     assert not d.find_elements(By.CSS_SELECTOR, "tr.audit-row")
-    d.find_element(By.ID, "logout").click()
+    click_and_wait(d, d.find_element(By.ID, "logout"))
 
     # The operator may back up dds-rs1 only: dds-other's pages and actions are refused.
     login(d, server, OPERATOR_AK)
@@ -244,7 +269,7 @@ def test_key_without_permissions_sees_refusals_not_data(env, browser):
     d.get(base(server) + "/instances/dds-other/backups")
     assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
     d.get(base(server) + "/instances/dds-rs1/policy")
-    d.find_element(By.ID, "save-policy").click()
+    click_and_wait(d, d.find_element(By.ID, "save-policy"))
     assert "dds:ModifyBackupPolicy" in d.find_element(By.ID, "refused").text or \
         "Forbidden.RAM" in d.find_element(By.ID, "refused").text
 
@@ -274,12 +299,12 @@ def test_post_without_csrf_token_is_refused(env, browser):
     login(d, server, ROOT_AK)
     d.get(base(server) + "/instances/dds-other/backups")
     d.execute_script('document.querySelector("#start-backup input[name=csrf]").remove()')
-    d.find_element(By.ID, "start").click()
+    click_and_wait(d, d.find_element(By.ID, "start"))
     assert "CSRF" in text(d)
     d.get(base(server) + "/instances/dds-other/backups")
     d.execute_script('document.querySelector("#start-backup input[name=csrf]").value = "00" + '
                      'document.querySelector("#start-backup input[name=csrf]").value.slice(2)')
-    d.find_element(By.ID, "start").click()
+    click_and_wait(d, d.find_element(By.ID, "start"))
     assert "CSRF" in text(d)
     tasks = tea.describe_backup_tasks(dds.DescribeBackupTasksRequest(dbinstance_id="dds-other")).body
     assert not tasks.backup_jobs, tasks

@@ -47,6 +47,197 @@ pub async fn run_all(cat: Catalog) {
     stats(&cat).await;
     storage_usage(&cat).await;
     provisioned_instances(&cat).await;
+    registered_instances(&cat).await;
+}
+
+/// Run-time registrations (migration 0018): created with their policy in one step, duplicates of registered or
+/// provisioned ids refused without writing, updated in place, never removed while a job is active.
+async fn registered_instances(cat: &Catalog) {
+    use crate::{NewProvisionedInstance, RegisteredInstance};
+    let t0 = Utc.timestamp_opt(1_970_000_000, 0).single().expect("time");
+    let reg = |id: &str| RegisteredInstance {
+        id: id.into(),
+        uri: "sealed:abc".into(),
+        storage_type: "local_ssd".into(),
+        data_path: None,
+        node: None,
+        description: "d".into(),
+        created_at: t0,
+        updated_at: t0,
+    };
+    assert!(cat
+        .list_registered_instances()
+        .await
+        .expect("list")
+        .is_empty());
+    let policy = BackupPolicy {
+        preferred_backup_time: "03:00Z-04:00Z".into(),
+        backup_retention_period: 9,
+        ..BackupPolicy::default()
+    };
+    cat.create_registered_instance(&reg("dds-r1"), Some(&policy))
+        .await
+        .expect("register r1");
+    assert_eq!(
+        cat.get_policy("dds-r1").await.expect("policy"),
+        Some(policy.clone())
+    );
+    assert_eq!(
+        cat.register_instance("dds-r1", t0 + Duration::days(1))
+            .await
+            .expect("instance row")
+            .created_at,
+        t0,
+        "the id is registered as an instance in the same step"
+    );
+    let mut r2 = reg("dds-r2");
+    r2.data_path = Some("/data/r2".into());
+    r2.node = Some("node-b".into());
+    cat.create_registered_instance(&r2, None)
+        .await
+        .expect("register r2");
+    assert_eq!(cat.get_policy("dds-r2").await.expect("policy"), None);
+    assert_eq!(
+        cat.get_registered_instance("dds-r2").await.expect("get"),
+        Some(r2.clone())
+    );
+    // A duplicate writes nothing (the policy of the existing one is untouched).
+    let other_policy = BackupPolicy {
+        backup_retention_period: 30,
+        ..BackupPolicy::default()
+    };
+    let mut dup = reg("dds-r1");
+    dup.uri = "sealed:other".into();
+    assert!(matches!(
+        cat.create_registered_instance(&dup, Some(&other_policy))
+            .await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        cat.get_policy("dds-r1").await.expect("policy"),
+        Some(policy)
+    );
+    assert_eq!(
+        cat.get_registered_instance("dds-r1")
+            .await
+            .expect("get")
+            .map(|r| r.uri),
+        Some("sealed:abc".into())
+    );
+    // The id of a provisioned instance is taken too.
+    cat.create_provisioned_instance(
+        &NewProvisionedInstance {
+            id: "dds-rp".into(),
+            port: 41900,
+            dir: "/x/dds-rp".into(),
+            source_instance_id: "dds-r1".into(),
+            backup_id: None,
+            restore_time: None,
+            description: String::new(),
+            now: t0,
+        },
+        &NewJob {
+            kind: "provision".into(),
+            instance_id: "dds-rp".into(),
+            backup_id: None,
+            mode: "Manual".into(),
+            params: serde_json::json!({}),
+            now: t0,
+        },
+    )
+    .await
+    .expect("provision");
+    assert!(matches!(
+        cat.create_registered_instance(&reg("dds-rp"), None).await,
+        Err(CatalogError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        cat.get_registered_instance("dds-rp").await.expect("get"),
+        None
+    );
+    // Updates replace the fields, keep the creation time.
+    let mut changed = r2.clone();
+    changed.uri = "sealed:new".into();
+    changed.data_path = None;
+    changed.node = None;
+    changed.storage_type = "cloud_essd".into();
+    changed.created_at = t0 + Duration::days(5);
+    changed.updated_at = t0 + Duration::days(5);
+    cat.update_registered_instance(&changed)
+        .await
+        .expect("update");
+    let got = cat
+        .get_registered_instance("dds-r2")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(
+        (
+            got.uri.as_str(),
+            got.data_path,
+            got.node,
+            got.storage_type.as_str()
+        ),
+        ("sealed:new", None, None, "cloud_essd")
+    );
+    assert_eq!(
+        (got.created_at, got.updated_at),
+        (t0, t0 + Duration::days(5))
+    );
+    assert!(matches!(
+        cat.update_registered_instance(&reg("dds-nope")).await,
+        Err(CatalogError::NotFound(_))
+    ));
+    let ids: Vec<String> = cat
+        .list_registered_instances()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["dds-r1", "dds-r2"]);
+    // Not removed while a job is active; removed once it ended, and only once.
+    let job = cat
+        .create_job(&NewJob {
+            kind: "restore".into(),
+            instance_id: "dds-r1".into(),
+            backup_id: None,
+            mode: "Manual".into(),
+            params: serde_json::json!({}),
+            now: t0,
+        })
+        .await
+        .expect("job");
+    match cat.delete_registered_instance("dds-r1").await {
+        Err(CatalogError::ActiveJobExists { job_id, kind }) => {
+            assert_eq!((job_id, kind.as_str()), (job.id, "restore"))
+        }
+        other => panic!("expected ActiveJobExists, got {other:?}"),
+    }
+    assert!(cat
+        .get_registered_instance("dds-r1")
+        .await
+        .expect("get")
+        .is_some());
+    cat.fail_job_with_code(job.id, "X", "ended", t0)
+        .await
+        .expect("fail job");
+    assert!(cat
+        .delete_registered_instance("dds-r1")
+        .await
+        .expect("delete"));
+    assert!(!cat
+        .delete_registered_instance("dds-r1")
+        .await
+        .expect("delete again"));
+    assert_eq!(
+        cat.get_registered_instance("dds-r1").await.expect("get"),
+        None
+    );
+    // Registering the id again is allowed (its backups are still attached to it).
+    cat.create_registered_instance(&reg("dds-r1"), None)
+        .await
+        .expect("register again");
 }
 
 async fn provisioned_instances(cat: &Catalog) {

@@ -484,6 +484,42 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// Removes the row; true if there was one. Its backups and jobs stay.
     async fn delete_provisioned_instance(&self, id: &str) -> Result<bool, CatalogError>;
 
+    // Instances registered at run time (RegisterDBInstance, docs/instances.md; migration 0018).
+
+    /// Records a registered instance, registers its id as an instance and, if given, stores its backup policy, in
+    /// one transaction (nothing is half-registered).
+    ///
+    /// # Errors
+    /// [`CatalogError::AlreadyExists`] when the id is registered already or names a provisioned instance (nothing
+    /// is written).
+    async fn create_registered_instance(
+        &self,
+        inst: &RegisteredInstance,
+        policy: Option<&BackupPolicy>,
+    ) -> Result<(), CatalogError>;
+    /// Replaces the connection string, storage type, data path, node and description of a registered instance
+    /// (`created_at` is kept).
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] when there is no such registered instance.
+    async fn update_registered_instance(
+        &self,
+        inst: &RegisteredInstance,
+    ) -> Result<(), CatalogError>;
+    /// One registered instance.
+    async fn get_registered_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<RegisteredInstance>, CatalogError>;
+    /// Every registered instance, by id.
+    async fn list_registered_instances(&self) -> Result<Vec<RegisteredInstance>, CatalogError>;
+    /// Removes a registered instance's row, refused in the same transaction while it has a pending or running job.
+    /// Its id, backups, policy and jobs stay in the catalog. True if there was a row.
+    ///
+    /// # Errors
+    /// [`CatalogError::ActiveJobExists`] (nothing is removed).
+    async fn delete_registered_instance(&self, id: &str) -> Result<bool, CatalogError>;
+
     /// Job and backup counts for `/metrics` ([`CatalogStats`]).
     async fn stats(&self) -> Result<CatalogStats, CatalogError>;
 }

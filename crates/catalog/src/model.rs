@@ -620,3 +620,34 @@ pub struct NewProvisionedInstance {
     pub description: String,
     pub now: DateTime<Utc>,
 }
+
+/// An instance registered at run time (RegisterDBInstance, docs/instances.md), beside the configured
+/// (`[[instances]]`) and provisioned ones.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegisteredInstance {
+    pub id: String,
+    /// The connection string in its stored form: the server seals it with the master key before it gets here
+    /// (it may hold a password), and it is never shown in answers or logs.
+    pub uri: String,
+    pub storage_type: String,
+    /// The node's data directory, for file-level (Physical, Snapshot) backups.
+    pub data_path: Option<String>,
+    /// The ddsvault node meant to run its jobs (placement); `None`: any node.
+    pub node: Option<String>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// Hand-written so that the stored connection string never reaches a log line through `{:?}`.
+impl std::fmt::Debug for RegisteredInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredInstance")
+            .field("id", &self.id)
+            .field("storage_type", &self.storage_type)
+            .field("data_path", &self.data_path)
+            .field("node", &self.node)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}

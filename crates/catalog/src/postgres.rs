@@ -32,6 +32,8 @@ mod identity;
 mod logs;
 #[path = "postgres_provision.rs"]
 mod provision;
+#[path = "postgres_registered.rs"]
+mod registered;
 #[path = "postgres_storage.rs"]
 mod storage;
 
@@ -1428,6 +1430,38 @@ impl CatalogBackend for PgCatalog {
 
     async fn delete_provisioned_instance(&self, id: &str) -> Result<bool, CatalogError> {
         self.delete_provisioned_impl(id).await
+    }
+
+    async fn create_registered_instance(
+        &self,
+        inst: &crate::RegisteredInstance,
+        policy: Option<&BackupPolicy>,
+    ) -> Result<(), CatalogError> {
+        self.create_registered_impl(inst, policy).await
+    }
+
+    async fn update_registered_instance(
+        &self,
+        inst: &crate::RegisteredInstance,
+    ) -> Result<(), CatalogError> {
+        self.update_registered_impl(inst).await
+    }
+
+    async fn get_registered_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::RegisteredInstance>, CatalogError> {
+        self.get_registered_impl(id).await
+    }
+
+    async fn list_registered_instances(
+        &self,
+    ) -> Result<Vec<crate::RegisteredInstance>, CatalogError> {
+        self.list_registered_impl().await
+    }
+
+    async fn delete_registered_instance(&self, id: &str) -> Result<bool, CatalogError> {
+        self.delete_registered_impl(id).await
     }
 
     async fn stats(&self) -> Result<CatalogStats, CatalogError> {

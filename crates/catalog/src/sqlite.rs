@@ -30,6 +30,8 @@ mod identity;
 mod logs;
 #[path = "sqlite_provision.rs"]
 mod provision;
+#[path = "sqlite_registered.rs"]
+mod registered;
 #[path = "sqlite_storage.rs"]
 mod storage;
 
@@ -1331,6 +1333,38 @@ impl CatalogBackend for SqliteCatalog {
 
     async fn delete_provisioned_instance(&self, id: &str) -> Result<bool, CatalogError> {
         self.delete_provisioned_impl(id).await
+    }
+
+    async fn create_registered_instance(
+        &self,
+        inst: &crate::RegisteredInstance,
+        policy: Option<&BackupPolicy>,
+    ) -> Result<(), CatalogError> {
+        self.create_registered_impl(inst, policy).await
+    }
+
+    async fn update_registered_instance(
+        &self,
+        inst: &crate::RegisteredInstance,
+    ) -> Result<(), CatalogError> {
+        self.update_registered_impl(inst).await
+    }
+
+    async fn get_registered_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::RegisteredInstance>, CatalogError> {
+        self.get_registered_impl(id).await
+    }
+
+    async fn list_registered_instances(
+        &self,
+    ) -> Result<Vec<crate::RegisteredInstance>, CatalogError> {
+        self.list_registered_impl().await
+    }
+
+    async fn delete_registered_instance(&self, id: &str) -> Result<bool, CatalogError> {
+        self.delete_registered_impl(id).await
     }
 
     async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, CatalogError> {

@@ -4,6 +4,7 @@
 mod backup;
 mod client;
 mod credentials;
+mod instance;
 mod output;
 mod ram;
 mod remote_restore;
@@ -136,6 +137,9 @@ enum Command {
     },
     /// Backups through the ddsvault API, signed with your AccessKey (RAM applies): create, list, show, wait.
     Backup(backup::BackupArgs),
+    /// Instances through the API: list every one, add (register) or remove one while the server runs, without a
+    /// restart (RAM applies; docs/instances.md).
+    Instance(instance::InstanceArgs),
     /// Every instance at a glance through the API: last backup and its age, running jobs with progress, the next
     /// automatic backup, failures in the last 24 hours.
     Status(status::OverviewArgs),
@@ -792,6 +796,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ram(args) => rt.block_on(ram::run(args)),
         Command::Backup(args) => client::finish(rt.block_on(backup::run(args))),
+        Command::Instance(args) => client::finish(rt.block_on(instance::run(args))),
         Command::Status(args) => client::finish(rt.block_on(status::status(args))),
         Command::Schedule(args) => client::finish(rt.block_on(status::schedule(args))),
         Command::Audit {

@@ -53,7 +53,8 @@ pub struct Copier {
     catalog: Catalog,
     source: Repository,
     targets: HashMap<String, CopyTarget>,
-    instances: Vec<String>,
+    /// The instances whose new backups are copied (the runner's live list while serving).
+    instances: crate::InstanceIds,
 }
 
 /// Whether `backup_period` (comma-separated weekdays; empty = every day) contains the UTC day of `t`.
@@ -135,8 +136,16 @@ impl Copier {
                 .into_iter()
                 .map(|t| (t.dest_region.clone(), t))
                 .collect(),
-            instances,
+            instances: crate::InstanceIds::Fixed(instances),
         }
+    }
+
+    /// Copies the new backups of these instances instead of the list given to [`Copier::new`] (see
+    /// [`crate::InstanceIds::Live`]).
+    #[must_use]
+    pub fn with_instances(mut self, instances: crate::InstanceIds) -> Self {
+        self.instances = instances;
+        self
     }
 
     /// The configured destination regions.
@@ -166,7 +175,7 @@ impl Copier {
                 .ok()
                 .and_then(DateTime::from_timestamp_millis)
                 .unwrap_or(now);
-            for instance in &self.instances {
+            for instance in &self.instances.get() {
                 let policies = self.catalog.list_cross_policies(instance).await?;
                 let policy = policies.iter().find(|p| &p.dest_region == region);
                 let filter = BackupFilter {

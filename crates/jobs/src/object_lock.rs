@@ -174,15 +174,15 @@ impl ObjectLocker {
         Ok(Some(extended))
     }
 
-    /// Runs a pass over `instances` every `interval` until `cancel` fires.
+    /// Runs a pass over `instances` (as they are at each pass) every `interval` until `cancel` fires.
     pub async fn run(
         self: std::sync::Arc<Self>,
-        instances: Vec<String>,
+        instances: crate::InstanceIds,
         interval: Duration,
         cancel: CancellationToken,
     ) -> Result<(), String> {
         loop {
-            for id in &instances {
+            for id in &instances.get() {
                 if let Err(e) = self.pass_instance(id, Utc::now()).await {
                     tracing::warn!(instance = %id, error = %e, "object lock pass failed; retrying next interval");
                 }

@@ -32,7 +32,6 @@
 //! second follow. [`recover_ranges`] computes them; [`plan_point_in_time`] picks the newest such backup for a
 //! time and the slices to replay.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -697,27 +696,6 @@ pub async fn log_storage_size(catalog: &Catalog, instance_id: &str) -> Result<i6
         .iter()
         .map(|s| s.size)
         .sum())
-}
-
-/// Starts one follower per instance through `tasks`.
-pub fn spawn_followers(
-    tasks: &crate::Tasks,
-    catalog: &Catalog,
-    repo: &Repository,
-    instances: &HashMap<String, InstanceSpec>,
-    node_id: &str,
-    settings: &LogSettings,
-) {
-    for spec in instances.values() {
-        let f = Follower {
-            catalog: Arc::clone(catalog),
-            repo: repo.clone(),
-            instance: spec.clone(),
-            node_id: node_id.to_string(),
-            settings: settings.clone(),
-        };
-        tasks.spawn(format!("log-backup:{}", spec.id), move |token| f.run(token));
-    }
 }
 
 #[cfg(test)]

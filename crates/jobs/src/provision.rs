@@ -82,11 +82,49 @@ pub fn split_command(template: &str) -> Result<Vec<String>, String> {
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: [&str; 4] = ["{data_dir}", "{dir}", "{port}", "{id}"];
 
+/// How often the supervisor looks for servers that died.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// The first restart of a server that died waits this long; each death soon after a restart doubles it.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A server that ran this long since its last (re)start counts as healthy again: its next death restarts it after
+/// the shortest backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the supervisor knows of a provisioned server it restarts (DescribeDBInstanceAttribute shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Supervision {
+    /// Times the server was started again after it died while ddsvault ran.
+    pub restarts: u32,
+    /// How it last ended (`exit status: 1`, `signal: 9 (SIGKILL)`), if it ever died.
+    pub last_exit: Option<String>,
+    /// It died and its restart is due (or failed and is retried): DBInstanceStatus `Rebooting`.
+    pub restarting: bool,
+    /// Why the last restart attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// A dead server waiting for its restart.
+#[derive(Debug)]
+struct Pending {
+    port: u16,
+    dir: PathBuf,
+    due: tokio::time::Instant,
+    backoff: Duration,
+}
+
 /// Starts, watches and stops the processes of provisioned instances.
 #[derive(Debug)]
 pub struct Provisioner {
     settings: ProvisionSettings,
     children: tokio::sync::Mutex<HashMap<String, std::process::Child>>,
+    /// Where each running server listens and keeps its files, and when it was (re)started.
+    started: std::sync::Mutex<HashMap<String, (u16, PathBuf, tokio::time::Instant)>>,
+    /// Servers that died and are restarted by the supervisor.
+    pending: std::sync::Mutex<HashMap<String, Pending>>,
+    /// The backoff of each server's last restart (doubled when it dies again soon after).
+    last_backoff: std::sync::Mutex<HashMap<String, Duration>>,
+    supervision: std::sync::Mutex<HashMap<String, Supervision>>,
 }
 
 impl Provisioner {
@@ -94,7 +132,16 @@ impl Provisioner {
         Self {
             settings,
             children: tokio::sync::Mutex::new(HashMap::new()),
+            started: std::sync::Mutex::new(HashMap::new()),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            last_backoff: std::sync::Mutex::new(HashMap::new()),
+            supervision: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the supervisor did about `id`'s server (default: nothing happened to it).
+    pub fn supervision(&self, id: &str) -> Supervision {
+        lock(&self.supervision).get(id).cloned().unwrap_or_default()
     }
 
     pub fn settings(&self) -> &ProvisionSettings {
@@ -204,6 +251,10 @@ impl Provisioner {
             .map_err(|e| JobError::Other(format!("could not start {program:?} for {id}: {e}")))?;
         tracing::info!(instance = %id, port, pid = child.id(), "started a provisioned instance");
         self.children.lock().await.insert(id.to_string(), child);
+        lock(&self.started).insert(
+            id.to_string(),
+            (port, dir.to_path_buf(), tokio::time::Instant::now()),
+        );
 
         let uri = Self::uri(port);
         let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
@@ -242,8 +293,13 @@ impl Provisioner {
         }
     }
 
-    /// Stops the server of `id` if ddsvault runs it: SIGTERM, then SIGKILL after a grace period.
+    /// Stops the server of `id` if ddsvault runs it: SIGTERM, then SIGKILL after a grace period. A stopped server
+    /// is not restarted by the supervisor.
     pub async fn stop(&self, id: &str) {
+        lock(&self.pending).remove(id);
+        lock(&self.started).remove(id);
+        lock(&self.last_backoff).remove(id);
+        lock(&self.supervision).remove(id);
         let Some(mut child) = self.children.lock().await.remove(id) else {
             return;
         };
@@ -292,8 +348,114 @@ impl Provisioner {
         }
     }
 
-    /// The supervisor task: starts every `Running` provisioned instance again (ddsvault's own start), then, when
-    /// `cancel` fires (shutdown), stops every process it started.
+    /// Servers that exited on their own since the last look: taken out of the running set and queued for a
+    /// restart after their backoff.
+    async fn reap(&self) {
+        let mut died = Vec::new();
+        {
+            let mut children = self.children.lock().await;
+            let mut gone = Vec::new();
+            for (id, child) in children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    gone.push((id.clone(), status.to_string()));
+                }
+            }
+            for (id, status) in gone {
+                children.remove(&id);
+                died.push((id, status));
+            }
+        }
+        for (id, status) in died {
+            let Some((port, dir, since)) = lock(&self.started).remove(&id) else {
+                continue;
+            };
+            let previous = lock(&self.last_backoff).get(&id).copied();
+            let backoff = match previous {
+                Some(b) if since.elapsed() < HEALTHY_AFTER => (b * 2).min(RESTART_BACKOFF_MAX),
+                _ => RESTART_BACKOFF_MIN,
+            };
+            lock(&self.last_backoff).insert(id.clone(), backoff);
+            let mut pending = lock(&self.pending);
+            tracing::warn!(instance = %id, exit = %status, restart_in_ms = backoff.as_millis() as u64, "a provisioned server died; restarting it");
+            pending.insert(
+                id.clone(),
+                Pending {
+                    port,
+                    dir,
+                    due: tokio::time::Instant::now() + backoff,
+                    backoff,
+                },
+            );
+            drop(pending);
+            let mut sup = lock(&self.supervision);
+            let s = sup.entry(id).or_default();
+            s.last_exit = Some(status);
+            s.restarting = true;
+        }
+    }
+
+    /// Restarts the dead servers whose backoff is over. A failed start is retried after twice the backoff.
+    async fn restart_due(&self, catalog: &Catalog) {
+        let now = tokio::time::Instant::now();
+        #[allow(clippy::type_complexity)]
+        let due: Vec<(String, u16, PathBuf, Duration)> = lock(&self.pending)
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(id, p)| (id.clone(), p.port, p.dir.clone(), p.backoff))
+            .collect();
+        for (id, port, dir, backoff) in due {
+            // Only an instance that is still meant to run (DeleteDBInstance may have removed it meanwhile).
+            match catalog.get_provisioned_instance(&id).await {
+                Ok(Some(row)) if row.status == ProvisionStatus::Running => {}
+                Ok(_) => {
+                    lock(&self.pending).remove(&id);
+                    lock(&self.supervision).remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %e, "could not read the provisioned instance; restart retried");
+                    continue;
+                }
+            }
+            if !lock(&self.pending).contains_key(&id) {
+                continue; // stopped meanwhile
+            }
+            match self.start(&id, port, &dir).await {
+                Ok(()) => {
+                    // The backoff stays in `last_backoff`: a death soon after this restart waits longer (`reap`).
+                    lock(&self.pending).remove(&id);
+                    let mut sup = lock(&self.supervision);
+                    let s = sup.entry(id.clone()).or_default();
+                    s.restarts += 1;
+                    s.restarting = false;
+                    s.last_error = None;
+                    tracing::info!(instance = %id, restarts = s.restarts, "restarted a provisioned server");
+                }
+                Err(e) => {
+                    let next = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                    tracing::warn!(instance = %id, error = %e, retry_in_ms = next.as_millis() as u64, "restarting a provisioned server failed");
+                    // A start that timed out stopped the process (and cleared the queue entry): queued again.
+                    lock(&self.pending).insert(
+                        id.clone(),
+                        Pending {
+                            port,
+                            dir,
+                            due: tokio::time::Instant::now() + next,
+                            backoff: next,
+                        },
+                    );
+                    let mut sup = lock(&self.supervision);
+                    let s = sup.entry(id).or_default();
+                    s.restarting = true;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The supervisor task: starts every `Running` provisioned instance again (ddsvault's own start), restarts a
+    /// server that dies while ddsvault runs (after a backoff: 1 s, doubling up to 60 s while it keeps dying within
+    /// a minute of its restart), and, when `cancel` fires (shutdown), stops every process it started.
     pub async fn supervise(
         self: Arc<Self>,
         catalog: Catalog,
@@ -311,10 +473,22 @@ impl Provisioner {
                 tracing::error!(instance = %p.id, error = %e, "could not start a provisioned instance again");
             }
         }
-        cancel.cancelled().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            self.reap().await;
+            self.restart_due(&catalog).await;
+        }
         self.stop_all().await;
         Ok(())
     }
+}
+
+/// A std mutex's guard; a poisoned lock only means a panic elsewhere while it was held, the map is intact.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The last `n` lines of a log file, on one line (empty if it cannot be read).

@@ -114,7 +114,8 @@ impl Runner {
             .ok_or_else(|| JobError::UnknownInstance(id.to_string()))
     }
 
-    /// Makes a provisioned instance known to jobs (backups, restores) from now on.
+    /// Makes a provisioned or registered instance known to jobs (backups, restores) from now on; replaces the
+    /// spec of a known one (a changed connection string).
     pub fn add_instance(&self, spec: InstanceSpec) {
         self.instances
             .write()
@@ -122,12 +123,32 @@ impl Runner {
             .insert(spec.id.clone(), spec);
     }
 
-    /// Forgets a deleted provisioned instance.
+    /// Forgets a deleted provisioned or unregistered instance.
     pub fn remove_instance(&self, id: &str) {
         self.instances
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+
+    /// The ids of every instance jobs can work on now (configured, provisioned, registered).
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every instance jobs can work on now.
+    pub fn instance_specs(&self) -> Vec<InstanceSpec> {
+        self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Tells the runner a job was just created, so it does not wait for the next poll.

@@ -153,7 +153,8 @@ impl std::fmt::Debug for Chooser {
 #[derive(Debug)]
 pub struct Scheduler {
     catalog: Catalog,
-    instances: Vec<String>,
+    /// The instances looked at on each tick (the runner's live list while serving).
+    instances: crate::InstanceIds,
     node_id: String,
     compression: String,
     clock: Arc<dyn Clock>,
@@ -175,7 +176,7 @@ impl Scheduler {
     ) -> Self {
         Self {
             catalog,
-            instances,
+            instances: crate::InstanceIds::Fixed(instances),
             node_id,
             compression,
             clock: Arc::new(SystemClock),
@@ -191,6 +192,15 @@ impl Scheduler {
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Looks at these instances on each tick instead of the list given to [`Scheduler::new`]: with
+    /// [`crate::InstanceIds::Live`], instances registered or provisioned while serving are scheduled by their
+    /// policy from the next tick, and removed ones no longer are.
+    #[must_use]
+    pub fn with_instances(mut self, instances: crate::InstanceIds) -> Self {
+        self.instances = instances;
         self
     }
 
@@ -223,8 +233,9 @@ impl Scheduler {
     /// The first catalog error (the other instances are looked at next tick).
     pub async fn tick(&self) -> Result<Vec<(String, TickOutcome)>, JobError> {
         let now = self.clock.now();
-        let mut out = Vec::with_capacity(self.instances.len());
-        for id in &self.instances {
+        let ids = self.instances.get();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
             // Automatic backups are opt-in: an instance without a stored policy (none set through
             // ModifyBackupPolicy or `[[instances]] policy`) has none, e.g. a restore target.
             let Some(policy) = self.catalog.get_policy(id).await? else {

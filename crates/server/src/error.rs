@@ -160,6 +160,30 @@ pub enum ActionError {
     /// Every port of `[provisioning]`'s range is taken.
     #[error("no free port in {0}")]
     NoFreePort(String),
+    /// RegisterDBInstance / ModifyRegisteredDBInstance: the connection string cannot be parsed; the text holds no
+    /// part of it.
+    #[error("connection string malformed: {0}")]
+    ConnectionStringMalformed(String),
+    /// RegisterDBInstance / ModifyRegisteredDBInstance: nothing answered at the connection string within the probe
+    /// timeout; the text is free of credentials.
+    #[error("connection string unreachable: {0}")]
+    ConnectionStringUnreachable(String),
+    /// RegisterDBInstance with an id a configured, provisioned or registered instance has.
+    #[error("instance {id} exists already ({origin})")]
+    InstanceIdTaken { id: String, origin: &'static str },
+    /// Modify/UnregisterDBInstance of an instance that was not registered at run time (`origin` says what it is).
+    #[error("instance {id} is {origin}, not registered")]
+    NotRegistered { id: String, origin: &'static str },
+    /// UnregisterDBInstance while a job of the instance is pending or running.
+    #[error("instance {instance} has an active {kind} job {job_id}")]
+    InstanceHasActiveJob {
+        instance: String,
+        job_id: i64,
+        kind: String,
+    },
+    /// UnregisterDBInstance while the instance's retention lock is on.
+    #[error("retention lock of {0} is on")]
+    UnregisterRetentionLocked(String),
 }
 
 impl From<ActionError> for ApiError {
@@ -381,6 +405,55 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             409,
             "ResourceNotAvailable",
             format!("Every port of the [provisioning] range {range} is taken; delete an instance or widen the range."),
+        ),
+        ActionError::ConnectionStringMalformed(why) => ApiError::new(
+            400,
+            "InvalidConnectionString.Malformed",
+            format!(
+                "The specified parameter ConnectionString is not a usable MongoDB connection string (mongodb://… or mongodb+srv://…): {why}. Nothing was registered."
+            ),
+        ),
+        ActionError::ConnectionStringUnreachable(why) => ApiError::new(
+            400,
+            "InvalidConnectionString.Unreachable",
+            format!(
+                "No MongoDB-wire server answered at the specified ConnectionString: {why}. Check the host, port and credentials; nothing was registered."
+            ),
+        ),
+        ActionError::InstanceIdTaken { id, origin } => ApiError::new(
+            409,
+            "InvalidDBInstanceId.Duplicate",
+            format!("The instance id \"{id}\" is taken by a {origin} instance; choose another id. Nothing was registered."),
+        ),
+        ActionError::NotRegistered { id, origin } => ApiError::new(
+            403,
+            "OperationDenied.NotRegistered",
+            format!(
+                "The instance {id} is {origin}: only instances registered with RegisterDBInstance (ddsvault instance add) can be changed or unregistered this way. {}",
+                if origin == "provisioned" {
+                    "Remove it with DeleteDBInstance."
+                } else {
+                    "Change or remove its [[instances]] entry in the configuration instead."
+                }
+            ),
+        ),
+        ActionError::InstanceHasActiveJob {
+            instance,
+            job_id,
+            kind,
+        } => ApiError::new(
+            403,
+            "OperationDenied.ActiveJobExists",
+            format!(
+                "The instance {instance} has a {kind} job ({job_id}) pending or running; unregister it when the job has finished (DescribeBackupTasks / DescribeRestoreTasks). Nothing was changed."
+            ),
+        ),
+        ActionError::UnregisterRetentionLocked(id) => ApiError::new(
+            403,
+            "OperationDenied.RetentionLocked",
+            format!(
+                "The retention lock of instance {id} is on: its backups must stay covered by it, so the instance cannot be unregistered until the lock has ended (ModifyBackupRetentionLock, Enable=false, then the cooling-off period)."
+            ),
         ),
         ActionError::RestoreTimeOutOfRange { time, ranges } => ApiError::new(
             400,

@@ -89,9 +89,8 @@ pub struct Prepared {
     pub root_key_id: Option<String>,
 }
 
-/// What the log-backup followers need (`[log_backup]`).
+/// What the log-backup followers need (`[log_backup]`); they follow every instance the runner knows.
 struct LogFollowers {
-    instances: HashMap<String, InstanceSpec>,
     node_id: String,
     settings: ddsvault_jobs::pitr::LogSettings,
 }
@@ -197,6 +196,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 data_path: i.data_path.clone(),
                 created_at: rec.created_at,
                 provisioned: false,
+                registered: false,
+                node: None,
             },
         );
         specs.insert(
@@ -217,7 +218,6 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         },
     };
     let log_backup = cfg.log_backup.enabled.then(|| LogFollowers {
-        instances: specs.clone(),
         node_id: node_id.clone(),
         settings: cfg.log_backup.settings(),
     });
@@ -296,7 +296,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 cfg.backup.compression.clone(),
                 Duration::from_secs(cfg.scheduler.tick_secs),
             )
-            .with_runner(Arc::clone(&runner)),
+            .with_runner(Arc::clone(&runner))
+            // Instances provisioned or registered while serving are scheduled by their policy too.
+            .with_instances(ddsvault_jobs::InstanceIds::Live(Arc::clone(&runner))),
         )
     });
     let mut state = AppState::new(
@@ -321,12 +323,15 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     );
     state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
     if !copy_targets.is_empty() {
-        state.copier = Some(Arc::new(ddsvault_jobs::copies::Copier::new(
-            Arc::clone(&state.catalog),
-            state.repo.clone(),
-            copy_targets,
-            cfg.instances.iter().map(|i| i.id.clone()).collect(),
-        )));
+        state.copier = Some(Arc::new(
+            ddsvault_jobs::copies::Copier::new(
+                Arc::clone(&state.catalog),
+                state.repo.clone(),
+                copy_targets,
+                Vec::new(),
+            )
+            .with_instances(ddsvault_jobs::InstanceIds::Live(Arc::clone(&state.runner))),
+        ));
     }
     state.provisioner = provisioner;
     state.retention_lock_cooling_off = chrono::Duration::seconds(
@@ -337,6 +342,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     for p in state.catalog.list_provisioned_instances().await? {
         state.add_provisioned(&p);
     }
+    // Instances registered at run time (RegisterDBInstance), by this process or another one on the catalog.
+    actions::registered::sync(&state).await?;
     if let Some(scheduler) = &scheduler {
         let st = Arc::clone(&state);
         scheduler.set_method_chooser(Arc::new(move |id: String| {
@@ -498,10 +505,24 @@ impl Prepared {
                 .spawn("repository-copies", move |token| copier.run(every, token));
         }
         let locker = Arc::clone(&self.state.object_lock);
-        let ids: Vec<String> = self.state.instances.keys().cloned().collect();
+        let ids = ddsvault_jobs::InstanceIds::Live(Arc::clone(&self.state.runner));
         self.tasks.spawn("object-lock", move |token| {
             locker.run(ids, lock_interval, token)
         });
+        // Registrations, changes and removals made by other processes on the catalog.
+        let st = Arc::clone(&self.state);
+        self.tasks
+            .spawn("registered-instances", move |token| async move {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(actions::registered::SYNC_INTERVAL) => {}
+                    }
+                    if let Err(e) = actions::registered::sync(&st).await {
+                        tracing::warn!(error = %e, "could not read the registered instances; retrying");
+                    }
+                }
+            });
         if let Some(interval) = self.scrub_interval {
             let (catalog, repo) = (self.state.catalog.clone(), self.state.repo.clone());
             self.tasks.spawn("repository-scrub", move |token| {
@@ -518,14 +539,22 @@ impl Prepared {
                 Ok(())
             });
         if let Some(f) = &self.log_backup {
-            ddsvault_jobs::pitr::spawn_followers(
-                &self.tasks,
-                &self.state.catalog,
-                &self.state.repo,
-                &f.instances,
-                &f.node_id,
-                &f.settings,
+            // One follower per instance the runner knows, started and stopped as instances come and go.
+            let (tasks, catalog, repo) = (
+                self.tasks.clone(),
+                Arc::clone(&self.state.catalog),
+                self.state.repo.clone(),
             );
+            let (runner, node_id, settings) = (
+                Arc::clone(&self.state.runner),
+                f.node_id.clone(),
+                f.settings.clone(),
+            );
+            self.tasks.spawn("log-backup-followers", move |token| {
+                ddsvault_jobs::instances::supervise_followers(
+                    tasks, catalog, repo, runner, node_id, settings, token,
+                )
+            });
         }
         for sender in self.alert_senders {
             self.tasks

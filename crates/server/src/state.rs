@@ -43,6 +43,34 @@ pub struct Instance {
     pub created_at: DateTime<Utc>,
     /// Created by ddsvault (CreateDBInstance): its status is in the catalog, DeleteDBInstance may remove it.
     pub provisioned: bool,
+    /// Registered at run time (RegisterDBInstance): ModifyRegisteredDBInstance / UnregisterDBInstance apply.
+    pub registered: bool,
+    /// The ddsvault node meant to run its jobs (registered instances only; `None`: any node).
+    pub node: Option<String>,
+}
+
+impl Instance {
+    /// What the catalog row, the config entry or CreateDBInstance made it: `configured`, `provisioned`,
+    /// `registered` (the `Origin` extension field of DescribeDBInstances).
+    pub fn origin(&self) -> &'static str {
+        if self.provisioned {
+            "provisioned"
+        } else if self.registered {
+            "registered"
+        } else {
+            "configured"
+        }
+    }
+
+    /// What jobs need to know of it.
+    pub fn spec(&self) -> ddsvault_jobs::InstanceSpec {
+        ddsvault_jobs::InstanceSpec {
+            id: self.id.clone(),
+            uri: self.uri.clone(),
+            storage_type: self.storage_type.clone(),
+            data_path: self.data_path.clone(),
+        }
+    }
 }
 
 impl Instance {
@@ -86,6 +114,9 @@ pub struct AppState {
     pub instances: HashMap<String, Arc<Instance>>,
     /// The instances ddsvault provisioned (CreateDBInstance), added and removed while serving.
     pub provisioned: std::sync::RwLock<HashMap<String, Arc<Instance>>>,
+    /// The instances registered at run time (RegisterDBInstance), as of this process's last look at the catalog
+    /// (its own changes at once, other processes' within `registered::SYNC_INTERVAL`).
+    pub registered: std::sync::RwLock<HashMap<String, Arc<Instance>>>,
     /// Starts and stops provisioned instances; `None` without `[provisioning]`.
     pub provisioner: Option<Arc<ddsvault_jobs::provision::Provisioner>>,
     pub runner: Arc<Runner>,
@@ -150,6 +181,7 @@ impl AppState {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
             provisioned: std::sync::RwLock::new(HashMap::new()),
+            registered: std::sync::RwLock::new(HashMap::new()),
             provisioner: None,
             runner,
             default_compression,
@@ -173,13 +205,21 @@ impl AppState {
         )
     }
 
-    /// A configured or provisioned instance, or the Dds not-found error.
+    /// A configured, provisioned or registered instance, or the Dds not-found error.
     pub fn instance(&self, id: &str) -> Result<Arc<Instance>, ActionError> {
         if let Some(i) = self.instances.get(id) {
             return Ok(Arc::clone(i));
         }
         // A poisoned lock only means a panic elsewhere while inserting; the map itself is intact.
-        self.provisioned
+        if let Some(i) = self
+            .provisioned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(Arc::clone(i));
+        }
+        self.registered
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
@@ -187,7 +227,7 @@ impl AppState {
             .ok_or_else(|| ActionError::InstanceNotFound(id.to_string()))
     }
 
-    /// Every instance, configured and provisioned, sorted by id.
+    /// Every instance, configured, provisioned and registered, sorted by id.
     pub fn all_instances(&self) -> Vec<Arc<Instance>> {
         let mut all: Vec<Arc<Instance>> = self.instances.values().cloned().collect();
         all.extend(
@@ -197,8 +237,43 @@ impl AppState {
                 .values()
                 .cloned(),
         );
+        all.extend(
+            self.registered
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
+    }
+
+    /// Makes a registered instance (new or changed) visible to the API and to jobs, and drops the pooled client of
+    /// its previous connection string.
+    pub fn put_registered(&self, inst: Instance) {
+        let spec = inst.spec();
+        self.registered
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(inst.id.clone(), Arc::new(inst));
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.id);
+        self.runner.add_instance(spec);
+    }
+
+    /// Forgets an unregistered instance (and its pooled client).
+    pub fn remove_registered(&self, id: &str) {
+        self.registered
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.runner.remove_instance(id);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Makes a provisioned instance visible to the API and to jobs.
@@ -212,6 +287,8 @@ impl AppState {
             data_path: spec.data_path.clone(),
             created_at: p.created_at,
             provisioned: true,
+            registered: false,
+            node: None,
         };
         self.provisioned
             .write()

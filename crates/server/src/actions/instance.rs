@@ -20,8 +20,8 @@ fn dds_type(kind: TopologyKind) -> &'static str {
     }
 }
 
-/// The status of a provisioned instance that is not `Running` in the catalog (`Creating`, `Failed`): it is not
-/// probed (its server is not up yet, or gone).
+/// The status of a provisioned instance that is not `Running` in the catalog (`Creating`, `Failed`), or whose
+/// server died and is being restarted (`Rebooting`): it is not probed (its server is not up yet, or gone).
 async fn provisioned_status(st: &AppState, inst: &Instance) -> Option<&'static str> {
     if !inst.provisioned {
         return None;
@@ -29,6 +29,14 @@ async fn provisioned_status(st: &AppState, inst: &Instance) -> Option<&'static s
     match st.catalog.get_provisioned_instance(&inst.id).await {
         Ok(Some(p)) if p.status != ddsvault_catalog::ProvisionStatus::Running => {
             Some(p.status.as_str())
+        }
+        // Its server died and the supervisor restarts it (Dds' status of an instance restarting): not probed.
+        _ if st
+            .provisioner
+            .as_ref()
+            .is_some_and(|p| p.supervision(&inst.id).restarting) =>
+        {
+            Some("Rebooting")
         }
         _ => None,
     }
@@ -77,7 +85,15 @@ fn instance_json(
         "Tags": {"Tag": []},
         // ddsvault extension: created by CreateDBInstance (DeleteDBInstance removes only these).
         "Provisioned": inst.provisioned,
+        // ddsvault extension: `configured`, `provisioned` or `registered` (RegisterDBInstance, docs/instances.md).
+        "Origin": inst.origin(),
     });
+    if inst.registered {
+        if let Value::Object(m) = &mut v {
+            // ddsvault extension: the node meant to run its jobs ("" = any).
+            m.insert("Node".into(), json!(inst.node.clone().unwrap_or_default()));
+        }
+    }
     if detailed {
         if let Value::Object(m) = &mut v {
             m.insert(
@@ -205,13 +221,28 @@ pub async fn describe_db_instances(st: &AppState, p: &Params) -> ActionResult {
     Ok(out)
 }
 
+/// ddsvault extension fields of a provisioned instance: how often the supervisor restarted its server, how it last
+/// ended, and why the last restart failed.
+fn add_supervision(st: &AppState, inst: &Instance, row: &mut Value) {
+    if let (true, Some(p), Value::Object(m)) = (inst.provisioned, &st.provisioner, row) {
+        let sup = p.supervision(&inst.id);
+        m.insert("Restarts".into(), json!(sup.restarts));
+        m.insert("LastExit".into(), json!(sup.last_exit.unwrap_or_default()));
+        m.insert(
+            "RestartError".into(),
+            json!(sup.last_error.unwrap_or_default()),
+        );
+    }
+}
+
 pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
     let inst = &*inst;
     if provisioned_status(st, inst).await.is_some() {
         let status = status(st, inst, false).await;
-        let row = instance_json(st, inst, None, status, true);
+        let mut row = instance_json(st, inst, None, status, true);
+        add_supervision(st, inst, &mut row);
         let mut out = Map::new();
         out.insert("DBInstances".into(), json!({ "DBInstance": [row] }));
         return Ok(out);
@@ -227,6 +258,7 @@ pub async fn describe_db_instance_attribute(st: &AppState, p: &Params) -> Action
         // ddsvault extension: the instance's checks, run now (see `ddsvault check`).
         m.insert("Checks".into(), crate::checks::findings_json(&findings));
     }
+    add_supervision(st, inst, &mut row);
     let mut out = Map::new();
     out.insert("DBInstances".into(), json!({ "DBInstance": [row] }));
     Ok(out)

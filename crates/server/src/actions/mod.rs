@@ -8,6 +8,7 @@ mod instance;
 mod pitr;
 mod policy;
 mod provision;
+pub(crate) mod registered;
 mod restore;
 mod retention;
 
@@ -75,6 +76,10 @@ actions!(
     CreateDBInstance,
     DeleteDBInstance,
     DescribeRestoreDBInstanceList,
+    // ddsvault extension: instances registered at run time (docs/instances.md).
+    RegisterDBInstance,
+    ModifyRegisteredDBInstance,
+    UnregisterDBInstance,
 );
 
 impl Action {
@@ -128,6 +133,11 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::DescribeRestoreDBInstanceList => {
             provision::describe_restore_db_instance_list(st, p).await
         }
+        Action::RegisterDBInstance => registered::register_db_instance(st, p).await,
+        Action::ModifyRegisteredDBInstance => {
+            registered::modify_registered_db_instance(st, p).await
+        }
+        Action::UnregisterDBInstance => registered::unregister_db_instance(st, p).await,
         other => Err(ActionError::ActionNotImplemented(other.name().to_string()).into()),
     }
 }

@@ -234,6 +234,11 @@ impl Identities {
         Ok(view)
     }
 
+    /// The master key: it also seals the connection strings of registered instances (docs/instances.md).
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
     /// Identity management over the same catalog and master key (the RAM API).
     pub fn admin(&self) -> admin::IdentityAdmin {
         admin::IdentityAdmin::new(Arc::clone(&self.catalog), Arc::clone(&self.master))

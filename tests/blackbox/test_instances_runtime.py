@@ -340,3 +340,60 @@ def test_a_killed_provisioned_server_is_restarted(env):
     c.close()
     tea.delete_dbinstance(dds.DeleteDBInstanceRequest(dbinstance_id=iid))
     assert server_pid(d) is None
+
+
+def wait_for(pred, what, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_other_processes_on_the_catalog_follow_within_seconds(tmp_path, monkeypatch):
+    """Two servers on one PostgreSQL catalog: what one registers, changes or removes, the other serves within its
+    2 s sync, without a restart."""
+    pg = stack.PostgreSQL(tmp_path / "pg")
+    servers, ferrets = [], []
+    try:
+        url = pg.create_database("ddsvault")
+        # The same master key for both, as docs/deployment.md requires: the sealed connection string opens on each.
+        monkeypatch.setenv("DDSVAULT_MASTER_KEY", "ab" * 32)
+        repo = tmp_path / "repository"
+        a_src = stack.FerretDB(tmp_path / "fa", repl_set_name="rs0")
+        ferrets.append(a_src)
+        b_src = stack.FerretDB(tmp_path / "fb", repl_set_name="rs0")
+        ferrets.append(b_src)
+        seed_data(a_src.client(), DBS)
+        seed_data(b_src.client(), DBS)
+        for name in ("a", "b"):
+            extra = f'catalog_url = "{url}"\n[repository]\nlocal_path = "{repo}"\n'
+            servers.append(Ddsvault(tmp_path / f"svc-{name}", config_text(tmp_path / f"data-{name}", {}, extra=extra)))
+        a, b = servers
+        call(a, "RegisterDBInstance", DBInstanceId="dds-shared", ConnectionString=uri_of(a_src),
+             DBInstanceDescription="from a")
+        wait_for(lambda: "dds-shared" in ids(b), "the other process did not pick the registration up")
+        tea_b = tea_client(b)
+        job = tea_b.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-shared", backup_method="Logical")).body
+        assert wait_backup(tea_b, "dds-shared", job.backup_job_id).backup_status == "Success"
+        # A changed connection string reaches the other process too.
+        call(a, "ModifyRegisteredDBInstance", DBInstanceId="dds-shared", ConnectionString=uri_of(b_src),
+             DBInstanceDescription="moved")
+
+        def moved():
+            got = call(b, "DescribeDBInstanceAttribute", DBInstanceId="dds-shared")["DBInstances"]["DBInstance"][0]
+            return got["DBInstanceDescription"] == "moved"
+
+        wait_for(moved, "the change did not reach the other process")
+        assert MARK not in json.dumps(call(b, "DescribeDBInstances", PageSize="100"))
+        call(a, "UnregisterDBInstance", DBInstanceId="dds-shared")
+        wait_for(lambda: "dds-shared" not in ids(b), "the other process still serves the removed instance")
+        e = refused(b, "CreateBackup", DBInstanceId="dds-shared")
+        assert (e.http_status, e.error_code) == (404, "InvalidDBInstanceId.NotFound")
+        for s in servers:
+            assert MARK not in s.stderr()
+    finally:
+        for s in servers:
+            s.stop()
+        for f in ferrets:
+            f.stop()
+        pg.stop()

@@ -137,8 +137,9 @@ async fn check_reachable(uri: &str) -> Result<(), ActionError> {
         };
     let answer =
         tokio::time::timeout_at(deadline, ddsvault_mongo::topology::discover(&client)).await;
-    // The probe's client (its pool and monitor) is not kept: the instance gets its own once registered.
-    tokio::spawn(async move { client.shutdown().await });
+    // The probe's client is not kept (dropping it ends its pool and monitor): the instance gets its own pooled
+    // client once registered.
+    drop(client);
     match answer {
         Err(_) => Err(late()),
         Ok(Err(e)) => Err(ActionError::ConnectionStringUnreachable(redact(
@@ -165,8 +166,8 @@ fn instance_of(row: &RegisteredInstance, uri: String) -> Instance {
 }
 
 /// Brings this process's registered instances in line with the catalog: new and changed rows are made live,
-/// removed ones are forgotten. An id that is configured here stays the configured instance (logged once per
-/// look). Called at start and every [`SYNC_INTERVAL`] by the `registered-instances` task.
+/// removed ones are forgotten. An id that is configured here stays the configured instance (logged once). Called
+/// at start and every [`SYNC_INTERVAL`] by the `registered-instances` task.
 ///
 /// # Errors
 /// The catalog cannot be read (the instances stay as they were).
@@ -175,7 +176,18 @@ pub async fn sync(st: &AppState) -> Result<(), CatalogError> {
     let mut seen = std::collections::HashSet::new();
     for row in &rows {
         if st.instances.contains_key(&row.id) {
-            tracing::warn!(instance = %row.id, "a registered instance has the id of a configured one; the configuration's entry is used");
+            // Said once per process, not at every look.
+            static WARNED: std::sync::OnceLock<
+                std::sync::Mutex<std::collections::HashSet<String>>,
+            > = std::sync::OnceLock::new();
+            let first = WARNED
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(row.id.clone());
+            if first {
+                tracing::warn!(instance = %row.id, "a registered instance has the id of a configured one; the configuration's entry is used");
+            }
             continue;
         }
         seen.insert(row.id.clone());

@@ -92,10 +92,12 @@ def gen_dataset(client, name: str, large_mb: int, seed: int = 7):
 class Server:
     """A release ddsvault on a free port. `instances` maps an id to its URI, or to (URI, data_path) for file backups."""
 
-    def __init__(self, workdir: Path, instances: dict):
+    def __init__(self, workdir: Path, instances: dict, extra: str = "", top: str = ""):
+        """`extra`: more configuration text appended as is (e.g. a `[repository]` or `[log_backup]` section);
+        `top`: top-level keys (e.g. `catalog_url = "postgres://…"`), which must come before any table."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"',
+        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"', *([top] if top else []),
                  "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"']
         # Measure the server, not the default flow control (100 calls/s per AccessKey) or automatic backups.
         lines += ["[throttling]", "enabled = false", "[scheduler]", "enabled = false"]
@@ -107,6 +109,8 @@ class Server:
             lines += ["[[instances]]", f'id = "{iid}"', f'uri = "{uri}"']
             if data_path is not None:
                 lines.append(f'data_path = "{data_path}"')
+        if extra:
+            lines.append(extra)
         (self.dir / "c.toml").write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([str(BIN), "serve", "--config", str(self.dir / "c.toml")], stdout=subprocess.PIPE,
                                      stderr=open(self.dir / "stderr.log", "ab"), text=True)
@@ -114,6 +118,10 @@ class Server:
             if "listening on http://" in line:
                 self.port = int(line.rsplit(":", 1)[1])
                 break
+        else:
+            self.proc.wait(30)
+            tail = (self.dir / "stderr.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"ddsvault serve exited with {self.proc.returncode} before listening:\n{tail}")
         from alibabacloud_dds20151201.client import Client
         from alibabacloud_tea_openapi import models as m
         self.tea = Client(m.Config(access_key_id=AK[0], access_key_secret=AK[1], endpoint=f"127.0.0.1:{self.port}",

@@ -165,6 +165,12 @@ fn entry_key(access_key_id: &str, nonce: &str) -> EntryKey {
     h.finalize().into()
 }
 
+/// The (key, nonce) pair as 64 hex digits: what the shared store in the catalog records, so a row's size does not
+/// depend on the nonce a client chose.
+pub fn nonce_digest(access_key_id: &str, nonce: &str) -> String {
+    hex::encode(entry_key(access_key_id, nonce))
+}
+
 fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
     at.signed_duration_since(now)
         .to_std()

@@ -268,3 +268,43 @@ def test_drain_finishes_the_running_job_and_takes_no_more(cluster):
     assert (t["JobStatus"], t["Node"]) == ("Success", AGENT), t
     n = wait_node(cfg, AGENT, {"State": "up"})
     assert n["Draining"] is False, n
+
+
+def test_automatic_backups_run_once_per_slot_across_nodes(cluster):
+    """All three nodes run the scheduler: each slot makes one backup, the pinned instance's on its node."""
+    import datetime
+
+    api1, pg = cluster["api1"], cluster["pg"]
+    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    window = f"{now:%H:%M}Z-{now + datetime.timedelta(hours=1):%H:%M}Z"
+    day = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"][now.weekday()]
+    for iid in ("dds-a", "dds-b"):
+        call(api1, "ModifyBackupPolicy", DBInstanceId=iid, PreferredBackupTime=window,
+             PreferredBackupPeriod=day, BackupRetentionPeriod="7")
+    procs = (cluster["api1"], cluster["api2"], cluster["agent"])
+    for p in procs:
+        p.stop()
+    for p in procs:
+        text = p.config_path.read_text()
+        assert "[scheduler]\nenabled = false" in text
+        p.config_path.write_text(text.replace("[scheduler]\nenabled = false", "[scheduler]\nenabled = true\ntick_secs = 1"))
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 300
+    auto = {}
+    while True:
+        for iid in ("dds-a", "dds-b"):
+            backups = call(api1, "DescribeBackups", DBInstanceId=iid, PageSize="100")["Backups"]["Backup"]
+            auto[iid] = [b for b in backups if b["BackupMode"] == "Automated"]
+        if all(auto[i] and auto[i][0]["BackupStatus"] == "Success" for i in auto):
+            break
+        assert time.monotonic() < deadline, auto
+        time.sleep(0.5)
+    # Several ticks of three schedulers later, still one backup and one slot row per instance.
+    time.sleep(5)
+    for iid in ("dds-a", "dds-b"):
+        backups = call(api1, "DescribeBackups", DBInstanceId=iid, PageSize="100")["Backups"]["Backup"]
+        assert len([b for b in backups if b["BackupMode"] == "Automated"]) == 1, backups
+        assert pg.sql("ddsvault", f"SELECT count(*) FROM schedule_runs WHERE instance_id = '{iid}'") == "1"
+    t = task(api1, "dds-a", auto["dds-a"][0]["BackupJobId"])
+    assert (t["JobStatus"], t["Node"]) == ("Success", AGENT), t

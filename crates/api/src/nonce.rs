@@ -423,6 +423,16 @@ mod tests {
     }
 
     #[test]
+    fn nonce_digest_is_fixed_length_and_keeps_pairs_apart() {
+        let d = nonce_digest("ak", "n1");
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, nonce_digest("ak", "n1"));
+        assert_ne!(d, nonce_digest("ak", "n2"));
+        assert_ne!(nonce_digest("a", "kn1"), d);
+        assert_eq!(nonce_digest("ak", &"x".repeat(100_000)).len(), 64);
+    }
+
+    #[test]
     fn debug_does_not_dump_entries() {
         let s = MemoryNonceStore::with_limits(5, 3);
         let d = format!("{s:?}");

@@ -1520,6 +1520,22 @@ mod tests {
     }
 
     #[test]
+    fn shared_nonces_default_to_on_only_for_postgres() {
+        let parse = |text: &str| Config::parse(text).expect("valid");
+        assert!(!parse("").shared_nonces());
+        assert!(parse("catalog_url = \"postgres://u:p@h/db\"").shared_nonces());
+        assert!(parse("catalog_url = \"postgresql://u:p@h/db\"").shared_nonces());
+        assert!(
+            !parse("catalog_url = \"postgres://u:p@h/db\"\n[server]\nshared_nonces = false")
+                .shared_nonces()
+        );
+        assert!(parse("[server]\nshared_nonces = true").shared_nonces());
+        let pinned =
+            parse("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nnode = \"db-host-1\"");
+        assert_eq!(pinned.instances[0].node.as_deref(), Some("db-host-1"));
+    }
+
+    #[test]
     fn rejects_bad_values() {
         let cases = [
             ("listen = \"nope\"", "listen"),
@@ -1546,6 +1562,7 @@ mod tests {
             ("[server]\nheader_timeout_secs = 0", "server.header_timeout_secs"),
             ("[server]\nmax_connections = 2", "server.max_connections"),
             ("[server]\nnonces_per_access_key = 0", "server.nonces_per_access_key"),
+            ("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nnode = \"db host\"", "node = \"db host\""),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

@@ -14,6 +14,8 @@ Targets (issue 7): DescribeBackups p99 <= 5 ms over 100,000 backups; CreateBacku
 
   .stack/venv/bin/python bench/api.py                      # 100,000 backups, 64 clients, 10 s per run
   .stack/venv/bin/python bench/api.py --backups 20000 --seconds 5
+  .stack/venv/bin/python bench/api.py --catalog postgres --shared-nonces on   # PostgreSQL catalog (throw-away
+                                                                              # cluster), nonces in the catalog
 """
 from __future__ import annotations
 
@@ -66,29 +68,44 @@ def main():
     ap.add_argument("--backups", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--catalog", choices=("sqlite", "postgres"), default="sqlite",
+                    help="postgres: a throw-away cluster started for the run (stack.PostgreSQL)")
+    ap.add_argument("--shared-nonces", choices=("on", "off"), default=None,
+                    help="[server] shared_nonces (default: the server's, on for postgres, off for sqlite)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"api-{int(time.time())}.json"))
     args = ap.parse_args()
     sh(str(REPO / "scripts" / "setup-stack.sh"))
     build()
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "backups": args.backups,
-               "clients": args.clients}
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "loadavg_at_start": os.getloadavg()},
+               "backups": args.backups, "clients": args.clients, "catalog": args.catalog,
+               "shared_nonces": args.shared_nonces}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fdb = stack.FerretDB(tmp / "fdb", repl_set_name="rs0")
         fdb.client().app.c.insert_many([{"_id": i, "v": "x" * 100} for i in range(20)])
         data = tmp / "svc" / "data"
         data.mkdir(parents=True)
+        pg = None
+        url = f"sqlite://{data / 'catalog.db'}"
+        top, server = [], []
+        if args.catalog == "postgres":
+            pg = stack.PostgreSQL(tmp / "pg")
+            url = pg.create_database("bench")
+            top.append(f'catalog_url = "{url}"')
+        if args.shared_nonces is not None:
+            server.append(f"shared_nonces = {'true' if args.shared_nonces == 'on' else 'false'}")
         t0 = time.monotonic()
-        sh(str(SEED), f"sqlite://{data / 'catalog.db'}", "dds-bench", str(args.backups), "dds-busy-",
-           str(args.clients))
+        sh(str(SEED), url, "dds-bench", str(args.backups), "dds-busy-", str(args.clients))
         results["seed_seconds"] = time.monotonic() - t0
         instances = {"dds-bench": fdb.uri}
         instances.update({f"dds-load-{i}": fdb.uri for i in range(args.clients)})
         instances.update({f"dds-busy-{i}": fdb.uri for i in range(args.clients)})
-        srv = Server(tmp / "svc", instances)
+        srv = Server(tmp / "svc", instances, top=top, server=server)
         try:
-            print(f"\n== API latency ({args.backups} backups in the catalog, {os.cpu_count()} CPUs, "
-                  f"load generator on the same machine)")
+            print(f"\n== API latency ({args.backups} backups in the {args.catalog} catalog, shared nonces "
+                  f"{args.shared_nonces or 'default'}, {os.cpu_count()} CPUs, load average "
+                  f"{os.getloadavg()[0]:.1f}, load generator on the same machine)")
             page = {"DBInstanceId": "dds-bench", "PageSize": "30"}
             for clients in (1, args.clients):
                 r = load(srv.port, "DescribeBackups", page, clients, args.seconds)
@@ -111,6 +128,8 @@ def main():
         finally:
             srv.stop()
             fdb.stop()
+            if pg is not None:
+                pg.stop()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

@@ -92,15 +92,19 @@ def gen_dataset(client, name: str, large_mb: int, seed: int = 7):
 class Server:
     """A release ddsvault on a free port. `instances` maps an id to its URI, or to (URI, data_path) for file backups."""
 
-    def __init__(self, workdir: Path, instances: dict, extra: str = "", top: str = ""):
+    def __init__(self, workdir: Path, instances: dict, extra: str = "", top=(), server=()):
         """`extra`: more configuration text appended as is (e.g. a `[repository]` or `[log_backup]` section);
-        `top`: top-level keys (e.g. `catalog_url = "postgres://…"`), which must come before any table."""
+        `top`: top-level keys (e.g. `catalog_url = "postgres://…"`; a string or a sequence of lines), which must come
+        before any table; `server`: extra `[server]` keys (e.g. shared_nonces)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"', *([top] if top else []),
+        top = ([top] if top else []) if isinstance(top, str) else list(top)
+        lines = ['listen = "127.0.0.1:0"', f'data_dir = "{workdir / "data"}"', *top,
                  "[[access_keys]]", f'id = "{AK[0]}"', f'secret = "{AK[1]}"', 'user = "root"']
         # Measure the server, not the default flow control (100 calls/s per AccessKey) or automatic backups.
         lines += ["[throttling]", "enabled = false", "[scheduler]", "enabled = false"]
+        if server:
+            lines += ["[server]", *server]
         # e.g. DDSVAULT_BENCH_BACKUP='zstd_level = 1' to see what compression costs on a shared machine.
         if os.environ.get("DDSVAULT_BENCH_BACKUP"):
             lines += ["[backup]", *os.environ["DDSVAULT_BENCH_BACKUP"].split(";")]

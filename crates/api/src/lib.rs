@@ -62,7 +62,8 @@ pub use error::{
 };
 pub use keys::{KeyState, Secret, SecretLookup};
 pub use nonce::{
-    MemoryNonceStore, NonceCheck, NonceStore, DEFAULT_NONCES_PER_KEY, DEFAULT_NONCE_CAPACITY,
+    nonce_digest, MemoryNonceStore, NonceCheck, NonceStore, DEFAULT_NONCES_PER_KEY,
+    DEFAULT_NONCE_CAPACITY,
 };
 pub use params::Params;
 pub use signing::{

@@ -165,6 +165,12 @@ fn entry_key(access_key_id: &str, nonce: &str) -> EntryKey {
     h.finalize().into()
 }
 
+/// The (key, nonce) pair as 64 hex digits: what the shared store in the catalog records, so a row's size does not
+/// depend on the nonce a client chose.
+pub fn nonce_digest(access_key_id: &str, nonce: &str) -> String {
+    hex::encode(entry_key(access_key_id, nonce))
+}
+
 fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
     at.signed_duration_since(now)
         .to_std()
@@ -414,6 +420,16 @@ mod tests {
             s.check_and_record("ak", "m", at(&now) + Duration::minutes(1)),
             NonceCheck::Replayed
         );
+    }
+
+    #[test]
+    fn nonce_digest_is_fixed_length_and_keeps_pairs_apart() {
+        let d = nonce_digest("ak", "n1");
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, nonce_digest("ak", "n1"));
+        assert_ne!(d, nonce_digest("ak", "n2"));
+        assert_ne!(nonce_digest("a", "kn1"), d);
+        assert_eq!(nonce_digest("ak", &"x".repeat(100_000)).len(), 64);
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct AuthenticatedRequest {
     pub security_token: Option<String>,
     /// The signed request time (V1 `Timestamp`, V3 `x-acs-date`).
     pub timestamp: DateTime<Utc>,
+    /// [`nonce_digest`](crate::nonce_digest) of the key and nonce: what a store shared by several processes
+    /// records (fixed length whatever the client sent).
+    pub nonce_digest: String,
 }
 
 /// Protocol parameters that are removed from [`AuthenticatedRequest::params`].
@@ -341,6 +344,7 @@ fn verify_v1(
         return Err(ApiError::signature_mismatch_v1(&string_to_sign));
     }
     record_nonce(nonces, access_key_id, nonce, opts)?;
+    let nonce_digest = crate::nonce_digest(access_key_id, nonce);
 
     let security_token = non_empty(all.get("SecurityToken").map(String::as_str)).map(str::to_owned);
     let (action, version, access_key_id) = (
@@ -357,6 +361,7 @@ fn verify_v1(
         format,
         security_token,
         timestamp: ts,
+        nonce_digest,
     })
 }
 
@@ -519,6 +524,7 @@ fn verify_v3(
         ));
     }
     record_nonce(nonces, access_key_id, nonce, opts)?;
+    let nonce_digest = crate::nonce_digest(access_key_id, nonce);
 
     Ok(AuthenticatedRequest {
         action: action.to_owned(),
@@ -529,6 +535,7 @@ fn verify_v3(
         format,
         security_token: non_empty(security_token).map(str::to_owned),
         timestamp: ts,
+        nonce_digest,
     })
 }
 

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
+#[path = "conformance_nodes.rs"]
+mod nodes;
+
 use crate::{
     BackupCompletion, BackupFilter, BackupPolicy, BackupStatus, Catalog, CatalogError, JobState,
     NewBackupJob, NewJob, Page,
@@ -47,6 +50,7 @@ pub async fn run_all(cat: Catalog) {
     stats(&cat).await;
     storage_usage(&cat).await;
     provisioned_instances(&cat).await;
+    nodes::run_all(&cat).await;
     registered_instances(&cat).await;
 }
 

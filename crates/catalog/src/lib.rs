@@ -10,6 +10,7 @@ pub mod advanced;
 pub mod copies;
 mod error;
 mod model;
+pub mod nodes;
 pub mod policy;
 mod postgres;
 mod sqlite;
@@ -28,6 +29,7 @@ pub use advanced::{AdvancedPolicy, DataPolicy, LogPolicy, RetentionLock};
 pub use copies::{BackupCopy, CopyStatus, CrossRegionPolicy, CrossRetention};
 pub use error::CatalogError;
 pub use model::*;
+pub use nodes::{NodeRecord, NODE_AGENT};
 pub use postgres::{redact_url, PgCatalog};
 pub use sqlite::SqliteCatalog;
 pub use storage::{BackupStorage, ChunkUsage, StorageUsage};
@@ -167,12 +169,25 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         result: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError>;
-    /// Claims the oldest pending job for `owner`, moving it to Running.
+    /// Claims the oldest pending job for `owner`, moving it to Running, whatever its instance.
     async fn claim_next_job(
         &self,
         owner: &str,
         now: DateTime<Utc>,
+    ) -> Result<Option<Job>, CatalogError> {
+        self.claim_next_job_placed(owner, now, &[]).await
+    }
+    /// As [`CatalogBackend::claim_next_job`], passing over the jobs of `skip_instances` (instances pinned to another
+    /// node, or that this node does not know): they stay Pending for another node.
+    async fn claim_next_job_placed(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        skip_instances: &[String],
     ) -> Result<Option<Job>, CatalogError>;
+    /// Puts a job `owner` claimed but must not run (its instance turned out to be unknown here) back to Pending,
+    /// for another node. True if it was still Running under `owner`.
+    async fn release_job(&self, job_id: i64, owner: &str) -> Result<bool, CatalogError>;
     /// Records progress of a running job and refreshes its heartbeat. Returns false if the job is no longer
     /// running under `owner` (it was failed by recovery, so the worker must stop).
     async fn heartbeat(
@@ -519,6 +534,23 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] (nothing is removed).
     async fn delete_registered_instance(&self, id: &str) -> Result<bool, CatalogError>;
+    // Several processes on one catalog (issue 19, migration 0019).
+
+    /// Records that `access_key_id` used the signature nonce `nonce` (a bounded form the caller chose: the server
+    /// passes a digest), until `expires_at`. False when the pair is already recorded and has not expired: a replay,
+    /// whichever process saw it first. A recorded pair whose expiry has passed counts as absent.
+    async fn record_nonce(
+        &self,
+        access_key_id: &str,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, CatalogError>;
+    /// Deletes the nonces expired at `now`; returns how many.
+    async fn sweep_nonces(&self, now: DateTime<Utc>) -> Result<u64, CatalogError>;
+    /// Inserts or replaces a node's row (its heartbeat).
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), CatalogError>;
+    /// Every node that ever reported itself, by id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, CatalogError>;
 
     /// Job and backup counts for `/metrics` ([`CatalogStats`]).
     async fn stats(&self) -> Result<CatalogStats, CatalogError>;

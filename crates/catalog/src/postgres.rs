@@ -30,6 +30,8 @@ use crate::{LogSlice, NewLogSlice};
 mod identity;
 #[path = "postgres_logs.rs"]
 mod logs;
+#[path = "postgres_nodes.rs"]
+mod nodes;
 #[path = "postgres_provision.rs"]
 mod provision;
 #[path = "postgres_registered.rs"]
@@ -696,21 +698,24 @@ impl CatalogBackend for PgCatalog {
         }
     }
 
-    async fn claim_next_job(
+    async fn claim_next_job_placed(
         &self,
         owner: &str,
         now: DateTime<Utc>,
+        skip_instances: &[String],
     ) -> Result<Option<Job>, CatalogError> {
         // The oldest pending row nobody else is claiming right now (SKIP LOCKED): two processes racing never
-        // take the same job, and neither waits for the other.
+        // take the same job, and neither waits for the other. The instances to pass over are one array parameter.
         let row = query(&format!(
             "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? \
-             WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' AND NOT (instance_id = ANY(?)) \
+             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              AND state = 'Pending' RETURNING {JOB_COLUMNS}"
         ))
         .bind(owner)
         .bind(ms(now))
         .bind(ms(now))
+        .bind(skip_instances)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()
@@ -1462,6 +1467,32 @@ impl CatalogBackend for PgCatalog {
 
     async fn delete_registered_instance(&self, id: &str) -> Result<bool, CatalogError> {
         self.delete_registered_impl(id).await
+    }
+
+    async fn release_job(&self, job_id: i64, owner: &str) -> Result<bool, CatalogError> {
+        self.release_job_impl(job_id, owner).await
+    }
+
+    async fn record_nonce(
+        &self,
+        access_key_id: &str,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        self.record_nonce_impl(access_key_id, nonce, expires_at)
+            .await
+    }
+
+    async fn sweep_nonces(&self, now: DateTime<Utc>) -> Result<u64, CatalogError> {
+        self.sweep_nonces_impl(now).await
+    }
+
+    async fn put_node(&self, node: &crate::NodeRecord) -> Result<(), CatalogError> {
+        self.put_node_impl(node).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<crate::NodeRecord>, CatalogError> {
+        self.list_nodes_impl().await
     }
 
     async fn stats(&self) -> Result<CatalogStats, CatalogError> {

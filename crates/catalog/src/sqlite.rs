@@ -28,6 +28,8 @@ mod fast;
 mod identity;
 #[path = "sqlite_logs.rs"]
 mod logs;
+#[path = "sqlite_nodes.rs"]
+mod nodes;
 #[path = "sqlite_provision.rs"]
 mod provision;
 #[path = "sqlite_registered.rs"]
@@ -609,20 +611,26 @@ impl CatalogBackend for SqliteCatalog {
         }
     }
 
-    async fn claim_next_job(
+    async fn claim_next_job_placed(
         &self,
         owner: &str,
         now: DateTime<Utc>,
+        skip_instances: &[String],
     ) -> Result<Option<Job>, CatalogError> {
-        // A single conditional UPDATE is the claim: two processes racing for the same row cannot both win.
+        // A single conditional UPDATE is the claim: two processes racing for the same row cannot both win. The
+        // instances to pass over come as one JSON array, so the statement text does not depend on their number.
+        let skip = serde_json::to_string(skip_instances)
+            .map_err(|e| CatalogError::Corrupt(format!("skip list: {e}")))?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? \
-             WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' ORDER BY id LIMIT 1) AND state = 'Pending' \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' \
+             AND instance_id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT 1) AND state = 'Pending' \
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(owner)
         .bind(ms(now))
         .bind(ms(now))
+        .bind(skip)
         .fetch_optional(&self.write)
         .await?;
         row.as_ref().map(job_from_row).transpose()
@@ -1383,6 +1391,32 @@ impl CatalogBackend for SqliteCatalog {
                 return Ok(total);
             }
         }
+    }
+
+    async fn release_job(&self, job_id: i64, owner: &str) -> Result<bool, CatalogError> {
+        self.release_job_impl(job_id, owner).await
+    }
+
+    async fn record_nonce(
+        &self,
+        access_key_id: &str,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        self.record_nonce_impl(access_key_id, nonce, expires_at)
+            .await
+    }
+
+    async fn sweep_nonces(&self, now: DateTime<Utc>) -> Result<u64, CatalogError> {
+        self.sweep_nonces_impl(now).await
+    }
+
+    async fn put_node(&self, node: &crate::NodeRecord) -> Result<(), CatalogError> {
+        self.put_node_impl(node).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<crate::NodeRecord>, CatalogError> {
+        self.list_nodes_impl().await
     }
 
     async fn stats(&self) -> Result<CatalogStats, CatalogError> {

@@ -60,6 +60,30 @@ enum Command {
         /// Overrides `data_dir` from the configuration.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Runs jobs, the scheduler and the other background work without the API listener (as `ddsvault agent`).
+        #[arg(long)]
+        no_api: bool,
+    },
+    /// Runs jobs (and the scheduler) without the API listener: a node on a database host sharing the catalog of
+    /// the API nodes (docs/deployment.md). `kill -USR1` drains it: no new jobs, running ones finish.
+    Agent {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir` from the configuration.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Lists the nodes (ddsvault processes) sharing the catalog: up, draining, or down (no heartbeat within
+    /// --stale-secs).
+    Nodes {
+        #[arg(long, short, env = "DDSVAULT_CONFIG")]
+        config: Option<PathBuf>,
+        /// A node whose last heartbeat (every 10 s) is older than this many seconds is shown down.
+        #[arg(long, default_value_t = 30)]
+        stale_secs: u64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Copies a backup out of the repository, verified against its manifest: a logical backup's archive, or a
     /// Physical/Snapshot backup's data files as one tar (`files.tar`, as its BackupDownloadURL serves it).
@@ -478,10 +502,30 @@ fn write_secret_file(path: &std::path::Path, text: &str) -> std::io::Result<()> 
     f.sync_all()
 }
 
+/// Drains the node on each SIGUSR1 (installed now, so a signal right after start-up is not lost).
+fn drain_signal(drain: ddsvault_server::nodes::Drain) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .context("listen for SIGUSR1")?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1 received: draining");
+                drain.start();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = drain;
+    Ok(())
+}
+
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    api: bool,
 ) -> anyhow::Result<()> {
     let mut cfg = load_config(config.as_ref())?;
     if let Some(l) = listen {
@@ -490,7 +534,7 @@ async fn serve(
     if let Some(d) = data_dir {
         cfg.data_dir = d;
     }
-    let prepared = ddsvault_server::prepare(cfg)
+    let prepared = ddsvault_server::prepare_node(cfg, api)
         .await
         .context("start ddsvault")?;
     if let Some(k) = &prepared.created_root_key {
@@ -518,6 +562,14 @@ async fn serve(
     }
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone())?);
+    drain_signal(prepared.drain_handle())?;
+    if !api {
+        // Tools wait for this line as they wait for "listening on" from an API node.
+        println!(
+            "ddsvault agent {} running jobs (no API listener)",
+            prepared.node_id()
+        );
+    }
     prepared
         .serve(token, |addr, tls_addr| {
             // The HTTPS line comes first: tools wait for the plain one and then expect both.
@@ -542,7 +594,28 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
-        } => rt.block_on(serve(config, listen, data_dir)),
+            no_api,
+        } => rt.block_on(serve(config, listen, data_dir, !no_api)),
+        Command::Agent { config, data_dir } => rt.block_on(serve(config, None, data_dir, false)),
+        Command::Nodes {
+            config,
+            stale_secs,
+            json,
+        } => rt.block_on(async {
+            use ddsvault_server::nodes;
+            let cfg = load_config(config.as_ref())?;
+            let now = chrono::Utc::now();
+            let listed =
+                nodes::list(&cfg, std::time::Duration::from_secs(stale_secs), now).await?;
+            for n in &listed {
+                if json {
+                    println!("{}", nodes::json(n));
+                } else {
+                    println!("{}", nodes::line(n, now));
+                }
+            }
+            Ok(())
+        }),
         Command::Download {
             config,
             backup_id,

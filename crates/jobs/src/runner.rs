@@ -65,6 +65,20 @@ pub struct Runner {
     events: crate::events::Events,
     /// Starts and stops the server processes of provisioned instances (`[provisioning]`); unset without it.
     provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
+    /// Where jobs may run: instance pins, draining, and the count of running jobs (see [`Placement`]).
+    placement: Placement,
+}
+
+/// Which jobs this node takes (issue 19): an instance pinned to another node (`node =` in its configuration) is
+/// never claimed here, nor is one this node does not know (it cannot reach it). Draining takes no job at all.
+#[derive(Debug, Default)]
+struct Placement {
+    /// Instance id → the node id its jobs are pinned to.
+    pins: std::sync::RwLock<HashMap<String, String>>,
+    /// Instances a claim returned that this node does not know: passed over from then on (another node's).
+    unknown: std::sync::Mutex<std::collections::HashSet<String>>,
+    draining: std::sync::atomic::AtomicBool,
+    running: std::sync::atomic::AtomicUsize,
 }
 
 impl Runner {
@@ -86,6 +100,106 @@ impl Runner {
             slots: Arc::new(Semaphore::new(max_concurrent_jobs.max(1))),
             events: crate::events::Events::default(),
             provisioner: std::sync::OnceLock::new(),
+            placement: Placement::default(),
+        }
+    }
+
+    /// Pins instances to nodes (instance id → node id): their jobs run only on that node.
+    pub fn set_pins(&self, pins: HashMap<String, String>) {
+        *self
+            .placement
+            .pins
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = pins;
+    }
+
+    /// This node's id (the owner of the jobs it claims).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Stops claiming jobs for good; the running ones finish (`SIGUSR1`).
+    pub fn drain(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.placement.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                running = self.running_jobs(),
+                "draining: no new jobs are taken, running ones finish"
+            );
+        }
+    }
+
+    /// Whether [`Runner::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.placement
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Jobs this process is running now.
+    pub fn running_jobs(&self) -> usize {
+        self.placement
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this node may run a job of `instance_id`: it knows the instance and no other node has it pinned.
+    fn may_run(&self, instance_id: &str) -> bool {
+        let pinned_elsewhere = self
+            .placement
+            .pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance_id)
+            .is_some_and(|n| *n != self.node_id);
+        !pinned_elsewhere && self.instance(instance_id).is_ok()
+    }
+
+    /// The instances whose jobs a claim must pass over: pinned to another node, or found unknown here (an
+    /// instance added since is taken off the list).
+    fn skip_instances(&self) -> Vec<String> {
+        let mut skip: Vec<String> = self
+            .placement
+            .pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, node)| **node != self.node_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut unknown = self
+            .placement
+            .unknown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        unknown.retain(|id| self.instance(id).is_err());
+        skip.extend(unknown.iter().cloned());
+        skip
+    }
+
+    /// Claims the oldest job this node may run. A job of an instance this node does not know can only come back
+    /// when it appeared after the skip list was made: it is handed back to Pending at once and passed over from
+    /// then on.
+    async fn claim_placed(&self) -> Result<Option<Job>, ddsvault_catalog::CatalogError> {
+        loop {
+            let skip = self.skip_instances();
+            let Some(job) = self
+                .catalog
+                .claim_next_job_placed(&self.node_id, Utc::now(), &skip)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if self.may_run(&job.instance_id) {
+                return Ok(Some(job));
+            }
+            tracing::info!(job_id = job.id, instance = %job.instance_id, "passing over a job of an instance this node does not know");
+            self.placement
+                .unknown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.instance_id.clone());
+            self.catalog.release_job(job.id, &self.node_id).await?;
         }
     }
 
@@ -241,16 +355,31 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<(), String> {
         loop {
+            if self.is_draining() {
+                // Running jobs go on in their own tasks; nothing new is claimed until the process stops.
+                cancel.cancelled().await;
+                return Ok(());
+            }
             let permit = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 p = Arc::clone(&self.slots).acquire_owned() => p.map_err(|e| e.to_string())?,
             };
-            let claimed = self.catalog.claim_next_job(&self.node_id, Utc::now()).await;
+            let claimed = if self.is_draining() {
+                Ok(None)
+            } else {
+                self.claim_placed().await
+            };
             match claimed {
                 Ok(Some(job)) => {
                     let me = Arc::clone(&self);
+                    me.placement
+                        .running
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tasks.spawn(format!("job-{}", job.id), move |token| async move {
                         me.execute(job, token).await;
+                        me.placement
+                            .running
+                            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         drop(permit);
                         Ok(())
                     });

@@ -592,6 +592,11 @@ pub struct ServerConfig {
     /// 1..=100000000.
     #[serde(default = "default_nonce_capacity")]
     pub nonce_capacity: usize,
+    /// Also record signature nonces in the catalog, so a request replayed to another process sharing the catalog
+    /// is refused (one catalog write per signed request). Unset: on when the catalog is PostgreSQL (several
+    /// machines), off for SQLite (one process).
+    #[serde(default)]
+    pub shared_nonces: Option<bool>,
 }
 
 impl Default for ServerConfig {
@@ -602,6 +607,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             nonces_per_access_key: default_nonces_per_key(),
             nonce_capacity: default_nonce_capacity(),
+            shared_nonces: None,
         }
     }
 }
@@ -928,6 +934,10 @@ pub struct InstanceConfig {
     /// instance has no automatic backups.
     #[serde(default)]
     pub policy: Option<InstancePolicyConfig>,
+    /// Pins the instance's jobs to the node with this `node_id` (the host that can read `data_path`): no other
+    /// node claims them, and they wait while that node is down. Unset: any node that knows the instance.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// `[instances.policy]`: the standard backup policy, with DescribeBackupPolicy's defaults for absent keys.
@@ -995,6 +1005,7 @@ impl std::fmt::Debug for InstanceConfig {
             .field("uri", &"***")
             .field("storage_type", &self.storage_type)
             .field("data_path", &self.data_path)
+            .field("node", &self.node)
             .finish()
     }
 }
@@ -1316,6 +1327,14 @@ impl Config {
             if let Some(p) = &i.policy {
                 p.validate(&i.id)?;
             }
+            if let Some(n) = &i.node {
+                if !crate::startup::valid_node_id(n) {
+                    return err(format!(
+                        "instances {:?}: node = {n:?} must be a node_id (1-64 characters of letters, digits, '-', '_' or '.')",
+                        i.id
+                    ));
+                }
+            }
         }
         self.validate_observability()
     }
@@ -1371,6 +1390,15 @@ impl Config {
         self.catalog_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("catalog.db").display()))
+    }
+
+    /// Whether signature nonces are shared through the catalog (`[server] shared_nonces`, default: on for a
+    /// PostgreSQL catalog).
+    pub fn shared_nonces(&self) -> bool {
+        self.server.shared_nonces.unwrap_or_else(|| {
+            let url = self.catalog_url();
+            url.starts_with("postgres://") || url.starts_with("postgresql://")
+        })
     }
 
     /// The local repository directory in effect.
@@ -1492,6 +1520,22 @@ mod tests {
     }
 
     #[test]
+    fn shared_nonces_default_to_on_only_for_postgres() {
+        let parse = |text: &str| Config::parse(text).expect("valid");
+        assert!(!parse("").shared_nonces());
+        assert!(parse("catalog_url = \"postgres://u:p@h/db\"").shared_nonces());
+        assert!(parse("catalog_url = \"postgresql://u:p@h/db\"").shared_nonces());
+        assert!(
+            !parse("catalog_url = \"postgres://u:p@h/db\"\n[server]\nshared_nonces = false")
+                .shared_nonces()
+        );
+        assert!(parse("[server]\nshared_nonces = true").shared_nonces());
+        let pinned =
+            parse("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nnode = \"db-host-1\"");
+        assert_eq!(pinned.instances[0].node.as_deref(), Some("db-host-1"));
+    }
+
+    #[test]
     fn rejects_bad_values() {
         let cases = [
             ("listen = \"nope\"", "listen"),
@@ -1518,6 +1562,7 @@ mod tests {
             ("[server]\nheader_timeout_secs = 0", "server.header_timeout_secs"),
             ("[server]\nmax_connections = 2", "server.max_connections"),
             ("[server]\nnonces_per_access_key = 0", "server.nonces_per_access_key"),
+            ("[[instances]]\nid = \"a\"\nuri = \"mongodb://x\"\nnode = \"db host\"", "node = \"db host\""),
             ("listen_tls = \"127.0.0.1:8443\"", "listen_tls needs both tls_cert and tls_key"),
             ("tls_cert = \"c.pem\"", "only used with listen_tls"),
             ("listen_tls = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"", "listen_tls = \"x\""),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 mod listener;
 pub mod metrics;
+pub mod nodes;
 pub mod offline;
 mod ram_api;
 pub mod repository;
@@ -111,14 +112,25 @@ fn random_string(len: usize) -> String {
 /// # Errors
 /// Anything that prevents serving safely.
 pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
+    prepare_node(cfg, true).await
+}
+
+/// As [`prepare`]; with `api` false, a node that runs jobs, the scheduler and the other background tasks without
+/// the API listener (`ddsvault agent`, `serve --no-api`; docs/deployment.md).
+///
+/// # Errors
+/// Anything that prevents serving safely.
+pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerError> {
     // Phases without side effects first (see `startup`): certificate problems and a taken port stop the start
     // before the data directory, the catalog or any job is touched.
     let tls = match (&cfg.listen_tls, &cfg.tls_cert, &cfg.tls_key) {
-        (Some(addr), Some(cert), Some(key)) => Some((addr.clone(), tls::server_config(cert, key)?)),
+        (Some(addr), Some(cert), Some(key)) if api => {
+            Some((addr.clone(), tls::server_config(cert, key)?))
+        }
         _ => None,
     };
     let listeners =
-        startup::bind_listeners(&cfg, tls.as_ref().map(|(addr, _)| addr.as_str())).await?;
+        startup::bind_listeners(&cfg, tls.as_ref().map(|(addr, _)| addr.as_str()), api).await?;
     // Identity of this process for job ownership: kept in its data directory (never shared through the
     // catalog) and locked there, so a restart recognises (and fails) the jobs its previous life left running,
     // and a second server on the same directory stops here.
@@ -234,6 +246,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         },
         cfg.backup.max_concurrent_jobs,
     ));
+    runner.set_pins(
+        cfg.instances
+            .iter()
+            .filter_map(|i| Some((i.id.clone(), i.node.clone()?)))
+            .collect(),
+    );
     // Before recovery: an interrupted provision job is cleaned up through it (process, directory).
     let provisioner = match &cfg.provisioning {
         Some(pc) => {
@@ -321,6 +339,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         cfg.server.nonce_capacity,
         cfg.server.nonces_per_access_key,
     );
+    state.shared_nonces = api && cfg.shared_nonces();
     state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
     if !copy_targets.is_empty() {
         state.copier = Some(Arc::new(
@@ -439,13 +458,24 @@ pub async fn retention_dry_run(
 }
 
 impl Prepared {
+    /// This process's node id.
+    pub fn node_id(&self) -> &str {
+        &self.identity.node_id
+    }
+
+    /// Drains this node (no new jobs; running ones finish), e.g. on SIGUSR1.
+    pub fn drain_handle(&self) -> nodes::Drain {
+        nodes::Drain(Arc::clone(&self.state.runner))
+    }
+
     /// Where `ddsvault serve` writes a root AccessKey it created (mode 0600): `<data_dir>/root-accesskey.txt`.
     pub fn root_key_file(&self) -> std::path::PathBuf {
         self.data_dir.join(ROOT_KEY_FILE)
     }
 
     /// Serves until `shutdown` fires, then stops in order. `on_listening` gets the bound plain-HTTP address and,
-    /// with `listen_tls`, the HTTPS one (port 0 in tests).
+    /// with `listen_tls`, the HTTPS one (port 0 in tests); it is not called on a node without the API
+    /// ([`prepare_node`]), which runs its background tasks until `shutdown`.
     ///
     /// # Errors
     /// Binding or serving failures.
@@ -456,7 +486,10 @@ impl Prepared {
     ) -> Result<(), ServerError> {
         let _identity = self.identity;
         let listener = self.listeners.plain;
-        let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let addr = match &listener {
+            Some(l) => Some(l.local_addr().map_err(ServerError::Serve)?),
+            None => None,
+        };
         let tls_listener = match (&self.tls, self.listeners.tls) {
             (Some((_, config)), Some(tcp)) => Some(
                 tls::TlsListener::new(tcp, Arc::clone(config))
@@ -468,15 +501,33 @@ impl Prepared {
             Some(l) => Some(axum::serve::Listener::local_addr(l).map_err(ServerError::Serve)?),
             None => None,
         };
-        on_listening(addr, tls_addr);
-        let base = self
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        let _ = self
-            .state
-            .public_base
-            .set(base.trim_end_matches('/').to_string());
+        if let Some(addr) = addr {
+            on_listening(addr, tls_addr);
+            let base = self
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let _ = self
+                .state
+                .public_base
+                .set(base.trim_end_matches('/').to_string());
+        }
+        {
+            let (catalog, runner) = (
+                Arc::clone(&self.state.catalog),
+                Arc::clone(&self.state.runner),
+            );
+            let api = nodes::api_label(addr);
+            self.tasks.spawn("node-heartbeat", move |token| {
+                nodes::heartbeat(catalog, runner, api, token)
+            });
+        }
+        if self.state.shared_nonces {
+            let catalog = Arc::clone(&self.state.catalog);
+            self.tasks.spawn("nonce-sweeper", move |token| {
+                nodes::sweep_nonces(catalog, token)
+            });
+        }
 
         if let Some(rx) = self.state.audit.take_receiver() {
             let catalog = Arc::clone(&self.state.catalog);
@@ -584,13 +635,22 @@ impl Prepared {
         );
         tracing::info!(max_connections = limits.max_connections, header_timeout_secs = limits.header_timeout.as_secs(),
             idle_timeout_secs = limits.idle_timeout.as_secs(), fd_limit = ?fd_limit, "connection limits");
-        let plain = listener::serve(
-            listener,
-            router::router(Arc::clone(&self.state), on_api_listeners),
-            limits,
-            false,
-            shutdown.clone(),
-        );
+        let plain = async {
+            match listener {
+                Some(listener) => {
+                    listener::serve(
+                        listener,
+                        router::router(Arc::clone(&self.state), on_api_listeners),
+                        limits,
+                        false,
+                        shutdown.clone(),
+                    )
+                    .await
+                }
+                // No API on this node: the background tasks run until shutdown.
+                None => shutdown.cancelled().await,
+            }
+        };
         let secure = async {
             if let Some(listener) = tls_listener {
                 listener::serve(

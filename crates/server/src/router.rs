@@ -306,6 +306,13 @@ async fn process(
         Ok(a) => a,
         Err(e) => return (Err(e), claimed(raw)),
     };
+    if st.shared_nonces {
+        // After the local store (which also enforces the per-key quota): a replay to this same process never costs
+        // a catalog round trip. A catalog that cannot answer refuses the call rather than accept a possible replay.
+        if let Err(e) = crate::nodes::check_shared_nonce(st, &auth, now).await {
+            return (Err(e), claimed(raw));
+        }
+    }
     st.identities.touch(&auth.access_key_id, now).await;
     let mut info = CallInfo {
         access_key_id: Some(auth.access_key_id.clone()),

@@ -14,26 +14,31 @@ use crate::error::{ConfigError, ServerError};
 
 /// The listeners of the API, bound before anything else happens.
 pub(crate) struct Listeners {
-    pub plain: tokio::net::TcpListener,
+    /// `None` for a node without the API (`ddsvault agent`, `serve --no-api`).
+    pub plain: Option<tokio::net::TcpListener>,
     pub tls: Option<tokio::net::TcpListener>,
     /// `[metrics] listen`: the monitoring endpoints' own listener.
     pub metrics: Option<tokio::net::TcpListener>,
 }
 
-/// Binds `listen` and, with a TLS configuration loaded, its address `tls_addr`.
+/// Binds `listen` and, with a TLS configuration loaded, its address `tls_addr` (neither when `api` is false).
 pub(crate) async fn bind_listeners(
     cfg: &Config,
     tls_addr: Option<&str>,
+    api: bool,
 ) -> Result<Listeners, ServerError> {
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| ServerError::Listen { addr, source })
     };
-    let plain = bind(cfg.listen.clone()).await?;
+    let plain = match api {
+        true => Some(bind(cfg.listen.clone()).await?),
+        false => None,
+    };
     let tls = match tls_addr {
-        Some(addr) => Some(bind(addr.to_string()).await?),
-        None => None,
+        Some(addr) if api => Some(bind(addr.to_string()).await?),
+        _ => None,
     };
     let metrics = match (&cfg.metrics.listen, cfg.metrics.enabled) {
         (Some(addr), true) => Some(bind(addr.clone()).await?),

@@ -110,6 +110,9 @@ pub struct AppState {
     /// AccessKeys, users, groups and policies, as of the catalog's identity version.
     pub identities: Identities,
     pub nonces: MemoryNonceStore,
+    /// Whether signature nonces are also recorded in the catalog, so that a request replayed to another process
+    /// sharing it is refused too (`[server] shared_nonces`).
+    pub shared_nonces: bool,
     /// The configured (`[[instances]]`) instances.
     pub instances: HashMap<String, Arc<Instance>>,
     /// The instances ddsvault provisioned (CreateDBInstance), added and removed while serving.
@@ -176,6 +179,7 @@ impl AppState {
             scheduler_running: std::sync::atomic::AtomicBool::new(false),
             identities,
             nonces: MemoryNonceStore::new(),
+            shared_nonces: false,
             instances: instances
                 .into_iter()
                 .map(|(k, v)| (k, Arc::new(v)))

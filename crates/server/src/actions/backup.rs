@@ -488,6 +488,8 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
                 "JobStatus": j.state.as_str(),
                 "ErrorCode": j.answered_error_code(),
                 "ErrorMessage": if failed { j.error.as_deref().unwrap_or("") } else { "" },
+                // ddsvault extension: the node (process) that runs or ran the job; "" while it waits.
+                "Node": j.owner.as_deref().unwrap_or(""),
             });
             super::add_progress_detail(&mut item, j);
             item

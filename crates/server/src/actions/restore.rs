@@ -337,6 +337,8 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
                 "ErrorCode": j.answered_error_code(),
                 "ErrorMessage": j.error.clone().unwrap_or_default(),
                 "RestoredDocuments": j.result["documents"].as_i64().unwrap_or(0),
+                // ddsvault extension: the node (process) that runs or ran the job; "" while it waits.
+                "Node": j.owner.as_deref().unwrap_or(""),
             });
             super::add_progress_detail(&mut item, j);
             item

@@ -1482,6 +1482,27 @@ mod tests {
     }
 
     #[test]
+    fn job_lease_defaults_to_30_s_and_is_bounded() {
+        assert_eq!(
+            Config::parse("").expect("empty").jobs.lease(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            Config::parse("[jobs]\nlease_secs = 3\n")
+                .expect("short")
+                .jobs
+                .lease_secs,
+            3
+        );
+        for bad in ["0", "1", "3601"] {
+            let e = Config::parse(&format!("[jobs]\nlease_secs = {bad}\n"))
+                .expect_err("out of range")
+                .to_string();
+            assert!(e.contains("jobs.lease_secs"), "{e}");
+        }
+    }
+
+    #[test]
     fn empty_config_takes_defaults() {
         let c = Config::parse("").expect("valid");
         assert_eq!(c.listen, DEFAULT_LISTEN);

@@ -41,9 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     now: Utc::now(),
                 })
                 .await?;
-            // Claimed by a node that is not the server: it neither runs nor (with a fresh heartbeat) recovers it.
+            // Claimed by a node that is not the server, with a lease of ten years: the server neither runs nor
+            // recovers it.
             catalog
-                .claim_next_job("bench-busy", Utc::now())
+                .claim_next_job("bench-busy", Utc::now(), Utc::now() + Duration::days(3650))
                 .await?
                 .ok_or("the busy job just created was not claimable")?;
         }
@@ -66,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .await?;
         let claimed = catalog
-            .claim_next_job(owner, t)
+            .claim_next_job(owner, t, t + Duration::seconds(60))
             .await?
             .ok_or("the job just created was not claimable")?;
         if claimed.id != job.id {
@@ -76,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .complete_backup(
                 job.id,
                 owner,
+                claimed.lease_token,
                 &BackupCompletion {
                     end_time: t + Duration::seconds(30),
                     expire_time: ddsvault_catalog::permanent_expiry(),

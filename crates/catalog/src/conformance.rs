@@ -13,6 +13,17 @@ use crate::{
     NewBackupJob, NewJob, Page,
 };
 
+/// The lease the checks' claims take.
+const LEASE: Duration = Duration::seconds(30);
+
+/// Now, at the catalog's precision (milliseconds), so that times read back compare equal.
+fn now_ms() -> chrono::DateTime<Utc> {
+    let now = Utc::now();
+    Utc.timestamp_millis_opt(now.timestamp_millis())
+        .single()
+        .expect("valid time")
+}
+
 fn new_job(instance: &str, secs: i64) -> NewBackupJob {
     NewBackupJob {
         instance_id: instance.into(),
@@ -618,7 +629,7 @@ async fn totals_match_rows(cat: &Catalog) {
         .create_backup_job(&new_job("dds-totals", 0))
         .await
         .expect("create");
-    cat.claim_next_job("totals", Utc::now())
+    cat.claim_next_job("totals", Utc::now(), Utc::now() + LEASE)
         .await
         .expect("claim")
         .expect("job");
@@ -629,7 +640,7 @@ async fn totals_match_rows(cat: &Catalog) {
     cat.create_backup_job(&new_job("dds-totals", 0))
         .await
         .expect("create running");
-    cat.claim_next_job("totals", Utc::now())
+    cat.claim_next_job("totals", Utc::now(), Utc::now() + LEASE)
         .await
         .expect("claim")
         .expect("job");
@@ -937,7 +948,11 @@ async fn schedule(cat: &Catalog) {
 /// Fails every pending job so that the next claim takes the caller's job.
 async fn drain(cat: &Catalog) {
     let now = Utc::now();
-    while let Some(j) = cat.claim_next_job("drain", now).await.expect("claim") {
+    while let Some(j) = cat
+        .claim_next_job("drain", now, now + LEASE)
+        .await
+        .expect("claim")
+    {
         cat.fail_job(j.id, "drained", now).await.expect("fail");
     }
 }
@@ -950,7 +965,7 @@ async fn successful_backup(cat: &Catalog, instance: &str, expire: chrono::DateTi
         .await
         .expect("create");
     let claimed = cat
-        .claim_next_job("node-ret", Utc::now())
+        .claim_next_job("node-ret", Utc::now(), Utc::now() + LEASE)
         .await
         .expect("claim")
         .expect("job");
@@ -958,6 +973,7 @@ async fn successful_backup(cat: &Catalog, instance: &str, expire: chrono::DateTi
     cat.complete_backup(
         job.id,
         "node-ret",
+        claimed.lease_token,
         &BackupCompletion {
             end_time: backup.start_time + Duration::minutes(5),
             expire_time: expire,
@@ -1146,7 +1162,11 @@ async fn retention(cat: &Catalog) {
 
 async fn restore_jobs(cat: &Catalog) {
     let now = Utc::now();
-    while let Some(j) = cat.claim_next_job("drain", now).await.expect("claim") {
+    while let Some(j) = cat
+        .claim_next_job("drain", now, now + LEASE)
+        .await
+        .expect("claim")
+    {
         cat.fail_job(j.id, "drained", now).await.expect("fail");
     }
     let new = NewJob {
@@ -1174,17 +1194,23 @@ async fn restore_jobs(cat: &Catalog) {
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
     let claimed = cat
-        .claim_next_job("node-r", now)
+        .claim_next_job("node-r", now, now + LEASE)
         .await
         .expect("claim")
         .expect("job");
     assert_eq!(claimed.id, job.id);
     let result = serde_json::json!({"documents": 7});
     assert!(matches!(
-        cat.complete_job(job.id, "other", &result, now).await,
-        Err(CatalogError::LostOwnership(_))
+        cat.complete_job(job.id, "other", claimed.lease_token, &result, now)
+            .await,
+        Err(CatalogError::LeaseLost(_))
     ));
-    cat.complete_job(job.id, "node-r", &result, now)
+    assert!(matches!(
+        cat.complete_job(job.id, "node-r", claimed.lease_token + 1, &result, now)
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    cat.complete_job(job.id, "node-r", claimed.lease_token, &result, now)
         .await
         .expect("complete");
     let done = cat.get_job(job.id).await.expect("get").expect("exists");
@@ -1234,9 +1260,9 @@ async fn instances_and_policy(cat: &Catalog) {
 /// A job created Running for its creator (an import) is never handed to a runner, and completes like any other.
 async fn claimed_backup_job(cat: &Catalog) {
     let end = Utc.timestamp_opt(1_700_000_100, 0).single().expect("time");
-    let now = Utc::now();
+    let now = now_ms();
     let (job, backup) = cat
-        .create_claimed_backup_job(&new_job("dds-import", 0), "importer", now)
+        .create_claimed_backup_job(&new_job("dds-import", 0), "importer", now, now + LEASE)
         .await
         .expect("create");
     assert_eq!(job.state, JobState::Running);
@@ -1244,19 +1270,25 @@ async fn claimed_backup_job(cat: &Catalog) {
     assert_eq!(job.backup_id, Some(backup.id));
     assert_eq!(backup.status, BackupStatus::Running);
     assert!(cat
-        .claim_next_job("other", now)
+        .claim_next_job("other", now, now + LEASE)
         .await
         .expect("claim")
         .is_none());
     // One active job per instance holds for it too.
     assert!(matches!(
-        cat.create_claimed_backup_job(&new_job("dds-import", 1), "importer", now)
+        cat.create_claimed_backup_job(&new_job("dds-import", 1), "importer", now, now + LEASE)
             .await,
         Err(CatalogError::ActiveJobExists { .. })
     ));
+    assert_eq!(
+        job.lease_token, 1,
+        "a claimed job holds its first fencing token"
+    );
+    assert_eq!(job.lease_until, Some(now + LEASE));
     cat.complete_backup(
         job.id,
         "importer",
+        job.lease_token,
         &BackupCompletion {
             end_time: end,
             expire_time: end + Duration::days(30),
@@ -1305,38 +1337,46 @@ async fn job_lifecycle(cat: &Catalog) {
 
     let now = Utc::now();
     let claimed = cat
-        .claim_next_job("node-1", now)
+        .claim_next_job("node-1", now, now + LEASE)
         .await
         .expect("claim")
         .expect("a job");
     assert_eq!(claimed.id, job.id);
     assert_eq!(claimed.state, JobState::Running);
     assert!(cat
-        .claim_next_job("node-2", now)
+        .claim_next_job("node-2", now, now + LEASE)
         .await
         .expect("claim")
         .is_none());
-    assert!(cat.heartbeat(job.id, "node-1", 50, now).await.expect("hb"));
-    assert!(!cat.heartbeat(job.id, "node-2", 50, now).await.expect("hb"));
+    let token = claimed.lease_token;
+    cat.heartbeat(job.id, "node-1", token, 50, now)
+        .await
+        .expect("hb");
+    assert!(matches!(
+        cat.heartbeat(job.id, "node-2", token, 50, now).await,
+        Err(CatalogError::LeaseLost(_))
+    ));
     // The progress detail is kept as written, and a heartbeat without one keeps it.
     let detail = serde_json::json!({"phase": "Dumping", "docs_done": 10, "docs_total": 40});
-    assert!(cat
-        .heartbeat_with_detail(job.id, "node-1", 25, &detail, now)
+    cat.heartbeat_with_detail(job.id, "node-1", token, 25, &detail, now)
         .await
-        .expect("hb"));
-    assert!(cat.heartbeat(job.id, "node-1", 30, now).await.expect("hb"));
+        .expect("hb");
+    cat.heartbeat(job.id, "node-1", token, 30, now)
+        .await
+        .expect("hb");
     let j = cat.get_job(job.id).await.expect("get").expect("job");
     assert_eq!((j.progress, j.progress_detail), (30, detail));
-    assert!(!cat
-        .heartbeat_with_detail(job.id, "node-2", 25, &serde_json::json!({}), now)
-        .await
-        .expect("hb"));
     assert!(matches!(
-        cat.complete_backup(job.id, "node-2", &completion(now))
+        cat.heartbeat_with_detail(job.id, "node-2", token, 25, &serde_json::json!({}), now)
             .await,
-        Err(CatalogError::LostOwnership(_))
+        Err(CatalogError::LeaseLost(_))
     ));
-    cat.complete_backup(job.id, "node-1", &completion(now))
+    assert!(matches!(
+        cat.complete_backup(job.id, "node-2", token, &completion(now))
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    cat.complete_backup(job.id, "node-1", token, &completion(now))
         .await
         .expect("complete");
     let b = cat
@@ -1412,37 +1452,67 @@ async fn one_active_job_under_concurrency(cat: &Catalog) {
 }
 
 async fn recovery(cat: &Catalog) {
-    let now = Utc::now();
+    let now = now_ms();
     // Drain whatever the earlier checks left pending.
-    while let Some(j) = cat.claim_next_job("drain", now).await.expect("claim") {
-        cat.fail_job(j.id, "drained", now).await.expect("fail");
-    }
+    drain(cat).await;
     let (job, backup) = cat
         .create_backup_job(&new_job("dds-crash", 0))
         .await
         .expect("create");
-    cat.claim_next_job("node-old", now)
+    let old = cat
+        .claim_next_job("node-old", now, now + LEASE)
         .await
         .expect("claim")
         .expect("job");
-    // Another live node with a fresh heartbeat is not touched by our recovery.
+    assert_eq!(old.id, job.id);
+    assert_eq!(old.lease_until, Some(now + LEASE));
+    // Another live node, whose lease is live, is never touched by our recovery.
     let (other, _) = cat
         .create_backup_job(&new_job("dds-other", 0))
         .await
         .expect("create");
-    cat.claim_next_job("node-live", now)
+    let live = cat
+        .claim_next_job("node-live", now, now + LEASE * 4)
         .await
         .expect("claim")
         .expect("job");
+    assert_eq!(live.id, other.id);
 
-    let failed = cat
-        .recover_interrupted("node-old", now - Duration::minutes(5), now)
+    // At start, node-old takes back what its previous life held (live lease or not), and nothing of node-live.
+    let taken = cat
+        .recover_expired("node-old", now, now + LEASE, true)
         .await
         .expect("recover");
+    let ids: Vec<i64> = taken.iter().map(|r| r.job.id).collect();
+    assert!(ids.contains(&job.id), "{ids:?}");
+    assert!(!ids.contains(&other.id), "{ids:?}");
+    let mine = taken
+        .iter()
+        .find(|r| r.job.id == job.id)
+        .expect("recovered");
+    assert_eq!(mine.previous_owner.as_deref(), Some("node-old"));
+    assert_eq!(mine.job.owner.as_deref(), Some("node-old"));
     assert_eq!(
-        failed.iter().map(|j| j.id).collect::<Vec<_>>(),
-        vec![job.id]
+        mine.job.lease_token,
+        old.lease_token + 1,
+        "a takeover is a new token"
     );
+    // Its previous life's token commits nothing any more.
+    assert!(matches!(
+        cat.complete_backup(job.id, "node-old", old.lease_token, &completion(now))
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    cat.fail_leased_job(
+        job.id,
+        "node-old",
+        mine.job.lease_token,
+        crate::JOB_INTERRUPTED_CODE,
+        "interrupted: the ddsvault process running this job stopped before it finished",
+        now,
+    )
+    .await
+    .expect("fail");
     assert_eq!(
         cat.get_backup(backup.id)
             .await
@@ -1451,26 +1521,124 @@ async fn recovery(cat: &Catalog) {
             .status,
         BackupStatus::Failed
     );
+    // Continuous recovery by any other node leaves the live lease alone...
+    for recoverer in ["node-new", "node-x"] {
+        let taken = cat
+            .recover_expired(recoverer, now + LEASE, now + LEASE * 2, false)
+            .await
+            .expect("recover");
+        assert!(!taken.iter().any(|r| r.job.id == other.id));
+    }
+    let still = cat.get_job(other.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (still.state, still.owner.as_deref(), still.lease_token),
+        (JobState::Running, Some("node-live"), live.lease_token)
+    );
+    // ... also after a renewal moved it on, which only its holder with its token can do.
+    let renewed_until = now + LEASE * 8;
+    assert!(matches!(
+        cat.renew_lease(other.id, "node-live", live.lease_token + 1, renewed_until)
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        cat.renew_lease(other.id, "node-x", live.lease_token, renewed_until)
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    cat.renew_lease(other.id, "node-live", live.lease_token, renewed_until)
+        .await
+        .expect("renew");
+    // A renewal that arrives late never shortens the lease.
+    cat.renew_lease(other.id, "node-live", live.lease_token, now + LEASE)
+        .await
+        .expect("late renew");
     assert_eq!(
         cat.get_job(other.id)
             .await
             .expect("get")
             .expect("exists")
-            .state,
-        JobState::Running
+            .lease_until,
+        Some(renewed_until)
     );
-    // A stale heartbeat is recovered by any node.
-    let later = now + Duration::minutes(10);
-    let failed = cat
-        .recover_interrupted("node-new", later - Duration::minutes(5), later)
+    let taken = cat
+        .recover_expired("node-new", now + LEASE * 5, now + LEASE * 6, false)
         .await
         .expect("recover");
+    assert!(!taken.iter().any(|r| r.job.id == other.id));
+
+    // Once the lease expired, recoverers racing for the job: exactly one takes it over.
+    let later = renewed_until + Duration::seconds(1);
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let cat = Arc::clone(cat);
+        racers.push(tokio::spawn(async move {
+            let me = format!("node-r{i}");
+            let taken = cat
+                .recover_expired(&me, later, later + LEASE, false)
+                .await
+                .expect("recover");
+            taken
+                .into_iter()
+                .filter(|r| r.job.id == other.id)
+                .map(|r| (me.clone(), r))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut winners = Vec::new();
+    for r in racers {
+        winners.extend(r.await.expect("task"));
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (winner, took) = winners.pop().expect("one winner");
+    assert_eq!(took.previous_owner.as_deref(), Some("node-live"));
+    assert_eq!(took.job.owner.as_deref(), Some(winner.as_str()));
+    assert_eq!(took.job.lease_token, live.lease_token + 1);
+    // The paused holder comes back: it can neither renew, nor report progress, nor commit a result or a failure.
+    let stale = live.lease_token;
+    assert!(matches!(
+        cat.renew_lease(other.id, "node-live", stale, later + LEASE * 10)
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        cat.heartbeat(other.id, "node-live", stale, 90, later).await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        cat.complete_backup(other.id, "node-live", stale, &completion(later))
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        cat.fail_leased_job(other.id, "node-live", stale, "Job.Failed", "mine", later)
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    // Even under the new owner's name, a stale token commits nothing.
+    assert!(matches!(
+        cat.complete_backup(other.id, &winner, stale, &completion(later))
+            .await,
+        Err(CatalogError::LeaseLost(_))
+    ));
+    let held = cat.get_job(other.id).await.expect("get").expect("exists");
     assert_eq!(
-        failed.iter().map(|j| j.id).collect::<Vec<_>>(),
-        vec![other.id]
+        (held.state, held.owner.as_deref(), held.progress),
+        (JobState::Running, Some(winner.as_str()), live.progress)
     );
-    // A recovered job says why, with the interruption's code, on the job and on its backup.
+    // The new owner records the outcome: a recovered job says why, with the interruption's code.
+    cat.fail_leased_job(
+        other.id,
+        &winner,
+        took.job.lease_token,
+        crate::JOB_INTERRUPTED_CODE,
+        "interrupted: the lease of node-live expired",
+        later,
+    )
+    .await
+    .expect("fail");
     let recovered = cat.get_job(other.id).await.expect("get").expect("exists");
+    assert_eq!(recovered.state, JobState::Failed);
     assert_eq!(
         recovered.error_code.as_deref(),
         Some(crate::JOB_INTERRUPTED_CODE)
@@ -1479,6 +1647,14 @@ async fn recovery(cat: &Catalog) {
         .error
         .as_deref()
         .is_some_and(|e| e.starts_with("interrupted")));
+    // A finished job is never recovered again.
+    let taken = cat
+        .recover_expired("node-z", later + LEASE * 100, later + LEASE * 101, true)
+        .await
+        .expect("recover");
+    assert!(!taken
+        .iter()
+        .any(|r| r.job.id == other.id || r.job.id == job.id));
 
     // A failure's code and message are kept on the job and in its backup's details; a job that did not fail has
     // neither.
@@ -1487,11 +1663,12 @@ async fn recovery(cat: &Catalog) {
         .await
         .expect("create");
     let running = cat
-        .claim_next_job("node-c", now)
+        .claim_next_job("node-c", now, now + LEASE)
         .await
         .expect("claim")
         .expect("job");
     assert_eq!((running.error_code, running.error), (None, None));
+    assert_eq!(running.lease_token, 1);
     cat.fail_job_with_code(job.id, "Repository.NoSpace", "repository: no space", now)
         .await
         .expect("fail");
@@ -1523,12 +1700,12 @@ async fn listing(cat: &Catalog) {
         n.now = base + Duration::hours(i);
         let (job, backup) = cat.create_backup_job(&n).await.expect("create");
         let claimed = cat
-            .claim_next_job("lister", base)
+            .claim_next_job("lister", base, base + LEASE)
             .await
             .expect("claim")
             .expect("job");
         assert_eq!(claimed.id, job.id);
-        cat.complete_backup(job.id, "lister", &completion(n.now))
+        cat.complete_backup(job.id, "lister", claimed.lease_token, &completion(n.now))
             .await
             .expect("complete");
         ids.push(backup.id);
@@ -2040,7 +2217,7 @@ async fn backup_with_storage(cat: &Catalog, instance: &str, usage: &crate::Backu
         .await
         .expect("create");
     let claimed = cat
-        .claim_next_job("node-use", Utc::now())
+        .claim_next_job("node-use", Utc::now(), Utc::now() + LEASE)
         .await
         .expect("claim")
         .expect("job");
@@ -2048,6 +2225,7 @@ async fn backup_with_storage(cat: &Catalog, instance: &str, usage: &crate::Backu
     cat.complete_backup_with_storage(
         job.id,
         "node-use",
+        claimed.lease_token,
         &BackupCompletion {
             end_time: backup.start_time + Duration::minutes(5),
             expire_time: crate::permanent_expiry(),

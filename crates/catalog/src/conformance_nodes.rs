@@ -79,12 +79,14 @@ async fn placed_claims(cat: &Catalog) {
             .expect("create");
         ids.push(job.id);
     }
+    let lease = now + chrono::Duration::seconds(30);
     let skip = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
     // Every pending job's instance skipped: nothing to claim, nothing changed.
     assert!(cat
         .claim_next_job_placed(
             "node-x",
             now,
+            lease,
             &skip(&["dds-place-a", "dds-place-b", "dds-place-c"])
         )
         .await
@@ -92,7 +94,7 @@ async fn placed_claims(cat: &Catalog) {
         .is_none());
     // The oldest job not skipped.
     let b = cat
-        .claim_next_job_placed("node-x", now, &skip(&["dds-place-a"]))
+        .claim_next_job_placed("node-x", now, lease, &skip(&["dds-place-a"]))
         .await
         .expect("claim")
         .expect("a job");
@@ -104,24 +106,24 @@ async fn placed_claims(cat: &Catalog) {
     assert!(!cat.release_job(b.id, "node-x").await.expect("twice"));
     let back = cat.get_job(b.id).await.expect("get").expect("job");
     assert_eq!(
-        (back.state, back.owner, back.started_at),
-        (JobState::Pending, None, None)
+        (back.state, back.owner, back.started_at, back.lease_until),
+        (JobState::Pending, None, None, None)
     );
     // The unplaced claim takes anything, oldest first; the released job is claimable again.
     let a = cat
-        .claim_next_job("node-y", now)
+        .claim_next_job("node-y", now, lease)
         .await
         .expect("claim")
         .expect("a");
     assert_eq!(a.id, ids[0]);
     let b = cat
-        .claim_next_job("node-y", now)
+        .claim_next_job("node-y", now, lease)
         .await
         .expect("claim")
         .expect("b");
     assert_eq!((b.id, b.owner.as_deref()), (ids[1], Some("node-y")));
     let c = cat
-        .claim_next_job_placed("node-y", now, &skip(&["dds-place-a", "dds-place-b"]))
+        .claim_next_job_placed("node-y", now, lease, &skip(&["dds-place-a", "dds-place-b"]))
         .await
         .expect("claim")
         .expect("c");

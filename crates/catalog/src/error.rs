@@ -18,9 +18,10 @@ pub enum CatalogError {
     /// A per-owner limit is reached (e.g. AccessKeys per user).
     #[error("{0}")]
     LimitExceeded(String),
-    /// The job is not running under this owner any more (recovery failed it).
-    #[error("job {0} is not running under this owner")]
-    LostOwnership(i64),
+    /// The job is not running under this owner and fencing token any more: its lease expired and another process
+    /// took it over, or it was failed or finished. Its holder must stop and commit nothing.
+    #[error("job {0}: lease lost (the job was taken over, failed or finished elsewhere)")]
+    LeaseLost(i64),
     /// Bad catalog configuration.
     #[error("catalog configuration: {0}")]
     Config(String),

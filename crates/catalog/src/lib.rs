@@ -145,8 +145,9 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
     async fn create_backup_job(&self, new: &NewBackupJob) -> Result<(Job, Backup), CatalogError>;
-    /// Creates a backup job already Running under `owner` (heartbeat `now`) and its backup set, atomically: work
-    /// done by this process itself (`ddsvault import`), which no runner may claim. `new.now` is the backup's start.
+    /// Creates a backup job already Running under `owner` (heartbeat `now`, leased until `lease_until`, first
+    /// fencing token) and its backup set, atomically: work done by this process itself (`ddsvault import`), which no
+    /// runner may claim. `new.now` is the backup's start.
     ///
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
@@ -155,27 +156,36 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         new: &NewBackupJob,
         owner: &str,
         now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
     ) -> Result<(Job, Backup), CatalogError>;
     /// Creates a pending job of another kind than backup (e.g. a restore).
     ///
     /// # Errors
     /// [`CatalogError::ActiveJobExists`] when the instance already has a pending or running job of any kind.
     async fn create_job(&self, new: &NewJob) -> Result<Job, CatalogError>;
-    /// Marks a running non-backup job Success with its result.
+    /// Marks a running non-backup job Success with its result, if `owner` still holds it with fencing token
+    /// `token`.
+    ///
+    /// # Errors
+    /// [`CatalogError::LeaseLost`] when the job is not Running under `owner` and `token` any more.
     async fn complete_job(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         result: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError>;
-    /// Claims the oldest pending job for `owner`, moving it to Running, whatever its instance.
+    /// Claims the oldest pending job for `owner`, moving it to Running with a lease until `lease_until` and a new
+    /// fencing token ([`Job::lease_token`], which the job's every later write must name), whatever its instance.
     async fn claim_next_job(
         &self,
         owner: &str,
         now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
     ) -> Result<Option<Job>, CatalogError> {
-        self.claim_next_job_placed(owner, now, &[]).await
+        self.claim_next_job_placed(owner, now, lease_until, &[])
+            .await
     }
     /// As [`CatalogBackend::claim_next_job`], passing over the jobs of `skip_instances` (instances pinned to another
     /// node, or that this node does not know): they stay Pending for another node.
@@ -183,22 +193,45 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         &self,
         owner: &str,
         now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
         skip_instances: &[String],
     ) -> Result<Option<Job>, CatalogError>;
     /// Puts a job `owner` claimed but must not run (its instance turned out to be unknown here) back to Pending,
-    /// for another node. True if it was still Running under `owner`.
+    /// for another node, dropping its lease. True if it was still Running under `owner`.
     async fn release_job(&self, job_id: i64, owner: &str) -> Result<bool, CatalogError>;
-    /// Records progress of a running job and refreshes its heartbeat. Returns false if the job is no longer
-    /// running under `owner` (it was failed by recovery, so the worker must stop).
+    /// Extends the lease of a running job to `lease_until`, only while `owner` still holds it with `token`.
+    ///
+    /// # Errors
+    /// [`CatalogError::LeaseLost`] when the job was taken over (another token), failed or finished: its holder
+    /// must stop at once and commit nothing.
+    async fn renew_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        token: i64,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+    /// Records progress of a running job and refreshes its heartbeat, if `owner` still holds it with `token`.
+    ///
+    /// # Errors
+    /// [`CatalogError::LeaseLost`] as [`CatalogBackend::renew_lease`].
     async fn heartbeat(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         progress: i32,
         now: DateTime<Utc>,
-    ) -> Result<bool, CatalogError> {
-        self.heartbeat_with_detail(job_id, owner, progress, &serde_json::Value::Null, now)
-            .await
+    ) -> Result<(), CatalogError> {
+        self.heartbeat_with_detail(
+            job_id,
+            owner,
+            token,
+            progress,
+            &serde_json::Value::Null,
+            now,
+        )
+        .await
     }
     /// As [`CatalogBackend::heartbeat`], also recording the job's progress detail (phase and counters; `Null`
     /// keeps the previous one).
@@ -206,15 +239,21 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         progress: i32,
         detail: &serde_json::Value,
         now: DateTime<Utc>,
-    ) -> Result<bool, CatalogError>;
-    /// Marks a running backup job and its backup set Success. Called only after every byte is durably stored.
+    ) -> Result<(), CatalogError>;
+    /// Marks a running backup job and its backup set Success, if `owner` still holds it with `token`. Called only
+    /// after every byte is durably stored.
+    ///
+    /// # Errors
+    /// [`CatalogError::LeaseLost`] as [`CatalogBackend::renew_lease`]: nothing is written.
     async fn complete_backup(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         done: &BackupCompletion,
     ) -> Result<(), CatalogError>;
     /// As [`CatalogBackend::complete_backup`], recording in the same transaction what the backup occupies in the
@@ -224,6 +263,7 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         done: &BackupCompletion,
         usage: &BackupStorage,
     ) -> Result<(), CatalogError>;
@@ -253,7 +293,8 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     /// The instance's recorded usage: DescribeBackupStorage's `FullStorageSize` without a repository listing.
     async fn storage_usage(&self, instance_id: &str) -> Result<StorageUsage, CatalogError>;
     /// Marks a job (and its backup set, if any) Failed with a reason whose source is unknown
-    /// ([`JOB_ERROR_CODE`]).
+    /// ([`JOB_ERROR_CODE`]). Not fenced: for a job no process holds (Pending) and for tests; a process ends the
+    /// jobs it runs with [`CatalogBackend::fail_leased_job`].
     async fn fail_job(
         &self,
         job_id: i64,
@@ -264,7 +305,8 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
             .await
     }
     /// Marks a job (and its backup set, if any) Failed with the code of the failure's source (e.g.
-    /// `Repository.NoSpace`) and a message; both are shown by the task APIs.
+    /// `Repository.NoSpace`) and a message; both are shown by the task APIs. Not fenced, as
+    /// [`CatalogBackend::fail_job`].
     async fn fail_job_with_code(
         &self,
         job_id: i64,
@@ -272,14 +314,33 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError>;
-    /// Fails every Running job that belonged to `owner` (a previous life of this process) or whose heartbeat is
-    /// older than `stale_before` (a dead process), and returns them so their partial files can be removed.
-    async fn recover_interrupted(
+    /// As [`CatalogBackend::fail_job_with_code`] for a running job `owner` holds with `token`.
+    ///
+    /// # Errors
+    /// [`CatalogError::LeaseLost`] as [`CatalogBackend::renew_lease`]: nothing is written.
+    async fn fail_leased_job(
         &self,
+        job_id: i64,
         owner: &str,
-        stale_before: DateTime<Utc>,
+        token: i64,
+        code: &str,
+        reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Job>, CatalogError>;
+    ) -> Result<(), CatalogError>;
+    /// Takes over, for `recoverer`, every Running job whose lease expired before `now` (its holder died, was
+    /// paused or cut off) and, when `own_previous_life`, every Running job `recoverer` itself holds (a previous run
+    /// of this node id: at start nothing of it runs any more). Each takeover is a compare-and-set on the fencing
+    /// token: the job gets a new token and a lease until `lease_until`, so its previous holder can commit nothing,
+    /// and two recovering processes never both take it. A job whose lease is live is never touched. The caller
+    /// removes what the jobs left and fails them ([`CatalogBackend::fail_leased_job`]); if it dies meanwhile, its
+    /// own lease expires and another process recovers them again.
+    async fn recover_expired(
+        &self,
+        recoverer: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        own_previous_life: bool,
+    ) -> Result<Vec<RecoveredJob>, CatalogError>;
     /// One job by id.
     async fn get_job(&self, job_id: i64) -> Result<Option<Job>, CatalogError>;
     /// Jobs of an instance, newest first; `active_only` keeps Pending and Running ones.

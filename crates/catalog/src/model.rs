@@ -234,6 +234,12 @@ pub struct Job {
     pub heartbeat_at: Option<DateTime<Utc>>,
     /// What a finished job produced (e.g. a restore summary); `Null` until then.
     pub result: serde_json::Value,
+    /// Until when `owner` holds the job (renewed while it runs); another process may take over a Running job once
+    /// this has passed. `None` for a job never claimed.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The fencing token of the current holder: one more at every claim and takeover. Every write of the job's
+    /// progress, result or state names it, so a holder that lost its lease cannot commit anything.
+    pub lease_token: i64,
 }
 
 impl Job {
@@ -245,6 +251,15 @@ impl Job {
             _ => "",
         }
     }
+}
+
+/// A Running job [`crate::CatalogBackend::recover_expired`] took over: it is now held by the recovering process (new
+/// fencing token, fresh lease), which cleans up what it left and fails it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoveredJob {
+    pub job: Job,
+    /// The node that held it before (whose lease expired, or this node's previous life).
+    pub previous_owner: Option<String>,
 }
 
 /// The code of a job failure whose source is not known more precisely (also the code of failures recorded

@@ -59,7 +59,7 @@ const WRITE_LOCK_KEY: i64 = 0x6464_7376_6c74; // "ddsvlt"
 
 const JOB_COLUMNS: &str =
     "id, kind, instance_id, backup_id, state, mode, progress, progress_detail, error, error_code, params, created_at, \
-     started_at, finished_at, owner, heartbeat_at, result";
+     started_at, finished_at, owner, heartbeat_at, result, lease_until, lease_token";
 const BACKUP_COLUMNS: &str =
     "id, job_id, instance_id, status, method, mode, backup_type, start_time, end_time, \
      expire_time, retention_days, size, db_names, engine_version, repo_prefix, details";
@@ -281,6 +281,8 @@ fn job_from_row(r: &PgRow) -> Result<Job, CatalogError> {
             Some(text) => json(&text, "job result")?,
             None => serde_json::Value::Null,
         },
+        lease_until: opt_from_ms(r.try_get("lease_until")?)?,
+        lease_token: r.try_get("lease_token")?,
     })
 }
 
@@ -621,6 +623,7 @@ impl CatalogBackend for PgCatalog {
         new: &NewBackupJob,
         owner: &str,
         now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
     ) -> Result<(Job, Backup), CatalogError> {
         let mut tx = self.begin().await?;
         let Some((job, backup)) = insert_backup_job(&mut tx, new).await? else {
@@ -630,12 +633,13 @@ impl CatalogBackend for PgCatalog {
         // In the same transaction as the insert: no runner ever sees it Pending.
         let job = job_from_row(
             &query(&format!(
-                "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? WHERE id = ? \
-                 RETURNING {JOB_COLUMNS}"
+                "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ?, lease_until = ?, \
+                 lease_token = lease_token + 1 WHERE id = ? RETURNING {JOB_COLUMNS}"
             ))
             .bind(owner)
             .bind(ms(now))
             .bind(ms(now))
+            .bind(ms(lease_until))
             .bind(job.id)
             .fetch_one(&mut *tx)
             .await?,
@@ -677,24 +681,26 @@ impl CatalogBackend for PgCatalog {
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         result: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
         let done = query(
             "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ?, result = ? \
-             WHERE id = ? AND owner = ? AND state = 'Running'",
+             WHERE id = ? AND owner = ? AND lease_token = ? AND state = 'Running'",
         )
         .bind(ms(now))
         .bind(ms(now))
         .bind(result.to_string())
         .bind(job_id)
         .bind(owner)
+        .bind(token)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
             Ok(())
         } else {
-            Err(CatalogError::LostOwnership(job_id))
+            Err(CatalogError::LeaseLost(job_id))
         }
     }
 
@@ -702,12 +708,14 @@ impl CatalogBackend for PgCatalog {
         &self,
         owner: &str,
         now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
         skip_instances: &[String],
     ) -> Result<Option<Job>, CatalogError> {
         // The oldest pending row nobody else is claiming right now (SKIP LOCKED): two processes racing never
         // take the same job, and neither waits for the other. The instances to pass over are one array parameter.
         let row = query(&format!(
-            "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ? \
+            "UPDATE jobs SET state = 'Running', owner = ?, started_at = ?, heartbeat_at = ?, lease_until = ?, \
+             lease_token = lease_token + 1 \
              WHERE id = (SELECT id FROM jobs WHERE state = 'Pending' AND NOT (instance_id = ANY(?)) \
              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              AND state = 'Pending' RETURNING {JOB_COLUMNS}"
@@ -715,52 +723,87 @@ impl CatalogBackend for PgCatalog {
         .bind(owner)
         .bind(ms(now))
         .bind(ms(now))
+        .bind(ms(lease_until))
         .bind(skip_instances)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
+    async fn renew_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        token: i64,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        // Never shortens the lease: a renewal delayed in flight never shortens a lease a later one already extended.
+        let done = query(
+            "UPDATE jobs SET lease_until = GREATEST(COALESCE(lease_until, 0), ?) \
+             WHERE id = ? AND owner = ? AND lease_token = ? AND state = 'Running'",
+        )
+        .bind(ms(lease_until))
+        .bind(job_id)
+        .bind(owner)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CatalogError::LeaseLost(job_id))
+        }
+    }
+
     async fn heartbeat_with_detail(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         progress: i32,
         detail: &serde_json::Value,
         now: DateTime<Utc>,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<(), CatalogError> {
         let detail = (!detail.is_null()).then(|| detail.to_string());
         let done = query(
             "UPDATE jobs SET progress = ?, progress_detail = COALESCE(?, progress_detail), heartbeat_at = ? \
-             WHERE id = ? AND owner = ? AND state = 'Running'",
+             WHERE id = ? AND owner = ? AND lease_token = ? AND state = 'Running'",
         )
         .bind(progress.clamp(0, 100))
         .bind(detail)
         .bind(ms(now))
         .bind(job_id)
         .bind(owner)
+        .bind(token)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CatalogError::LeaseLost(job_id))
+        }
     }
 
     async fn complete_backup(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         done: &BackupCompletion,
     ) -> Result<(), CatalogError> {
-        self.complete_backup_impl(job_id, owner, done, None).await
+        self.complete_backup_impl(job_id, owner, token, done, None)
+            .await
     }
 
     async fn complete_backup_with_storage(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         done: &BackupCompletion,
         usage: &crate::BackupStorage,
     ) -> Result<(), CatalogError> {
-        self.complete_backup_impl(job_id, owner, done, Some(usage))
+        self.complete_backup_impl(job_id, owner, token, done, Some(usage))
             .await
     }
 
@@ -803,63 +846,74 @@ impl CatalogBackend for PgCatalog {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
-        let mut tx = self.begin().await?;
-        let row = query(
-            "UPDATE jobs SET state = 'Failed', error = ?, error_code = ?, finished_at = ? \
-             WHERE id = ? AND state IN ('Pending', 'Running') RETURNING backup_id",
-        )
-        .bind(reason)
-        .bind(code)
-        .bind(ms(now))
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = row {
-            let backup_id: Option<i64> = row.try_get("backup_id")?;
-            if let Some(id) = backup_id {
-                query(
-                    "UPDATE backups SET status = 'Failed', end_time = ?, \
-                     details = (details::jsonb || jsonb_build_object('error', ?::text, 'error_code', ?::text))::text WHERE id = ? AND status = 'Running'",
-                )
-                .bind(ms(now))
-                .bind(reason)
-                .bind(code)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
+        self.fail_impl(job_id, None, code, reason, now).await?;
         Ok(())
     }
 
-    async fn recover_interrupted(
+    async fn fail_leased_job(
         &self,
+        job_id: i64,
         owner: &str,
-        stale_before: DateTime<Utc>,
+        token: i64,
+        code: &str,
+        reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Job>, CatalogError> {
-        let rows = query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'Running' AND (owner = ? OR heartbeat_at < ?) ORDER BY id"
-        ))
-        .bind(owner)
-        .bind(ms(stale_before))
+    ) -> Result<(), CatalogError> {
+        if self
+            .fail_impl(job_id, Some((owner, token)), code, reason, now)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(CatalogError::LeaseLost(job_id))
+        }
+    }
+
+    async fn recover_expired(
+        &self,
+        recoverer: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        own_previous_life: bool,
+    ) -> Result<Vec<crate::RecoveredJob>, CatalogError> {
+        let rows = query(
+            "SELECT id, owner, lease_token FROM jobs WHERE state = 'Running' \
+             AND (lease_until IS NULL OR lease_until < ? OR (?::boolean AND owner = ?)) ORDER BY id",
+        )
+        .bind(ms(now))
+        .bind(own_previous_life)
+        .bind(recoverer)
         .fetch_all(&self.pool)
         .await?;
-        let jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        for job in &jobs {
-            self.fail_job_with_code(
-                job.id,
-                crate::JOB_INTERRUPTED_CODE,
-                "interrupted: the ddsvault process running this job stopped before it finished",
-                now,
-            )
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let previous_owner: Option<String> = r.try_get("owner")?;
+            let token: i64 = r.try_get("lease_token")?;
+            // Compare-and-set on the token read above: a renewal or another recoverer in between wins, and this
+            // job is left alone.
+            let taken = query(&format!(
+                "UPDATE jobs SET owner = ?, lease_until = ?, lease_token = lease_token + 1 \
+                 WHERE id = ? AND lease_token = ? AND state = 'Running' \
+                 AND (lease_until IS NULL OR lease_until < ? OR (?::boolean AND owner = ?)) RETURNING {JOB_COLUMNS}"
+            ))
+            .bind(recoverer)
+            .bind(ms(lease_until))
+            .bind(id)
+            .bind(token)
+            .bind(ms(now))
+            .bind(own_previous_life)
+            .bind(recoverer)
+            .fetch_optional(&self.pool)
             .await?;
+            if let Some(row) = taken {
+                out.push(crate::RecoveredJob {
+                    job: job_from_row(&row)?,
+                    previous_owner,
+                });
+            }
         }
-        Ok(jobs)
+        Ok(out)
     }
 
     async fn get_job(&self, job_id: i64) -> Result<Option<Job>, CatalogError> {
@@ -1797,28 +1851,91 @@ impl PgCatalog {
 }
 
 impl PgCatalog {
+    /// Fails a Pending or Running job; with `fence`, only if that owner still holds it with that token. True if
+    /// this call failed it.
+    async fn fail_impl(
+        &self,
+        job_id: i64,
+        fence: Option<(&str, i64)>,
+        code: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.begin().await?;
+        let row = match fence {
+            None => {
+                query(
+                    "UPDATE jobs SET state = 'Failed', error = ?, error_code = ?, finished_at = ? \
+                     WHERE id = ? AND state IN ('Pending', 'Running') RETURNING backup_id",
+                )
+                .bind(reason)
+                .bind(code)
+                .bind(ms(now))
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            Some((owner, token)) => {
+                query(
+                    "UPDATE jobs SET state = 'Failed', error = ?, error_code = ?, finished_at = ? \
+                     WHERE id = ? AND owner = ? AND lease_token = ? AND state = 'Running' RETURNING backup_id",
+                )
+                .bind(reason)
+                .bind(code)
+                .bind(ms(now))
+                .bind(job_id)
+                .bind(owner)
+                .bind(token)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        let failed = row.is_some();
+        if let Some(row) = row {
+            let backup_id: Option<i64> = row.try_get("backup_id")?;
+            if let Some(id) = backup_id {
+                query(
+                    "UPDATE backups SET status = 'Failed', end_time = ?, \
+                     details = (details::jsonb || jsonb_build_object('error', ?::text, 'error_code', ?::text))::text WHERE id = ? AND status = 'Running'",
+                )
+                .bind(ms(now))
+                .bind(reason)
+                .bind(code)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(failed)
+    }
+
     /// [`CatalogBackend::complete_backup`], recording the backup's repository usage in the same transaction when
     /// given (migration 0015).
     async fn complete_backup_impl(
         &self,
         job_id: i64,
         owner: &str,
+        token: i64,
         done: &BackupCompletion,
         usage: Option<&crate::BackupStorage>,
     ) -> Result<(), CatalogError> {
         let mut tx = self.begin().await?;
+        // The fencing check and the commit are one statement in one transaction: a holder whose lease was taken
+        // over cannot slip a Success in after the new holder failed the job.
         let updated = query(
             "UPDATE jobs SET state = 'Success', progress = 100, finished_at = ?, heartbeat_at = ? \
-             WHERE id = ? AND owner = ? AND state = 'Running' RETURNING backup_id",
+             WHERE id = ? AND owner = ? AND lease_token = ? AND state = 'Running' RETURNING backup_id",
         )
         .bind(ms(done.end_time))
         .bind(ms(done.end_time))
         .bind(job_id)
         .bind(owner)
+        .bind(token)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = updated else {
-            return Err(CatalogError::LostOwnership(job_id));
+            return Err(CatalogError::LeaseLost(job_id));
         };
         let backup_id: Option<i64> = row.try_get("backup_id")?;
         let backup_id =

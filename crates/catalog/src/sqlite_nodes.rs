@@ -84,7 +84,7 @@ impl SqliteCatalog {
         owner: &str,
     ) -> Result<bool, CatalogError> {
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'Pending', owner = NULL, started_at = NULL, heartbeat_at = NULL \
+            "UPDATE jobs SET state = 'Pending', owner = NULL, started_at = NULL, heartbeat_at = NULL, lease_until = NULL \
              WHERE id = ? AND owner = ? AND state = 'Running'",
         )
         .bind(job_id)

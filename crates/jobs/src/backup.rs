@@ -88,7 +88,7 @@ pub(crate) async fn run(
         &progress,
         &dump_cancel,
     );
-    let summary = match with_heartbeat(runner, job.id, &job_progress, &dump_cancel, dump).await? {
+    let summary = match with_heartbeat(runner, job, &job_progress, &dump_cancel, dump).await? {
         // Nothing dumped from an earlier listing: if the databases are gone meanwhile, say so as a fresh
         // listing would have.
         Ok(s)
@@ -254,7 +254,7 @@ pub(crate) async fn publish_logical(
     let usage = crate::storage::measure(&runner.repo, &job.instance_id, &prefix).await?;
     if let Err(e) = runner
         .catalog
-        .complete_backup_with_storage(job.id, &runner.node_id, &done, &usage)
+        .complete_backup_with_storage(job.id, &runner.node_id, job.lease_token, &done, &usage)
         .await
     {
         // Whoever took the job from us (recovery) also owns the cleanup decision; our files must not survive
@@ -412,6 +412,8 @@ mod tests {
             owner: None,
             heartbeat_at: None,
             result: serde_json::Value::Null,
+            lease_until: None,
+            lease_token: 1,
         }
     }
 

@@ -48,6 +48,15 @@ impl From<MongoError> for JobError {
 }
 
 impl JobError {
+    /// Whether the job's lease was lost to another process (its fencing token refused): nothing of it may be
+    /// written any more.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self,
+            JobError::Catalog(ddsvault_catalog::CatalogError::LeaseLost(_))
+        )
+    }
+
     /// The stable code of the failure's source, answered as `ErrorCode` by the task APIs beside the message.
     pub fn code(&self) -> &'static str {
         match self {

@@ -643,7 +643,7 @@ pub(crate) async fn run(
             () = ticker => Err(JobError::Other("the progress ticker stopped".into())),
         }
     };
-    let materialized = match with_heartbeat(runner, job.id, &progress, &work_cancel, work).await {
+    let materialized = match with_heartbeat(runner, job, &progress, &work_cancel, work).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) | Err(e) => {
             let _ = std::fs::remove_dir_all(&staged);
@@ -675,7 +675,13 @@ pub(crate) async fn run(
     // under a job that says Failed.
     runner
         .catalog
-        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .complete_job(
+            job.id,
+            &runner.node_id,
+            job.lease_token,
+            &result,
+            Utc::now(),
+        )
         .await?;
     if let Err(e) = std::fs::remove_dir_all(&staged) {
         tracing::warn!(dir = %staged.display(), error = %e, "could not remove the restore directory");

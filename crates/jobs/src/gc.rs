@@ -871,7 +871,8 @@ mod tests {
             })
             .await
             .expect("job");
-        cat.claim_next_job("n", t0())
+        let claimed = cat
+            .claim_next_job("n", t0(), t0() + chrono::Duration::seconds(30))
             .await
             .expect("claim")
             .expect("claimed");
@@ -891,6 +892,7 @@ mod tests {
         cat.complete_backup(
             job.id,
             "n",
+            claimed.lease_token,
             &BackupCompletion {
                 end_time: t0(),
                 expire_time: days
@@ -1086,7 +1088,8 @@ mod tests {
             panic!("slot not created");
         };
         let (job, b) = *created;
-        cat.claim_next_job("n", slot)
+        let claimed = cat
+            .claim_next_job("n", slot, slot + chrono::Duration::seconds(30))
             .await
             .expect("claim")
             .expect("claimed");
@@ -1100,6 +1103,7 @@ mod tests {
         cat.complete_backup(
             job.id,
             "n",
+            claimed.lease_token,
             &BackupCompletion {
                 end_time: slot,
                 expire_time: slot + chrono::Duration::days(days),
@@ -1423,7 +1427,7 @@ mod tests {
             assert!(has_chunk(&repo, "dds-s", b"orphan").await);
             orphan(&repo, "dds-idle", b"orphan").await;
             if cat
-                .claim_next_job("n", t0())
+                .claim_next_job("n", t0(), t0() + chrono::Duration::seconds(30))
                 .await
                 .expect("claim")
                 .is_none()

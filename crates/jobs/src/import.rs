@@ -6,7 +6,7 @@
 //! 1. the file is verified in full (framing, every namespace's CRC-64, metadata) before anything is written, and
 //!    its oplog window, if any, is read;
 //! 2. a backup job is created already Running under this process's own owner id (no runner can claim it), with a
-//!    heartbeat while it works: if this process dies, a server's recovery fails it after `STALE_AFTER` and removes
+//!    heartbeat while it works: if this process dies, a server's recovery fails it once its lease expires and removes
 //!    its files like any interrupted backup's;
 //! 3. the file is copied into the job's staging area, and the copy is verified again from the repository (it must
 //!    hold the same namespaces and documents as step 1 saw);
@@ -229,6 +229,7 @@ pub async fn import_logical_archive(
         .take(2)
         .collect::<Vec<_>>()
         .join(".");
+    let now = Utc::now();
     let (job, backup) = runner
         .catalog
         .create_claimed_backup_job(
@@ -246,69 +247,87 @@ pub async fn import_logical_archive(
                 now: start_time,
             },
             &runner.node_id,
-            Utc::now(),
+            now,
+            runner.lease_until(now),
         )
         .await?;
-    let progress = Progress::new(job.id);
-    progress.set_phase(Phase::Uploading);
-    let work_cancel = cancel.child_token();
-    let work = store(runner, req, &job, &found, &work_cancel);
-    let stored = match with_heartbeat(runner, job.id, &progress, &work_cancel, work).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) | Err(e) => return Err(fail(runner, &job, e).await),
-    };
+    // The job's lease is renewed while it works; were it lost (this process paused or cut off from the catalog
+    // for longer than the lease, and a server's recovery took the job over), nothing more is written.
+    let lease_cancel = cancel.child_token();
+    let steps = async {
+        let progress = Progress::new(job.id);
+        progress.set_phase(Phase::Uploading);
+        let work_cancel = lease_cancel.child_token();
+        let work = store(runner, req, &job, &found, &work_cancel);
+        let stored = match with_heartbeat(runner, &job, &progress, &work_cancel, work).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) | Err(e) => return Err(e),
+        };
 
-    // 4. Publish as backup jobs do.
-    let archive_name = stored.archive_name.clone();
-    let mut details = serde_json::json!({
-        "archive": archive_name,
-        "compression": compression_name(&req.compression),
-        "format": "mongodump-archive",
-        "documents": summary.documents,
-        "raw_bytes": summary.bytes,
-        "collections": summary.namespaces.iter().filter(|(m, _)| !m.db.is_empty()).count(),
-        "server_version": server_version,
-        "tool_version": summary.header.tool_version,
-        "sha256": stored.sha256,
-        "imported_from": req.file.display().to_string(),
-        "times_from": times_from.as_str(),
-    });
-    if let Some(w) = &found.window {
-        add_oplog_details(&mut details, w.first, w.last, w.entries);
-    }
-    let namespaces = summary
-        .namespaces
-        .iter()
-        .filter(|(m, _)| !m.db.is_empty())
-        .map(|(m, s)| NamespaceEntry {
-            db: m.db.clone(),
-            collection: m.collection.clone(),
-            documents: s.documents,
-            raw_bytes: s.bytes,
-            crc: s.crc,
-        })
-        .collect();
-    let published = publish_logical(
-        runner,
-        &job,
-        backup.id,
-        StagedArchive {
-            staging: stored.staging,
-            staged_archive: stored.staged_archive,
-            archive_name: archive_name.clone(),
-            size: stored.size,
-            sha256: stored.sha256.clone(),
-            databases: databases.clone(),
-            namespaces,
-            details,
-            end_time,
-            expire_time,
-        },
-    )
-    .await;
-    if let Err(e) = published {
-        return Err(fail(runner, &job, e).await);
-    }
+        // 4. Publish as backup jobs do.
+        let archive_name = stored.archive_name.clone();
+        let mut details = serde_json::json!({
+            "archive": archive_name,
+            "compression": compression_name(&req.compression),
+            "format": "mongodump-archive",
+            "documents": summary.documents,
+            "raw_bytes": summary.bytes,
+            "collections": summary.namespaces.iter().filter(|(m, _)| !m.db.is_empty()).count(),
+            "server_version": server_version,
+            "tool_version": summary.header.tool_version,
+            "sha256": stored.sha256,
+            "imported_from": req.file.display().to_string(),
+            "times_from": times_from.as_str(),
+        });
+        if let Some(w) = &found.window {
+            add_oplog_details(&mut details, w.first, w.last, w.entries);
+        }
+        let namespaces = summary
+            .namespaces
+            .iter()
+            .filter(|(m, _)| !m.db.is_empty())
+            .map(|(m, s)| NamespaceEntry {
+                db: m.db.clone(),
+                collection: m.collection.clone(),
+                documents: s.documents,
+                raw_bytes: s.bytes,
+                crc: s.crc,
+            })
+            .collect();
+        let published = publish_logical(
+            runner,
+            &job,
+            backup.id,
+            StagedArchive {
+                staging: stored.staging,
+                staged_archive: stored.staged_archive,
+                archive_name: archive_name.clone(),
+                size: stored.size,
+                sha256: stored.sha256.clone(),
+                databases: databases.clone(),
+                namespaces,
+                details,
+                end_time,
+                expire_time,
+            },
+        )
+        .await;
+        published?;
+        Ok((stored.size, stored.sha256, archive_name))
+    };
+    let (size, sha256, archive_name) = match runner.holding_lease(&job, &lease_cancel, steps).await
+    {
+        // Committed: the catalog accepted this process's token, so the job is its own whatever the renewals
+        // said.
+        (Ok(done), _) => done,
+        // Another process took the job over: it fails the job and removes its files; nothing is written here.
+        (Err(e), lost) if lost || e.is_lease_lost() => {
+            return Err(JobError::Catalog(
+                ddsvault_catalog::CatalogError::LeaseLost(job.id),
+            ))
+        }
+        (Err(e), _) => return Err(fail(runner, &job, e).await),
+    };
     Ok(Imported {
         backup_id: backup.id,
         job_id: job.id,
@@ -317,8 +336,8 @@ pub async fn import_logical_archive(
         expire_time,
         times_from,
         archive_name,
-        size: stored.size,
-        sha256: stored.sha256,
+        size,
+        sha256,
         databases,
         collections: summary
             .namespaces
@@ -334,7 +353,14 @@ pub async fn import_logical_archive(
 async fn fail(runner: &Runner, job: &Job, e: JobError) -> JobError {
     if let Err(ce) = runner
         .catalog
-        .fail_job(job.id, &e.to_string(), Utc::now())
+        .fail_leased_job(
+            job.id,
+            &runner.node_id,
+            job.lease_token,
+            e.code(),
+            &e.to_string(),
+            Utc::now(),
+        )
         .await
     {
         tracing::error!(job_id = job.id, error = %ce, "could not record the import's failure");

@@ -2,7 +2,7 @@
 //! jobs from the catalog and executes them.
 //!
 //! Jobs live in the catalog, never only in memory: any ddsvault process sharing the catalog can claim a pending
-//! job, and a job whose process died is failed by the next process that starts (or notices its stale heartbeat).
+//! job, and a job whose process died (its lease expired) is taken over and failed by any other process.
 #![forbid(unsafe_code)]
 
 mod backup;
@@ -32,6 +32,6 @@ pub use events::{Event, EventSink, JobOutcome};
 pub use gc::{Clock, Gc, ManualClock, SystemClock};
 pub use instances::InstanceIds;
 pub use restore::{archive_opener, compression_of};
-pub use runner::{BackupSettings, InstanceSpec, Runner};
+pub use runner::{BackupSettings, InstanceSpec, Runner, DEFAULT_LEASE, MIN_LEASE};
 pub use scheduler::Scheduler;
 pub use tasks::Tasks;

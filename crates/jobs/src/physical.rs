@@ -292,7 +292,7 @@ async fn run_job(
         }
         Ok::<_, JobError>(stored)
     };
-    let stored = with_heartbeat(runner, job.id, &progress, &work_cancel, work).await??;
+    let stored = with_heartbeat(runner, job, &progress, &work_cancel, work).await??;
     progress.set_phase(Phase::Uploading);
 
     let mut manifest_files = Vec::new();
@@ -398,7 +398,7 @@ async fn complete(
     let usage = crate::storage::measure(&runner.repo, &job.instance_id, prefix).await?;
     if let Err(e) = runner
         .catalog
-        .complete_backup_with_storage(job.id, &runner.node_id, &done, &usage)
+        .complete_backup_with_storage(job.id, &runner.node_id, job.lease_token, &done, &usage)
         .await
     {
         // Whoever took the job from us also owns the cleanup; our files must not look complete.

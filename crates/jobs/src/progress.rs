@@ -175,14 +175,14 @@ pub fn percent_in(range: std::ops::Range<i32>, done: u64, total: u64) -> i32 {
 /// disk that hangs), `cancel` stops the work and the job ends with that error.
 pub(crate) async fn with_heartbeat<T>(
     runner: &Runner,
-    job_id: i64,
+    job: &ddsvault_catalog::Job,
     progress: &Progress,
     cancel: &CancellationToken,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, JobError> {
     tokio::select! {
         r = work => Ok(r),
-        lost = heartbeat_loop(runner, job_id, progress, cancel) => {
+        lost = heartbeat_loop(runner, job, progress, cancel) => {
             cancel.cancel();
             Err(lost)
         }
@@ -193,7 +193,7 @@ pub(crate) async fn with_heartbeat<T>(
 /// ours, the catalog keeps failing, or its progress stalled.
 async fn heartbeat_loop(
     runner: &Runner,
-    job_id: i64,
+    job: &ddsvault_catalog::Job,
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> JobError {
@@ -225,13 +225,19 @@ async fn heartbeat_loop(
         let detail = serde_json::to_value(&last.0).unwrap_or(serde_json::Value::Null);
         match runner
             .catalog
-            .heartbeat_with_detail(job_id, &runner.node_id, last.1, &detail, Utc::now())
+            .heartbeat_with_detail(
+                job.id,
+                &runner.node_id,
+                job.lease_token,
+                last.1,
+                &detail,
+                Utc::now(),
+            )
             .await
         {
-            Ok(true) => failures = 0,
-            Ok(false) => {
-                return JobError::Cancelled("the job was taken over or failed by recovery".into())
-            }
+            Ok(()) => failures = 0,
+            // Taken over by another process (this one's lease expired): stop, and write nothing more.
+            Err(e @ ddsvault_catalog::CatalogError::LeaseLost(_)) => return JobError::Catalog(e),
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, "heartbeat failed");

@@ -597,7 +597,7 @@ pub(crate) async fn run(
                     () = ticker => Err(JobError::Other("the progress ticker stopped".into())),
                 }
             };
-            let m = with_heartbeat(runner, job.id, &progress, &work_cancel, work).await??;
+            let m = with_heartbeat(runner, job, &progress, &work_cancel, work).await??;
             result["files"] = serde_json::json!(m.files);
             result["bytes"] = serde_json::json!(m.bytes);
             prov.start(&inst.id, inst.port, &dir).await?;
@@ -626,7 +626,13 @@ pub(crate) async fn run(
         .await?;
     runner
         .catalog
-        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .complete_job(
+            job.id,
+            &runner.node_id,
+            job.lease_token,
+            &result,
+            Utc::now(),
+        )
         .await?;
     tracing::info!(instance = %inst.id, backup_id, "provisioned instance running");
     Ok(())

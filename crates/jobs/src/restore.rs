@@ -135,7 +135,13 @@ pub(crate) async fn run(
     let result = logical_into(runner, job, &backup, &spec.uri, cancel).await?;
     runner
         .catalog
-        .complete_job(job.id, &runner.node_id, &result, Utc::now())
+        .complete_job(
+            job.id,
+            &runner.node_id,
+            job.lease_token,
+            &result,
+            Utc::now(),
+        )
         .await?;
     Ok(())
 }
@@ -231,8 +237,7 @@ pub(crate) async fn logical_into(
         &progress,
         &restore_cancel,
     );
-    let summary = match with_heartbeat(runner, job.id, &job_progress, &restore_cancel, restore)
-        .await?
+    let summary = match with_heartbeat(runner, job, &job_progress, &restore_cancel, restore).await?
     {
         Ok(s) => s,
         // FerretDB 1.24 (SQLite) sometimes refuses createIndexes on a collection it has just dropped and
@@ -248,7 +253,7 @@ pub(crate) async fn logical_into(
                 &progress,
                 &restore_cancel,
             );
-            with_heartbeat(runner, job.id, &job_progress, &restore_cancel, again).await??
+            with_heartbeat(runner, job, &job_progress, &restore_cancel, again).await??
         }
         Err(e) => return Err(e.into()),
     };

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use ddsvault_catalog::{Catalog, Job};
+use chrono::{DateTime, Utc};
+use ddsvault_catalog::{Catalog, CatalogError, Job};
 use ddsvault_repo::Repository;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -17,8 +17,11 @@ use crate::{JobError, Tasks};
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a running job refreshes its heartbeat and progress in the catalog.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// A running job whose heartbeat is older than this is considered orphaned by a dead process.
-pub const STALE_AFTER: Duration = Duration::from_secs(120);
+/// Default `[jobs] lease_secs`: how long a claimed job stays its process's without a renewal. A process that dies
+/// (or is paused, or cut off from the catalog) loses its jobs to the recovery of the others after this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The shortest lease accepted: renewals go out every third of it, and need a few round trips of margin.
+pub const MIN_LEASE: Duration = Duration::from_secs(2);
 
 /// What the runner needs to know of an instance.
 #[derive(Clone)]
@@ -67,6 +70,8 @@ pub struct Runner {
     provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
     /// Where jobs may run: instance pins, draining, and the count of running jobs (see [`Placement`]).
     placement: Placement,
+    /// The lease a claim takes, renewed every third of it while the job runs ([`Runner::holding_lease`]).
+    lease: Duration,
 }
 
 /// Which jobs this node takes (issue 19): an instance pinned to another node (`node =` in its configuration) is
@@ -101,6 +106,7 @@ impl Runner {
             events: crate::events::Events::default(),
             provisioner: std::sync::OnceLock::new(),
             placement: Placement::default(),
+            lease: DEFAULT_LEASE,
         }
     }
 
@@ -183,9 +189,10 @@ impl Runner {
     async fn claim_placed(&self) -> Result<Option<Job>, ddsvault_catalog::CatalogError> {
         loop {
             let skip = self.skip_instances();
+            let now = Utc::now();
             let Some(job) = self
                 .catalog
-                .claim_next_job_placed(&self.node_id, Utc::now(), &skip)
+                .claim_next_job_placed(&self.node_id, now, self.lease_until(now), &skip)
                 .await?
             else {
                 return Ok(None);
@@ -201,6 +208,29 @@ impl Runner {
                 .insert(job.instance_id.clone());
             self.catalog.release_job(job.id, &self.node_id).await?;
         }
+    }
+
+    /// Sets the job lease (`[jobs] lease_secs`; at least [`MIN_LEASE`]).
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(MIN_LEASE);
+        self
+    }
+
+    /// The job lease.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How often [`Runner::recover_expired`] should run: a fraction of the lease, so that a dead process's job is
+    /// taken over at most this long after its lease ran out (bound: lease + this + the clean-up).
+    pub fn recovery_interval(&self) -> Duration {
+        (self.lease / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
+    /// The end of a lease taken or renewed at `now`.
+    pub(crate) fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30))
     }
 
     /// Reports every finished job to `sink` from now on (set once).
@@ -270,26 +300,131 @@ impl Runner {
         self.wake.notify_one();
     }
 
-    /// Fails the jobs a previous life of this node (or a dead node) left running and removes their partial files.
-    /// Called once at start, before serving. Returns the jobs it failed: the chunks a crashed snapshot wrote are
-    /// not under its prefixes, and go with [`crate::Gc::sweep_after_crash`].
+    /// Takes over and fails the jobs a previous life of this node left running, and those of any node whose lease
+    /// expired, and removes their partial files. Called once at start, before serving. Jobs other live processes
+    /// hold (their lease is live) are never touched. Returns the jobs it failed: the chunks a crashed snapshot
+    /// wrote are not under its prefixes, and go with [`crate::Gc::sweep_after_crash`].
     ///
     /// # Errors
     /// Catalog errors. Failing to delete leftover files is logged, not fatal: the files are unreachable (no
-    /// catalog row points at them as Success) and are retried at the next start.
+    /// catalog row points at them as Success).
     pub async fn recover(&self) -> Result<Vec<Job>, JobError> {
+        self.recover_leases(true).await
+    }
+
+    /// [`Runner::recover`] for the jobs of other nodes whose lease expired, run continuously by every process
+    /// (every [`Runner::recovery_interval`]): a dead process's jobs are failed and cleaned up within the lease and
+    /// that interval, without waiting for a process to start.
+    ///
+    /// # Errors
+    /// Catalog errors (the next round retries).
+    pub async fn recover_expired(&self) -> Result<Vec<Job>, JobError> {
+        self.recover_leases(false).await
+    }
+
+    async fn recover_leases(&self, own_previous_life: bool) -> Result<Vec<Job>, JobError> {
         let now = Utc::now();
-        let stale =
-            now - chrono::Duration::from_std(STALE_AFTER).unwrap_or(chrono::Duration::minutes(2));
-        let jobs = self
+        let taken = self
             .catalog
-            .recover_interrupted(&self.node_id, stale, now)
+            .recover_expired(&self.node_id, now, self.lease_until(now), own_previous_life)
             .await?;
-        for job in &jobs {
-            tracing::warn!(job_id = job.id, instance = %job.instance_id, "failed a job interrupted by a stop");
-            self.remove_job_files(job).await;
+        let mut failed = Vec::with_capacity(taken.len());
+        for r in taken {
+            let job = r.job;
+            let previous = r.previous_owner.unwrap_or_default();
+            let reason = if previous == self.node_id {
+                "interrupted: the ddsvault process running this job stopped before it finished"
+                    .to_string()
+            } else {
+                format!(
+                    "interrupted: node {previous} stopped renewing the job's lease (it stopped, was paused or lost \
+                     the catalog) before the job finished"
+                )
+            };
+            tracing::warn!(job_id = job.id, instance = %job.instance_id, previous_owner = %previous,
+                "took over a job whose lease expired: removing its files and failing it");
+            // The clean-up holds the lease it took: were this process to die meanwhile, another one takes the job
+            // over again and repeats the (idempotent) clean-up.
+            let cancel = CancellationToken::new();
+            let ((), lost) = self
+                .holding_lease(&job, &cancel, self.remove_job_files(&job))
+                .await;
+            if lost {
+                continue;
+            }
+            match self
+                .catalog
+                .fail_leased_job(
+                    job.id,
+                    &self.node_id,
+                    job.lease_token,
+                    ddsvault_catalog::JOB_INTERRUPTED_CODE,
+                    &reason,
+                    Utc::now(),
+                )
+                .await
+            {
+                Ok(()) => failed.push(job),
+                Err(CatalogError::LeaseLost(_)) => {
+                    tracing::warn!(
+                        job_id = job.id,
+                        "lost the lease of a recovered job to another process"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(jobs)
+        Ok(failed)
+    }
+
+    /// Runs `work` on `job` while renewing its lease every third of the lease. If the lease is lost (another
+    /// process took the job over after it expired: this one was paused, or cut off from the catalog for longer than
+    /// the lease), `cancel` is cancelled, the work is awaited to its end, and the second value is true: the caller
+    /// must then write nothing of the job to the catalog (every write would be refused by its fencing token
+    /// anyway). A renewal the catalog does not answer is retried; once a whole lease passed without one, the lease
+    /// is presumed lost too.
+    pub(crate) async fn holding_lease<T>(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, bool) {
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => (out, false),
+            () = self.keep_lease(job) => {
+                cancel.cancel();
+                (work.await, true)
+            }
+        }
+    }
+
+    /// Renews `job`'s lease until it is lost; never returns otherwise.
+    async fn keep_lease(&self, job: &Job) {
+        let every = self.lease / 3;
+        let mut renewed = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let until = self.lease_until(Utc::now());
+            match self
+                .catalog
+                .renew_lease(job.id, &self.node_id, job.lease_token, until)
+                .await
+            {
+                Ok(()) => renewed = std::time::Instant::now(),
+                Err(CatalogError::LeaseLost(_)) => {
+                    tracing::warn!(job_id = job.id, "lease lost: another process took the job over; stopping it without committing anything");
+                    return;
+                }
+                Err(e) => {
+                    if renewed.elapsed() >= self.lease {
+                        tracing::warn!(job_id = job.id, error = %e, "could not renew the lease for a whole lease period; stopping the job without committing anything");
+                        return;
+                    }
+                    tracing::warn!(job_id = job.id, error = %e, "could not renew the job's lease; retrying");
+                }
+            }
+        }
     }
 
     /// Deletes everything a backup job may have written: its staging area and its (never completed) backup
@@ -408,16 +543,46 @@ impl Runner {
         let span = tracing::info_span!("job", job_id = job.id, instance = %job.instance_id, kind = %job.kind);
         async {
             tracing::info!("job started");
-            let result = match job.kind.as_str() {
-                "backup" => crate::backup::run(self, &job, &cancel).await,
-                "restore" => crate::restore::run(self, &job, &cancel).await,
-                "provision" => crate::provision::run(self, &job, &cancel).await,
-                other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
+            // The work's own token: cancelled by shutdown (its parent) or by the loss of the lease.
+            let work_cancel = cancel.child_token();
+            let work = async {
+                match job.kind.as_str() {
+                    "backup" => crate::backup::run(self, &job, &work_cancel).await,
+                    "restore" => crate::restore::run(self, &job, &work_cancel).await,
+                    "provision" => crate::provision::run(self, &job, &work_cancel).await,
+                    other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
+                }
             };
-            self.settle(&job, result, &cancel).await;
+            let (result, lost) = self.holding_lease(&job, &work_cancel, work).await;
+            // A result the catalog accepted passed the fencing check: it stands even if a renewal failed since.
+            if result.as_ref().is_err_and(|e| lost || e.is_lease_lost()) {
+                self.lease_lost(&job).await;
+                return;
+            }
+            // Still renewed while a failed job's files are removed: a long clean-up must not let the lease run out.
+            let settle_cancel = CancellationToken::new();
+            self.holding_lease(&job, &settle_cancel, self.settle(&job, result, &cancel))
+                .await;
         }
         .instrument(span)
         .await;
+    }
+
+    /// The end of a job whose lease another process took over: nothing is written to the catalog (the new holder
+    /// fails the job and removes its repository files). Only this host's scratch space of a file-level backup goes,
+    /// which no other process can reach.
+    async fn lease_lost(&self, job: &Job) {
+        tracing::warn!(
+            "job stopped: its lease was lost to another process, which records its outcome"
+        );
+        if job.kind == "backup" {
+            let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
+            if let Err(e) = std::fs::remove_dir_all(&scratch) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %scratch.display(), error = %e, "could not remove scratch files");
+                }
+            }
+        }
     }
 
     async fn settle(&self, job: &Job, result: Result<(), JobError>, cancel: &CancellationToken) {
@@ -427,8 +592,9 @@ impl Runner {
                 self.report(job, None).await;
             }
             Err(e) => {
-                // A job cancelled by shutdown stays Running in the catalog: the next start fails it and cleans
-                // up (recover), which is the same path as a crash, so there is only one way out.
+                // A job cancelled by shutdown stays Running in the catalog: once its lease expires, recovery (of
+                // another process, or of the next start) fails it and cleans up, the same path as a crash, so
+                // there is only one way out.
                 if cancel.is_cancelled() {
                     tracing::warn!(error = %e, "job interrupted by shutdown");
                     return;
@@ -440,12 +606,24 @@ impl Runner {
                 } else {
                     self.remove_job_files(job).await;
                 }
-                if let Err(ce) = self
+                match self
                     .catalog
-                    .fail_job_with_code(job.id, e.code(), &e.to_string(), Utc::now())
+                    .fail_leased_job(
+                        job.id,
+                        &self.node_id,
+                        job.lease_token,
+                        e.code(),
+                        &e.to_string(),
+                        Utc::now(),
+                    )
                     .await
                 {
-                    tracing::error!(error = %ce, "could not record the job failure");
+                    Ok(()) => {}
+                    Err(CatalogError::LeaseLost(_)) => {
+                        tracing::warn!("the job's lease was lost before its failure was recorded; the new holder records it");
+                        return;
+                    }
+                    Err(ce) => tracing::error!(error = %ce, "could not record the job failure"),
                 }
                 self.report(job, Some((e.code(), e.to_string()))).await;
             }

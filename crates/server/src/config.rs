@@ -73,6 +73,9 @@ pub struct Config {
     /// Backup engine tuning.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// Job leases (docs/deployment.md).
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Retention clean-up.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -514,6 +517,37 @@ impl Default for BackupConfig {
             max_concurrent_jobs: default_jobs(),
             stall_timeout_secs: default_stall_timeout(),
         }
+    }
+}
+
+/// `[jobs]`: how long a claimed job stays its process's without renewal (docs/deployment.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A process renews the lease of each job it runs every third of this; a job whose lease ran out (its process
+    /// died, was paused or lost the catalog) is taken over and failed by any process within this plus
+    /// min(half of it, 5) seconds. 2..=3600, default 30. Clocks of the processes sharing a catalog must agree to
+    /// well within it.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    ddsvault_jobs::DEFAULT_LEASE.as_secs()
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The lease as a duration.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
     }
 }
 
@@ -1187,6 +1221,12 @@ impl Config {
         if self.backup.max_concurrent_jobs == 0 || self.backup.max_concurrent_jobs > 64 {
             return err("backup.max_concurrent_jobs must be 1..=64".into());
         }
+        if !(2..=3600).contains(&self.jobs.lease_secs) {
+            return err(format!(
+                "jobs.lease_secs = {} is outside 2..=3600",
+                self.jobs.lease_secs
+            ));
+        }
         if !(1..=86_400).contains(&self.retention.gc_interval_secs) {
             return err(format!(
                 "retention.gc_interval_secs = {} is outside 1..=86400",
@@ -1467,6 +1507,27 @@ mod tests {
         assert_eq!(c.instances[0].data_path, Some(dir.path().join("../node")));
         // Without a file, the embedded defaults stay relative to the working directory.
         assert_eq!(Config::default().data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn job_lease_defaults_to_30_s_and_is_bounded() {
+        assert_eq!(
+            Config::parse("").expect("empty").jobs.lease(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            Config::parse("[jobs]\nlease_secs = 3\n")
+                .expect("short")
+                .jobs
+                .lease_secs,
+            3
+        );
+        for bad in ["0", "1", "3601"] {
+            let e = Config::parse(&format!("[jobs]\nlease_secs = {bad}\n"))
+                .expect_err("out of range")
+                .to_string();
+            assert!(e.contains("jobs.lease_secs"), "{e}");
+        }
     }
 
     #[test]

@@ -233,19 +233,22 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         node_id: node_id.clone(),
         settings: cfg.log_backup.settings(),
     });
-    let runner = Arc::new(Runner::new(
-        Arc::clone(&catalog),
-        repo.clone(),
-        Arc::new(specs),
-        node_id.clone(),
-        BackupSettings {
-            compression,
-            parallel_collections: cfg.backup.parallel_collections,
-            scratch_dir: cfg.data_dir.join("scratch"),
-            stall_timeout: Duration::from_secs(cfg.backup.stall_timeout_secs),
-        },
-        cfg.backup.max_concurrent_jobs,
-    ));
+    let runner = Arc::new(
+        Runner::new(
+            Arc::clone(&catalog),
+            repo.clone(),
+            Arc::new(specs),
+            node_id.clone(),
+            BackupSettings {
+                compression,
+                parallel_collections: cfg.backup.parallel_collections,
+                scratch_dir: cfg.data_dir.join("scratch"),
+                stall_timeout: Duration::from_secs(cfg.backup.stall_timeout_secs),
+            },
+            cfg.backup.max_concurrent_jobs,
+        )
+        .with_lease(cfg.jobs.lease()),
+    );
     runner.set_pins(
         cfg.instances
             .iter()
@@ -294,15 +297,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         .with_audit_retention(cfg.retention.audit_retention_days),
     );
     // The chunks of a snapshot that crashed: its job is failed now, so they need not wait for the grace period.
-    let crashed_snapshots: std::collections::BTreeSet<&str> = recovered
-        .iter()
-        .filter(|j| {
-            j.kind == "backup"
-                && j.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot")
-        })
-        .map(|j| j.instance_id.as_str())
-        .collect();
-    for instance in crashed_snapshots {
+    for instance in crashed_snapshots(&recovered) {
         gc.sweep_after_crash(instance).await;
     }
     let scheduler = cfg.scheduler.enabled.then(|| {
@@ -546,6 +541,26 @@ impl Prepared {
         let tasks = self.tasks.clone();
         self.tasks
             .spawn("job-runner", move |token| runner.run(tasks, token));
+        // Every process recovers the jobs whose lease expired (their process died, was paused or lost the
+        // catalog), continuously: a dead node's job is failed and cleaned up within the lease and one interval.
+        let (runner, gc) = (Arc::clone(&self.state.runner), Arc::clone(&self.gc));
+        self.tasks.spawn("lease-recovery", move |token| async move {
+            let every = runner.recovery_interval();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(every) => {}
+                }
+                match runner.recover_expired().await {
+                    Ok(jobs) => {
+                        for instance in crashed_snapshots(&jobs) {
+                            gc.sweep_after_crash(instance).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease recovery failed; retrying"),
+                }
+            }
+        });
         let gc = Arc::clone(&self.gc);
         let lock_interval = gc.interval();
         self.tasks.spawn("retention-gc", move |token| gc.run(token));
@@ -689,4 +704,15 @@ impl Prepared {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The instances whose Snapshot backup recovery just failed (each once): their orphan chunks can be swept at once.
+fn crashed_snapshots(jobs: &[ddsvault_catalog::Job]) -> std::collections::BTreeSet<&str> {
+    jobs.iter()
+        .filter(|j| {
+            j.kind == "backup"
+                && j.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot")
+        })
+        .map(|j| j.instance_id.as_str())
+        .collect()
 }

@@ -390,7 +390,7 @@ pub async fn import(
         data_path: inst.data_path.clone(),
     };
     // An owner id of its own: a server sharing the catalog neither claims this job nor mistakes it for one its
-    // previous life left running (it fails it only once its heartbeat is stale, i.e. this process died).
+    // previous life left running (it fails it only once its lease expired, i.e. this process died or was stuck).
     let node_id = format!("import-{}", hex::encode(rand::random::<[u8; 6]>()));
     let runner = ddsvault_jobs::Runner::new(
         catalog,
@@ -404,7 +404,8 @@ pub async fn import(
             stall_timeout: std::time::Duration::from_secs(cfg.backup.stall_timeout_secs),
         },
         1,
-    );
+    )
+    .with_lease(cfg.jobs.lease());
     let req = ddsvault_jobs::import::ImportRequest {
         instance_id: instance_id.to_string(),
         file: file.to_path_buf(),

@@ -62,7 +62,7 @@ pub struct Runner {
     pub(crate) settings: BackupSettings,
     wake: Notify,
     slots: Arc<Semaphore>,
-    events: crate::events::Events,
+    pub(crate) events: crate::events::Events,
     /// Starts and stops the server processes of provisioned instances (`[provisioning]`); unset without it.
     provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
 }
@@ -262,6 +262,7 @@ impl Runner {
                 "backup" => crate::backup::run(self, &job, &cancel).await,
                 "restore" => crate::restore::run(self, &job, &cancel).await,
                 "provision" => crate::provision::run(self, &job, &cancel).await,
+                crate::drill::KIND => crate::drill::run(self, &job, &cancel).await,
                 other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
             };
             self.settle(&job, result, &cancel).await;

@@ -4,6 +4,7 @@
 
 mod advanced;
 pub(crate) mod backup;
+mod drill;
 mod instance;
 mod pitr;
 mod policy;
@@ -75,6 +76,9 @@ actions!(
     CreateDBInstance,
     DeleteDBInstance,
     DescribeRestoreDBInstanceList,
+    // ddsvault extension: restore drills (docs/drills.md).
+    StartRestoreDrill,
+    DescribeRestoreDrills,
 );
 
 impl Action {
@@ -84,7 +88,11 @@ impl Action {
         match self {
             Action::DescribeBackupDBs | Action::CheckRecoveryCondition => &["SourceDBInstance"],
             Action::CreateDBInstance => &["SrcDBInstanceId"],
-            Action::RestoreDBInstance => &["DBInstanceId", "TargetDBInstanceId"],
+            Action::RestoreDBInstance | Action::StartRestoreDrill => {
+                &["DBInstanceId", "TargetDBInstanceId"]
+            }
+            // A drill target's contents are replaced by every drill: pointing drills at it needs access to it.
+            Action::ModifyBackupPolicy => &["DBInstanceId", "RestoreDrillTarget"],
             _ => &["DBInstanceId"],
         }
     }
@@ -128,6 +136,8 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
         Action::DescribeRestoreDBInstanceList => {
             provision::describe_restore_db_instance_list(st, p).await
         }
+        Action::StartRestoreDrill => drill::start_restore_drill(st, p).await,
+        Action::DescribeRestoreDrills => drill::describe_restore_drills(st, p).await,
         other => Err(ActionError::ActionNotImplemented(other.name().to_string()).into()),
     }
 }

@@ -65,7 +65,8 @@ def wait_drill(server, backup_id: str, timeout: float = 120.0) -> dict:
         if got:
             return got[0]
         time.sleep(0.3)
-    raise AssertionError(f"no drill of backup {backup_id} recorded within {timeout}s")
+    raise AssertionError(f"no drill of backup {backup_id} recorded within {timeout}s; server log:\n"
+                         + server.stderr()[-4000:])
 
 
 def drill_status(server, backup_id: str) -> str:

@@ -22,3 +22,8 @@ CREATE TABLE restore_drills (
 );
 CREATE INDEX restore_drills_instance ON restore_drills (instance_id, id);
 CREATE INDEX restore_drills_backup ON restore_drills (backup_id, id);
+
+-- Drill slots are taken in schedule_runs like backup slots (schedule 'drill'): the schedule's CHECK gains the value.
+ALTER TABLE schedule_runs DROP CONSTRAINT schedule_runs_schedule_check;
+ALTER TABLE schedule_runs ADD CONSTRAINT schedule_runs_schedule_check
+    CHECK (schedule IN ('standard', 'high_frequency', 'drill'));

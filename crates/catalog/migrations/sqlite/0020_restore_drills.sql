@@ -31,3 +31,22 @@ CREATE TABLE restore_drills (
 );
 CREATE INDEX restore_drills_instance ON restore_drills (instance_id, id);
 CREATE INDEX restore_drills_backup ON restore_drills (backup_id, id);
+
+-- Drill slots are taken in schedule_runs like backup slots (schedule 'drill', keyed by the drilled instance): the
+-- schedule's CHECK gains the value. SQLite cannot alter a CHECK, so the table is rebuilt as 0006 did.
+CREATE TABLE schedule_runs_new (
+    instance_id TEXT NOT NULL,
+    schedule    TEXT NOT NULL DEFAULT 'standard' CHECK (schedule IN ('standard', 'high_frequency', 'drill')),
+    slot_start  INTEGER NOT NULL,
+    owner       TEXT NOT NULL,
+    claimed_at  INTEGER NOT NULL,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('Created', 'Skipped')),
+    job_id      INTEGER,
+    detail      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (instance_id, schedule, slot_start)
+);
+INSERT INTO schedule_runs_new (instance_id, schedule, slot_start, owner, claimed_at, outcome, job_id, detail)
+    SELECT instance_id, schedule, slot_start, owner, claimed_at, outcome, job_id, detail FROM schedule_runs;
+DROP TABLE schedule_runs;
+ALTER TABLE schedule_runs_new RENAME TO schedule_runs;
+CREATE INDEX schedule_runs_job ON schedule_runs(job_id);

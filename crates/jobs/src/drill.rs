@@ -187,7 +187,7 @@ pub async fn read_back(
     {
         out.checksum.add(cursor.current().as_bytes());
         out.documents += 1;
-        if out.documents % 1000 == 0 {
+        if out.documents.is_multiple_of(1000) {
             progress.docs(docs_before + out.documents, 0);
         }
     }

@@ -61,6 +61,7 @@ pub async fn run_all(cat: Catalog) {
     stats(&cat).await;
     storage_usage(&cat).await;
     provisioned_instances(&cat).await;
+    restore_drills(&cat).await;
     nodes::run_all(&cat).await;
     registered_instances(&cat).await;
 }
@@ -2351,4 +2352,156 @@ async fn storage_usage(cat: &Catalog) {
         .await
         .expect("add");
     assert_eq!(cat.storage_usage(inst).await.expect("usage"), usage(57, 41));
+}
+
+async fn restore_drills(cat: &Catalog) {
+    use crate::{
+        DrillFilter, DrillPolicy, DrillResult, NewRestoreDrill, ScheduledDrill, SCHEDULE_DRILL,
+    };
+    let t = |s: i64| {
+        Utc.timestamp_opt(1_970_000_000 + s, 0)
+            .single()
+            .expect("time")
+    };
+    // Settings: none, stored, replaced, listed.
+    assert_eq!(cat.get_drill_policy("dds-d1").await.expect("get"), None);
+    let mut p = DrillPolicy {
+        instance_id: "dds-d1".into(),
+        period: "Monday".into(),
+        window: "03:00Z-04:00Z".into(),
+        target: "dds-scratch".into(),
+        updated_at: t(0),
+    };
+    cat.put_drill_policy(&p).await.expect("put");
+    p.period = "Monday,Friday".into();
+    p.updated_at = t(1);
+    cat.put_drill_policy(&p).await.expect("replace");
+    assert_eq!(
+        cat.get_drill_policy("dds-d1").await.expect("get"),
+        Some(p.clone())
+    );
+    let other = DrillPolicy {
+        instance_id: "dds-d0".into(),
+        ..p.clone()
+    };
+    cat.put_drill_policy(&other).await.expect("put");
+    let all = cat.list_drill_policies().await.expect("list");
+    assert_eq!(all, vec![other, p.clone()]);
+
+    // Scheduled drill jobs: one per (source, slot) whatever the callers; the job runs on the scratch target.
+    let job = |source: &str, now: i64| NewJob {
+        kind: "drill".into(),
+        instance_id: "dds-scratch".into(),
+        backup_id: None,
+        mode: "Automated".into(),
+        params: serde_json::json!({"source_instance": source}),
+        now: t(now),
+    };
+    let slot = t(100);
+    let created = cat
+        .create_scheduled_drill_job("dds-d1", slot, "node-a", &job("dds-d1", 101))
+        .await
+        .expect("schedule");
+    let ScheduledDrill::Created(j) = created else {
+        panic!("expected Created, got {created:?}");
+    };
+    assert_eq!(
+        (j.kind.as_str(), j.instance_id.as_str(), j.state),
+        ("drill", "dds-scratch", JobState::Pending)
+    );
+    assert_eq!(
+        cat.create_scheduled_drill_job("dds-d1", slot, "node-b", &job("dds-d1", 102))
+            .await
+            .expect("again"),
+        ScheduledDrill::AlreadyTaken
+    );
+    // Another instance's slot meets the drill still active on the shared scratch target: skipped, recorded.
+    assert_eq!(
+        cat.create_scheduled_drill_job("dds-d0", slot, "node-a", &job("dds-d0", 103))
+            .await
+            .expect("skip"),
+        ScheduledDrill::Skipped {
+            job_id: j.id,
+            kind: "drill".into()
+        }
+    );
+    let runs = cat.list_schedule_runs("dds-d0", 10).await.expect("runs");
+    assert_eq!(
+        (
+            runs.len(),
+            runs[0].schedule.as_str(),
+            runs[0].outcome.as_str(),
+            runs[0].job_id
+        ),
+        (1, SCHEDULE_DRILL, "Skipped", Some(j.id))
+    );
+    let runs = cat.list_schedule_runs("dds-d1", 10).await.expect("runs");
+    assert_eq!(
+        (runs[0].outcome.as_str(), runs[0].job_id),
+        ("Created", Some(j.id))
+    );
+    cat.fail_job(j.id, "test", t(104)).await.expect("end");
+
+    // Drills: recorded with their duration, listed newest first, filtered, newest per instance.
+    let drill = |instance: &str, backup: i64, at: i64, result: DrillResult| NewRestoreDrill {
+        instance_id: instance.into(),
+        backup_id: backup,
+        target: "dds-scratch".into(),
+        job_id: Some(j.id),
+        started_at: t(at),
+        finished_at: t(at) + Duration::milliseconds(2500),
+        result,
+        checksums: result == DrillResult::Passed,
+        detail: serde_json::json!({"collections": [{"db": "app", "collection": "c", "documents": 3}]}),
+    };
+    let first = cat
+        .record_restore_drill(&drill("dds-d1", 11, 200, DrillResult::Passed))
+        .await
+        .expect("record");
+    assert_eq!(
+        (
+            first.duration_ms,
+            first.result,
+            first.checksums,
+            first.job_id
+        ),
+        (2500, DrillResult::Passed, true, Some(j.id))
+    );
+    assert_eq!(first.detail["collections"][0]["documents"], 3);
+    let second = cat
+        .record_restore_drill(&drill("dds-d1", 12, 300, DrillResult::Failed))
+        .await
+        .expect("record");
+    let other = cat
+        .record_restore_drill(&drill("dds-d0", 21, 250, DrillResult::Passed))
+        .await
+        .expect("record");
+    let of_d1 = cat
+        .list_restore_drills(&DrillFilter {
+            instance_id: Some("dds-d1".into()),
+            ..DrillFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(of_d1, vec![second.clone(), first.clone()]);
+    let of_backup = cat
+        .list_restore_drills(&DrillFilter {
+            backup_id: Some(11),
+            ..DrillFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(of_backup, vec![first.clone()]);
+    let limited = cat
+        .list_restore_drills(&DrillFilter {
+            limit: 1,
+            ..DrillFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(limited, vec![other.clone()]);
+    assert_eq!(
+        cat.latest_restore_drills().await.expect("latest"),
+        vec![other, second]
+    );
 }

@@ -372,7 +372,7 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
         expire_time: DateTime<Utc>,
     ) -> Result<(), CatalogError>;
     /// Marks a `Success`, `Failed` (or already `Deleting`) backup `Deleting`, atomically with the check that no
-    /// pending or running restore job reads it. From then on it is not listed, downloaded or restored.
+    /// pending or running restore or drill job reads it. From then on it is not listed, downloaded or restored.
     async fn mark_backup_deleting(&self, backup_id: i64) -> Result<DeleteMark, CatalogError>;
     /// As [`CatalogBackend::mark_backup_deleting`] for a deletion someone asked for (`DeleteBackup`): in the same
     /// transaction, refuses ([`DeleteMark::Locked`]) while the instance's retention lock holds at `now`, so a lock
@@ -615,6 +615,40 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
 
     /// Job and backup counts for `/metrics` ([`CatalogStats`]).
     async fn stats(&self) -> Result<CatalogStats, CatalogError>;
+
+    // Restore drills (docs/drills.md; migration 0020).
+
+    /// The drill settings of an instance.
+    async fn get_drill_policy(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<DrillPolicy>, CatalogError>;
+    /// Stores (replaces) the drill settings of an instance.
+    async fn put_drill_policy(&self, policy: &DrillPolicy) -> Result<(), CatalogError>;
+    /// Every instance's drill settings, by instance id.
+    async fn list_drill_policies(&self) -> Result<Vec<DrillPolicy>, CatalogError>;
+    /// Takes the drill slot `(source, `[`SCHEDULE_DRILL`]`, slot_start)` and creates `job` (whose instance is the
+    /// scratch target), in one transaction, like [`CatalogBackend::create_scheduled_job`]: a slot runs at most
+    /// once whatever the number of processes; a target with an active job gets the slot recorded as skipped.
+    async fn create_scheduled_drill_job(
+        &self,
+        source: &str,
+        slot_start: DateTime<Utc>,
+        owner: &str,
+        job: &NewJob,
+    ) -> Result<ScheduledDrill, CatalogError>;
+    /// Records a finished drill.
+    async fn record_restore_drill(
+        &self,
+        drill: &NewRestoreDrill,
+    ) -> Result<RestoreDrill, CatalogError>;
+    /// Recorded drills matching `filter`, newest first.
+    async fn list_restore_drills(
+        &self,
+        filter: &DrillFilter,
+    ) -> Result<Vec<RestoreDrill>, CatalogError>;
+    /// The newest drill of each instance (metrics, status), by instance id.
+    async fn latest_restore_drills(&self) -> Result<Vec<RestoreDrill>, CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

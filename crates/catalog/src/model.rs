@@ -304,7 +304,7 @@ impl BackupStatus {
 pub enum DeleteMark {
     /// The backup is now (or already was) `Deleting`; its files may be removed, then its row.
     Marked(Box<Backup>),
-    /// A pending or running restore job reads the backup: it was left untouched.
+    /// A pending or running restore (or restore drill) job reads the backup: it was left untouched.
     InUse { job_id: i64 },
     /// The backup is still being taken.
     Running,
@@ -665,4 +665,99 @@ impl std::fmt::Debug for RegisteredInstance {
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
     }
+}
+/// The schedule of restore drills in `schedule_runs` (slots keyed by the drilled instance).
+pub const SCHEDULE_DRILL: &str = "drill";
+
+/// An instance's restore drill settings (docs/drills.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrillPolicy {
+    pub instance_id: String,
+    /// Days like `PreferredBackupPeriod`; empty: no scheduled drill (one can still be started by hand).
+    pub period: String,
+    /// The one-hour window like `PreferredBackupTime`.
+    pub window: String,
+    /// The scratch instance the backup is restored into; its contents are replaced.
+    pub target: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a drill found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrillResult {
+    /// Every collection came back with the recorded count (and checksum, where recorded).
+    Passed,
+    /// The backup did not restore, or restored to something else than it recorded: the backup is unverified.
+    Failed,
+}
+
+impl DrillResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillResult::Passed => "Passed",
+            DrillResult::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Passed" => Some(DrillResult::Passed),
+            "Failed" => Some(DrillResult::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded drill.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoreDrill {
+    pub id: i64,
+    /// The instance the backup is of.
+    pub instance_id: String,
+    pub backup_id: i64,
+    /// The scratch instance it was restored into.
+    pub target: String,
+    pub job_id: Option<i64>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub result: DrillResult,
+    /// Whether checksums were compared (false: counts only, for backups that recorded none).
+    pub checksums: bool,
+    /// The collections compared and the mismatches, or why the restore failed (the jobs layer defines the shape).
+    pub detail: serde_json::Value,
+}
+
+/// A drill to record ([`RestoreDrill`] without its id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRestoreDrill {
+    pub instance_id: String,
+    pub backup_id: i64,
+    pub target: String,
+    pub job_id: Option<i64>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub result: DrillResult,
+    pub checksums: bool,
+    pub detail: serde_json::Value,
+}
+
+/// Which drills [`crate::CatalogBackend::list_restore_drills`] returns, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrillFilter {
+    pub instance_id: Option<String>,
+    pub backup_id: Option<i64>,
+    /// At most this many; 0 means 100.
+    pub limit: u32,
+}
+
+/// Outcome of [`crate::CatalogBackend::create_scheduled_drill_job`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduledDrill {
+    /// The slot was free and the drill job exists now.
+    Created(Box<Job>),
+    /// The slot was already taken (another process, or before a restart).
+    AlreadyTaken,
+    /// The scratch target had an active job: the slot is recorded as skipped.
+    Skipped { job_id: i64, kind: String },
 }

@@ -26,6 +26,8 @@ use crate::{
 };
 use crate::{LogSlice, NewLogSlice};
 
+#[path = "postgres_drills.rs"]
+mod drills;
 #[path = "postgres_identity.rs"]
 mod identity;
 #[path = "postgres_logs.rs"]
@@ -1455,6 +1457,50 @@ impl CatalogBackend for PgCatalog {
         }
     }
 
+    async fn get_drill_policy(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<crate::DrillPolicy>, CatalogError> {
+        self.get_drill_policy_impl(instance_id).await
+    }
+
+    async fn put_drill_policy(&self, policy: &crate::DrillPolicy) -> Result<(), CatalogError> {
+        self.put_drill_policy_impl(policy).await
+    }
+
+    async fn list_drill_policies(&self) -> Result<Vec<crate::DrillPolicy>, CatalogError> {
+        self.list_drill_policies_impl().await
+    }
+
+    async fn create_scheduled_drill_job(
+        &self,
+        source: &str,
+        slot_start: DateTime<Utc>,
+        owner: &str,
+        job: &NewJob,
+    ) -> Result<crate::ScheduledDrill, CatalogError> {
+        self.create_scheduled_drill_job_impl(source, slot_start, owner, job)
+            .await
+    }
+
+    async fn record_restore_drill(
+        &self,
+        drill: &crate::NewRestoreDrill,
+    ) -> Result<crate::RestoreDrill, CatalogError> {
+        self.record_restore_drill_impl(drill).await
+    }
+
+    async fn list_restore_drills(
+        &self,
+        filter: &crate::DrillFilter,
+    ) -> Result<Vec<crate::RestoreDrill>, CatalogError> {
+        self.list_restore_drills_impl(filter).await
+    }
+
+    async fn latest_restore_drills(&self) -> Result<Vec<crate::RestoreDrill>, CatalogError> {
+        self.latest_restore_drills_impl().await
+    }
+
     async fn create_provisioned_instance(
         &self,
         new: &crate::NewProvisionedInstance,
@@ -1812,7 +1858,7 @@ impl PgCatalog {
         }
         let updated = query(&format!(
             "UPDATE backups SET status = 'Deleting' WHERE id = ? AND status IN ('Success', 'Failed', 'Deleting') \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind IN ('restore', 'drill') AND backup_id = ? \
                              AND state IN ('Pending', 'Running')) \
              RETURNING {BACKUP_COLUMNS}"
         ))
@@ -1834,7 +1880,7 @@ impl PgCatalog {
                 Some("Running") => DeleteMark::Running,
                 Some(_) => {
                     let job_id: i64 = query(
-                        "SELECT id FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                        "SELECT id FROM jobs WHERE kind IN ('restore', 'drill') AND backup_id = ? \
                          AND state IN ('Pending', 'Running') ORDER BY id LIMIT 1",
                     )
                     .bind(backup_id)

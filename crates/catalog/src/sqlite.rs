@@ -22,6 +22,8 @@ use crate::{
 };
 use crate::{LogSlice, NewLogSlice};
 
+#[path = "sqlite_drills.rs"]
+mod drills;
 #[path = "sqlite_fast.rs"]
 mod fast;
 #[path = "sqlite_identity.rs"]
@@ -1360,6 +1362,50 @@ impl CatalogBackend for SqliteCatalog {
         self.delete_log_slice_impl(id).await
     }
 
+    async fn get_drill_policy(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<crate::DrillPolicy>, CatalogError> {
+        self.get_drill_policy_impl(instance_id).await
+    }
+
+    async fn put_drill_policy(&self, policy: &crate::DrillPolicy) -> Result<(), CatalogError> {
+        self.put_drill_policy_impl(policy).await
+    }
+
+    async fn list_drill_policies(&self) -> Result<Vec<crate::DrillPolicy>, CatalogError> {
+        self.list_drill_policies_impl().await
+    }
+
+    async fn create_scheduled_drill_job(
+        &self,
+        source: &str,
+        slot_start: DateTime<Utc>,
+        owner: &str,
+        job: &NewJob,
+    ) -> Result<crate::ScheduledDrill, CatalogError> {
+        self.create_scheduled_drill_job_impl(source, slot_start, owner, job)
+            .await
+    }
+
+    async fn record_restore_drill(
+        &self,
+        drill: &crate::NewRestoreDrill,
+    ) -> Result<crate::RestoreDrill, CatalogError> {
+        self.record_restore_drill_impl(drill).await
+    }
+
+    async fn list_restore_drills(
+        &self,
+        filter: &crate::DrillFilter,
+    ) -> Result<Vec<crate::RestoreDrill>, CatalogError> {
+        self.list_restore_drills_impl(filter).await
+    }
+
+    async fn latest_restore_drills(&self) -> Result<Vec<crate::RestoreDrill>, CatalogError> {
+        self.latest_restore_drills_impl().await
+    }
+
     async fn create_provisioned_instance(
         &self,
         new: &crate::NewProvisionedInstance,
@@ -1736,7 +1782,7 @@ impl SqliteCatalog {
         }
         let updated = sqlx::query(&format!(
             "UPDATE backups SET status = 'Deleting' WHERE id = ? AND status IN ('Success', 'Failed', 'Deleting') \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind IN ('restore', 'drill') AND backup_id = ? \
                              AND state IN ('Pending', 'Running')) \
              RETURNING {BACKUP_COLUMNS}"
         ))
@@ -1758,7 +1804,7 @@ impl SqliteCatalog {
                 Some("Running") => DeleteMark::Running,
                 Some(_) => {
                     let job_id: i64 = sqlx::query(
-                        "SELECT id FROM jobs WHERE kind = 'restore' AND backup_id = ? \
+                        "SELECT id FROM jobs WHERE kind IN ('restore', 'drill') AND backup_id = ? \
                          AND state IN ('Pending', 'Running') ORDER BY id LIMIT 1",
                     )
                     .bind(backup_id)

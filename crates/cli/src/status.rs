@@ -183,6 +183,7 @@ async fn instance_status(
             }
         }
     }
+    let drill = last_drill(client, id).await?;
     let policy = part(client, "DescribeBackupPolicy", id, &mut errors).await?;
     let pol = |k: &str| policy.as_ref().map(|p| field(&Value::Object(p.clone()), k));
     Ok(json!({
@@ -196,8 +197,41 @@ async fn instance_status(
         "AutomaticBackup": pol("AutomaticBackup"),
         "NextBackupTime": pol("PreferredNextBackupTime"),
         "FailuresLast24h": failures,
+        "LastRestoreDrill": drill,
         "Errors": errors,
     }))
+}
+
+/// The instance's newest restore drill (docs/drills.md), `null` when none ran. A key without
+/// DescribeRestoreDrills (or a server without drills) just shows none: drills are an extra of the overview.
+async fn last_drill(client: &ApiClient, id: &str) -> Result<Value, CliError> {
+    match client
+        .call(
+            "DescribeRestoreDrills",
+            &[
+                ("DBInstanceId", id.to_string()),
+                ("MaxRecords", "1".to_string()),
+            ],
+        )
+        .await
+    {
+        Ok(a) => Ok(items(&a, "RestoreDrills", "RestoreDrill")
+            .into_iter()
+            .next()
+            .map_or(Value::Null, |d| {
+                json!({
+                    "Result": field(&d, "Result"), "BackupId": field(&d, "BackupId"),
+                    "EndTime": field(&d, "EndTime"), "DurationMs": d["DurationMs"],
+                    "Compared": field(&d, "Compared"),
+                    "Error": d["Detail"]["error"].as_str().map(str::to_string).or_else(|| {
+                        d["Detail"]["mismatch_count"].as_u64().filter(|n| *n > 0)
+                            .map(|n| format!("{n} collections differ from what the backup recorded"))
+                    }),
+                })
+            })),
+        Err(e @ CliError::Unreachable { .. }) => Err(e),
+        Err(_) => Ok(Value::Null),
+    }
 }
 
 /// `ddsvault status`. Exits 1 (after printing) when a call was refused.
@@ -318,6 +352,31 @@ fn print_status(rows: &[Value], now: DateTime<Utc>) {
                 field(f, "ErrorCode"),
                 field(f, "ErrorMessage")
             );
+        }
+        let d = &r["LastRestoreDrill"];
+        if !d.is_null() {
+            let secs = d["DurationMs"].as_i64().unwrap_or(0) / 1000;
+            let mut line = format!(
+                "{id}: restore drill of backup {} {} {} ({}, {})",
+                field(d, "BackupId"),
+                if field(d, "Result") == "Passed" {
+                    "passed"
+                } else {
+                    "FAILED, backup unverified"
+                },
+                output::relative_str(&field(d, "EndTime"), now),
+                output::span(secs),
+                if field(d, "Compared") == "CountsOnly" {
+                    "counts"
+                } else {
+                    "counts and checksums"
+                },
+            );
+            if let Some(err) = d["Error"].as_str() {
+                line.push_str(": ");
+                line.push_str(err);
+            }
+            println!("{line}");
         }
         for e in r["Errors"].as_array().into_iter().flatten() {
             println!(

@@ -142,6 +142,7 @@ pub(crate) async fn run(
             documents: n.documents,
             raw_bytes: n.raw_bytes,
             crc: n.crc,
+            checksum: Some(n.checksum.to_hex()),
         })
         .collect();
     publish_logical(
@@ -188,6 +189,9 @@ pub(crate) struct NamespaceEntry {
     pub documents: u64,
     pub raw_bytes: u64,
     pub crc: u64,
+    /// The documents' order-independent checksum ([`ddsvault_mongo::checksum`]) as read from the source, for
+    /// restore drills; `None` when it was not computed (an imported archive).
+    pub checksum: Option<String>,
 }
 
 /// A complete, verified archive in a job's staging area, and what the backup records about it.
@@ -233,10 +237,18 @@ pub(crate) async fn publish_logical(
         }],
         extra: serde_json::json!({
             "databases": a.databases,
-            "namespaces": a.namespaces.iter().map(|n| serde_json::json!({
-                "db": n.db, "collection": n.collection, "documents": n.documents,
-                "raw_bytes": n.raw_bytes, "crc": n.crc,
-            })).collect::<Vec<_>>(),
+            "namespaces": a.namespaces.iter().map(|n| {
+                let mut e = serde_json::json!({
+                    "db": n.db, "collection": n.collection, "documents": n.documents,
+                    "raw_bytes": n.raw_bytes, "crc": n.crc,
+                });
+                if let Some(c) = &n.checksum {
+                    e["checksum"] = serde_json::json!(c);
+                }
+                e
+            }).collect::<Vec<_>>(),
+            // Names how `checksum` above was computed (docs/drills.md).
+            "checksum_algorithm": ddsvault_mongo::checksum::ALGORITHM,
             "details": a.details,
         }),
     };

@@ -33,6 +33,9 @@ pub enum JobError {
     Repo(#[from] RepoError),
     #[error("catalog: {0}")]
     Catalog(#[from] ddsvault_catalog::CatalogError),
+    /// A restore drill found that the backup does not restore to what it recorded (docs/drills.md).
+    #[error("restore drill failed: {0}")]
+    DrillFailed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -80,6 +83,7 @@ impl JobError {
             },
             JobError::Repo(e) => repo_code(e),
             JobError::Catalog(_) => "Catalog.Error",
+            JobError::DrillFailed(_) => "Drill.Failed",
             JobError::Other(_) => ddsvault_catalog::JOB_ERROR_CODE,
         }
     }

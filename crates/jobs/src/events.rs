@@ -34,6 +34,22 @@ impl JobOutcome {
     }
 }
 
+/// How one restore drill ended (docs/drills.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrillOutcome {
+    pub drill_id: i64,
+    /// The instance the backup is of.
+    pub instance_id: String,
+    pub backup_id: i64,
+    /// The scratch instance it was restored into.
+    pub target: String,
+    pub job_id: i64,
+    pub passed: bool,
+    pub duration: Duration,
+    /// What failed (the first mismatches, or why the restore failed); `None` when it passed.
+    pub message: Option<String>,
+}
+
 /// Something a watcher may want to count or be told about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -50,6 +66,8 @@ pub enum Event {
         /// The job that held the instance.
         blocking_job_id: i64,
     },
+    /// A restore drill was recorded (Passed or Failed).
+    DrillFinished(DrillOutcome),
 }
 
 /// Receives events; must return quickly and never block.

@@ -7,6 +7,7 @@
 
 mod backup;
 pub mod copies;
+pub mod drill;
 mod error;
 pub mod events;
 pub mod file_restore;
@@ -28,7 +29,7 @@ pub mod storage;
 mod tasks;
 
 pub use error::JobError;
-pub use events::{Event, EventSink, JobOutcome};
+pub use events::{DrillOutcome, Event, EventSink, JobOutcome};
 pub use gc::{Clock, Gc, ManualClock, SystemClock};
 pub use instances::InstanceIds;
 pub use restore::{archive_opener, compression_of};

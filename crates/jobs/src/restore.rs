@@ -146,8 +146,8 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Restores the Logical `backup` into the server at `uri` as `job.params` say (`select`, `drop`, and
-/// `restore_time` for a point in time), under `job`'s heartbeat; answers the job's result. Shared by the restore
+/// Restores the Logical `backup` into the server at `uri` as `job.params` say (`select`, `drop`, `replay_oplog`,
+/// and `restore_time` for a point in time), under `job`'s heartbeat; answers the job's result. Shared by the restore
 /// job and the provisioning job (a new instance restored from a Logical backup).
 pub(crate) async fn logical_into(
     runner: &Runner,
@@ -210,6 +210,12 @@ pub(crate) async fn logical_into(
             .unwrap_or(false),
         select: selectors(&job.params),
         parallel_collections: runner.settings.parallel_collections,
+        // A restore drill compares the collections with what the dump read, before any oplog entry changes them.
+        replay_oplog: job
+            .params
+            .get("replay_oplog")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true),
         ..RestoreOptions::default()
     };
     let job_progress = Arc::new(Progress::new(job.id));

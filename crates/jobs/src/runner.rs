@@ -65,7 +65,7 @@ pub struct Runner {
     pub(crate) settings: BackupSettings,
     wake: Notify,
     slots: Arc<Semaphore>,
-    events: crate::events::Events,
+    pub(crate) events: crate::events::Events,
     /// Starts and stops the server processes of provisioned instances (`[provisioning]`); unset without it.
     provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
     /// Where jobs may run: instance pins, draining, and the count of running jobs (see [`Placement`]).
@@ -550,6 +550,7 @@ impl Runner {
                     "backup" => crate::backup::run(self, &job, &work_cancel).await,
                     "restore" => crate::restore::run(self, &job, &work_cancel).await,
                     "provision" => crate::provision::run(self, &job, &work_cancel).await,
+                    crate::drill::KIND => crate::drill::run(self, &job, &work_cancel).await,
                     other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
                 }
             };

@@ -25,6 +25,12 @@
 //! window's slot is untaken and a high-frequency job is active, the window waits for it (inside the window)
 //! instead of being recorded as skipped, and no new high-frequency slot starts before the window's.
 //!
+//! Restore drills (docs/drills.md) have slots of their own under the `drill` schedule: the start of the drill
+//! window on each drill day, taken like a backup slot (once across processes and restarts) while the window is
+//! open. The slot's job restores the instance's newest successful Logical backup into the drill's scratch target;
+//! a target busy with another job gets the slot recorded as skipped, and an instance with no such backup yet gets
+//! no drill (the slot stays untaken, so a backup finished inside the window is still drilled).
+//!
 //! [`CatalogBackend::create_scheduled_backup_job`]: ddsvault_catalog::CatalogBackend::create_scheduled_backup_job
 
 use std::sync::Arc;
@@ -36,8 +42,8 @@ use ddsvault_catalog::policy::{
     slot_on_day,
 };
 use ddsvault_catalog::{
-    AdvancedPolicy, BackupPolicy, Catalog, NewBackupJob, ScheduledJob, SCHEDULE_HIGH_FREQUENCY,
-    SCHEDULE_STANDARD,
+    AdvancedPolicy, BackupPolicy, Catalog, DrillPolicy, NewBackupJob, NewJob, ScheduledDrill,
+    ScheduledJob, SCHEDULE_DRILL, SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD,
 };
 
 use crate::retention::RetentionRules;
@@ -81,6 +87,63 @@ pub fn next_backup_time(
         day = day.succ_opt()?;
     }
     None
+}
+
+/// The drill slot due at `now`: the latest drill window start at or before `now` on a drill day, while `now` is
+/// inside that window. `None` when drills are not scheduled (empty period) or outside windows.
+pub fn due_drill_slot(policy: &DrillPolicy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if policy.period.is_empty() {
+        return None;
+    }
+    let start = parse_backup_window(&policy.window).ok()?;
+    let days = parse_backup_period(&policy.period).ok()?;
+    let slot = last_slot_at_or_before(now, start, &days)?;
+    (now < slot + WINDOW).then_some(slot)
+}
+
+/// When the next scheduled drill starts (the first drill window start at or after `now`).
+pub fn next_drill_time(policy: &DrillPolicy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if policy.period.is_empty() {
+        return None;
+    }
+    let start = parse_backup_window(&policy.window).ok()?;
+    let days = parse_backup_period(&policy.period).ok()?;
+    next_slot_at_or_after(now, start, &days)
+}
+
+/// The backup a drill of `instance_id` restores: its newest successful Logical backup.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn newest_drillable_backup(
+    catalog: &Catalog,
+    instance_id: &str,
+) -> Result<Option<ddsvault_catalog::Backup>, JobError> {
+    let mut page = 1;
+    loop {
+        let (total, backups) = catalog
+            .list_backups(
+                &ddsvault_catalog::BackupFilter {
+                    instance_id: Some(instance_id.to_string()),
+                    ..Default::default()
+                },
+                ddsvault_catalog::Page {
+                    number: page,
+                    size: 100,
+                },
+            )
+            .await?;
+        if let Some(b) = backups
+            .iter()
+            .find(|b| b.status == ddsvault_catalog::BackupStatus::Success && b.method == "Logical")
+        {
+            return Ok(Some(b.clone()));
+        }
+        if backups.is_empty() || u64::from(page) * 100 >= total {
+            return Ok(None);
+        }
+        page += 1;
+    }
 }
 
 /// The window slot due at `now` for the policies, with the retention (days, -1 = forever) and tier names its
@@ -135,6 +198,10 @@ pub enum TickOutcome {
     HighFrequency(Box<TickOutcome>),
     /// The slot met an active job and was recorded as skipped.
     Skipped { slot: DateTime<Utc>, job_id: i64 },
+    /// What the drill schedule did (reported after the backup outcomes, only inside a drill window).
+    Drill(Box<TickOutcome>),
+    /// A drill window is open but the instance has no successful Logical backup to drill yet.
+    NothingToDrill { slot: DateTime<Utc> },
 }
 
 /// Picks the method of an instance's automatic backup (called once per window slot).
@@ -275,7 +342,89 @@ impl Scheduler {
                 }
             }
         }
+        self.drill_tick(now, &mut out).await?;
         Ok(out)
+    }
+
+    /// Whether this scheduler starts the automatic work of `id`.
+    fn covers(&self, id: &str) -> bool {
+        self.instances.get().iter().any(|i| i == id)
+    }
+
+    /// The drill slots due now (see the module comment).
+    async fn drill_tick(
+        &self,
+        now: DateTime<Utc>,
+        out: &mut Vec<(String, TickOutcome)>,
+    ) -> Result<(), JobError> {
+        for policy in self.catalog.list_drill_policies().await? {
+            let id = &policy.instance_id;
+            if !self.covers(id) {
+                continue;
+            }
+            let Some(slot) = due_drill_slot(&policy, now) else {
+                continue;
+            };
+            let taken = self
+                .catalog
+                .list_schedule_runs(id, 16)
+                .await?
+                .iter()
+                .any(|r| r.schedule == SCHEDULE_DRILL && r.slot_start == slot);
+            if taken {
+                out.push((
+                    id.clone(),
+                    TickOutcome::Drill(Box::new(TickOutcome::AlreadyTaken { slot })),
+                ));
+                continue;
+            }
+            let Some(backup) = newest_drillable_backup(&self.catalog, id).await? else {
+                out.push((id.clone(), TickOutcome::NothingToDrill { slot }));
+                continue;
+            };
+            let job = NewJob {
+                kind: crate::drill::KIND.into(),
+                instance_id: policy.target.clone(),
+                backup_id: Some(backup.id),
+                mode: "Automated".into(),
+                params: serde_json::json!({
+                    "source_instance": id,
+                    "schedule": SCHEDULE_DRILL,
+                    "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                }),
+                now,
+            };
+            let outcome = match self
+                .catalog
+                .create_scheduled_drill_job(id, slot, &self.node_id, &job)
+                .await?
+            {
+                ScheduledDrill::Created(job) => {
+                    tracing::info!(instance = %id, %slot, job_id = job.id, backup_id = backup.id, target = %policy.target, "restore drill started");
+                    if let Some(r) = &self.runner {
+                        r.wake();
+                    }
+                    TickOutcome::Created {
+                        slot,
+                        job_id: job.id,
+                    }
+                }
+                ScheduledDrill::AlreadyTaken => TickOutcome::AlreadyTaken { slot },
+                ScheduledDrill::Skipped { job_id, kind } => {
+                    tracing::warn!(instance = %id, %slot, job_id, kind = %kind, target = %policy.target, "restore drill skipped: the scratch target has an active job");
+                    self.events.emit(&crate::Event::SlotMissed {
+                        instance_id: id.clone(),
+                        schedule: SCHEDULE_DRILL.to_string(),
+                        slot,
+                        reason: "active_job",
+                        blocking_job_id: job_id,
+                    });
+                    TickOutcome::Skipped { slot, job_id }
+                }
+            };
+            out.push((id.clone(), TickOutcome::Drill(Box::new(outcome))));
+        }
+        Ok(())
     }
 
     /// The window's slot: taken unless already taken, or waiting while a high-frequency job holds the instance.
@@ -859,6 +1008,134 @@ mod tests {
         assert_eq!(job.params["method"], "Logical");
         // The 03:00 snapshot slot met the window's job: recorded as skipped.
         assert!(matches!(hf(&out[1].1), TickOutcome::Skipped { job_id: j, .. } if j == job_id));
+    }
+
+    /// A Success Logical backup of dds-a ending at `end`.
+    async fn success_backup(cat: &Catalog, end: &str) -> i64 {
+        let (job, backup) = cat
+            .create_backup_job(&NewBackupJob {
+                instance_id: "dds-a".into(),
+                method: "Logical".into(),
+                mode: "Manual".into(),
+                retention_days: 7,
+                engine_version: String::new(),
+                params: serde_json::json!({"method": "Logical"}),
+                now: at(end) - chrono::Duration::minutes(1),
+            })
+            .await
+            .expect("backup job");
+        let claimed = cat
+            .claim_next_job("node-x", at(end), at(end) + chrono::Duration::minutes(1))
+            .await
+            .expect("claim")
+            .expect("a job");
+        cat.complete_backup(
+            job.id,
+            "node-x",
+            claimed.lease_token,
+            &ddsvault_catalog::BackupCompletion {
+                end_time: at(end),
+                expire_time: at(end) + chrono::Duration::days(7),
+                size: 1,
+                db_names: "app".into(),
+                repo_prefix: format!("backups/dds-a/{}", backup.id),
+                details: serde_json::json!({}),
+            },
+        )
+        .await
+        .expect("complete");
+        backup.id
+    }
+
+    fn drill_policy(period: &str) -> DrillPolicy {
+        DrillPolicy {
+            instance_id: "dds-a".into(),
+            period: period.into(),
+            window: "05:00Z-06:00Z".into(),
+            target: "dds-scratch".into(),
+            updated_at: at("2026-11-27T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn drill_slots_follow_their_window_and_days() {
+        let p = drill_policy("Friday");
+        assert_eq!(due_drill_slot(&p, at("2026-11-27T04:59:59Z")), None);
+        assert_eq!(
+            due_drill_slot(&p, at("2026-11-27T05:30:00Z")),
+            Some(at("2026-11-27T05:00:00Z"))
+        );
+        assert_eq!(due_drill_slot(&p, at("2026-11-27T06:00:00Z")), None);
+        assert_eq!(due_drill_slot(&p, at("2026-11-28T05:30:00Z")), None);
+        assert_eq!(
+            next_drill_time(&p, at("2026-11-27T05:30:00Z")),
+            Some(at("2026-12-04T05:00:00Z"))
+        );
+        // Period empty: drills only by hand.
+        assert_eq!(
+            due_drill_slot(&drill_policy(""), at("2026-11-27T05:30:00Z")),
+            None
+        );
+        assert_eq!(
+            next_drill_time(&drill_policy(""), at("2026-11-27T05:30:00Z")),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_drill_slot_restores_the_newest_logical_backup_once() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        cat.put_drill_policy(&drill_policy("Friday"))
+            .await
+            .expect("drill policy");
+        let s = scheduler(&cat, &clock, "node-1");
+        set(&clock, "2026-11-27T05:10:00Z");
+        let slot = at("2026-11-27T05:00:00Z");
+        // No backup yet: nothing to drill, and the slot stays free.
+        let out = s.tick().await.expect("tick");
+        assert_eq!(
+            out[1],
+            ("dds-a".to_string(), TickOutcome::NothingToDrill { slot })
+        );
+        assert!(cat
+            .list_schedule_runs("dds-a", 10)
+            .await
+            .expect("runs")
+            .is_empty());
+        let older = success_backup(&cat, "2026-11-27T04:00:00Z").await;
+        let newest = success_backup(&cat, "2026-11-27T05:05:00Z").await;
+        assert!(newest > older);
+        set(&clock, "2026-11-27T05:20:00Z");
+        let out = s.tick().await.expect("tick");
+        let TickOutcome::Drill(inner) = &out[1].1 else {
+            panic!("expected a drill outcome, got {out:?}");
+        };
+        let TickOutcome::Created { job_id, .. } = **inner else {
+            panic!("expected Created, got {inner:?}");
+        };
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        assert_eq!(
+            (
+                job.kind.as_str(),
+                job.instance_id.as_str(),
+                job.backup_id,
+                job.mode.as_str()
+            ),
+            ("drill", "dds-scratch", Some(newest), "Automated")
+        );
+        assert_eq!(job.params["source_instance"], "dds-a");
+        // The same slot never runs twice, from this process or another.
+        cat.fail_job(job_id, "test", at("2026-11-27T05:21:00Z"))
+            .await
+            .expect("end");
+        assert_eq!(
+            scheduler(&cat, &clock, "node-2")
+                .tick()
+                .await
+                .expect("tick")[1]
+                .1,
+            TickOutcome::Drill(Box::new(TickOutcome::AlreadyTaken { slot }))
+        );
     }
 
     #[tokio::test]

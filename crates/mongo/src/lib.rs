@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod checksum;
 mod error;
 pub mod logical;
 pub mod oplog;

@@ -65,6 +65,7 @@ use crate::archive::{
     ArchiveHeader, ArchiveWriter, CollectionMetadata, Compression, HashingWriter, NamespaceStats,
     MAX_BSON_SIZE,
 };
+use crate::checksum::DocSetChecksum;
 use crate::error::cancellable;
 use crate::error::{MongoError, Result};
 use crate::oplog::{self, OplogSummary};
@@ -157,6 +158,8 @@ pub struct NamespaceSummary {
     pub raw_bytes: u64,
     /// CRC-64/XZ of the namespace's document bytes (the archive's EOF CRC as `u64`).
     pub crc: u64,
+    /// Order-independent checksum of the documents ([`crate::checksum`]), what a restore drill compares.
+    pub checksum: DocSetChecksum,
 }
 
 /// Result of a successful [`logical_dump`].
@@ -362,7 +365,12 @@ async fn dump_inner(
     let namespaces_done = AtomicU64::new(0);
     let raw_done = AtomicU64::new(0);
     let oplog_done = AtomicU64::new(0);
+    // One slot per namespace (the oplog's included), each written once by the task that closes it.
+    let checksums: Vec<std::sync::Mutex<DocSetChecksum>> = (0..=plans.len())
+        .map(|_| std::sync::Mutex::new(DocSetChecksum::new()))
+        .collect();
     let ctx = TaskCtx {
+        checksums: &checksums,
         client,
         opts,
         tx: &tx,
@@ -421,12 +429,14 @@ async fn dump_inner(
     let namespaces: Vec<NamespaceSummary> = plans
         .iter()
         .zip(&outcome.stats)
-        .map(|(p, s)| NamespaceSummary {
+        .zip(&checksums)
+        .map(|((p, s), c)| NamespaceSummary {
             db: p.meta.db.clone(),
             collection: p.meta.collection.clone(),
             documents: s.documents,
             raw_bytes: s.bytes,
             crc: s.crc,
+            checksum: c.lock().map(|c| *c).unwrap_or_default(),
         })
         .collect();
     let oplog = match (oplog_start, oplog_end) {
@@ -529,6 +539,8 @@ impl From<MongoError> for TaskError {
 
 struct TaskCtx<'a> {
     client: &'a Client,
+    /// Each namespace's document checksum, set when it closes.
+    checksums: &'a [std::sync::Mutex<DocSetChecksum>],
     opts: &'a DumpOptions,
     tx: &'a mpsc::Sender<WriterMsg>,
     done: &'a AtomicU64,
@@ -585,6 +597,8 @@ struct Segmenter<'c, 'a> {
     buf: Vec<u8>,
     buf_docs: u64,
     total_docs: u64,
+    /// Computed here, in the collection's own task, so the single archive writer thread does no extra work.
+    checksum: DocSetChecksum,
     /// Whether the documents and the close count in the progress figures.
     counted: bool,
 }
@@ -597,6 +611,7 @@ impl<'c, 'a> Segmenter<'c, 'a> {
             buf: Vec::new(),
             buf_docs: 0,
             total_docs: 0,
+            checksum: DocSetChecksum::new(),
             counted,
         }
     }
@@ -624,6 +639,9 @@ impl<'c, 'a> Segmenter<'c, 'a> {
             self.buf.reserve(seg_max.max(doc.len()));
         }
         self.buf.extend_from_slice(doc);
+        if self.counted {
+            self.checksum.add(doc);
+        }
         self.buf_docs += 1;
         self.total_docs += 1;
         Ok(())
@@ -640,6 +658,9 @@ impl<'c, 'a> Segmenter<'c, 'a> {
                 .await?;
         }
         self.ctx.send(WriterMsg::Close { ns: self.ns }).await?;
+        if let Some(Ok(mut slot)) = self.ctx.checksums.get(self.ns).map(|m| m.lock()) {
+            *slot = self.checksum;
+        }
         self.report(bytes, true);
         Ok(self.total_docs)
     }

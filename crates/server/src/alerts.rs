@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>` when the webhook has a secret.
 pub const SIGNATURE_HEADER: &str = "X-Ddsvault-Signature";
-/// The header naming the event (`job_failed`, `slot_missed`, `repository_error`).
+/// The header naming the event (`job_failed`, `slot_missed`, `repository_error`, `drill_failed`).
 pub const EVENT_HEADER: &str = "X-Ddsvault-Event";
 /// The header carrying the notification's id, the same on every attempt (receivers can drop repeats).
 pub const DELIVERY_HEADER: &str = "X-Ddsvault-Delivery";
@@ -181,6 +181,20 @@ impl EventSink for Alerts {
                     self.queue("repository_error", fields);
                 }
             }
+            // A drill that passed is no news; one that failed means a backup that does not restore as recorded.
+            Event::DrillFinished(d) if !d.passed => self.queue(
+                "drill_failed",
+                json!({
+                    "instance_id": d.instance_id,
+                    "backup_id": d.backup_id,
+                    "target_instance_id": d.target,
+                    "drill_id": d.drill_id,
+                    "job_id": d.job_id,
+                    "duration_seconds": d.duration.as_secs_f64(),
+                    "message": d.message,
+                }),
+            ),
+            Event::DrillFinished(_) => {}
             Event::SlotMissed {
                 instance_id,
                 schedule,

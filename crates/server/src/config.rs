@@ -137,7 +137,12 @@ impl Default for MetricsConfig {
 }
 
 /// The events an alert webhook can be sent.
-pub const ALERT_EVENTS: [&str; 3] = ["job_failed", "slot_missed", "repository_error"];
+pub const ALERT_EVENTS: [&str; 4] = [
+    "job_failed",
+    "slot_missed",
+    "repository_error",
+    "drill_failed",
+];
 
 /// `[alerts]`: where notifications go and how hard ddsvault tries.
 #[derive(Clone, Debug, Deserialize)]
@@ -187,7 +192,7 @@ pub struct WebhookConfig {
     /// With a secret, each POST carries `X-Ddsvault-Signature: sha256=<hex HMAC-SHA256 of the body>`.
     #[serde(default)]
     pub secret: Option<String>,
-    /// The events sent to this webhook (`job_failed`, `slot_missed`, `repository_error`); default all.
+    /// The events sent to this webhook (`job_failed`, `slot_missed`, `repository_error`, `drill_failed`); default all.
     #[serde(default)]
     pub events: Vec<String>,
 }

@@ -55,6 +55,9 @@ pub enum ActionError {
     JobExists { job_id: i64, kind: String },
     #[error("the instance has no user database")]
     NoDatabase,
+    /// A restore drill was asked of an instance without a successful Logical backup.
+    #[error("instance {0} has no backup to drill")]
+    NothingToDrill(String),
     #[error("backup method not supported: {0}")]
     BackupMethodNotSupported(String),
     /// A file-level backup was asked for an instance whose data directory is not configured.
@@ -211,6 +214,20 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             "OperationDenied.DBInstanceStatus",
             format!(
                 "The operation is not permitted due to status of instance. The instance is being restored (job {job_id}); try again when the restore has finished."
+            ),
+        ),
+        ActionError::JobExists { job_id, kind } if kind == "drill" => ApiError::new(
+            403,
+            "OperationDenied.DBInstanceStatus",
+            format!(
+                "The operation is not permitted due to status of instance. The instance is the scratch target of a running restore drill (job {job_id}); try again when the drill has finished."
+            ),
+        ),
+        ActionError::NothingToDrill(id) => ApiError::new(
+            403,
+            "OperationDenied.NoBackup",
+            format!(
+                "The operation is not permitted because instance {id} has no successful Logical backup to drill; take one with CreateBackup (BackupMethod=Logical) first."
             ),
         ),
         ActionError::JobExists { job_id, kind } => ApiError::new(

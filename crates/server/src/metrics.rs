@@ -90,6 +90,12 @@ struct InstanceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillLabels {
+    instance: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     event: String,
     /// `delivered`, `failed` (every attempt failed) or `dropped` (the queue was full).
@@ -132,6 +138,10 @@ pub struct Metrics {
     last_success: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
     log_backup_end: Family<InstanceLabels, Gauge>,
     log_backup_lag: Family<InstanceLabels, Gauge>,
+    drill_result: Family<InstanceLabels, Gauge>,
+    drill_duration: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    drill_time: Family<InstanceLabels, Gauge>,
+    drills_finished: Family<DrillLabels, Counter>,
     catalog_up: Gauge,
     /// When the catalog was last read; held while reading so concurrent scrapes share one read.
     refreshed: Mutex<Option<Instant>>,
@@ -233,6 +243,30 @@ impl Metrics {
              point-in-time restore could not reach if the instance were lost now",
             log_backup_lag.clone(),
         );
+        let drill_result = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "restore_drill_last_result",
+            "Result of each instance's newest restore drill: 1 passed, 0 failed (its backup is unverified)",
+            drill_result.clone(),
+        );
+        let drill_duration = Family::<InstanceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "restore_drill_last_duration_seconds",
+            "Duration of each instance's newest restore drill (restore and comparison)",
+            drill_duration.clone(),
+        );
+        let drill_time = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "restore_drill_last_timestamp_seconds",
+            "End time (Unix seconds) of each instance's newest restore drill",
+            drill_time.clone(),
+        );
+        let drills_finished = Family::<DrillLabels, Counter>::default();
+        registry.register(
+            "restore_drills",
+            "Restore drills this process ran, by instance and result",
+            drills_finished.clone(),
+        );
         let catalog_up = Gauge::default();
         registry.register(
             "catalog_up",
@@ -255,6 +289,10 @@ impl Metrics {
             last_success,
             log_backup_end,
             log_backup_lag,
+            drill_result,
+            drill_duration,
+            drill_time,
+            drills_finished,
             catalog_up,
             refreshed: Mutex::new(None),
         }
@@ -323,6 +361,9 @@ impl Metrics {
         self.last_success.clear();
         self.log_backup_end.clear();
         self.log_backup_lag.clear();
+        self.drill_result.clear();
+        self.drill_duration.clear();
+        self.drill_time.clear();
         let stats = match catalog.stats().await {
             Ok(s) => s,
             Err(e) => {
@@ -371,6 +412,26 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set((now - i64::from(end)).max(0));
         }
+        match catalog.latest_restore_drills().await {
+            Ok(drills) => {
+                for d in drills {
+                    let labels = InstanceLabels {
+                        instance: d.instance_id,
+                    };
+                    self.drill_result
+                        .get_or_create(&labels)
+                        .set(i64::from(d.result == ddsvault_catalog::DrillResult::Passed));
+                    #[allow(clippy::cast_precision_loss)]
+                    self.drill_duration
+                        .get_or_create(&labels)
+                        .set(d.duration_ms as f64 / 1000.0);
+                    self.drill_time
+                        .get_or_create(&labels)
+                        .set(d.finished_at.timestamp());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: the restore drills could not be read"),
+        }
     }
 }
 
@@ -396,6 +457,14 @@ impl EventSink for Metrics {
                         })
                         .observe(bytes as f64);
                 }
+            }
+            Event::DrillFinished(d) => {
+                self.drills_finished
+                    .get_or_create(&DrillLabels {
+                        instance: d.instance_id.clone(),
+                        result: if d.passed { "Passed" } else { "Failed" }.to_string(),
+                    })
+                    .inc();
             }
             Event::SlotMissed {
                 instance_id,

@@ -370,11 +370,10 @@ pub async fn describe_backups(st: &AppState, p: &Params) -> ActionResult {
         )
         .await
         .map_err(ActionError::from)?;
+    let mut items: Vec<Value> = backups.iter().map(|b| backup_json(st, b)).collect();
+    super::drill::add_drill_status(st, id, &backups, &mut items).await?;
     let mut out = Map::new();
-    out.insert(
-        "Backups".into(),
-        json!({ "Backup": backups.iter().map(|b| backup_json(st, b)).collect::<Vec<_>>() }),
-    );
+    out.insert("Backups".into(), json!({ "Backup": items }));
     out.insert("TotalCount".into(), json!(total));
     out.insert("PageNumber".into(), json!(pg.number));
     out.insert("PageSize".into(), json!(pg.size));

@@ -4,6 +4,7 @@
 
 mod advanced;
 pub(crate) mod backup;
+mod drill;
 mod instance;
 mod pitr;
 mod policy;
@@ -80,6 +81,9 @@ actions!(
     RegisterDBInstance,
     ModifyRegisteredDBInstance,
     UnregisterDBInstance,
+    // ddsvault extension: restore drills (docs/drills.md).
+    StartRestoreDrill,
+    DescribeRestoreDrills,
 );
 
 impl Action {
@@ -89,7 +93,11 @@ impl Action {
         match self {
             Action::DescribeBackupDBs | Action::CheckRecoveryCondition => &["SourceDBInstance"],
             Action::CreateDBInstance => &["SrcDBInstanceId"],
-            Action::RestoreDBInstance => &["DBInstanceId", "TargetDBInstanceId"],
+            Action::RestoreDBInstance | Action::StartRestoreDrill => {
+                &["DBInstanceId", "TargetDBInstanceId"]
+            }
+            // A drill target's contents are replaced by every drill: pointing drills at it needs access to it.
+            Action::ModifyBackupPolicy => &["DBInstanceId", "RestoreDrillTarget"],
             _ => &["DBInstanceId"],
         }
     }
@@ -138,6 +146,8 @@ pub async fn dispatch(st: &AppState, act: Action, p: &Params) -> ActionResult {
             registered::modify_registered_db_instance(st, p).await
         }
         Action::UnregisterDBInstance => registered::unregister_db_instance(st, p).await,
+        Action::StartRestoreDrill => drill::start_restore_drill(st, p).await,
+        Action::DescribeRestoreDrills => drill::describe_restore_drills(st, p).await,
         other => Err(ActionError::ActionNotImplemented(other.name().to_string()).into()),
     }
 }

@@ -250,6 +250,7 @@ pub async fn describe_backup_policy(st: &AppState, p: &Params) -> ActionResult {
         "BackupRetentionPolicyOnClusterDeletion".into(),
         json!(pol.backup_retention_policy_on_cluster_deletion),
     );
+    super::drill::describe_policy_fields(st, id, &mut out).await?;
     // Cross-region settings (of the first destination region that has some; ddsvault extension
     // CrossRegionPolicies lists all of them).
     let cross = st
@@ -282,6 +283,18 @@ pub async fn modify_backup_policy(st: &AppState, p: &Params) -> ActionResult {
     let current = stored.clone().unwrap_or_default();
     let updated = apply_changes(current.clone(), p)?;
     let cross = cross_changes(st, id, p, &updated.preferred_backup_period).await?;
+    let drill = super::drill::drill_changes(st, id, p).await?;
+    if let Some(d) = &drill {
+        st.catalog
+            .put_drill_policy(d)
+            .await
+            .map_err(ActionError::from)?;
+        tracing::info!(instance = %id, policy = ?d, "restore drill policy modified");
+        if stored.is_none() && updated == current && cross.is_none() {
+            // Only drill settings: storing the standard policy would switch automatic backups on.
+            return Ok(Map::new());
+        }
+    }
     if let Some(c) = &cross {
         st.catalog
             .put_cross_policy(c)

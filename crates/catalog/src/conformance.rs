@@ -13,7 +13,7 @@ use crate::{
 fn new_job(instance: &str, secs: i64) -> NewBackupJob {
     NewBackupJob {
         instance_id: instance.into(),
-        method: "Logical".into(),
+        method: crate::BackupMethod::Logical,
         mode: "Manual".into(),
         retention_days: 30,
         engine_version: "7.0".into(),
@@ -63,7 +63,7 @@ async fn provisioned_instances(cat: &Catalog) {
         now,
     };
     let job = |id: &str| NewJob {
-        kind: "provision".into(),
+        kind: crate::JobKind::Provision,
         instance_id: id.into(),
         backup_id: Some(7),
         mode: "Manual".into(),
@@ -82,7 +82,7 @@ async fn provisioned_instances(cat: &Catalog) {
     assert_eq!(inst.status, ProvisionStatus::Creating);
     assert_eq!(inst.job_id, Some(j.id));
     assert_eq!(inst.port, 41000);
-    assert_eq!(j.kind, "provision");
+    assert_eq!(j.kind, crate::JobKind::Provision);
     assert_eq!(j.instance_id, "dds-p1");
     assert_eq!(j.state, JobState::Pending);
     // Same id, or same port: refused, and nothing of the second attempt is written (no second job).
@@ -680,7 +680,7 @@ async fn schedule(cat: &Catalog) {
             .expect("next"),
         ScheduledJob::Skipped {
             job_id: job.id,
-            kind: "backup".into()
+            kind: crate::JobKind::Backup
         }
     );
     assert_eq!(
@@ -833,7 +833,7 @@ async fn retention(cat: &Catalog) {
         .expect("end b3");
     let restore = cat
         .create_job(&NewJob {
-            kind: "restore".into(),
+            kind: crate::JobKind::Restore,
             instance_id: "dds-ret-target".into(),
             backup_id: Some(b1),
             mode: "Manual".into(),
@@ -955,7 +955,7 @@ async fn restore_jobs(cat: &Catalog) {
         cat.fail_job(j.id, "drained", now).await.expect("fail");
     }
     let new = NewJob {
-        kind: "restore".into(),
+        kind: crate::JobKind::Restore,
         instance_id: "dds-restore".into(),
         backup_id: Some(42),
         mode: "Manual".into(),
@@ -964,18 +964,20 @@ async fn restore_jobs(cat: &Catalog) {
     };
     let job = cat.create_job(&new).await.expect("create restore job");
     assert_eq!(
-        (job.kind.as_str(), job.backup_id, job.state),
-        ("restore", Some(42), JobState::Pending)
+        (job.kind, job.backup_id, job.state),
+        (crate::JobKind::Restore, Some(42), JobState::Pending)
     );
     // A restore and a backup of the same instance never run at once, whichever came first.
     match cat.create_backup_job(&new_job("dds-restore", 0)).await {
         Err(CatalogError::ActiveJobExists { job_id, kind }) => {
-            assert_eq!((job_id, kind.as_str()), (job.id, "restore"))
+            assert_eq!((job_id, kind), (job.id, Some(crate::JobKind::Restore)))
         }
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
     match cat.create_job(&new).await {
-        Err(CatalogError::ActiveJobExists { kind, .. }) => assert_eq!(kind, "restore"),
+        Err(CatalogError::ActiveJobExists { kind, .. }) => {
+            assert_eq!(kind, Some(crate::JobKind::Restore))
+        }
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
     let claimed = cat
@@ -1088,7 +1090,7 @@ async fn job_lifecycle(cat: &Catalog) {
     assert_eq!(job.backup_id, Some(backup.id));
     assert_eq!(
         cat.active_job("dds-life").await.expect("active"),
-        Some((job.id, "backup".to_string()))
+        Some((job.id, crate::JobKind::Backup))
     );
     assert_eq!(cat.active_job("dds-none").await.expect("active"), None);
     assert_eq!(backup.status, BackupStatus::Running);
@@ -1163,7 +1165,7 @@ async fn job_lifecycle(cat: &Catalog) {
         .expect("second");
     assert_eq!(
         cat.active_job("dds-life").await.expect("active"),
-        Some((job2.id, "backup".to_string()))
+        Some((job2.id, crate::JobKind::Backup))
     );
     cat.fail_job(job2.id, "boom", now).await.expect("fail");
     assert_eq!(cat.active_job("dds-life").await.expect("active"), None);
@@ -1769,14 +1771,18 @@ async fn stats(cat: &Catalog) {
     let jobs_of = |s: &crate::CatalogStats, state: JobState| {
         s.jobs
             .iter()
-            .filter(|j| j.kind == "backup" && j.method == "Logical" && j.state == state)
+            .filter(|j| {
+                j.kind == crate::JobKind::Backup
+                    && j.method == Some(crate::BackupMethod::Logical)
+                    && j.state == state
+            })
             .map(|j| j.count)
             .sum::<u64>()
     };
     let bytes_of = |s: &crate::CatalogStats| {
         s.backups
             .iter()
-            .filter(|b| b.method == "Logical" && b.status == "Success")
+            .filter(|b| b.method == crate::BackupMethod::Logical && b.status == "Success")
             .map(|b| b.bytes)
             .sum::<u64>()
     };

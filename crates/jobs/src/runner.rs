@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{Catalog, Job};
+use ddsvault_catalog::{Catalog, Job, JobKind};
 use ddsvault_repo::Repository;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -161,15 +161,15 @@ impl Runner {
     /// prefix. Other kinds write nothing to the repository; a restore's `backup_id` names the backup it READS,
     /// which must never be touched (a file restore's own directories in the target's data_path are removed).
     pub(crate) async fn remove_job_files(&self, job: &Job) {
-        if job.kind == "restore" {
+        if job.kind == ddsvault_catalog::JobKind::Restore {
             self.remove_restore_files(job).await;
             return;
         }
-        if job.kind == "provision" {
+        if job.kind == ddsvault_catalog::JobKind::Provision {
             crate::provision::cleanup(self, job, "creating the instance was interrupted").await;
             return;
         }
-        if job.kind != "backup" {
+        if job.kind != ddsvault_catalog::JobKind::Backup {
             return;
         }
         let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
@@ -258,11 +258,10 @@ impl Runner {
         let span = tracing::info_span!("job", job_id = job.id, instance = %job.instance_id, kind = %job.kind);
         async {
             tracing::info!("job started");
-            let result = match job.kind.as_str() {
-                "backup" => crate::backup::run(self, &job, &cancel).await,
-                "restore" => crate::restore::run(self, &job, &cancel).await,
-                "provision" => crate::provision::run(self, &job, &cancel).await,
-                other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
+            let result = match job.kind {
+                JobKind::Backup => crate::backup::run(self, &job, &cancel).await,
+                JobKind::Restore => crate::restore::run(self, &job, &cancel).await,
+                JobKind::Provision => crate::provision::run(self, &job, &cancel).await,
             };
             self.settle(&job, result, &cancel).await;
         }
@@ -284,7 +283,7 @@ impl Runner {
                     return;
                 }
                 tracing::warn!(error = %e, "job failed");
-                if job.kind == "provision" {
+                if job.kind == ddsvault_catalog::JobKind::Provision {
                     // The instance shows why it failed (its process and data are removed).
                     crate::provision::cleanup(self, job, &e.to_string()).await;
                 } else {
@@ -306,19 +305,14 @@ impl Runner {
     async fn report(&self, job: &Job, failure: Option<(&str, String)>) {
         let now = Utc::now();
         let started = job.started_at.unwrap_or(job.created_at);
-        let mut method = job
-            .params
-            .get("method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("")
-            .to_string();
+        let mut method = job.method();
         let mut bytes = None;
-        if failure.is_none() && job.kind == "backup" {
+        if failure.is_none() && job.kind == ddsvault_catalog::JobKind::Backup {
             if let Some(id) = job.backup_id {
                 match self.catalog.get_backup(id).await {
                     Ok(Some(b)) => {
                         bytes = Some(u64::try_from(b.size).unwrap_or(0));
-                        method = b.method;
+                        method = Some(b.method);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -335,7 +329,7 @@ impl Runner {
             .emit(&crate::Event::JobFinished(crate::JobOutcome {
                 job_id: job.id,
                 instance_id: job.instance_id.clone(),
-                kind: job.kind.clone(),
+                kind: job.kind,
                 method,
                 mode: job.mode.clone(),
                 error_code,

@@ -42,6 +42,11 @@ pub enum ServerError {
 }
 
 /// Business errors of the Dds actions, named for what the client must do about them.
+/// A job kind as messages name it.
+fn kind_name(kind: Option<ddsvault_catalog::JobKind>) -> &'static str {
+    kind.map_or("unknown", ddsvault_catalog::JobKind::as_str)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// A parameter-level error already expressed as an API error (missing / invalid parameter).
@@ -51,18 +56,28 @@ pub enum ActionError {
     InstanceNotFound(String),
     #[error("backup {0} not found")]
     BackupNotFound(String),
-    #[error("a {kind} job ({job_id}) is already pending or running for the instance")]
-    JobExists { job_id: i64, kind: String },
+    #[error("a {} job ({job_id}) is already pending or running for the instance", kind_name(*.kind))]
+    JobExists {
+        job_id: i64,
+        /// `None` when the job ended before it could be named.
+        kind: Option<ddsvault_catalog::JobKind>,
+    },
     #[error("the instance has no user database")]
     NoDatabase,
     #[error("backup method not supported: {0}")]
     BackupMethodNotSupported(String),
     /// A file-level backup was asked for an instance whose data directory is not configured.
     #[error("{method} backups of {instance} need data_path in its configuration")]
-    DataPathMissing { instance: String, method: String },
+    DataPathMissing {
+        instance: String,
+        method: ddsvault_catalog::BackupMethod,
+    },
     /// A Physical or Snapshot restore into an instance whose data directory is not configured.
     #[error("restoring a {method} backup into {instance} needs data_path in its configuration")]
-    RestoreDataPathMissing { instance: String, method: String },
+    RestoreDataPathMissing {
+        instance: String,
+        method: ddsvault_catalog::BackupMethod,
+    },
     /// A Physical or Snapshot restore into a node that runs (or whose state cannot be checked); the text says
     /// what was found and holds no connection string.
     #[error("the node is not stopped: {0}")]
@@ -182,7 +197,10 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             "InvalidBackupId.NotFound",
             format!("The specified backup \"{id}\" is not found."),
         ),
-        ActionError::JobExists { job_id, kind } if kind == "restore" => ApiError::new(
+        ActionError::JobExists {
+            job_id,
+            kind: Some(ddsvault_catalog::JobKind::Restore),
+        } => ApiError::new(
             403,
             "OperationDenied.DBInstanceStatus",
             format!(
@@ -193,7 +211,8 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             403,
             "OperationDenied.BackupJobExists",
             format!(
-                "The operation is not permitted due to backup job exist. A {kind} job ({job_id}) is pending or running for this instance; try again when it has finished."
+                "The operation is not permitted due to backup job exist. A {} job ({job_id}) is pending or running for this instance; try again when it has finished.",
+                kind_name(kind)
             ),
         ),
         ActionError::NoDatabase => ApiError::new(

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{AccessKeyRecord, Catalog};
+use ddsvault_catalog::{AccessKeyRecord, ArchiveCompression, Catalog};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
 use rand::distributions::Alphanumeric;
@@ -210,9 +210,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         );
     }
 
-    let compression = match cfg.backup.compression.as_str() {
-        "gzip" => Compression::Gzip,
-        _ => Compression::Zstd {
+    let compression = match cfg.backup.compression {
+        ArchiveCompression::Gzip => Compression::Gzip,
+        ArchiveCompression::Zstd => Compression::Zstd {
             level: cfg.backup.zstd_level,
         },
     };
@@ -279,8 +279,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
     let crashed_snapshots: std::collections::BTreeSet<&str> = recovered
         .iter()
         .filter(|j| {
-            j.kind == "backup"
-                && j.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot")
+            j.kind == ddsvault_catalog::JobKind::Backup
+                && j.method() == Some(ddsvault_catalog::BackupMethod::Snapshot)
         })
         .map(|j| j.instance_id.as_str())
         .collect();
@@ -293,7 +293,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
                 Arc::clone(&catalog),
                 cfg.instances.iter().map(|i| i.id.clone()).collect(),
                 node_id.clone(),
-                cfg.backup.compression.clone(),
+                cfg.backup.compression,
                 Duration::from_secs(cfg.scheduler.tick_secs),
             )
             .with_runner(Arc::clone(&runner)),
@@ -313,7 +313,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         identities,
         instances,
         runner,
-        cfg.backup.compression.clone(),
+        cfg.backup.compression,
     );
     state.nonces = ddsvault_api::MemoryNonceStore::with_limits(
         cfg.server.nonce_capacity,
@@ -341,11 +341,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
         let st = Arc::clone(&state);
         scheduler.set_method_chooser(Arc::new(move |id: String| {
             let st = Arc::clone(&st);
-            Box::pin(async move {
-                actions::backup::automatic_method(&st, &id)
-                    .await
-                    .to_string()
-            })
+            Box::pin(async move { actions::backup::automatic_method(&st, &id).await })
         }));
     }
     // Finished jobs and missed slots feed the metrics and the alert webhooks.

@@ -7,7 +7,9 @@
 
 use chrono::{NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{CatalogError, NewJob, NewProvisionedInstance, ProvisionStatus};
+use ddsvault_catalog::{
+    BackupMethod, CatalogError, NewJob, NewProvisionedInstance, ProvisionStatus,
+};
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
@@ -105,8 +107,8 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
 
     let databases = list_param(p, "DatabaseNames")?;
     let mut select = Vec::new();
-    match backup.method.as_str() {
-        "Logical" => {
+    match backup.method {
+        BackupMethod::Logical => {
             let held = backup_namespaces(st, &backup).await?;
             for db in &databases {
                 if !held.iter().any(|(d, _)| d == db) {
@@ -120,8 +122,8 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 select.push(json!({ "db": db }));
             }
         }
-        "Physical" | "Snapshot" if databases.is_empty() => {}
-        "Physical" | "Snapshot" => {
+        BackupMethod::Physical | BackupMethod::Snapshot if databases.is_empty() => {}
+        BackupMethod::Physical | BackupMethod::Snapshot => {
             return Err(ApiError::invalid_parameter(
                 "DatabaseNames",
                 &format!(
@@ -129,13 +131,6 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                     backup.method
                 ),
             ))
-        }
-        other => {
-            return Err(ActionError::BackupMethodNotSupported(format!(
-                "Backup {} is a {other} backup, which this ddsvault version cannot restore.",
-                backup.id
-            ))
-            .into())
         }
     }
     let description = nonempty(p, "DBInstanceDescription")
@@ -172,7 +167,7 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
             now,
         };
         let job = NewJob {
-            kind: "provision".into(),
+            kind: ddsvault_catalog::JobKind::Provision,
             instance_id: id.clone(),
             backup_id: Some(backup.id),
             mode: "Manual".into(),
@@ -218,7 +213,11 @@ pub async fn delete_db_instance(st: &AppState, p: &Params) -> ActionResult {
         return Err(ActionError::InstanceCreating(id.to_string()).into());
     }
     if let Some((job_id, kind)) = st.catalog.active_job(id).await.map_err(ActionError::from)? {
-        return Err(ActionError::JobExists { job_id, kind }.into());
+        return Err(ActionError::JobExists {
+            job_id,
+            kind: Some(kind),
+        }
+        .into());
     }
     let dir = std::path::PathBuf::from(&row.dir);
     match &st.provisioner {

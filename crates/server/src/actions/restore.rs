@@ -140,10 +140,12 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 .ok_or_else(|| ActionError::BackupNotFound(plan.base.backup_id.to_string()))?
         }
     };
-    if backup.method == "Physical" || backup.method == "Snapshot" {
+    if backup.method == ddsvault_catalog::BackupMethod::Physical
+        || backup.method == ddsvault_catalog::BackupMethod::Snapshot
+    {
         return restore_files(st, source, &backup, p).await;
     }
-    if backup.method != "Logical" {
+    if backup.method != ddsvault_catalog::BackupMethod::Logical {
         return Err(ActionError::BackupMethodNotSupported(format!(
             "Backup {} is a {} backup, which this ddsvault version cannot restore.",
             backup.id, backup.method
@@ -241,7 +243,7 @@ async fn restore_job(
     let job = st
         .catalog
         .create_job(&NewJob {
-            kind: "restore".into(),
+            kind: ddsvault_catalog::JobKind::Restore,
             instance_id: target_id.to_string(),
             backup_id: Some(backup_id),
             mode: "Manual".into(),
@@ -282,7 +284,7 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
             .as_deref()
             .ok_or_else(|| ActionError::RestoreDataPathMissing {
                 instance: target_id.to_string(),
-                method: backup.method.clone(),
+                method: backup.method,
             })?;
     match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
         Ok(()) => {}
@@ -319,12 +321,12 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
         .map_err(ActionError::from)?;
     let items: Vec<Value> = jobs
         .iter()
-        .filter(|j| j.kind == "restore" && want.is_none_or(|w| w == j.id))
+        .filter(|j| j.kind == ddsvault_catalog::JobKind::Restore && want.is_none_or(|w| w == j.id))
         .map(|j| {
             let mut item = json!({
                 "RestoreJobId": j.id.to_string(),
                 "BackupId": j.backup_id.map(|b| b.to_string()).unwrap_or_default(),
-                "SourceDBInstanceId": j.params["source_instance"].as_str().unwrap_or_default(),
+                "SourceDBInstanceId": j.restore_params().map(|p| p.source_instance).unwrap_or_default(),
                 "Status": match j.state {
                     JobState::Pending => "Scheduled",
                     JobState::Running => "Restoring",

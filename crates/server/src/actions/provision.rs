@@ -119,7 +119,10 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                         ),
                     ));
                 }
-                select.push(json!({ "db": db }));
+                select.push(ddsvault_catalog::RestoreSelection {
+                    db: db.clone(),
+                    collection: None,
+                });
             }
         }
         BackupMethod::Physical | BackupMethod::Snapshot if databases.is_empty() => {}
@@ -171,14 +174,15 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
             instance_id: id.clone(),
             backup_id: Some(backup.id),
             mode: "Manual".into(),
-            params: json!({
-                "source_instance": source,
-                "method": backup.method,
-                "drop": false,
-                "select": select,
-                "restore_time": restore_time,
-                "restore_type": restore_type,
-            }),
+            params: ddsvault_catalog::RestoreJobParams {
+                source_instance: source.to_string(),
+                method: Some(backup.method),
+                drop: false,
+                select: select.clone(),
+                restore_time,
+                restore_type: Some(restore_type.to_string()),
+            }
+            .to_value(),
             now,
         };
         match st.catalog.create_provisioned_instance(&new, &job).await {

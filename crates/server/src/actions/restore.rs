@@ -14,7 +14,9 @@
 
 use chrono::Utc;
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{Backup, BackupStatus, JobState, NewJob};
+use ddsvault_catalog::{
+    Backup, BackupStatus, JobState, NewJob, RestoreJobParams, RestoreSelection,
+};
 use serde_json::{json, Map, Value};
 
 use super::{dds_time, page};
@@ -172,7 +174,10 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 ),
             ));
         }
-        select.push(json!({"db": db}));
+        select.push(RestoreSelection {
+            db: db.clone(),
+            collection: None,
+        });
     }
     for ns in &collections {
         let Some((db, coll)) = ns.split_once('.') else {
@@ -187,7 +192,10 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 &format!("The backup holds no collection {ns:?}."),
             ));
         }
-        select.push(json!({"db": db, "collection": coll}));
+        select.push(RestoreSelection {
+            db: db.to_string(),
+            collection: Some(coll.to_string()),
+        });
     }
 
     // Refuse early, with the namespace named, rather than fail the job later; the job checks again before
@@ -228,7 +236,13 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
         st,
         target_id,
         backup.id,
-        json!({"source_instance": source, "drop": drop, "select": select, "restore_time": restore_time}),
+        RestoreJobParams {
+            source_instance: source.to_string(),
+            drop,
+            select,
+            restore_time,
+            ..RestoreJobParams::default()
+        },
     )
     .await
 }
@@ -238,7 +252,7 @@ async fn restore_job(
     st: &AppState,
     target_id: &str,
     backup_id: i64,
-    params: Value,
+    params: RestoreJobParams,
 ) -> ActionResult {
     let job = st
         .catalog
@@ -247,7 +261,7 @@ async fn restore_job(
             instance_id: target_id.to_string(),
             backup_id: Some(backup_id),
             mode: "Manual".into(),
-            params,
+            params: params.to_value(),
             now: Utc::now(),
         })
         .await
@@ -300,7 +314,11 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
         st,
         target_id,
         backup.id,
-        json!({"source_instance": source, "method": backup.method}),
+        RestoreJobParams {
+            source_instance: source.to_string(),
+            method: Some(backup.method),
+            ..RestoreJobParams::default()
+        },
     )
     .await
 }

@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             catalog
                 .create_backup_job(&NewBackupJob {
                     instance_id: id.clone(),
-                    method: "Logical".into(),
+                    method: ddsvault_catalog::BackupMethod::Logical,
                     mode: "Manual".into(),
                     retention_days: 7,
                     engine_version: "7.0".into(),
@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (job, backup) = catalog
             .create_backup_job(&NewBackupJob {
                 instance_id: instance.clone(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Automated".into(),
                 retention_days: -1,
                 engine_version: "7.0".into(),

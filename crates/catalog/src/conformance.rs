@@ -27,7 +27,7 @@ fn now_ms() -> chrono::DateTime<Utc> {
 fn new_job(instance: &str, secs: i64) -> NewBackupJob {
     NewBackupJob {
         instance_id: instance.into(),
-        method: "Logical".into(),
+        method: crate::BackupMethod::Logical,
         mode: "Manual".into(),
         retention_days: 30,
         engine_version: "7.0".into(),
@@ -153,7 +153,7 @@ async fn registered_instances(cat: &Catalog) {
             now: t0,
         },
         &NewJob {
-            kind: "provision".into(),
+            kind: crate::JobKind::Provision,
             instance_id: "dds-rp".into(),
             backup_id: None,
             mode: "Manual".into(),
@@ -215,7 +215,7 @@ async fn registered_instances(cat: &Catalog) {
     // Not removed while a job is active; removed once it ended, and only once.
     let job = cat
         .create_job(&NewJob {
-            kind: "restore".into(),
+            kind: crate::JobKind::Restore,
             instance_id: "dds-r1".into(),
             backup_id: None,
             mode: "Manual".into(),
@@ -226,7 +226,7 @@ async fn registered_instances(cat: &Catalog) {
         .expect("job");
     match cat.delete_registered_instance("dds-r1").await {
         Err(CatalogError::ActiveJobExists { job_id, kind }) => {
-            assert_eq!((job_id, kind.as_str()), (job.id, "restore"))
+            assert_eq!((job_id, kind), (job.id, Some(crate::JobKind::Restore)))
         }
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
@@ -270,7 +270,7 @@ async fn provisioned_instances(cat: &Catalog) {
         now,
     };
     let job = |id: &str| NewJob {
-        kind: "provision".into(),
+        kind: crate::JobKind::Provision,
         instance_id: id.into(),
         backup_id: Some(7),
         mode: "Manual".into(),
@@ -289,7 +289,7 @@ async fn provisioned_instances(cat: &Catalog) {
     assert_eq!(inst.status, ProvisionStatus::Creating);
     assert_eq!(inst.job_id, Some(j.id));
     assert_eq!(inst.port, 41000);
-    assert_eq!(j.kind, "provision");
+    assert_eq!(j.kind, crate::JobKind::Provision);
     assert_eq!(j.instance_id, "dds-p1");
     assert_eq!(j.state, JobState::Pending);
     // Same id, or same port: refused, and nothing of the second attempt is written (no second job).
@@ -887,7 +887,7 @@ async fn schedule(cat: &Catalog) {
             .expect("next"),
         ScheduledJob::Skipped {
             job_id: job.id,
-            kind: "backup".into()
+            kind: crate::JobKind::Backup
         }
     );
     assert_eq!(
@@ -1045,7 +1045,7 @@ async fn retention(cat: &Catalog) {
         .expect("end b3");
     let restore = cat
         .create_job(&NewJob {
-            kind: "restore".into(),
+            kind: crate::JobKind::Restore,
             instance_id: "dds-ret-target".into(),
             backup_id: Some(b1),
             mode: "Manual".into(),
@@ -1171,7 +1171,7 @@ async fn restore_jobs(cat: &Catalog) {
         cat.fail_job(j.id, "drained", now).await.expect("fail");
     }
     let new = NewJob {
-        kind: "restore".into(),
+        kind: crate::JobKind::Restore,
         instance_id: "dds-restore".into(),
         backup_id: Some(42),
         mode: "Manual".into(),
@@ -1180,18 +1180,20 @@ async fn restore_jobs(cat: &Catalog) {
     };
     let job = cat.create_job(&new).await.expect("create restore job");
     assert_eq!(
-        (job.kind.as_str(), job.backup_id, job.state),
-        ("restore", Some(42), JobState::Pending)
+        (job.kind, job.backup_id, job.state),
+        (crate::JobKind::Restore, Some(42), JobState::Pending)
     );
     // A restore and a backup of the same instance never run at once, whichever came first.
     match cat.create_backup_job(&new_job("dds-restore", 0)).await {
         Err(CatalogError::ActiveJobExists { job_id, kind }) => {
-            assert_eq!((job_id, kind.as_str()), (job.id, "restore"))
+            assert_eq!((job_id, kind), (job.id, Some(crate::JobKind::Restore)))
         }
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
     match cat.create_job(&new).await {
-        Err(CatalogError::ActiveJobExists { kind, .. }) => assert_eq!(kind, "restore"),
+        Err(CatalogError::ActiveJobExists { kind, .. }) => {
+            assert_eq!(kind, Some(crate::JobKind::Restore))
+        }
         other => panic!("expected ActiveJobExists, got {other:?}"),
     }
     let claimed = cat
@@ -1316,7 +1318,7 @@ async fn job_lifecycle(cat: &Catalog) {
     assert_eq!(job.backup_id, Some(backup.id));
     assert_eq!(
         cat.active_job("dds-life").await.expect("active"),
-        Some((job.id, "backup".to_string()))
+        Some((job.id, crate::JobKind::Backup))
     );
     assert_eq!(cat.active_job("dds-none").await.expect("active"), None);
     assert_eq!(backup.status, BackupStatus::Running);
@@ -1399,7 +1401,7 @@ async fn job_lifecycle(cat: &Catalog) {
         .expect("second");
     assert_eq!(
         cat.active_job("dds-life").await.expect("active"),
-        Some((job2.id, "backup".to_string()))
+        Some((job2.id, crate::JobKind::Backup))
     );
     cat.fail_job(job2.id, "boom", now).await.expect("fail");
     assert_eq!(cat.active_job("dds-life").await.expect("active"), None);
@@ -2142,14 +2144,18 @@ async fn stats(cat: &Catalog) {
     let jobs_of = |s: &crate::CatalogStats, state: JobState| {
         s.jobs
             .iter()
-            .filter(|j| j.kind == "backup" && j.method == "Logical" && j.state == state)
+            .filter(|j| {
+                j.kind == crate::JobKind::Backup
+                    && j.method == Some(crate::BackupMethod::Logical)
+                    && j.state == state
+            })
             .map(|j| j.count)
             .sum::<u64>()
     };
     let bytes_of = |s: &crate::CatalogStats| {
         s.backups
             .iter()
-            .filter(|b| b.method == "Logical" && b.status == "Success")
+            .filter(|b| b.method == crate::BackupMethod::Logical && b.status == "Success")
             .map(|b| b.bytes)
             .sum::<u64>()
     };
@@ -2390,7 +2396,7 @@ async fn restore_drills(cat: &Catalog) {
 
     // Scheduled drill jobs: one per (source, slot) whatever the callers; the job runs on the scratch target.
     let job = |source: &str, now: i64| NewJob {
-        kind: "drill".into(),
+        kind: crate::JobKind::Drill,
         instance_id: "dds-scratch".into(),
         backup_id: None,
         mode: "Automated".into(),
@@ -2422,7 +2428,7 @@ async fn restore_drills(cat: &Catalog) {
             .expect("skip"),
         ScheduledDrill::Skipped {
             job_id: j.id,
-            kind: "drill".into()
+            kind: crate::JobKind::Drill
         }
     );
     let runs = cat.list_schedule_runs("dds-d0", 10).await.expect("runs");

@@ -67,7 +67,7 @@ pub struct BackupCopy {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: String,
     /// The source backup's method, start and end (kept: the copy outlives the source's row).
-    pub method: String,
+    pub method: crate::BackupMethod,
     pub start_time: DateTime<Utc>,
     pub end_time: Option<DateTime<Utc>>,
     /// Bytes stored in the destination (0 until copied).

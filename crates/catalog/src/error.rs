@@ -3,9 +3,13 @@
 /// What can go wrong in the catalog, named for what the caller decides.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// The instance already has a pending or running job (of `kind`).
-    #[error("instance already has an active {kind} job {job_id}")]
-    ActiveJobExists { job_id: i64, kind: String },
+    /// The instance already has a pending or running job (of `kind`; `None` when that job ended between the
+    /// refused insert and the look-up of what held the instance).
+    #[error("instance already has an active job {job_id}")]
+    ActiveJobExists {
+        job_id: i64,
+        kind: Option<crate::JobKind>,
+    },
     /// A row the caller named does not exist (or is not in the state the call needs).
     #[error("{0} not found")]
     NotFound(String),

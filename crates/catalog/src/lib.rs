@@ -351,7 +351,7 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Job>, CatalogError>;
 
     /// The newest Pending or Running job of an instance, as (id, kind). Cheap: CreateBackup reads it first.
-    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, String)>, CatalogError>;
+    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, JobKind)>, CatalogError>;
 
     /// One backup set by id.
     async fn get_backup(&self, backup_id: i64) -> Result<Option<Backup>, CatalogError>;

@@ -206,12 +206,248 @@ impl JobState {
     }
 }
 
+/// What a job does. Stored in `jobs.kind` as [`JobKind::as_str`]; the runner dispatches on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Takes a backup set (its method is the set's [`BackupMethod`]).
+    Backup,
+    /// Restores a backup set (or a point in time) into an instance.
+    Restore,
+    /// Creates a new instance from a backup (CreateDBInstance).
+    Provision,
+    /// Restores a backup into a scratch instance and compares it with what the backup recorded (docs/drills.md).
+    Drill,
+}
+
+impl JobKind {
+    /// Every kind, for exhaustive listings (metrics, tests).
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Backup,
+        JobKind::Restore,
+        JobKind::Provision,
+        JobKind::Drill,
+    ];
+
+    /// The stored (and logged) name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+            JobKind::Provision => "provision",
+            JobKind::Drill => "drill",
+        }
+    }
+
+    /// The kind a stored name denotes; `None` for a name no version of ddsvault writes.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a backup set is taken: the Dds `BackupMethod` values, stored as they are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackupMethod {
+    /// A mongodump-compatible archive read through the wire protocol.
+    Logical,
+    /// A consistent copy of the server's data files.
+    Physical,
+    /// A deduplicated, incremental copy of the data files (chunks shared between sets).
+    Snapshot,
+}
+
+impl BackupMethod {
+    /// Every method, for exhaustive listings (metrics, tests).
+    pub const ALL: [BackupMethod; 3] = [
+        BackupMethod::Logical,
+        BackupMethod::Physical,
+        BackupMethod::Snapshot,
+    ];
+
+    /// The name stored in the catalog and answered by the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackupMethod::Logical => "Logical",
+            BackupMethod::Physical => "Physical",
+            BackupMethod::Snapshot => "Snapshot",
+        }
+    }
+
+    /// The method a stored or requested name denotes (exact case, as Dds answers it); `None` otherwise.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Physical and Snapshot sets are copies of data files (restored by materializing them), Logical ones are not.
+    pub const fn is_file_level(self) -> bool {
+        matches!(self, BackupMethod::Physical | BackupMethod::Snapshot)
+    }
+}
+
+/// How a logical archive is compressed: `[backup] compression` and a backup job's `compression` parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveCompression {
+    #[default]
+    Zstd,
+    Gzip,
+}
+
+/// The databases CreateBackup listed for a job, so that a job starting soon after need not list them again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseListing {
+    pub databases: Vec<String>,
+    /// When they were listed (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// The parameters of a backup job (`jobs.params`), written by CreateBackup and the scheduler, read by the job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupJobParams {
+    pub method: BackupMethod,
+    /// Days the set is kept; -1 = permanent.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: i64,
+    /// Logical archives only; unset: the process's `[backup] compression`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<ArchiveCompression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<DatabaseListing>,
+    /// Automatic backups: which schedule made the job ([`SCHEDULE_HIGH_FREQUENCY`] or the daily one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Automatic backups: the retention tiers the slot belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<String>,
+    /// Automatic backups: the slot, `YYYY-MM-DDTHH:MM:SSZ`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// `ddsvault import`: the mongodump archive the set was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportSource>,
+}
+
+/// Where an imported backup set came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSource {
+    pub file: String,
+}
+
+fn default_retention_days() -> i64 {
+    // What jobs written before the parameter existed were kept for.
+    30
+}
+
+/// A database or a collection a restore selects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSelection {
+    pub db: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+}
+
+/// The parameters of a restore or provision job (`jobs.params`), written by the restore actions and
+/// CreateDBInstance, read by the job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJobParams {
+    /// The instance the backup was taken of.
+    #[serde(default)]
+    pub source_instance: String,
+    /// The backup's method (file-level restores and CreateDBInstance record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<BackupMethod>,
+    /// Drop each restored collection first (logical restores).
+    #[serde(default)]
+    pub drop: bool,
+    /// What to restore; empty: everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<RestoreSelection>,
+    /// Point-in-time restores: the second (Unix time) to restore to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_time: Option<u32>,
+    /// CreateDBInstance's `RestoreType` as requested (`0` backup, `1` time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_type: Option<String>,
+}
+
+impl BackupJobParams {
+    /// A job of `method` kept `retention_days`, with nothing else set.
+    pub fn new(method: BackupMethod, retention_days: i64) -> Self {
+        Self {
+            method,
+            retention_days,
+            compression: None,
+            listing: None,
+            schedule: None,
+            tiers: Vec::new(),
+            slot: None,
+            import: None,
+        }
+    }
+
+    /// The stored form.
+    pub fn to_value(&self) -> serde_json::Value {
+        // Serializing plain enums, strings and numbers cannot fail.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl RestoreJobParams {
+    /// The stored form.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Job {
+    /// The parameters of a backup job; [`crate::CatalogError::Corrupt`] when they are not a backup's.
+    pub fn backup_params(&self) -> Result<BackupJobParams, crate::CatalogError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| crate::CatalogError::Corrupt(format!("job {} parameters: {e}", self.id)))
+    }
+
+    /// The parameters of a restore or provision job; [`crate::CatalogError::Corrupt`] when they are not one's.
+    pub fn restore_params(&self) -> Result<RestoreJobParams, crate::CatalogError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| crate::CatalogError::Corrupt(format!("job {} parameters: {e}", self.id)))
+    }
+
+    /// The method a job names: a backup's, or the backup a restore reads when it recorded it.
+    pub fn method(&self) -> Option<BackupMethod> {
+        self.params
+            .get("method")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+    }
+}
+
+/// Decodes a stored job kind; an unknown name means the catalog was written by something else.
+pub(crate) fn decode_kind(s: &str) -> Result<JobKind, crate::CatalogError> {
+    JobKind::parse(s).ok_or_else(|| crate::CatalogError::Corrupt(format!("job kind {s:?}")))
+}
+
+/// Decodes a stored backup method.
+pub(crate) fn decode_method(s: &str) -> Result<BackupMethod, crate::CatalogError> {
+    BackupMethod::parse(s)
+        .ok_or_else(|| crate::CatalogError::Corrupt(format!("backup method {s:?}")))
+}
+
+impl std::fmt::Display for BackupMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A unit of work stored in the catalog.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     pub id: i64,
-    /// `backup` (later also `restore`).
-    pub kind: String,
+    pub kind: JobKind,
     pub instance_id: String,
     pub backup_id: Option<i64>,
     pub state: JobState,
@@ -323,7 +559,7 @@ pub enum ScheduledJob {
     /// The slot was already taken (by another process, or before a restart): nothing was done.
     AlreadyTaken,
     /// The slot is recorded as skipped: the instance had an active job (e.g. a manual backup or a restore).
-    Skipped { job_id: i64, kind: String },
+    Skipped { job_id: i64, kind: JobKind },
 }
 
 /// A slot recorded in the schedule.
@@ -400,8 +636,7 @@ pub struct Backup {
     pub job_id: i64,
     pub instance_id: String,
     pub status: BackupStatus,
-    /// `Logical` | `Physical` | `Snapshot`.
-    pub method: String,
+    pub method: BackupMethod,
     pub mode: String,
     /// `FullBackup` | `IncrementalBackup`.
     pub backup_type: String,
@@ -425,7 +660,7 @@ pub struct Backup {
 #[derive(Clone, Debug)]
 pub struct NewBackupJob {
     pub instance_id: String,
-    pub method: String,
+    pub method: BackupMethod,
     pub mode: String,
     pub retention_days: i64,
     pub engine_version: String,
@@ -436,8 +671,8 @@ pub struct NewBackupJob {
 /// Input of [`crate::CatalogBackend::create_job`]: a job that is not a backup (a restore, …).
 #[derive(Clone, Debug)]
 pub struct NewJob {
-    /// `restore`.
-    pub kind: String,
+    /// Not [`JobKind::Backup`]: backups are created with their set by `create_backup_job`.
+    pub kind: JobKind,
     /// The instance the job works on (a restore's target): one active job per instance.
     pub instance_id: String,
     /// The backup set the job reads, if any.
@@ -553,8 +788,9 @@ pub struct CatalogStats {
 /// One group of [`CatalogStats::jobs`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobCount {
-    pub kind: String,
-    pub method: String,
+    pub kind: JobKind,
+    /// `None` for jobs that name no method.
+    pub method: Option<BackupMethod>,
     pub state: JobState,
     pub count: u64,
 }
@@ -562,7 +798,7 @@ pub struct JobCount {
 /// One group of [`CatalogStats::backups`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupCount {
-    pub method: String,
+    pub method: BackupMethod,
     pub status: String,
     pub count: u64,
     /// Sum of the sets' recorded sizes (what each backup took when it was written; snapshot chunks shared by
@@ -759,5 +995,5 @@ pub enum ScheduledDrill {
     /// The slot was already taken (another process, or before a restart).
     AlreadyTaken,
     /// The scratch target had an active job: the slot is recorded as skipped.
-    Skipped { job_id: i64, kind: String },
+    Skipped { job_id: i64, kind: JobKind },
 }

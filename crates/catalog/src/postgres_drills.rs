@@ -120,7 +120,7 @@ impl PgCatalog {
             .await?;
         let outcome = if let Some(a) = active {
             let job_id: i64 = a.try_get("id")?;
-            let kind: String = a.try_get("kind")?;
+            let kind = crate::model::decode_kind(a.try_get("kind")?)?;
             query(
                 "UPDATE schedule_runs SET outcome = 'Skipped', job_id = ?, detail = ? \
                  WHERE instance_id = ? AND schedule = ? AND slot_start = ?",
@@ -141,7 +141,7 @@ impl PgCatalog {
                 "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \
                  VALUES (?, ?, ?, 'Pending', ?, ?, ?) RETURNING {JOB_COLUMNS}"
             ))
-            .bind(&job.kind)
+            .bind(job.kind.as_str())
             .bind(&job.instance_id)
             .bind(job.backup_id)
             .bind(&job.mode)
@@ -154,7 +154,7 @@ impl PgCatalog {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(CatalogError::ActiveJobExists {
                         job_id: 0,
-                        kind: "unknown".into(),
+                        kind: None,
                     })
                 }
                 Err(e) => return Err(e.into()),

@@ -153,7 +153,7 @@ impl PgCatalog {
         {
             return Err(CatalogError::ActiveJobExists {
                 job_id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
+                kind: crate::JobKind::parse(r.try_get("kind")?),
             });
         }
         let done = query("DELETE FROM registered_instances WHERE id = ?")

@@ -20,7 +20,7 @@ use crate::{
     NewBackupJob, NewJob, Page, PolicyAttachment, PrincipalKind, RamGroupRecord, RamPolicyRecord,
     RamUserRecord, RetentionLock, ScheduleRun, ScheduledJob,
 };
-use crate::{LogSlice, NewLogSlice};
+use crate::{JobKind, LogSlice, NewLogSlice};
 
 #[path = "sqlite_drills.rs"]
 mod drills;
@@ -148,7 +148,7 @@ fn copy_from_row(r: &SqliteRow) -> Result<BackupCopy, CatalogError> {
         attempts: r.try_get("attempts")?,
         next_attempt_at: from_ms(r.try_get("next_attempt_at")?)?,
         last_error: r.try_get("last_error")?,
-        method: r.try_get("method")?,
+        method: crate::model::decode_method(r.try_get("method")?)?,
         start_time: from_ms(r.try_get("start_time")?)?,
         end_time: opt_from_ms(r.try_get("end_time")?)?,
         size: r.try_get("size")?,
@@ -184,7 +184,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job, CatalogError> {
     let params: String = r.try_get("params")?;
     Ok(Job {
         id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
+        kind: crate::model::decode_kind(r.try_get("kind")?)?,
         instance_id: r.try_get("instance_id")?,
         backup_id: r.try_get("backup_id")?,
         state: JobState::parse(&state)
@@ -221,7 +221,7 @@ fn backup_from_row(r: &SqliteRow) -> Result<Backup, CatalogError> {
         instance_id: r.try_get("instance_id")?,
         status: BackupStatus::parse(&status)
             .ok_or_else(|| CatalogError::Corrupt(format!("backup status {status:?}")))?,
-        method: r.try_get("method")?,
+        method: crate::model::decode_method(r.try_get("method")?)?,
         mode: r.try_get("mode")?,
         backup_type: r.try_get("backup_type")?,
         start_time: from_ms(r.try_get("start_time")?)?,
@@ -275,7 +275,7 @@ async fn insert_backup_job(
     )
     .bind(job_id)
     .bind(&new.instance_id)
-    .bind(&new.method)
+    .bind(new.method.as_str())
     .bind(&new.mode)
     .bind(ms(new.now))
     .bind(new.retention_days)
@@ -313,14 +313,17 @@ impl SqliteCatalog {
             .fetch_optional(&self.write)
             .await;
         match active {
-            Ok(Some(r)) => match (r.try_get("id"), r.try_get("kind")) {
-                (Ok(job_id), Ok(kind)) => CatalogError::ActiveJobExists { job_id, kind },
+            Ok(Some(r)) => match (r.try_get("id"), r.try_get::<String, _>("kind")) {
+                (Ok(job_id), Ok(kind)) => CatalogError::ActiveJobExists {
+                    job_id,
+                    kind: crate::JobKind::parse(&kind),
+                },
                 (Err(e), _) | (_, Err(e)) => e.into(),
             },
             // The other job finished between our insert and this look-up; the caller may retry.
             Ok(None) => CatalogError::ActiveJobExists {
                 job_id: 0,
-                kind: "unknown".into(),
+                kind: None,
             },
             Err(e) => e.into(),
         }
@@ -575,7 +578,7 @@ impl CatalogBackend for SqliteCatalog {
             "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \
              VALUES (?, ?, ?, 'Pending', ?, ?, ?) RETURNING {JOB_COLUMNS}"
         ))
-        .bind(&new.kind)
+        .bind(new.kind.as_str())
         .bind(&new.instance_id)
         .bind(new.backup_id)
         .bind(&new.mode)
@@ -859,15 +862,19 @@ impl CatalogBackend for SqliteCatalog {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, String)>, CatalogError> {
-        if let Some(found) = self.fast.as_ref().and_then(|f| f.active_job(instance_id)) {
-            return Ok(found);
-        }
-        let row = sqlx::query(ACTIVE_JOB_SQL)
-            .bind(instance_id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| Ok((r.try_get("id")?, r.try_get("kind")?)))
+    async fn active_job(&self, instance_id: &str) -> Result<Option<(i64, JobKind)>, CatalogError> {
+        let found: Option<(i64, String)> =
+            match self.fast.as_ref().and_then(|f| f.active_job(instance_id)) {
+                Some(found) => found,
+                None => sqlx::query(ACTIVE_JOB_SQL)
+                    .bind(instance_id)
+                    .fetch_optional(&self.read)
+                    .await?
+                    .map(|r| Ok::<_, CatalogError>((r.try_get("id")?, r.try_get("kind")?)))
+                    .transpose()?,
+            };
+        found
+            .map(|(id, kind)| Ok((id, crate::model::decode_kind(&kind)?)))
             .transpose()
     }
 
@@ -1095,7 +1102,7 @@ impl CatalogBackend for SqliteCatalog {
                     .fetch_one(&mut *tx)
                     .await?;
                 let job_id: i64 = active.try_get("id")?;
-                let kind: String = active.try_get("kind")?;
+                let kind = crate::model::decode_kind(active.try_get("kind")?)?;
                 sqlx::query(
                     "UPDATE schedule_runs SET outcome = 'Skipped', job_id = ?, detail = ? \
                      WHERE instance_id = ? AND schedule = ? AND slot_start = ?",
@@ -1233,7 +1240,7 @@ impl CatalogBackend for SqliteCatalog {
         .bind(c.attempts)
         .bind(ms(c.next_attempt_at))
         .bind(&c.last_error)
-        .bind(&c.method)
+        .bind(c.method.as_str())
         .bind(ms(c.start_time))
         .bind(c.end_time.map(ms))
         .bind(c.size)
@@ -1532,11 +1539,12 @@ impl CatalogBackend for SqliteCatalog {
         {
             let state: String = r.try_get("state")?;
             stats.jobs.push(JobCount {
-                kind: r.try_get("kind")?,
-                // A method that is not a string (never written so) is shown as it is stored.
-                method: r
-                    .try_get::<String, _>("method")
-                    .unwrap_or_else(|_| "?".to_string()),
+                kind: crate::model::decode_kind(r.try_get("kind")?)?,
+                // "" (COALESCE's last resort) for a job that names no method.
+                method: match r.try_get::<String, _>("method")?.as_str() {
+                    "" => None,
+                    m => Some(crate::model::decode_method(m)?),
+                },
                 state: JobState::parse(&state)
                     .ok_or_else(|| CatalogError::Corrupt(format!("job state {state:?}")))?,
                 count: count(r.try_get("n")?),
@@ -1550,7 +1558,7 @@ impl CatalogBackend for SqliteCatalog {
         .await?
         {
             stats.backups.push(BackupCount {
-                method: r.try_get("method")?,
+                method: crate::model::decode_method(r.try_get("method")?)?,
                 status: r.try_get("status")?,
                 count: count(r.try_get("n")?),
                 bytes: count(r.try_get("bytes")?),

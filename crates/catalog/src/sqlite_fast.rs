@@ -82,7 +82,7 @@ mod tests {
         let (job, _) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: "dds-f".into(),
-                method: "Logical".into(),
+                method: crate::BackupMethod::Logical,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: String::new(),
@@ -93,7 +93,7 @@ mod tests {
             .expect("job");
         assert_eq!(
             fast.active_job("dds-f"),
-            Some(Some((job.id, "backup".into())))
+            Some(Some((job.id, crate::JobKind::Backup.as_str().into())))
         );
     }
 }

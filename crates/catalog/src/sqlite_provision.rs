@@ -78,7 +78,7 @@ impl SqliteCatalog {
             "INSERT INTO jobs (kind, instance_id, backup_id, state, mode, params, created_at) \
              VALUES (?, ?, ?, 'Pending', ?, ?, ?) RETURNING {JOB_COLUMNS}"
         ))
-        .bind(&job.kind)
+        .bind(job.kind.as_str())
         .bind(&job.instance_id)
         .bind(job.backup_id)
         .bind(&job.mode)

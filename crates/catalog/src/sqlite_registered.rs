@@ -154,7 +154,7 @@ impl SqliteCatalog {
         {
             return Err(CatalogError::ActiveJobExists {
                 job_id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
+                kind: crate::JobKind::parse(r.try_get("kind")?),
             });
         }
         let done = sqlx::query("DELETE FROM registered_instances WHERE id = ?")

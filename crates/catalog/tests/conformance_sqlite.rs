@@ -101,7 +101,7 @@ async fn upgrade_from_the_first_schema_keeps_backups() {
     let (_, next) = cat
         .create_backup_job(&ddsvault_catalog::NewBackupJob {
             instance_id: "dds-old".into(),
-            method: "Logical".into(),
+            method: ddsvault_catalog::BackupMethod::Logical,
             mode: "Manual".into(),
             retention_days: 30,
             engine_version: String::new(),
@@ -187,7 +187,7 @@ async fn upgrade_keeps_schedule_runs_as_standard_slots() {
         .create_scheduled_backup_job(
             &ddsvault_catalog::NewBackupJob {
                 instance_id: "dds-old".into(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Automated".into(),
                 retention_days: 30,
                 engine_version: String::new(),

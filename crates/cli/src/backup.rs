@@ -30,11 +30,12 @@ pub enum Method {
 
 impl Method {
     fn as_str(self) -> &'static str {
-        match self {
-            Method::Logical => "Logical",
-            Method::Physical => "Physical",
-            Method::Snapshot => "Snapshot",
-        }
+        let method = match self {
+            Method::Logical => ddsvault_catalog::BackupMethod::Logical,
+            Method::Physical => ddsvault_catalog::BackupMethod::Physical,
+            Method::Snapshot => ddsvault_catalog::BackupMethod::Snapshot,
+        };
+        method.as_str()
     }
 }
 

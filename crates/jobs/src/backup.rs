@@ -16,7 +16,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use ddsvault_catalog::{permanent_expiry, BackupCompletion, Job};
+use ddsvault_catalog::{
+    permanent_expiry, ArchiveCompression, BackupCompletion, BackupJobParams, Job,
+};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
@@ -32,8 +34,8 @@ pub(crate) async fn run(
     job: &Job,
     cancel: &CancellationToken,
 ) -> Result<(), JobError> {
-    let method = job.params.get("method").and_then(|v| v.as_str());
-    if let Some(file_method) = method.and_then(crate::physical::FileMethod::from_name) {
+    let params = job.backup_params()?;
+    if let Some(file_method) = crate::physical::FileMethod::of(params.method) {
         return crate::physical::run(runner, job, file_method, cancel).await;
     }
     let backup_id = job
@@ -43,7 +45,7 @@ pub(crate) async fn run(
 
     let client = connect(&spec.uri).await?;
     let topology = discover(&client).await?;
-    let databases = match prior_listing(job, Utc::now()) {
+    let databases = match prior_listing(&params, Utc::now()) {
         Some(listed) => listed,
         None => list_user_databases(&client).await?,
     };
@@ -51,7 +53,7 @@ pub(crate) async fn run(
         return Err(JobError::NoDatabase(job.instance_id.clone()));
     }
 
-    let compression = compression_for(job, &runner.settings.compression);
+    let compression = compression_for(&params, &runner.settings.compression);
     let archive_name = format!("archive{}", compression.extension());
     let staging = Repository::staging_prefix(&staging_token(job.id));
     let final_archive =
@@ -228,7 +230,7 @@ pub(crate) async fn publish_logical(
         format: ddsvault_repo::MANIFEST_FORMAT,
         backup_id,
         instance_id: job.instance_id.clone(),
-        method: "Logical".into(),
+        method: ddsvault_catalog::BackupMethod::Logical.as_str().into(),
         created_at: a.end_time,
         files: vec![ManifestFile {
             name: a.archive_name.clone(),
@@ -290,28 +292,24 @@ const PRIOR_LISTING_MAX_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// The databases CreateBackup listed for this job (`listing` in its parameters), if listed recently enough at
 /// `now`.
-fn prior_listing(job: &Job, now: chrono::DateTime<Utc>) -> Option<Vec<String>> {
-    let l = job.params.get("listing")?;
-    let at = chrono::DateTime::from_timestamp_millis(l.get("at_ms")?.as_i64()?)?;
+fn prior_listing(params: &BackupJobParams, now: chrono::DateTime<Utc>) -> Option<Vec<String>> {
+    let l = params.listing.as_ref()?;
+    let at = chrono::DateTime::from_timestamp_millis(l.at_ms)?;
     // A listing "from the future" means clocks disagree between processes: do not trust it.
     if now - at > PRIOR_LISTING_MAX_AGE || at > now + chrono::Duration::seconds(5) {
         return None;
     }
-    l.get("databases")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_str().map(str::to_string))
-        .collect()
+    Some(l.databases.clone())
 }
 
-fn compression_for(job: &Job, default: &Compression) -> Compression {
-    match job.params.get("compression").and_then(|v| v.as_str()) {
-        Some("gzip") => Compression::Gzip,
-        Some("zstd") => match default {
+fn compression_for(params: &BackupJobParams, default: &Compression) -> Compression {
+    match params.compression {
+        Some(ArchiveCompression::Gzip) => Compression::Gzip,
+        Some(ArchiveCompression::Zstd) => match default {
             Compression::Zstd { .. } => *default,
             _ => Compression::Zstd { level: 3 },
         },
-        _ => *default,
+        None => *default,
     }
 }
 
@@ -388,11 +386,8 @@ impl Write for SharedWriter {
 
 /// When a backup that ended at `end_time` expires: the job's `retention_days` later, or never for -1.
 pub(crate) fn expire_time_of(job: &Job, end_time: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
-    let retention = job
-        .params
-        .get("retention_days")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(30);
+    // The job read its parameters when it started; they cannot have become unreadable since.
+    let retention = job.backup_params().map_or(30, |p| p.retention_days);
     if retention < 0 {
         permanent_expiry()
     } else {
@@ -408,7 +403,7 @@ mod tests {
     fn job(params: serde_json::Value) -> Job {
         Job {
             id: 1,
-            kind: "backup".into(),
+            kind: ddsvault_catalog::JobKind::Backup,
             instance_id: "dds-a".into(),
             backup_id: Some(1),
             state: JobState::Running,
@@ -437,7 +432,10 @@ mod tests {
                 "databases": dbs,
                 "at_ms": (now - chrono::Duration::seconds(ago)).timestamp_millis(),
             }}))
+            .backup_params()
         };
+        let listed =
+            |ago: i64, dbs: serde_json::Value| listed(ago, dbs).expect("well-formed parameters");
         assert_eq!(
             prior_listing(&listed(5, serde_json::json!(["a", "b"])), now),
             Some(vec!["a".to_string(), "b".to_string()])
@@ -450,15 +448,18 @@ mod tests {
             prior_listing(&listed(-60, serde_json::json!(["a"])), now),
             None
         );
-        assert_eq!(
-            prior_listing(&listed(5, serde_json::json!(["a", 7])), now),
-            None
-        );
-        assert_eq!(prior_listing(&listed(5, serde_json::json!("a")), now), None);
+        // A malformed listing is a corrupt job, not an empty listing.
+        for bad in [serde_json::json!(["a", 7]), serde_json::json!("a")] {
+            let j = job(
+                serde_json::json!({"method": "Logical", "listing": {"databases": bad, "at_ms": 0}}),
+            );
+            assert!(j.backup_params().is_err());
+        }
         // Automatic backups (the scheduler) and older jobs carry no listing.
-        assert_eq!(
-            prior_listing(&job(serde_json::json!({"method": "Logical"})), now),
-            None
-        );
+        let plain = job(serde_json::json!({"method": "Logical"}))
+            .backup_params()
+            .expect("parameters");
+        assert_eq!(plain.retention_days, 30);
+        assert_eq!(prior_listing(&plain, now), None);
     }
 }

@@ -398,7 +398,7 @@ mod tests {
             job_id: 5,
             instance_id: "dds-a".into(),
             status: BackupStatus::Success,
-            method: "Logical".into(),
+            method: ddsvault_catalog::BackupMethod::Logical,
             mode: "Manual".into(),
             backup_type: "FullBackup".into(),
             start_time: start,

@@ -31,7 +31,6 @@ use crate::progress::{with_heartbeat, Phase, Progress};
 use crate::{DrillOutcome, Event, JobError, Runner};
 
 /// The job kind.
-pub const KIND: &str = "drill";
 /// Mismatches kept in a drill's detail (the count of all of them is kept too).
 const MAX_MISMATCHES: usize = 100;
 
@@ -238,7 +237,7 @@ pub(crate) async fn run(
                 "backup {backup_id} does not exist or did not succeed"
             ))
         })?;
-    if backup.method != "Logical" {
+    if backup.method != ddsvault_catalog::BackupMethod::Logical {
         return Err(JobError::Other(format!(
             "backup {backup_id} is {}: restore drills restore Logical backups (docs/drills.md)",
             backup.method

@@ -12,10 +12,9 @@ use chrono::{DateTime, Utc};
 pub struct JobOutcome {
     pub job_id: i64,
     pub instance_id: String,
-    /// `backup` | `restore`.
-    pub kind: String,
-    /// The job's method (`Logical`, `Physical`, `Snapshot`; "" when the job names none).
-    pub method: String,
+    pub kind: ddsvault_catalog::JobKind,
+    /// The job's method; `None` when the job names none.
+    pub method: Option<ddsvault_catalog::BackupMethod>,
     /// `Manual` | `Automated`.
     pub mode: String,
     /// `None` on success; the failure's code (e.g. `Repository.NoSpace`) otherwise.

@@ -714,7 +714,7 @@ mod tests {
             format: ddsvault_repo::MANIFEST_FORMAT,
             backup_id: 9,
             instance_id: "dds-t".into(),
-            method: "Physical".into(),
+            method: ddsvault_catalog::BackupMethod::Physical.as_str().into(),
             created_at: Utc::now(),
             files: listed,
             extra: serde_json::json!({}),
@@ -1001,7 +1001,7 @@ mod tests {
             format: ddsvault_repo::MANIFEST_FORMAT,
             backup_id: 3,
             instance_id: "dds-m".into(),
-            method: "Physical".into(),
+            method: ddsvault_catalog::BackupMethod::Physical.as_str().into(),
             created_at: Utc::now(),
             files: vec![ddsvault_repo::ManifestFile {
                 name: "files/shop.sqlite".into(),

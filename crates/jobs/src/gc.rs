@@ -862,7 +862,7 @@ mod tests {
         let (job, b) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: inst.into(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Manual".into(),
                 retention_days: days.unwrap_or(-1),
                 engine_version: "7.0".into(),
@@ -1007,7 +1007,7 @@ mod tests {
         let id = backup(&cat, &repo, "dds-a", Some(7)).await;
         let restore = cat
             .create_job(&NewJob {
-                kind: "restore".into(),
+                kind: ddsvault_catalog::JobKind::Restore,
                 instance_id: "dds-target".into(),
                 backup_id: Some(id),
                 mode: "Manual".into(),
@@ -1048,7 +1048,7 @@ mod tests {
         let (_, running) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: "dds-a".into(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: String::new(),
@@ -1073,7 +1073,7 @@ mod tests {
     ) -> i64 {
         let new = NewBackupJob {
             instance_id: "dds-t".into(),
-            method: "Logical".into(),
+            method: ddsvault_catalog::BackupMethod::Logical,
             mode: "Automated".into(),
             retention_days: days,
             engine_version: "7.0".into(),
@@ -1319,7 +1319,7 @@ mod tests {
                 format: ddsvault_repo::MANIFEST_FORMAT,
                 backup_id: id,
                 instance_id: inst.into(),
-                method: "Snapshot".into(),
+                method: ddsvault_catalog::BackupMethod::Snapshot.as_str().into(),
                 created_at: t0(),
                 files: vec![entry],
                 extra: serde_json::json!({}),
@@ -1407,7 +1407,7 @@ mod tests {
         let (job, _) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: "dds-s".into(),
-                method: "Snapshot".into(),
+                method: ddsvault_catalog::BackupMethod::Snapshot,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: "7.0".into(),
@@ -1471,7 +1471,7 @@ mod tests {
         orphan(&repo, "dds-s", b"written by the crashed job").await;
         cat.create_backup_job(&NewBackupJob {
             instance_id: "dds-s".into(),
-            method: "Snapshot".into(),
+            method: ddsvault_catalog::BackupMethod::Snapshot,
             mode: "Manual".into(),
             retention_days: 7,
             engine_version: "7.0".into(),
@@ -1578,7 +1578,7 @@ mod tests {
         let (job, _) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: "dds-s".into(),
-                method: "Snapshot".into(),
+                method: ddsvault_catalog::BackupMethod::Snapshot,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: "7.0".into(),

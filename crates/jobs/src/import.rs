@@ -235,15 +235,20 @@ pub async fn import_logical_archive(
         .create_claimed_backup_job(
             &NewBackupJob {
                 instance_id: req.instance_id.clone(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Manual".into(),
                 retention_days,
                 engine_version,
-                params: serde_json::json!({
-                    "method": "Logical",
-                    "retention_days": retention_days,
-                    "import": { "file": req.file.display().to_string() },
-                }),
+                params: ddsvault_catalog::BackupJobParams {
+                    import: Some(ddsvault_catalog::ImportSource {
+                        file: req.file.display().to_string(),
+                    }),
+                    ..ddsvault_catalog::BackupJobParams::new(
+                        ddsvault_catalog::BackupMethod::Logical,
+                        retention_days,
+                    )
+                }
+                .to_value(),
                 now: start_time,
             },
             &runner.node_id,

@@ -11,7 +11,7 @@
 //! Backups completed before this existed have no recorded hash: they are accepted, reported as unauthenticated
 //! (see `docs/integrity.md`), and their statements are still compared with the row.
 
-use ddsvault_catalog::Backup;
+use ddsvault_catalog::{Backup, BackupMethod};
 use ddsvault_repo::chunks::SNAPSHOT_INDEX_FILE;
 use ddsvault_repo::{Manifest, RepoError, RepoPath, Repository};
 
@@ -100,7 +100,7 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
             format!("{:?}", b.instance_id),
         ));
     }
-    if m.method != b.method {
+    if m.method != b.method.as_str() {
         return Err(differs(
             "method",
             format!("{:?}", m.method),
@@ -147,10 +147,10 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
             format!("{:?}", b.db_names),
         ));
     }
-    let must_list = match b.method.as_str() {
-        "Logical" => b.details.get("archive").and_then(|a| a.as_str()),
-        "Snapshot" => Some(SNAPSHOT_INDEX_FILE),
-        _ => None,
+    let must_list = match b.method {
+        BackupMethod::Logical => b.details.get("archive").and_then(|a| a.as_str()),
+        BackupMethod::Snapshot => Some(SNAPSHOT_INDEX_FILE),
+        BackupMethod::Physical => None,
     };
     if let Some(name) = must_list {
         if !m.files.iter().any(|f| f.name == name) {
@@ -161,7 +161,7 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
             ));
         }
     }
-    if b.method == "Logical" && i64::try_from(m.total_size()).ok() != Some(b.size) {
+    if b.method == BackupMethod::Logical && i64::try_from(m.total_size()).ok() != Some(b.size) {
         return Err(differs(
             "size",
             m.total_size().to_string(),
@@ -174,7 +174,7 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
 /// What [`verify_backup`] checked.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub method: String,
+    pub method: BackupMethod,
     /// Data files (a snapshot's files as its index lists them).
     pub files: usize,
     pub bytes: u64,
@@ -194,7 +194,7 @@ impl Verified {
         } else {
             "manifest unauthenticated (older backup: the catalog recorded no hash for it)"
         };
-        if self.method == "Logical" {
+        if self.method == BackupMethod::Logical {
             format!(
                 "backup {backup_id} OK: {} file(s), {} bytes match the manifest; {} collections, {} documents, \
                  every CRC matches; {manifest}",
@@ -222,7 +222,7 @@ pub async fn verify_backup(repo: &Repository, backup: &Backup) -> Result<Verifie
     let manifest = &checked.manifest;
     repo.verify_files(&prefix, manifest).await?;
     let mut v = Verified {
-        method: backup.method.clone(),
+        method: backup.method,
         files: manifest.files.len(),
         bytes: manifest.total_size(),
         namespaces: 0,
@@ -230,8 +230,8 @@ pub async fn verify_backup(repo: &Repository, backup: &Backup) -> Result<Verifie
         chunks: 0,
         authenticated: checked.authenticated,
     };
-    match backup.method.as_str() {
-        "Logical" => {
+    match backup.method {
+        BackupMethod::Logical => {
             let archive = backup
                 .details
                 .get("archive")
@@ -259,7 +259,7 @@ pub async fn verify_backup(repo: &Repository, backup: &Backup) -> Result<Verifie
             v.namespaces = summary.namespaces.len();
             v.documents = summary.documents;
         }
-        _ => {
+        BackupMethod::Physical | BackupMethod::Snapshot => {
             if let Some(index) = repo.read_snapshot_index(&prefix, manifest).await? {
                 v.files = index.files.len();
                 v.bytes = index.total_size();
@@ -294,7 +294,7 @@ mod tests {
         let end = Utc.with_ymd_and_hms(2026, 3, 1, 2, 3, 4).unwrap();
         let details = serde_json::json!({"archive": "archive.zst", "compression": "zstd",
             "consistent_time": "2026-03-01T02:03:00Z"});
-        let mut m = Manifest::new(9, "dds-i", "Logical");
+        let mut m = Manifest::new(9, "dds-i", BackupMethod::Logical.as_str());
         m.created_at = end;
         m.files.push(ManifestFile {
             name: "archive.zst".into(),
@@ -308,7 +308,7 @@ mod tests {
             job_id: 1,
             instance_id: "dds-i".into(),
             status: BackupStatus::Success,
-            method: "Logical".into(),
+            method: BackupMethod::Logical,
             mode: "Manual".into(),
             backup_type: "FullBackup".into(),
             start_time: end,
@@ -343,7 +343,7 @@ mod tests {
         let c = authenticated_manifest(&repo, &b).await.expect("accepted");
         assert!(!c.authenticated);
         let v = Verified {
-            method: "Logical".into(),
+            method: BackupMethod::Logical,
             files: 1,
             bytes: 1,
             namespaces: 0,
@@ -378,7 +378,10 @@ mod tests {
         let cases: Vec<(&str, Change)> = vec![
             ("backup id", Box::new(|b| b.id = 10)),
             ("instance", Box::new(|b| b.instance_id = "dds-j".into())),
-            ("method", Box::new(|b| b.method = "Physical".into())),
+            (
+                "method",
+                Box::new(|b| b.method = ddsvault_catalog::BackupMethod::Physical),
+            ),
             (
                 "commit time",
                 Box::new(|b| {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use ddsvault_catalog::{BackupCompletion, Job};
+use ddsvault_catalog::{BackupCompletion, BackupMethod, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::physical::{self, sqlite::DataFile};
 use ddsvault_mongo::topology::{connect, discover, SYSTEM_DATABASES};
@@ -67,19 +67,24 @@ pub enum FileMethod {
 }
 
 impl FileMethod {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "Physical" => Some(Self::Physical),
-            "Snapshot" => Some(Self::Snapshot),
-            _ => None,
+    /// The file-level method of a backup method; `None` for Logical.
+    pub fn of(method: BackupMethod) -> Option<Self> {
+        match method {
+            BackupMethod::Physical => Some(Self::Physical),
+            BackupMethod::Snapshot => Some(Self::Snapshot),
+            BackupMethod::Logical => None,
+        }
+    }
+
+    fn method(self) -> BackupMethod {
+        match self {
+            Self::Physical => BackupMethod::Physical,
+            Self::Snapshot => BackupMethod::Snapshot,
         }
     }
 
     fn name(self) -> &'static str {
-        match self {
-            Self::Physical => "Physical",
-            Self::Snapshot => "Snapshot",
-        }
+        self.method().as_str()
     }
 }
 
@@ -639,7 +644,7 @@ async fn previous_snapshot(runner: &Runner, instance_id: &str, backup_id: i64) -
         };
         let found = backups.iter().find(|b| {
             b.id != backup_id
-                && b.method == "Snapshot"
+                && b.method == BackupMethod::Snapshot
                 && b.status == ddsvault_catalog::BackupStatus::Success
         });
         if let Some(b) = found {
@@ -1194,7 +1199,7 @@ mod tests {
             format: ddsvault_repo::MANIFEST_FORMAT,
             backup_id: 7,
             instance_id: "dds-s".into(),
-            method: "Snapshot".into(),
+            method: ddsvault_catalog::BackupMethod::Snapshot.as_str().into(),
             created_at: Utc::now(),
             files: vec![ManifestFile {
                 name: ddsvault_repo::chunks::SNAPSHOT_INDEX_FILE.into(),

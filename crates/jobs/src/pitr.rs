@@ -420,7 +420,7 @@ pub struct Base {
 
 /// The consistency point of a successful Logical backup, if it has one.
 pub fn base_of(b: &Backup) -> Option<Base> {
-    if b.status != BackupStatus::Success || b.method != "Logical" {
+    if b.status != BackupStatus::Success || b.method != ddsvault_catalog::BackupMethod::Logical {
         return None;
     }
     let c = b.details.get("consistent_ts")?;

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{BackupStatus, Catalog, Job, ProvisionStatus, ProvisionedInstance};
+use ddsvault_catalog::{
+    BackupMethod, BackupStatus, Catalog, Job, ProvisionStatus, ProvisionedInstance,
+};
 use ddsvault_repo::RepoPath;
 use tokio_util::sync::CancellationToken;
 
@@ -567,8 +569,8 @@ pub(crate) async fn run(
         "backup_id": backup.id,
         "method": backup.method,
     });
-    match backup.method.as_str() {
-        "Physical" | "Snapshot" => {
+    match backup.method {
+        BackupMethod::Physical | BackupMethod::Snapshot => {
             // Nothing runs on the directory yet: the backup's files go straight to their final place.
             let prefix = RepoPath::new(backup.repo_prefix.clone())?;
             let manifest = crate::integrity::authenticated_manifest(&runner.repo, &backup)
@@ -602,7 +604,7 @@ pub(crate) async fn run(
             result["bytes"] = serde_json::json!(m.bytes);
             prov.start(&inst.id, inst.port, &dir).await?;
         }
-        "Logical" => {
+        BackupMethod::Logical => {
             prov.start(&inst.id, inst.port, &dir).await?;
             result = crate::restore::logical_into(
                 runner,
@@ -612,11 +614,6 @@ pub(crate) async fn run(
                 cancel,
             )
             .await?;
-        }
-        other => {
-            return Err(JobError::Other(format!(
-                "backup {backup_id} has an unknown method {other:?}"
-            )))
         }
     }
     runner.add_instance(Provisioner::spec(&inst));

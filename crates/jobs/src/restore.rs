@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use ddsvault_catalog::{BackupStatus, Job};
+use ddsvault_catalog::{BackupStatus, Job, RestoreJobParams};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::restore::{
     logical_restore_with_oplog, ExtraOplog, NsSelector, RestoreOptions, RestoreProgress,
@@ -27,25 +27,16 @@ use tokio_util::sync::CancellationToken;
 use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
 use crate::{JobError, Runner};
 
-/// Parameters of a restore job, as stored in the catalog.
-fn selectors(params: &serde_json::Value) -> Vec<NsSelector> {
+/// The namespaces a restore job selects (empty: everything).
+fn selectors(params: &RestoreJobParams) -> Vec<NsSelector> {
     params
-        .get("select")
-        .and_then(|v| v.as_array())
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| {
-                    let db = i.get("db")?.as_str()?.to_string();
-                    let collection = i
-                        .get("collection")
-                        .and_then(|c| c.as_str())
-                        .map(str::to_string);
-                    Some(NsSelector { db, collection })
-                })
-                .collect()
+        .select
+        .iter()
+        .map(|s| NsSelector {
+            db: s.db.clone(),
+            collection: s.collection.clone(),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The compression a backup was written with, from its recorded details.
@@ -120,16 +111,8 @@ pub(crate) async fn run(
                 "backup {backup_id} does not exist or did not succeed"
             ))
         })?;
-    match backup.method.as_str() {
-        "Logical" => {}
-        "Physical" | "Snapshot" => {
-            return crate::file_restore::run(runner, job, &backup, cancel).await
-        }
-        other => {
-            return Err(JobError::Other(format!(
-                "backup {backup_id} has an unknown method {other:?}"
-            )))
-        }
+    if backup.method.is_file_level() {
+        return crate::file_restore::run(runner, job, &backup, cancel).await;
     }
     let spec = runner.instance(&job.instance_id)?;
     let result = logical_into(runner, job, &backup, &spec.uri, cancel).await?;
@@ -179,11 +162,10 @@ pub(crate) async fn logical_into(
 
     // A point-in-time restore: the log slices from the backup's consistency point to the chosen second, checked
     // to be still there and contiguous now (retention may have run since the request was accepted).
-    let extra: Option<ExtraOplog> = match job.params.get("restore_time").and_then(|v| v.as_u64()) {
+    let params = job.restore_params()?;
+    let extra: Option<ExtraOplog> = match params.restore_time {
         None => None,
         Some(t) => {
-            let t = u32::try_from(t)
-                .map_err(|_| JobError::Other(format!("restore time {t} out of range")))?;
             let slices = runner.catalog.list_log_slices(&backup.instance_id).await?;
             let bases: Vec<_> = crate::pitr::base_of(backup).into_iter().collect();
             let plan = crate::pitr::plan_point_in_time(
@@ -203,12 +185,8 @@ pub(crate) async fn logical_into(
 
     let client = connect(uri).await?;
     let opts = RestoreOptions {
-        drop: job
-            .params
-            .get("drop")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        select: selectors(&job.params),
+        drop: params.drop,
+        select: selectors(&params),
         parallel_collections: runner.settings.parallel_collections,
         // A restore drill compares the collections with what the dump read, before any oplog entry changes them.
         replay_oplog: job
@@ -273,7 +251,7 @@ pub(crate) async fn logical_into(
         })).collect::<Vec<_>>(),
         "warnings": summary.warnings,
         "oplog_replayed": summary.oplog_replayed,
-        "restore_time": job.params.get("restore_time"),
+        "restore_time": params.restore_time,
     });
     Ok(result)
 }

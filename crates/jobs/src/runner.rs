@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ddsvault_catalog::{Catalog, CatalogError, Job};
+use ddsvault_catalog::{Catalog, CatalogError, Job, JobKind};
 use ddsvault_repo::Repository;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -431,15 +431,15 @@ impl Runner {
     /// prefix. Other kinds write nothing to the repository; a restore's `backup_id` names the backup it READS,
     /// which must never be touched (a file restore's own directories in the target's data_path are removed).
     pub(crate) async fn remove_job_files(&self, job: &Job) {
-        if job.kind == "restore" {
+        if job.kind == ddsvault_catalog::JobKind::Restore {
             self.remove_restore_files(job).await;
             return;
         }
-        if job.kind == "provision" {
+        if job.kind == ddsvault_catalog::JobKind::Provision {
             crate::provision::cleanup(self, job, "creating the instance was interrupted").await;
             return;
         }
-        if job.kind != "backup" {
+        if job.kind != ddsvault_catalog::JobKind::Backup {
             return;
         }
         let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
@@ -546,12 +546,11 @@ impl Runner {
             // The work's own token: cancelled by shutdown (its parent) or by the loss of the lease.
             let work_cancel = cancel.child_token();
             let work = async {
-                match job.kind.as_str() {
-                    "backup" => crate::backup::run(self, &job, &work_cancel).await,
-                    "restore" => crate::restore::run(self, &job, &work_cancel).await,
-                    "provision" => crate::provision::run(self, &job, &work_cancel).await,
-                    crate::drill::KIND => crate::drill::run(self, &job, &work_cancel).await,
-                    other => Err(JobError::Other(format!("unknown job kind {other:?}"))),
+                match job.kind {
+                    JobKind::Backup => crate::backup::run(self, &job, &work_cancel).await,
+                    JobKind::Restore => crate::restore::run(self, &job, &work_cancel).await,
+                    JobKind::Provision => crate::provision::run(self, &job, &work_cancel).await,
+                    JobKind::Drill => crate::drill::run(self, &job, &work_cancel).await,
                 }
             };
             let (result, lost) = self.holding_lease(&job, &work_cancel, work).await;
@@ -576,7 +575,7 @@ impl Runner {
         tracing::warn!(
             "job stopped: its lease was lost to another process, which records its outcome"
         );
-        if job.kind == "backup" {
+        if job.kind == ddsvault_catalog::JobKind::Backup {
             let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -601,7 +600,7 @@ impl Runner {
                     return;
                 }
                 tracing::warn!(error = %e, "job failed");
-                if job.kind == "provision" {
+                if job.kind == ddsvault_catalog::JobKind::Provision {
                     // The instance shows why it failed (its process and data are removed).
                     crate::provision::cleanup(self, job, &e.to_string()).await;
                 } else {
@@ -635,19 +634,14 @@ impl Runner {
     async fn report(&self, job: &Job, failure: Option<(&str, String)>) {
         let now = Utc::now();
         let started = job.started_at.unwrap_or(job.created_at);
-        let mut method = job
-            .params
-            .get("method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("")
-            .to_string();
+        let mut method = job.method();
         let mut bytes = None;
-        if failure.is_none() && job.kind == "backup" {
+        if failure.is_none() && job.kind == ddsvault_catalog::JobKind::Backup {
             if let Some(id) = job.backup_id {
                 match self.catalog.get_backup(id).await {
                     Ok(Some(b)) => {
                         bytes = Some(u64::try_from(b.size).unwrap_or(0));
-                        method = b.method;
+                        method = Some(b.method);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -664,7 +658,7 @@ impl Runner {
             .emit(&crate::Event::JobFinished(crate::JobOutcome {
                 job_id: job.id,
                 instance_id: job.instance_id.clone(),
-                kind: job.kind.clone(),
+                kind: job.kind,
                 method,
                 mode: job.mode.clone(),
                 error_code,

@@ -42,8 +42,9 @@ use ddsvault_catalog::policy::{
     slot_on_day,
 };
 use ddsvault_catalog::{
-    AdvancedPolicy, BackupPolicy, Catalog, DrillPolicy, NewBackupJob, NewJob, ScheduledDrill,
-    ScheduledJob, SCHEDULE_DRILL, SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD,
+    AdvancedPolicy, ArchiveCompression, BackupJobParams, BackupMethod, BackupPolicy, Catalog,
+    DrillPolicy, NewBackupJob, NewJob, ScheduledDrill, ScheduledJob, SCHEDULE_DRILL,
+    SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD,
 };
 
 use crate::retention::RetentionRules;
@@ -133,10 +134,10 @@ pub async fn newest_drillable_backup(
                 },
             )
             .await?;
-        if let Some(b) = backups
-            .iter()
-            .find(|b| b.status == ddsvault_catalog::BackupStatus::Success && b.method == "Logical")
-        {
+        if let Some(b) = backups.iter().find(|b| {
+            b.status == ddsvault_catalog::BackupStatus::Success
+                && b.method == ddsvault_catalog::BackupMethod::Logical
+        }) {
             return Ok(Some(b.clone()));
         }
         if backups.is_empty() || u64::from(page) * 100 >= total {
@@ -206,7 +207,7 @@ pub enum TickOutcome {
 
 /// Picks the method of an instance's automatic backup (called once per window slot).
 pub type MethodChooser =
-    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, BackupMethod> + Send + Sync>;
 
 struct Chooser(MethodChooser);
 
@@ -223,7 +224,7 @@ pub struct Scheduler {
     /// The instances looked at on each tick (the runner's live list while serving).
     instances: crate::InstanceIds,
     node_id: String,
-    compression: String,
+    compression: ArchiveCompression,
     clock: Arc<dyn Clock>,
     tick: Duration,
     runner: Option<Arc<Runner>>,
@@ -233,12 +234,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// `compression` is recorded in the job parameters like CreateBackup does (`zstd` | `gzip`).
+    /// `compression` is recorded in the job parameters like CreateBackup does.
     pub fn new(
         catalog: Catalog,
         instances: Vec<String>,
         node_id: String,
-        compression: String,
+        compression: ArchiveCompression,
         tick: Duration,
     ) -> Self {
         Self {
@@ -328,7 +329,7 @@ impl Scheduler {
                 if let Some(slot) = high_frequency_slot(hf.interval_minutes, now) {
                     let job = self.job(
                         id,
-                        "Snapshot",
+                        BackupMethod::Snapshot,
                         SCHEDULE_HIGH_FREQUENCY,
                         slot,
                         hf.all.as_days(),
@@ -383,7 +384,7 @@ impl Scheduler {
                 continue;
             };
             let job = NewJob {
-                kind: crate::drill::KIND.into(),
+                kind: ddsvault_catalog::JobKind::Drill,
                 instance_id: policy.target.clone(),
                 backup_id: Some(backup.id),
                 mode: "Automated".into(),
@@ -447,18 +448,19 @@ impl Scheduler {
         }
         let active = self.catalog.list_jobs(id, true).await?;
         if let Some(j) = active.iter().find(|j| {
-            j.params.get("schedule").and_then(|s| s.as_str()) == Some(SCHEDULE_HIGH_FREQUENCY)
+            j.backup_params()
+                .is_ok_and(|p| p.schedule.as_deref() == Some(SCHEDULE_HIGH_FREQUENCY))
         }) {
             tracing::info!(instance = %id, %slot, job_id = j.id, "automatic backup waits for a high-frequency snapshot");
             return Ok(TickOutcome::Waiting { slot, job_id: j.id });
         }
         let method = match self.method.get() {
             Some(Chooser(choose)) => choose(id.to_string()).await,
-            None => "Logical".to_string(),
+            None => BackupMethod::Logical,
         };
         let job = self.job(
             id,
-            &method,
+            method,
             SCHEDULE_STANDARD,
             slot,
             retention_days,
@@ -472,7 +474,7 @@ impl Scheduler {
     fn job(
         &self,
         id: &str,
-        method: &str,
+        method: BackupMethod,
         schedule: &str,
         slot: DateTime<Utc>,
         retention_days: i64,
@@ -481,18 +483,18 @@ impl Scheduler {
     ) -> NewBackupJob {
         NewBackupJob {
             instance_id: id.to_string(),
-            method: method.into(),
+            method,
             mode: "Automated".into(),
             retention_days,
             engine_version: String::new(),
-            params: serde_json::json!({
-                "method": method,
-                "retention_days": retention_days,
-                "compression": self.compression,
-                "schedule": schedule,
-                "tiers": tiers,
-                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            }),
+            params: BackupJobParams {
+                compression: Some(self.compression),
+                schedule: Some(schedule.to_string()),
+                tiers: tiers.iter().map(|t| t.to_string()).collect(),
+                slot: Some(slot.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                ..BackupJobParams::new(method, retention_days)
+            }
+            .to_value(),
             now,
         }
     }
@@ -598,7 +600,7 @@ mod tests {
             cat.clone(),
             vec!["dds-a".into()],
             node.into(),
-            "zstd".into(),
+            ddsvault_catalog::ArchiveCompression::Zstd,
             Duration::from_secs(30),
         )
         .with_clock(clock.clone())
@@ -692,19 +694,19 @@ mod tests {
         assert_eq!(slot, at("2026-11-27T03:00:00Z"));
         let job = cat.get_job(job_id).await.expect("get").expect("job");
         assert_eq!(
-            (job.mode.as_str(), job.kind.as_str()),
-            ("Automated", "backup")
+            (job.mode.as_str(), job.kind),
+            ("Automated", ddsvault_catalog::JobKind::Backup)
         );
-        assert_eq!(job.params["method"], "Logical");
-        assert_eq!(job.params["retention_days"], 14);
+        assert_eq!(job.method(), Some(BackupMethod::Logical));
+        assert_eq!(job.backup_params().expect("params").retention_days, 14);
         let backup = cat
             .get_backup(job.backup_id.expect("backup"))
             .await
             .expect("get")
             .expect("backup");
         assert_eq!(
-            (backup.mode.as_str(), backup.method.as_str()),
-            ("Automated", "Logical")
+            (backup.mode.as_str(), backup.method),
+            ("Automated", BackupMethod::Logical)
         );
         // Let the job finish, so that only the slot key can stop a second run.
         cat.fail_job(job_id, "test", at("2026-11-27T03:01:00Z"))
@@ -791,7 +793,7 @@ mod tests {
         let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
         let manual = cat
             .create_job(&NewJob {
-                kind: "restore".into(),
+                kind: ddsvault_catalog::JobKind::Restore,
                 instance_id: "dds-a".into(),
                 backup_id: None,
                 mode: "Manual".into(),
@@ -934,15 +936,16 @@ mod tests {
         };
         assert_eq!(slot, at("2026-11-27T10:00:00Z"));
         let job = cat.get_job(job_id).await.expect("get").expect("job");
+        let params = job.backup_params().expect("backup parameters");
         assert_eq!(
+            (job.mode.as_str(), params.method, params.schedule.as_deref()),
             (
-                job.mode.as_str(),
-                job.params["method"].as_str(),
-                job.params["schedule"].as_str()
-            ),
-            ("Automated", Some("Snapshot"), Some("high_frequency"))
+                "Automated",
+                BackupMethod::Snapshot,
+                Some(SCHEDULE_HIGH_FREQUENCY)
+            )
         );
-        assert_eq!(job.params["retention_days"], 2);
+        assert_eq!(params.retention_days, 2);
         cat.fail_job(job_id, "test", at("2026-11-27T10:06:00Z"))
             .await
             .expect("end");
@@ -1005,7 +1008,7 @@ mod tests {
             panic!("expected the window's backup, got {out:?}");
         };
         let job = cat.get_job(job_id).await.expect("get").expect("job");
-        assert_eq!(job.params["method"], "Logical");
+        assert_eq!(job.method(), Some(BackupMethod::Logical));
         // The 03:00 snapshot slot met the window's job: recorded as skipped.
         assert!(matches!(hf(&out[1].1), TickOutcome::Skipped { job_id: j, .. } if j == job_id));
     }
@@ -1015,7 +1018,7 @@ mod tests {
         let (job, backup) = cat
             .create_backup_job(&NewBackupJob {
                 instance_id: "dds-a".into(),
-                method: "Logical".into(),
+                method: ddsvault_catalog::BackupMethod::Logical,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: String::new(),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ddsvault_catalog::{Catalog, Job, JobState, NewBackupJob, NewJob};
+use ddsvault_catalog::{BackupMethod, Catalog, Job, JobState, NewBackupJob, NewJob};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Tasks};
 use ddsvault_repo::faults::{FaultKind, FaultOp, FaultPlan};
 use ddsvault_repo::Repository;
@@ -246,12 +246,12 @@ impl Env {
         out
     }
 
-    async fn backup(&self, method: &str) -> Job {
+    async fn backup(&self, method: BackupMethod) -> Job {
         let (job, _) = self
             .catalog
             .create_backup_job(&NewBackupJob {
                 instance_id: IID.into(),
-                method: method.into(),
+                method,
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: "7.0".into(),
@@ -268,7 +268,7 @@ impl Env {
         let job = self
             .catalog
             .create_job(&NewJob {
-                kind: "restore".into(),
+                kind: ddsvault_catalog::JobKind::Restore,
                 instance_id: IID.into(),
                 backup_id: Some(backup_id),
                 mode: "Manual".into(),
@@ -335,7 +335,7 @@ where
 }
 
 /// One faulty backup: Failed in time with the injected error, nothing of its own left, instance freed.
-async fn faulty_backup(env: &Env, method: &str, what: &str) {
+async fn faulty_backup(env: &Env, method: BackupMethod, what: &str) {
     let before = env.files();
     let injected = env.plan.injected();
     let start = Instant::now();
@@ -395,7 +395,7 @@ async fn every_fault_fails_the_job_in_time_cleans_up_and_frees_the_instance() {
     };
     let env = Env::start(&bin).await;
     let mut hit: BTreeMap<String, u64> = BTreeMap::new();
-    for method in ["Logical", "Physical", "Snapshot"] {
+    for method in BackupMethod::ALL {
         let calls = census(&env, || env.backup(method)).await;
         for op in OPS {
             for nth in stages(calls[&op]) {
@@ -433,7 +433,7 @@ async fn every_fault_fails_the_job_in_time_cleans_up_and_frees_the_instance() {
                         )
                     })
                     .collect();
-                bson::doc! {"method": method, "i": i as i64, "pad": pad}
+                bson::doc! {"method": method.as_str(), "i": i as i64, "pad": pad}
             })
             .collect();
         client
@@ -457,7 +457,7 @@ async fn every_fault_fails_the_job_in_time_cleans_up_and_frees_the_instance() {
         );
     }
     // Every method met faults at each kind of write and read it does (the others are reported below).
-    for method in ["Logical", "Physical", "Snapshot"] {
+    for method in BackupMethod::ALL {
         for op in [FaultOp::Put, FaultOp::Get, FaultOp::List] {
             assert!(
                 hit.get(&format!("{method} {op:?}")).copied().unwrap_or(0) > 0,
@@ -476,7 +476,7 @@ async fn a_faulty_restore_fails_in_time_and_the_next_one_succeeds() {
         return;
     };
     let env = Env::start(&bin).await;
-    let backup = env.backup("Logical").await;
+    let backup = env.backup(BackupMethod::Logical).await;
     assert_eq!(backup.state, JobState::Success, "{backup:?}");
     let backup_id = backup.backup_id.expect("backup id");
     let calls = census(&env, || env.restore(backup_id)).await;
@@ -531,7 +531,11 @@ async fn a_faulty_collector_pass_fails_in_time_and_the_next_one_finishes_the_wor
     for op in [FaultOp::List, FaultOp::Get, FaultOp::Delete] {
         // Two snapshots and a logical backup; the first snapshot and the logical one are then deleted.
         let mut ids = Vec::new();
-        for method in ["Snapshot", "Logical", "Snapshot"] {
+        for method in [
+            BackupMethod::Snapshot,
+            BackupMethod::Logical,
+            BackupMethod::Snapshot,
+        ] {
             let j = env.backup(method).await;
             assert_eq!(j.state, JobState::Success, "{j:?}");
             ids.push(j.backup_id.expect("id"));

@@ -340,8 +340,8 @@ mod tests {
         alerts.emit(&Event::JobFinished(ddsvault_jobs::JobOutcome {
             job_id: 1,
             instance_id: "dds-1".into(),
-            kind: "backup".into(),
-            method: "Logical".into(),
+            kind: ddsvault_catalog::JobKind::Backup,
+            method: Some(ddsvault_catalog::BackupMethod::Logical),
             mode: "Manual".into(),
             error_code: Some("Repository.NoSpace".into()),
             error: Some("disk full".into()),

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ddsvault_catalog::BackupMethod;
 use ddsvault_mongo::topology::{Topology, TopologyKind};
 use serde::Serialize;
 
@@ -61,16 +62,16 @@ pub fn default_method(
     kind: TopologyKind,
     cloud_disk: bool,
     file_backups_possible: bool,
-) -> &'static str {
+) -> BackupMethod {
     let seed = if kind == TopologyKind::Standalone || cloud_disk {
-        "Snapshot"
+        BackupMethod::Snapshot
     } else {
-        "Physical"
+        BackupMethod::Physical
     };
-    if file_backups_possible || seed == "Snapshot" {
+    if file_backups_possible || seed == BackupMethod::Snapshot {
         seed
     } else {
-        "Logical"
+        BackupMethod::Logical
     }
 }
 
@@ -302,14 +303,15 @@ mod tests {
 
     #[test]
     fn manual_and_automatic_backups_share_one_default() {
+        use BackupMethod::{Logical, Physical, Snapshot};
         use TopologyKind::*;
-        assert_eq!(default_method(ReplicaSet, false, true), "Physical");
-        assert_eq!(default_method(ReplicaSet, false, false), "Logical");
-        assert_eq!(default_method(Sharded, false, false), "Logical");
-        assert_eq!(default_method(Standalone, false, true), "Snapshot");
-        assert_eq!(default_method(Standalone, false, false), "Snapshot");
-        assert_eq!(default_method(ReplicaSet, true, true), "Snapshot");
-        assert_eq!(default_method(ReplicaSet, true, false), "Snapshot");
+        assert_eq!(default_method(ReplicaSet, false, true), Physical);
+        assert_eq!(default_method(ReplicaSet, false, false), Logical);
+        assert_eq!(default_method(Sharded, false, false), Logical);
+        assert_eq!(default_method(Standalone, false, true), Snapshot);
+        assert_eq!(default_method(Standalone, false, false), Snapshot);
+        assert_eq!(default_method(ReplicaSet, true, true), Snapshot);
+        assert_eq!(default_method(ReplicaSet, true, false), Snapshot);
     }
 
     #[tokio::test]

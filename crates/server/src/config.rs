@@ -492,8 +492,8 @@ impl RepositoryConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
     /// `zstd` (default) or `gzip` for logical archives.
-    #[serde(default = "default_compression")]
-    pub compression: String,
+    #[serde(default)]
+    pub compression: ddsvault_catalog::ArchiveCompression,
     /// zstd level, 1–19.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
@@ -516,7 +516,7 @@ fn default_stall_timeout() -> u64 {
 impl Default for BackupConfig {
     fn default() -> Self {
         Self {
-            compression: default_compression(),
+            compression: ddsvault_catalog::ArchiveCompression::default(),
             zstd_level: default_zstd_level(),
             parallel_collections: default_parallel(),
             max_concurrent_jobs: default_jobs(),
@@ -1064,9 +1064,6 @@ fn default_skew() -> u64 {
 fn default_url_ttl() -> u64 {
     3600
 }
-fn default_compression() -> String {
-    "zstd".into()
-}
 fn default_zstd_level() -> i32 {
     3
 }
@@ -1204,14 +1201,6 @@ impl Config {
         if let Some(a) = &self.account_id {
             if a.is_empty() || !a.chars().all(|c| c.is_ascii_digit()) {
                 return err(format!("account_id = {a:?} must be digits"));
-            }
-        }
-        match self.backup.compression.as_str() {
-            "zstd" | "gzip" => {}
-            other => {
-                return err(format!(
-                    "backup.compression = {other:?}: expected \"zstd\" or \"gzip\""
-                ))
             }
         }
         if !(1..=19).contains(&self.backup.zstd_level) {
@@ -1542,7 +1531,10 @@ mod tests {
         assert_eq!(c.region_id, DEFAULT_REGION);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.timestamp_skew_secs, 900);
-        assert_eq!(c.backup.compression, "zstd");
+        assert_eq!(
+            c.backup.compression,
+            ddsvault_catalog::ArchiveCompression::Zstd
+        );
         assert_eq!(c.retention.chunk_grace_secs, 3600);
         assert_eq!(c.retention.audit_retention_days, 180);
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));

@@ -173,7 +173,7 @@ impl UrlSigner {
 pub const FILES_TAR: &str = "files.tar";
 
 fn is_file_backup(b: &Backup) -> bool {
-    matches!(b.method.as_str(), "Physical" | "Snapshot")
+    b.method.is_file_level()
 }
 
 #[derive(Deserialize)]

@@ -42,6 +42,11 @@ pub enum ServerError {
 }
 
 /// Business errors of the Dds actions, named for what the client must do about them.
+/// A job kind as messages name it.
+fn kind_name(kind: Option<ddsvault_catalog::JobKind>) -> &'static str {
+    kind.map_or("unknown", ddsvault_catalog::JobKind::as_str)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// A parameter-level error already expressed as an API error (missing / invalid parameter).
@@ -51,8 +56,12 @@ pub enum ActionError {
     InstanceNotFound(String),
     #[error("backup {0} not found")]
     BackupNotFound(String),
-    #[error("a {kind} job ({job_id}) is already pending or running for the instance")]
-    JobExists { job_id: i64, kind: String },
+    #[error("a {} job ({job_id}) is already pending or running for the instance", kind_name(*.kind))]
+    JobExists {
+        job_id: i64,
+        /// `None` when the job ended before it could be named.
+        kind: Option<ddsvault_catalog::JobKind>,
+    },
     #[error("the instance has no user database")]
     NoDatabase,
     /// A restore drill was asked of an instance without a successful Logical backup.
@@ -62,10 +71,16 @@ pub enum ActionError {
     BackupMethodNotSupported(String),
     /// A file-level backup was asked for an instance whose data directory is not configured.
     #[error("{method} backups of {instance} need data_path in its configuration")]
-    DataPathMissing { instance: String, method: String },
+    DataPathMissing {
+        instance: String,
+        method: ddsvault_catalog::BackupMethod,
+    },
     /// A Physical or Snapshot restore into an instance whose data directory is not configured.
     #[error("restoring a {method} backup into {instance} needs data_path in its configuration")]
-    RestoreDataPathMissing { instance: String, method: String },
+    RestoreDataPathMissing {
+        instance: String,
+        method: ddsvault_catalog::BackupMethod,
+    },
     /// A Physical or Snapshot restore into a node that runs (or whose state cannot be checked); the text says
     /// what was found and holds no connection string.
     #[error("the node is not stopped: {0}")]
@@ -178,11 +193,11 @@ pub enum ActionError {
     #[error("instance {id} is {origin}, not registered")]
     NotRegistered { id: String, origin: &'static str },
     /// UnregisterDBInstance while a job of the instance is pending or running.
-    #[error("instance {instance} has an active {kind} job {job_id}")]
+    #[error("instance {instance} has an active {} job {job_id}", kind_name(*.kind))]
     InstanceHasActiveJob {
         instance: String,
         job_id: i64,
-        kind: String,
+        kind: Option<ddsvault_catalog::JobKind>,
     },
     /// UnregisterDBInstance while the instance's retention lock is on.
     #[error("retention lock of {0} is on")]
@@ -209,14 +224,20 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             "InvalidBackupId.NotFound",
             format!("The specified backup \"{id}\" is not found."),
         ),
-        ActionError::JobExists { job_id, kind } if kind == "restore" => ApiError::new(
+        ActionError::JobExists {
+            job_id,
+            kind: Some(ddsvault_catalog::JobKind::Restore),
+        } => ApiError::new(
             403,
             "OperationDenied.DBInstanceStatus",
             format!(
                 "The operation is not permitted due to status of instance. The instance is being restored (job {job_id}); try again when the restore has finished."
             ),
         ),
-        ActionError::JobExists { job_id, kind } if kind == "drill" => ApiError::new(
+        ActionError::JobExists {
+            job_id,
+            kind: Some(ddsvault_catalog::JobKind::Drill),
+        } => ApiError::new(
             403,
             "OperationDenied.DBInstanceStatus",
             format!(
@@ -234,7 +255,8 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             403,
             "OperationDenied.BackupJobExists",
             format!(
-                "The operation is not permitted due to backup job exist. A {kind} job ({job_id}) is pending or running for this instance; try again when it has finished."
+                "The operation is not permitted due to backup job exist. A {} job ({job_id}) is pending or running for this instance; try again when it has finished.",
+                kind_name(kind)
             ),
         ),
         ActionError::NoDatabase => ApiError::new(
@@ -462,7 +484,8 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             403,
             "OperationDenied.ActiveJobExists",
             format!(
-                "The instance {instance} has a {kind} job ({job_id}) pending or running; unregister it when the job has finished (DescribeBackupTasks / DescribeRestoreTasks). Nothing was changed."
+                "The instance {instance} has a {} job ({job_id}) pending or running; unregister it when the job has finished (DescribeBackupTasks / DescribeRestoreTasks). Nothing was changed.",
+                kind_name(kind)
             ),
         ),
         ActionError::UnregisterRetentionLocked(id) => ApiError::new(

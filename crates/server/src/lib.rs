@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{AccessKeyRecord, Catalog};
+use ddsvault_catalog::{AccessKeyRecord, ArchiveCompression, Catalog};
 use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
 use ddsvault_mongo::archive::Compression;
 use rand::distributions::Alphanumeric;
@@ -223,9 +223,9 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         );
     }
 
-    let compression = match cfg.backup.compression.as_str() {
-        "gzip" => Compression::Gzip,
-        _ => Compression::Zstd {
+    let compression = match cfg.backup.compression {
+        ArchiveCompression::Gzip => Compression::Gzip,
+        ArchiveCompression::Zstd => Compression::Zstd {
             level: cfg.backup.zstd_level,
         },
     };
@@ -306,7 +306,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
                 Arc::clone(&catalog),
                 cfg.instances.iter().map(|i| i.id.clone()).collect(),
                 node_id.clone(),
-                cfg.backup.compression.clone(),
+                cfg.backup.compression,
                 Duration::from_secs(cfg.scheduler.tick_secs),
             )
             .with_runner(Arc::clone(&runner))
@@ -328,7 +328,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         identities,
         instances,
         runner,
-        cfg.backup.compression.clone(),
+        cfg.backup.compression,
     );
     state.nonces = ddsvault_api::MemoryNonceStore::with_limits(
         cfg.server.nonce_capacity,
@@ -362,11 +362,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         let st = Arc::clone(&state);
         scheduler.set_method_chooser(Arc::new(move |id: String| {
             let st = Arc::clone(&st);
-            Box::pin(async move {
-                actions::backup::automatic_method(&st, &id)
-                    .await
-                    .to_string()
-            })
+            Box::pin(async move { actions::backup::automatic_method(&st, &id).await })
         }));
     }
     // Finished jobs and missed slots feed the metrics and the alert webhooks.
@@ -710,8 +706,8 @@ impl Prepared {
 fn crashed_snapshots(jobs: &[ddsvault_catalog::Job]) -> std::collections::BTreeSet<&str> {
     jobs.iter()
         .filter(|j| {
-            j.kind == "backup"
-                && j.params.get("method").and_then(|m| m.as_str()) == Some("Snapshot")
+            j.kind == ddsvault_catalog::JobKind::Backup
+                && j.method() == Some(ddsvault_catalog::BackupMethod::Snapshot)
         })
         .map(|j| j.instance_id.as_str())
         .collect()

@@ -377,15 +377,15 @@ impl Metrics {
         for j in stats.jobs {
             self.jobs
                 .get_or_create(&JobLabels {
-                    kind: j.kind,
-                    method: j.method,
+                    kind: j.kind.as_str().to_string(),
+                    method: method_label(j.method),
                     state: j.state.as_str().to_string(),
                 })
                 .set(gauge(j.count));
         }
         for b in stats.backups {
             let labels = BackupLabels {
-                method: b.method,
+                method: b.method.as_str().to_string(),
                 status: b.status,
             };
             self.backups.get_or_create(&labels).set(gauge(b.count));
@@ -435,13 +435,18 @@ impl Metrics {
     }
 }
 
+/// The `method` label: the method's name, "" for jobs that name none.
+fn method_label(method: Option<ddsvault_catalog::BackupMethod>) -> String {
+    method.map_or("", |m| m.as_str()).to_string()
+}
+
 impl EventSink for Metrics {
     fn emit(&self, event: &Event) {
         match event {
             Event::JobFinished(o) => {
                 let labels = JobLabels {
-                    kind: o.kind.clone(),
-                    method: o.method.clone(),
+                    kind: o.kind.as_str().to_string(),
+                    method: method_label(o.method),
                     state: if o.succeeded() { "Success" } else { "Failed" }.to_string(),
                 };
                 self.jobs_finished.get_or_create(&labels).inc();
@@ -452,8 +457,8 @@ impl EventSink for Metrics {
                     #[allow(clippy::cast_precision_loss)]
                     self.job_bytes
                         .get_or_create(&KindMethod {
-                            kind: o.kind.clone(),
-                            method: o.method.clone(),
+                            kind: o.kind.as_str().to_string(),
+                            method: method_label(o.method),
                         })
                         .observe(bytes as f64);
                 }
@@ -608,8 +613,8 @@ mod tests {
         Event::JobFinished(JobOutcome {
             job_id: 1,
             instance_id: "dds-1".into(),
-            kind: "backup".into(),
-            method: "Logical".into(),
+            kind: ddsvault_catalog::JobKind::Backup,
+            method: Some(ddsvault_catalog::BackupMethod::Logical),
             mode: "Manual".into(),
             error_code: code.map(str::to_string),
             error: code.map(|_| "boom".to_string()),

@@ -47,7 +47,7 @@ pub async fn download(cfg: &Config, backup_id: i64, out: &Path) -> Result<Downlo
     let (catalog, repo) = open(cfg).await?;
     let backup = finished_backup(&catalog, backup_id).await?;
     let prefix = RepoPath::new(backup.repo_prefix.clone())?;
-    if backup.method == "Physical" || backup.method == "Snapshot" {
+    if backup.method.is_file_level() {
         return download_files_tar(&repo, &backup, out).await;
     }
     let manifest = authenticated_manifest(&repo, &backup).await?.manifest;
@@ -423,7 +423,7 @@ pub async fn import(
 /// What `restore --to-dir` wrote.
 #[derive(Debug)]
 pub struct RestoredFiles {
-    pub method: String,
+    pub method: ddsvault_catalog::BackupMethod,
     pub files: Vec<String>,
     pub bytes: u64,
 }
@@ -442,7 +442,7 @@ pub async fn restore_to_dir(
 ) -> Result<RestoredFiles, ServerError> {
     let (catalog, repo) = open(cfg).await?;
     let backup = finished_backup(&catalog, backup_id).await?;
-    if backup.method != "Physical" && backup.method != "Snapshot" {
+    if !backup.method.is_file_level() {
         return Err(ConfigError(format!(
             "backup {backup_id} is a {} backup, which holds no data files; restore it into a server with --to",
             backup.method

@@ -81,7 +81,10 @@ impl Instance {
 
     /// What a backup without `BackupMethod` takes on this instance, manual or automatic
     /// ([`crate::checks::default_method`]).
-    pub fn default_method(&self, topo: &ddsvault_mongo::topology::Topology) -> &'static str {
+    pub fn default_method(
+        &self,
+        topo: &ddsvault_mongo::topology::Topology,
+    ) -> ddsvault_catalog::BackupMethod {
         crate::checks::default_method(
             topo.kind,
             self.is_cloud_disk(),
@@ -123,7 +126,7 @@ pub struct AppState {
     /// Starts and stops provisioned instances; `None` without `[provisioning]`.
     pub provisioner: Option<Arc<ddsvault_jobs::provision::Provisioner>>,
     pub runner: Arc<Runner>,
-    pub default_compression: String,
+    pub default_compression: ddsvault_catalog::ArchiveCompression,
     /// How long a retention lock stays on after an unlock request (`[retention] lock_cooling_off_secs`).
     pub retention_lock_cooling_off: chrono::Duration,
     /// The audit trail's queue (written by the `audit-writer` task).
@@ -160,7 +163,7 @@ impl AppState {
         identities: Identities,
         instances: HashMap<String, Instance>,
         runner: Arc<Runner>,
-        default_compression: String,
+        default_compression: ddsvault_catalog::ArchiveCompression,
     ) -> Self {
         Self {
             region_id,

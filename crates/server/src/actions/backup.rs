@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{Backup, BackupFilter, BackupStatus, JobState, NewBackupJob};
+use ddsvault_catalog::{
+    Backup, BackupFilter, BackupJobParams, BackupMethod, BackupStatus, DatabaseListing, JobState,
+    NewBackupJob,
+};
 use ddsvault_mongo::topology::{list_user_databases, Topology, TopologyKind, SYSTEM_DATABASES};
 use serde_json::{json, Map, Value};
 
@@ -11,27 +14,30 @@ use crate::error::ActionError;
 use crate::router::ActionResult;
 use crate::state::{redact, AppState, Instance, LIST_DATABASES_TIMEOUT};
 
-const METHODS: [&str; 3] = ["Snapshot", "Logical", "Physical"];
+/// `BackupMethod` as requested (`None` when absent); a value that names no method is refused with the valid ones.
+fn requested_method(p: &Params) -> Result<Option<BackupMethod>, ActionError> {
+    p.get("BackupMethod")
+        .map(|m| {
+            BackupMethod::parse(m).ok_or_else(|| {
+                ActionError::BackupMethodNotSupported(format!(
+                    "Valid values: Snapshot, Logical, Physical; got {m:?}."
+                ))
+            })
+        })
+        .transpose()
+}
 
 /// Decides the backup method from the request and what the instance is (the seed's rules):
 /// standalone → Snapshot only; cloud disks → Snapshot only; replica sets and sharded clusters on local disks
 /// choose, default Physical.
 fn choose_method(
-    requested: Option<&str>,
+    requested: Option<BackupMethod>,
     kind: TopologyKind,
     cloud_disk: bool,
-) -> Result<&'static str, ActionError> {
-    let requested = match requested {
-        None => None,
-        Some(m) => Some(*METHODS.iter().find(|v| **v == m).ok_or_else(|| {
-            ActionError::BackupMethodNotSupported(format!(
-                "Valid values: Snapshot, Logical, Physical; got {m:?}."
-            ))
-        })?),
-    };
+) -> Result<BackupMethod, ActionError> {
     if kind == TopologyKind::Standalone {
         return match requested {
-            None | Some("Snapshot") => Ok("Snapshot"),
+            None | Some(BackupMethod::Snapshot) => Ok(BackupMethod::Snapshot),
             Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
                 "The instance is a standalone server, which takes snapshot backups only; {m} is not available for it."
             ))),
@@ -39,13 +45,13 @@ fn choose_method(
     }
     if cloud_disk {
         return match requested {
-            None | Some("Snapshot") => Ok("Snapshot"),
+            None | Some(BackupMethod::Snapshot) => Ok(BackupMethod::Snapshot),
             Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
                 "Instances on cloud disks support only snapshot backups; {m} is not available."
             ))),
         };
     }
-    Ok(requested.unwrap_or("Physical"))
+    Ok(requested.unwrap_or(BackupMethod::Physical))
 }
 
 /// `BackupRetentionPeriod`: 7–730 days or -1 (permanent); `None` when absent (the policy's applies).
@@ -71,15 +77,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     let id = p.required("DBInstanceId")?;
     let inst = st.instance(id)?;
     // Cheap parameter checks first, so a bad request never waits on the instance.
-    let requested = p.get("BackupMethod");
-    if let Some(m) = requested {
-        if !METHODS.contains(&m) {
-            return Err(ActionError::BackupMethodNotSupported(format!(
-                "Valid values: Snapshot, Logical, Physical; got {m:?}."
-            ))
-            .into());
-        }
-    }
+    let requested = requested_method(p)?;
     let requested_retention = retention(p)?;
 
     // Fast path for the common refusal: an active job is visible in the catalog without asking the instance.
@@ -115,7 +113,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         Some(_) => choose_method(requested, topo.kind, inst.is_cloud_disk())?,
         None => inst.default_method(&topo),
     };
-    if method != "Logical" {
+    if method.is_file_level() {
         file_backup_possible(&inst, &topo, method)?;
     }
     if databases.is_empty() {
@@ -126,21 +124,21 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         .catalog
         .create_backup_job(&NewBackupJob {
             instance_id: id.to_string(),
-            method: method.to_string(),
+            method,
             mode: "Manual".into(),
             retention_days,
             engine_version: topo.engine_version.clone(),
-            params: json!({
-                "method": method,
-                "retention_days": retention_days,
-                "compression": st.default_compression,
+            params: BackupJobParams {
+                compression: Some(st.default_compression),
                 // A logical job starting soon after trusts this listing instead of repeating it (see
                 // ddsvault_jobs::backup::prior_listing).
-                "listing": {
-                    "databases": databases,
-                    "at_ms": listed_at.timestamp_millis(),
-                },
-            }),
+                listing: Some(DatabaseListing {
+                    databases,
+                    at_ms: listed_at.timestamp_millis(),
+                }),
+                ..BackupJobParams::new(method, retention_days)
+            }
+            .to_value(),
             now: Utc::now(),
         })
         .await
@@ -155,23 +153,27 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
 /// The method of an automatic backup: what CreateBackup without `BackupMethod` takes
 /// ([`crate::checks::default_method`]). An instance that does not answer gets Logical: its job then fails with
 /// the reason.
-pub async fn automatic_method(st: &AppState, id: &str) -> &'static str {
+pub async fn automatic_method(st: &AppState, id: &str) -> BackupMethod {
     let Ok(inst) = st.instance(id) else {
-        return "Logical";
+        return BackupMethod::Logical;
     };
     let Ok((_, topo)) = st.probe(&inst).await else {
-        return "Logical";
+        return BackupMethod::Logical;
     };
     inst.default_method(&topo)
 }
 
 /// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
 /// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
-fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Result<(), ActionError> {
+fn file_backup_possible(
+    inst: &Instance,
+    topo: &Topology,
+    method: BackupMethod,
+) -> Result<(), ActionError> {
     if inst.data_path.is_none() {
         return Err(ActionError::DataPathMissing {
             instance: inst.id.clone(),
-            method: method.to_string(),
+            method,
         });
     }
     if !topo.is_ferretdb {
@@ -184,7 +186,10 @@ fn file_backup_possible(inst: &Instance, topo: &Topology, method: &str) -> Resul
 
 async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
     match st.catalog.active_job(id).await? {
-        Some((job_id, kind)) => Err(ActionError::JobExists { job_id, kind }),
+        Some((job_id, kind)) => Err(ActionError::JobExists {
+            job_id,
+            kind: Some(kind),
+        }),
         None => Ok(()),
     }
 }
@@ -468,7 +473,9 @@ pub async fn describe_backup_tasks(st: &AppState, p: &Params) -> ActionResult {
         .map_err(ActionError::from)?;
     let items: Vec<Value> = jobs
         .iter()
-        .filter(|j| j.kind == "backup" && job_id.is_none_or(|want| want == j.id))
+        .filter(|j| {
+            j.kind == ddsvault_catalog::JobKind::Backup && job_id.is_none_or(|want| want == j.id)
+        })
         .map(|j| {
             // Dds' BackupSetStatus has no failed value (a finished job is `Finished`); the outcome is in the
             // ddsvault extension `JobStatus`, with the failure's source and message beside it.
@@ -530,33 +537,34 @@ mod tests {
 
     #[test]
     fn method_rules_follow_the_seed() {
+        use BackupMethod::{Logical, Physical, Snapshot};
         use TopologyKind::*;
+        assert_eq!(choose_method(None, ReplicaSet, false).ok(), Some(Physical));
         assert_eq!(
-            choose_method(None, ReplicaSet, false).ok(),
-            Some("Physical")
+            choose_method(Some(Logical), ReplicaSet, false).ok(),
+            Some(Logical)
         );
         assert_eq!(
-            choose_method(Some("Logical"), ReplicaSet, false).ok(),
-            Some("Logical")
+            choose_method(Some(Logical), Sharded, false).ok(),
+            Some(Logical)
         );
+        assert_eq!(choose_method(None, Standalone, false).ok(), Some(Snapshot));
         assert_eq!(
-            choose_method(Some("Logical"), Sharded, false).ok(),
-            Some("Logical")
+            choose_method(Some(Snapshot), Standalone, false).ok(),
+            Some(Snapshot)
         );
+        assert!(choose_method(Some(Logical), Standalone, false).is_err());
+        assert!(choose_method(Some(Physical), Standalone, false).is_err());
+        assert_eq!(choose_method(None, ReplicaSet, true).ok(), Some(Snapshot));
+        assert!(choose_method(Some(Logical), ReplicaSet, true).is_err());
+        // Dds answers the exact names only.
+        let params = |m: &str| [("BackupMethod", m)].into_iter().collect::<Params>();
+        assert!(requested_method(&params("logical")).is_err());
+        assert!(requested_method(&params("")).is_err());
         assert_eq!(
-            choose_method(None, Standalone, false).ok(),
-            Some("Snapshot")
+            requested_method(&params("Physical")).ok(),
+            Some(Some(Physical))
         );
-        assert_eq!(
-            choose_method(Some("Snapshot"), Standalone, false).ok(),
-            Some("Snapshot")
-        );
-        assert!(choose_method(Some("Logical"), Standalone, false).is_err());
-        assert!(choose_method(Some("Physical"), Standalone, false).is_err());
-        assert_eq!(choose_method(None, ReplicaSet, true).ok(), Some("Snapshot"));
-        assert!(choose_method(Some("Logical"), ReplicaSet, true).is_err());
-        assert!(choose_method(Some("logical"), ReplicaSet, false).is_err());
-        assert!(choose_method(Some(""), ReplicaSet, false).is_err());
     }
 
     #[test]

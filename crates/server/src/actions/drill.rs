@@ -168,7 +168,7 @@ pub async fn start_restore_drill(st: &AppState, p: &Params) -> ActionResult {
     let backup: Backup = match p.opt_str("BackupId") {
         Some(_) => {
             let b = super::restore::usable_backup(st, id, p, "BackupId").await?;
-            if b.method != "Logical" {
+            if b.method != ddsvault_catalog::BackupMethod::Logical {
                 return Err(ActionError::BackupMethodNotSupported(format!(
                     "Backup {} is a {} backup: restore drills restore Logical backups.",
                     b.id, b.method
@@ -186,7 +186,7 @@ pub async fn start_restore_drill(st: &AppState, p: &Params) -> ActionResult {
     let job = st
         .catalog
         .create_job(&NewJob {
-            kind: ddsvault_jobs::drill::KIND.into(),
+            kind: ddsvault_catalog::JobKind::Drill,
             instance_id: target.clone(),
             backup_id: Some(backup.id),
             mode: "Manual".into(),

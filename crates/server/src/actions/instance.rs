@@ -53,7 +53,7 @@ async fn status(st: &AppState, inst: &Instance, reachable: bool) -> &'static str
     }
     // At most one job is active per instance (a unique index in the catalog).
     match st.catalog.active_job(&inst.id).await {
-        Ok(Some((_, kind))) if kind == "restore" => "Restoring",
+        Ok(Some((_, ddsvault_catalog::JobKind::Restore))) => "Restoring",
         _ => "Running",
     }
 }

@@ -7,7 +7,9 @@
 
 use chrono::{NaiveDateTime, Utc};
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{CatalogError, NewJob, NewProvisionedInstance, ProvisionStatus};
+use ddsvault_catalog::{
+    BackupMethod, CatalogError, NewJob, NewProvisionedInstance, ProvisionStatus,
+};
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
@@ -105,8 +107,8 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
 
     let databases = list_param(p, "DatabaseNames")?;
     let mut select = Vec::new();
-    match backup.method.as_str() {
-        "Logical" => {
+    match backup.method {
+        BackupMethod::Logical => {
             let held = backup_namespaces(st, &backup).await?;
             for db in &databases {
                 if !held.iter().any(|(d, _)| d == db) {
@@ -117,11 +119,14 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                         ),
                     ));
                 }
-                select.push(json!({ "db": db }));
+                select.push(ddsvault_catalog::RestoreSelection {
+                    db: db.clone(),
+                    collection: None,
+                });
             }
         }
-        "Physical" | "Snapshot" if databases.is_empty() => {}
-        "Physical" | "Snapshot" => {
+        BackupMethod::Physical | BackupMethod::Snapshot if databases.is_empty() => {}
+        BackupMethod::Physical | BackupMethod::Snapshot => {
             return Err(ApiError::invalid_parameter(
                 "DatabaseNames",
                 &format!(
@@ -129,13 +134,6 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                     backup.method
                 ),
             ))
-        }
-        other => {
-            return Err(ActionError::BackupMethodNotSupported(format!(
-                "Backup {} is a {other} backup, which this ddsvault version cannot restore.",
-                backup.id
-            ))
-            .into())
         }
     }
     let description = nonempty(p, "DBInstanceDescription")
@@ -172,18 +170,19 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
             now,
         };
         let job = NewJob {
-            kind: "provision".into(),
+            kind: ddsvault_catalog::JobKind::Provision,
             instance_id: id.clone(),
             backup_id: Some(backup.id),
             mode: "Manual".into(),
-            params: json!({
-                "source_instance": source,
-                "method": backup.method,
-                "drop": false,
-                "select": select,
-                "restore_time": restore_time,
-                "restore_type": restore_type,
-            }),
+            params: ddsvault_catalog::RestoreJobParams {
+                source_instance: source.to_string(),
+                method: Some(backup.method),
+                drop: false,
+                select: select.clone(),
+                restore_time,
+                restore_type: Some(restore_type.to_string()),
+            }
+            .to_value(),
             now,
         };
         match st.catalog.create_provisioned_instance(&new, &job).await {
@@ -218,7 +217,11 @@ pub async fn delete_db_instance(st: &AppState, p: &Params) -> ActionResult {
         return Err(ActionError::InstanceCreating(id.to_string()).into());
     }
     if let Some((job_id, kind)) = st.catalog.active_job(id).await.map_err(ActionError::from)? {
-        return Err(ActionError::JobExists { job_id, kind }.into());
+        return Err(ActionError::JobExists {
+            job_id,
+            kind: Some(kind),
+        }
+        .into());
     }
     let dir = std::path::PathBuf::from(&row.dir);
     match &st.provisioner {

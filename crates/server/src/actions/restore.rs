@@ -14,7 +14,9 @@
 
 use chrono::Utc;
 use ddsvault_api::{ApiError, Params};
-use ddsvault_catalog::{Backup, BackupStatus, JobState, NewJob};
+use ddsvault_catalog::{
+    Backup, BackupStatus, JobState, NewJob, RestoreJobParams, RestoreSelection,
+};
 use serde_json::{json, Map, Value};
 
 use super::{dds_time, page};
@@ -140,10 +142,12 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 .ok_or_else(|| ActionError::BackupNotFound(plan.base.backup_id.to_string()))?
         }
     };
-    if backup.method == "Physical" || backup.method == "Snapshot" {
+    if backup.method == ddsvault_catalog::BackupMethod::Physical
+        || backup.method == ddsvault_catalog::BackupMethod::Snapshot
+    {
         return restore_files(st, source, &backup, p).await;
     }
-    if backup.method != "Logical" {
+    if backup.method != ddsvault_catalog::BackupMethod::Logical {
         return Err(ActionError::BackupMethodNotSupported(format!(
             "Backup {} is a {} backup, which this ddsvault version cannot restore.",
             backup.id, backup.method
@@ -170,7 +174,10 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 ),
             ));
         }
-        select.push(json!({"db": db}));
+        select.push(RestoreSelection {
+            db: db.clone(),
+            collection: None,
+        });
     }
     for ns in &collections {
         let Some((db, coll)) = ns.split_once('.') else {
@@ -185,7 +192,10 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 &format!("The backup holds no collection {ns:?}."),
             ));
         }
-        select.push(json!({"db": db, "collection": coll}));
+        select.push(RestoreSelection {
+            db: db.to_string(),
+            collection: Some(coll.to_string()),
+        });
     }
 
     // Refuse early, with the namespace named, rather than fail the job later; the job checks again before
@@ -226,7 +236,13 @@ pub async fn restore_db_instance(st: &AppState, p: &Params) -> ActionResult {
         st,
         target_id,
         backup.id,
-        json!({"source_instance": source, "drop": drop, "select": select, "restore_time": restore_time}),
+        RestoreJobParams {
+            source_instance: source.to_string(),
+            drop,
+            select,
+            restore_time,
+            ..RestoreJobParams::default()
+        },
     )
     .await
 }
@@ -236,16 +252,16 @@ async fn restore_job(
     st: &AppState,
     target_id: &str,
     backup_id: i64,
-    params: Value,
+    params: RestoreJobParams,
 ) -> ActionResult {
     let job = st
         .catalog
         .create_job(&NewJob {
-            kind: "restore".into(),
+            kind: ddsvault_catalog::JobKind::Restore,
             instance_id: target_id.to_string(),
             backup_id: Some(backup_id),
             mode: "Manual".into(),
-            params,
+            params: params.to_value(),
             now: Utc::now(),
         })
         .await
@@ -282,7 +298,7 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
             .as_deref()
             .ok_or_else(|| ActionError::RestoreDataPathMissing {
                 instance: target_id.to_string(),
-                method: backup.method.clone(),
+                method: backup.method,
             })?;
     match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
         Ok(()) => {}
@@ -298,7 +314,11 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
         st,
         target_id,
         backup.id,
-        json!({"source_instance": source, "method": backup.method}),
+        RestoreJobParams {
+            source_instance: source.to_string(),
+            method: Some(backup.method),
+            ..RestoreJobParams::default()
+        },
     )
     .await
 }
@@ -319,12 +339,12 @@ pub async fn describe_restore_tasks(st: &AppState, p: &Params) -> ActionResult {
         .map_err(ActionError::from)?;
     let items: Vec<Value> = jobs
         .iter()
-        .filter(|j| j.kind == "restore" && want.is_none_or(|w| w == j.id))
+        .filter(|j| j.kind == ddsvault_catalog::JobKind::Restore && want.is_none_or(|w| w == j.id))
         .map(|j| {
             let mut item = json!({
                 "RestoreJobId": j.id.to_string(),
                 "BackupId": j.backup_id.map(|b| b.to_string()).unwrap_or_default(),
-                "SourceDBInstanceId": j.params["source_instance"].as_str().unwrap_or_default(),
+                "SourceDBInstanceId": j.restore_params().map(|p| p.source_instance).unwrap_or_default(),
                 "Status": match j.state {
                     JobState::Pending => "Scheduled",
                     JobState::Running => "Restoring",

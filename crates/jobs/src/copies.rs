@@ -106,7 +106,7 @@ pub fn plan_copy(
         attempts: 0,
         next_attempt_at: now,
         last_error: String::new(),
-        method: backup.method.clone(),
+        method: backup.method,
         start_time: backup.start_time,
         end_time: backup.end_time,
         size: 0,

@@ -61,6 +61,8 @@ pub(crate) struct Placement {
     /// Instances a claim returned that this node does not know: passed over from then on (another node's).
     pub(crate) unknown: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Wakes [`Runner::drain_started`] waiters, so the node row says `draining` at once, not at the next beat.
+    pub(crate) drain_started: Notify,
     pub(crate) running: std::sync::atomic::AtomicUsize,
 }
 
@@ -106,6 +108,7 @@ impl Runner {
     pub fn drain(&self) {
         use std::sync::atomic::Ordering;
         if !self.placement.draining.swap(true, Ordering::SeqCst) {
+            self.placement.drain_started.notify_waiters();
             tracing::info!(
                 running = self.running_jobs(),
                 "draining: no new jobs are taken, running ones finish"
@@ -118,6 +121,17 @@ impl Runner {
         self.placement
             .draining
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Runner::drain`] has been called (at once if it already was).
+    pub async fn drain_started(&self) {
+        // Created before the check: `notify_waiters` reaches a `Notified` from its creation on, so a drain
+        // between the check and the await is not missed.
+        let notified = self.placement.drain_started.notified();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Jobs this process is running now.

@@ -559,7 +559,7 @@ mod tests {
         let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args([
                 "--exact",
-                "file_restore::tests::hold_lock_helper",
+                "restore::files::tests::hold_lock_helper",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

@@ -112,13 +112,15 @@ pub fn next_drill_time(policy: &DrillPolicy, now: DateTime<Utc>) -> Option<DateT
     next_slot_at_or_after(now, start, &days)
 }
 
-/// The backup a drill of `instance_id` restores: its newest successful Logical backup.
+/// The backup a drill of `instance_id` restores: its newest successful Logical backup, or of any method when
+/// `any_method` (a drill into a provisioned scratch also drills Physical and Snapshot backups).
 ///
 /// # Errors
 /// Catalog errors.
 pub async fn newest_drillable_backup(
     catalog: &Catalog,
     instance_id: &str,
+    any_method: bool,
 ) -> Result<Option<ddsvault_catalog::Backup>, JobError> {
     let mut page = 1;
     loop {
@@ -136,7 +138,7 @@ pub async fn newest_drillable_backup(
             .await?;
         if let Some(b) = backups.iter().find(|b| {
             b.status == ddsvault_catalog::BackupStatus::Success
-                && b.method == ddsvault_catalog::BackupMethod::Logical
+                && (any_method || b.method == ddsvault_catalog::BackupMethod::Logical)
         }) {
             return Ok(Some(b.clone()));
         }
@@ -379,20 +381,31 @@ impl Scheduler {
                 ));
                 continue;
             }
-            let Some(backup) = newest_drillable_backup(&self.catalog, id).await? else {
+            let provisioned = policy.target == crate::drill::PROVISION_TARGET;
+            let Some(backup) = newest_drillable_backup(&self.catalog, id, provisioned).await?
+            else {
                 out.push((id.clone(), TickOutcome::NothingToDrill { slot }));
                 continue;
             };
+            let mut params = serde_json::json!({
+                "source_instance": id,
+                "schedule": SCHEDULE_DRILL,
+                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            });
+            if provisioned {
+                params["target"] = crate::drill::PROVISION_TARGET.into();
+            }
             let job = NewJob {
                 kind: ddsvault_catalog::JobKind::Drill,
-                instance_id: policy.target.clone(),
+                // A provisioned scratch exists only inside the job: the job takes the source instance's slot.
+                instance_id: if provisioned {
+                    id.clone()
+                } else {
+                    policy.target.clone()
+                },
                 backup_id: Some(backup.id),
                 mode: "Automated".into(),
-                params: serde_json::json!({
-                    "source_instance": id,
-                    "schedule": SCHEDULE_DRILL,
-                    "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                }),
+                params,
                 now,
             };
             let outcome = match self

@@ -652,7 +652,7 @@ pub fn file_figures(dir: &std::path::Path) -> Result<Vec<(String, String, u64)>,
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let tables: Vec<(String, String)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
+            .and_then(|rows| rows.collect::<Result<Vec<(String, String)>, _>>())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         for (collection, table) in tables {
             let sql = format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\""));
@@ -797,6 +797,58 @@ mod tests {
             &serde_json::json!({"namespaces": [{"db": "a", "collection": "b", "documents": 1, "checksum": "zz"}]})
         )
         .is_err());
+    }
+
+    #[test]
+    fn file_figures_count_every_ferretdb_collection_and_refuse_a_damaged_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = |db: &str, colls: &[(&str, &str, usize)]| {
+            let c = rusqlite::Connection::open(dir.path().join(format!("{db}.sqlite"))).expect("open");
+            // FerretDB 1.x's metadata table, as its registry creates it.
+            c.execute_batch(
+                "CREATE TABLE _ferretdb_collections (name TEXT NOT NULL UNIQUE CHECK(name != ''), \
+                 table_name TEXT NOT NULL UNIQUE CHECK(table_name != ''), settings TEXT NOT NULL \
+                 CHECK(settings != '')) STRICT",
+            )
+            .expect("meta");
+            for (name, table, n) in colls {
+                c.execute(
+                    "INSERT INTO _ferretdb_collections VALUES (?1, ?2, '{}')",
+                    [name, table],
+                )
+                .expect("row");
+                c.execute_batch(&format!(
+                    "CREATE TABLE \"{table}\" (_ferretdb_sjson TEXT NOT NULL) STRICT"
+                ))
+                .expect("table");
+                for i in 0..*n {
+                    c.execute(
+                        &format!("INSERT INTO \"{table}\" VALUES (?1)"),
+                        [format!("{{\"_id\":{i}}}")],
+                    )
+                    .expect("doc");
+                }
+            }
+        };
+        make("shop", &[("orders", "orders_1a", 5), ("empty", "empty_2b", 0)]);
+        make("crm", &[("notes", "notes_3c", 2)]);
+        // A database file without FerretDB's table (no collection created yet) holds nothing.
+        rusqlite::Connection::open(dir.path().join("blank.sqlite"))
+            .expect("open")
+            .execute_batch("CREATE TABLE x (a)")
+            .expect("blank");
+        std::fs::write(dir.path().join("notes.txt"), b"not a database").expect("write");
+        assert_eq!(
+            file_figures(dir.path()).expect("figures"),
+            [
+                ("crm".to_string(), "notes".to_string(), 2),
+                ("shop".to_string(), "empty".to_string(), 0),
+                ("shop".to_string(), "orders".to_string(), 5),
+            ]
+        );
+        // A file that is not a database fails the check.
+        std::fs::write(dir.path().join("bad.sqlite"), vec![7u8; 8192]).expect("write");
+        assert!(file_figures(dir.path()).is_err());
     }
 
     #[test]

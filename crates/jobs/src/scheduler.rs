@@ -1155,6 +1155,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_provisioned_drill_slot_runs_on_the_instance_itself() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        cat.put_drill_policy(&DrillPolicy {
+            target: crate::drill::PROVISION_TARGET.into(),
+            ..drill_policy("Friday")
+        })
+        .await
+        .expect("drill policy");
+        let newest = success_backup(&cat, "2026-11-27T05:05:00Z").await;
+        let s = scheduler(&cat, &clock, "node-1");
+        set(&clock, "2026-11-27T05:20:00Z");
+        let out = s.tick().await.expect("tick");
+        let TickOutcome::Drill(inner) = &out[1].1 else {
+            panic!("expected a drill outcome, got {out:?}");
+        };
+        let TickOutcome::Created { job_id, .. } = **inner else {
+            panic!("expected Created, got {inner:?}");
+        };
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        // The temporary scratch exists only inside the job: the job holds the drilled instance's slot.
+        assert_eq!(
+            (job.instance_id.as_str(), job.backup_id),
+            ("dds-a", Some(newest))
+        );
+        assert!(crate::drill::is_provisioned(&job));
+        assert_eq!(job.params["source_instance"], "dds-a");
+    }
+
+    #[tokio::test]
     async fn the_task_ticks_at_start_and_stops_on_cancel() {
         let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
         set(&clock, "2026-11-27T03:15:00Z");

@@ -510,14 +510,14 @@ async fn file_drill(
         &work_cancel,
         Arc::clone(&done),
     );
-    match with_heartbeat(runner, job, &progress, &work_cancel, work).await? {
-        Ok(_) => {}
+    let materialized = match with_heartbeat(runner, job, &progress, &work_cancel, work).await? {
+        Ok(m) => m,
         Err(e) if cancel.is_cancelled() => return Err(e),
         Err(e @ (JobError::Catalog(_) | JobError::Cancelled(_) | JobError::Stalled(_))) => {
             return Err(e)
         }
         Err(e) => return Ok(Finding::failed("restore", e.to_string())),
-    }
+    };
     let files_dir = data.clone();
     let expected = match tokio::task::spawn_blocking(move || file_figures(&files_dir)).await {
         Ok(Ok(x)) => x,
@@ -589,7 +589,8 @@ async fn file_drill(
             "compared": "counts: the backup's files (SHA-256 checked, SQLite quick_check) against what the server \
                          started on them serves; file backups record no per-collection checksums",
             "method": backup.method,
-            "files": manifest.files.len(),
+            "files": materialized.files.len(),
+            "bytes": materialized.bytes,
             "collections": compared,
             "views_skipped": views,
             "documents": documents,

@@ -2549,7 +2549,11 @@ async fn console_sessions(cat: &Catalog) {
     );
     for n in 1..=3u32 {
         let f = cat
-            .record_console_login_failure("10.0.0.1", secs(i64::from(n)), window(secs(i64::from(n))))
+            .record_console_login_failure(
+                "10.0.0.1",
+                secs(i64::from(n)),
+                window(secs(i64::from(n))),
+            )
             .await
             .expect("fail");
         assert_eq!((f.failures, f.window_start), (n, secs(1)));

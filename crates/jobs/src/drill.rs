@@ -376,7 +376,8 @@ async fn run_provisioned(
 ) -> Result<(), JobError> {
     let prov = runner.provisioner().cloned().ok_or_else(|| {
         JobError::Other(
-            "RestoreDrillTarget=provision: this ddsvault node has no [provisioning] configuration".into(),
+            "RestoreDrillTarget=provision: this ddsvault node has no [provisioning] configuration"
+                .into(),
         )
     })?;
     sweep_scratch(runner, &prov).await;
@@ -401,7 +402,9 @@ async fn run_provisioned(
             &taken,
             (job.id as u32).wrapping_mul(2_654_435_761) ^ Utc::now().timestamp_subsec_nanos(),
         )
-        .ok_or_else(|| JobError::Other("no free port in the [provisioning] range for a drill".into()))?;
+        .ok_or_else(|| {
+            JobError::Other("no free port in the [provisioning] range for a drill".into())
+        })?;
     let target = format!("{PROVISION_TARGET}:{scratch}");
     let started_at = Utc::now();
     let clock = Instant::now();
@@ -613,8 +616,7 @@ async fn file_drill(
 pub fn file_figures(dir: &std::path::Path) -> Result<Vec<(String, String, u64)>, String> {
     use rusqlite::{Connection, OpenFlags};
     let mut out = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
     let mut files: Vec<std::path::PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -622,7 +624,11 @@ pub fn file_figures(dir: &std::path::Path) -> Result<Vec<(String, String, u64)>,
         .collect();
     files.sort();
     for path in files {
-        let Some(db) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+        let Some(db) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         let conn = Connection::open_with_flags(
@@ -804,7 +810,8 @@ mod tests {
     fn file_figures_count_every_ferretdb_collection_and_refuse_a_damaged_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let make = |db: &str, colls: &[(&str, &str, usize)]| {
-            let c = rusqlite::Connection::open(dir.path().join(format!("{db}.sqlite"))).expect("open");
+            let c =
+                rusqlite::Connection::open(dir.path().join(format!("{db}.sqlite"))).expect("open");
             // FerretDB 1.x's metadata table, as its registry creates it.
             c.execute_batch(
                 "CREATE TABLE _ferretdb_collections (name TEXT NOT NULL UNIQUE CHECK(name != ''), \
@@ -831,7 +838,10 @@ mod tests {
                 }
             }
         };
-        make("shop", &[("orders", "orders_1a", 5), ("empty", "empty_2b", 0)]);
+        make(
+            "shop",
+            &[("orders", "orders_1a", 5), ("empty", "empty_2b", 0)],
+        );
         make("crm", &[("notes", "notes_3c", 2)]);
         // A database file without FerretDB's table (no collection created yet) holds nothing.
         rusqlite::Connection::open(dir.path().join("blank.sqlite"))

@@ -393,7 +393,10 @@ pub(crate) fn resources_of(st: &AppState, act: actions::Action, params: &Params)
         // A drill's `provision` target names no instance: the temporary one exists only inside the drill job.
         .filter(|(p, id)| {
             !(matches!(*p, "TargetDBInstanceId" | "RestoreDrillTarget")
-                && matches!(act, actions::Action::StartRestoreDrill | actions::Action::ModifyBackupPolicy)
+                && matches!(
+                    act,
+                    actions::Action::StartRestoreDrill | actions::Action::ModifyBackupPolicy
+                )
                 && id.trim() == ddsvault_jobs::drill::PROVISION_TARGET)
         })
         .map(|(_, id)| st.instance_arn(id))

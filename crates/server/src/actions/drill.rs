@@ -308,7 +308,10 @@ async fn drill_job(st: &AppState, id: &str, v: &str) -> Result<Value, ApiError> 
                 && j.params.get("source_instance").and_then(Value::as_str) == Some(id)
         })
         .ok_or_else(|| {
-            ApiError::invalid_parameter("DrillJobId", "It is not a restore drill job of this instance.")
+            ApiError::invalid_parameter(
+                "DrillJobId",
+                "It is not a restore drill job of this instance.",
+            )
         })?;
     let target = if ddsvault_jobs::drill::is_provisioned(&job) {
         PROVISION_TARGET.to_string()

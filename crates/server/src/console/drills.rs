@@ -29,7 +29,10 @@ const MISMATCHES_SHOWN: usize = 3;
 pub(super) fn why(d: &Value) -> String {
     let detail = d.get("Detail").cloned().unwrap_or(Value::Null);
     if let Some(err) = detail.get("error").and_then(Value::as_str) {
-        let stage = detail.get("stage").and_then(Value::as_str).unwrap_or("drill");
+        let stage = detail
+            .get("stage")
+            .and_then(Value::as_str)
+            .unwrap_or("drill");
         return format!("{stage}: {err}");
     }
     let mismatches = detail
@@ -189,7 +192,11 @@ pub async fn drills(
                 .map(|b| {
                     (
                         text(b, "BackupId"),
-                        format!("{} · {}", text(b, "BackupMethod"), text(b, "BackupStartTime")),
+                        format!(
+                            "{} · {}",
+                            text(b, "BackupMethod"),
+                            text(b, "BackupStartTime")
+                        ),
                     )
                 })
                 .collect()
@@ -197,7 +204,14 @@ pub async fn drills(
         .unwrap_or_default();
     let backup_options: String = successful
         .iter()
-        .map(|(bid, label)| format!(r#"<option value="{}">{} ({})</option>"#, esc(bid), esc(bid), esc(label)))
+        .map(|(bid, label)| {
+            format!(
+                r#"<option value="{}">{} ({})</option>"#,
+                esc(bid),
+                esc(bid),
+                esc(label)
+            )
+        })
         .collect();
     let mut target_options = String::from(r#"<option value="">the policy's target</option>"#);
     for t in &targets {
@@ -282,7 +296,11 @@ pub async fn start_drill(
         return *r;
     }
     let mut params: Vec<(&str, &str)> = vec![("DBInstanceId", &id)];
-    if let Some(b) = f.get("backup_id").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+    if let Some(b) = f
+        .get("backup_id")
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
         params.push(("BackupId", b));
     }
     if let Some(t) = f.get("target").map(|v| v.trim()).filter(|v| !v.is_empty()) {

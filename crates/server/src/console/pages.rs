@@ -35,7 +35,11 @@ const DAYS: [&str; 7] = [
 ];
 
 /// The items of a Dds list answer, e.g. `DBInstances.DBInstance`.
-pub(super) fn items<'a>(out: &'a Map<String, Value>, outer: &str, inner: Option<&str>) -> Vec<&'a Value> {
+pub(super) fn items<'a>(
+    out: &'a Map<String, Value>,
+    outer: &str,
+    inner: Option<&str>,
+) -> Vec<&'a Value> {
     let v = out.get(outer);
     let v = match inner {
         Some(i) => v.and_then(|v| v.get(i)),

@@ -505,14 +505,18 @@ async fn file_drill(
     progress.set_phase(Phase::Restoring);
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let work_cancel = cancel.child_token();
-    let work = crate::file_restore::materialize(
-        &runner.repo,
-        &prefix,
-        &manifest,
-        &data,
-        &work_cancel,
-        Arc::clone(&done),
-    );
+    let work = async {
+        ddsvault_repo::export::materialize(
+            &runner.repo,
+            &prefix,
+            &manifest,
+            &data,
+            &work_cancel,
+            Arc::clone(&done),
+        )
+        .await
+        .map_err(JobError::from)
+    };
     let materialized = match with_heartbeat(runner, job, &progress, &work_cancel, work).await? {
         Ok(m) => m,
         Err(e) if cancel.is_cancelled() => return Err(e),
@@ -606,7 +610,7 @@ async fn file_drill(
 }
 
 /// The collections a materialized FerretDB SQLite data directory holds, with their document counts, read with
-/// SQLite itself from the files (which [`crate::file_restore::materialize`] wrote only after checking each one's
+/// SQLite itself from the files (which [`ddsvault_repo::export::materialize`] wrote only after checking each one's
 /// size and SHA-256 against the manifest, so these are the backup's own figures): each `<db>.sqlite` is checked
 /// with `PRAGMA quick_check`, then every collection of its `_ferretdb_collections` table is counted. Sorted by
 /// database and collection.

@@ -1,7 +1,9 @@
 """The web console (issue 21.3) in headless Chromium driven by selenium, against the real binary and a real
 FerretDB: login with an AccessKey, a real instance and backup on the pages, a backup started from the console
 followed to Success, the policy changed, the audit rows; refusals for a key without permissions, a wrong secret,
-a POST without the CSRF token, and too many failed logins. Screenshots of the main pages go to docs/console/."""
+a POST without the CSRF token, and too many failed logins; the restore drill page with a drill started from it
+(passed) and one of a damaged backup (failed, the backup unverified); a logout and a failed-login lockout holding on
+a second process sharing the catalog. Screenshots of the main pages go to docs/console/."""
 from __future__ import annotations
 
 import os
@@ -17,6 +19,7 @@ from alibabacloud_dds20151201 import models as dds
 import stack
 from conftest import (DENIED_AK, OPERATOR_AK, REPO, ROOT_AK, Ddsvault, config_text, seed_data, skip_or_fail,
                       tea_client, wait_backup)
+from test_drills import call as api_call
 
 # The screenshots in docs/console/ are refreshed only when asked (DDSVAULT_SCREENSHOTS=1), so a test run leaves
 # the checkout unchanged; otherwise they go to a scratch directory (still taken: a page that cannot render fails).
@@ -46,7 +49,7 @@ def env(tmp_path_factory):
     job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-rs1", backup_method="Logical")).body
     first = wait_backup(tea, "dds-rs1", job.backup_job_id)
     assert first.backup_status == "Success", first
-    yield server, tea, first
+    yield server, tea, first, base / "data" / "repository"
     server.stop()
     rs1.stop()
     other.stop()
@@ -130,7 +133,7 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    server, tea, first = env
+    server, tea, first, _ = env
     d = browser
     login(d, server, ROOT_AK)
     assert d.current_url.endswith("/console/instances"), d.current_url
@@ -245,10 +248,126 @@ def test_console_shows_real_backups_starts_one_changes_the_policy_and_audits(env
     assert d.current_url.endswith("/console/login")
 
 
+def wait_drill_row(d, server, job_id: str, timeout: float = 180.0):
+    """Follows the drill page (it reloads itself while the drill runs) until the drill of `job_id` is recorded."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rows = d.find_elements(By.CSS_SELECTOR, f'tr.drill[data-job="{job_id}"]')
+            if rows:
+                return rows[0].text
+            failed = d.find_elements(By.CSS_SELECTOR, "#drill-job.refused")
+            if failed:
+                return failed[0].text
+        except Exception:  # noqa: BLE001 - the page is reloading itself
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"drill job {job_id} not shown within {timeout}s: {text(d)}")
+
+
+def test_drill_page_shows_the_policy_starts_a_drill_and_shows_failed_ones(env, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    server, tea, first, repo = env
+    d = browser
+    api_call(server, "ModifyBackupPolicy", DBInstanceId="dds-rs1", RestoreDrillTarget="dds-other",
+             RestoreDrillPeriod="Disabled")
+    login(d, server, ROOT_AK)
+    d.get(base(server) + "/instances/dds-rs1/drills")
+    assert d.find_element(By.ID, "drill-RestoreDrillTarget").text == "dds-other"
+    assert d.find_element(By.ID, "drill-RestoreDrillPeriod").text == "Disabled"
+
+    # Start a drill of the first backup from the page, into the policy's target, and follow it to its result.
+    Select(d.find_element(By.ID, "drill-backup")).select_by_value(first.backup_id)
+    click_and_wait(d, d.find_element(By.ID, "drill"))
+    assert "/console/instances/dds-rs1/drills?job=" in d.current_url, d.current_url
+    job_id = d.current_url.rsplit("=", 1)[1]
+    row_text = wait_drill_row(d, server, job_id)
+    row = d.find_element(By.CSS_SELECTOR, f'tr.drill[data-job="{job_id}"]')
+    assert row.get_attribute("data-backup") == first.backup_id, row_text
+    assert row.find_element(By.CSS_SELECTOR, ".result").text == "Passed", row_text
+    assert "CountsAndChecksums" in row_text and "dds-other" in row_text and " s" in row_text, row_text
+    assert "documents as recorded" in row.find_element(By.CSS_SELECTOR, ".why").text, row_text
+    # The same drill through the API.
+    (api,) = api_call(server, "DescribeRestoreDrills", DBInstanceId="dds-rs1",
+                      BackupId=first.backup_id)["RestoreDrills"]["RestoreDrill"]
+    assert (api["Result"], api["DrillJobId"]) == ("Passed", job_id), api
+
+    # A backup whose archive is damaged in the repository: its drill fails, says why, and the page lists the
+    # backup as unverified.
+    job = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-rs1", backup_method="Logical")).body
+    bad = wait_backup(tea, "dds-rs1", job.backup_job_id)
+    assert bad.backup_status == "Success", bad
+    archive = next((repo / "backups" / "dds-rs1" / bad.backup_id).glob("archive*"))
+    original = archive.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    archive.write_bytes(bytes(damaged))
+    try:
+        d.get(base(server) + "/instances/dds-rs1/drills")
+        Select(d.find_element(By.ID, "drill-backup")).select_by_value(bad.backup_id)
+        Select(d.find_element(By.ID, "drill-target")).select_by_visible_text("dds-other")
+        click_and_wait(d, d.find_element(By.ID, "drill"))
+        bad_job = d.current_url.rsplit("=", 1)[1]
+        wait_drill_row(d, server, bad_job)
+    finally:
+        archive.write_bytes(original)
+    d.get(base(server) + "/instances/dds-rs1/drills")
+    row = d.find_element(By.CSS_SELECTOR, f'tr.drill[data-job="{bad_job}"]')
+    assert row.get_attribute("data-backup") == bad.backup_id
+    assert row.find_element(By.CSS_SELECTOR, ".result").text == "Failed", row.text
+    assert "restore:" in row.find_element(By.CSS_SELECTOR, ".why").text and "sha256" in row.text, row.text
+    assert bad.backup_id in [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.unverified")]
+    assert first.backup_id not in [r.get_attribute("data-id")
+                                   for r in d.find_elements(By.CSS_SELECTOR, "tr.unverified")]
+    shot(d, "drills")
+
+    # The backups page and the instances page show the drill status too.
+    d.get(base(server) + "/instances/dds-rs1/backups")
+    status = {r.get_attribute("data-id"): r.find_element(By.CSS_SELECTOR, ".drill-status").text
+              for r in d.find_elements(By.CSS_SELECTOR, "tr.backup")}
+    assert (status[first.backup_id], status[bad.backup_id]) == ("Verified", "Unverified"), status
+    d.get(base(server) + "/instances")
+    row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#instances tr") if "dds-rs1" in r.text)
+    assert f"Failed: backup {bad.backup_id}" in row.find_element(By.CSS_SELECTOR, ".drill").text, row.text
+
+    # Starting a drill is audited, with the drilled instance and its target as resources.
+    d.get(base(server) + "/audit?action=StartRestoreDrill")
+    rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            for r in d.find_elements(By.CSS_SELECTOR, "tr.audit-row")]
+    assert len(rows) >= 2 and all(r[7] == "200" for r in rows), rows
+    assert "dbinstance/dds-rs1" in rows[0][4] and "dbinstance/dds-other" in rows[0][4], rows[0]
+
+
+def test_a_drill_form_without_csrf_or_permission_starts_nothing(env, browser):
+    from selenium.webdriver.common.by import By
+
+    server, _, first, _ = env
+    d = browser
+    login(d, server, ROOT_AK)
+    before = len(api_call(server, "DescribeRestoreDrills", DBInstanceId="dds-rs1")["RestoreDrills"]["RestoreDrill"])
+    d.get(base(server) + "/instances/dds-rs1/drills")
+    d.execute_script('document.querySelector("#start-drill input[name=csrf]").remove()')
+    click_and_wait(d, d.find_element(By.ID, "drill"))
+    assert "CSRF" in text(d)
+    # The operator may back up dds-rs1 and describe it, not start drills: RAM refuses with its own error.
+    d.delete_all_cookies()
+    login(d, server, OPERATOR_AK)
+    d.get(base(server) + "/instances/dds-rs1/drills")
+    click_and_wait(d, d.find_element(By.ID, "drill"))
+    assert "Forbidden.RAM" in d.find_element(By.ID, "refused").text
+    time.sleep(1)
+    after = len(api_call(server, "DescribeRestoreDrills", DBInstanceId="dds-rs1")["RestoreDrills"]["RestoreDrill"])
+    assert after == before
+
+
 def test_key_without_permissions_sees_refusals_not_data(env, browser):
     from selenium.webdriver.common.by import By
 
-    server, _, first = env
+    server, _, first, _ = env
     d = browser
     login(d, server, DENIED_AK)
     assert d.current_url.endswith("/console/instances")
@@ -277,7 +396,7 @@ def test_key_without_permissions_sees_refusals_not_data(env, browser):
 def test_wrong_secret_is_refused(env, browser):
     from selenium.webdriver.common.by import By
 
-    server, _, _ = env
+    server, _, _, _ = env
     d = browser
     login(d, server, (ROOT_AK[0], "not-the-secret"))
     assert "Login refused" in text(d)
@@ -294,7 +413,7 @@ def test_wrong_secret_is_refused(env, browser):
 def test_post_without_csrf_token_is_refused(env, browser):
     from selenium.webdriver.common.by import By
 
-    server, tea, _ = env
+    server, tea, _, _ = env
     d = browser
     login(d, server, ROOT_AK)
     d.get(base(server) + "/instances/dds-other/backups")
@@ -338,3 +457,62 @@ def test_failed_logins_are_limited_per_address(tmp_path):
         assert r.status_code == 429 and "Too many failed logins" in r.text
     finally:
         server.stop()
+
+
+def _login_form_token(s: requests.Session, server) -> str:
+    page = s.get(f"http://{server.endpoint}/console/login", timeout=30).text
+    return page.split('name="login_csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def _login(s: requests.Session, server, secret: str) -> requests.Response:
+    return s.post(f"http://{server.endpoint}/console/login", allow_redirects=False, timeout=30,
+                  data={"login_csrf": _login_form_token(s, server), "access_key_id": ROOT_AK[0],
+                        "access_key_secret": secret})
+
+
+def test_logout_and_lockout_hold_on_every_process_sharing_a_postgres_catalog(tmp_path):
+    """Two ddsvault processes on one PostgreSQL catalog (migration 0021): a session opened on one works on the
+    other, a logout on one ends it on both, and failed logins counted on one lock the address out of both."""
+    from test_nodes import node_config
+
+    key = tmp_path / "master.key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+    pg = stack.PostgreSQL(tmp_path / "pg")
+    started = []
+    try:
+        url = pg.create_database("ddsvault")
+        api1 = Ddsvault(tmp_path / "api1", node_config(tmp_path, "data1", "api-1", url, {}))
+        started.append(api1)
+        api2 = Ddsvault(tmp_path / "api2", node_config(tmp_path, "data2", "api-2", url, {}))
+        started.append(api2)
+
+        s = requests.Session()
+        r = _login(s, api1, ROOT_AK[1])
+        assert r.status_code in (302, 303), r.text
+        cookie = s.cookies.get("ddsvault_console")
+        assert cookie
+        page = lambda server: requests.get(f"http://{server.endpoint}/console/instances", timeout=30,  # noqa: E731
+                                           cookies={"ddsvault_console": cookie}, allow_redirects=False)
+        assert page(api1).status_code == 200 and page(api2).status_code == 200
+        # Log out on the first process: the second refuses the cookie too.
+        body = page(api1).text
+        csrf = body.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = requests.post(f"http://{api1.endpoint}/console/logout", data={"csrf": csrf}, timeout=30,
+                          cookies={"ddsvault_console": cookie}, allow_redirects=False)
+        assert r.status_code in (302, 303) and r.headers["location"].endswith("/console/login"), r.text
+        for server in (api1, api2):
+            r = page(server)
+            assert r.status_code in (302, 303) and r.headers["location"].endswith("/console/login"), \
+                (server.endpoint, r.status_code)
+
+        # Five failed logins on the first process lock the address out of the second, even with the right secret.
+        for _ in range(5):
+            assert _login(requests.Session(), api1, "wrong").status_code == 401
+        r = _login(requests.Session(), api2, ROOT_AK[1])
+        assert r.status_code == 429 and "Too many failed logins" in r.text, r.text
+        assert "ddsvault_console=" not in r.headers.get("set-cookie", "")
+    finally:
+        for p in reversed(started):
+            p.stop()
+        pg.stop()

@@ -3,7 +3,9 @@ the scheduler restores the newest Logical backup into a scratch FerretDB and pas
 of a backup whose archive was damaged in the repository fails loudly (Failed, backup unverified, a signed
 `drill_failed` webhook to a local receiver, the metric at 0, `ddsvault status`); a drill of a backup whose recorded
 figures disagree with its data (manifest re-sealed and re-registered, as a dump that recorded wrong figures would
-leave it) fails on the comparison itself, naming the collection."""
+leave it) fails on the comparison itself, naming the collection. With `RestoreDrillTarget=provision` (a temporary
+FerretDB started from [provisioning] for the drill and removed after it), Physical, Snapshot and Logical backups are
+drilled, a damaged Physical file fails the drill, and no process or directory is left behind either way."""
 from __future__ import annotations
 
 import datetime
@@ -15,12 +17,16 @@ import subprocess
 import time
 from hashlib import sha256
 
+import os
+from pathlib import Path
+
 import pytest
 from aliyunsdkcore.acs_exception.exceptions import ServerException
 from aliyunsdkcore.request import CommonRequest
 
 import stack
 from conftest import DDSVAULT_BIN, ROOT_AK, Ddsvault, acs_client, config_text
+from test_physical import instance_lines
 from test_metrics import Receiver, scrape, value
 
 HOOK_SECRET = "drill-hook-secret-0001"
@@ -263,3 +269,159 @@ def test_bad_drill_requests_are_refused_with_documented_codes(env):
     # A drill settings call without a target, on an instance that has none yet.
     assert refused(server, "ModifyBackupPolicy", DBInstanceId="dds-scratch", RestoreDrillPeriod="Monday")[:2] == \
         (400, "MissingParameter")
+    # Physical and Snapshot backups are drilled only in a provisioned scratch; this node has no [provisioning].
+    status, code, msg = refused(server, "StartRestoreDrill", DBInstanceId="dds-src", TargetDBInstanceId="provision")
+    assert (status, code) == (400, "UnsupportedOperation") and "[provisioning]" in msg, msg
+    assert refused(server, "ModifyBackupPolicy", DBInstanceId="dds-src", RestoreDrillTarget="provision")[:2] == \
+        (400, "UnsupportedOperation")
+    assert refused(server, "DescribeRestoreDrills", DBInstanceId="dds-src", DrillJobId="999999")[:2] == \
+        (400, "InvalidParameter")
+
+
+# ------------------------------------------------------------------------ drills into a provisioned scratch
+
+@pytest.fixture(scope="module")
+def penv(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pdrills")
+    src = stack.FerretDB(base / "src", repl_set_name="rs0")
+    scratch = stack.FerretDB(base / "scratch")
+    c = src.client()
+    c.shop.orders.insert_many([{"_id": i, "item": f"item-{i}", "qty": i % 7} for i in range(700)])
+    c.shop.create_collection("empty")
+    c.crm.notes.insert_many([{"text": "note " * (i + 1), "n": i} for i in range(40)])
+    lo = stack.free_port()
+    extra = (
+        "[provisioning]\n"
+        f"command = \"{stack.bin('ferretdb')} --handler=sqlite --sqlite-url=file:{{data_dir}}/ "
+        "--listen-addr=127.0.0.1:{port} --state-dir={dir} --repl-set-name=rs0 --telemetry=disable "
+        "--debug-addr=- --log-level=warn\"\n"
+        f"port_min = {lo}\nport_max = {lo + 20}\n"
+    )
+    data = base / "data"
+    text = config_text(data, {"dds-scratch": (scratch.uri, "local_ssd")}, extra=extra) \
+        + instance_lines("dds-psrc", src.uri, data_path=src.data_dir)
+    server = Ddsvault(base / "svc", text)
+    yield {"server": server, "src": src, "data": data, "repo": data / "repository", "instances": data / "instances"}
+    server.stop()
+    src.stop()
+    scratch.stop()
+
+
+def take(server, method, iid="dds-psrc") -> str:
+    job = call(server, "CreateBackup", DBInstanceId=iid, BackupMethod=method)["BackupJobId"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        got = call(server, "DescribeBackups", DBInstanceId=iid, BackupJobId=job)["Backups"]["Backup"]
+        if got and got[0]["BackupStatus"] in ("Success", "Failed"):
+            assert got[0]["BackupStatus"] == "Success", got
+            return str(got[0]["BackupId"])
+        time.sleep(0.3)
+    raise AssertionError(f"backup job {job} did not finish")
+
+
+def wait_job(server, iid, job_id, timeout=180.0) -> dict:
+    """The drill job through DescribeRestoreDrills' DrillJobId, once it ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = call(server, "DescribeRestoreDrills", DBInstanceId=iid, DrillJobId=job_id)["DrillJob"]
+        if j["JobStatus"] in ("Success", "Failed"):
+            return j
+        time.sleep(0.3)
+    raise AssertionError(f"drill job {job_id} did not end; server log:\n" + server.stderr()[-4000:])
+
+
+def ferretdb_processes_in(path: Path) -> list[str]:
+    """Command lines of running processes that mention `path` (a drill's server would name its directory)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            out.append(cmd)
+    return out
+
+
+def assert_nothing_left(penv):
+    inst = penv["instances"]
+    left = [p.name for p in inst.iterdir()] if inst.exists() else []
+    assert not [n for n in left if n.startswith("drill-")], left
+    assert not ferretdb_processes_in(inst), ferretdb_processes_in(inst)
+
+
+@pytest.mark.parametrize("method", ["Physical", "Snapshot", "Logical"])
+def test_a_backup_of_any_method_is_drilled_in_a_provisioned_instance_and_nothing_is_left(penv, method):
+    server = penv["server"]
+    backup = take(server, method)
+    # A registered scratch restores Logical backups only: the file methods name the provisioned target.
+    if method != "Logical":
+        status, code, msg = refused(server, "StartRestoreDrill", DBInstanceId="dds-psrc", BackupId=backup,
+                                    TargetDBInstanceId="dds-scratch")
+        assert (status, code) == (400, "InvalidBackupMethod.ValueNotSupport") and "provision" in msg, msg
+    started = call(server, "StartRestoreDrill", DBInstanceId="dds-psrc", BackupId=backup,
+                   TargetDBInstanceId="provision")
+    assert (started["BackupId"], started["TargetDBInstanceId"]) == (backup, "provision")
+    job = wait_job(server, "dds-psrc", started["DrillJobId"])
+    assert job["JobStatus"] == "Success", job
+    (d,) = drills(server, "dds-psrc", BackupId=backup)
+    assert d["Result"] == "Passed", d
+    assert d["TargetDBInstanceId"] == f"provision:drill-{started['DrillJobId']}", d
+    detail = d["Detail"]
+    assert detail["mismatch_count"] == 0, detail
+    if method == "Logical":
+        assert d["Compared"] == "CountsAndChecksums", d
+        assert (detail["collections"], detail["documents"]) == (3, 740), detail
+    else:
+        # File backups: counts read from the backup's own files against what the server started on them serves.
+        assert d["Compared"] == "CountsOnly", d
+        served = {(s["db"], s["collection"]): s["documents"] for s in detail["served"]}
+        assert served[("shop", "orders")] == 700 and served[("crm", "notes")] == 40, served
+        assert served[("shop", "empty")] == 0, served
+        assert all(len(s["checksum"]) == 32 for s in detail["served"]), detail
+        assert detail["files"] >= 2, detail
+    assert drill_status_of(server, "dds-psrc", backup) == "Verified"
+    assert_nothing_left(penv)
+
+
+def drill_status_of(server, iid, backup_id):
+    got = call(server, "DescribeBackups", DBInstanceId=iid, BackupId=backup_id)["Backups"]["Backup"]
+    return got[0]["RestoreDrillStatus"]
+
+
+def test_a_damaged_physical_file_fails_the_provisioned_drill_and_is_cleaned_up(penv):
+    server, repo = penv["server"], penv["repo"]
+    backup = take(server, "Physical")
+    f = next((repo / "backups" / "dds-psrc" / backup / "files").glob("shop*.sqlite"))
+    original = f.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    f.write_bytes(bytes(damaged))
+    try:
+        started = call(server, "StartRestoreDrill", DBInstanceId="dds-psrc", BackupId=backup,
+                       TargetDBInstanceId="provision")
+        job = wait_job(server, "dds-psrc", started["DrillJobId"])
+    finally:
+        f.write_bytes(original)
+    assert (job["JobStatus"], job["ErrorCode"]) == ("Failed", "Drill.Failed"), job
+    (d,) = drills(server, "dds-psrc", BackupId=backup)
+    assert d["Result"] == "Failed" and d["Detail"]["stage"] == "restore", d
+    assert "sha256" in d["Detail"]["error"].lower(), d
+    assert drill_status_of(server, "dds-psrc", backup) == "Unverified"
+    assert_nothing_left(penv)
+
+
+def test_a_scheduled_drill_policy_may_name_the_provisioned_target(penv):
+    server = penv["server"]
+    call(server, "ModifyBackupPolicy", DBInstanceId="dds-psrc", RestoreDrillTarget="provision",
+         RestoreDrillPeriod="Disabled")
+    pol = call(server, "DescribeBackupPolicy", DBInstanceId="dds-psrc")
+    assert (pol["RestoreDrillTarget"], pol["RestoreDrillPeriod"]) == ("provision", "Disabled")
+    # Without TargetDBInstanceId the policy's provisioned target is used, and the newest backup of any method.
+    newest = take(server, "Snapshot")
+    started = call(server, "StartRestoreDrill", DBInstanceId="dds-psrc")
+    assert (started["BackupId"], started["TargetDBInstanceId"]) == (newest, "provision")
+    assert wait_job(server, "dds-psrc", started["DrillJobId"])["JobStatus"] == "Success"
+    assert_nothing_left(penv)

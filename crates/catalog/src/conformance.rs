@@ -62,6 +62,7 @@ pub async fn run_all(cat: Catalog) {
     storage_usage(&cat).await;
     provisioned_instances(&cat).await;
     restore_drills(&cat).await;
+    console_sessions(&cat).await;
     nodes::run_all(&cat).await;
     registered_instances(&cat).await;
 }
@@ -2509,5 +2510,96 @@ async fn restore_drills(cat: &Catalog) {
     assert_eq!(
         cat.latest_restore_drills().await.expect("latest"),
         vec![other, second]
+    );
+}
+
+/// Console sessions ended by logout and failed logins, shared by every process of the catalog (migration 0021).
+async fn console_sessions(cat: &Catalog) {
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    let secs = |s: i64| t0 + chrono::Duration::seconds(s);
+    // Revocations: a nonce is revoked once (a repeated logout is harmless), others are not touched, and rows
+    // whose session has expired are pruned by the next revocation.
+    assert!(!cat.console_session_revoked("n-1").await.expect("read"));
+    cat.revoke_console_session("n-1", secs(3600), t0)
+        .await
+        .expect("revoke");
+    cat.revoke_console_session("n-1", secs(3600), t0)
+        .await
+        .expect("revoke again");
+    assert!(cat.console_session_revoked("n-1").await.expect("read"));
+    assert!(!cat.console_session_revoked("n-2").await.expect("read"));
+    cat.revoke_console_session("n-2", secs(7200), secs(3600))
+        .await
+        .expect("revoke later");
+    assert!(
+        !cat.console_session_revoked("n-1").await.expect("read"),
+        "a revocation past its session's expiry is pruned"
+    );
+    assert!(cat.console_session_revoked("n-2").await.expect("read"));
+
+    // Failed logins: counted per address within a window, restarted once the window is over, cleared on success.
+    let window = |now: chrono::DateTime<Utc>| now - chrono::Duration::seconds(60);
+    assert_eq!(
+        cat.console_login_failures("10.0.0.1", window(t0))
+            .await
+            .expect("read"),
+        None
+    );
+    for n in 1..=3u32 {
+        let f = cat
+            .record_console_login_failure(
+                "10.0.0.1",
+                secs(i64::from(n)),
+                window(secs(i64::from(n))),
+            )
+            .await
+            .expect("fail");
+        assert_eq!((f.failures, f.window_start), (n, secs(1)));
+    }
+    let other = cat
+        .record_console_login_failure("10.0.0.2", secs(5), window(secs(5)))
+        .await
+        .expect("fail other");
+    assert_eq!(other.failures, 1);
+    let seen = cat
+        .console_login_failures("10.0.0.1", window(secs(30)))
+        .await
+        .expect("read")
+        .expect("within the window");
+    assert_eq!((seen.failures, seen.window_start), (3, secs(1)));
+    assert_eq!(
+        cat.console_login_failures("10.0.0.1", window(secs(61)))
+            .await
+            .expect("read"),
+        None,
+        "the window is over"
+    );
+    assert!(cat
+        .console_login_failures("10.0.0.2", window(secs(30)))
+        .await
+        .expect("read")
+        .is_some());
+    let restarted = cat
+        .record_console_login_failure("10.0.0.1", secs(70), window(secs(70)))
+        .await
+        .expect("fail after the window");
+    assert_eq!((restarted.failures, restarted.window_start), (1, secs(70)));
+    cat.clear_console_login_failures("10.0.0.1")
+        .await
+        .expect("clear");
+    assert_eq!(
+        cat.console_login_failures("10.0.0.1", window(secs(70)))
+            .await
+            .expect("read"),
+        None
+    );
+    // 10.0.0.2's window was over when 10.0.0.1 failed again: its row was pruned.
+    assert_eq!(
+        cat.console_login_failures("10.0.0.2", window(secs(6)))
+            .await
+            .expect("read"),
+        None
     );
 }

@@ -649,6 +649,36 @@ pub trait CatalogBackend: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<RestoreDrill>, CatalogError>;
     /// The newest drill of each instance (metrics, status), by instance id.
     async fn latest_restore_drills(&self) -> Result<Vec<RestoreDrill>, CatalogError>;
+
+    // Console sessions shared by every process of the catalog (docs/console.md; migration 0021).
+
+    /// Ends the console session `nonce` for every process; the row is kept until `expires_at` (when the session
+    /// would have ended anyway), and rows already past it are pruned (`now`).
+    async fn revoke_console_session(
+        &self,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError>;
+    /// Whether the console session `nonce` was ended by a logout.
+    async fn console_session_revoked(&self, nonce: &str) -> Result<bool, CatalogError>;
+    /// Counts one failed console login from `address` at `now`, in one statement: the count restarts at 1 (window
+    /// starting `now`) when the address's window started at or before `window_start_after`. Returns the count and
+    /// its window. Windows over for other addresses are pruned.
+    async fn record_console_login_failure(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+        window_start_after: DateTime<Utc>,
+    ) -> Result<LoginFailures, CatalogError>;
+    /// The failed logins of `address` in a window that started after `window_start_after` (`None`: none).
+    async fn console_login_failures(
+        &self,
+        address: &str,
+        window_start_after: DateTime<Utc>,
+    ) -> Result<Option<LoginFailures>, CatalogError>;
+    /// Forgets the failed logins of `address` (a successful login).
+    async fn clear_console_login_failures(&self, address: &str) -> Result<(), CatalogError>;
 }
 
 /// Shared handle to the catalog engine chosen by configuration.

@@ -952,6 +952,13 @@ impl DrillResult {
     }
 }
 
+/// Failed console logins of one client address in its current window (docs/console.md; migration 0021).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginFailures {
+    pub failures: u32,
+    pub window_start: DateTime<Utc>,
+}
+
 /// One recorded drill.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestoreDrill {

@@ -22,6 +22,8 @@ use crate::{
 };
 use crate::{JobKind, LogSlice, NewLogSlice};
 
+#[path = "sqlite_console.rs"]
+mod console;
 #[path = "sqlite_drills.rs"]
 mod drills;
 #[path = "sqlite_fast.rs"]
@@ -1411,6 +1413,43 @@ impl CatalogBackend for SqliteCatalog {
 
     async fn latest_restore_drills(&self) -> Result<Vec<crate::RestoreDrill>, CatalogError> {
         self.latest_restore_drills_impl().await
+    }
+
+    async fn revoke_console_session(
+        &self,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        self.revoke_console_session_impl(nonce, expires_at, now)
+            .await
+    }
+
+    async fn console_session_revoked(&self, nonce: &str) -> Result<bool, CatalogError> {
+        self.console_session_revoked_impl(nonce).await
+    }
+
+    async fn record_console_login_failure(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+        window_start_after: DateTime<Utc>,
+    ) -> Result<crate::LoginFailures, CatalogError> {
+        self.record_console_login_failure_impl(address, now, window_start_after)
+            .await
+    }
+
+    async fn console_login_failures(
+        &self,
+        address: &str,
+        window_start_after: DateTime<Utc>,
+    ) -> Result<Option<crate::LoginFailures>, CatalogError> {
+        self.console_login_failures_impl(address, window_start_after)
+            .await
+    }
+
+    async fn clear_console_login_failures(&self, address: &str) -> Result<(), CatalogError> {
+        self.clear_console_login_failures_impl(address).await
     }
 
     async fn create_provisioned_instance(

@@ -113,13 +113,15 @@ pub fn next_drill_time(policy: &DrillPolicy, now: DateTime<Utc>) -> Option<DateT
     next_slot_at_or_after(now, start, &days)
 }
 
-/// The backup a drill of `instance_id` restores: its newest successful Logical backup.
+/// The backup a drill of `instance_id` restores: its newest successful Logical backup, or of any method when
+/// `any_method` (a drill into a provisioned scratch also drills Physical and Snapshot backups).
 ///
 /// # Errors
 /// Catalog errors.
 pub async fn newest_drillable_backup(
     catalog: &Catalog,
     instance_id: &str,
+    any_method: bool,
 ) -> Result<Option<ddsvault_catalog::Backup>, JobError> {
     let mut page = 1;
     loop {
@@ -137,7 +139,7 @@ pub async fn newest_drillable_backup(
             .await?;
         if let Some(b) = backups.iter().find(|b| {
             b.status == ddsvault_catalog::BackupStatus::Success
-                && b.method == ddsvault_catalog::BackupMethod::Logical
+                && (any_method || b.method == ddsvault_catalog::BackupMethod::Logical)
         }) {
             return Ok(Some(b.clone()));
         }
@@ -360,20 +362,31 @@ impl Scheduler {
                 ));
                 continue;
             }
-            let Some(backup) = newest_drillable_backup(&self.catalog, id).await? else {
+            let provisioned = policy.target == crate::drill::PROVISION_TARGET;
+            let Some(backup) = newest_drillable_backup(&self.catalog, id, provisioned).await?
+            else {
                 out.push((id.clone(), TickOutcome::NothingToDrill { slot }));
                 continue;
             };
+            let mut params = serde_json::json!({
+                "source_instance": id,
+                "schedule": SCHEDULE_DRILL,
+                "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            });
+            if provisioned {
+                params["target"] = crate::drill::PROVISION_TARGET.into();
+            }
             let job = NewJob {
                 kind: ddsvault_catalog::JobKind::Drill,
-                instance_id: policy.target.clone(),
+                // A provisioned scratch exists only inside the job: the job takes the source instance's slot.
+                instance_id: if provisioned {
+                    id.clone()
+                } else {
+                    policy.target.clone()
+                },
                 backup_id: Some(backup.id),
                 mode: "Automated".into(),
-                params: serde_json::json!({
-                    "source_instance": id,
-                    "schedule": SCHEDULE_DRILL,
-                    "slot": slot.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                }),
+                params,
                 now,
             };
             let outcome = match self
@@ -1126,6 +1139,35 @@ mod tests {
                 .1,
             TickOutcome::Drill(Box::new(TickOutcome::AlreadyTaken { slot }))
         );
+    }
+
+    #[tokio::test]
+    async fn a_provisioned_drill_slot_runs_on_the_instance_itself() {
+        let (cat, clock) = setup(&policy("03:00Z-04:00Z", "Friday")).await;
+        cat.put_drill_policy(&DrillPolicy {
+            target: crate::drill::PROVISION_TARGET.into(),
+            ..drill_policy("Friday")
+        })
+        .await
+        .expect("drill policy");
+        let newest = success_backup(&cat, "2026-11-27T05:05:00Z").await;
+        let s = scheduler(&cat, &clock, "node-1");
+        set(&clock, "2026-11-27T05:20:00Z");
+        let out = s.tick().await.expect("tick");
+        let TickOutcome::Drill(inner) = &out[1].1 else {
+            panic!("expected a drill outcome, got {out:?}");
+        };
+        let TickOutcome::Created { job_id, .. } = **inner else {
+            panic!("expected Created, got {inner:?}");
+        };
+        let job = cat.get_job(job_id).await.expect("get").expect("job");
+        // The temporary scratch exists only inside the job: the job holds the drilled instance's slot.
+        assert_eq!(
+            (job.instance_id.as_str(), job.backup_id),
+            ("dds-a", Some(newest))
+        );
+        assert!(crate::drill::is_provisioned(&job));
+        assert_eq!(job.params["source_instance"], "dds-a");
     }
 
     #[tokio::test]

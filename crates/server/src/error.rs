@@ -169,6 +169,10 @@ pub enum ActionError {
     /// CreateDBInstance on a node without `[provisioning]` (docs/provisioning.md).
     #[error("provisioning is not configured")]
     ProvisioningNotConfigured,
+    /// A restore drill into a provisioned scratch (`provision`) on a node without `[provisioning]` (docs/drills.md);
+    /// the parameter that asked for it.
+    #[error("provisioning is not configured for a drill ({0})")]
+    DrillProvisioningNotConfigured(&'static str),
     /// DeleteDBInstance of an instance ddsvault did not provision (a configured one).
     #[error("instance {0} was not provisioned by ddsvault")]
     NotProvisioned(String),
@@ -446,6 +450,11 @@ pub fn to_api_error(e: ActionError) -> ApiError {
             400,
             "UnsupportedOperation",
             "CreateDBInstance restores a backup into a new instance that ddsvault runs itself; this ddsvault node has no [provisioning] section in its configuration (docs/provisioning.md). Restore into a configured instance with RestoreDBInstance instead.",
+        ),
+        ActionError::DrillProvisioningNotConfigured(param) => ApiError::new(
+            400,
+            "UnsupportedOperation",
+            format!("{param}=provision restores the drilled backup into a temporary instance that ddsvault starts from its [provisioning] section; this ddsvault node has none (docs/provisioning.md). Name a registered scratch instance instead."),
         ),
         ActionError::NotProvisioned(id) => ApiError::new(
             403,

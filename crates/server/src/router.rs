@@ -388,9 +388,18 @@ pub(crate) fn resources_of(st: &AppState, act: actions::Action, params: &Params)
     let mut resources: Vec<String> = act
         .instance_params()
         .iter()
-        .filter_map(|p| params.get(p))
-        .filter(|id| !id.is_empty())
-        .map(|id| st.instance_arn(id))
+        .filter_map(|p| params.get(p).map(|v| (*p, v)))
+        .filter(|(_, id)| !id.is_empty())
+        // A drill's `provision` target names no instance: the temporary one exists only inside the drill job.
+        .filter(|(p, id)| {
+            !(matches!(*p, "TargetDBInstanceId" | "RestoreDrillTarget")
+                && matches!(
+                    act,
+                    actions::Action::StartRestoreDrill | actions::Action::ModifyBackupPolicy
+                )
+                && id.trim() == ddsvault_jobs::drill::PROVISION_TARGET)
+        })
+        .map(|(_, id)| st.instance_arn(id))
         .collect();
     if resources.is_empty() {
         resources.push("*".to_string());

@@ -14,6 +14,8 @@ use ddsvault_catalog::{
 };
 use serde_json::{json, Map, Value};
 
+use ddsvault_jobs::drill::PROVISION_TARGET;
+
 use super::dds_time;
 use crate::error::ActionError;
 use crate::router::ActionResult;
@@ -96,8 +98,22 @@ pub(crate) async fn drill_changes(
     }))
 }
 
-/// A scratch target must be another instance this service knows: a drill replaces its collections.
+/// A scratch target must be another instance this service knows (a drill replaces its collections), or
+/// `provision` (a temporary instance from `[provisioning]`, which this process must have).
 fn check_target(st: &AppState, id: &str, target: &str, param: &str) -> Result<(), ApiError> {
+    if target == PROVISION_TARGET {
+        if st.provisioner.is_none() {
+            return Err(ActionError::DrillProvisioningNotConfigured(
+                if param == "RestoreDrillTarget" {
+                    "RestoreDrillTarget"
+                } else {
+                    "TargetDBInstanceId"
+                },
+            )
+            .into());
+        }
+        return Ok(());
+    }
     if target == id {
         return Err(ApiError::invalid_parameter(
             param,
@@ -165,19 +181,21 @@ pub async fn start_restore_drill(st: &AppState, p: &Params) -> ActionResult {
             .ok_or_else(|| ApiError::missing_parameter("TargetDBInstanceId"))?,
     };
     check_target(st, id, &target, "TargetDBInstanceId")?;
+    let provisioned = target == PROVISION_TARGET;
     let backup: Backup = match p.opt_str("BackupId") {
         Some(_) => {
             let b = super::restore::usable_backup(st, id, p, "BackupId").await?;
-            if b.method != ddsvault_catalog::BackupMethod::Logical {
+            if b.method != ddsvault_catalog::BackupMethod::Logical && !provisioned {
                 return Err(ActionError::BackupMethodNotSupported(format!(
-                    "Backup {} is a {} backup: restore drills restore Logical backups.",
+                    "Backup {} is a {} backup: a drill into a registered scratch instance restores Logical \
+                     backups; drill it with TargetDBInstanceId=provision.",
                     b.id, b.method
                 ))
                 .into());
             }
             b
         }
-        None => ddsvault_jobs::scheduler::newest_drillable_backup(&st.catalog, id)
+        None => ddsvault_jobs::scheduler::newest_drillable_backup(&st.catalog, id, provisioned)
             .await
             .map_err(|e| ActionError::Internal(e.to_string()))?
             .filter(|b| b.status == BackupStatus::Success)
@@ -187,10 +205,19 @@ pub async fn start_restore_drill(st: &AppState, p: &Params) -> ActionResult {
         .catalog
         .create_job(&NewJob {
             kind: ddsvault_catalog::JobKind::Drill,
-            instance_id: target.clone(),
+            // A provisioned drill runs on the source instance's job slot: its scratch exists only inside the job.
+            instance_id: if provisioned {
+                id.to_string()
+            } else {
+                target.clone()
+            },
             backup_id: Some(backup.id),
             mode: "Manual".into(),
-            params: json!({"source_instance": id}),
+            params: if provisioned {
+                json!({"source_instance": id, "target": PROVISION_TARGET})
+            } else {
+                json!({"source_instance": id})
+            },
             now: Utc::now(),
         })
         .await
@@ -239,6 +266,10 @@ pub async fn describe_restore_drills(st: &AppState, p: &Params) -> ActionResult 
             ))
         }
     };
+    let drill_job = match p.opt_str("DrillJobId") {
+        None => None,
+        Some(v) => Some(drill_job(st, id, v).await?),
+    };
     let drills = st
         .catalog
         .list_restore_drills(&DrillFilter {
@@ -253,8 +284,50 @@ pub async fn describe_restore_drills(st: &AppState, p: &Params) -> ActionResult 
         "RestoreDrills".into(),
         json!({ "RestoreDrill": drills.iter().map(drill_json).collect::<Vec<_>>() }),
     );
+    if let Some(j) = drill_job {
+        out.insert("DrillJob".into(), j);
+    }
     describe_policy_fields(st, id, &mut out).await?;
     Ok(out)
+}
+
+/// The state of one drill job of `id` (DescribeRestoreDrills' `DrillJobId`), so that a caller that started a drill
+/// can follow it, including one that failed before a drill could be recorded (an unreachable scratch).
+async fn drill_job(st: &AppState, id: &str, v: &str) -> Result<Value, ApiError> {
+    let job_id = v
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| ApiError::invalid_parameter("DrillJobId", "It must be a numeric job id."))?;
+    let job = st
+        .catalog
+        .get_job(job_id)
+        .await
+        .map_err(ActionError::from)?
+        .filter(|j| {
+            j.kind == ddsvault_catalog::JobKind::Drill
+                && j.params.get("source_instance").and_then(Value::as_str) == Some(id)
+        })
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "DrillJobId",
+                "It is not a restore drill job of this instance.",
+            )
+        })?;
+    let target = if ddsvault_jobs::drill::is_provisioned(&job) {
+        PROVISION_TARGET.to_string()
+    } else {
+        job.instance_id.clone()
+    };
+    let failed = job.state == ddsvault_catalog::JobState::Failed;
+    Ok(json!({
+        "DrillJobId": job.id.to_string(),
+        "BackupId": job.backup_id.map(|b| b.to_string()).unwrap_or_default(),
+        "TargetDBInstanceId": target,
+        "JobStatus": job.state.as_str(),
+        "Progress": job.progress,
+        "ErrorCode": job.answered_error_code(),
+        "ErrorMessage": if failed { job.error.as_deref().unwrap_or("") } else { "" },
+    }))
 }
 
 /// Adds `RestoreDrillStatus` (and the newest drill's `RestoreDrillTime`) to each DescribeBackups item: `Verified`

@@ -5,12 +5,12 @@
 //! the catalog (setting `console_session_key`, created on first use), so every process sharing the catalog
 //! accepts it and a restart does not log anyone out. The fingerprint is an HMAC of the AccessKey's secret: rotating
 //! or disabling the key ends its sessions. The CSRF token of a session is an HMAC of its cookie payload, so it
-//! needs no server-side state.
+//! needs no server-side state. A logout and the failed-login counters are kept in the catalog (migration 0021), so
+//! every process sharing it honours them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -40,11 +40,9 @@ const LOGIN_COOKIE: &str = "ddsvault_console_login";
 pub const SESSION_SECONDS: i64 = 8 * 3600;
 /// Failed logins allowed per client address in [`LIMIT_WINDOW`] before further attempts are refused unchecked.
 pub const LOGIN_FAILURES: u32 = 5;
-const LIMIT_WINDOW: Duration = Duration::from_secs(60);
+const LIMIT_WINDOW: chrono::Duration = chrono::Duration::seconds(60);
 /// Catalog setting holding the hex session key.
 const KEY_SETTING: &str = "console_session_key";
-/// Addresses remembered by the limiter at most (older entries are dropped first when full).
-const LIMITER_ENTRIES: usize = 10_000;
 
 /// The logged-in key of a request, with what RAM's conditions need.
 pub(crate) struct Caller {
@@ -56,6 +54,8 @@ pub(crate) struct Caller {
     /// This session's CSRF token, put in every form.
     pub csrf: String,
     nonce: String,
+    /// When the session ends (unix seconds).
+    expires: i64,
 }
 
 impl Caller {
@@ -64,55 +64,55 @@ impl Caller {
     }
 }
 
-/// Failed logins per client address.
-#[derive(Default)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// Sessions ended by logout (nonce → expiry), until they would have expired anyway.
-    revoked: Mutex<HashMap<String, i64>>,
+impl Console {
+    /// Seconds `ip` must wait before its next login attempt if it has used up its failures, from the catalog's
+    /// counters (so every process sharing the catalog enforces the same limit), else `None`.
+    async fn login_blocked(&self, ip: IpAddr) -> Result<Option<u64>, Response> {
+        let now = Utc::now();
+        let f = self
+            .app
+            .catalog
+            .console_login_failures(&ip.to_string(), now - LIMIT_WINDOW)
+            .await
+            .map_err(|e| catalog_unavailable(&e))?;
+        Ok(f.filter(|f| f.failures >= LOGIN_FAILURES).map(|f| {
+            let left = (f.window_start + LIMIT_WINDOW - now).num_seconds();
+            u64::try_from(left).unwrap_or(0).max(1)
+        }))
+    }
+
+    async fn login_failed(&self, ip: IpAddr) {
+        let now = Utc::now();
+        if let Err(e) = self
+            .app
+            .catalog
+            .record_console_login_failure(&ip.to_string(), now, now - LIMIT_WINDOW)
+            .await
+        {
+            tracing::error!(error = %e, "console: could not count a failed login in the catalog");
+        }
+    }
+
+    async fn login_succeeded(&self, ip: IpAddr) {
+        if let Err(e) = self
+            .app
+            .catalog
+            .clear_console_login_failures(&ip.to_string())
+            .await
+        {
+            tracing::warn!(error = %e, "console: could not clear the failed logins of an address");
+        }
+    }
 }
 
-impl LoginLimiter {
-    /// Seconds to wait if `ip` has used up its failures, else `None`.
-    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<u64> {
-        let map = self.failures.lock().ok()?;
-        let (n, since) = map.get(&ip)?;
-        let elapsed = now.duration_since(*since);
-        (*n >= LOGIN_FAILURES && elapsed < LIMIT_WINDOW)
-            .then(|| (LIMIT_WINDOW - elapsed).as_secs().max(1))
-    }
-
-    fn fail(&self, ip: IpAddr, now: Instant) {
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() >= LIMITER_ENTRIES {
-            map.retain(|_, (_, since)| now.duration_since(*since) < LIMIT_WINDOW);
-        }
-        let e = map.entry(ip).or_insert((0, now));
-        if now.duration_since(e.1) >= LIMIT_WINDOW {
-            *e = (0, now);
-        }
-        e.0 += 1;
-    }
-
-    fn succeed(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(&ip);
-        }
-    }
-
-    fn revoke(&self, nonce: &str, expires: i64) {
-        if let Ok(mut r) = self.revoked.lock() {
-            let now = Utc::now().timestamp();
-            r.retain(|_, exp| *exp > now);
-            r.insert(nonce.to_string(), expires);
-        }
-    }
-
-    fn is_revoked(&self, nonce: &str) -> bool {
-        self.revoked.lock().map_or(true, |r| r.contains_key(nonce))
-    }
+/// The page shown when the catalog cannot answer what a session or login needs.
+fn catalog_unavailable(e: &ddsvault_catalog::CatalogError) -> Response {
+    tracing::error!(error = %e, "console: the catalog is unavailable");
+    html::message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Console unavailable",
+        "The catalog could not be read; see the server log.",
+    )
 }
 
 impl Console {
@@ -235,7 +235,17 @@ impl FromRequestParts<Arc<Console>> for Caller {
             return Err(to_login());
         };
         let expires: i64 = expires.parse().map_err(|_| to_login())?;
-        if expires <= Utc::now().timestamp() || cs.limiter.is_revoked(nonce) {
+        if expires <= Utc::now().timestamp() {
+            return Err(to_login());
+        }
+        // Logouts are kept in the catalog: a session ended on any process is ended on all of them.
+        if cs
+            .app
+            .catalog
+            .console_session_revoked(nonce)
+            .await
+            .map_err(|e| catalog_unavailable(&e))?
+        {
             return Err(to_login());
         }
         // The key must still exist, be active and have the secret the session was opened with.
@@ -264,6 +274,7 @@ impl FromRequestParts<Arc<Console>> for Caller {
                 .map(str::to_string),
             csrf: sign(key, &["csrf", payload_b64]),
             nonce: nonce.to_string(),
+            expires,
         })
     }
 }
@@ -327,8 +338,11 @@ pub async fn login(
         return csrf_refused();
     }
     let ip = peer.ip().to_canonical();
-    let now = Instant::now();
-    if let Some(wait) = cs.limiter.blocked(ip, now) {
+    let blocked = match cs.login_blocked(ip).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    if let Some(wait) = blocked {
         return html::message(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed logins",
@@ -371,7 +385,7 @@ pub async fn login(
         code: code.map(str::to_string),
     };
     let Some(secret) = secret.filter(|_| ok) else {
-        cs.limiter.fail(ip, now);
+        cs.login_failed(ip).await;
         cs.app
             .audit
             .record(record(401, Some(LOGIN_REFUSED_CODE)))
@@ -383,7 +397,7 @@ pub async fn login(
             "The AccessKey ID or secret is wrong, or the key is disabled.",
         );
     };
-    cs.limiter.succeed(ip);
+    cs.login_succeeded(ip).await;
     cs.app.identities.touch(id, Utc::now()).await;
     cs.app.audit.record(record(200, None)).await;
     let expires = Utc::now().timestamp() + SESSION_SECONDS;
@@ -413,8 +427,18 @@ pub async fn logout(State(cs): State<Arc<Console>>, caller: Caller, body: Bytes)
     if let Err(r) = caller.check_csrf(&form(&body)) {
         return *r;
     }
-    cs.limiter
-        .revoke(&caller.nonce, Utc::now().timestamp() + SESSION_SECONDS);
+    let now = Utc::now();
+    let expires = chrono::DateTime::from_timestamp(caller.expires, 0)
+        .unwrap_or(now + chrono::Duration::seconds(SESSION_SECONDS));
+    if let Err(e) = cs
+        .app
+        .catalog
+        .revoke_console_session(&caller.nonce, expires, now)
+        .await
+    {
+        // Not logged out: say so rather than drop the cookie of a session that still works elsewhere.
+        return catalog_unavailable(&e);
+    }
     cs.audit(
         &caller,
         "ConsoleLogout",

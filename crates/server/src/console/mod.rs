@@ -7,6 +7,7 @@
 //! style comes from elsewhere: the one stylesheet is compiled in.
 
 mod auth;
+mod drills;
 mod html;
 mod pages;
 
@@ -28,12 +29,11 @@ use crate::state::AppState;
 
 pub(crate) use auth::Caller;
 
-/// The console's own state beside the server's: the session key (loaded from the catalog on first use) and the
-/// login limiter.
+/// The console's own state beside the server's: the session key (loaded from the catalog on first use). Logouts
+/// and failed-login counters live in the catalog (migration 0021), shared by every process.
 pub struct Console {
     app: Arc<AppState>,
     key: tokio::sync::OnceCell<Vec<u8>>,
-    limiter: auth::LoginLimiter,
 }
 
 /// The console's routes, all under `/console/`.
@@ -41,7 +41,6 @@ pub fn routes(app: Arc<AppState>) -> Router {
     let cs = Arc::new(Console {
         app,
         key: tokio::sync::OnceCell::new(),
-        limiter: auth::LoginLimiter::default(),
     });
     Router::new()
         .route("/console", get(|| async { Redirect::to("/console/") }))
@@ -62,6 +61,8 @@ pub fn routes(app: Arc<AppState>) -> Router {
         .route("/console/instances/{id}/backup", post(pages::create_backup))
         .route("/console/instances/{id}/restore", post(pages::restore))
         .route("/console/instances/{id}/download", post(pages::download))
+        .route("/console/instances/{id}/drills", get(drills::drills))
+        .route("/console/instances/{id}/drill", post(drills::start_drill))
         .route("/console/audit", get(pages::audit))
         .with_state(cs)
 }

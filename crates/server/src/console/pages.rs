@@ -35,7 +35,11 @@ const DAYS: [&str; 7] = [
 ];
 
 /// The items of a Dds list answer, e.g. `DBInstances.DBInstance`.
-fn items<'a>(out: &'a Map<String, Value>, outer: &str, inner: Option<&str>) -> Vec<&'a Value> {
+pub(super) fn items<'a>(
+    out: &'a Map<String, Value>,
+    outer: &str,
+    inner: Option<&str>,
+) -> Vec<&'a Value> {
     let v = out.get(outer);
     let v = match inner {
         Some(i) => v.and_then(|v| v.get(i)),
@@ -46,7 +50,7 @@ fn items<'a>(out: &'a Map<String, Value>, outer: &str, inner: Option<&str>) -> V
         .unwrap_or_default()
 }
 
-fn status_class(status: &str) -> &'static str {
+pub(super) fn status_class(status: &str) -> &'static str {
     match status {
         "Success" | "Running" | "Finished" | "Enabled" | "Locked" => "ok",
         "Failed" | "Unavailable" => "bad",
@@ -54,17 +58,25 @@ fn status_class(status: &str) -> &'static str {
     }
 }
 
-fn hidden_csrf(c: &Caller) -> String {
+fn drill_class(status: &str) -> &'static str {
+    match status {
+        "Verified" => "ok",
+        "Unverified" => "bad",
+        _ => "",
+    }
+}
+
+pub(super) fn hidden_csrf(c: &Caller) -> String {
     format!(
         r#"<input type="hidden" name="csrf" value="{}">"#,
         esc(&c.csrf)
     )
 }
 
-fn instance_links(id: &str) -> String {
+pub(super) fn instance_links(id: &str) -> String {
     let e = esc(id);
     format!(
-        r#"<p class="links"><a href="/console/instances/{e}/backups">Backups</a> · <a href="/console/instances/{e}/jobs">Jobs</a> · <a href="/console/instances/{e}/policy">Backup policy</a></p>"#
+        r#"<p class="links"><a href="/console/instances/{e}/backups">Backups</a> · <a href="/console/instances/{e}/jobs">Jobs</a> · <a href="/console/instances/{e}/policy">Backup policy</a> · <a href="/console/instances/{e}/drills">Restore drills</a></p>"#
     )
 }
 
@@ -83,7 +95,7 @@ pub async fn instances(State(cs): State<Arc<Console>>, caller: Caller) -> Respon
         Err(e) => return refusal_for(&caller, title, &e),
     };
     let mut body = String::from(
-        r#"<table id="instances"><tr><th>Instance</th><th>Description</th><th>Type</th><th>Status</th><th>Engine</th><th>Last backup</th><th>Backup policy</th><th></th></tr>"#,
+        r#"<table id="instances"><tr><th>Instance</th><th>Description</th><th>Type</th><th>Status</th><th>Engine</th><th>Last backup</th><th>Backup policy</th><th>Last restore drill</th><th></th></tr>"#,
     );
     for inst in items(&list, "DBInstances", Some("DBInstance")) {
         let id = text(inst, "DBInstanceId");
@@ -129,11 +141,21 @@ pub async fn instances(State(cs): State<Arc<Console>>, caller: Caller) -> Respon
             }
             Err(e) => format!("not shown: {}", esc(&e.code)),
         };
+        let drill = super::drills::last_drill_cell(
+            cs.call(
+                &caller,
+                Action::DescribeRestoreDrills,
+                &[("DBInstanceId", &id), ("MaxRecords", "1")],
+                Audit::No,
+            )
+            .await
+            .as_ref(),
+        );
         let status = text(inst, "DBInstanceStatus");
         let e = esc(&id);
         let _ = write!(
             body,
-            r#"<tr><td><a href="/console/instances/{e}/backups">{e}</a></td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{last}</td><td>{policy}</td><td><a href="/console/instances/{e}/jobs">Jobs</a> · <a href="/console/instances/{e}/policy">Policy</a></td></tr>"#,
+            r#"<tr><td><a href="/console/instances/{e}/backups">{e}</a></td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{last}</td><td>{policy}</td><td class="drill">{drill}</td><td><a href="/console/instances/{e}/jobs">Jobs</a> · <a href="/console/instances/{e}/policy">Policy</a> · <a href="/console/instances/{e}/drills">Drills</a></td></tr>"#,
             field(inst, "DBInstanceDescription"),
             field(inst, "DBInstanceType"),
             status_class(&status),
@@ -211,7 +233,7 @@ pub async fn backups(
 <label>Method <select name="method" id="method"><option value="">default for this instance</option><option>Logical</option><option>Physical</option><option>Snapshot</option></select></label>
 <button type="submit" id="start">Start backup</button></form>
 <h2>Backups</h2><p>Retention lock of this instance: <strong id="lock">{lock}</strong></p>
-<table id="backups"><tr><th>Backup</th><th>Started</th><th>Ended</th><th>Size</th><th>Method</th><th>Status</th><th>Expires</th><th>Lock</th><th>Actions</th></tr>"#
+<table id="backups"><tr><th>Backup</th><th>Started</th><th>Ended</th><th>Size</th><th>Method</th><th>Status</th><th>Expires</th><th>Lock</th><th>Restore drill</th><th>Actions</th></tr>"#
     );
     let options: String = targets
         .iter()
@@ -233,7 +255,7 @@ pub async fn backups(
         };
         let _ = write!(
             body,
-            r#"<tr class="backup" data-id="{bid}"><td>{bid}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{lock}</td><td class="actions">{actions}</td></tr>"#,
+            r#"<tr class="backup" data-id="{bid}"><td>{bid}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{lock}</td><td class="{} drill-status">{}</td><td class="actions">{actions}</td></tr>"#,
             field(b, "BackupStartTime"),
             field(b, "BackupEndTime"),
             size(b, "BackupSize"),
@@ -241,6 +263,8 @@ pub async fn backups(
             status_class(&status),
             esc(&status),
             field(b, "BackupExpireTime"),
+            drill_class(&text(b, "RestoreDrillStatus")),
+            field(b, "RestoreDrillStatus"),
         );
     }
     body.push_str("</table>");
@@ -497,7 +521,7 @@ pub async fn modify_policy(
 }
 
 /// Percent-encodes a path segment for a redirect.
-fn url(s: &str) -> String {
+pub(super) fn url(s: &str) -> String {
     ddsvault_api::percent_encode_rfc3986(s)
 }
 

@@ -895,8 +895,14 @@ mod tests {
         assert_eq!(settled_second(101_749, settle).0, 99);
         // The wait until the next second settles.
         assert_eq!(settled_second(100_749, settle).1, Duration::from_millis(1));
-        assert_eq!(settled_second(100_750, settle).1, Duration::from_millis(1000));
-        assert_eq!(settled_second(101_000, settle).1, Duration::from_millis(750));
+        assert_eq!(
+            settled_second(100_750, settle).1,
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            settled_second(101_000, settle).1,
+            Duration::from_millis(750)
+        );
         // The old whole-second rule (server seconds minus 2) equals a settle time of one second.
         assert_eq!(settled_second(101_999, Duration::from_secs(1)).0, 99);
         assert_eq!(settled_second(102_000, Duration::from_secs(1)).0, 100);

@@ -28,6 +28,7 @@ How the expected state at a second S is computed (the writer never pauses; the s
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import random
@@ -358,10 +359,11 @@ def test_restores_to_random_seconds_equal_the_writers_state(env):
     assert call(server, "DescribeBackupStorage", DBInstanceId="dds-src")["LogStorageSize"] > 0
 
     wanted = {s: state_at(env["initial"], writer.log, s, resolved) for s in seconds}
-    # The comparison can fail: the states differ from one chosen second to the next, and the dropped collection
-    # is there before the drop and gone after it.
+    # The comparison can fail: the chosen seconds have different states (two adjacent seconds could be equal only
+    # if the writer stalled for a whole second), and the dropped collection is there before the drop and gone
+    # after it.
     states = [wanted[s] for s in seconds]
-    assert all(a != b for a, b in zip(states, states[1:]))
+    assert len({json.dumps(st, sort_keys=True) for st in states}) >= 4, seconds
     assert "old" in states[0] and "old" not in states[-1] and "later" in states[-1]
     for second in seconds:
         ok = call(server, "CheckRecoveryCondition", SourceDBInstance="dds-src", RestoreTime=fmt(second),

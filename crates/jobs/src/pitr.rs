@@ -66,7 +66,7 @@ pub struct LogSettings {
     pub slice_secs: u64,
     /// ... or once it holds this many bytes of entries (uncompressed).
     pub slice_bytes: usize,
-    /// How often the oplog is read.
+    /// The longest pause between two polls (the follower also wakes as soon as the next second has settled).
     pub poll: Duration,
     /// How long a second must have been over on the server's clock before its entries are taken: more than
     /// the longest delay between FerretDB choosing an entry's `ts` and the entry becoming visible.

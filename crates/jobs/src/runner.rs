@@ -83,6 +83,8 @@ struct Placement {
     /// Instances a claim returned that this node does not know: passed over from then on (another node's).
     unknown: std::sync::Mutex<std::collections::HashSet<String>>,
     draining: std::sync::atomic::AtomicBool,
+    /// Wakes [`Runner::drain_started`] waiters, so the node row says `draining` at once, not at the next beat.
+    drain_started: Notify,
     running: std::sync::atomic::AtomicUsize,
 }
 
@@ -128,6 +130,7 @@ impl Runner {
     pub fn drain(&self) {
         use std::sync::atomic::Ordering;
         if !self.placement.draining.swap(true, Ordering::SeqCst) {
+            self.placement.drain_started.notify_waiters();
             tracing::info!(
                 running = self.running_jobs(),
                 "draining: no new jobs are taken, running ones finish"
@@ -140,6 +143,17 @@ impl Runner {
         self.placement
             .draining
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Runner::drain`] has been called (at once if it already was).
+    pub async fn drain_started(&self) {
+        // Created before the check: `notify_waiters` reaches a `Notified` from its creation on, so a drain
+        // between the check and the await is not missed.
+        let notified = self.placement.drain_started.notified();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Jobs this process is running now.

@@ -2,8 +2,8 @@
 """Point-in-time recovery benchmark (issue 20's speed targets; run on demand, not in CI).
 
 A FerretDB started with `--repl-set-name` and a capped `local.oplog.rs` (as tests/blackbox/test_pitr.py does), a
-release ddsvault following it (`ModifyBackupPolicy EnableBackupLog=1`, `[log_backup] slice_secs` / `poll_ms` from
-the flags), a Logical base backup, then:
+release ddsvault following it (`ModifyBackupPolicy EnableBackupLog=1`, `[log_backup] slice_secs` / `poll_ms` /
+`settle_ms` from the flags), a Logical base backup, then:
   1. Follower lag: a writer at --rate ops/s for --seconds s (inserts, updates, deletes, a second collection, as the
      test's writer) records when each operation started and ended; a monitor reads the catalog's `log_slices` index
      (read-only SQLite, every 50 ms). An operation's lag is the time from its end to the `created_at` of the first
@@ -175,15 +175,21 @@ def main():
     ap.add_argument("--rate", type=float, default=100, help="writer operations per second")
     ap.add_argument("--slice-secs", type=int, default=1, help="[log_backup] slice_secs (ddsvault's default: 60)")
     ap.add_argument("--poll-ms", type=int, default=200, help="[log_backup] poll_ms (ddsvault's default: 1000)")
+    ap.add_argument("--settle-ms", type=int, default=None,
+                    help="[log_backup] settle_ms (default: ddsvault's own, 750; see bench/oplog_visibility.py)")
     ap.add_argument("--replay-docs", type=int, default=20000, help="documents inserted for the replay measure")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--lag-only", action="store_true",
+                    help="measure the follower lag and the RPO only (no replay, no insert floor: e.g. with a debug "
+                         "build through DDSVAULT_BENCH_BIN, where replay figures would mean nothing)")
     ap.add_argument("--out", default=None, help="default: bench/results/<UTC time>-pitr.json")
     a = ap.parse_args()
     if not a.no_build:
         run.build()
     results = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": run.machine(),
-               "command": sys.argv[1:], "binary": str(run.BIN),
-               "settings": {"slice_secs": a.slice_secs, "poll_ms": a.poll_ms, "rate": a.rate, "seconds": a.seconds,
+               "command": sys.argv[1:], "binary": str(run.BIN), "lag_only": a.lag_only,
+               "settings": {"slice_secs": a.slice_secs, "poll_ms": a.poll_ms, "settle_ms": a.settle_ms or "default",
+                            "rate": a.rate, "seconds": a.seconds,
                             "replay_docs": a.replay_docs}}
     base = Path(tempfile.mkdtemp(prefix="ddsvault-bench-pitr-"))
     src = stack.FerretDB(base / "src", repl_set_name="rs0", create_oplog=True)
@@ -191,7 +197,8 @@ def main():
     floor_dst = stack.FerretDB(base / "floor", repl_set_name="rs0")
     src.client().app.items.insert_many([{"_id": i, "v": 0} for i in range(100)])
     srv = run.Server(base / "svc", {"src": src.uri, "dst": dst.uri},
-                     extra=f"[log_backup]\nslice_secs = {a.slice_secs}\npoll_ms = {a.poll_ms}")
+                     extra=f"[log_backup]\nslice_secs = {a.slice_secs}\npoll_ms = {a.poll_ms}"
+                           + (f"\nsettle_ms = {a.settle_ms}" if a.settle_ms else ""))
     try:
         from alibabacloud_dds20151201 import models as dds
 
@@ -225,64 +232,73 @@ def main():
         rpo = [t - (s + 1) for t, s in mon.samples if t_writer <= t <= writer.ops[-1][1]]
         achieved = len(writer.ops) / (writer.ops[-1][1] - writer.ops[0][0])
 
-        # 3: replay rate. Bulk inserts after the writer, then restore to the last second.
-        db = src.client().app
-        for k in range(0, a.replay_docs, 1000):
-            db.bulk.insert_many([{"_id": i, "pad": "p" * 200, "n": i} for i in range(k, min(a.replay_docs, k + 1000))])
-        end_second = int(time.time())
-        time.sleep(1.1)  # the restore second must be over
-        deadline = time.time() + a.slice_secs + 120
-        while mon.covered_at(end_second) is None and time.time() < deadline:
-            time.sleep(0.1)
-        mon.stop_flag.set()
-        from bson import Timestamp
-
-        entries = src.client().local["oplog.rs"].count_documents(
-            {"ts": {"$gte": Timestamp(int(t_writer), 0), "$lte": Timestamp(end_second, 2**32 - 1)}})
-        ok = v1_call(srv, "CheckRecoveryCondition", SourceDBInstance="src", RestoreTime=fmt(end_second),
-                     RestoreType="1")
-        assert ok["IsValid"] is True, ok
-        t_base = timed_restore(srv, dst.client(), BackupId=base_id)
-        t_pitr = timed_restore(srv, dst.client(), RestoreTime=fmt(end_second))
-        exact = state_of(dst.client()) == state_of(src.client())
-        assert exact, "the point-in-time restore differs from the source"
-        out = subprocess.run([str(run.RAW_WRITE), src.uri, floor_dst.uri], capture_output=True, text=True, check=True)
-        floor = json.loads(out.stdout)
-        replay = t_pitr - t_base
         slices = len(mon.slices)
+        if a.lag_only:
+            mon.stop_flag.set()
+        else:
+            # 3: replay rate. Bulk inserts after the writer, then restore to the last second.
+            db = src.client().app
+            for k in range(0, a.replay_docs, 1000):
+                db.bulk.insert_many([{"_id": i, "pad": "p" * 200, "n": i}
+                                     for i in range(k, min(a.replay_docs, k + 1000))])
+            end_second = int(time.time())
+            time.sleep(1.1)  # the restore second must be over
+            deadline = time.time() + a.slice_secs + 120
+            while mon.covered_at(end_second) is None and time.time() < deadline:
+                time.sleep(0.1)
+            mon.stop_flag.set()
+            from bson import Timestamp
+
+            entries = src.client().local["oplog.rs"].count_documents(
+                {"ts": {"$gte": Timestamp(int(t_writer), 0), "$lte": Timestamp(end_second, 2**32 - 1)}})
+            ok = v1_call(srv, "CheckRecoveryCondition", SourceDBInstance="src", RestoreTime=fmt(end_second),
+                         RestoreType="1")
+            assert ok["IsValid"] is True, ok
+            t_base = timed_restore(srv, dst.client(), BackupId=base_id)
+            t_pitr = timed_restore(srv, dst.client(), RestoreTime=fmt(end_second))
+            exact = state_of(dst.client()) == state_of(src.client())
+            assert exact, "the point-in-time restore differs from the source"
+            out = subprocess.run([str(run.RAW_WRITE), src.uri, floor_dst.uri], capture_output=True, text=True,
+                                 check=True)
+            floor = json.loads(out.stdout)
+            replay = t_pitr - t_base
         peak = srv.peak_rss_mb()
     finally:
         srv.stop()
         for f in (src, dst, floor_dst):
             f.stop()
-    per_entry, per_doc = replay / entries, floor["seconds"] / floor["documents"]
     results.update({
         "writer": {"ops": len(writer.ops), "achieved_ops_per_s": achieved, "uncovered_ops": uncovered},
         "lag_seconds": {"p50": pct(lags, 50), "p90": pct(lags, 90), "p99": pct(lags, 99), "max": max(lags),
                         "min": min(lags), "mean": statistics.mean(lags)},
         "rpo_seconds": {"max": max(rpo), "p99": pct(rpo, 99), "median": pct(rpo, 50), "samples": len(rpo)},
         "slices_indexed": slices,
-        "replay": {"entries": entries, "restore_pitr_seconds": t_pitr, "restore_base_only_seconds": t_base,
-                   "replay_seconds": replay, "entries_per_second": entries / replay, "restored_equals_source": exact},
-        "insert_floor": {"documents": floor["documents"], "seconds": floor["seconds"],
-                         "documents_per_second": floor["documents"] / floor["seconds"]},
-        "ratios": {"replay_vs_insert_floor_time_per_item": per_entry / per_doc},
         "peak_rss_mb": peak,
         "targets_met": {"lag_p99_le_2s": pct(lags, 99) <= 2.0},
     })
+    if not a.lag_only:
+        per_entry, per_doc = replay / entries, floor["seconds"] / floor["documents"]
+        results.update({
+            "replay": {"entries": entries, "restore_pitr_seconds": t_pitr, "restore_base_only_seconds": t_base,
+                       "replay_seconds": replay, "entries_per_second": entries / replay,
+                       "restored_equals_source": exact},
+            "insert_floor": {"documents": floor["documents"], "seconds": floor["seconds"],
+                             "documents_per_second": floor["documents"] / floor["seconds"]},
+            "ratios": {"replay_vs_insert_floor_time_per_item": per_entry / per_doc}})
     lag = results["lag_seconds"]
     print(f"\n== PITR: writer {len(writer.ops)} ops at {achieved:.0f} ops/s for {a.seconds:.0f} s; slice_secs "
-          f"{a.slice_secs}, poll_ms {a.poll_ms}; {slices} slices indexed")
+          f"{a.slice_secs}, poll_ms {a.poll_ms}, settle_ms {a.settle_ms or 'default'}; {slices} slices indexed")
     print(f"  follower lag (write end -> slice indexed)  p50 {lag['p50']:.2f} s  p90 {lag['p90']:.2f} s  "
           f"p99 {lag['p99']:.2f} s  max {lag['max']:.2f} s  (target p99 <= 2 s: "
           f"{'met' if results['targets_met']['lag_p99_le_2s'] else 'NOT met'}); {uncovered} ops never covered")
     print(f"  RPO (writes not yet in an indexed slice, sampled every 50 ms)  max {max(rpo):.2f} s  "
           f"p99 {pct(rpo, 99):.2f} s  median {pct(rpo, 50):.2f} s")
-    print(f"  PITR restore {t_pitr:.2f} s = base restore {t_base:.2f} s + replay {replay:.2f} s of {entries} entries "
-          f"({entries / replay:.0f}/s); restored data equals the source: {exact}")
-    print(f"  insert floor (raw_write) {floor['documents']} documents in {floor['seconds']:.2f} s "
-          f"({floor['documents'] / floor['seconds']:.0f}/s); replay / floor per item "
-          f"{results['ratios']['replay_vs_insert_floor_time_per_item']:.2f}x")
+    if not a.lag_only:
+        print(f"  PITR restore {t_pitr:.2f} s = base restore {t_base:.2f} s + replay {replay:.2f} s of {entries} "
+              f"entries ({entries / replay:.0f}/s); restored data equals the source: {exact}")
+        print(f"  insert floor (raw_write) {floor['documents']} documents in {floor['seconds']:.2f} s "
+              f"({floor['documents'] / floor['seconds']:.0f}/s); replay / floor per item "
+              f"{results['ratios']['replay_vs_insert_floor_time_per_item']:.2f}x")
     print(f"  ddsvault peak RSS {peak:.0f} MB")
     print(f"load average: start {results['machine']['loadavg_start']}, end {list(os.getloadavg())}")
     print(f"wrote {run.write_result('pitr', results, a.out)}")

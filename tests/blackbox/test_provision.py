@@ -4,7 +4,9 @@ a second of the log backup; DeleteDBInstance stops it and removes its data; conf
 to delete; a bad BackupId is refused before anything exists."""
 from __future__ import annotations
 
+import math
 import os
+import random
 import time
 
 import pymongo
@@ -15,7 +17,7 @@ from Tea.exceptions import TeaException
 import stack
 from conftest import Ddsvault, config_text, seed_data, snapshot, tea_client, wait_backup
 from test_physical import instance_lines
-from test_pitr import Writer, expected, fmt, parse, state_of
+from test_pitr import Writer, fmt, parse, random_seconds, resolve, seed_from_env, state_at, state_of, wait_following
 from test_restore import call
 
 DBS = ("shop", "crm")
@@ -160,25 +162,32 @@ def wait_covered(server, second: int, timeout=60.0):
 
 
 def test_point_in_time_equals_the_writers_state(env):
+    """Two random seconds of a writer's run (test_pitr.py's method: the writer's record, straddling operations
+    resolved by the source's own oplog `ts`); test_pitr.py checks five, and RestoreDBInstance as well."""
     tea = env["tea"]
     src = env["src"]
-    src.client().app["items"].insert_many([{"_id": i, "v": 0} for i in range(50)])
+    initial = {"items": {i: {"_id": i, "v": 0} for i in range(50)}}
+    src.client().app["items"].insert_many([dict(d) for d in initial["items"].values()])
     tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(dbinstance_id="dds-psrc", enable_backup_log=1,
                                                            log_backup_retention_period=7))
-    time.sleep(3)
+    wait_following(env["server"], "dds-psrc")
     backup(env, "Logical")
-    writer = Writer(src.client(), seconds=6, checkpoints=2, first_id=50)
+    seed = seed_from_env()
+    writer = Writer(src.client(), initial, seed, seconds=6, min_ops=300, create="later")
     writer.start()
-    writer.join(120)
-    assert writer.error is None, writer.error
-    wait_covered(env["server"], int(time.time()))
-    states = sorted(writer.states.items())
-    assert len(states) == 2 and expected(states[0][1]) != expected(states[1][1])
-    for second, model in states:
+    writer.join(180)
+    assert not writer.is_alive() and writer.error is None, writer.error
+    first, last = math.floor(writer.log[0].before), math.floor(writer.log[-1].after)
+    seconds = random_seconds(random.Random(seed), first, last, 2)
+    resolved = resolve(src.client(), writer.log, seconds)
+    wait_covered(env["server"], last)
+    wanted = {s: state_at(initial, writer.log, s, resolved) for s in seconds}
+    assert len(seconds) == 2 and wanted[seconds[0]] != wanted[seconds[1]], seconds
+    for second in seconds:
         out = create(env, restore_type="1", restore_time=fmt(second), database_names='["app"]')
         a, seen = wait_running(env, out.dbinstance_id)
         assert a.dbinstance_status == "Running", seen
-        assert state_of(client_of(a)) == expected(model), f"restore to {fmt(second)} differs"
+        assert state_of(client_of(a)) == wanted[second], f"restore to {fmt(second)} differs (seed {seed})"
         delete(env, out.dbinstance_id)
 
 

@@ -9,10 +9,18 @@
 //! indexed in the catalog with its size and SHA-256 (`log_slices`); a crash in between leaves an unindexed
 //! object that the next slice of the same interval replaces, never a row without its bytes.
 //!
-//! The follower only takes whole seconds that are over on the server (`hello.localTime` minus
-//! [`LogSettings::settle_secs`]): FerretDB writes an entry just after choosing its `ts`, so a second still in
-//! progress could gain entries behind the follower's position. A slice's `end_incl` is therefore always
-//! `(second, u32::MAX)`, and a slice proves that the interval held exactly its entries, also when it is empty.
+//! The follower only takes whole seconds that have been over on the server's clock (`hello.localTime`) for
+//! [`LogSettings::settle`]: FerretDB (v1.24, `internal/backends/decorators/oplog`) performs the data write,
+//! then takes `time.Now()` for the entry's `ts`, then inserts the entry, so an entry of second S can become
+//! visible after S is over (measured by `bench/oplog_visibility.py`: at most 0.25 s with one writer, 0.47 s
+//! with four concurrent ones, on a loaded machine; docs/benchmarks.md). A slice's `end_incl` is therefore
+//! always `(second, u32::MAX)`, and a slice proves that the interval held exactly its entries, also when it
+//! is empty, provided the settle time exceeds that delay. Between polls the follower wakes when the next
+//! second settles, so the settle time, not the poll interval, bounds the lag.
+//!
+//! Each read also looks again at the last [`RECHECK_SECS`] seconds already taken: an entry there that the
+//! follower did not take became visible more than the settle time late, and is logged as an error naming
+//! `settle_ms` (the stored slices miss it; they are not rewritten).
 //!
 //! # Exactly one follower, restarts and gaps
 //!
@@ -53,14 +61,16 @@ use crate::{InstanceSpec, JobError};
 /// Tuning of the log backup (`[log_backup]` in the configuration).
 #[derive(Clone, Debug)]
 pub struct LogSettings {
-    /// A slice is closed after this long (the RPO bound together with `poll` and `settle_secs`).
+    /// A slice is closed after this long, or once it spans this many seconds of oplog (the RPO bound together
+    /// with `settle`).
     pub slice_secs: u64,
     /// ... or once it holds this many bytes of entries (uncompressed).
     pub slice_bytes: usize,
-    /// How often the oplog is read.
+    /// The longest pause between two polls (the follower also wakes as soon as the next second has settled).
     pub poll: Duration,
-    /// Seconds on the server's clock that must be over before their entries are taken.
-    pub settle_secs: u32,
+    /// How long a second must have been over on the server's clock before its entries are taken: more than
+    /// the longest delay between FerretDB choosing an entry's `ts` and the entry becoming visible.
+    pub settle: Duration,
     /// Lease of the follower claim; another process takes over a dead follower's instance after it.
     pub lease: Duration,
     /// At most this many seconds of oplog are read at once while catching up (bounds memory).
@@ -73,11 +83,29 @@ impl Default for LogSettings {
             slice_secs: 60,
             slice_bytes: 16 * 1024 * 1024,
             poll: Duration::from_secs(1),
-            settle_secs: 2,
+            settle: DEFAULT_SETTLE,
             lease: Duration::from_secs(30),
             catch_up_secs: 60,
         }
     }
+}
+
+/// The default [`LogSettings::settle`]: 1.6 times the longest visibility delay measured with four concurrent
+/// writers on a loaded machine (0.47 s), 3 times the longest with one writer (0.25 s); docs/benchmarks.md.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(750);
+
+/// The newest second that has been over for `settle` when the server's clock reads `server_ms`, and how long
+/// until the next one has.
+fn settled_second(server_ms: i64, settle: Duration) -> (u32, Duration) {
+    let settle_ms = i64::try_from(settle.as_millis()).unwrap_or(i64::MAX);
+    let ref_ms = server_ms.saturating_sub(settle_ms);
+    // Second S is over at (S + 1) * 1000 ms.
+    let second = ref_ms.div_euclid(1000) - 1;
+    let next_in = 1000 - ref_ms.rem_euclid(1000);
+    (
+        u32::try_from(second.max(0)).unwrap_or(u32::MAX),
+        Duration::from_millis(u64::try_from(next_in).unwrap_or(1000)),
+    )
 }
 
 fn key(ts: Timestamp) -> i64 {
@@ -169,6 +197,38 @@ impl Open {
     }
 }
 
+/// How many seconds already taken each read looks at again, for entries that became visible late.
+const RECHECK_SECS: u32 = 3;
+
+/// The entries taken in the last [`RECHECK_SECS`] seconds, for the late-entry check: only entries after
+/// `from` (where this process started following) are compared.
+struct Recent {
+    from: Timestamp,
+    keys: std::collections::BTreeSet<i64>,
+}
+
+impl Default for Recent {
+    /// Nothing tracked until the follower resumes somewhere.
+    fn default() -> Recent {
+        Recent::starting_at(end_of_second(u32::MAX))
+    }
+}
+
+impl Recent {
+    fn starting_at(from: Timestamp) -> Recent {
+        Recent {
+            from,
+            keys: std::collections::BTreeSet::new(),
+        }
+    }
+
+    fn note(&mut self, taken: impl Iterator<Item = Timestamp>, upto: Timestamp) {
+        self.keys.extend(taken.map(key));
+        let keep = key(end_of_second(upto.time.saturating_sub(RECHECK_SECS)));
+        self.keys = self.keys.split_off(&keep.saturating_add(1));
+    }
+}
+
 /// Follows one instance's oplog into slices (see the module docs).
 pub struct Follower {
     pub catalog: Catalog,
@@ -187,6 +247,7 @@ impl Follower {
     pub async fn run(self, token: CancellationToken) -> Result<(), String> {
         let id = self.instance.id.clone();
         let mut open: Option<Open> = None;
+        let mut recent = Recent::default();
         let mut client: Option<mongodb::Client> = None;
         let mut last_retention: Option<Instant> = None;
         loop {
@@ -194,12 +255,11 @@ impl Follower {
                 break;
             }
             let mut wait = self.settings.poll;
-            match self.step(&mut open, &mut client, &mut last_retention).await {
-                Ok(busy) => {
-                    if busy {
-                        wait = Duration::ZERO;
-                    }
-                }
+            match self
+                .step(&mut open, &mut recent, &mut client, &mut last_retention)
+                .await
+            {
+                Ok(next) => wait = wait.min(next),
                 Err(e) => {
                     tracing::warn!(instance = %id, error = %e, "log backup: retrying");
                     open = None;
@@ -224,13 +284,16 @@ impl Follower {
         Ok(())
     }
 
-    /// One poll; true when there is more to read at once (catching up).
+    /// One poll; how soon to poll again at the latest: at once while catching up, else when the next second
+    /// settles (the caller waits at most `poll`).
     async fn step(
         &self,
         open: &mut Option<Open>,
+        recent: &mut Recent,
         client: &mut Option<mongodb::Client>,
         last_retention: &mut Option<Instant>,
-    ) -> Result<bool, JobError> {
+    ) -> Result<Duration, JobError> {
+        let idle = self.settings.poll;
         let id = &self.instance.id;
         let now = Utc::now();
         let lease = chrono::Duration::from_std(self.settings.lease)
@@ -242,7 +305,7 @@ impl Follower {
         {
             // Another process follows this instance.
             *open = None;
-            return Ok(false);
+            return Ok(idle);
         }
         if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
             *last_retention = Some(Instant::now());
@@ -261,21 +324,24 @@ impl Follower {
                     self.close(o).await?;
                 }
             }
-            return Ok(false);
+            return Ok(idle);
         }
         if client.is_none() {
             *client = Some(ddsvault_mongo::topology::connect(&self.instance.uri).await?);
         }
         let Some(c) = client.as_ref() else {
-            return Ok(false);
+            return Ok(idle);
         };
-        let server_now = oplog::server_time_secs(c).await?;
-        let settled = end_of_second(server_now.saturating_sub(self.settings.settle_secs));
+        let (second, next_in) =
+            settled_second(oplog::server_time_millis(c).await?, self.settings.settle);
+        let settled = end_of_second(second);
         if open.is_none() {
-            *open = Some(self.resume(c, settled).await?);
+            let o = self.resume(c, settled).await?;
+            *recent = Recent::starting_at(o.start_excl);
+            *open = Some(o);
         }
         let Some(o) = open.as_mut() else {
-            return Ok(false);
+            return Ok(idle);
         };
         let pos = o.covered;
         let cap = end_of_second(pos.time.saturating_add(self.settings.catch_up_secs));
@@ -283,7 +349,28 @@ impl Follower {
         let mut busy = false;
         if upto > pos {
             busy = upto < settled;
-            let entries = oplog::entries_between(c, pos, upto).await?;
+            // Also the last RECHECK_SECS seconds already taken: an entry there that was not taken became visible
+            // more than `settle` late (module docs).
+            let back = end_of_second(pos.time.saturating_sub(RECHECK_SECS))
+                .max(recent.from)
+                .min(pos);
+            let (again, entries): (Vec<_>, Vec<_>) = oplog::entries_between(c, back, upto)
+                .await?
+                .into_iter()
+                .partition(|(ts, _)| *ts <= pos);
+            let late: Vec<Timestamp> = again
+                .iter()
+                .map(|(ts, _)| *ts)
+                .filter(|ts| !recent.keys.contains(&key(*ts)))
+                .collect();
+            if let Some(first) = late.first() {
+                tracing::error!(instance = %id, entries = late.len(), first = %oplog::fmt_ts(*first),
+                    settle_ms = self.settings.settle.as_millis(),
+                    "log backup: oplog entries became visible after their second was stored, so stored slices miss \
+                     them: restores to those seconds and later would lack them; raise [log_backup] settle_ms");
+                recent.keys.extend(late.iter().map(|t| key(*t)));
+            }
+            recent.note(entries.iter().map(|(ts, _)| *ts), upto);
             let oldest = oplog::edge_ts_opt(c, 1).await?;
             match oldest {
                 Some(oldest) if oldest > succ(pos) => {
@@ -302,6 +389,7 @@ impl Follower {
                         entries.into_iter().filter(|(ts, _)| *ts >= oldest),
                     );
                     fresh.covered = upto.max(fresh.start_excl);
+                    *recent = Recent::starting_at(fresh.covered);
                     *open = Some(fresh);
                 }
                 _ => {
@@ -313,7 +401,9 @@ impl Follower {
         let ready = open.as_ref().is_some_and(|o| {
             o.covered > o.start_excl
                 && (o.buf.len() >= self.settings.slice_bytes
-                    || o.opened.elapsed() >= Duration::from_secs(self.settings.slice_secs))
+                    || o.opened.elapsed() >= Duration::from_secs(self.settings.slice_secs)
+                    || u64::from(o.covered.time.saturating_sub(o.start_excl.time))
+                        >= self.settings.slice_secs)
         });
         if ready {
             if let Some(o) = open.take() {
@@ -322,7 +412,12 @@ impl Follower {
                 *open = Some(next);
             }
         }
-        Ok(busy)
+        // A few milliseconds late, so that the server's clock has surely passed the moment.
+        Ok(if busy {
+            Duration::ZERO
+        } else {
+            next_in + Duration::from_millis(5)
+        })
     }
 
     fn append(o: &mut Open, entries: impl Iterator<Item = (Timestamp, bson::RawDocumentBuf)>) {
@@ -789,6 +884,30 @@ mod tests {
             1
         );
         assert!(plan_point_in_time(&ch, &bases, 108, Some(2)).is_none());
+    }
+
+    #[test]
+    fn a_second_is_taken_once_it_has_been_over_for_the_settle_time() {
+        let settle = Duration::from_millis(750);
+        // Second 99 ends at 100_000 ms: taken from 100_750 ms on, not before.
+        assert_eq!(settled_second(100_749, settle).0, 98);
+        assert_eq!(settled_second(100_750, settle).0, 99);
+        assert_eq!(settled_second(101_749, settle).0, 99);
+        // The wait until the next second settles.
+        assert_eq!(settled_second(100_749, settle).1, Duration::from_millis(1));
+        assert_eq!(
+            settled_second(100_750, settle).1,
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            settled_second(101_000, settle).1,
+            Duration::from_millis(750)
+        );
+        // The old whole-second rule (server seconds minus 2) equals a settle time of one second.
+        assert_eq!(settled_second(101_999, Duration::from_secs(1)).0, 99);
+        assert_eq!(settled_second(102_000, Duration::from_secs(1)).0, 100);
+        // Before the epoch's second settles: nothing (0), no underflow.
+        assert_eq!(settled_second(0, settle).0, 0);
     }
 
     #[test]

@@ -214,12 +214,13 @@ pub async fn edge_ts_opt(client: &Client, dir: i32) -> Result<Option<Timestamp>>
     }
 }
 
-/// The server's clock (`hello.localTime`), in whole seconds since the epoch: the follower only takes entries of
-/// seconds that are over on the server, so an entry still being written cannot land behind its position.
+/// The server's clock (`hello.localTime`), in milliseconds since the epoch: the follower only takes entries of
+/// seconds that have been over on the server for a settle time, so an entry still being written cannot land
+/// behind its position.
 ///
 /// # Errors
 /// Server errors; an answer without `localTime`.
-pub async fn server_time_secs(client: &Client) -> Result<u32> {
+pub async fn server_time_millis(client: &Client) -> Result<i64> {
     let hello = client
         .database("admin")
         .run_command(doc! { "hello": 1 })
@@ -231,10 +232,7 @@ pub async fn server_time_secs(client: &Client) -> Result<u32> {
             context: "run hello".into(),
             detail: format!("no localTime: {e}"),
         })?;
-    u32::try_from(t.timestamp_millis() / 1000).map_err(|_| MongoError::Protocol {
-        context: "run hello".into(),
-        detail: format!("localTime {t} out of range"),
-    })
+    Ok(t.timestamp_millis())
 }
 
 /// Every entry with `after < ts <= upto`, sorted by `ts` (the order MongoDB applies them in; FerretDB's

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bson::{doc, Bson, Document, Timestamp};
@@ -506,9 +506,15 @@ async fn a_target_failing_mid_way_names_the_complete_namespaces() {
 /// A backup checks its captured oplog with the restore's code: an entry no restore could
 /// apply fails the backup, naming the entry and its kind, instead of a later restore.
 ///
-/// The crafted entries are written into `local.oplog.rs` with a `ts` one second ahead; a
-/// writer keeps FerretDB logging during the dump, which waits 2.5 s after its first
-/// collection (in its progress callback), so the window's end passes the crafted entry.
+/// The crafted entries are written into `local.oplog.rs` with a `ts` two seconds ahead
+/// (`crafted`), and a writer keeps FerretDB logging during the dump. The window must hold the
+/// crafted entry, which is waited for, not assumed from a pause: the dump's progress callback,
+/// once a collection is done (the window's start `oplogStart` is read before that), notes
+/// whether the clock is still before `crafted`'s second (then `oplogStart`, a `ts` of an entry
+/// written earlier, is before `crafted`), and then blocks until the clock is past that second
+/// and two more of the writer's inserts completed (the second of them began after the clock
+/// passed, so its entry, the newest when the dump reads `oplogEnd`, is after `crafted`). An
+/// attempt whose dump started too late (a loaded machine) is repeated with a new entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_whose_oplog_cannot_be_replayed_fails() {
     let Some(bin) = require_binary("ferretdb") else {
@@ -524,49 +530,38 @@ async fn a_backup_whose_oplog_cannot_be_replayed_fails() {
         .expect("insert");
     create_oplog(&client).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    // On its own thread and runtime: the dump's progress callback blocks a worker of this one.
     let writer = {
-        let client = client.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                client
-                    .database("app")
-                    .collection::<Document>("w")
-                    .insert_one(doc! { "_id": i })
-                    .await
-                    .expect("write");
-                i += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+        let (uri, stop, written) = (src.uri(), stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = connect(&uri).await.expect("connect");
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    client
+                        .database("app")
+                        .collection::<Document>("w")
+                        .insert_one(doc! { "_id": i })
+                        .await
+                        .expect("write");
+                    written.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            });
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let dump = |client: Client| async move {
-        let waited = AtomicBool::new(false);
-        // The first report comes before the window starts; wait once a collection is done.
-        let slow = move |p: ddsvault_mongo::logical::DumpProgress| {
-            if p.namespaces_done > 0 && !waited.swap(true, Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(2500));
-            }
-        };
-        logical_dump(
-            &client,
-            &["app".to_string()],
-            &DumpOptions {
-                compression: Compression::None,
-                parallel_collections: 1,
-                ..DumpOptions::default()
-            },
-            Box::new(SharedBuf::default()),
-            &slow,
-            &CancellationToken::new(),
-        )
-        .await
-    };
+    wait_until("the writer's first insert", || {
+        written.load(Ordering::SeqCst) > 0
+    });
     let oplog = client.database("local").collection::<Document>("oplog.rs");
     let ahead = || Timestamp {
-        time: u32::try_from(chrono_now_secs() + 1).expect("time"),
+        time: u32::try_from(chrono_now_secs() + 2).expect("time"),
         increment: 1,
     };
     let cases = [
@@ -589,26 +584,107 @@ async fn a_backup_whose_oplog_cannot_be_replayed_fails() {
             "renameCollection app.c to app.d during the backup",
         ),
     ];
-    for (mut entry, want) in cases {
-        let ts = ahead();
-        entry.insert("ts", ts);
-        oplog.insert_one(entry).await.expect("crafted entry");
-        let e = dump(client.clone()).await.expect_err(want);
-        let msg = e.to_string();
-        assert!(
-            msg.contains(want) && msg.contains(&format!("Timestamp({}, 1)", ts.time)),
-            "{msg}"
-        );
+    for (entry, want) in cases {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let ts = ahead();
+            let mut entry = entry.clone();
+            entry.insert("ts", ts);
+            oplog.insert_one(entry).await.expect("crafted entry");
+            let (result, in_time) = dump_around(&client, Some(ts), &written).await;
+            if !in_time {
+                assert!(
+                    attempts < 10,
+                    "the dump never started before the crafted entry's second"
+                );
+                continue;
+            }
+            let e = result.expect_err(want);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(want) && msg.contains(&format!("Timestamp({}, 1)", ts.time)),
+                "{msg}"
+            );
+            break;
+        }
     }
     // Entries of databases the backup does not hold are not its business.
+    let ts = ahead();
     oplog
-        .insert_one(doc! { "ts": ahead(), "ns": "zzz.c", "op": "x", "o": {} })
+        .insert_one(doc! { "ts": ts, "ns": "zzz.c", "op": "x", "o": {} })
         .await
         .expect("crafted entry");
-    let s = dump(client.clone()).await.expect("a backup of app");
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    let (s, _) = dump_around(&client, Some(ts), &written).await;
+    let s = s.expect("a backup of app");
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
     assert!(s.oplog.is_some_and(|o| o.entries > 1));
+}
+
+/// A dump of `app` whose oplog window reaches past `crafted` (see
+/// [`a_backup_whose_oplog_cannot_be_replayed_fails`]); also whether its window started before
+/// `crafted`'s second.
+async fn dump_around(
+    client: &Client,
+    crafted: Option<Timestamp>,
+    written: &Arc<AtomicU64>,
+) -> (
+    Result<ddsvault_mongo::logical::DumpSummary, MongoError>,
+    bool,
+) {
+    let waited = AtomicBool::new(false);
+    let in_time = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let in_time = in_time.clone();
+        let written = written.clone();
+        move |p: ddsvault_mongo::logical::DumpProgress| {
+            let Some(crafted) = crafted else {
+                return;
+            };
+            // The first report comes before the window starts; wait once a collection is done.
+            if p.namespaces_done == 0 || waited.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            in_time.store(
+                chrono_now_secs() < u64::from(crafted.time),
+                Ordering::SeqCst,
+            );
+            wait_until("the clock to pass the crafted entry's second", || {
+                chrono_now_secs() > u64::from(crafted.time)
+            });
+            let seen = written.load(Ordering::SeqCst);
+            wait_until("two more inserts of the writer", || {
+                written.load(Ordering::SeqCst) >= seen + 2
+            });
+        }
+    };
+    let r = logical_dump(
+        client,
+        &["app".to_string()],
+        &DumpOptions {
+            compression: Compression::None,
+            parallel_collections: 1,
+            ..DumpOptions::default()
+        },
+        Box::new(SharedBuf::default()),
+        &slow,
+        &CancellationToken::new(),
+    )
+    .await;
+    (r, in_time.load(Ordering::SeqCst))
+}
+
+/// Blocks (the thread) until `cond` holds; fails after 120 s, naming what was waited for.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 120 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn chrono_now_secs() -> u64 {

@@ -701,9 +701,15 @@ pub struct LogBackupConfig {
     /// ... or once it holds this many MiB of entries, 1..=1024.
     #[serde(default = "default_slice_mib")]
     pub slice_mib: usize,
-    /// Milliseconds between two reads of the oplog, 100..=60000.
+    /// Milliseconds between two reads of the oplog at the most, 100..=60000 (the follower also wakes when
+    /// the next second settles).
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// Milliseconds a second must have been over on the server's clock before its oplog entries are taken,
+    /// 100..=60000: more than FerretDB's longest delay between choosing an entry's `ts` and the entry being
+    /// visible (docs/pitr.md).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
 }
 
 fn default_slice_secs() -> u64 {
@@ -715,6 +721,9 @@ fn default_slice_mib() -> usize {
 fn default_poll_ms() -> u64 {
     1000
 }
+fn default_settle_ms() -> u64 {
+    u64::try_from(ddsvault_jobs::pitr::DEFAULT_SETTLE.as_millis()).unwrap_or(750)
+}
 
 impl Default for LogBackupConfig {
     fn default() -> Self {
@@ -723,6 +732,7 @@ impl Default for LogBackupConfig {
             slice_secs: default_slice_secs(),
             slice_mib: default_slice_mib(),
             poll_ms: default_poll_ms(),
+            settle_ms: default_settle_ms(),
         }
     }
 }
@@ -734,6 +744,7 @@ impl LogBackupConfig {
             slice_secs: self.slice_secs,
             slice_bytes: self.slice_mib.saturating_mul(1024 * 1024),
             poll: std::time::Duration::from_millis(self.poll_ms),
+            settle: std::time::Duration::from_millis(self.settle_ms),
             ..ddsvault_jobs::pitr::LogSettings::default()
         }
     }
@@ -1284,10 +1295,11 @@ impl Config {
         if !(1..=3600).contains(&self.log_backup.slice_secs)
             || !(1..=1024).contains(&self.log_backup.slice_mib)
             || !(100..=60_000).contains(&self.log_backup.poll_ms)
+            || !(100..=60_000).contains(&self.log_backup.settle_ms)
         {
             return err(format!(
-                "log_backup: slice_secs = {} (1..=3600), slice_mib = {} (1..=1024), poll_ms = {} (100..=60000): a value is out of range",
-                self.log_backup.slice_secs, self.log_backup.slice_mib, self.log_backup.poll_ms
+                "log_backup: slice_secs = {} (1..=3600), slice_mib = {} (1..=1024), poll_ms = {} (100..=60000), settle_ms = {} (100..=60000): a value is out of range",
+                self.log_backup.slice_secs, self.log_backup.slice_mib, self.log_backup.poll_ms, self.log_backup.settle_ms
             ));
         }
         if let Some(p) = &self.provisioning {
@@ -1501,6 +1513,24 @@ mod tests {
         assert_eq!(c.instances[0].data_path, Some(dir.path().join("../node")));
         // Without a file, the embedded defaults stay relative to the working directory.
         assert_eq!(Config::default().data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn log_backup_settle_is_milliseconds_with_a_measured_default() {
+        let d = Config::parse("").expect("empty").log_backup.settings();
+        assert_eq!(d.settle, ddsvault_jobs::pitr::DEFAULT_SETTLE);
+        let s = Config::parse("[log_backup]\nsettle_ms = 400\npoll_ms = 100\n")
+            .expect("valid")
+            .log_backup
+            .settings();
+        assert_eq!(s.settle, std::time::Duration::from_millis(400));
+        assert_eq!(s.poll, std::time::Duration::from_millis(100));
+        for bad in ["0", "99", "60001"] {
+            let e = Config::parse(&format!("[log_backup]\nsettle_ms = {bad}\n"))
+                .expect_err("out of range")
+                .to_string();
+            assert!(e.contains("settle_ms"), "{e}");
+        }
     }
 
     #[test]

@@ -220,7 +220,7 @@ def test_a_drill_finds_data_that_differs_from_what_the_backup_recorded(env):
     m.pop("manifest_sha256")
     ns = next(n for n in m["extra"]["namespaces"] if (n["db"], n["collection"]) == ("shop", "customers"))
     recorded = ns["checksum"]
-    assert len(recorded) == 32 and m["extra"]["checksum_algorithm"] == "sha256-sum128"
+    assert len(recorded) == 32 and m["extra"]["checksum_algorithm"] == "xxh3-128-sum128"
     ns["checksum"] = format((int(recorded, 16) + 1) % (1 << 128), "032x")
     body = json.dumps(m, indent=2, ensure_ascii=False).encode()
     forged = body[:-2] + b',\n  "manifest_sha256": "' + sha256(body).hexdigest().encode() + b'"\n}\n'

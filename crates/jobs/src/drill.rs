@@ -26,7 +26,7 @@ use std::time::Instant;
 use bson::{doc, RawDocumentBuf};
 use chrono::Utc;
 use ddsvault_catalog::{Backup, BackupStatus, DrillResult, Job, NewRestoreDrill};
-use ddsvault_mongo::checksum::DocSetChecksum;
+use ddsvault_mongo::checksum::{ChecksumAlgorithm, DocSetChecksum};
 use ddsvault_mongo::topology::connect;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,14 @@ pub struct Restored {
 /// # Errors
 /// A manifest without a readable namespace list: nothing could be compared, which fails the drill.
 pub fn expected_of(extra: &serde_json::Value) -> Result<Vec<Expected>, String> {
+    // Checksums are read with the algorithm the backup names (older backups: SHA-256, newer: XXH3-128).
+    let recorded = extra.get("checksum_algorithm").and_then(|v| v.as_str());
+    let algorithm = ChecksumAlgorithm::of_manifest(recorded).ok_or_else(|| {
+        format!(
+            "the manifest's checksum algorithm {:?} is unknown to this version",
+            recorded.unwrap_or_default()
+        )
+    })?;
     let list = extra
         .get("namespaces")
         .and_then(|n| n.as_array())
@@ -77,7 +85,7 @@ pub fn expected_of(extra: &serde_json::Value) -> Result<Vec<Expected>, String> {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => Some(
                     v.as_str()
-                        .and_then(DocSetChecksum::from_hex)
+                        .and_then(|h| DocSetChecksum::from_hex(algorithm, h))
                         .ok_or_else(|| format!("{db}.{collection}: unreadable checksum {v}"))?,
                 ),
             };
@@ -146,8 +154,9 @@ pub fn compare(e: &Expected, r: &Restored) -> Option<Mismatch> {
     })
 }
 
-/// Reads every document of `db.collection` on `client` into a count and checksum. `None` for a view (it has no
-/// documents of its own: its results are its source collection's, compared there).
+/// Reads every document of `db.collection` on `client` into a count and a checksum of `algorithm` (the one the
+/// backup used). `None` for a view (it has no documents of its own: its results are its source collection's,
+/// compared there).
 ///
 /// # Errors
 /// The driver's error, as text.
@@ -157,6 +166,7 @@ pub async fn read_back(
     collection: &str,
     progress: &Progress,
     docs_before: u64,
+    algorithm: ChecksumAlgorithm,
 ) -> Result<Option<Restored>, String> {
     let database = client.database(db);
     let listed = database
@@ -181,7 +191,7 @@ pub async fn read_back(
         .map_err(|e| format!("read {db}.{collection} on the scratch instance: {e}"))?;
     let mut out = Restored {
         documents: 0,
-        checksum: DocSetChecksum::new(),
+        checksum: DocSetChecksum::with_algorithm(algorithm),
     };
     while cursor
         .advance()
@@ -723,7 +733,19 @@ async fn drill(
         let mut views = 0u64;
         let mut documents = 0u64;
         for e in &expected {
-            match read_back(client, &e.db, &e.collection, &progress, documents).await {
+            let algorithm = e
+                .checksum
+                .map_or(ChecksumAlgorithm::CURRENT, |c| c.algorithm());
+            match read_back(
+                client,
+                &e.db,
+                &e.collection,
+                &progress,
+                documents,
+                algorithm,
+            )
+            .await
+            {
                 Ok(Some(r)) => {
                     compared += 1;
                     documents += r.documents;
@@ -797,7 +819,7 @@ mod tests {
     #[test]
     fn the_manifest_list_is_read_with_and_without_checksums() {
         let sum = sum_of(&[doc! {"_id": 1}]);
-        let extra = serde_json::json!({"namespaces": [
+        let extra = serde_json::json!({"checksum_algorithm": ddsvault_mongo::checksum::ALGORITHM, "namespaces": [
             {"db": "app", "collection": "a", "documents": 1, "raw_bytes": 14, "crc": 5, "checksum": sum.to_hex()},
             {"db": "app", "collection": "old", "documents": 7, "raw_bytes": 99, "crc": 6},
         ]});
@@ -869,6 +891,38 @@ mod tests {
         // A file that is not a database fails the check.
         std::fs::write(dir.path().join("bad.sqlite"), vec![7u8; 8192]).expect("write");
         assert!(file_figures(dir.path()).is_err());
+    }
+
+    #[test]
+    fn older_backups_are_read_with_their_own_algorithm() {
+        let bytes = RawDocumentBuf::from_document(&doc! {"_id": 1}).expect("bson");
+        let mut old = DocSetChecksum::with_algorithm(ChecksumAlgorithm::Sha256Sum128);
+        old.add(bytes.as_bytes());
+        let entry = serde_json::json!([{"db": "a", "collection": "b", "documents": 1, "checksum": old.to_hex()}]);
+        // Named, or not named at all (read as the first algorithm): both give the SHA-256 sum back.
+        for extra in [
+            serde_json::json!({"checksum_algorithm": "sha256-sum128", "namespaces": entry.clone()}),
+            serde_json::json!({"namespaces": entry.clone()}),
+        ] {
+            let got = expected_of(&extra).expect("parse");
+            assert_eq!(got[0].checksum, Some(old));
+            // A drill reads back with the backup's algorithm, so the same documents match.
+            let restored = Restored {
+                documents: 1,
+                checksum: old,
+            };
+            assert_eq!(compare(&got[0], &restored), None);
+        }
+        // Read back with another algorithm, the same documents would not match: the algorithm is part of the sum.
+        let mut new = DocSetChecksum::new();
+        new.add(bytes.as_bytes());
+        assert_ne!(new, old);
+        // A name this version does not know fails the drill with a reason rather than comparing wrong sums.
+        let err = expected_of(
+            &serde_json::json!({"checksum_algorithm": "md5-sum128", "namespaces": entry}),
+        )
+        .expect_err("unknown algorithm");
+        assert!(err.contains("md5-sum128"), "{err}");
     }
 
     #[test]

@@ -875,7 +875,10 @@ pub async fn logical_restore_with_oplog(
         let extra = extra.clone();
         join_blocking(tokio::task::spawn_blocking(move || {
             let input = open().map_err(|e| MongoError::io("open the backup archive", e))?;
-            let summary = verify_inner(input, Some(&token), seq.as_mut(), extra.is_none())?;
+            // The target is idle during this pass: decompress on a second core while this one parses.
+            let summary = read_ahead::with_read_ahead(input, |r| {
+                verify_inner(r, Some(&token), seq.as_mut(), extra.is_none())
+            })?;
             if let (Some(seq), Some(extra)) = (seq.as_mut(), extra) {
                 let entries = extra().map_err(|e| MongoError::io("open the log backup", e))?;
                 for raw in entries {
@@ -1776,6 +1779,8 @@ fn changed(detail: &str) -> MongoError {
          open_input must return the same bytes every time"
     ))
 }
+
+mod read_ahead;
 
 #[cfg(test)]
 mod tests;

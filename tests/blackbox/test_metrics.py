@@ -365,7 +365,12 @@ def test_json_logs_parse_and_carry_no_secret(tmp_path, monkeypatch):
         ferret.stop()
     lines = [line for line in server.stderr().splitlines() if line.strip()]
     assert len(lines) > 5
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    records = []
+    for line in lines:  # every line is one JSON object
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"not a JSON line ({e}): {line!r}") from None
     assert all({"timestamp", "level", "fields"} <= r.keys() for r in records), records[:3]
     messages = [r["fields"].get("message", "") for r in records]
     assert any("ok" == m for m in messages), messages

@@ -242,11 +242,16 @@ def test_drain_finishes_the_running_job_and_takes_no_more(cluster):
         assert t["BackupSetStatus"] == "Scheduled" and time.monotonic() < deadline, t
         time.sleep(0.02)
     assert t["Node"] == AGENT, t
-    # Hold the job mid-dump (its source stops answering) while the drain starts, so it is surely running then.
+    # Hold the job (its source stops answering) while the drain starts, so it is surely running then. The hold
+    # must end well before the driver's 30 s server selection timeout fails the job; the drain is written to the
+    # node row at once (not at the next 10 s beat), so a few seconds suffice.
     os.kill(big.proc.pid, signal.SIGSTOP)
     try:
         os.kill(agent.proc.pid, signal.SIGUSR1)
-        n = wait_node(cfg, AGENT, {"State": "draining", "RunningJobs": 1})
+        try:
+            n = wait_node(cfg, AGENT, {"State": "draining", "RunningJobs": 1}, timeout=15)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the job: {task(api1, 'dds-c', long_job)}") from None
         assert n["Draining"] is True, n
     finally:
         os.kill(big.proc.pid, signal.SIGCONT)

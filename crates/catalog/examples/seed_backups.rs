@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     mode: "Manual".into(),
                     retention_days: 7,
                     engine_version: "7.0".into(),
-                    params: serde_json::json!({"method": "Logical", "seeded": true}),
+                    params: serde_json::json!({"method": ddsvault_catalog::BackupMethod::Logical, "seeded": true}),
                     now: Utc::now(),
                 })
                 .await?;
@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 mode: "Automated".into(),
                 retention_days: -1,
                 engine_version: "7.0".into(),
-                params: serde_json::json!({"method": "Logical", "seeded": true}),
+                params: serde_json::json!({"method": ddsvault_catalog::BackupMethod::Logical, "seeded": true}),
                 now: t,
             })
             .await?;

@@ -2412,8 +2412,8 @@ async fn restore_drills(cat: &Catalog) {
         panic!("expected Created, got {created:?}");
     };
     assert_eq!(
-        (j.kind.as_str(), j.instance_id.as_str(), j.state),
-        ("drill", "dds-scratch", JobState::Pending)
+        (j.kind, j.instance_id.as_str(), j.state),
+        (crate::JobKind::Drill, "dds-scratch", JobState::Pending)
     );
     assert_eq!(
         cat.create_scheduled_drill_job("dds-d1", slot, "node-b", &job("dds-d1", 102))

@@ -374,6 +374,10 @@ pub struct RestoreJobParams {
     /// CreateDBInstance's `RestoreType` as requested (`0` backup, `1` time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_type: Option<String>,
+    /// Whether a logical restore replays the backup's oplog up to its consistent point; `None`: it does. A restore
+    /// drill sets `false`, to compare the collections with what the dump read before any entry changes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_oplog: Option<bool>,
 }
 
 impl BackupJobParams {
@@ -408,12 +412,16 @@ impl RestoreJobParams {
 impl Job {
     /// The parameters of a backup job; [`crate::CatalogError::Corrupt`] when they are not a backup's.
     pub fn backup_params(&self) -> Result<BackupJobParams, crate::CatalogError> {
-        serde_json::from_value(self.params.clone())
-            .map_err(|e| crate::CatalogError::Corrupt(format!("job {} parameters: {e}", self.id)))
+        self.params_as()
     }
 
     /// The parameters of a restore or provision job; [`crate::CatalogError::Corrupt`] when they are not one's.
     pub fn restore_params(&self) -> Result<RestoreJobParams, crate::CatalogError> {
+        self.params_as()
+    }
+
+    /// `params` read as `T`; [`crate::CatalogError::Corrupt`] when they do not parse.
+    fn params_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::CatalogError> {
         serde_json::from_value(self.params.clone())
             .map_err(|e| crate::CatalogError::Corrupt(format!("job {} parameters: {e}", self.id)))
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::Args;
+use ddsvault_catalog::JobKind;
 use futures::future::join_all;
 use serde_json::{json, Map, Value};
 
@@ -144,7 +145,7 @@ async fn instance_status(
         .filter(|b| field(b, "BackupStatus") == "Failed")
         .map(|b| {
             json!({
-                "Kind": "backup", "BackupId": field(b, "BackupId"), "JobId": field(b, "BackupJobId"),
+                "Kind": JobKind::Backup, "BackupId": field(b, "BackupId"), "JobId": field(b, "BackupJobId"),
                 "Time": field(b, "BackupStartTime"), "ErrorCode": field(b, "ErrorCode"),
                 "ErrorMessage": field(b, "ErrorMessage"),
             })
@@ -155,7 +156,7 @@ async fn instance_status(
     if let Some(a) = part(client, "DescribeBackupTasks", id, &mut errors).await? {
         for j in items(&a, "BackupJobs", "BackupJob") {
             running.push(json!({
-                "Kind": "backup", "JobId": field(&j, "BackupjobId"), "Status": field(&j, "JobStatus"),
+                "Kind": JobKind::Backup, "JobId": field(&j, "BackupjobId"), "Status": field(&j, "JobStatus"),
                 "Phase": field(&j, "BackupSetStatus"), "Progress": field(&j, "Progress"),
                 "Mode": field(&j, "JobMode"), "StartTime": field(&j, "BackupStartTime"),
             }));
@@ -165,7 +166,7 @@ async fn instance_status(
         for j in items(&a, "RestoreJobs", "RestoreJob") {
             match field(&j, "Status").as_str() {
                 "Scheduled" | "Restoring" => running.push(json!({
-                    "Kind": "restore", "JobId": field(&j, "RestoreJobId"), "Status": field(&j, "Status"),
+                    "Kind": JobKind::Restore, "JobId": field(&j, "RestoreJobId"), "Status": field(&j, "Status"),
                     "Phase": field(&j, "Status"), "Progress": field(&j, "Progress"),
                     "BackupId": field(&j, "BackupId"), "StartTime": field(&j, "CreateTime"),
                 })),
@@ -174,7 +175,7 @@ async fn instance_status(
                         .is_some_and(|t| now - t <= chrono::Duration::hours(24)) =>
                 {
                     failures.push(json!({
-                        "Kind": "restore", "JobId": field(&j, "RestoreJobId"), "BackupId": field(&j, "BackupId"),
+                        "Kind": JobKind::Restore, "JobId": field(&j, "RestoreJobId"), "BackupId": field(&j, "BackupId"),
                         "Time": field(&j, "EndTime"), "ErrorCode": field(&j, "ErrorCode"),
                         "ErrorMessage": field(&j, "ErrorMessage"),
                     }));
@@ -342,8 +343,8 @@ fn print_status(rows: &[Value], now: DateTime<Utc>) {
     for r in rows {
         let id = field(r, "DBInstanceId");
         for f in r["FailuresLast24h"].as_array().into_iter().flatten() {
-            let which = match field(f, "Kind").as_str() {
-                "backup" => format!("backup {}", field(f, "BackupId")),
+            let which = match JobKind::parse(&field(f, "Kind")) {
+                Some(JobKind::Backup) => format!("backup {}", field(f, "BackupId")),
                 _ => format!("restore job {}", field(f, "JobId")),
             };
             println!(

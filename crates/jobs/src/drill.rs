@@ -1,6 +1,6 @@
 //! Restore drills (docs/drills.md): prove on a schedule that a backup restores to what it recorded.
 //!
-//! A drill job (`kind = "drill"`) runs on the scratch instance (its `instance_id`; one active job per instance,
+//! A drill job ([`ddsvault_catalog::JobKind::Drill`]) runs on the scratch instance (its `instance_id`; one active job per instance,
 //! so a drill never meets a restore into the same scratch) and names the backup it reads (`backup_id`, which
 //! retention then does not delete under it). It
 //! 1. checks that the scratch instance answers: an unreachable scratch says nothing about the backup, so the job
@@ -340,8 +340,13 @@ async fn drill(
         Err(e) => return Ok(Finding::failed("manifest", e)),
     };
     let mut restore_job = job.clone();
-    restore_job.params = serde_json::json!({"drop": true, "replay_oplog": false});
-    match crate::restore::logical_into(runner, &restore_job, backup, uri, cancel).await {
+    restore_job.params = ddsvault_catalog::RestoreJobParams {
+        drop: true,
+        replay_oplog: Some(false),
+        ..Default::default()
+    }
+    .to_value();
+    match crate::restore::logical::logical_into(runner, &restore_job, backup, uri, cancel).await {
         Ok(_) => {}
         Err(e) if cancel.is_cancelled() => return Err(e),
         Err(e @ (JobError::Catalog(_) | JobError::Cancelled(_) | JobError::Stalled(_))) => {

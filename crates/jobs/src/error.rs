@@ -50,6 +50,20 @@ impl From<MongoError> for JobError {
     }
 }
 
+impl From<ddsvault_repo::export::ExportError> for JobError {
+    /// The messages and codes a file restore always answered: a repository failure is the repository's, a
+    /// cancellation the job's, the rest (a manifest naming no data file, a file that does not match it, local I/O)
+    /// the generic job failure.
+    fn from(e: ddsvault_repo::export::ExportError) -> Self {
+        use ddsvault_repo::export::ExportError;
+        match e {
+            ExportError::Repo(e) => JobError::Repo(e),
+            ExportError::Cancelled => JobError::Cancelled("restore cancelled".into()),
+            e => JobError::Other(e.to_string()),
+        }
+    }
+}
+
 impl JobError {
     /// Whether the job's lease was lost to another process (its fencing token refused): nothing of it may be
     /// written any more.

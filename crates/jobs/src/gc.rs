@@ -30,37 +30,9 @@ use ddsvault_repo::{RepoPath, Repository, StoredChunk};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::retention::{plan_retention, Candidate, Plan, RetentionRules, SlotKind};
 use crate::JobError;
-
-/// Where "now" comes from: the system clock in production, a controlled one in tests.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock moved by hand (tests): `ManualClock(Mutex::new(t))`, then `*clock.0.lock() = later`.
-#[derive(Debug)]
-pub struct ManualClock(pub std::sync::Mutex<DateTime<Utc>>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        // A poisoned lock still holds a valid time.
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
 
 /// Expired backups handled per catalog query (the pass loops until none is left).
 const BATCH: u32 = 100;

@@ -22,11 +22,11 @@ use ddsvault_mongo::restore::{verify_archive, ArchiveSummary};
 use ddsvault_repo::{Repository, UploadOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{
-    add_oplog_details, close_writer, compression_name, publish_logical, NamespaceEntry,
-    StagedArchive,
+use crate::archive::compression_name;
+use crate::backup::logical::{
+    add_oplog_details, close_writer, publish_logical, NamespaceEntry, StagedArchive,
 };
-use crate::runner::staging_token;
+use crate::context::staging_token;
 use crate::{JobError, Runner};
 
 /// What to import.

@@ -12,8 +12,10 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::HEARTBEAT_INTERVAL;
 use crate::{JobError, Runner};
+
+/// How often a running job refreshes its heartbeat and progress in the catalog.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A job's phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,154 +1,23 @@
-//! The job runner: claims pending jobs from the catalog and runs them, a bounded number at a time.
+//! The job runner's loop, at the top of the crate: claims pending jobs from the catalog (where this node may run
+//! them), holds their lease, dispatches each to its kind (backup, restore, provision, drill) and records how it
+//! ended; and recovery of the jobs whose holder died. The handles the kinds work with are in `context.rs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use ddsvault_catalog::{Catalog, CatalogError, Job, JobKind};
+use chrono::Utc;
+use ddsvault_catalog::{CatalogError, Job, JobKind};
 use ddsvault_repo::Repository;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{JobError, Tasks};
+use crate::context::{scratch_dir, staging_token};
+use crate::{JobError, Runner, Tasks};
 
 /// How often an idle runner looks for jobs created by another process (its own are signalled at once).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// How often a running job refreshes its heartbeat and progress in the catalog.
-pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// Default `[jobs] lease_secs`: how long a claimed job stays its process's without a renewal. A process that dies
-/// (or is paused, or cut off from the catalog) loses its jobs to the recovery of the others after this long.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-/// The shortest lease accepted: renewals go out every third of it, and need a few round trips of margin.
-pub const MIN_LEASE: Duration = Duration::from_secs(2);
-
-/// What the runner needs to know of an instance.
-#[derive(Clone)]
-pub struct InstanceSpec {
-    pub id: String,
-    /// Connection string; never logged.
-    pub uri: String,
-    pub storage_type: String,
-    /// The node's data directory, read by Physical and Snapshot backups.
-    pub data_path: Option<std::path::PathBuf>,
-}
-
-impl std::fmt::Debug for InstanceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceSpec")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Logical backup tuning.
-#[derive(Clone, Debug)]
-pub struct BackupSettings {
-    pub compression: ddsvault_mongo::archive::Compression,
-    pub parallel_collections: usize,
-    /// Local scratch space of file-level backups (one `job-<id>` directory per running job).
-    pub scratch_dir: std::path::PathBuf,
-    /// A job whose progress does not change for this long is failed by its watchdog
-    /// ([`crate::progress::with_heartbeat`]).
-    pub stall_timeout: Duration,
-}
-
-/// Claims and runs jobs.
-#[derive(Debug)]
-pub struct Runner {
-    pub(crate) catalog: Catalog,
-    pub(crate) repo: Repository,
-    /// Configured instances, and the provisioned ones (added and removed while serving).
-    instances: std::sync::RwLock<HashMap<String, InstanceSpec>>,
-    pub(crate) node_id: String,
-    pub(crate) settings: BackupSettings,
-    wake: Notify,
-    slots: Arc<Semaphore>,
-    pub(crate) events: crate::events::Events,
-    /// Starts and stops the server processes of provisioned instances (`[provisioning]`); unset without it.
-    provisioner: std::sync::OnceLock<Arc<crate::provision::Provisioner>>,
-    /// Where jobs may run: instance pins, draining, and the count of running jobs (see [`Placement`]).
-    placement: Placement,
-    /// The lease a claim takes, renewed every third of it while the job runs ([`Runner::holding_lease`]).
-    lease: Duration,
-}
-
-/// Which jobs this node takes (issue 19): an instance pinned to another node (`node =` in its configuration) is
-/// never claimed here, nor is one this node does not know (it cannot reach it). Draining takes no job at all.
-#[derive(Debug, Default)]
-struct Placement {
-    /// Instance id → the node id its jobs are pinned to.
-    pins: std::sync::RwLock<HashMap<String, String>>,
-    /// Instances a claim returned that this node does not know: passed over from then on (another node's).
-    unknown: std::sync::Mutex<std::collections::HashSet<String>>,
-    draining: std::sync::atomic::AtomicBool,
-    running: std::sync::atomic::AtomicUsize,
-}
 
 impl Runner {
-    pub fn new(
-        catalog: Catalog,
-        repo: Repository,
-        instances: Arc<HashMap<String, InstanceSpec>>,
-        node_id: String,
-        settings: BackupSettings,
-        max_concurrent_jobs: usize,
-    ) -> Self {
-        Self {
-            catalog,
-            repo,
-            instances: std::sync::RwLock::new((*instances).clone()),
-            node_id,
-            settings,
-            wake: Notify::new(),
-            slots: Arc::new(Semaphore::new(max_concurrent_jobs.max(1))),
-            events: crate::events::Events::default(),
-            provisioner: std::sync::OnceLock::new(),
-            placement: Placement::default(),
-            lease: DEFAULT_LEASE,
-        }
-    }
-
-    /// Pins instances to nodes (instance id → node id): their jobs run only on that node.
-    pub fn set_pins(&self, pins: HashMap<String, String>) {
-        *self
-            .placement
-            .pins
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = pins;
-    }
-
-    /// This node's id (the owner of the jobs it claims).
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    /// Stops claiming jobs for good; the running ones finish (`SIGUSR1`).
-    pub fn drain(&self) {
-        use std::sync::atomic::Ordering;
-        if !self.placement.draining.swap(true, Ordering::SeqCst) {
-            tracing::info!(
-                running = self.running_jobs(),
-                "draining: no new jobs are taken, running ones finish"
-            );
-        }
-    }
-
-    /// Whether [`Runner::drain`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.placement
-            .draining
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Jobs this process is running now.
-    pub fn running_jobs(&self) -> usize {
-        self.placement
-            .running
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Whether this node may run a job of `instance_id`: it knows the instance and no other node has it pinned.
     fn may_run(&self, instance_id: &str) -> bool {
         let pinned_elsewhere = self
@@ -208,96 +77,6 @@ impl Runner {
                 .insert(job.instance_id.clone());
             self.catalog.release_job(job.id, &self.node_id).await?;
         }
-    }
-
-    /// Sets the job lease (`[jobs] lease_secs`; at least [`MIN_LEASE`]).
-    #[must_use]
-    pub fn with_lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(MIN_LEASE);
-        self
-    }
-
-    /// The job lease.
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
-    /// How often [`Runner::recover_expired`] should run: a fraction of the lease, so that a dead process's job is
-    /// taken over at most this long after its lease ran out (bound: lease + this + the clean-up).
-    pub fn recovery_interval(&self) -> Duration {
-        (self.lease / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
-    }
-
-    /// The end of a lease taken or renewed at `now`.
-    pub(crate) fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30))
-    }
-
-    /// Reports every finished job to `sink` from now on (set once).
-    pub fn set_event_sink(&self, sink: Arc<dyn crate::EventSink>) {
-        self.events.set(sink);
-    }
-
-    /// Sets the provisioner (once, before jobs run: recovery needs it to clean up interrupted provisioning).
-    pub fn set_provisioner(&self, p: Arc<crate::provision::Provisioner>) {
-        let _ = self.provisioner.set(p);
-    }
-
-    pub(crate) fn provisioner(&self) -> Option<&Arc<crate::provision::Provisioner>> {
-        self.provisioner.get()
-    }
-
-    /// The instance a job works on (configured or provisioned).
-    pub(crate) fn instance(&self, id: &str) -> Result<InstanceSpec, JobError> {
-        // A poisoned lock only means a panic elsewhere while inserting; the map itself is intact.
-        self.instances
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| JobError::UnknownInstance(id.to_string()))
-    }
-
-    /// Makes a provisioned or registered instance known to jobs (backups, restores) from now on; replaces the
-    /// spec of a known one (a changed connection string).
-    pub fn add_instance(&self, spec: InstanceSpec) {
-        self.instances
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id.clone(), spec);
-    }
-
-    /// Forgets a deleted provisioned or unregistered instance.
-    pub fn remove_instance(&self, id: &str) {
-        self.instances
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    /// The ids of every instance jobs can work on now (configured, provisioned, registered).
-    pub fn instance_ids(&self) -> Vec<String> {
-        self.instances
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Every instance jobs can work on now.
-    pub fn instance_specs(&self) -> Vec<InstanceSpec> {
-        self.instances
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Tells the runner a job was just created, so it does not wait for the next poll.
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// Takes over and fails the jobs a previous life of this node left running, and those of any node whose lease
@@ -436,13 +215,14 @@ impl Runner {
             return;
         }
         if job.kind == ddsvault_catalog::JobKind::Provision {
-            crate::provision::cleanup(self, job, "creating the instance was interrupted").await;
+            crate::provision::job::cleanup(self, job, "creating the instance was interrupted")
+                .await;
             return;
         }
         if job.kind != ddsvault_catalog::JobKind::Backup {
             return;
         }
-        let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
+        let scratch = scratch_dir(&self.settings.scratch_dir, job.id);
         if let Err(e) = std::fs::remove_dir_all(&scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(job_id = job.id, dir = %scratch.display(), error = %e, "could not remove scratch files");
@@ -472,7 +252,7 @@ impl Runner {
         };
         let job_id = job.id;
         let done =
-            tokio::task::spawn_blocking(move || crate::file_restore::cleanup(&data_path, job_id))
+            tokio::task::spawn_blocking(move || crate::restore::files::cleanup(&data_path, job_id))
                 .await;
         match done {
             Ok(Ok(())) => {}
@@ -549,7 +329,9 @@ impl Runner {
                 match job.kind {
                     JobKind::Backup => crate::backup::run(self, &job, &work_cancel).await,
                     JobKind::Restore => crate::restore::run(self, &job, &work_cancel).await,
-                    JobKind::Provision => crate::provision::run(self, &job, &work_cancel).await,
+                    JobKind::Provision => {
+                        crate::provision::job::run(self, &job, &work_cancel).await
+                    }
                     JobKind::Drill => crate::drill::run(self, &job, &work_cancel).await,
                 }
             };
@@ -576,7 +358,7 @@ impl Runner {
             "job stopped: its lease was lost to another process, which records its outcome"
         );
         if job.kind == ddsvault_catalog::JobKind::Backup {
-            let scratch = crate::physical::scratch_dir(&self.settings.scratch_dir, job.id);
+            let scratch = scratch_dir(&self.settings.scratch_dir, job.id);
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %scratch.display(), error = %e, "could not remove scratch files");
@@ -602,7 +384,7 @@ impl Runner {
                 tracing::warn!(error = %e, "job failed");
                 if job.kind == ddsvault_catalog::JobKind::Provision {
                     // The instance shows why it failed (its process and data are removed).
-                    crate::provision::cleanup(self, job, &e.to_string()).await;
+                    crate::provision::job::cleanup(self, job, &e.to_string()).await;
                 } else {
                     self.remove_job_files(job).await;
                 }
@@ -667,9 +449,4 @@ impl Runner {
                 bytes,
             }));
     }
-}
-
-/// The staging area of a job: derived from the job id so recovery can find it without any other record.
-pub(crate) fn staging_token(job_id: i64) -> String {
-    format!("job-{job_id}")
 }

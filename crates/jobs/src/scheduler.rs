@@ -10,8 +10,9 @@
 //! - a slot that meets an active job of the instance (a manual backup, a restore) is recorded as skipped, never
 //!   queued behind it.
 //!
-//! Automatic backups take the method a manual CreateBackup without `BackupMethod` would (the server's rules, set
-//! through [`Scheduler::set_method_chooser`]; Logical until they are set) with the policy's
+//! Automatic backups take the method a manual CreateBackup without `BackupMethod` would
+//! ([`crate::backup::plan::automatic_method`] of the instance the runner knows; Logical without a runner) with the
+//! policy's
 //! `BackupRetentionPeriod`; an instance that cannot take one (unreachable, standalone) gets a Failed backup with
 //! the reason, like a manual one.
 //!
@@ -47,10 +48,10 @@ use ddsvault_catalog::{
     SCHEDULE_HIGH_FREQUENCY, SCHEDULE_STANDARD,
 };
 
-use crate::retention::RetentionRules;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::retention::RetentionRules;
 use crate::{Clock, JobError, Runner, SystemClock};
 
 /// Length of the policy window.
@@ -205,18 +206,6 @@ pub enum TickOutcome {
     NothingToDrill { slot: DateTime<Utc> },
 }
 
-/// Picks the method of an instance's automatic backup (called once per window slot).
-pub type MethodChooser =
-    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, BackupMethod> + Send + Sync>;
-
-struct Chooser(MethodChooser);
-
-impl std::fmt::Debug for Chooser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MethodChooser")
-    }
-}
-
 /// Starts automatic backups.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -228,7 +217,6 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     tick: Duration,
     runner: Option<Arc<Runner>>,
-    method: std::sync::OnceLock<Chooser>,
     ticks: watch::Sender<u64>,
     events: crate::events::Events,
 }
@@ -250,7 +238,6 @@ impl Scheduler {
             clock: Arc::new(SystemClock),
             tick,
             runner: None,
-            method: std::sync::OnceLock::new(),
             ticks: watch::channel(0).0,
             events: crate::events::Events::default(),
         }
@@ -277,12 +264,6 @@ impl Scheduler {
     pub fn with_runner(mut self, runner: Arc<Runner>) -> Self {
         self.runner = Some(runner);
         self
-    }
-
-    /// Sets how a window's backup method is chosen (the server's CreateBackup rules); until then, and when the
-    /// chooser is never set, automatic backups are Logical. Set once, after the server's state exists.
-    pub fn set_method_chooser(&self, chooser: MethodChooser) {
-        let _ = self.method.set(Chooser(chooser));
     }
 
     /// Reports missed slots to `sink` from now on (set once).
@@ -454,9 +435,10 @@ impl Scheduler {
             tracing::info!(instance = %id, %slot, job_id = j.id, "automatic backup waits for a high-frequency snapshot");
             return Ok(TickOutcome::Waiting { slot, job_id: j.id });
         }
-        let method = match self.method.get() {
-            Some(Chooser(choose)) => choose(id.to_string()).await,
-            None => BackupMethod::Logical,
+        // CreateBackup's rules without `BackupMethod`; without a runner (no instance to look at), Logical.
+        let method = match self.runner.as_ref().map(|r| r.instance(id)) {
+            Some(Ok(spec)) => crate::backup::plan::automatic_method(&spec).await,
+            _ => BackupMethod::Logical,
         };
         let job = self.job(
             id,
@@ -1022,7 +1004,7 @@ mod tests {
                 mode: "Manual".into(),
                 retention_days: 7,
                 engine_version: String::new(),
-                params: serde_json::json!({"method": "Logical"}),
+                params: BackupJobParams::new(BackupMethod::Logical, 7).to_value(),
                 now: at(end) - chrono::Duration::minutes(1),
             })
             .await
@@ -1119,12 +1101,17 @@ mod tests {
         let job = cat.get_job(job_id).await.expect("get").expect("job");
         assert_eq!(
             (
-                job.kind.as_str(),
+                job.kind,
                 job.instance_id.as_str(),
                 job.backup_id,
                 job.mode.as_str()
             ),
-            ("drill", "dds-scratch", Some(newest), "Automated")
+            (
+                ddsvault_catalog::JobKind::Drill,
+                "dds-scratch",
+                Some(newest),
+                "Automated"
+            )
         );
         assert_eq!(job.params["source_instance"], "dds-a");
         // The same slot never runs twice, from this process or another.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::Write;
 
 use bytes::Bytes;
+use ddsvault_catalog::BackupMethod;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -188,7 +189,7 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
         .write_snapshot_index(&prefix1, &index, 3)
         .await
         .ctx(C)?;
-    let mut m = Manifest::new(1, instance, "Snapshot");
+    let mut m = Manifest::new(1, instance, BackupMethod::Snapshot.as_str());
     m.files.push(entry);
     repo.write_manifest(&prefix1, &m).await.ctx(C)?;
     ensure!(
@@ -197,7 +198,7 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
         "snapshot index did not round-trip"
     );
     repo.verify(&prefix1).await.ctx(C)?;
-    let mut logical = Manifest::new(2, instance, "Logical");
+    let mut logical = Manifest::new(2, instance, BackupMethod::Logical.as_str());
     logical.extra = serde_json::json!({ "details": {} });
     repo.write_manifest(&Repository::backup_prefix(instance, 2), &logical)
         .await

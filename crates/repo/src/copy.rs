@@ -139,7 +139,11 @@ mod tests {
             .write_snapshot_index(&prefix, &index, 3)
             .await
             .expect("index");
-        let mut m = Manifest::new(id, "dds-c", "Snapshot");
+        let mut m = Manifest::new(
+            id,
+            "dds-c",
+            ddsvault_catalog::BackupMethod::Snapshot.as_str(),
+        );
         m.files.push(entry);
         let extra = Bytes::from_static(b"metadata");
         repo.put(&prefix.join("meta.json").expect("path"), extra.clone())

@@ -74,6 +74,7 @@ pub mod chunks;
 mod copy;
 pub mod encrypted;
 mod error;
+pub mod export;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 mod hash;

@@ -345,7 +345,11 @@ mod seal_tests {
     use super::*;
 
     fn sample() -> Manifest {
-        let mut m = Manifest::new(7, "dds-seal", "Logical");
+        let mut m = Manifest::new(
+            7,
+            "dds-seal",
+            ddsvault_catalog::BackupMethod::Logical.as_str(),
+        );
         m.files.push(ManifestFile {
             name: "archive.zst".into(),
             size: 1234,

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ddsvault_catalog::BackupMethod;
+use ddsvault_jobs::backup::plan;
 use ddsvault_mongo::topology::{Topology, TopologyKind};
 use serde::Serialize;
 
@@ -51,27 +51,6 @@ impl Finding {
             status: Status::Warning,
             message: message.into(),
         }
-    }
-}
-
-/// What a backup without `BackupMethod` takes, for manual and automatic backups alike: the seed's rules (Physical;
-/// Snapshot for standalone servers and cloud disks) where ddsvault can copy the node's files (FerretDB with the
-/// SQLite backend and `data_path`). Elsewhere a replica set or sharded cluster takes Logical instead of a method
-/// that would be refused; a standalone server or cloud disk keeps Snapshot, whose refusal says what is missing.
-pub fn default_method(
-    kind: TopologyKind,
-    cloud_disk: bool,
-    file_backups_possible: bool,
-) -> BackupMethod {
-    let seed = if kind == TopologyKind::Standalone || cloud_disk {
-        BackupMethod::Snapshot
-    } else {
-        BackupMethod::Physical
-    };
-    if file_backups_possible || seed == BackupMethod::Snapshot {
-        seed
-    } else {
-        BackupMethod::Logical
     }
 }
 
@@ -119,7 +98,7 @@ pub async fn check_probed(
             "default_method",
             format!(
                 "a backup without BackupMethod takes {}",
-                default_method(t.kind, storage_type.starts_with("cloud_"), files)
+                plan::default_method(t.kind, plan::is_cloud_disk(storage_type), files)
             ),
         ));
     }
@@ -300,19 +279,6 @@ pub fn check_config(cfg: &Config) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn manual_and_automatic_backups_share_one_default() {
-        use BackupMethod::{Logical, Physical, Snapshot};
-        use TopologyKind::*;
-        assert_eq!(default_method(ReplicaSet, false, true), Physical);
-        assert_eq!(default_method(ReplicaSet, false, false), Logical);
-        assert_eq!(default_method(Sharded, false, false), Logical);
-        assert_eq!(default_method(Standalone, false, true), Snapshot);
-        assert_eq!(default_method(Standalone, false, false), Snapshot);
-        assert_eq!(default_method(ReplicaSet, true, true), Snapshot);
-        assert_eq!(default_method(ReplicaSet, true, false), Snapshot);
-    }
 
     #[tokio::test]
     async fn an_unreachable_instance_and_a_missing_directory_are_warnings() {

@@ -428,7 +428,7 @@ async fn serve_tar(st: &AppState, backup: &Backup, method: &Method) -> Response 
         Err(e) => return error(st, ApiError::internal(e.to_string())),
     };
     let (length, stream) =
-        match ddsvault_jobs::file_restore::tar_stream(&st.repo, &prefix, &manifest).await {
+        match ddsvault_repo::export::tar_stream(&st.repo, &prefix, &manifest).await {
             Ok(found) => found,
             Err(e) => return error(st, ApiError::internal(e.to_string())),
         };

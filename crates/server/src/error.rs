@@ -204,6 +204,25 @@ pub enum ActionError {
     UnregisterRetentionLocked(String),
 }
 
+impl From<ddsvault_jobs::backup::plan::PlanError> for ActionError {
+    /// Backup planning's refusals (the method, the data directory). A listing failure is an unreachable instance;
+    /// its message may hold the connection string, so it is not passed on here (`actions::backup::inspect`
+    /// answers it redacted).
+    fn from(e: ddsvault_jobs::backup::plan::PlanError) -> Self {
+        use ddsvault_jobs::backup::plan::PlanError;
+        match e {
+            PlanError::MethodNotSupported(why) => ActionError::BackupMethodNotSupported(why),
+            PlanError::DataPathMissing { instance, method } => {
+                ActionError::DataPathMissing { instance, method }
+            }
+            PlanError::Listing(_) => {
+                ActionError::InstanceUnreachable("listDatabases failed".into())
+            }
+            e @ PlanError::ListingTimeout => ActionError::InstanceUnreachable(e.to_string()),
+        }
+    }
+}
+
 impl From<ActionError> for ApiError {
     fn from(e: ActionError) -> Self {
         to_api_error(e)

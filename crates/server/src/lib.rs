@@ -358,13 +358,6 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
     }
     // Instances registered at run time (RegisterDBInstance), by this process or another one on the catalog.
     actions::registered::sync(&state).await?;
-    if let Some(scheduler) = &scheduler {
-        let st = Arc::clone(&state);
-        scheduler.set_method_chooser(Arc::new(move |id: String| {
-            let st = Arc::clone(&st);
-            Box::pin(async move { actions::backup::automatic_method(&st, &id).await })
-        }));
-    }
     // Finished jobs and missed slots feed the metrics and the alert webhooks.
     let alerts =
         alerts::Alerts::new(&cfg.alerts, &cfg.region_id, Arc::clone(&state.metrics))?.map(Arc::new);

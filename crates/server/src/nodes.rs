@@ -90,12 +90,16 @@ pub(crate) async fn heartbeat(
         draining: runner.is_draining(),
     };
     loop {
-        if let Err(e) = catalog.put_node(&row(&runner)).await {
+        let record = row(&runner);
+        if let Err(e) = catalog.put_node(&record).await {
             tracing::warn!(error = %e, "could not record this node's heartbeat");
         }
+        // A drain is written at once: an operator (or a script waiting on `ddsvault nodes`) sees it take effect
+        // without waiting for the next beat.
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = runner.drain_started(), if !record.draining => {}
         }
     }
 }

@@ -132,7 +132,7 @@ async fn download_files_tar(
     let prefix = &RepoPath::new(backup.repo_prefix.clone())?;
     let manifest = authenticated_manifest(repo, backup).await?.manifest;
     repo.verify_files(prefix, &manifest).await?;
-    let (length, stream) = ddsvault_jobs::file_restore::tar_stream(repo, prefix, &manifest)
+    let (length, stream) = ddsvault_repo::export::tar_stream(repo, prefix, &manifest)
         .await
         .map_err(|e| ConfigError(format!("backup {backup_id}: {e}")))?;
     let stream =
@@ -464,8 +464,9 @@ pub async fn restore_to_dir(
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let m = ddsvault_jobs::file_restore::materialize(&repo, &prefix, &manifest, dir, &cancel, done)
-        .await?;
+    let m = ddsvault_repo::export::materialize(&repo, &prefix, &manifest, dir, &cancel, done)
+        .await
+        .map_err(ddsvault_jobs::JobError::from)?;
     Ok(RestoredFiles {
         method: backup.method,
         files: m.files,

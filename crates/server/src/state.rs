@@ -19,10 +19,6 @@ use crate::identity::Identities;
 /// that a database created a moment ago is seen.
 const INSPECTION_FRESH: Duration = Duration::from_secs(1);
 
-/// `listDatabases` may take longer than the probe: FerretDB computes it from its files (≈ 0.4 s per GB here), so a
-/// large healthy instance must not be reported unreachable. Reachability itself is decided by `hello`.
-pub const LIST_DATABASES_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The account itself; never evaluated against RAM policies.
 pub const ROOT_USER: &str = "root";
 
@@ -74,22 +70,9 @@ impl Instance {
 }
 
 impl Instance {
-    /// Cloud disks take snapshot backups only (seed: "Instances that use disks support only snapshot backups").
+    /// Cloud disks take snapshot backups only ([`ddsvault_jobs::backup::plan::is_cloud_disk`]).
     pub fn is_cloud_disk(&self) -> bool {
-        self.storage_type.starts_with("cloud_")
-    }
-
-    /// What a backup without `BackupMethod` takes on this instance, manual or automatic
-    /// ([`crate::checks::default_method`]).
-    pub fn default_method(
-        &self,
-        topo: &ddsvault_mongo::topology::Topology,
-    ) -> ddsvault_catalog::BackupMethod {
-        crate::checks::default_method(
-            topo.kind,
-            self.is_cloud_disk(),
-            self.data_path.is_some() && topo.is_ferretdb,
-        )
+        ddsvault_jobs::backup::plan::is_cloud_disk(&self.storage_type)
     }
 }
 
@@ -134,7 +117,7 @@ pub struct AppState {
     /// Flow control; set once at start from `[throttling]` (unset: no limits).
     pub throttle: std::sync::OnceLock<crate::throttle::Throttle>,
     /// CreateBackup's look at an instance (what it is, which databases it holds), shared by concurrent calls.
-    pub inspections: crate::coalesce::Coalesce<crate::actions::backup::Inspection>,
+    pub inspections: crate::coalesce::Coalesce<ddsvault_jobs::backup::plan::Inspection>,
     /// Every API call runs as its own task in here, so that a client hanging up cannot cut a call (and its audit
     /// record) short; shutdown waits for them before the audit writer stops.
     pub requests: tokio_util::task::TaskTracker,

@@ -6,13 +6,13 @@ use ddsvault_catalog::{
     Backup, BackupFilter, BackupJobParams, BackupMethod, BackupStatus, DatabaseListing, JobState,
     NewBackupJob,
 };
-use ddsvault_mongo::topology::{list_user_databases, Topology, TopologyKind, SYSTEM_DATABASES};
+use ddsvault_jobs::backup::plan::{self, Inspection};
 use serde_json::{json, Map, Value};
 
 use super::{dds_time, page};
 use crate::error::ActionError;
 use crate::router::ActionResult;
-use crate::state::{redact, AppState, Instance, LIST_DATABASES_TIMEOUT};
+use crate::state::{redact, AppState, Instance};
 
 /// `BackupMethod` as requested (`None` when absent); a value that names no method is refused with the valid ones.
 fn requested_method(p: &Params) -> Result<Option<BackupMethod>, ActionError> {
@@ -25,33 +25,6 @@ fn requested_method(p: &Params) -> Result<Option<BackupMethod>, ActionError> {
             })
         })
         .transpose()
-}
-
-/// Decides the backup method from the request and what the instance is (the seed's rules):
-/// standalone → Snapshot only; cloud disks → Snapshot only; replica sets and sharded clusters on local disks
-/// choose, default Physical.
-fn choose_method(
-    requested: Option<BackupMethod>,
-    kind: TopologyKind,
-    cloud_disk: bool,
-) -> Result<BackupMethod, ActionError> {
-    if kind == TopologyKind::Standalone {
-        return match requested {
-            None | Some(BackupMethod::Snapshot) => Ok(BackupMethod::Snapshot),
-            Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
-                "The instance is a standalone server, which takes snapshot backups only; {m} is not available for it."
-            ))),
-        };
-    }
-    if cloud_disk {
-        return match requested {
-            None | Some(BackupMethod::Snapshot) => Ok(BackupMethod::Snapshot),
-            Some(m) => Err(ActionError::BackupMethodNotSupported(format!(
-                "Instances on cloud disks support only snapshot backups; {m} is not available."
-            ))),
-        };
-    }
-    Ok(requested.unwrap_or(BackupMethod::Physical))
 }
 
 /// `BackupRetentionPeriod`: 7–730 days or -1 (permanent); `None` when absent (the policy's applies).
@@ -108,13 +81,15 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
         }
         Err(e) => return Err(e.into()),
     };
-    // Without BackupMethod, manual and automatic backups take the same method (checks::default_method).
+    // Without BackupMethod, manual and automatic backups take the same method (plan::default_method).
+    let spec = inst.spec();
     let method = match requested {
-        Some(_) => choose_method(requested, topo.kind, inst.is_cloud_disk())?,
-        None => inst.default_method(&topo),
+        Some(_) => plan::choose_method(requested, topo.kind, inst.is_cloud_disk())
+            .map_err(ActionError::from)?,
+        None => plan::default_method_of(&spec, &topo),
     };
     if method.is_file_level() {
-        file_backup_possible(&inst, &topo, method)?;
+        plan::file_backup_possible(&spec, &topo, method).map_err(ActionError::from)?;
     }
     if databases.is_empty() {
         return Err(ActionError::NoDatabase.into());
@@ -131,7 +106,7 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
             params: BackupJobParams {
                 compression: Some(st.default_compression),
                 // A logical job starting soon after trusts this listing instead of repeating it (see
-                // ddsvault_jobs::backup::prior_listing).
+                // ddsvault_jobs::backup::logical::prior_listing).
                 listing: Some(DatabaseListing {
                     databases,
                     at_ms: listed_at.timestamp_millis(),
@@ -150,40 +125,6 @@ pub async fn create_backup(st: &AppState, p: &Params) -> ActionResult {
     Ok(out)
 }
 
-/// The method of an automatic backup: what CreateBackup without `BackupMethod` takes
-/// ([`crate::checks::default_method`]). An instance that does not answer gets Logical: its job then fails with
-/// the reason.
-pub async fn automatic_method(st: &AppState, id: &str) -> BackupMethod {
-    let Ok(inst) = st.instance(id) else {
-        return BackupMethod::Logical;
-    };
-    let Ok((_, topo)) = st.probe(&inst).await else {
-        return BackupMethod::Logical;
-    };
-    inst.default_method(&topo)
-}
-
-/// Physical and Snapshot backups copy the node's data files: ddsvault must know where they are, and the server
-/// must be one whose files it can copy consistently (FerretDB's SQLite backend in this version).
-fn file_backup_possible(
-    inst: &Instance,
-    topo: &Topology,
-    method: BackupMethod,
-) -> Result<(), ActionError> {
-    if inst.data_path.is_none() {
-        return Err(ActionError::DataPathMissing {
-            instance: inst.id.clone(),
-            method,
-        });
-    }
-    if !topo.is_ferretdb {
-        return Err(ActionError::BackupMethodNotSupported(format!(
-            "{method} backups of MongoDB servers (mongod) are not available in this ddsvault version; only FerretDB with the SQLite backend supports them. Use BackupMethod=Logical."
-        )));
-    }
-    Ok(())
-}
-
 async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
     match st.catalog.active_job(id).await? {
         Some((job_id, kind)) => Err(ActionError::JobExists {
@@ -194,19 +135,9 @@ async fn refuse_if_active(st: &AppState, id: &str) -> Result<(), ActionError> {
     }
 }
 
-/// One look at an instance, shared by concurrent CreateBackup calls.
-#[derive(Clone)]
-pub struct Inspection {
-    pub topo: Topology,
-    /// Its user databases.
-    pub databases: Vec<String>,
-    /// When the databases were listed.
-    pub at: DateTime<Utc>,
-}
-
-/// What the server is and which user databases it holds. `hello` must answer within the probe timeout (so an
-/// unreachable instance is reported quickly); `listDatabases` gets [`LIST_DATABASES_TIMEOUT`]. Concurrent calls for
-/// one instance share one look ([`crate::coalesce`]).
+/// What the instance is and which user databases it holds ([`plan::inspect`]). `hello` must answer within the
+/// probe timeout (so an unreachable instance is reported quickly); `listDatabases` gets
+/// [`plan::LIST_DATABASES_TIMEOUT`]. Concurrent calls for one instance share one look ([`crate::coalesce`]).
 async fn inspect(st: &AppState, inst: &Instance) -> Result<Inspection, ActionError> {
     st.inspections
         .get(&inst.id, || async {
@@ -214,54 +145,12 @@ async fn inspect(st: &AppState, inst: &Instance) -> Result<Inspection, ActionErr
                 ActionError::InstanceUnreachable(why) => why,
                 other => other.to_string(),
             })?;
-            let done = |databases: Vec<String>| Inspection {
-                topo: topo.clone(),
-                databases,
-                at: Utc::now(),
-            };
-            if let Some(names) = databases_from_files(inst, &topo).await {
-                return Ok(done(names));
-            }
-            let databases =
-                tokio::time::timeout(LIST_DATABASES_TIMEOUT, list_user_databases(&client))
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "listDatabases did not answer within {}s",
-                            LIST_DATABASES_TIMEOUT.as_secs()
-                        )
-                    })?
-                    .map_err(|e| redact(&e.to_string(), &inst.uri))?;
-            Ok(done(databases))
+            plan::inspect(&client, topo, &inst.spec())
+                .await
+                .map_err(|e| redact(&e.to_string(), &inst.uri))
         })
         .await
         .map_err(ActionError::InstanceUnreachable)
-}
-
-/// The user databases of a FerretDB (SQLite) instance with `data_path`, from its files: FerretDB answers
-/// `listDatabases` (even `nameOnly`) by measuring every database, ~0.2 s per 100 MB, which every CreateBackup would
-/// wait for. `None` (ask the server) when the instance is not such a node or the directory holds no database file
-/// (a `data_path` that is not this server's directory must not turn into a NoDatabase refusal).
-async fn databases_from_files(inst: &Instance, topo: &Topology) -> Option<Vec<String>> {
-    let dir = inst.data_path.clone()?;
-    if !topo.is_ferretdb {
-        return None;
-    }
-    let files =
-        tokio::task::spawn_blocking(move || ddsvault_mongo::physical::sqlite::list_databases(&dir))
-            .await
-            .ok()?
-            .ok()?;
-    if files.is_empty() {
-        return None;
-    }
-    let mut names: Vec<String> = files
-        .into_iter()
-        .map(|f| f.database)
-        .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
-        .collect();
-    names.sort();
-    Some(names)
 }
 
 /// Parses the `yyyy-MM-ddTHH:mmZ` times of DescribeBackups (seconds tolerated).
@@ -536,35 +425,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn method_rules_follow_the_seed() {
-        use BackupMethod::{Logical, Physical, Snapshot};
-        use TopologyKind::*;
-        assert_eq!(choose_method(None, ReplicaSet, false).ok(), Some(Physical));
-        assert_eq!(
-            choose_method(Some(Logical), ReplicaSet, false).ok(),
-            Some(Logical)
-        );
-        assert_eq!(
-            choose_method(Some(Logical), Sharded, false).ok(),
-            Some(Logical)
-        );
-        assert_eq!(choose_method(None, Standalone, false).ok(), Some(Snapshot));
-        assert_eq!(
-            choose_method(Some(Snapshot), Standalone, false).ok(),
-            Some(Snapshot)
-        );
-        assert!(choose_method(Some(Logical), Standalone, false).is_err());
-        assert!(choose_method(Some(Physical), Standalone, false).is_err());
-        assert_eq!(choose_method(None, ReplicaSet, true).ok(), Some(Snapshot));
-        assert!(choose_method(Some(Logical), ReplicaSet, true).is_err());
-        // Dds answers the exact names only.
+    fn backup_method_takes_the_exact_names_only() {
+        // Dds answers the exact names only: another case or an empty value is refused.
         let params = |m: &str| [("BackupMethod", m)].into_iter().collect::<Params>();
-        assert!(requested_method(&params("logical")).is_err());
+        for m in [
+            BackupMethod::Logical,
+            BackupMethod::Physical,
+            BackupMethod::Snapshot,
+        ] {
+            assert_eq!(requested_method(&params(m.as_str())).ok(), Some(Some(m)));
+            let lower = m.as_str().to_lowercase();
+            assert!(requested_method(&params(&lower)).is_err(), "{lower}");
+        }
         assert!(requested_method(&params("")).is_err());
-        assert_eq!(
-            requested_method(&params("Physical")).ok(),
-            Some(Some(Physical))
-        );
     }
 
     #[test]

@@ -181,6 +181,7 @@ pub async fn create_db_instance(st: &AppState, p: &Params) -> ActionResult {
                 select: select.clone(),
                 restore_time,
                 restore_type: Some(restore_type.to_string()),
+                replay_oplog: None,
             }
             .to_value(),
             now,

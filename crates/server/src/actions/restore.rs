@@ -300,7 +300,7 @@ async fn restore_files(st: &AppState, source: &str, backup: &Backup, p: &Params)
                 instance: target_id.to_string(),
                 method: backup.method,
             })?;
-    match ddsvault_jobs::file_restore::ensure_stopped(&target.uri, data_path).await {
+    match ddsvault_jobs::restore::ensure_stopped(&target.uri, data_path).await {
         Ok(()) => {}
         Err(ddsvault_jobs::JobError::NodeRunning(why)) => {
             return Err(ActionError::NodeNotStopped(why).into())

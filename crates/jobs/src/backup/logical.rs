@@ -16,28 +16,27 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use ddsvault_catalog::{
-    permanent_expiry, ArchiveCompression, BackupCompletion, BackupJobParams, Job,
-};
+use ddsvault_catalog::{ArchiveCompression, BackupCompletion, BackupJobParams, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::logical::{logical_dump, DumpOptions, DumpProgress};
 use ddsvault_mongo::topology::{connect, discover, list_user_databases};
 use ddsvault_repo::{Manifest, ManifestFile, RepoPath, Repository, UploadWriter};
 use tokio_util::sync::CancellationToken;
 
+use super::plan::expire_time_of;
+use crate::archive::compression_name;
+use crate::context::staging_token;
 use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
-use crate::runner::staging_token;
 use crate::{JobError, Runner};
 
+/// The Logical backup job `job` (its parameters `params`): a mongodump-format archive of its databases and the
+/// oplog written meanwhile, uploaded and published with its manifest.
 pub(crate) async fn run(
     runner: &Runner,
     job: &Job,
+    params: &BackupJobParams,
     cancel: &CancellationToken,
 ) -> Result<(), JobError> {
-    let params = job.backup_params()?;
-    if let Some(file_method) = crate::physical::FileMethod::of(params.method) {
-        return crate::physical::run(runner, job, file_method, cancel).await;
-    }
     let backup_id = job
         .backup_id
         .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
@@ -45,7 +44,7 @@ pub(crate) async fn run(
 
     let client = connect(&spec.uri).await?;
     let topology = discover(&client).await?;
-    let databases = match prior_listing(&params, Utc::now()) {
+    let databases = match prior_listing(params, Utc::now()) {
         Some(listed) => listed,
         None => list_user_databases(&client).await?,
     };
@@ -53,7 +52,7 @@ pub(crate) async fn run(
         return Err(JobError::NoDatabase(job.instance_id.clone()));
     }
 
-    let compression = compression_for(&params, &runner.settings.compression);
+    let compression = compression_for(params, &runner.settings.compression);
     let archive_name = format!("archive{}", compression.extension());
     let staging = Repository::staging_prefix(&staging_token(job.id));
     let final_archive =
@@ -313,14 +312,6 @@ fn compression_for(params: &BackupJobParams, default: &Compression) -> Compressi
     }
 }
 
-pub(crate) fn compression_name(c: &Compression) -> &'static str {
-    match c {
-        Compression::None => "none",
-        Compression::Zstd { .. } => "zstd",
-        Compression::Gzip => "gzip",
-    }
-}
-
 /// Maps the dump's report onto the job's progress: Dumping from 2% to 90% by documents (by collections where
 /// they were not counted: many collections on FerretDB), then CapturingOplog up to 94% by entries.
 fn dump_progress(progress: &Progress, p: &DumpProgress) {
@@ -384,17 +375,6 @@ impl Write for SharedWriter {
     }
 }
 
-/// When a backup that ended at `end_time` expires: the job's `retention_days` later, or never for -1.
-pub(crate) fn expire_time_of(job: &Job, end_time: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
-    // The job read its parameters when it started; they cannot have become unreadable since.
-    let retention = job.backup_params().map_or(30, |p| p.retention_days);
-    if retention < 0 {
-        permanent_expiry()
-    } else {
-        end_time + chrono::Duration::days(retention)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,10 +408,12 @@ mod tests {
     fn a_recent_listing_is_used_and_anything_else_is_listed_again() {
         let now = Utc::now();
         let listed = |ago: i64, dbs: serde_json::Value| {
-            job(serde_json::json!({"method": "Logical", "listing": {
-                "databases": dbs,
-                "at_ms": (now - chrono::Duration::seconds(ago)).timestamp_millis(),
-            }}))
+            job(
+                serde_json::json!({"method": ddsvault_catalog::BackupMethod::Logical, "listing": {
+                    "databases": dbs,
+                    "at_ms": (now - chrono::Duration::seconds(ago)).timestamp_millis(),
+                }}),
+            )
             .backup_params()
         };
         let listed =
@@ -451,12 +433,12 @@ mod tests {
         // A malformed listing is a corrupt job, not an empty listing.
         for bad in [serde_json::json!(["a", 7]), serde_json::json!("a")] {
             let j = job(
-                serde_json::json!({"method": "Logical", "listing": {"databases": bad, "at_ms": 0}}),
+                serde_json::json!({"method": ddsvault_catalog::BackupMethod::Logical, "listing": {"databases": bad, "at_ms": 0}}),
             );
             assert!(j.backup_params().is_err());
         }
         // Automatic backups (the scheduler) and older jobs carry no listing.
-        let plain = job(serde_json::json!({"method": "Logical"}))
+        let plain = job(serde_json::json!({"method": ddsvault_catalog::BackupMethod::Logical}))
             .backup_params()
             .expect("parameters");
         assert_eq!(plain.retention_days, 30);

@@ -5,25 +5,18 @@
 //! the archive itself by the engine's verify pass (framing, CRC-64 of every collection). A corrupt backup fails
 //! the job and the target is left untouched.
 
-use std::io::Read;
-
 use std::sync::Arc;
 
-use bytes::Bytes;
-use chrono::Utc;
-use ddsvault_catalog::{BackupStatus, Job, RestoreJobParams};
-use ddsvault_mongo::archive::Compression;
+use ddsvault_catalog::{Job, RestoreJobParams};
 use ddsvault_mongo::restore::{
     logical_restore_with_oplog, ExtraOplog, NsSelector, RestoreOptions, RestoreProgress,
     RestoreStage,
 };
 use ddsvault_mongo::topology::connect;
-use ddsvault_repo::{RepoError, RepoPath, Repository};
-use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio::runtime::Handle;
+use ddsvault_repo::RepoPath;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{archive_opener, compression_of};
 use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
 use crate::{JobError, Runner};
 
@@ -37,96 +30,6 @@ fn selectors(params: &RestoreJobParams) -> Vec<NsSelector> {
             collection: s.collection.clone(),
         })
         .collect()
-}
-
-/// The compression a backup was written with, from its recorded details.
-pub fn compression_of(details: &serde_json::Value) -> Compression {
-    match details.get("compression").and_then(|v| v.as_str()) {
-        Some("gzip") => Compression::Gzip,
-        Some("none") => Compression::None,
-        _ => Compression::Zstd { level: 3 },
-    }
-}
-
-/// Opens decompressed readers over a repository object, for engines that read on a blocking thread.
-pub fn archive_opener(
-    repo: Repository,
-    path: RepoPath,
-    compression: Compression,
-) -> Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync> {
-    let handle = Handle::current();
-    Box::new(move || {
-        // Called on a blocking thread, where waiting on the runtime is allowed.
-        let (_, stream) = handle
-            .block_on(repo.get_stream(&path))
-            .map_err(std::io::Error::other)?;
-        let raw = StreamReader {
-            handle: handle.clone(),
-            stream,
-            buf: Bytes::new(),
-        };
-        let reader = compression.wrap_reader(std::io::BufReader::with_capacity(256 * 1024, raw))?;
-        Ok(Box::new(reader) as Box<dyn Read + Send>)
-    })
-}
-
-/// A blocking `Read` over an async byte stream.
-struct StreamReader {
-    handle: Handle,
-    stream: BoxStream<'static, Result<Bytes, RepoError>>,
-    buf: Bytes,
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            match self.handle.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => self.buf = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-            }
-        }
-        let n = out.len().min(self.buf.len());
-        out[..n].copy_from_slice(&self.buf[..n]);
-        let _ = self.buf.split_to(n);
-        Ok(n)
-    }
-}
-
-pub(crate) async fn run(
-    runner: &Runner,
-    job: &Job,
-    cancel: &CancellationToken,
-) -> Result<(), JobError> {
-    let backup_id = job
-        .backup_id
-        .ok_or_else(|| JobError::Other("restore job names no backup".into()))?;
-    let backup = runner
-        .catalog
-        .get_backup(backup_id)
-        .await?
-        .filter(|b| b.status == BackupStatus::Success)
-        .ok_or_else(|| {
-            JobError::Other(format!(
-                "backup {backup_id} does not exist or did not succeed"
-            ))
-        })?;
-    if backup.method.is_file_level() {
-        return crate::file_restore::run(runner, job, &backup, cancel).await;
-    }
-    let spec = runner.instance(&job.instance_id)?;
-    let result = logical_into(runner, job, &backup, &spec.uri, cancel).await?;
-    runner
-        .catalog
-        .complete_job(
-            job.id,
-            &runner.node_id,
-            job.lease_token,
-            &result,
-            Utc::now(),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Restores the Logical `backup` into the server at `uri` as `job.params` say (`select`, `drop`, `replay_oplog`,
@@ -189,11 +92,7 @@ pub(crate) async fn logical_into(
         select: selectors(&params),
         parallel_collections: runner.settings.parallel_collections,
         // A restore drill compares the collections with what the dump read, before any oplog entry changes them.
-        replay_oplog: job
-            .params
-            .get("replay_oplog")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true),
+        replay_oplog: params.replay_oplog.unwrap_or(true),
         ..RestoreOptions::default()
     };
     let job_progress = Arc::new(Progress::new(job.id));

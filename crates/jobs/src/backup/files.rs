@@ -1,7 +1,7 @@
 //! Execution of Physical and Snapshot backup jobs: a consistent image of every data file of the node
 //! (ddsvault_mongo::physical), stored as whole files (Physical) or as deduplicated chunks (Snapshot).
 //!
-//! Same durability order as logical backups (see `backup.rs`): Physical files go to `staging/job-<id>/` and are
+//! Same durability order as logical backups (see `logical.rs`): Physical files go to `staging/job-<id>/` and are
 //! renamed into `backups/<instance>/<backup_id>/files/`; snapshot chunks go straight into the instance's shared
 //! chunk store (content-addressed, so a chunk is either absent or complete). `manifest.json` is written last and
 //! only then does the catalog say Success. A crash before that leaves no manifest; recovery removes the staging
@@ -23,6 +23,7 @@ use ddsvault_catalog::{BackupCompletion, BackupMethod, Job};
 use ddsvault_mongo::archive::Compression;
 use ddsvault_mongo::physical::{self, sqlite::DataFile};
 use ddsvault_mongo::topology::{connect, discover, SYSTEM_DATABASES};
+use ddsvault_repo::export::FILES_DIR;
 use ddsvault_repo::{
     ChunkRef, Manifest, ManifestFile, RepoPath, Repository, SnapshotFile, SnapshotIndex,
 };
@@ -30,8 +31,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::plan::expire_time_of;
+use crate::context::{scratch_dir, staging_token};
 use crate::progress::{percent_in, with_heartbeat, Phase, Progress};
-use crate::runner::staging_token;
 use crate::{JobError, Runner};
 
 /// Content-defined chunking bounds, for images that are not SQLite databases (whose content can shift): small
@@ -88,14 +90,6 @@ impl FileMethod {
     fn name(self) -> &'static str {
         self.method().as_str()
     }
-}
-
-/// Where Physical backups keep the files, relative to the backup prefix.
-pub const FILES_DIR: &str = "files";
-
-/// The scratch directory of a job; derived from the job id so recovery can remove it.
-pub(crate) fn scratch_dir(root: &Path, job_id: i64) -> PathBuf {
-    root.join(staging_token(job_id))
 }
 
 /// Removes a scratch directory when the job ends, whatever the outcome.
@@ -416,7 +410,7 @@ async fn complete(
     details: serde_json::Value,
     end_time: chrono::DateTime<Utc>,
 ) -> Result<(), JobError> {
-    let expire_time = crate::backup::expire_time_of(job, end_time);
+    let expire_time = expire_time_of(job, end_time);
     let done = BackupCompletion {
         end_time,
         expire_time,
@@ -1272,7 +1266,7 @@ mod tests {
             extra: serde_json::Value::Null,
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let m = crate::file_restore::materialize(
+        let m = ddsvault_repo::export::materialize(
             &repo,
             &prefix,
             &manifest,

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use ddsvault_catalog::{BackupStorage, Catalog, ChunkUsage};
-use ddsvault_repo::{RepoPath, Repository};
+use ddsvault_repo::{RepoPath, Repository, SnapshotIndex};
 
 use crate::JobError;
 
@@ -40,6 +40,39 @@ pub async fn measure(
             }
         }
     }
+    Ok(BackupStorage {
+        stored_bytes,
+        chunks,
+    })
+}
+
+/// [`measure`] for a snapshot just committed, from its index in memory: every chunk it names is in the store with
+/// the stored size the index records (the job wrote it, or checked it there after writing the index), so no
+/// listing of the chunk store is needed. A chunk without a recorded size (an index of an earlier version; never
+/// one this version writes) falls back to [`measure`].
+///
+/// # Errors
+/// The repository's error (listing the backup's prefix).
+pub async fn measure_snapshot(
+    repo: &Repository,
+    instance_id: &str,
+    prefix: &RepoPath,
+    index: &SnapshotIndex,
+) -> Result<BackupStorage, JobError> {
+    let mut chunks = Vec::new();
+    let mut seen = HashSet::new();
+    for c in index.files.iter().flat_map(|f| f.chunks.iter()) {
+        let Some(size) = c.stored else {
+            return measure(repo, instance_id, prefix).await;
+        };
+        if seen.insert(c.sha256.as_str()) {
+            chunks.push(ChunkUsage {
+                digest: c.sha256.clone(),
+                size,
+            });
+        }
+    }
+    let stored_bytes = repo.list(prefix).await?.iter().map(|o| o.size).sum();
     Ok(BackupStorage {
         stored_bytes,
         chunks,

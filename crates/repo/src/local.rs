@@ -91,6 +91,39 @@ pub(crate) async fn sync_filesystem(root: &FsPath) -> std::io::Result<()> {
     .map_err(std::io::Error::other)?
 }
 
+/// fsyncs run at once by [`sync_files`]: the filesystem's journal commits them together.
+const SYNCS_IN_FLIGHT: usize = 16;
+
+/// Makes `files` (under `root`) durable with an fsync each, and their directories up to `root` with one each (the
+/// renames that published the files, and any directory created for them). All of it before returning.
+pub(crate) async fn sync_files(root: &FsPath, files: Vec<PathBuf>) -> std::io::Result<()> {
+    use futures::StreamExt;
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in &files {
+        for dir in file.ancestors().skip(1) {
+            if !dir.starts_with(root) {
+                break;
+            }
+            dirs.insert(dir.to_path_buf());
+            if dir == root {
+                break;
+            }
+        }
+    }
+    let mut syncs = futures::stream::iter(files.into_iter().chain(dirs).map(|p| {
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("sync {}: {e}", p.display())))
+        })
+    }))
+    .buffer_unordered(SYNCS_IN_FLIGHT);
+    while let Some(done) = syncs.next().await {
+        done.map_err(std::io::Error::other)??;
+    }
+    Ok(())
+}
+
 fn io_error(e: std::io::Error) -> object_store::Error {
     object_store::Error::Generic {
         store: "LocalFileSystem",
@@ -358,6 +391,40 @@ mod deferred_tests {
         // A repository that is not local has nothing to sync.
         Repository::memory()
             .sync_deferred()
+            .await
+            .expect("memory store");
+    }
+
+    #[tokio::test]
+    async fn a_few_chunks_are_synced_file_by_file_and_a_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::local(dir.path()).expect("repo");
+        let mut digests = Vec::new();
+        for i in 0..5 {
+            let raw = format!("chunk {i}");
+            let d = crate::sha256_hex(raw.as_bytes());
+            repo.put_chunk("dds-d", &d, bytes::Bytes::from(raw), 3)
+                .await
+                .expect("put");
+            digests.push(d);
+        }
+        repo.sync_chunks("dds-d", &digests)
+            .await
+            .expect("fsync each");
+        // A chunk that is not there cannot have been made durable: the caller must not name it.
+        let absent = crate::sha256_hex(b"never written");
+        let e = repo
+            .sync_chunks("dds-d", &[digests[0].clone(), absent.clone()])
+            .await
+            .expect_err("absent");
+        assert!(e.to_string().contains(&absent), "{e}");
+        // Many chunks take one syncfs; a store that is not local has nothing to sync.
+        let many: Vec<String> = (0..=crate::repository::SYNC_EACH_MAX)
+            .map(|i| crate::sha256_hex(format!("x{i}").as_bytes()))
+            .collect();
+        repo.sync_chunks("dds-d", &many).await.expect("syncfs");
+        Repository::memory()
+            .sync_chunks("dds-d", &digests)
             .await
             .expect("memory store");
     }

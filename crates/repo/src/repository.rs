@@ -22,6 +22,9 @@ pub struct ObjectInfo {
     pub last_modified: DateTime<Utc>,
 }
 
+/// Up to this many chunk files, [`Repository::sync_chunks`] fsyncs each file instead of the whole filesystem.
+pub const SYNC_EACH_MAX: usize = 256;
+
 /// The backup repository: every read and write of backup data goes through here.
 ///
 /// Cheap to clone (an `Arc`). Backed by any [`ObjectStore`]: a local directory
@@ -469,6 +472,39 @@ impl Repository {
             Some(root) => Ok(crate::local::sync_filesystem(root).await?),
             None => Ok(()),
         }
+    }
+
+    /// Makes the chunks `digests` of `instance_id`, written with [`Repository::put_deferred`] (as
+    /// [`Repository::put_chunk_checked`] does), durable. On a local repository a few files
+    /// (≤ [`SYNC_EACH_MAX`]) get an fsync each and their directories one each: a `syncfs` would also wait for
+    /// everything else written to the filesystem (other programs' files included), which costs far more than
+    /// the few chunks of an incremental snapshot. More files are synced with one `syncfs`
+    /// ([`Repository::sync_deferred`]). Nothing to do elsewhere.
+    ///
+    /// # Errors
+    /// [`RepoError::Io`] if a file or directory cannot be synced (a chunk that is not there included).
+    pub async fn sync_chunks(
+        &self,
+        instance_id: &str,
+        digests: &[String],
+    ) -> Result<(), RepoError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        if digests.len() > SYNC_EACH_MAX {
+            return self.sync_deferred().await;
+        }
+        // The same mapping from object paths to files as the store's (DurableLocalFs wraps this type).
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?;
+        let mut files = Vec::with_capacity(digests.len());
+        for d in digests {
+            let path = crate::chunks::chunk_path(instance_id, d)?;
+            let file = fs
+                .path_to_filesystem(&path.to_location()?)
+                .map_err(|e| RepoError::from_store(&path, e))?;
+            files.push(file);
+        }
+        Ok(crate::local::sync_files(root, files).await?)
     }
 
     /// Reads a whole object into memory. Use [`Repository::get_stream`] for large objects.

@@ -56,6 +56,8 @@ const MAX_RUNS_PER_FILE: u64 = 1 << 20;
 const MAX_PAGE_RUN: usize = 1 << 20;
 /// Chunks stored at once by one snapshot: each is a small write and an fsync, so many overlap well.
 const CHUNK_PUTS_IN_FLIGHT: usize = 16;
+/// Chunks queued for the whole-file SHA-256 thread (shared with the rest of the pipeline, not copied).
+const WHOLE_HASH_QUEUE: usize = 64;
 /// Above this many reused chunks, [`verify_reused`] lists the store once instead of asking about each chunk.
 const VERIFY_BY_LISTING: usize = 64;
 
@@ -118,6 +120,8 @@ struct Stored {
     unchanged: u64,
     /// Chunks the store held with another size than the previous snapshot recorded, written again.
     repaired: u64,
+    /// Chunks this job wrote (new or repaired), still to be made durable before an index names them.
+    written: Vec<String>,
     /// How the file was cut.
     chunking: Option<Chunking>,
 }
@@ -200,8 +204,29 @@ async fn run_job(
         ))
     })?;
 
-    let client = connect(&spec.uri).await?;
-    let topology = discover(&client).await?;
+    // What the chunk store holds already, with sizes, from one listing: a chunk in it is reused without asking
+    // the store, if its size is the one the previous snapshot recorded. A chunk swept after this listing is caught
+    // by verify_reused before the snapshot commits. The listing and the previous snapshot's index are read while
+    // the server is connected to: all three wait on I/O.
+    let seen = async {
+        match method {
+            FileMethod::Snapshot => {
+                let (known, previous) = tokio::join!(
+                    runner.repo.stored_chunk_sizes(&job.instance_id),
+                    previous_snapshot(runner, &job.instance_id, backup_id)
+                );
+                Ok::<_, JobError>((known?, previous))
+            }
+            FileMethod::Physical => Ok(Default::default()),
+        }
+    };
+    let server = async {
+        let client = connect(&spec.uri).await?;
+        Ok::<_, JobError>(discover(&client).await?)
+    };
+    let (topology, seen) = tokio::join!(server, seen);
+    let topology = topology?;
+    let (known, previous) = seen?;
     let files = physical::plan(&topology, &data_path)?;
     // The databases are the files (FerretDB keeps one file per database and removes it when the database is
     // dropped). Asking the server instead costs a listDatabases, which FerretDB answers by measuring every
@@ -237,16 +262,6 @@ async fn run_job(
         _ => 3,
     };
 
-    // What the chunk store holds already, with sizes, from one listing: a chunk in it is reused without asking
-    // the store, if its size is the one the previous snapshot recorded. A chunk swept after this listing is caught
-    // by verify_reused before the snapshot commits.
-    let (known, previous) = match method {
-        FileMethod::Snapshot => (
-            runner.repo.stored_chunk_sizes(&job.instance_id).await?,
-            previous_snapshot(runner, &job.instance_id, backup_id).await,
-        ),
-        FileMethod::Physical => Default::default(),
-    };
     let known = Arc::new(known);
     let previous = Arc::new(previous);
 
@@ -330,20 +345,31 @@ async fn run_job(
     });
     let end_time = Utc::now();
     if method == FileMethod::Snapshot {
-        // Chunk files were written without an fsync each: one sync of the repository's filesystem makes them all
-        // durable before the index names them.
-        runner.repo.sync_deferred().await?;
-        manifest_files.push(
-            runner
-                .repo
-                .write_snapshot_index(&prefix, &index, level)
-                .await?,
-        );
         let reused: std::collections::HashMap<String, u64> = stored
             .iter()
             .flat_map(|s| s.reused.iter().cloned())
             .collect();
-        verify_reused(&runner.repo, &job.instance_id, &reused).await?;
+        let written: Vec<String> = stored
+            .iter()
+            .flat_map(|s| s.written.iter().cloned())
+            .collect();
+        let write_index = async {
+            // Chunk files were written without an fsync each: they are made durable (an fsync each when they are
+            // few, one sync of the filesystem otherwise) before the index names them.
+            runner.repo.sync_chunks(&job.instance_id, &written).await?;
+            Ok::<_, JobError>(
+                runner
+                    .repo
+                    .write_snapshot_index(&prefix, &index, level)
+                    .await?,
+            )
+        };
+        // Both only have to be done before the manifest commits the snapshot; they wait on different I/O.
+        let (entry, ()) = tokio::try_join!(
+            write_index,
+            verify_reused(&runner.repo, &job.instance_id, &reused)
+        )?;
+        manifest_files.push(entry);
     }
     let extra = serde_json::json!({
         "databases": databases,
@@ -362,8 +388,8 @@ async fn run_job(
     complete(
         runner,
         job,
-        &prefix,
-        &staging,
+        (&prefix, &staging),
+        (method == FileMethod::Snapshot).then_some(&index),
         image_bytes,
         &databases,
         crate::integrity::sealed_details(details, manifest_sha256),
@@ -377,8 +403,8 @@ async fn run_job(
 async fn complete(
     runner: &Runner,
     job: &Job,
-    prefix: &RepoPath,
-    staging: &RepoPath,
+    (prefix, staging): (&RepoPath, &RepoPath),
+    index: Option<&SnapshotIndex>,
     size: u64,
     databases: &[String],
     details: serde_json::Value,
@@ -393,8 +419,15 @@ async fn complete(
         repo_prefix: prefix.to_string(),
         details,
     };
-    // What it occupies, measured once now so DescribeBackupStorage never lists the repository.
-    let usage = crate::storage::measure(&runner.repo, &job.instance_id, prefix).await?;
+    // What it occupies, measured once now so DescribeBackupStorage never lists the repository. A snapshot's
+    // chunks are all in the store with the sizes its index records (written by this job, or reused and checked
+    // by verify_reused just now), so they are taken from there rather than from a third listing of the store.
+    let usage = match index {
+        Some(index) => {
+            crate::storage::measure_snapshot(&runner.repo, &job.instance_id, prefix, index).await?
+        }
+        None => crate::storage::measure(&runner.repo, &job.instance_id, prefix).await?,
+    };
     if let Err(e) = runner
         .catalog
         .complete_backup_with_storage(job.id, &runner.node_id, job.lease_token, &done, &usage)
@@ -494,6 +527,7 @@ async fn store_file(
         reused: Vec::new(),
         unchanged: 0,
         repaired: 0,
+        written: Vec::new(),
         chunking: None,
     })
 }
@@ -714,10 +748,29 @@ async fn store_chunks(
     let cutter_seen = seen.clone();
     let chunker =
         tokio::task::spawn_blocking(move || -> Result<(u64, String, Chunking), String> {
-            let mut whole = Sha256::new();
+            // The whole file's SHA-256 (what restore checks the reassembled file against) runs on a thread of its
+            // own, beside the fingerprints: every byte needs both, and the cutting thread would otherwise do them
+            // one after the other. The chunks are shared with it, not copied.
+            let (to_whole, chunks_for_whole) =
+                std::sync::mpsc::sync_channel::<Bytes>(WHOLE_HASH_QUEUE);
+            let whole = std::thread::Builder::new()
+                .name("snapshot sha256".into())
+                .spawn(move || {
+                    let mut whole = Sha256::new();
+                    for data in chunks_for_whole {
+                        whole.update(&data);
+                    }
+                    hex::encode(whole.finalize())
+                })
+                .map_err(|e| format!("start the hashing thread: {e}"))?;
             let mut size = 0u64;
+            let mut whole_stopped = false;
             let chunking = cut_image(image, approx_size, |data| {
-                whole.update(&data);
+                let data = Bytes::from(data);
+                if to_whole.send(data.clone()).is_err() {
+                    whole_stopped = true;
+                    return false;
+                }
                 size += data.len() as u64;
                 let len = data.len() as u64;
                 let fp = ddsvault_repo::chunks::fingerprint(&data);
@@ -741,14 +794,21 @@ async fn store_chunks(
                             blake3: Some(fp),
                             stored: None,
                         },
-                        Bytes::from(data),
+                        data,
                     ),
                 };
                 // A failed send: the consumer stopped (an error it reports itself).
                 tx.blocking_send(piece).is_ok()
-            })
-            .map_err(|e| e.to_string())?;
-            Ok((size, hex::encode(whole.finalize()), chunking))
+            });
+            drop(to_whole);
+            let whole = whole
+                .join()
+                .map_err(|_| "the hashing thread panicked".to_string())?;
+            if whole_stopped {
+                return Err("the hashing thread stopped before the end of the image".into());
+            }
+            let chunking = chunking.map_err(|e| e.to_string())?;
+            Ok((size, whole, chunking))
         });
 
     // Set at the first failed put: the puts still queued behind it are skipped rather than written (a full
@@ -796,6 +856,7 @@ async fn store_chunks(
         reused: Vec::new(),
         unchanged: 0,
         repaired: 0,
+        written: Vec::new(),
         chunking: None,
     };
     let mut chunks = Vec::new();
@@ -811,11 +872,13 @@ async fn store_chunks(
                 match put {
                     Put::Stored(PutChunk::Written(n)) => {
                         written.push(c.sha256.clone());
+                        out.written.push(c.sha256.clone());
                         out.new_bytes += n;
                         out.new_chunks += 1;
                     }
                     Put::Stored(PutChunk::Replaced(n)) => {
                         // Not this job's to remove on failure: committed snapshots name it.
+                        out.written.push(c.sha256.clone());
                         out.new_bytes += n;
                         out.new_chunks += 1;
                         out.repaired += 1;

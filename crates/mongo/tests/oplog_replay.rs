@@ -236,19 +236,42 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    // On its own thread and runtime: the dump's progress callback below blocks a worker of this one.
     let writer = {
-        let client = client.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                write_step(&client, i).await;
-                i += 1;
-            }
-            i
+        let (uri, stop, written) = (src.uri(), stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = connect(&uri).await.expect("connect");
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    write_step(&client, i).await;
+                    written.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                i
+            })
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_until("the writer's first step", || {
+        written.load(Ordering::SeqCst) > 0
+    });
+    // Every kind of write must land inside the dump's oplog window, however fast the dump or slow the writer:
+    // once a collection is done (the window is open), the dump waits for two whole cycles of the writer.
+    let waited = AtomicBool::new(false);
+    let hold = |p: ddsvault_mongo::logical::DumpProgress| {
+        if p.namespaces_done == 0 || waited.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let seen = written.load(Ordering::SeqCst);
+        wait_until("two whole cycles of the writer", || {
+            written.load(Ordering::SeqCst) >= seen + 23
+        });
+    };
     let buf = SharedBuf::default();
     let summary = logical_dump(
         &client,
@@ -260,13 +283,13 @@ async fn backup_under_every_ferretdb_write_kind_restores_exactly() {
             ..DumpOptions::default()
         },
         Box::new(buf.clone()),
-        &|_| {},
+        &hold,
         &CancellationToken::new(),
     )
     .await
     .expect("dump (its oplog check included)");
-    stop.store(true, Ordering::Relaxed);
-    let steps = writer.await.expect("writer");
+    stop.store(true, Ordering::SeqCst);
+    let steps = writer.join().expect("writer");
     let o = summary.oplog.expect("oplog captured");
     assert!(
         steps > 22,

@@ -172,46 +172,6 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(dir: &Path) -> Config {
-        let mut cfg: Config = toml::from_str("").expect("empty config");
-        cfg.data_dir = dir.to_path_buf();
-        cfg
-    }
-
-    #[test]
-    fn the_node_id_is_kept_in_the_data_directory_and_the_lock_is_exclusive() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = config(dir.path());
-        let first = hold_identity(&cfg).expect("first");
-        assert!(valid_node_id(&first.node_id), "{}", first.node_id);
-        let second = hold_identity(&cfg).expect_err("second holder");
-        assert!(
-            second.to_string().contains("another ddsvault process"),
-            "{second}"
-        );
-        drop(first);
-        let again = hold_identity(&cfg).expect("after release");
-        let stored = std::fs::read_to_string(dir.path().join(NODE_ID_FILE)).expect("file");
-        assert_eq!(stored.trim(), again.node_id);
-        drop(again);
-        let mut named = cfg.clone();
-        named.node_id = Some("db-host-1".into());
-        assert_eq!(hold_identity(&named).expect("named").node_id, "db-host-1");
-    }
-
-    #[test]
-    fn a_damaged_node_id_file_is_an_error_not_a_new_identity() {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join(NODE_ID_FILE), "not a node id\n").expect("write");
-        let e = hold_identity(&config(dir.path())).expect_err("damaged");
-        assert!(e.to_string().contains("valid node id"), "{e}");
-    }
-}
-
 // ------------------------------------------------------------------------------------------------------------
 // The phases after the identity is held, in the order `crate::prepare_node` runs them. Each one either
 // completes or returns the error that stops the start; none of them serves a call.
@@ -589,5 +549,45 @@ pub(crate) fn warn_about_config(cfg: &Config) {
         if f.status == crate::checks::Status::Warning {
             tracing::warn!(check = f.check, "{}", f.message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let mut cfg: Config = toml::from_str("").expect("empty config");
+        cfg.data_dir = dir.to_path_buf();
+        cfg
+    }
+
+    #[test]
+    fn the_node_id_is_kept_in_the_data_directory_and_the_lock_is_exclusive() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = config(dir.path());
+        let first = hold_identity(&cfg).expect("first");
+        assert!(valid_node_id(&first.node_id), "{}", first.node_id);
+        let second = hold_identity(&cfg).expect_err("second holder");
+        assert!(
+            second.to_string().contains("another ddsvault process"),
+            "{second}"
+        );
+        drop(first);
+        let again = hold_identity(&cfg).expect("after release");
+        let stored = std::fs::read_to_string(dir.path().join(NODE_ID_FILE)).expect("file");
+        assert_eq!(stored.trim(), again.node_id);
+        drop(again);
+        let mut named = cfg.clone();
+        named.node_id = Some("db-host-1".into());
+        assert_eq!(hold_identity(&named).expect("named").node_id, "db-host-1");
+    }
+
+    #[test]
+    fn a_damaged_node_id_file_is_an_error_not_a_new_identity() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(NODE_ID_FILE), "not a node id\n").expect("write");
+        let e = hold_identity(&config(dir.path())).expect_err("damaged");
+        assert!(e.to_string().contains("valid node id"), "{e}");
     }
 }

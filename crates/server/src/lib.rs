@@ -27,15 +27,12 @@ mod state;
 mod throttle;
 mod tls;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{AccessKeyRecord, ArchiveCompression, Catalog};
-use ddsvault_jobs::{BackupSettings, Gc, InstanceSpec, Runner, Scheduler, Tasks};
-use ddsvault_mongo::archive::Compression;
+use ddsvault_jobs::{Gc, Scheduler, Tasks};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +43,7 @@ pub use error::{ConfigError, ServerError};
 pub use router::{API_VERSION, MAX_BODY_BYTES, MAX_QUERY_BYTES};
 pub use state::redact;
 
-use identity::Identities;
-use state::{AppState, Instance, ROOT_USER};
+use state::AppState;
 
 /// How long background work gets to stop after a shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
@@ -99,7 +95,7 @@ struct LogFollowers {
 /// The file a newly created root AccessKey is written to, inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root-accesskey.txt";
 
-fn random_string(len: usize) -> String {
+pub(crate) fn random_string(len: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(len)
@@ -121,266 +117,43 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, ServerError> {
 /// # Errors
 /// Anything that prevents serving safely.
 pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerError> {
-    // Phases without side effects first (see `startup`): certificate problems and a taken port stop the start
-    // before the data directory, the catalog or any job is touched.
-    let tls = match (&cfg.listen_tls, &cfg.tls_cert, &cfg.tls_key) {
-        (Some(addr), Some(cert), Some(key)) if api => {
-            Some((addr.clone(), tls::server_config(cert, key)?))
-        }
-        _ => None,
-    };
+    // Phases without side effects first: certificate problems and a taken port stop the start before the data
+    // directory, the catalog or any job is touched. Each phase is a function of `startup`, in this order.
+    let tls = startup::load_tls(&cfg, api)?;
     let listeners =
         startup::bind_listeners(&cfg, tls.as_ref().map(|(addr, _)| addr.as_str()), api).await?;
-    // Identity of this process for job ownership: kept in its data directory (never shared through the
-    // catalog) and locked there, so a restart recognises (and fails) the jobs its previous life left running,
-    // and a second server on the same directory stops here.
     let identity = startup::hold_identity(&cfg)?;
     let node_id = identity.node_id.clone();
-
-    // A repository that cannot be used stops the start before the catalog is touched.
-    let repo = repository::open_checked(&cfg).await?;
-    let copy_targets = repository::open_copies(&cfg).await?;
-    let catalog: Catalog = ddsvault_catalog::open(&cfg.catalog_url()).await?;
+    let stores = startup::open_stores(&cfg).await?;
     let now = Utc::now();
-    let account_id = match &cfg.account_id {
-        Some(a) => a.clone(),
-        None => {
-            let generated: String = (0..16)
-                .map(|i| {
-                    let d = rand::thread_rng().gen_range(if i == 0 { 1 } else { 0 }..10u8);
-                    char::from(b'0' + d)
-                })
-                .collect();
-            catalog.init_setting("account_id", &generated).await?
-        }
-    };
-
-    // Identities: the master key first (it seals every secret), then the configuration's entries, then the root
-    // key if the account has no usable one.
-    let master = identity::unlock(&cfg, &catalog).await?;
-    identity::sync_config(&cfg, &catalog, &master, now).await?;
-    let keys = catalog.list_access_keys().await?;
-    let mut created_root_key = None;
-    let mut root_key_id = keys
-        .iter()
-        .find(|k| k.user == ROOT_USER && k.active)
-        .map(|k| k.id.clone());
-    if root_key_id.is_none() {
-        let id = format!("LTAI{}", random_string(20));
-        let secret = random_string(30);
-        catalog
-            .put_access_key(&AccessKeyRecord {
-                id: id.clone(),
-                secret: master
-                    .seal(&id, &secret)
-                    .map_err(|e| ServerError::Identity(e.to_string()))?,
-                secret_format: identity::crypto::SEALED_FORMAT.into(),
-                user: ROOT_USER.into(),
-                active: true,
-                source: "generated".into(),
-                created_at: now,
-                last_used_at: None,
-            })
-            .await?;
-        root_key_id = Some(id.clone());
-        created_root_key = Some(CreatedRootKey { id, secret });
-    }
-    let identities = Identities::load(Arc::clone(&catalog), Arc::clone(&master)).await?;
-
-    let mut instances = HashMap::new();
-    let mut specs = HashMap::new();
-    for i in &cfg.instances {
-        let rec = catalog.register_instance(&i.id, now).await?;
-        // Automatic backups are opt-in: a policy from the file is stored once, when the instance has none
-        // (changes through ModifyBackupPolicy win afterwards); without one the instance has no automatic backups.
-        if let Some(p) = &i.policy {
-            if catalog.get_policy(&i.id).await?.is_none() {
-                catalog.put_policy(&i.id, &p.to_policy(), now).await?;
-            }
-        }
-        instances.insert(
-            i.id.clone(),
-            Instance {
-                id: i.id.clone(),
-                uri: i.uri.clone(),
-                storage_type: i.storage_type.clone(),
-                description: i.description.clone(),
-                data_path: i.data_path.clone(),
-                created_at: rec.created_at,
-                provisioned: false,
-                registered: false,
-                node: None,
-            },
-        );
-        specs.insert(
-            i.id.clone(),
-            InstanceSpec {
-                id: i.id.clone(),
-                uri: i.uri.clone(),
-                storage_type: i.storage_type.clone(),
-                data_path: i.data_path.clone(),
-            },
-        );
-    }
-
-    let compression = match cfg.backup.compression {
-        ArchiveCompression::Gzip => Compression::Gzip,
-        ArchiveCompression::Zstd => Compression::Zstd {
-            level: cfg.backup.zstd_level,
-        },
-    };
+    let account_id = startup::account_id(&cfg, &stores.catalog).await?;
+    let keys = startup::load_keys(&cfg, &stores.catalog, now).await?;
+    let configured = startup::configured_instances(&cfg, &stores.catalog, now).await?;
+    let (runner, provisioner) = startup::job_runner(&cfg, &stores, configured.specs, &node_id)?;
+    let recovered = startup::recover_jobs(&runner, &stores).await?;
+    let gc = startup::collector(&cfg, &stores, &recovered).await;
+    let scheduler = startup::scheduler(&cfg, &stores.catalog, &runner, &node_id);
     let log_backup = cfg.log_backup.enabled.then(|| LogFollowers {
         node_id: node_id.clone(),
         settings: cfg.log_backup.settings(),
     });
-    let runner = Arc::new(
-        Runner::new(
-            Arc::clone(&catalog),
-            repo.clone(),
-            Arc::new(specs),
-            node_id.clone(),
-            BackupSettings {
-                compression,
-                parallel_collections: cfg.backup.parallel_collections,
-                scratch_dir: cfg.data_dir.join("scratch"),
-                stall_timeout: Duration::from_secs(cfg.backup.stall_timeout_secs),
-            },
-            cfg.backup.max_concurrent_jobs,
-        )
-        .with_lease(cfg.jobs.lease()),
-    );
-    runner.set_pins(
-        cfg.instances
-            .iter()
-            .filter_map(|i| Some((i.id.clone(), i.node.clone()?)))
-            .collect(),
-    );
-    // Before recovery: an interrupted provision job is cleaned up through it (process, directory).
-    let provisioner = match &cfg.provisioning {
-        Some(pc) => {
-            let p = Arc::new(ddsvault_jobs::provision::Provisioner::new(
-                pc.settings(&cfg.data_dir)?,
-            ));
-            runner.set_provisioner(Arc::clone(&p));
-            Some(p)
-        }
-        None => None,
-    };
-    let recovered = runner.recover().await?;
-    if !recovered.is_empty() {
-        tracing::warn!(
-            jobs = recovered.len(),
-            "failed jobs interrupted by the previous stop"
-        );
-    }
-
-    // Backups committed before the catalog recorded their stored size (migration 0015) are measured once, before
-    // the API answers DescribeBackupStorage from the catalog; a failure is logged and retried by the collector.
-    match ddsvault_jobs::storage::backfill(&catalog, &repo).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(backups = n, "recorded the stored size of older backups"),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not record the stored size of older backups; the collector retries")
-        }
-    }
-
-    // The key of download URLs lives in the catalog so every process sharing it signs and verifies alike.
-    let download_key = download::load_key(&catalog, &master).await?;
-    let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
-    let gc = Arc::new(
-        Gc::new(
-            Arc::clone(&catalog),
-            repo.clone(),
-            Duration::from_secs(cfg.retention.gc_interval_secs),
-        )
-        .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs))
-        .with_audit_retention(cfg.retention.audit_retention_days),
-    );
-    // The chunks of a snapshot that crashed: its job is failed now, so they need not wait for the grace period.
-    for instance in crashed_snapshots(&recovered) {
-        gc.sweep_after_crash(instance).await;
-    }
-    let scheduler = cfg.scheduler.enabled.then(|| {
-        Arc::new(
-            Scheduler::new(
-                Arc::clone(&catalog),
-                cfg.instances.iter().map(|i| i.id.clone()).collect(),
-                node_id.clone(),
-                cfg.backup.compression,
-                Duration::from_secs(cfg.scheduler.tick_secs),
-            )
-            .with_runner(Arc::clone(&runner))
-            // Instances provisioned or registered while serving are scheduled by their policy too.
-            .with_instances(ddsvault_jobs::InstanceIds::Live(Arc::clone(&runner))),
-        )
-    });
-    let mut state = AppState::new(
-        cfg.region_id.clone(),
-        account_id,
-        cfg.host_id.clone().unwrap_or_else(|| cfg.listen.clone()),
-        skew,
-        catalog,
-        repo,
-        download::UrlSigner::new(
-            download_key,
-            i64::try_from(cfg.download_url_ttl_secs).unwrap_or(3600),
-        ),
+    let startup::Keys {
+        master,
         identities,
-        instances,
+        created_root_key,
+        root_key_id,
+    } = keys;
+    let parts = startup::StateParts {
+        account_id,
+        master,
+        identities,
+        instances: configured.instances,
         runner,
-        cfg.backup.compression,
-    );
-    state.nonces = ddsvault_api::MemoryNonceStore::with_limits(
-        cfg.server.nonce_capacity,
-        cfg.server.nonces_per_access_key,
-    );
-    state.shared_nonces = api && cfg.shared_nonces();
-    state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
-    if !copy_targets.is_empty() {
-        state.copier = Some(Arc::new(
-            ddsvault_jobs::copies::Copier::new(
-                Arc::clone(&state.catalog),
-                state.repo.clone(),
-                copy_targets,
-                Vec::new(),
-            )
-            .with_instances(ddsvault_jobs::InstanceIds::Live(Arc::clone(&state.runner))),
-        ));
-    }
-    state.provisioner = provisioner;
-    state.retention_lock_cooling_off = chrono::Duration::seconds(
-        i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
-    );
-    let state = Arc::new(state);
-    // Instances created by CreateDBInstance (their processes are started again by the supervisor task).
-    for p in state.catalog.list_provisioned_instances().await? {
-        state.add_provisioned(&p);
-    }
-    // Instances registered at run time (RegisterDBInstance), by this process or another one on the catalog.
-    actions::registered::sync(&state).await?;
-    // Finished jobs and missed slots feed the metrics and the alert webhooks.
-    let alerts =
-        alerts::Alerts::new(&cfg.alerts, &cfg.region_id, Arc::clone(&state.metrics))?.map(Arc::new);
-    let alert_senders = alerts
-        .as_ref()
-        .map(|a| a.take_senders())
-        .unwrap_or_default();
-    let watchers: Arc<dyn ddsvault_jobs::EventSink> = Arc::new(metrics::Watchers {
-        metrics: Arc::clone(&state.metrics),
-        alerts,
-    });
-    state.runner.set_event_sink(Arc::clone(&watchers));
-    if let Some(scheduler) = &scheduler {
-        scheduler.set_event_sink(watchers);
-    }
-    let _ = state
-        .throttle
-        .set(throttle::Throttle::new(cfg.throttling.clone()));
-    for f in checks::check_config(&cfg) {
-        if f.status == checks::Status::Warning {
-            tracing::warn!(check = f.check, "{}", f.message);
-        }
-    }
+        provisioner,
+    };
+    let state = startup::app_state(&cfg, api, stores, parts).await?;
+    let alert_senders = startup::wire_events(&cfg, &state, scheduler.as_ref())?;
+    startup::warn_about_config(&cfg);
     tracing::info!(node_id = %node_id, instances = cfg.instances.len(), "catalog ready");
     Ok(Prepared {
         state,
@@ -696,7 +469,9 @@ impl Prepared {
 }
 
 /// The instances whose Snapshot backup recovery just failed (each once): their orphan chunks can be swept at once.
-fn crashed_snapshots(jobs: &[ddsvault_catalog::Job]) -> std::collections::BTreeSet<&str> {
+pub(crate) fn crashed_snapshots(
+    jobs: &[ddsvault_catalog::Job],
+) -> std::collections::BTreeSet<&str> {
     jobs.iter()
         .filter(|j| {
             j.kind == ddsvault_catalog::JobKind::Backup

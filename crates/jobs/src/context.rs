@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ddsvault_catalog::Catalog;
+use ddsvault_catalog::{Backup, BackupStatus, Catalog, Job};
 use ddsvault_repo::Repository;
 use tokio::sync::{Notify, Semaphore};
 
@@ -102,6 +102,34 @@ impl Runner {
     /// This node's id (the owner of the jobs it claims).
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The Success backup `job` reads (restore, provision and drill jobs name one).
+    pub(crate) async fn job_backup(&self, job: &Job) -> Result<Backup, JobError> {
+        let backup_id = job
+            .backup_id
+            .ok_or_else(|| JobError::Other(format!("{} job names no backup", job.kind)))?;
+        self.catalog
+            .get_backup(backup_id)
+            .await?
+            .filter(|b| b.status == BackupStatus::Success)
+            .ok_or_else(|| {
+                JobError::Other(format!(
+                    "backup {backup_id} does not exist or did not succeed"
+                ))
+            })
+    }
+
+    /// Commits `job` as succeeded with `result`, under this node's lease (fenced: a lost lease writes nothing).
+    pub(crate) async fn complete(
+        &self,
+        job: &Job,
+        result: &serde_json::Value,
+    ) -> Result<(), JobError> {
+        self.catalog
+            .complete_job(job.id, &self.node_id, job.lease_token, result, Utc::now())
+            .await?;
+        Ok(())
     }
 
     /// Stops claiming jobs for good; the running ones finish (`SIGUSR1`).

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bson::{doc, RawDocumentBuf};
 use chrono::Utc;
-use ddsvault_catalog::{Backup, BackupStatus, DrillResult, Job, NewRestoreDrill};
+use ddsvault_catalog::{Backup, DrillResult, Job, NewRestoreDrill};
 use ddsvault_mongo::checksum::{ChecksumAlgorithm, DocSetChecksum};
 use ddsvault_mongo::topology::connect;
 use mongodb::Client;
@@ -242,25 +242,14 @@ pub(crate) async fn run(
     job: &Job,
     cancel: &CancellationToken,
 ) -> Result<(), JobError> {
-    let backup_id = job
-        .backup_id
-        .ok_or_else(|| JobError::Other("drill job names no backup".into()))?;
+    let backup = runner.job_backup(job).await?;
+    let backup_id = backup.id;
     let source = job
         .params
         .get("source_instance")
         .and_then(|v| v.as_str())
         .ok_or_else(|| JobError::Other("drill job names no source instance".into()))?
         .to_string();
-    let backup = runner
-        .catalog
-        .get_backup(backup_id)
-        .await?
-        .filter(|b| b.status == BackupStatus::Success)
-        .ok_or_else(|| {
-            JobError::Other(format!(
-                "backup {backup_id} does not exist or did not succeed"
-            ))
-        })?;
     if is_provisioned(job) {
         return run_provisioned(runner, job, &backup, &source, cancel).await;
     }
@@ -352,17 +341,7 @@ async fn finish(
         m.insert("source_instance".into(), source.into());
     }
     if passed {
-        runner
-            .catalog
-            .complete_job(
-                job.id,
-                &runner.node_id,
-                job.lease_token,
-                &result,
-                Utc::now(),
-            )
-            .await?;
-        Ok(())
+        runner.complete(job, &result).await
     } else {
         Err(JobError::DrillFailed(format!(
             "backup {backup_id}: {}",

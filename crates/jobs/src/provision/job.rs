@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ddsvault_catalog::{BackupMethod, BackupStatus, Job, ProvisionStatus};
+use ddsvault_catalog::{BackupMethod, Job, ProvisionStatus};
 use ddsvault_repo::RepoPath;
 use tokio_util::sync::CancellationToken;
 
@@ -62,19 +62,8 @@ pub(crate) async fn run(
         .get_provisioned_instance(&job.instance_id)
         .await?
         .ok_or_else(|| JobError::UnknownInstance(job.instance_id.clone()))?;
-    let backup_id = job
-        .backup_id
-        .ok_or_else(|| JobError::Other("provision job names no backup".into()))?;
-    let backup = runner
-        .catalog
-        .get_backup(backup_id)
-        .await?
-        .filter(|b| b.status == BackupStatus::Success)
-        .ok_or_else(|| {
-            JobError::Other(format!(
-                "backup {backup_id} does not exist or did not succeed"
-            ))
-        })?;
+    let backup = runner.job_backup(job).await?;
+    let backup_id = backup.id;
     let dir = PathBuf::from(&inst.dir);
     let data = Provisioner::data_dir(&dir);
     // Whatever an earlier life of this instance id left is not ours to keep.

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use ddsvault_catalog::{Backup, Job};
 use ddsvault_repo::{export, RepoPath};
 use tokio_util::sync::CancellationToken;
@@ -348,16 +347,7 @@ pub(crate) async fn run(
     });
     // If this fails the runner fails the job and cleanup undoes the swap: the node never keeps restored files
     // under a job that says Failed.
-    runner
-        .catalog
-        .complete_job(
-            job.id,
-            &runner.node_id,
-            job.lease_token,
-            &result,
-            Utc::now(),
-        )
-        .await?;
+    runner.complete(job, &result).await?;
     if let Err(e) = std::fs::remove_dir_all(&staged) {
         tracing::warn!(dir = %staged.display(), error = %e, "could not remove the restore directory");
     }

@@ -328,3 +328,74 @@ async fn replay_runs_before_unique_indexes_and_refuses_unsupported_entries() {
         "{msg}"
     );
 }
+
+/// The log backup's indexed read (`entries_between_indexed`: new entries found in FerretDB's own `local.sqlite`,
+/// then read by `_id` through the server) answers exactly what the scan through the server answers, for windows
+/// that start and end inside a run of writes; a data directory without FerretDB's oplog table answers `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_oplog_read_equals_the_scan_through_the_server() {
+    use ddsvault_mongo::oplog::{entries_between, entries_between_indexed};
+    let Some(bin) = require_binary("ferretdb") else {
+        return;
+    };
+    let src = FerretDb::start(&bin, true);
+    let data = src.dir.path().join("data");
+    let client = connect(&src.uri()).await.expect("connect");
+    let coll = client.database("app").collection::<Document>("items");
+    coll.insert_one(doc! { "_id": -1 }).await.expect("insert");
+    // Before the oplog exists, local.sqlite has no oplog.rs table: not an index.
+    let zero = Timestamp {
+        time: 0,
+        increment: 0,
+    };
+    let top = Timestamp {
+        time: u32::MAX,
+        increment: u32::MAX,
+    };
+    if data.join("local.sqlite").exists() {
+        assert!(entries_between_indexed(&client, &data, zero, top)
+            .await
+            .expect("read")
+            .is_none());
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert!(entries_between_indexed(&client, empty.path(), zero, top)
+        .await
+        .expect("read")
+        .is_none());
+
+    create_oplog(&client).await;
+    for round in 0..3 {
+        for i in 0..40 {
+            let id = round * 100 + i;
+            coll.insert_one(doc! { "_id": id, "v": 0 }).await.expect("insert");
+            if i % 3 == 0 {
+                coll.update_one(doc! { "_id": id }, doc! { "$set": { "v": round } })
+                    .await
+                    .expect("update");
+            }
+            if i % 7 == 0 {
+                coll.delete_one(doc! { "_id": id }).await.expect("delete");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+    let all = entries_between(&client, zero, top).await.expect("scan");
+    assert!(all.len() > 150, "{} entries", all.len());
+    let n = all.len();
+    // Whole range, and windows with bounds on entries in the middle of the run (exclusive start, inclusive end).
+    for (a, b) in [(0, n - 1), (n / 5, n / 2), (n / 3, n - 2), (n - 2, n - 1)] {
+        let (after, upto) = (all[a].0, all[b].0);
+        let scanned = entries_between(&client, after, upto).await.expect("scan");
+        let indexed = entries_between_indexed(&client, &data, after, upto)
+            .await
+            .expect("indexed read")
+            .expect("FerretDB's file serves as the index");
+        assert_eq!(scanned.len(), b - a, "window {a}..={b}");
+        assert_eq!(
+            indexed.iter().map(|(t, d)| (*t, d.as_bytes().to_vec())).collect::<Vec<_>>(),
+            scanned.iter().map(|(t, d)| (*t, d.as_bytes().to_vec())).collect::<Vec<_>>(),
+            "window {a}..={b}"
+        );
+    }
+}

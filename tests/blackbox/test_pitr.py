@@ -256,7 +256,7 @@ def env(tmp_path_factory):
     for c, docs in initial.items():
         src.client().app[c].insert_many([dict(d) for d in docs.values()])
     server = Ddsvault(base / "svc", config_text(base / "data", {
-        "dds-src": (src.uri, "local_ssd", src.data_dir), "dds-dst": (dst.uri, "local_ssd")},
+        "dds-src": (src.uri, "local_ssd"), "dds-dst": (dst.uri, "local_ssd")},
         extra="[log_backup]\nslice_secs = 1\npoll_ms = 200\n" + provisioning_text(base)))
     tea = tea_client(server)
     tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
@@ -429,8 +429,7 @@ def test_follower_killed_and_restarted_resumes_without_loss(env):
 def test_an_oplog_that_rolls_past_a_stopped_log_backup_splits_the_ranges(tmp_path):
     """Log backup stopped, the source's small oplog rolls past where it stopped, log backup started again: the
     recoverable ranges break there (two ranges, not one that silently skips), and a second inside the gap is
-    refused before anything is written. This source has no `data_path`, so its follower reads the oplog through
-    the server; the module's `env` source has one, so there it reads FerretDB's own file (docs/pitr.md)."""
+    refused before anything is written."""
     # FerretDB trims a capped collection in the background (every minute by default): every second here, by half.
     src = stack.FerretDB(tmp_path / "src", repl_set_name="rs0",
                          extra_args=("--test-capped-cleanup-interval=1s", "--test-capped-cleanup-percentage=50"))

@@ -354,8 +354,7 @@ impl Follower {
             let back = end_of_second(pos.time.saturating_sub(RECHECK_SECS))
                 .max(recent.from)
                 .min(pos);
-            let (again, entries): (Vec<_>, Vec<_>) = self
-                .entries_between(c, back, upto)
+            let (again, entries): (Vec<_>, Vec<_>) = oplog::entries_between(c, back, upto)
                 .await?
                 .into_iter()
                 .partition(|(ts, _)| *ts <= pos);
@@ -373,6 +372,18 @@ impl Follower {
             }
             recent.note(entries.iter().map(|(ts, _)| *ts), upto);
             let oldest = oplog::edge_ts_opt(c, 1).await?;
+            // FerretDB 1.24 answers the read above by scanning the whole oplog, which can outlast the lease on a
+            // long one; without holding it again here, storing would be refused and the same read repeated forever.
+            // Lost to another process meanwhile: what was read is dropped, that process follows from the catalog.
+            let now = Utc::now();
+            if !self
+                .catalog
+                .claim_log_follower(id, &self.node_id, now, now + lease)
+                .await?
+            {
+                *open = None;
+                return Ok(idle);
+            }
             match oldest {
                 Some(oldest) if oldest > succ(pos) => {
                     // Entries after the position may have been evicted unread: close what is certain and start a
@@ -419,25 +430,6 @@ impl Follower {
         } else {
             next_in + Duration::from_millis(5)
         })
-    }
-
-    /// The oplog entries with `after < ts <= upto`: found through FerretDB's own file when the instance's data
-    /// directory is configured (a scan through FerretDB 1.24 reads the whole oplog on every poll; see
-    /// `ddsvault_mongo::oplog::entries_between_indexed`), else read through the server.
-    async fn entries_between(
-        &self,
-        c: &mongodb::Client,
-        after: Timestamp,
-        upto: Timestamp,
-    ) -> Result<Vec<(Timestamp, bson::RawDocumentBuf)>, JobError> {
-        if let Some(dir) = &self.instance.data_path {
-            if let Some(entries) = oplog::entries_between_indexed(c, dir, after, upto).await? {
-                return Ok(entries);
-            }
-            tracing::debug!(instance = %self.instance.id,
-                "log backup: no FerretDB oplog table in the data directory; reading through the server");
-        }
-        Ok(oplog::entries_between(c, after, upto).await?)
     }
 
     fn append(o: &mut Open, entries: impl Iterator<Item = (Timestamp, bson::RawDocumentBuf)>) {

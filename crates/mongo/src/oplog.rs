@@ -106,7 +106,6 @@
 
 pub mod diff;
 mod entry;
-mod ferretdb_index;
 mod replay;
 
 pub use replay::{detect_apply_path, ApplyPath};
@@ -119,8 +118,6 @@ use mongodb::Client;
 
 use crate::error::{MongoError, Result};
 use crate::topology::{self, TopologyKind};
-
-pub use ferretdb_index::entries_between_indexed;
 
 /// Database of the oplog.
 pub const OPLOG_DB: &str = "local";

@@ -151,10 +151,7 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
     // without a store is empty.
     let raw2 = Bytes::from(pseudo_random(8, 5_000));
     let digest2 = sha256_hex(&raw2);
-    let second = repo
-        .put_chunk(instance, &digest2, raw2, 3)
-        .await
-        .ctx(C)?;
+    let second = repo.put_chunk(instance, &digest2, raw2, 3).await.ctx(C)?;
     let stray = crate::chunks::chunks_prefix(instance)
         .join(&format!("{}/not-a-chunk", &digest[..2]))
         .ctx(C)?;
@@ -167,7 +164,11 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
     ]
     .into_iter()
     .collect();
-    ensure!(sizes == want, C, "stored chunk sizes {sizes:?}, expected {want:?}");
+    ensure!(
+        sizes == want,
+        C,
+        "stored chunk sizes {sizes:?}, expected {want:?}"
+    );
     ensure!(
         repo.stored_chunk_sizes(&other).await.ctx(C)?.is_empty(),
         C,

@@ -595,19 +595,21 @@ fn main() -> anyhow::Result<()> {
             json,
             api,
             ..
-        } => client::finish(rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
-            api,
-            target,
-            source: from_instance,
-            backup_id,
-            dbs,
-            collections,
-            ns_include,
-            drop,
-            wait,
-            timeout,
-            json,
-        }))),
+        } => client::finish(
+            rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
+                api,
+                target,
+                source: from_instance,
+                backup_id,
+                dbs,
+                collections,
+                ns_include,
+                drop,
+                wait,
+                timeout,
+                json,
+            })),
+        ),
         Command::Restore {
             config,
             backup_id,
@@ -658,9 +660,7 @@ fn main() -> anyhow::Result<()> {
         } => rt.block_on(offline::retention_dry_run(config, instance)),
         Command::Retention {
             instance: Some(_), ..
-        } => anyhow::bail!(
-            "--instance needs --dry-run: a retention pass covers every instance"
-        ),
+        } => anyhow::bail!("--instance needs --dry-run: a retention pass covers every instance"),
         Command::Scrub { config } => rt.block_on(offline::scrub(config)),
         Command::Repo {
             command:

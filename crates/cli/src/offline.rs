@@ -70,7 +70,9 @@ pub async fn restore(config: Option<PathBuf>, r: Restore) -> anyhow::Result<()> 
     if let Some(archive) = &r.archive {
         return restore_archive(&cfg, archive, &r).await;
     }
-    let backup_id = r.backup_id.context("--backup-id or --archive is required")?;
+    let backup_id = r
+        .backup_id
+        .context("--backup-id or --archive is required")?;
     if let Some(dir) = &r.to_dir {
         return restore_to_dir(&cfg, backup_id, dir, &r).await;
     }

@@ -320,8 +320,7 @@ fn read_policy_document(document: &std::path::Path) -> anyhow::Result<String> {
     Ok(if document.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("read the policy from stdin")?
     } else {
-        std::fs::read_to_string(document)
-            .with_context(|| format!("read {}", document.display()))?
+        std::fs::read_to_string(document).with_context(|| format!("read {}", document.display()))?
     })
 }
 

@@ -329,7 +329,8 @@ async fn dump_inner(
         namespaces_total,
         progress,
     };
-    let dump_result = dump_collections_then_oplog(&ctx, &plans, oplog_start, &databases, cancel).await;
+    let dump_result =
+        dump_collections_then_oplog(&ctx, &plans, oplog_start, &databases, cancel).await;
     // Closing the channel ends the writer; waiting for it guarantees nothing touches
     // `out` after we return, even when cancelled or failed.
     if dump_result.is_err() {
@@ -513,9 +514,7 @@ async fn dump_collections_then_oplog(
             })
             .await?;
         match oplog_start {
-            Some(start) => dump_oplog(ctx, oplog_ns, start, databases)
-                .await
-                .map(Some),
+            Some(start) => dump_oplog(ctx, oplog_ns, start, databases).await.map(Some),
             None => Ok(None),
         }
     };

@@ -282,9 +282,11 @@ async fn change_access_key(
             "Active" => true,
             "Inactive" => false,
             _ => {
-                return Err(
-                    ApiError::invalid_parameter("Status", "Valid values: Active, Inactive.").into(),
+                return Err(ApiError::invalid_parameter(
+                    "Status",
+                    "Valid values: Active, Inactive.",
                 )
+                .into())
             }
         };
         admin.set_key_active(id, active).await?;
@@ -313,7 +315,10 @@ async fn list_access_keys(
 // ------------------------------------------------------------------------------------------------------------
 // Policies
 
-async fn create_policy(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+async fn create_policy(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
     refuse_unstored(p, &["Description"])?;
     if p.iter().any(|(k, _)| k.starts_with("Tag.")) {
         return Err(ApiError::invalid_parameter(
@@ -332,7 +337,10 @@ async fn create_policy(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, 
     ))
 }
 
-async fn delete_policy(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+async fn delete_policy(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
     admin.delete_policy(p.required("PolicyName")?).await?;
     Ok(Map::new())
 }
@@ -385,7 +393,10 @@ async fn list_policies_for_user(
 // ------------------------------------------------------------------------------------------------------------
 // Groups
 
-async fn create_group(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+async fn create_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
     refuse_unstored(p, &["Comments"])?;
     let name = p.required("GroupName")?;
     admin.create_group(name).await?;
@@ -394,7 +405,10 @@ async fn create_group(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, V
     ))
 }
 
-async fn delete_group(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+async fn delete_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
     admin.delete_group(p.required("GroupName")?).await?;
     Ok(Map::new())
 }

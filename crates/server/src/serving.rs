@@ -61,7 +61,9 @@ pub(crate) fn set_public_base(state: &AppState, public_url: Option<&String>, add
     let base = public_url
         .cloned()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let _ = state.public_base.set(base.trim_end_matches('/').to_string());
+    let _ = state
+        .public_base
+        .set(base.trim_end_matches('/').to_string());
 }
 
 /// What the background tasks take from start-up besides the shared state (`crate::Prepared`'s fields).

@@ -266,7 +266,8 @@ async fn run_job(
     let details = details_of(method, &files, &stored, image_bytes, &topology);
     let end_time = Utc::now();
     if method == FileMethod::Snapshot {
-        let entry = seal_snapshot(runner, &job.instance_id, &prefix, &index, level, &stored).await?;
+        let entry =
+            seal_snapshot(runner, &job.instance_id, &prefix, &index, level, &stored).await?;
         manifest_files.push(entry);
     }
     let extra = serde_json::json!({

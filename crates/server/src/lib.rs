@@ -162,8 +162,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         gc,
         scheduler,
         log_backup,
-        scrub_interval: (cfg.retention.scrub_interval_secs > 0)
-            .then(|| Duration::from_secs(cfg.retention.scrub_interval_secs)),
+        scrub_interval: cfg.retention.scrub_every(),
         listeners,
         identity,
         data_dir: cfg.data_dir.clone(),
@@ -186,12 +185,8 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
 pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = repository::open(cfg)?;
-    let gc = Gc::new(
-        catalog,
-        repo,
-        Duration::from_secs(cfg.retention.gc_interval_secs),
-    )
-    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
+    let gc = Gc::new(catalog, repo, cfg.retention.gc_interval)
+        .with_chunk_grace(cfg.retention.chunk_grace);
     Ok(gc.pass().await?)
 }
 
@@ -206,12 +201,8 @@ pub async fn retention_dry_run(
 ) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = repository::open(cfg)?;
-    let gc = Gc::new(
-        catalog,
-        repo,
-        Duration::from_secs(cfg.retention.gc_interval_secs),
-    )
-    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
+    let gc = Gc::new(catalog, repo, cfg.retention.gc_interval)
+        .with_chunk_grace(cfg.retention.chunk_grace);
     Ok(gc.dry_run(instance).await?)
 }
 

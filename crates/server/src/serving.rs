@@ -39,7 +39,7 @@ pub(crate) fn api_listeners(
     let tls = match (tls_config, tls_tcp) {
         (Some((_, config)), Some(tcp)) => Some(
             tls::TlsListener::new(tcp, Arc::clone(config))
-                .handshake_timeout(Duration::from_secs(server.header_timeout_secs)),
+                .handshake_timeout(server.header_timeout),
         ),
         _ => None,
     };

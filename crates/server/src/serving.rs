@@ -38,8 +38,7 @@ pub(crate) fn api_listeners(
     };
     let tls = match (tls_config, tls_tcp) {
         (Some((_, config)), Some(tcp)) => Some(
-            tls::TlsListener::new(tcp, Arc::clone(config))
-                .handshake_timeout(server.header_timeout),
+            tls::TlsListener::new(tcp, Arc::clone(config)).handshake_timeout(server.header_timeout),
         ),
         _ => None,
     };

@@ -42,8 +42,11 @@ class Server(run.Server):
         super().__init__(workdir, instances)
 
     def backup(self, iid: str, method: str):
-        secs, self.last_id, _ = run.timed_backup(self, iid, method)
-        return secs
+        """Seconds from CreateBackup to the job's Success commit (`JobClock.committed_seconds`; before 2026-12-07
+        this was to `finished_at`, the end of the image, which left out the index, checks and manifest)."""
+        secs, self.last_id, clock = run.timed_backup(self, iid, method)
+        assert clock.committed is not None, "no 'job succeeded' line in the service log"
+        return clock.committed
 
     def details(self, backup_id) -> dict:
         """The catalog's details of a backup (chunks, chunks_new, chunks_unchanged, chunking…)."""

@@ -178,7 +178,25 @@ class JobClock:
             con.close()
         finished = row[0] / 1000
         assert self.t0 < finished <= seen_done + 0.001, (self.t0, finished, seen_done)
+        self.committed = self.committed_seconds(job_id)
         return finished - self.t0
+
+    def committed_seconds(self, job_id):
+        """From this clock's start to the service's `job succeeded` log line for the job (microseconds): after the
+        manifest and the catalog's Success commit. A file backup's `finished_at` is its image's end, before the
+        snapshot index, the check of reused chunks and the manifest, which take ~0.4 s for a 100 MiB snapshot of
+        6,500 chunks, so Physical and Snapshot are timed with this. None if the line is not found."""
+        import datetime as _dt
+        import re
+
+        pat = re.compile(r"^(\S+Z)\s+INFO job\{job_id=" + str(int(job_id)) + r" [^}]*\}: .*job succeeded")
+        log = self.server.dir / "stderr.log"
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            m = pat.match(line)
+            if m:
+                at = _dt.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+                return at - self.t0
+        return None
 
 
 def timed_backup(server: Server, iid: str, method: str = "Logical"):

@@ -424,3 +424,88 @@ def test_follower_killed_and_restarted_resumes_without_loss(env):
     for second in seconds:
         assert restore_to(env, second) == state_at(now, ops, second, resolved), \
             f"restore to {fmt(second)} differs (seed {seed})"
+
+
+def test_an_oplog_that_rolls_past_a_stopped_log_backup_splits_the_ranges(tmp_path):
+    """Log backup stopped, the source's small oplog rolls past where it stopped, log backup started again: the
+    recoverable ranges break there (two ranges, not one that silently skips), and a second inside the gap is
+    refused before anything is written."""
+    # FerretDB trims a capped collection in the background (every minute by default): every second here, by half.
+    src = stack.FerretDB(tmp_path / "src", repl_set_name="rs0",
+                         extra_args=("--test-capped-cleanup-interval=1s", "--test-capped-cleanup-percentage=50"))
+    src.client().local.create_collection("oplog.rs", capped=True, size=1 << 20, max=60)
+    dst = stack.FerretDB(tmp_path / "dst", repl_set_name="rs0")
+    server = Ddsvault(tmp_path / "svc", config_text(tmp_path / "data", {
+        "dds-gap": (src.uri, "local_ssd"), "dds-gdst": (dst.uri, "local_ssd")},
+        extra="[log_backup]\nslice_secs = 1\npoll_ms = 200\n"))
+    tea = tea_client(server)
+    items = src.client().app.items
+    oplog = src.client().local["oplog.rs"]
+
+    def policy(on: int):
+        tea.modify_backup_policy(dds.ModifyBackupPolicyRequest(
+            dbinstance_id="dds-gap", enable_backup_log=on, log_backup_retention_period=7))
+
+    def base_backup():
+        r = tea.create_backup(dds.CreateBackupRequest(dbinstance_id="dds-gap", backup_method="Logical")).body
+        assert wait_backup(tea, "dds-gap", r.backup_job_id, timeout=120).backup_status == "Success"
+
+    def write(first: int, n: int, seconds: float):
+        for i in range(n):
+            items.insert_one({"_id": first + i})
+            time.sleep(seconds / n)
+
+    try:
+        items.insert_many([{"_id": i} for i in range(20)])
+        policy(1)
+        wait_following(server, "dds-gap")
+        base_backup()
+        write(100, 10, 1.5)
+        wait_covered(server, math.floor(time.time()) - 1, iid="dds-gap")
+        policy(0)
+        time.sleep(2)  # a few polls: the follower stores what it holds and stops reading
+        stored_end = max(parse(r["RestoreEndTime"]) for r in ranges(server, "dds-gap"))
+        # Overflow: 300 entries into an oplog trimmed to at most 60, over 3 s.
+        gap_start = math.floor(time.time())
+        write(1000, 300, 3.0)
+        deadline = time.monotonic() + 60
+        while True:
+            oldest = next(oplog.find({}, {"ts": 1}).limit(1))["ts"].time
+            if oldest > gap_start + 1:
+                break
+            assert time.monotonic() < deadline, f"FerretDB did not trim its oplog (oldest {oldest}, gap {gap_start})"
+            time.sleep(0.5)
+        policy(1)
+        write(2000, 10, 1.0)
+        base_backup()
+        write(3000, 10, 1.5)
+        rs = wait_covered(server, math.floor(time.time()) - 1, iid="dds-gap")
+        rs = sorted(rs, key=lambda r: parse(r["RestoreBeginTime"]))
+        assert len(rs) == 2, rs
+        first_end, second_begin = parse(rs[0]["RestoreEndTime"]), parse(rs[1]["RestoreBeginTime"])
+        # The first range ends where the follower stopped, before any entry the oplog lost; the second begins
+        # after the oldest entry it still had.
+        assert first_end <= gap_start and first_end >= stored_end, (rs, stored_end, gap_start)
+        assert second_begin >= oldest, (rs, oldest)
+        jobs_before = call(server, "DescribeRestoreTasks", DBInstanceId="dds-gdst")["RestoreJobs"]
+        for t in (first_end + 1, gap_start + 1, second_begin - 1):
+            ok = call(server, "CheckRecoveryCondition", SourceDBInstance="dds-gap", RestoreTime=fmt(t))
+            assert ok["IsValid"] is False, (t, rs)
+            with pytest.raises(ServerException) as ei:
+                call(server, "RestoreDBInstance", DBInstanceId="dds-gap", RestoreTime=fmt(t),
+                     TargetDBInstanceId="dds-gdst")
+            assert ei.value.get_error_code() == "InvalidRestoreTime.OutOfRange"
+            assert ei.value.get_http_status() == 400
+        assert call(server, "DescribeRestoreTasks", DBInstanceId="dds-gdst")["RestoreJobs"] == jobs_before
+        # Both sides of the gap still restore: the end of the first range has the first writes and none of the
+        # ones made while log backup was off.
+        out = call(server, "RestoreDBInstance", DBInstanceId="dds-gap", RestoreTime=fmt(first_end),
+                   TargetDBInstanceId="dds-gdst")
+        job = wait_restore(server, "dds-gdst", out["RestoreJobId"])
+        assert job["Status"] == "Success", job["ErrorMessage"]
+        ids = {d["_id"] for d in dst.client().app.items.find()}
+        assert set(range(20)) | set(range(100, 110)) <= ids and not ids & set(range(1000, 1300)), sorted(ids)
+    finally:
+        server.stop()
+        src.stop()
+        dst.stop()

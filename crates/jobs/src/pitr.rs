@@ -372,6 +372,18 @@ impl Follower {
             }
             recent.note(entries.iter().map(|(ts, _)| *ts), upto);
             let oldest = oplog::edge_ts_opt(c, 1).await?;
+            // FerretDB 1.24 answers the read above by scanning the whole oplog, which can outlast the lease on a
+            // long one; without holding it again here, storing would be refused and the same read repeated forever.
+            // Lost to another process meanwhile: what was read is dropped, that process follows from the catalog.
+            let now = Utc::now();
+            if !self
+                .catalog
+                .claim_log_follower(id, &self.node_id, now, now + lease)
+                .await?
+            {
+                *open = None;
+                return Ok(idle);
+            }
             match oldest {
                 Some(oldest) if oldest > succ(pos) => {
                     // Entries after the position may have been evicted unread: close what is certain and start a

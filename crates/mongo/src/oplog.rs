@@ -180,10 +180,18 @@ fn oplog(client: &Client) -> mongodb::Collection<Document> {
 
 /// `ts` of the first entry in `$natural` order `dir` (1 oldest, -1 newest).
 async fn edge_ts(client: &Client, dir: i32, what: &str) -> Result<Timestamp> {
-    let entry = oplog(client)
-        .find_one(doc! {})
-        .sort(doc! { "$natural": dir })
-        .projection(doc! { "ts": 1 })
+    let oplog = oplog(client);
+    let find = oplog.find_one(doc! {}).projection(doc! { "ts": 1 });
+    // The oldest is asked without a sort: a find without one returns a capped collection in natural order on
+    // MongoDB and FerretDB alike, and FerretDB 1.24 then pushes the limit down to SQLite (one row read), while
+    // any sort, `$natural` included, makes it read and sort the whole oplog in memory (msg_find.go,
+    // sort_iterator.go). The log backup asks for the oldest entry on every poll, so that scan was most of its lag.
+    let find = if dir < 0 {
+        find.sort(doc! { "$natural": dir })
+    } else {
+        find
+    };
+    let entry = find
         .await
         .map_err(|e| MongoError::from_driver(format!("read the {what} oplog entry"), e))?;
     let Some(entry) = entry else {

@@ -566,6 +566,20 @@ impl Repository {
         &self,
         instance_id: &str,
     ) -> Result<HashMap<String, u64>, RepoError> {
+        if let (Some(root), false) = (&self.local_root, self.encrypted) {
+            // A local repository is read with `read_dir` and one `statx` per chunk, on a blocking thread: the same
+            // files the store's listing finds (object_store's LocalFileSystem walks the same directories), without
+            // its per-entry path and URL conversions, which made the two listings of a 100 MiB snapshot's 6,500
+            // chunks a large part of an unchanged snapshot's time.
+            let prefix = chunks_prefix(instance_id);
+            let dir = object_store::local::LocalFileSystem::new_with_prefix(root)?
+                .path_to_filesystem(&prefix.to_location()?)
+                .map_err(|e| RepoError::from_store(&prefix, e))?;
+            return tokio::task::spawn_blocking(move || local_chunk_sizes(&dir))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(RepoError::from);
+        }
         Ok(self
             .list(&chunks_prefix(instance_id))
             .await?
@@ -806,4 +820,49 @@ mod flip_tests {
             stored.len() * 8
         );
     }
+}
+
+/// `chunks/<instance>/<hh>/<sha256>` files of a local chunk store `dir` with their sizes: the same filter as the
+/// listing (a 64-hex-digit name under the directory of its first two digits, not empty). A missing store is empty.
+fn local_chunk_sizes(dir: &std::path::Path) -> std::io::Result<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    let shards = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for shard in shards {
+        let shard = shard?;
+        let Some(hh) = shard.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if hh.len() != 2 || !shard.file_type()?.is_dir() {
+            continue;
+        }
+        let entries = match std::fs::read_dir(shard.path()) {
+            Ok(d) => d,
+            // Removed by the collector meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_digest(&name) || name[..2] != hh {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // An empty chunk file is what a power loss leaves of one written but not yet synced: not a chunk.
+            if meta.is_file() && meta.len() > 0 {
+                out.insert(name, meta.len());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -146,6 +146,38 @@ async fn chunk_store_checks(repo: &Repository, instance: &str) -> Outcome {
         C,
         "get_chunk returned other bytes"
     );
+    // The listing a snapshot reuses chunks from (a local repository reads its directories itself): every chunk
+    // with its stored size, nothing of another instance, nothing that is not named as a chunk, and an instance
+    // without a store is empty.
+    let raw2 = Bytes::from(pseudo_random(8, 5_000));
+    let digest2 = sha256_hex(&raw2);
+    let second = repo.put_chunk(instance, &digest2, raw2, 3).await.ctx(C)?;
+    let stray = crate::chunks::chunks_prefix(instance)
+        .join(&format!("{}/not-a-chunk", &digest[..2]))
+        .ctx(C)?;
+    repo.put(&stray, Bytes::from_static(b"x")).await.ctx(C)?;
+    let other = format!("{instance}-other");
+    let sizes = repo.stored_chunk_sizes(instance).await.ctx(C)?;
+    let want: std::collections::HashMap<String, u64> = [
+        (digest.clone(), first.unwrap_or_default()),
+        (digest2.clone(), second.unwrap_or_default()),
+    ]
+    .into_iter()
+    .collect();
+    ensure!(
+        sizes == want,
+        C,
+        "stored chunk sizes {sizes:?}, expected {want:?}"
+    );
+    ensure!(
+        repo.stored_chunk_sizes(&other).await.ctx(C)?.is_empty(),
+        C,
+        "an instance without a chunk store lists chunks"
+    );
+    repo.delete(&stray).await.ctx(C)?;
+    repo.delete(&crate::chunks::chunk_path(instance, &digest2).ctx(C)?)
+        .await
+        .ctx(C)?;
     let (count, bytes) = repo.chunk_store_usage(instance).await.ctx(C)?;
     ensure!(
         count == 1 && Some(bytes) == first,

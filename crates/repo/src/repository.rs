@@ -41,6 +41,9 @@ pub struct Repository {
     /// Root directory of a local repository: abandoned upload files (`<name>#<n>`, left by a crash) are
     /// invisible to the store, so `delete_prefix` removes them from the filesystem itself.
     pub(crate) local_root: Option<std::path::PathBuf>,
+    /// Objects are sealed ([`Repository::with_encryption`]): the files under `local_root` are larger than the
+    /// objects they hold, so sizes must come through the store.
+    pub(crate) encrypted: bool,
     /// The same store as `store` when it is S3: for the multipart journal and conditional creates.
     pub(crate) s3: Option<Arc<crate::s3::S3Store>>,
     /// Part size and parts in flight of this repository's uploads ([`Repository::upload_options`]).
@@ -96,6 +99,7 @@ impl Repository {
         Ok(Self {
             store: Arc::new(store),
             local_root: Some(std::fs::canonicalize(dir)?),
+            encrypted: false,
             s3: None,
             upload_tuning: UploadTuning::default(),
         })
@@ -111,6 +115,7 @@ impl Repository {
         Ok(Self {
             store: Arc::clone(&store) as Arc<dyn ObjectStore>,
             local_root: None,
+            encrypted: false,
             s3: Some(store),
             upload_tuning: UploadTuning::default(),
         })
@@ -134,6 +139,7 @@ impl Repository {
     /// bypass it (they hold no backup data).
     pub fn with_encryption(mut self, key: Arc<crate::encrypted::MasterKey>) -> Self {
         self.store = Arc::new(crate::encrypted::EncryptedStore::new(self.store, key));
+        self.encrypted = true;
         self
     }
 
@@ -142,6 +148,7 @@ impl Repository {
         Self {
             store,
             local_root: None,
+            encrypted: false,
             s3: None,
             upload_tuning: UploadTuning::default(),
         }

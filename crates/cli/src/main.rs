@@ -5,6 +5,7 @@ mod backup;
 mod client;
 mod credentials;
 mod instance;
+mod offline;
 mod output;
 mod ram;
 mod remote_restore;
@@ -260,57 +261,6 @@ enum Command {
     },
 }
 
-/// Prints a retention dry run: one line per decision.
-fn print_dry_run(d: &ddsvault_jobs::gc::DryRun) {
-    let t = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    println!("retention dry run at {} (nothing is changed)", t(d.now));
-    for b in &d.unfinished {
-        println!(
-            "  delete backup {} of {}: an interrupted deletion (the next pass finishes it)",
-            b.id, b.instance_id
-        );
-    }
-    let (mut deleted, mut kept) = (d.unfinished.len(), 0);
-    for p in &d.plans {
-        for x in &p.plan.delete {
-            deleted += 1;
-            println!(
-                "  delete backup {} of {}: {}",
-                x.backup_id, p.instance_id, x.reason
-            );
-        }
-        for k in &p.plan.keep {
-            kept += 1;
-            println!(
-                "  keep   backup {} of {} until {}: {}",
-                k.backup_id,
-                p.instance_id,
-                k.until.map_or_else(|| "forever".to_string(), t),
-                k.reason
-            );
-        }
-    }
-    println!(
-        "{deleted} backup(s) would be deleted, {kept} expired backup(s) kept longer by a policy"
-    );
-    let (mut chunks, mut bytes) = (0u64, 0u64);
-    for c in &d.chunks {
-        if let Some(why) = &c.skipped {
-            println!("  chunk store of {}: not swept now: {why}", c.instance_id);
-        } else if c.chunks > 0 || c.young > 0 {
-            println!(
-                "  chunk store of {}: sweep {} orphan chunk(s), {} byte(s); {} younger orphan(s) kept by the grace period",
-                c.instance_id, c.chunks, c.bytes, c.young
-            );
-        }
-        chunks += c.chunks;
-        bytes += c.bytes;
-    }
-    println!(
-        "{chunks} orphan chunk(s) ({bytes} byte(s)) would be swept, not counting the chunks only the backups above use"
-    );
-}
-
 pub(crate) fn load_config(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(p) => Config::load(p)?,
@@ -481,6 +431,27 @@ async fn check(cfg: &Config, json: bool) -> bool {
     rows.iter().any(|(_, f)| f.status == Status::Warning)
 }
 
+/// `ddsvault check`: exit code 2 for an invalid configuration, 1 with `--strict` when a check warned.
+fn check_command(
+    rt: &tokio::runtime::Runtime,
+    config: Option<PathBuf>,
+    json: bool,
+    strict: bool,
+) -> anyhow::Result<()> {
+    let cfg = match load_config(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: invalid configuration: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let warned = rt.block_on(check(&cfg, json));
+    if strict && warned {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// Writes `text` to a new file of mode 0600 (an existing one is replaced).
 fn write_secret_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -582,6 +553,8 @@ async fn serve(
     Ok(())
 }
 
+/// Parses the command line and runs one subcommand: the table below names the function of each, most of them
+/// in `offline` (catalog and repository read directly) or in the API clients' modules.
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _log = init_logging()?;
@@ -601,43 +574,13 @@ fn main() -> anyhow::Result<()> {
             config,
             stale_secs,
             json,
-        } => rt.block_on(async {
-            use ddsvault_server::nodes;
-            let cfg = load_config(config.as_ref())?;
-            let now = chrono::Utc::now();
-            let listed =
-                nodes::list(&cfg, std::time::Duration::from_secs(stale_secs), now).await?;
-            for n in &listed {
-                if json {
-                    println!("{}", nodes::json(n));
-                } else {
-                    println!("{}", nodes::line(n, now));
-                }
-            }
-            Ok(())
-        }),
+        } => rt.block_on(offline::nodes(config, stale_secs, json)),
         Command::Download {
             config,
             backup_id,
             output,
-        } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let d = ddsvault_server::offline::download(&cfg, backup_id, &output).await?;
-            println!(
-                "{}: {} ({} bytes, sha256 {}, verified against the manifest)",
-                output.display(),
-                d.file,
-                d.size,
-                d.sha256
-            );
-            Ok(())
-        }),
-        Command::Verify { config, backup_id } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let v = ddsvault_server::offline::verify(&cfg, backup_id).await?;
-            println!("{}", v.report(backup_id));
-            Ok(())
-        }),
+        } => rt.block_on(offline::download(config, backup_id, &output)),
+        Command::Verify { config, backup_id } => rt.block_on(offline::verify(config, backup_id)),
         // clap makes --backup-id required with --to-instance (only --archive does without it).
         Command::Restore {
             backup_id: Some(backup_id),
@@ -652,19 +595,21 @@ fn main() -> anyhow::Result<()> {
             json,
             api,
             ..
-        } => client::finish(rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
-            api,
-            target,
-            source: from_instance,
-            backup_id,
-            dbs,
-            collections,
-            ns_include,
-            drop,
-            wait,
-            timeout,
-            json,
-        }))),
+        } => client::finish(
+            rt.block_on(remote_restore::run(remote_restore::RemoteRestore {
+                api,
+                target,
+                source: from_instance,
+                backup_id,
+                dbs,
+                collections,
+                ns_include,
+                drop,
+                wait,
+                timeout,
+                json,
+            })),
+        ),
         Command::Restore {
             config,
             backup_id,
@@ -677,57 +622,20 @@ fn main() -> anyhow::Result<()> {
             ns_include,
             drop,
             ..
-        } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            if let Some(archive) = archive {
-                let to = to.context("--archive needs --to")?;
-                let select = selectors(&dbs, &collections, &ns_include)?;
-                let s = ddsvault_server::offline::restore_archive(
-                    &cfg, &archive, gzip, &to, select, drop,
-                )
-                .await?;
-                for w in &s.warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!(
-                    "restored archive {}: {} collections, {} documents, {} oplog entries replayed",
-                    archive.display(),
-                    s.namespaces.len(),
-                    s.documents,
-                    s.oplog_replayed
-                );
-                return Ok(());
-            }
-            let backup_id = backup_id.context("--backup-id or --archive is required")?;
-            if let Some(dir) = to_dir {
-                anyhow::ensure!(
-                    dbs.is_empty() && collections.is_empty() && ns_include.is_empty() && !drop,
-                    "--db, --collection, --ns-include and --drop apply to logical restores (--to), not to --to-dir"
-                );
-                let r = ddsvault_server::offline::restore_to_dir(&cfg, backup_id, &dir).await?;
-                println!(
-                    "restored {} backup {backup_id} into {}: {} file(s) {:?}, {} bytes, each verified against the manifest",
-                    r.method,
-                    dir.display(),
-                    r.files.len(),
-                    r.files,
-                    r.bytes
-                );
-                return Ok(());
-            }
-            let to = to.context("--to or --to-dir is required")?;
-            let select = selectors(&dbs, &collections, &ns_include)?;
-            let s = ddsvault_server::offline::restore(&cfg, backup_id, &to, select, drop).await?;
-            for w in &s.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!(
-                "restored backup {backup_id}: {} collections, {} documents",
-                s.namespaces.len(),
-                s.documents
-            );
-            Ok(())
-        }),
+        } => rt.block_on(offline::restore(
+            config,
+            offline::Restore {
+                backup_id,
+                to,
+                to_dir,
+                archive,
+                gzip,
+                dbs,
+                collections,
+                ns_include,
+                drop,
+            },
+        )),
         Command::Import {
             config,
             instance,
@@ -736,79 +644,24 @@ fn main() -> anyhow::Result<()> {
             start_time,
             end_time,
             retention_days,
-        } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let time = |flag: &str, v: Option<String>| {
-                v.map(|s| {
-                    chrono::DateTime::parse_from_rfc3339(&s)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .with_context(|| format!("{flag} {s:?}: expected an RFC 3339 time"))
-                })
-                .transpose()
-            };
-            let start = time("--start-time", start_time)?;
-            let end = time("--end-time", end_time)?;
-            let i = ddsvault_server::offline::import(
-                &cfg,
-                &instance,
-                &archive,
-                gzip,
-                start,
-                end,
-                retention_days,
-            )
-            .await?;
-            let t = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            println!(
-                "imported {} as backup {} of {instance} (job {}): {} ({} bytes, sha256 {}), {} collections, {} documents, {} oplog entries, databases {}",
-                archive.display(),
-                i.backup_id,
-                i.job_id,
-                i.archive_name,
-                i.size,
-                i.sha256,
-                i.collections,
-                i.documents,
-                i.oplog_entries,
-                i.databases.join(",")
-            );
-            println!(
-                "  start {} end {} (from the {}), expires {}",
-                t(i.start_time),
-                t(i.end_time),
-                match i.times_from {
-                    ddsvault_jobs::import::TimesFrom::Given => "times given",
-                    ddsvault_jobs::import::TimesFrom::Oplog => "archive's oplog",
-                    ddsvault_jobs::import::TimesFrom::File => "file's times",
-                },
-                t(i.expire_time)
-            );
-            Ok(())
-        }),
+        } => rt.block_on(offline::import(
+            config,
+            instance,
+            archive,
+            gzip,
+            start_time,
+            end_time,
+            retention_days,
+        )),
         Command::Retention {
             config,
             dry_run: true,
             instance,
-        } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let d = ddsvault_server::retention_dry_run(&cfg, instance.as_deref()).await?;
-            print_dry_run(&d);
-            Ok(())
-        }),
+        } => rt.block_on(offline::retention_dry_run(config, instance)),
         Command::Retention {
             instance: Some(_), ..
-        } => anyhow::bail!(
-            "--instance needs --dry-run: a retention pass covers every instance"
-        ),
-        Command::Scrub { config } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let r = ddsvault_server::offline::scrub(&cfg).await?;
-            for line in ddsvault_server::offline::scrub_lines(&r) {
-                println!("{line}");
-            }
-            anyhow::ensure!(r.is_clean(), "scrub found damage (listed above)");
-            Ok(())
-        }),
+        } => anyhow::bail!("--instance needs --dry-run: a retention pass covers every instance"),
+        Command::Scrub { config } => rt.block_on(offline::scrub(config)),
         Command::Repo {
             command:
                 RepoCommand::Copy {
@@ -816,57 +669,15 @@ fn main() -> anyhow::Result<()> {
                     to,
                     backup_id,
                 },
-        } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            for line in ddsvault_server::offline::copy_backups(&cfg, &to, backup_id).await? {
-                println!("{line}");
-            }
-            Ok(())
-        }),
-        Command::Retention { config, .. } | Command::Gc { config } => rt.block_on(async {
-            let cfg = load_config(config.as_ref())?;
-            let r = ddsvault_server::retention_pass(&cfg).await?;
-            println!(
-                "retention pass: {} backup(s) deleted {:?}, {} kept longer by a policy {:?}, {} kept because a restore reads them, {} failed",
-                r.deleted.len(),
-                r.deleted,
-                r.extended.len(),
-                r.extended,
-                r.in_use.len(),
-                r.failed
-            );
-            println!(
-                "chunk sweep: {} orphan chunk(s) deleted, {} byte(s) freed",
-                r.chunks_swept, r.chunk_bytes_swept
-            );
-            for (instance, why) in &r.chunk_stores_skipped {
-                println!("  chunk store of {instance} not swept this pass: {why}");
-            }
-            anyhow::ensure!(
-                r.failed == 0,
-                "{} deletion(s) or chunk sweep(s) failed; see the log",
-                r.failed
-            );
-            Ok(())
-        }),
+        } => rt.block_on(offline::repo_copy(config, to, backup_id)),
+        Command::Retention { config, .. } | Command::Gc { config } => {
+            rt.block_on(offline::retention_pass(config))
+        }
         Command::Check {
             config,
             json,
             strict,
-        } => {
-            let cfg = match load_config(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("Error: invalid configuration: {e:#}");
-                    std::process::exit(2);
-                }
-            };
-            let warned = rt.block_on(check(&cfg, json));
-            if strict && warned {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        } => check_command(&rt, config, json, strict),
         Command::Ram(args) => rt.block_on(ram::run(args)),
         Command::Backup(args) => client::finish(rt.block_on(backup::run(args))),
         Command::Instance(args) => client::finish(rt.block_on(instance::run(args))),
@@ -879,27 +690,8 @@ fn main() -> anyhow::Result<()> {
             action,
             limit,
             json,
-        } => rt.block_on(async {
-            use ddsvault_server::offline;
-            let cfg = load_config(config.as_ref())?;
-            let since = since
-                .map(|s| offline::parse_since(&s, std::time::SystemTime::now().into()))
-                .transpose()?;
-            anyhow::ensure!(limit > 0, "--limit must be at least 1");
-            let filter = ddsvault_server::AuditFilter {
-                since,
-                access_key_id: access_key,
-                action,
-                limit,
-            };
-            for r in offline::audit(&cfg, &filter).await? {
-                if json {
-                    println!("{}", offline::audit_json(&r));
-                } else {
-                    println!("{}", offline::audit_line(&r));
-                }
-            }
-            Ok(())
-        }),
+        } => rt.block_on(offline::audit(
+            config, since, access_key, action, limit, json,
+        )),
     }
 }

@@ -270,6 +270,9 @@ pub async fn logical_dump(
     dump_inner(client, databases, opts, out, progress, cancel).await
 }
 
+/// The dump in named steps: choose and plan, start the archive writer, dump every namespace (then the oplog
+/// window) through it, wait for the writer, summarize. Whatever happens, the writer has stopped (nothing touches
+/// `out` any more) when this returns.
 async fn dump_inner(
     client: &Client,
     databases: &[String],
@@ -278,49 +281,13 @@ async fn dump_inner(
     progress: &(dyn Fn(DumpProgress) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<DumpSummary> {
-    let mut databases: Vec<String> = if databases.is_empty() {
-        cancellable(cancel, topology::list_user_databases(client)).await?
-    } else {
-        databases.to_vec()
-    };
-    databases.sort();
-    databases.dedup();
-    if let Some(bad) = databases
-        .iter()
-        .find(|d| d.is_empty() || d.contains(['.', '/', '\0']))
-    {
-        return Err(MongoError::InvalidArgument(format!(
-            "invalid database name {bad:?}"
-        )));
-    }
-
-    let server = cancellable(cancel, async { Ok(server_info(client).await) }).await?;
-    let mut plans = Vec::new();
-    for db in &databases {
-        plans.extend(
-            cancellable(
-                cancel,
-                plan_database(client, db, server.is_ferretdb, opts.batch_size),
-            )
-            .await?,
-        );
-    }
-    let with_oplog = cancellable(cancel, oplog::capture_enabled(client)).await?;
-    let total_estimate: u64 = plans
-        .iter()
-        .map(|p| p.estimate)
-        .sum::<Option<u64>>()
-        .unwrap_or(0);
-    info!(
-        databases = databases.len(),
-        namespaces = plans.len(),
-        docs_estimate = total_estimate,
-        oplog = with_oplog,
-        "logical dump planned"
-    );
-    if !with_oplog {
-        info!("no oplog to capture (not a replica set, or no local.oplog.rs): plain dump without a consistency point");
-    }
+    let databases = databases_to_dump(client, databases, cancel).await?;
+    let DumpPlan {
+        server,
+        plans,
+        with_oplog,
+        total_estimate,
+    } = plan_dump(client, &databases, opts, cancel).await?;
     let namespaces_total = plans.len() as u64;
     progress(DumpProgress {
         docs_done: 0,
@@ -332,34 +299,14 @@ async fn dump_inner(
         oplog_entries: 0,
     });
 
-    let header = ArchiveHeader::new(
-        i32::try_from(opts.parallel_collections).unwrap_or(i32::MAX),
-        server.archive_version,
-        TOOL_VERSION,
-    );
     let mut metas: Vec<CollectionMetadata> = plans.iter().map(|p| p.meta.clone()).collect();
     let oplog_ns = plans.len();
-    // Read before the writer starts and before any collection is read.
-    let oplog_start = if with_oplog {
-        metas.push(CollectionMetadata::oplog());
-        let start = cancellable(cancel, oplog::start_ts(client)).await?;
-        info!(oplog_start = %oplog::fmt_ts(start), "oplog window starts");
-        Some(start)
-    } else {
-        None
-    };
+    let oplog_start = open_oplog_window(client, with_oplog, &mut metas, cancel).await?;
     let (tx, rx) = mpsc::channel::<WriterMsg>(opts.channel_segments);
-    let compression = opts.compression;
     // Stops the writer on cancellation, or when a collection task fails.
     let writer_cancel = cancel.child_token();
     let abort_writer = writer_cancel.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        run_writer(rx, out, compression, header, metas, writer_cancel)
-    });
-
-    // Largest collections first: the long tail then runs in parallel with the big ones.
-    let mut order: Vec<usize> = (0..plans.len()).collect();
-    order.sort_by(|&a, &b| plans[b].estimate.cmp(&plans[a].estimate).then(a.cmp(&b)));
+    let writer = spawn_writer(rx, out, opts, server, metas, writer_cancel);
 
     let done = AtomicU64::new(0);
     let namespaces_done = AtomicU64::new(0);
@@ -382,63 +329,17 @@ async fn dump_inner(
         namespaces_total,
         progress,
     };
-    let dump_all = async {
-        futures::stream::iter(order.into_iter().map(Ok))
-            .try_for_each_concurrent(opts.parallel_collections, |i| {
-                dump_namespace(&ctx, i, &plans[i])
-            })
-            .await?;
-        match oplog_start {
-            Some(start) => dump_oplog(&ctx, oplog_ns, start, &databases)
-                .await
-                .map(Some),
-            None => Ok(None),
-        }
-    };
-    let dump_result = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(TaskError::Mongo(MongoError::Cancelled)),
-        r = dump_all => r,
-    };
+    let dump_result =
+        dump_collections_then_oplog(&ctx, &plans, oplog_start, &databases, cancel).await;
     // Closing the channel ends the writer; waiting for it guarantees nothing touches
     // `out` after we return, even when cancelled or failed.
     if dump_result.is_err() {
         abort_writer.cancel();
     }
     drop(tx);
+    let (outcome, oplog_end) = wait_for_writer(writer, dump_result, cancel).await?;
 
-    let writer_result = match writer.await {
-        Ok(r) => r,
-        Err(e) => Err(MongoError::Internal(format!(
-            "archive writer task failed: {e}"
-        ))),
-    };
-    let (outcome, oplog_end) = match (dump_result, writer_result) {
-        (Ok(end), Ok(o)) => (o, end),
-        _ if cancel.is_cancelled() => return Err(MongoError::Cancelled),
-        // The writer stopping makes the senders fail; its own error is the cause.
-        (Err(TaskError::WriterGone) | Ok(_), Err(w)) => return Err(w),
-        (Err(TaskError::Mongo(e)), _) => return Err(e),
-        (Err(TaskError::WriterGone), Ok(_)) => {
-            return Err(MongoError::Internal(
-                "archive writer stopped without an error".into(),
-            ))
-        }
-    };
-
-    let namespaces: Vec<NamespaceSummary> = plans
-        .iter()
-        .zip(&outcome.stats)
-        .zip(&checksums)
-        .map(|((p, s), c)| NamespaceSummary {
-            db: p.meta.db.clone(),
-            collection: p.meta.collection.clone(),
-            documents: s.documents,
-            raw_bytes: s.bytes,
-            crc: s.crc,
-            checksum: c.lock().map(|c| *c).unwrap_or_default(),
-        })
-        .collect();
+    let namespaces = namespace_summaries(&plans, &outcome, &checksums);
     let oplog = match (oplog_start, oplog_end) {
         (Some(start_ts), Some(end_ts)) => Some(OplogSummary {
             start_ts,
@@ -476,6 +377,198 @@ async fn dump_inner(
         archive_sha256: outcome.archive_sha256,
         oplog,
     })
+}
+
+/// The databases asked for (every user database when none is), sorted, each once, their names checked.
+async fn databases_to_dump(
+    client: &Client,
+    databases: &[String],
+    cancel: &CancellationToken,
+) -> Result<Vec<String>> {
+    let mut databases: Vec<String> = if databases.is_empty() {
+        cancellable(cancel, topology::list_user_databases(client)).await?
+    } else {
+        databases.to_vec()
+    };
+    databases.sort();
+    databases.dedup();
+    if let Some(bad) = databases
+        .iter()
+        .find(|d| d.is_empty() || d.contains(['.', '/', '\0']))
+    {
+        return Err(MongoError::InvalidArgument(format!(
+            "invalid database name {bad:?}"
+        )));
+    }
+    Ok(databases)
+}
+
+/// What [`plan_dump`] found.
+struct DumpPlan {
+    server: ServerInfo,
+    /// Every namespace of the databases, database by database.
+    plans: Vec<NamespacePlan>,
+    /// Whether the oplog is captured (a replica set with `local.oplog.rs`).
+    with_oplog: bool,
+    /// The documents expected, for the progress figure (0 when unknown).
+    total_estimate: u64,
+}
+
+/// Asks the server what it is, plans every namespace of `databases` and whether the oplog can be captured.
+async fn plan_dump(
+    client: &Client,
+    databases: &[String],
+    opts: &DumpOptions,
+    cancel: &CancellationToken,
+) -> Result<DumpPlan> {
+    let server = cancellable(cancel, async { Ok(server_info(client).await) }).await?;
+    let mut plans = Vec::new();
+    for db in databases {
+        plans.extend(
+            cancellable(
+                cancel,
+                plan_database(client, db, server.is_ferretdb, opts.batch_size),
+            )
+            .await?,
+        );
+    }
+    let with_oplog = cancellable(cancel, oplog::capture_enabled(client)).await?;
+    let total_estimate: u64 = plans
+        .iter()
+        .map(|p| p.estimate)
+        .sum::<Option<u64>>()
+        .unwrap_or(0);
+    info!(
+        databases = databases.len(),
+        namespaces = plans.len(),
+        docs_estimate = total_estimate,
+        oplog = with_oplog,
+        "logical dump planned"
+    );
+    if !with_oplog {
+        info!("no oplog to capture (not a replica set, or no local.oplog.rs): plain dump without a consistency point");
+    }
+    Ok(DumpPlan {
+        server,
+        plans,
+        with_oplog,
+        total_estimate,
+    })
+}
+
+/// With the oplog captured: adds its namespace last to the prelude and reads `oplogStart`, before the writer starts
+/// and before any collection is read.
+async fn open_oplog_window(
+    client: &Client,
+    with_oplog: bool,
+    metas: &mut Vec<CollectionMetadata>,
+    cancel: &CancellationToken,
+) -> Result<Option<bson::Timestamp>> {
+    Ok(if with_oplog {
+        metas.push(CollectionMetadata::oplog());
+        let start = cancellable(cancel, oplog::start_ts(client)).await?;
+        info!(oplog_start = %oplog::fmt_ts(start), "oplog window starts");
+        Some(start)
+    } else {
+        None
+    })
+}
+
+/// Starts the blocking archive writer thread on the prelude of `metas`.
+fn spawn_writer(
+    rx: mpsc::Receiver<WriterMsg>,
+    out: Box<dyn std::io::Write + Send>,
+    opts: &DumpOptions,
+    server: ServerInfo,
+    metas: Vec<CollectionMetadata>,
+    writer_cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<WriterOutcome>> {
+    let header = ArchiveHeader::new(
+        i32::try_from(opts.parallel_collections).unwrap_or(i32::MAX),
+        server.archive_version,
+        TOOL_VERSION,
+    );
+    let compression = opts.compression;
+    tokio::task::spawn_blocking(move || {
+        run_writer(rx, out, compression, header, metas, writer_cancel)
+    })
+}
+
+/// Dumps every planned namespace, `parallel_collections` at a time, then the oplog window (when `oplog_start` is
+/// set) into the namespace after the last one; returns `oplogEnd`. Stops at once on `cancel`.
+async fn dump_collections_then_oplog(
+    ctx: &TaskCtx<'_>,
+    plans: &[NamespacePlan],
+    oplog_start: Option<bson::Timestamp>,
+    databases: &[String],
+    cancel: &CancellationToken,
+) -> Result<Option<bson::Timestamp>, TaskError> {
+    let oplog_ns = plans.len();
+    // Largest collections first: the long tail then runs in parallel with the big ones.
+    let mut order: Vec<usize> = (0..plans.len()).collect();
+    order.sort_by(|&a, &b| plans[b].estimate.cmp(&plans[a].estimate).then(a.cmp(&b)));
+    let dump_all = async {
+        futures::stream::iter(order.into_iter().map(Ok))
+            .try_for_each_concurrent(ctx.opts.parallel_collections, |i| {
+                dump_namespace(ctx, i, &plans[i])
+            })
+            .await?;
+        match oplog_start {
+            Some(start) => dump_oplog(ctx, oplog_ns, start, databases).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(TaskError::Mongo(MongoError::Cancelled)),
+        r = dump_all => r,
+    }
+}
+
+/// Waits for the writer to end and decides the dump's result from both sides: on failure, the error that caused
+/// it (cancellation first, then the writer's own error, then the task's).
+async fn wait_for_writer(
+    writer: tokio::task::JoinHandle<Result<WriterOutcome>>,
+    dump_result: Result<Option<bson::Timestamp>, TaskError>,
+    cancel: &CancellationToken,
+) -> Result<(WriterOutcome, Option<bson::Timestamp>)> {
+    let writer_result = match writer.await {
+        Ok(r) => r,
+        Err(e) => Err(MongoError::Internal(format!(
+            "archive writer task failed: {e}"
+        ))),
+    };
+    match (dump_result, writer_result) {
+        (Ok(end), Ok(o)) => Ok((o, end)),
+        _ if cancel.is_cancelled() => Err(MongoError::Cancelled),
+        // The writer stopping makes the senders fail; its own error is the cause.
+        (Err(TaskError::WriterGone) | Ok(_), Err(w)) => Err(w),
+        (Err(TaskError::Mongo(e)), _) => Err(e),
+        (Err(TaskError::WriterGone), Ok(_)) => Err(MongoError::Internal(
+            "archive writer stopped without an error".into(),
+        )),
+    }
+}
+
+/// One summary per planned namespace: the writer's counts and CRC, the task's document checksum.
+fn namespace_summaries(
+    plans: &[NamespacePlan],
+    outcome: &WriterOutcome,
+    checksums: &[std::sync::Mutex<DocSetChecksum>],
+) -> Vec<NamespaceSummary> {
+    plans
+        .iter()
+        .zip(&outcome.stats)
+        .zip(checksums)
+        .map(|((p, s), c)| NamespaceSummary {
+            db: p.meta.db.clone(),
+            collection: p.meta.collection.clone(),
+            documents: s.documents,
+            raw_bytes: s.bytes,
+            crc: s.crc,
+            checksum: c.lock().map(|c| *c).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// After the collections: reads `oplogEnd`, checks for overflow, writes the window into

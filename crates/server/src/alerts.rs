@@ -86,7 +86,7 @@ impl Alerts {
             return Ok(None);
         }
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .timeout(cfg.timeout)
             .user_agent(concat!("ddsvault/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| crate::ConfigError(format!("[alerts] HTTP client: {e}")))?;

@@ -1,9 +1,18 @@
 //! The configuration file (TOML). Every key is documented in docs/configuration.md, whose example is loaded by a test.
+//!
+//! Durations are `std::time::Duration` fields read from the integer keys the file has always had: the key keeps
+//! its unit in its name (`lease_secs`, `poll_ms`), the Rust field drops it (`lease`, `poll`) and `serde_with`'s
+//! `DurationSeconds<u64>` / `DurationMilliSeconds<u64>` convert, so a negative or non-integer value fails with
+//! serde's own "expected u64" error pointing at the key. Validation messages quote the key and the number in
+//! the unit the user wrote (`jobs.lease_secs = 1 is outside 2..=3600`), hence the `as_secs()` / `as_millis()`
+//! in `Config::validate`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 
 use crate::error::ConfigError;
 
@@ -12,7 +21,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_REGION: &str = "cn-hangzhou";
 pub const DEFAULT_DATA_DIR: &str = "./ddsvault-data";
 /// Alibaba accepts request timestamps within 15 minutes of its clock.
-pub const DEFAULT_SKEW_SECS: u64 = 900;
+pub const DEFAULT_SKEW: Duration = Duration::from_secs(900);
 
 /// Storage types Dds knows; the `cloud_*` ones are cloud disks, which take only snapshot backups.
 pub const STORAGE_TYPES: [&str; 5] = [
@@ -24,6 +33,7 @@ pub const STORAGE_TYPES: [&str; 5] = [
 ];
 
 /// The whole configuration file.
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -58,18 +68,20 @@ pub struct Config {
     /// Where backup files go.
     #[serde(default)]
     pub repository: RepositoryConfig,
-    /// Accepted clock difference for signed requests, in seconds (both directions).
-    #[serde(default = "default_skew")]
-    pub timestamp_skew_secs: u64,
+    /// Accepted clock difference for signed requests (both directions); `timestamp_skew_secs`, in seconds.
+    #[serde(rename = "timestamp_skew_secs", default = "default_skew")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub timestamp_skew: Duration,
     /// `HostId` in error bodies; default: the listen address.
     #[serde(default)]
     pub host_id: Option<String>,
     /// Base URL put in `BackupDownloadURL` (e.g. `https://backup.example.com`); default `http://<listen address>`.
     #[serde(default)]
     pub public_url: Option<String>,
-    /// Lifetime of download URLs, in seconds.
-    #[serde(default = "default_url_ttl")]
-    pub download_url_ttl_secs: u64,
+    /// Lifetime of download URLs; `download_url_ttl_secs`, in seconds.
+    #[serde(rename = "download_url_ttl_secs", default = "default_url_ttl")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub download_url_ttl: Duration,
     /// Backup engine tuning.
     #[serde(default)]
     pub backup: BackupConfig,
@@ -145,6 +157,7 @@ pub const ALERT_EVENTS: [&str; 4] = [
 ];
 
 /// `[alerts]`: where notifications go and how hard ddsvault tries.
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
@@ -157,9 +170,11 @@ pub struct AlertsConfig {
     /// Attempts per notification, 1..=20 (default 5); the waits between them double from 1 s up to 60 s.
     #[serde(default = "default_alert_attempts")]
     pub max_attempts: u32,
-    /// Seconds one attempt may take (connecting, sending, the receiver's answer), 1..=300 (default 10).
-    #[serde(default = "default_alert_timeout")]
-    pub timeout_secs: u64,
+    /// `timeout_secs`: seconds one attempt may take (connecting, sending, the receiver's answer), 1..=300
+    /// (default 10).
+    #[serde(rename = "timeout_secs", default = "default_alert_timeout")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub timeout: Duration,
 }
 
 impl Default for AlertsConfig {
@@ -168,7 +183,7 @@ impl Default for AlertsConfig {
             webhooks: Vec::new(),
             queue_capacity: default_alert_queue(),
             max_attempts: default_alert_attempts(),
-            timeout_secs: default_alert_timeout(),
+            timeout: default_alert_timeout(),
         }
     }
 }
@@ -179,8 +194,8 @@ fn default_alert_queue() -> usize {
 fn default_alert_attempts() -> u32 {
     5
 }
-fn default_alert_timeout() -> u64 {
-    10
+fn default_alert_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[[alerts.webhooks]]`.
@@ -209,6 +224,7 @@ impl std::fmt::Debug for WebhookConfig {
 }
 
 /// `[repository]`: where backup files are kept (docs/s3-repository.md).
+#[serde_as]
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
@@ -247,22 +263,27 @@ pub struct RepositoryConfig {
     /// Retries of a request that failed transiently (throttling, 5xx, timeouts), default 10.
     #[serde(default)]
     pub max_retries: Option<usize>,
-    /// No retry starts after this many seconds since the first attempt, default 180.
-    #[serde(default)]
-    pub retry_timeout_secs: Option<u64>,
-    /// Timeout of one HTTP request in seconds (a part upload included), default 120.
-    #[serde(default)]
-    pub request_timeout_secs: Option<u64>,
-    /// First retry delay in milliseconds (upper end of its jitter range), default 1000.
-    #[serde(default)]
-    pub retry_initial_backoff_ms: Option<u64>,
-    /// Longest delay between two attempts in seconds, default 20.
-    #[serde(default)]
-    pub retry_max_backoff_secs: Option<u64>,
-    /// Multipart uploads under the prefix older than this many seconds that no running upload owns are
-    /// aborted at start and by every GC pass, default 86400 (24 h).
-    #[serde(default)]
-    pub lost_upload_grace_secs: Option<u64>,
+    /// `retry_timeout_secs`: no retry starts after this many seconds since the first attempt, default 180.
+    #[serde(rename = "retry_timeout_secs", default)]
+    #[serde_as(as = "Option<DurationSeconds<u64>>")]
+    pub retry_timeout: Option<Duration>,
+    /// `request_timeout_secs`: timeout of one HTTP request in seconds (a part upload included), default 120.
+    #[serde(rename = "request_timeout_secs", default)]
+    #[serde_as(as = "Option<DurationSeconds<u64>>")]
+    pub request_timeout: Option<Duration>,
+    /// `retry_initial_backoff_ms`: first retry delay in milliseconds (upper end of its jitter range), default 1000.
+    #[serde(rename = "retry_initial_backoff_ms", default)]
+    #[serde_as(as = "Option<DurationMilliSeconds<u64>>")]
+    pub retry_initial_backoff: Option<Duration>,
+    /// `retry_max_backoff_secs`: longest delay between two attempts in seconds, default 20.
+    #[serde(rename = "retry_max_backoff_secs", default)]
+    #[serde_as(as = "Option<DurationSeconds<u64>>")]
+    pub retry_max_backoff: Option<Duration>,
+    /// `lost_upload_grace_secs`: multipart uploads under the prefix older than this many seconds that no running
+    /// upload owns are aborted at start and by every GC pass, default 86400 (24 h).
+    #[serde(rename = "lost_upload_grace_secs", default)]
+    #[serde_as(as = "Option<DurationSeconds<u64>>")]
+    pub lost_upload_grace: Option<Duration>,
     /// Create manifests with `If-None-Match: *` (default true); set false for a server that rejects it.
     #[serde(default)]
     pub conditional_create: Option<bool>,
@@ -315,9 +336,9 @@ impl RepositoryConfig {
             || self.allow_http
             || self.virtual_hosted_style
             || self.conditional_create.is_some()
-            || self.retry_initial_backoff_ms.is_some()
-            || self.retry_max_backoff_secs.is_some()
-            || self.lost_upload_grace_secs.is_some();
+            || self.retry_initial_backoff.is_some()
+            || self.retry_max_backoff.is_some()
+            || self.lost_upload_grace.is_some();
         let url = match (&self.url, &self.local_path) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(
@@ -364,27 +385,27 @@ impl RepositoryConfig {
         if let Some(n) = self.max_retries {
             s.max_retries = n;
         }
-        if let Some(t) = self.retry_timeout_secs {
-            s.retry_timeout = std::time::Duration::from_secs(t);
+        if let Some(t) = self.retry_timeout {
+            s.retry_timeout = t;
         }
-        if let Some(t) = self.request_timeout_secs {
-            if t == 0 {
+        if let Some(t) = self.request_timeout {
+            if t.is_zero() {
                 return Err(ConfigError(
                     "[repository] request_timeout_secs must be > 0".into(),
                 ));
             }
-            s.request_timeout = std::time::Duration::from_secs(t);
+            s.request_timeout = t;
         }
-        if let Some(ms) = self.retry_initial_backoff_ms {
-            if ms == 0 {
+        if let Some(t) = self.retry_initial_backoff {
+            if t.is_zero() {
                 return Err(ConfigError(
                     "[repository] retry_initial_backoff_ms must be > 0".into(),
                 ));
             }
-            s.backoff_initial = std::time::Duration::from_millis(ms);
+            s.backoff_initial = t;
         }
-        if let Some(t) = self.retry_max_backoff_secs {
-            s.backoff_max = std::time::Duration::from_secs(t);
+        if let Some(t) = self.retry_max_backoff {
+            s.backoff_max = t;
         }
         if s.backoff_max < s.backoff_initial {
             return Err(ConfigError(format!(
@@ -393,8 +414,8 @@ impl RepositoryConfig {
                 s.backoff_initial.as_millis()
             )));
         }
-        if let Some(t) = self.lost_upload_grace_secs {
-            s.lost_upload_grace = std::time::Duration::from_secs(t);
+        if let Some(t) = self.lost_upload_grace {
+            s.lost_upload_grace = t;
         }
         if let Some(c) = self.conditional_create {
             s.conditional_create = c;
@@ -488,6 +509,7 @@ impl RepositoryConfig {
 }
 
 /// `[backup]`: how backups are made.
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
@@ -503,14 +525,15 @@ pub struct BackupConfig {
     /// Jobs one ddsvault process runs at once.
     #[serde(default = "default_jobs")]
     pub max_concurrent_jobs: usize,
-    /// A job whose progress (phase, documents, bytes, oplog entries) does not change for this many seconds is
-    /// failed by its watchdog (`Job.Stalled`), releasing what it holds. 2..=86400.
-    #[serde(default = "default_stall_timeout")]
-    pub stall_timeout_secs: u64,
+    /// `stall_timeout_secs`: a job whose progress (phase, documents, bytes, oplog entries) does not change for
+    /// this many seconds is failed by its watchdog (`Job.Stalled`), releasing what it holds. 2..=86400.
+    #[serde(rename = "stall_timeout_secs", default = "default_stall_timeout")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub stall_timeout: Duration,
 }
 
-fn default_stall_timeout() -> u64 {
-    ddsvault_jobs::progress::DEFAULT_STALL_TIMEOUT.as_secs()
+fn default_stall_timeout() -> Duration {
+    ddsvault_jobs::progress::DEFAULT_STALL_TIMEOUT
 }
 
 impl Default for BackupConfig {
@@ -520,74 +543,85 @@ impl Default for BackupConfig {
             zstd_level: default_zstd_level(),
             parallel_collections: default_parallel(),
             max_concurrent_jobs: default_jobs(),
-            stall_timeout_secs: default_stall_timeout(),
+            stall_timeout: default_stall_timeout(),
         }
     }
 }
 
 /// `[jobs]`: how long a claimed job stays its process's without renewal (docs/deployment.md).
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
-    /// A process renews the lease of each job it runs every third of this; a job whose lease ran out (its process
-    /// died, was paused or lost the catalog) is taken over and failed by any process within this plus
-    /// min(half of it, 5) seconds. 2..=3600, default 30. Clocks of the processes sharing a catalog must agree to
-    /// well within it.
-    #[serde(default = "default_lease_secs")]
-    pub lease_secs: u64,
+    /// `lease_secs`: a process renews the lease of each job it runs every third of this; a job whose lease ran
+    /// out (its process died, was paused or lost the catalog) is taken over and failed by any process within this
+    /// plus min(half of it, 5) seconds. 2..=3600, default 30. Clocks of the processes sharing a catalog must agree
+    /// to well within it.
+    #[serde(rename = "lease_secs", default = "default_lease")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub lease: Duration,
 }
 
-fn default_lease_secs() -> u64 {
-    ddsvault_jobs::DEFAULT_LEASE.as_secs()
+fn default_lease() -> Duration {
+    ddsvault_jobs::DEFAULT_LEASE
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
-            lease_secs: default_lease_secs(),
+            lease: default_lease(),
         }
     }
 }
 
-impl JobsConfig {
-    /// The lease as a duration.
-    pub fn lease(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.lease_secs)
-    }
-}
-
 /// `[retention]`: the garbage collector that deletes expired backups.
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Seconds between two collector passes (a pass also runs at start), 1..=86400.
-    #[serde(default = "default_gc_interval")]
-    pub gc_interval_secs: u64,
-    /// Seconds a retention lock stays on after an unlock request, 1..=31536000 (default 24 h).
-    #[serde(default = "default_lock_cooling_off")]
-    pub lock_cooling_off_secs: u64,
-    /// Seconds an orphan snapshot chunk must have existed before the collector sweeps it, 0..=604800 (default
-    /// 1 h): protects the chunks a snapshot in progress has just written.
-    #[serde(default = "default_chunk_grace")]
-    pub chunk_grace_secs: u64,
-    /// Days audit records are kept, 0..=36500 (0: forever; default 180).
+    /// `gc_interval_secs`: seconds between two collector passes (a pass also runs at start), 1..=86400.
+    #[serde(rename = "gc_interval_secs", default = "default_gc_interval")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub gc_interval: Duration,
+    /// `lock_cooling_off_secs`: seconds a retention lock stays on after an unlock request, 1..=31536000 (default
+    /// 24 h).
+    #[serde(rename = "lock_cooling_off_secs", default = "default_lock_cooling_off")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub lock_cooling_off: Duration,
+    /// `chunk_grace_secs`: seconds an orphan snapshot chunk must have existed before the collector sweeps it,
+    /// 0..=604800 (default 1 h): protects the chunks a snapshot in progress has just written.
+    #[serde(rename = "chunk_grace_secs", default = "default_chunk_grace")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub chunk_grace: Duration,
+    /// Days audit records are kept, 0..=36500 (0: forever; default 180). Stays a count of days rather than a
+    /// `Duration`: 0 is not a zero-length period but "keep forever", the collector takes whole days
+    /// (`Gc::with_audit_retention`), and serde_with has no day unit to read the key with.
     #[serde(default = "default_audit_retention")]
     pub audit_retention_days: u32,
-    /// Seconds between two scrub passes (every chunk re-hashed, every backup verified; see docs/integrity.md),
-    /// 0 = never (default; `ddsvault scrub` runs one by hand), else 3600..=31536000.
-    #[serde(default)]
-    pub scrub_interval_secs: u64,
+    /// `scrub_interval_secs`: seconds between two scrub passes (every chunk re-hashed, every backup verified; see
+    /// docs/integrity.md), 0 = never (default; `ddsvault scrub` runs one by hand), else 3600..=31536000. See
+    /// [`RetentionConfig::scrub_every`].
+    #[serde(rename = "scrub_interval_secs", default)]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub scrub_interval: Duration,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
-            gc_interval_secs: default_gc_interval(),
-            lock_cooling_off_secs: default_lock_cooling_off(),
-            chunk_grace_secs: default_chunk_grace(),
+            gc_interval: default_gc_interval(),
+            lock_cooling_off: default_lock_cooling_off(),
+            chunk_grace: default_chunk_grace(),
             audit_retention_days: default_audit_retention(),
-            scrub_interval_secs: 0,
+            scrub_interval: Duration::ZERO,
         }
+    }
+}
+
+impl RetentionConfig {
+    /// The scrub interval, or `None` when scrubbing is not scheduled (`scrub_interval_secs = 0`).
+    pub fn scrub_every(&self) -> Option<Duration> {
+        (!self.scrub_interval.is_zero()).then_some(self.scrub_interval)
     }
 }
 
@@ -595,30 +629,33 @@ fn default_audit_retention() -> u32 {
     180
 }
 
-fn default_lock_cooling_off() -> u64 {
-    86_400
+fn default_lock_cooling_off() -> Duration {
+    Duration::from_secs(86_400)
 }
 
-fn default_chunk_grace() -> u64 {
-    3600
+fn default_chunk_grace() -> Duration {
+    Duration::from_secs(3600)
 }
 
-fn default_gc_interval() -> u64 {
-    600
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `[server]`: bounds on connections and on what one client can hold (see docs/reliability.md).
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Seconds a connection gets to send a complete request head: from its opening, and again after each
-    /// answer while it is kept alive (so this is the keep-alive idle limit too). 1..=300.
-    #[serde(default = "default_header_timeout")]
-    pub header_timeout_secs: u64,
-    /// Seconds a request's body may take to arrive, and an answer may wait for a client that does not read it.
-    /// 1..=3600.
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout_secs: u64,
+    /// `header_timeout_secs`: seconds a connection gets to send a complete request head: from its opening, and
+    /// again after each answer while it is kept alive (so this is the keep-alive idle limit too). 1..=300.
+    #[serde(rename = "header_timeout_secs", default = "default_header_timeout")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub header_timeout: Duration,
+    /// `idle_timeout_secs`: seconds a request's body may take to arrive, and an answer may wait for a client that
+    /// does not read it. 1..=3600.
+    #[serde(rename = "idle_timeout_secs", default = "default_idle_timeout")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub idle_timeout: Duration,
     /// Connections served at once (plain and TLS each). At the cap, the connection that has waited longest for
     /// a request head is closed to make room. 16..=1000000; lowered at start to what the file-descriptor limit
     /// allows.
@@ -641,8 +678,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            header_timeout_secs: default_header_timeout(),
-            idle_timeout_secs: default_idle_timeout(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             nonces_per_access_key: default_nonces_per_key(),
             nonce_capacity: default_nonce_capacity(),
@@ -651,11 +688,11 @@ impl Default for ServerConfig {
     }
 }
 
-fn default_header_timeout() -> u64 {
-    10
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_idle_timeout() -> u64 {
-    60
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_connections() -> usize {
     4096
@@ -668,71 +705,77 @@ fn default_nonce_capacity() -> usize {
 }
 
 /// `[scheduler]`: automatic backups following each instance's backup policy.
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// Run automatic backups at all.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Seconds between two looks at the policies, 1..=600.
-    #[serde(default = "default_tick")]
-    pub tick_secs: u64,
+    /// `tick_secs`: seconds between two looks at the policies, 1..=600.
+    #[serde(rename = "tick_secs", default = "default_tick")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub tick: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            tick_secs: default_tick(),
+            tick: default_tick(),
         }
     }
 }
 
 /// `[log_backup]`: the oplog followers (docs/pitr.md).
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogBackupConfig {
     /// Run followers at all (an instance is followed only when its policy has `EnableBackupLog=1`).
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// A slice is closed after this many seconds, 1..=3600.
-    #[serde(default = "default_slice_secs")]
-    pub slice_secs: u64,
+    /// `slice_secs`: a slice is closed after this many seconds, 1..=3600.
+    #[serde(rename = "slice_secs", default = "default_slice")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub slice: Duration,
     /// ... or once it holds this many MiB of entries, 1..=1024.
     #[serde(default = "default_slice_mib")]
     pub slice_mib: usize,
-    /// Milliseconds between two reads of the oplog at the most, 100..=60000 (the follower also wakes when
-    /// the next second settles).
-    #[serde(default = "default_poll_ms")]
-    pub poll_ms: u64,
-    /// Milliseconds a second must have been over on the server's clock before its oplog entries are taken,
-    /// 100..=60000: more than FerretDB's longest delay between choosing an entry's `ts` and the entry being
-    /// visible (docs/pitr.md).
-    #[serde(default = "default_settle_ms")]
-    pub settle_ms: u64,
+    /// `poll_ms`: milliseconds between two reads of the oplog at the most, 100..=60000 (the follower also wakes
+    /// when the next second settles).
+    #[serde(rename = "poll_ms", default = "default_poll")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub poll: Duration,
+    /// `settle_ms`: milliseconds a second must have been over on the server's clock before its oplog entries are
+    /// taken, 100..=60000: more than FerretDB's longest delay between choosing an entry's `ts` and the entry
+    /// being visible (docs/pitr.md).
+    #[serde(rename = "settle_ms", default = "default_settle")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub settle: Duration,
 }
 
-fn default_slice_secs() -> u64 {
-    60
+fn default_slice() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_slice_mib() -> usize {
     16
 }
-fn default_poll_ms() -> u64 {
-    1000
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
 }
-fn default_settle_ms() -> u64 {
-    u64::try_from(ddsvault_jobs::pitr::DEFAULT_SETTLE.as_millis()).unwrap_or(750)
+fn default_settle() -> Duration {
+    ddsvault_jobs::pitr::DEFAULT_SETTLE
 }
 
 impl Default for LogBackupConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            slice_secs: default_slice_secs(),
+            slice: default_slice(),
             slice_mib: default_slice_mib(),
-            poll_ms: default_poll_ms(),
-            settle_ms: default_settle_ms(),
+            poll: default_poll(),
+            settle: default_settle(),
         }
     }
 }
@@ -741,16 +784,18 @@ impl LogBackupConfig {
     /// The follower settings.
     pub fn settings(&self) -> ddsvault_jobs::pitr::LogSettings {
         ddsvault_jobs::pitr::LogSettings {
-            slice_secs: self.slice_secs,
+            // The follower counts slice ages in whole seconds (also against oplog timestamps, which are seconds).
+            slice_secs: self.slice.as_secs(),
             slice_bytes: self.slice_mib.saturating_mul(1024 * 1024),
-            poll: std::time::Duration::from_millis(self.poll_ms),
-            settle: std::time::Duration::from_millis(self.settle_ms),
+            poll: self.poll,
+            settle: self.settle,
             ..ddsvault_jobs::pitr::LogSettings::default()
         }
     }
 }
 
 /// `[provisioning]`: how CreateDBInstance runs a new instance (docs/provisioning.md).
+#[serde_as]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
@@ -765,9 +810,10 @@ pub struct ProvisioningConfig {
     /// Where instance directories go; default `<data_dir>/instances`.
     #[serde(default)]
     pub base_dir: Option<PathBuf>,
-    /// How long a new server may take to answer `ping`, 1..=600 seconds.
-    #[serde(default = "default_start_timeout")]
-    pub start_timeout_secs: u64,
+    /// `start_timeout_secs`: how long a new server may take to answer `ping`, 1..=600 seconds.
+    #[serde(rename = "start_timeout_secs", default = "default_start_timeout")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub start_timeout: Duration,
 }
 
 fn default_port_min() -> u16 {
@@ -776,8 +822,8 @@ fn default_port_min() -> u16 {
 fn default_port_max() -> u16 {
     27199
 }
-fn default_start_timeout() -> u64 {
-    30
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ProvisioningConfig {
@@ -797,7 +843,7 @@ impl ProvisioningConfig {
                 .base_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("instances")),
-            start_timeout: std::time::Duration::from_secs(self.start_timeout_secs),
+            start_timeout: self.start_timeout,
         })
     }
 
@@ -835,10 +881,10 @@ impl ProvisioningConfig {
                 self.port_min, self.port_max
             ));
         }
-        if !(1..=600).contains(&self.start_timeout_secs) {
+        if !(1..=600).contains(&self.start_timeout.as_secs()) {
             return err(format!(
                 "start_timeout_secs = {} is outside 1..=600",
-                self.start_timeout_secs
+                self.start_timeout.as_secs()
             ));
         }
         Ok(())
@@ -921,8 +967,8 @@ fn default_true() -> bool {
     true
 }
 
-fn default_tick() -> u64 {
-    30
+fn default_tick() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[[access_keys]]`.
@@ -1000,7 +1046,8 @@ pub struct InstancePolicyConfig {
     /// Comma-separated weekdays, e.g. `Monday,Thursday`.
     #[serde(default)]
     pub preferred_backup_period: Option<String>,
-    /// Days (7–730) or -1 (permanent).
+    /// Days (7–730) or -1 (permanent). A count of days, not a `Duration`: it is Dds's `BackupRetentionPeriod`,
+    /// stored and answered by the API in days, with -1 as a value of its own.
     #[serde(default)]
     pub backup_retention_period: Option<i64>,
 }
@@ -1069,11 +1116,11 @@ fn default_region() -> String {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
-fn default_skew() -> u64 {
-    DEFAULT_SKEW_SECS
+fn default_skew() -> Duration {
+    DEFAULT_SKEW
 }
-fn default_url_ttl() -> u64 {
-    3600
+fn default_url_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_zstd_level() -> i32 {
     3
@@ -1184,10 +1231,10 @@ impl Config {
                 return err(format!("listen_tls = {l:?} is not an ip:port address"));
             }
         }
-        if !(2..=86_400).contains(&self.backup.stall_timeout_secs) {
+        if !(2..=86_400).contains(&self.backup.stall_timeout.as_secs()) {
             return err(format!(
                 "backup.stall_timeout_secs = {} must be between 2 and 86400",
-                self.backup.stall_timeout_secs
+                self.backup.stall_timeout.as_secs()
             ));
         }
         if let Some(url) = &self.catalog_url {
@@ -1226,28 +1273,28 @@ impl Config {
         if self.backup.max_concurrent_jobs == 0 || self.backup.max_concurrent_jobs > 64 {
             return err("backup.max_concurrent_jobs must be 1..=64".into());
         }
-        if !(2..=3600).contains(&self.jobs.lease_secs) {
+        if !(2..=3600).contains(&self.jobs.lease.as_secs()) {
             return err(format!(
                 "jobs.lease_secs = {} is outside 2..=3600",
-                self.jobs.lease_secs
+                self.jobs.lease.as_secs()
             ));
         }
-        if !(1..=86_400).contains(&self.retention.gc_interval_secs) {
+        if !(1..=86_400).contains(&self.retention.gc_interval.as_secs()) {
             return err(format!(
                 "retention.gc_interval_secs = {} is outside 1..=86400",
-                self.retention.gc_interval_secs
+                self.retention.gc_interval.as_secs()
             ));
         }
-        let scrub = self.retention.scrub_interval_secs;
+        let scrub = self.retention.scrub_interval.as_secs();
         if scrub != 0 && !(3600..=31_536_000).contains(&scrub) {
             return err(format!(
                 "retention.scrub_interval_secs = {scrub} is outside 3600..=31536000 (or 0: never)"
             ));
         }
-        if !(1..=31_536_000).contains(&self.retention.lock_cooling_off_secs) {
+        if !(1..=31_536_000).contains(&self.retention.lock_cooling_off.as_secs()) {
             return err(format!(
                 "retention.lock_cooling_off_secs = {} is outside 1..=31536000",
-                self.retention.lock_cooling_off_secs
+                self.retention.lock_cooling_off.as_secs()
             ));
         }
         if self.retention.audit_retention_days > 36_500 {
@@ -1256,16 +1303,16 @@ impl Config {
                 self.retention.audit_retention_days
             ));
         }
-        if self.retention.chunk_grace_secs > 604_800 {
+        if self.retention.chunk_grace.as_secs() > 604_800 {
             return err(format!(
                 "retention.chunk_grace_secs = {} is outside 0..=604800",
-                self.retention.chunk_grace_secs
+                self.retention.chunk_grace.as_secs()
             ));
         }
         let srv = &self.server;
         for (name, value, range) in [
-            ("header_timeout_secs", srv.header_timeout_secs, 1..=300),
-            ("idle_timeout_secs", srv.idle_timeout_secs, 1..=3600),
+            ("header_timeout_secs", srv.header_timeout.as_secs(), 1..=300),
+            ("idle_timeout_secs", srv.idle_timeout.as_secs(), 1..=3600),
             (
                 "max_connections",
                 srv.max_connections as u64,
@@ -1286,20 +1333,26 @@ impl Config {
                 ));
             }
         }
-        if !(1..=600).contains(&self.scheduler.tick_secs) {
+        if !(1..=600).contains(&self.scheduler.tick.as_secs()) {
             return err(format!(
                 "scheduler.tick_secs = {} is outside 1..=600",
-                self.scheduler.tick_secs
+                self.scheduler.tick.as_secs()
             ));
         }
-        if !(1..=3600).contains(&self.log_backup.slice_secs)
-            || !(1..=1024).contains(&self.log_backup.slice_mib)
-            || !(100..=60_000).contains(&self.log_backup.poll_ms)
-            || !(100..=60_000).contains(&self.log_backup.settle_ms)
+        let log = &self.log_backup;
+        let (slice_secs, poll_ms, settle_ms) = (
+            log.slice.as_secs(),
+            log.poll.as_millis(),
+            log.settle.as_millis(),
+        );
+        if !(1..=3600).contains(&slice_secs)
+            || !(1..=1024).contains(&log.slice_mib)
+            || !(100..=60_000).contains(&poll_ms)
+            || !(100..=60_000).contains(&settle_ms)
         {
             return err(format!(
-                "log_backup: slice_secs = {} (1..=3600), slice_mib = {} (1..=1024), poll_ms = {} (100..=60000), settle_ms = {} (100..=60000): a value is out of range",
-                self.log_backup.slice_secs, self.log_backup.slice_mib, self.log_backup.poll_ms, self.log_backup.settle_ms
+                "log_backup: slice_secs = {slice_secs} (1..=3600), slice_mib = {} (1..=1024), poll_ms = {poll_ms} (100..=60000), settle_ms = {settle_ms} (100..=60000): a value is out of range",
+                log.slice_mib
             ));
         }
         if let Some(p) = &self.provisioning {
@@ -1401,7 +1454,7 @@ impl Config {
         if !(1..=20).contains(&a.max_attempts) {
             return err("[alerts] max_attempts must be 1..=20".into());
         }
-        if !(1..=300).contains(&a.timeout_secs) {
+        if !(1..=300).contains(&a.timeout.as_secs()) {
             return err("[alerts] timeout_secs must be 1..=300".into());
         }
         for (i, w) in a.webhooks.iter().enumerate() {
@@ -1523,8 +1576,8 @@ mod tests {
             .expect("valid")
             .log_backup
             .settings();
-        assert_eq!(s.settle, std::time::Duration::from_millis(400));
-        assert_eq!(s.poll, std::time::Duration::from_millis(100));
+        assert_eq!(s.settle, Duration::from_millis(400));
+        assert_eq!(s.poll, Duration::from_millis(100));
         for bad in ["0", "99", "60001"] {
             let e = Config::parse(&format!("[log_backup]\nsettle_ms = {bad}\n"))
                 .expect_err("out of range")
@@ -1536,15 +1589,15 @@ mod tests {
     #[test]
     fn job_lease_defaults_to_30_s_and_is_bounded() {
         assert_eq!(
-            Config::parse("").expect("empty").jobs.lease(),
-            std::time::Duration::from_secs(30)
+            Config::parse("").expect("empty").jobs.lease,
+            Duration::from_secs(30)
         );
         assert_eq!(
             Config::parse("[jobs]\nlease_secs = 3\n")
                 .expect("short")
                 .jobs
-                .lease_secs,
-            3
+                .lease,
+            Duration::from_secs(3)
         );
         for bad in ["0", "1", "3601"] {
             let e = Config::parse(&format!("[jobs]\nlease_secs = {bad}\n"))
@@ -1554,18 +1607,88 @@ mod tests {
         }
     }
 
+    /// The duration keys keep their names and integer units; only the Rust side is typed.
+    #[test]
+    fn duration_keys_parse_in_their_units() {
+        let c = Config::parse(
+            "timestamp_skew_secs = 300\ndownload_url_ttl_secs = 120\n\
+             [repository]\nurl = \"s3://b/p\"\nretry_timeout_secs = 90\nretry_initial_backoff_ms = 250\n\
+             retry_max_backoff_secs = 5\n\
+             [jobs]\nlease_secs = 45\n\
+             [retention]\ngc_interval_secs = 60\nscrub_interval_secs = 7200\n\
+             [server]\nidle_timeout_secs = 120\n\
+             [log_backup]\nslice_secs = 10\npoll_ms = 250\n\
+             [alerts]\ntimeout_secs = 7\n",
+        )
+        .expect("valid");
+        assert_eq!(c.timestamp_skew, Duration::from_secs(300));
+        assert_eq!(c.download_url_ttl, Duration::from_secs(120));
+        assert_eq!(c.jobs.lease, Duration::from_secs(45));
+        assert_eq!(c.retention.gc_interval, Duration::from_secs(60));
+        assert_eq!(c.retention.scrub_every(), Some(Duration::from_secs(7200)));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.log_backup.poll, Duration::from_millis(250));
+        assert_eq!(c.log_backup.settings().slice_secs, 10);
+        assert_eq!(c.alerts.timeout, Duration::from_secs(7));
+        match c.repository.location(&c.data_dir).expect("location") {
+            ddsvault_repo::RepositoryLocation::S3(s) => {
+                assert_eq!(s.retry_timeout, Duration::from_secs(90));
+                assert_eq!(s.backoff_initial, Duration::from_millis(250));
+                assert_eq!(s.backoff_max, Duration::from_secs(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unset optional keys leave the repository's own defaults; 0 still means "never scrub".
+        let d = Config::parse("").expect("empty");
+        assert_eq!(d.repository.retry_timeout, None);
+        assert_eq!(d.retention.scrub_every(), None);
+        assert_eq!(d.download_url_ttl, Duration::from_secs(3600));
+        assert_eq!(d.log_backup.poll, Duration::from_secs(1));
+
+        // A negative, fractional or string value is refused by the TOML reader, pointing at the key.
+        for (text, key) in [
+            ("[jobs]\nlease_secs = -1", "lease_secs"),
+            ("[scheduler]\ntick_secs = \"30s\"", "tick_secs"),
+            ("[log_backup]\npoll_ms = 1.5", "poll_ms"),
+            (
+                "[repository]\nurl = \"s3://b\"\nretry_initial_backoff_ms = -250",
+                "retry_initial_backoff_ms",
+            ),
+            ("timestamp_skew_secs = \"900\"", "timestamp_skew_secs"),
+        ] {
+            let e = Config::parse(text).expect_err(text).0;
+            assert!(
+                e.contains(key) && e.contains("expected u64"),
+                "{text:?} gave {e:?}"
+            );
+        }
+        // Range errors quote the key and the number in the unit written.
+        let e = Config::parse("[jobs]\nlease_secs = 1")
+            .expect_err("short lease")
+            .0;
+        assert_eq!(e, "jobs.lease_secs = 1 is outside 2..=3600");
+        let e = Config::parse("[log_backup]\npoll_ms = 60001")
+            .expect_err("slow poll")
+            .0;
+        assert!(e.contains("poll_ms = 60001 (100..=60000)"), "{e}");
+        let e = Config::parse("[repository]\nurl = \"s3://b\"\nretry_initial_backoff_ms = 0")
+            .expect_err("zero backoff")
+            .0;
+        assert!(e.contains("retry_initial_backoff_ms must be > 0"), "{e}");
+    }
+
     #[test]
     fn empty_config_takes_defaults() {
         let c = Config::parse("").expect("valid");
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.region_id, DEFAULT_REGION);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(c.timestamp_skew_secs, 900);
+        assert_eq!(c.timestamp_skew, Duration::from_secs(900));
         assert_eq!(
             c.backup.compression,
             ddsvault_catalog::ArchiveCompression::Zstd
         );
-        assert_eq!(c.retention.chunk_grace_secs, 3600);
+        assert_eq!(c.retention.chunk_grace, Duration::from_secs(3600));
         assert_eq!(c.retention.audit_retention_days, 180);
         assert!(c.catalog_url().ends_with("ddsvault-data/catalog.db"));
     }
@@ -1603,7 +1726,7 @@ mod tests {
             })
         );
         assert_eq!(c.listen_tls, None);
-        assert_eq!(c.server.header_timeout_secs, 10);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
         assert_eq!(c.server.nonces_per_access_key, 200_000);
     }
 

@@ -22,6 +22,7 @@ pub mod offline;
 mod ram_api;
 pub mod repository;
 mod router;
+mod serving;
 pub mod startup;
 mod state;
 mod throttle;
@@ -161,8 +162,7 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
         gc,
         scheduler,
         log_backup,
-        scrub_interval: (cfg.retention.scrub_interval_secs > 0)
-            .then(|| Duration::from_secs(cfg.retention.scrub_interval_secs)),
+        scrub_interval: cfg.retention.scrub_every(),
         listeners,
         identity,
         data_dir: cfg.data_dir.clone(),
@@ -185,12 +185,8 @@ pub async fn prepare_node(cfg: Config, api: bool) -> Result<Prepared, ServerErro
 pub async fn retention_pass(cfg: &Config) -> Result<ddsvault_jobs::gc::GcReport, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = repository::open(cfg)?;
-    let gc = Gc::new(
-        catalog,
-        repo,
-        Duration::from_secs(cfg.retention.gc_interval_secs),
-    )
-    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
+    let gc = Gc::new(catalog, repo, cfg.retention.gc_interval)
+        .with_chunk_grace(cfg.retention.chunk_grace);
     Ok(gc.pass().await?)
 }
 
@@ -205,12 +201,8 @@ pub async fn retention_dry_run(
 ) -> Result<ddsvault_jobs::gc::DryRun, ServerError> {
     let catalog = ddsvault_catalog::open_existing(&cfg.catalog_url()).await?;
     let repo = repository::open(cfg)?;
-    let gc = Gc::new(
-        catalog,
-        repo,
-        Duration::from_secs(cfg.retention.gc_interval_secs),
-    )
-    .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs));
+    let gc = Gc::new(catalog, repo, cfg.retention.gc_interval)
+        .with_chunk_grace(cfg.retention.chunk_grace);
     Ok(gc.dry_run(instance).await?)
 }
 
@@ -241,229 +233,48 @@ impl Prepared {
         shutdown: CancellationToken,
         on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
     ) -> Result<(), ServerError> {
-        let _identity = self.identity;
-        let listener = self.listeners.plain;
-        let addr = match &listener {
-            Some(l) => Some(l.local_addr().map_err(ServerError::Serve)?),
-            None => None,
+        let Prepared {
+            state,
+            tasks,
+            gc,
+            scheduler,
+            scrub_interval,
+            log_backup,
+            listeners,
+            identity,
+            server,
+            tls,
+            public_url,
+            monitoring,
+            alert_senders,
+            ..
+        } = self;
+        let background = serving::Background {
+            gc,
+            scheduler,
+            scrub_interval,
+            log_backup,
         };
-        let tls_listener = match (&self.tls, self.listeners.tls) {
-            (Some((_, config)), Some(tcp)) => Some(
-                tls::TlsListener::new(tcp, Arc::clone(config))
-                    .handshake_timeout(Duration::from_secs(self.server.header_timeout_secs)),
-            ),
-            _ => None,
-        };
-        let tls_addr = match &tls_listener {
-            Some(l) => Some(axum::serve::Listener::local_addr(l).map_err(ServerError::Serve)?),
-            None => None,
-        };
-        if let Some(addr) = addr {
-            on_listening(addr, tls_addr);
-            let base = self
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
-            let _ = self
-                .state
-                .public_base
-                .set(base.trim_end_matches('/').to_string());
+        // The data directory's lock is held until serving ends. Each phase below is a function of `serving`, in
+        // this order, and the order is part of the behaviour: the shutdown in particular (listeners stop
+        // accepting, then calls in flight finish, then the background tasks stop) must stay as it is.
+        let _identity = identity;
+        let api = serving::api_listeners(listeners.plain, listeners.tls, tls.as_ref(), &server)?;
+        if let Some(addr) = api.addr {
+            on_listening(addr, api.tls_addr);
+            serving::set_public_base(&state, public_url.as_ref(), addr);
         }
-        {
-            let (catalog, runner) = (
-                Arc::clone(&self.state.catalog),
-                Arc::clone(&self.state.runner),
-            );
-            let api = nodes::api_label(addr);
-            self.tasks.spawn("node-heartbeat", move |token| {
-                nodes::heartbeat(catalog, runner, api, token)
-            });
-        }
-        if self.state.shared_nonces {
-            let catalog = Arc::clone(&self.state.catalog);
-            self.tasks.spawn("nonce-sweeper", move |token| {
-                nodes::sweep_nonces(catalog, token)
-            });
-        }
-
-        if let Some(rx) = self.state.audit.take_receiver() {
-            let catalog = Arc::clone(&self.state.catalog);
-            self.tasks.spawn("audit-writer", move |token| {
-                audit::run_writer(catalog, rx, token)
-            });
-        }
-        if let Some(p) = self.state.provisioner.clone() {
-            // Starts the provisioned instances that were Running, and stops them all at shutdown.
-            let catalog = Arc::clone(&self.state.catalog);
-            self.tasks.spawn("provisioned-instances", move |token| {
-                p.supervise(catalog, token)
-            });
-        }
-        let runner = Arc::clone(&self.state.runner);
-        let tasks = self.tasks.clone();
-        self.tasks
-            .spawn("job-runner", move |token| runner.run(tasks, token));
-        // Every process recovers the jobs whose lease expired (their process died, was paused or lost the
-        // catalog), continuously: a dead node's job is failed and cleaned up within the lease and one interval.
-        let (runner, gc) = (Arc::clone(&self.state.runner), Arc::clone(&self.gc));
-        self.tasks.spawn("lease-recovery", move |token| async move {
-            let every = runner.recovery_interval();
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(every) => {}
-                }
-                match runner.recover_expired().await {
-                    Ok(jobs) => {
-                        for instance in crashed_snapshots(&jobs) {
-                            gc.sweep_after_crash(instance).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "lease recovery failed; retrying"),
-                }
-            }
-        });
-        let gc = Arc::clone(&self.gc);
-        let lock_interval = gc.interval();
-        self.tasks.spawn("retention-gc", move |token| gc.run(token));
-        if let Some(copier) = self.state.copier.clone() {
-            // Copies follow new backups within a minute, or a collector interval if that is shorter.
-            let every = lock_interval.min(Duration::from_secs(60));
-            self.tasks
-                .spawn("repository-copies", move |token| copier.run(every, token));
-        }
-        let locker = Arc::clone(&self.state.object_lock);
-        let ids = ddsvault_jobs::InstanceIds::Live(Arc::clone(&self.state.runner));
-        self.tasks.spawn("object-lock", move |token| {
-            locker.run(ids, lock_interval, token)
-        });
-        // Registrations, changes and removals made by other processes on the catalog.
-        let st = Arc::clone(&self.state);
-        self.tasks
-            .spawn("registered-instances", move |token| async move {
-                loop {
-                    tokio::select! {
-                        () = token.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(actions::registered::SYNC_INTERVAL) => {}
-                    }
-                    if let Err(e) = actions::registered::sync(&st).await {
-                        tracing::warn!(error = %e, "could not read the registered instances; retrying");
-                    }
-                }
-            });
-        if let Some(interval) = self.scrub_interval {
-            let (catalog, repo) = (self.state.catalog.clone(), self.state.repo.clone());
-            self.tasks.spawn("repository-scrub", move |token| {
-                ddsvault_jobs::scrub::run_every(catalog, repo, interval, token)
-            });
-        }
-        let st = Arc::clone(&self.state);
-        self.tasks
-            .spawn("instance-checks", move |token| async move {
-                tokio::select! {
-                    () = checks::log_instance_checks(&st) => {}
-                    () = token.cancelled() => {}
-                }
-                Ok(())
-            });
-        if let Some(f) = &self.log_backup {
-            // One follower per instance the runner knows, started and stopped as instances come and go.
-            let (tasks, catalog, repo) = (
-                self.tasks.clone(),
-                Arc::clone(&self.state.catalog),
-                self.state.repo.clone(),
-            );
-            let (runner, node_id, settings) = (
-                Arc::clone(&self.state.runner),
-                f.node_id.clone(),
-                f.settings.clone(),
-            );
-            self.tasks.spawn("log-backup-followers", move |token| {
-                ddsvault_jobs::instances::supervise_followers(
-                    tasks, catalog, repo, runner, node_id, settings, token,
-                )
-            });
-        }
-        for sender in self.alert_senders {
-            self.tasks
-                .spawn("alert-webhook", move |token| sender.run(token));
-        }
-        if let Some(scheduler) = self.scheduler.clone() {
-            self.state
-                .scheduler_running
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            self.tasks
-                .spawn("backup-scheduler", move |token| scheduler.run(token));
-        }
-
-        // Plain and TLS listeners each get the connection bounds; the TLS router marks its calls secure.
-        let metrics_listener = self.listeners.metrics;
-        if let Some(l) = &metrics_listener {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "serving /metrics, /healthz and /readyz on their own listener");
-            }
-        }
-        let on_api_listeners = self.monitoring.enabled && metrics_listener.is_none();
-        let fd_limit = listener::raise_fd_limit();
-        let limits = listener::Limits::new(
-            &self.server,
-            fd_limit,
-            1 + usize::from(tls_listener.is_some()),
-        );
-        tracing::info!(max_connections = limits.max_connections, header_timeout_secs = limits.header_timeout.as_secs(),
-            idle_timeout_secs = limits.idle_timeout.as_secs(), fd_limit = ?fd_limit, "connection limits");
-        let plain = async {
-            match listener {
-                Some(listener) => {
-                    listener::serve(
-                        listener,
-                        router::router(Arc::clone(&self.state), on_api_listeners),
-                        limits,
-                        false,
-                        shutdown.clone(),
-                    )
-                    .await
-                }
-                // No API on this node: the background tasks run until shutdown.
-                None => shutdown.cancelled().await,
-            }
-        };
-        let secure = async {
-            if let Some(listener) = tls_listener {
-                listener::serve(
-                    listener,
-                    router::router(Arc::clone(&self.state), on_api_listeners),
-                    limits,
-                    true,
-                    shutdown.clone(),
-                )
-                .await;
-            }
-        };
-        let monitoring = async {
-            if let Some(listener) = metrics_listener {
-                listener::serve(
-                    listener,
-                    metrics::routes(Arc::clone(&self.state)),
-                    limits,
-                    false,
-                    shutdown.clone(),
-                )
-                .await;
-            }
-        };
-        tokio::join!(plain, secure, monitoring);
-        tracing::info!("HTTP server stopped accepting requests");
-        // Calls whose client went away still run to their end (and their audit record) before the writer stops.
-        self.state.requests.close();
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, self.state.requests.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("calls still running after the shutdown deadline");
-        }
-        self.tasks.shutdown(SHUTDOWN_DEADLINE).await;
-        tracing::info!("shutdown complete");
+        serving::start_background_tasks(&tasks, &state, &background, alert_senders, api.addr);
+        serving::serve_until_shutdown(
+            &state,
+            api,
+            listeners.metrics,
+            &server,
+            &monitoring,
+            &shutdown,
+        )
+        .await;
+        serving::stop_in_order(&state, &tasks).await;
         Ok(())
     }
 }

@@ -74,8 +74,8 @@ impl Limits {
             }
         }
         Self {
-            header_timeout: Duration::from_secs(cfg.header_timeout_secs),
-            idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+            header_timeout: cfg.header_timeout,
+            idle_timeout: cfg.idle_timeout,
             max_connections,
         }
     }

@@ -401,11 +401,11 @@ pub async fn import(
             compression,
             parallel_collections: cfg.backup.parallel_collections,
             scratch_dir: cfg.data_dir.join("scratch"),
-            stall_timeout: std::time::Duration::from_secs(cfg.backup.stall_timeout_secs),
+            stall_timeout: cfg.backup.stall_timeout,
         },
         1,
     )
-    .with_lease(cfg.jobs.lease());
+    .with_lease(cfg.jobs.lease);
     let req = ddsvault_jobs::import::ImportRequest {
         instance_id: instance_id.to_string(),
         file: file.to_path_buf(),

@@ -161,186 +161,274 @@ fn key_owner<'a>(p: &'a Params, caller: &'a str) -> &'a str {
         .unwrap_or(caller)
 }
 
+/// Runs one authorized RAM action: a short table from the action's name to the function that serves it, grouped
+/// as RAM's documentation groups them (users, AccessKeys, policies, groups).
 async fn run(
     admin: &IdentityAdmin,
     caller: &str,
     action: &str,
     p: &Params,
 ) -> Result<Map<String, Value>, ActionError> {
-    let user_json = |u: &ddsvault_catalog::RamUserRecord| {
-        json!({"UserName": u.name, "DisplayName": u.display_name, "CreateDate": ram_time(u.created_at),
-               "UpdateDate": ram_time(u.created_at)})
-    };
-    Ok(match action {
-        "CreateUser" => {
-            refuse_unstored(p, &["Email", "MobilePhone", "Comments"])?;
-            let name = p.required("UserName")?;
-            admin
-                .create_user(name, p.get("DisplayName").unwrap_or_default())
-                .await?;
-            let snap = admin.snapshot().await?;
-            let u = snap.users.iter().find(|u| u.name == name).ok_or_else(|| {
-                ActionError::Internal("the user vanished right after its creation".into())
-            })?;
-            obj(json!({"User": user_json(u)}))
-        }
-        "GetUser" => {
-            let name = p.required("UserName")?;
-            let snap = admin.snapshot().await?;
-            let u = snap.users.iter().find(|u| u.name == name).ok_or_else(|| {
-                ActionError::RamNotFound {
-                    kind: "User",
-                    what: format!("RAM user {name:?}"),
-                }
-            })?;
-            obj(json!({"User": user_json(u)}))
-        }
-        "ListUsers" => {
-            let snap = admin.snapshot().await?;
-            let users: Vec<Value> = snap.users.iter().map(user_json).collect();
-            obj(json!({"IsTruncated": false, "Users": {"User": users}}))
-        }
-        "DeleteUser" => {
-            admin.delete_user(p.required("UserName")?).await?;
-            Map::new()
-        }
-        "CreateAccessKey" => {
-            let k = admin.create_key(key_owner(p, caller)).await?;
-            obj(
-                json!({"AccessKey": {"AccessKeyId": k.id, "AccessKeySecret": k.secret, "Status": "Active",
-                                     "CreateDate": ram_time(Utc::now())}}),
-            )
-        }
-        "UpdateAccessKey" | "DeleteAccessKey" => {
-            let id = p.required("UserAccessKeyId")?;
-            let owner = key_owner(p, caller);
-            // A key of another user is "not found" for this user, as in RAM.
-            if !admin
-                .list_keys(Some(owner))
-                .await?
-                .iter()
-                .any(|k| k.id == id)
-            {
-                return Err(ActionError::RamNotFound {
-                    kind: "User.AccessKey",
-                    what: format!("AccessKey {id:?} of user {owner:?}"),
-                });
-            }
-            if action == "DeleteAccessKey" {
-                admin.delete_key(id).await?;
-            } else {
-                let active = match p.required("Status")? {
-                    "Active" => true,
-                    "Inactive" => false,
-                    _ => {
-                        return Err(ApiError::invalid_parameter(
-                            "Status",
-                            "Valid values: Active, Inactive.",
-                        )
-                        .into())
-                    }
-                };
-                admin.set_key_active(id, active).await?;
-            }
-            Map::new()
-        }
-        "ListAccessKeys" => {
-            let owner = key_owner(p, caller);
-            let keys: Vec<Value> = admin
-                .list_keys(Some(owner))
-                .await?
-                .iter()
-                .map(|k| {
-                    json!({"AccessKeyId": k.id, "Status": if k.active { "Active" } else { "Inactive" },
-                           "CreateDate": ram_time(k.created_at)})
-                })
-                .collect();
-            obj(json!({"AccessKeys": {"AccessKey": keys}}))
-        }
-        "CreatePolicy" => {
-            refuse_unstored(p, &["Description"])?;
-            if p.iter().any(|(k, _)| k.starts_with("Tag.")) {
-                return Err(ApiError::invalid_parameter(
-                    "Tag",
-                    "ddsvault does not store tags; leave them out.",
-                )
-                .into());
-            }
-            let name = p.required("PolicyName")?;
-            admin
-                .create_policy(name, p.required("PolicyDocument")?)
-                .await?;
-            obj(
-                json!({"Policy": {"PolicyName": name, "PolicyType": "Custom", "Description": "",
-                                  "DefaultVersion": "v1", "CreateDate": ram_time(Utc::now())}}),
-            )
-        }
-        "DeletePolicy" => {
-            admin.delete_policy(p.required("PolicyName")?).await?;
-            Map::new()
-        }
+    match action {
+        "CreateUser" => create_user(admin, p).await,
+        "GetUser" => get_user(admin, p).await,
+        "ListUsers" => list_users(admin).await,
+        "DeleteUser" => delete_user(admin, p).await,
+        "CreateAccessKey" => create_access_key(admin, caller, p).await,
+        "UpdateAccessKey" | "DeleteAccessKey" => change_access_key(admin, caller, action, p).await,
+        "ListAccessKeys" => list_access_keys(admin, caller, p).await,
+        "CreatePolicy" => create_policy(admin, p).await,
+        "DeletePolicy" => delete_policy(admin, p).await,
         "AttachPolicyToUser"
         | "DetachPolicyFromUser"
         | "AttachPolicyToGroup"
-        | "DetachPolicyFromGroup" => {
-            custom_policy_type(p)?;
-            let policy = p.required("PolicyName")?;
-            let to = if action.ends_with("User") {
-                Principal::User(p.required("UserName")?.to_string())
-            } else {
-                Principal::Group(p.required("GroupName")?.to_string())
-            };
-            if action.starts_with("Attach") {
-                admin.attach(policy, &to).await?;
-            } else {
-                admin.detach(policy, &to).await?;
+        | "DetachPolicyFromGroup" => attach_or_detach_policy(admin, action, p).await,
+        "ListPoliciesForUser" => list_policies_for_user(admin, p).await,
+        "CreateGroup" => create_group(admin, p).await,
+        "DeleteGroup" => delete_group(admin, p).await,
+        "AddUserToGroup" => add_user_to_group(admin, p).await,
+        "RemoveUserFromGroup" => remove_user_from_group(admin, p).await,
+        _ => Err(ApiError::api_not_found().into()),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Users
+
+/// A user as RAM answers it (ddsvault keeps no separate update time: it is the creation time).
+fn user_json(u: &ddsvault_catalog::RamUserRecord) -> Value {
+    json!({"UserName": u.name, "DisplayName": u.display_name, "CreateDate": ram_time(u.created_at),
+           "UpdateDate": ram_time(u.created_at)})
+}
+
+async fn create_user(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+    refuse_unstored(p, &["Email", "MobilePhone", "Comments"])?;
+    let name = p.required("UserName")?;
+    admin
+        .create_user(name, p.get("DisplayName").unwrap_or_default())
+        .await?;
+    let snap = admin.snapshot().await?;
+    let u = snap.users.iter().find(|u| u.name == name).ok_or_else(|| {
+        ActionError::Internal("the user vanished right after its creation".into())
+    })?;
+    Ok(obj(json!({"User": user_json(u)})))
+}
+
+async fn get_user(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+    let name = p.required("UserName")?;
+    let snap = admin.snapshot().await?;
+    let u = snap
+        .users
+        .iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| ActionError::RamNotFound {
+            kind: "User",
+            what: format!("RAM user {name:?}"),
+        })?;
+    Ok(obj(json!({"User": user_json(u)})))
+}
+
+async fn list_users(admin: &IdentityAdmin) -> Result<Map<String, Value>, ActionError> {
+    let snap = admin.snapshot().await?;
+    let users: Vec<Value> = snap.users.iter().map(user_json).collect();
+    Ok(obj(json!({"IsTruncated": false, "Users": {"User": users}})))
+}
+
+async fn delete_user(admin: &IdentityAdmin, p: &Params) -> Result<Map<String, Value>, ActionError> {
+    admin.delete_user(p.required("UserName")?).await?;
+    Ok(Map::new())
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// AccessKeys
+
+async fn create_access_key(
+    admin: &IdentityAdmin,
+    caller: &str,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    let k = admin.create_key(key_owner(p, caller)).await?;
+    Ok(obj(
+        json!({"AccessKey": {"AccessKeyId": k.id, "AccessKeySecret": k.secret, "Status": "Active",
+                             "CreateDate": ram_time(Utc::now())}}),
+    ))
+}
+
+/// `UpdateAccessKey` (its `Status`) and `DeleteAccessKey`, on a key of the owner [`key_owner`] names.
+async fn change_access_key(
+    admin: &IdentityAdmin,
+    caller: &str,
+    action: &str,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    let id = p.required("UserAccessKeyId")?;
+    let owner = key_owner(p, caller);
+    // A key of another user is "not found" for this user, as in RAM.
+    if !admin
+        .list_keys(Some(owner))
+        .await?
+        .iter()
+        .any(|k| k.id == id)
+    {
+        return Err(ActionError::RamNotFound {
+            kind: "User.AccessKey",
+            what: format!("AccessKey {id:?} of user {owner:?}"),
+        });
+    }
+    if action == "DeleteAccessKey" {
+        admin.delete_key(id).await?;
+    } else {
+        let active = match p.required("Status")? {
+            "Active" => true,
+            "Inactive" => false,
+            _ => {
+                return Err(ApiError::invalid_parameter(
+                    "Status",
+                    "Valid values: Active, Inactive.",
+                )
+                .into())
             }
-            Map::new()
-        }
-        "ListPoliciesForUser" => {
-            let name = p.required("UserName")?;
-            let snap = admin.snapshot().await?;
-            if !snap.users.iter().any(|u| u.name == name) {
-                return Err(ActionError::RamNotFound {
-                    kind: "User",
-                    what: format!("RAM user {name:?}"),
-                });
-            }
-            let policies: Vec<Value> = snap
-                .attachments
-                .iter()
-                .filter(|a| a.kind == PrincipalKind::User && a.principal == name)
-                .map(|a| {
-                    json!({"PolicyName": a.policy, "PolicyType": "Custom", "Description": "",
-                           "DefaultVersion": "v1"})
-                })
-                .collect();
-            obj(json!({"Policies": {"Policy": policies}}))
-        }
-        "CreateGroup" => {
-            refuse_unstored(p, &["Comments"])?;
-            let name = p.required("GroupName")?;
-            admin.create_group(name).await?;
-            obj(
-                json!({"Group": {"GroupName": name, "Comments": "", "CreateDate": ram_time(Utc::now())}}),
-            )
-        }
-        "DeleteGroup" => {
-            admin.delete_group(p.required("GroupName")?).await?;
-            Map::new()
-        }
-        "AddUserToGroup" => {
-            admin
-                .add_member(p.required("GroupName")?, p.required("UserName")?)
-                .await?;
-            Map::new()
-        }
-        "RemoveUserFromGroup" => {
-            admin
-                .remove_member(p.required("GroupName")?, p.required("UserName")?)
-                .await?;
-            Map::new()
-        }
-        _ => return Err(ApiError::api_not_found().into()),
-    })
+        };
+        admin.set_key_active(id, active).await?;
+    }
+    Ok(Map::new())
+}
+
+async fn list_access_keys(
+    admin: &IdentityAdmin,
+    caller: &str,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    let owner = key_owner(p, caller);
+    let keys: Vec<Value> = admin
+        .list_keys(Some(owner))
+        .await?
+        .iter()
+        .map(|k| {
+            json!({"AccessKeyId": k.id, "Status": if k.active { "Active" } else { "Inactive" },
+                   "CreateDate": ram_time(k.created_at)})
+        })
+        .collect();
+    Ok(obj(json!({"AccessKeys": {"AccessKey": keys}})))
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Policies
+
+async fn create_policy(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    refuse_unstored(p, &["Description"])?;
+    if p.iter().any(|(k, _)| k.starts_with("Tag.")) {
+        return Err(ApiError::invalid_parameter(
+            "Tag",
+            "ddsvault does not store tags; leave them out.",
+        )
+        .into());
+    }
+    let name = p.required("PolicyName")?;
+    admin
+        .create_policy(name, p.required("PolicyDocument")?)
+        .await?;
+    Ok(obj(
+        json!({"Policy": {"PolicyName": name, "PolicyType": "Custom", "Description": "",
+                          "DefaultVersion": "v1", "CreateDate": ram_time(Utc::now())}}),
+    ))
+}
+
+async fn delete_policy(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    admin.delete_policy(p.required("PolicyName")?).await?;
+    Ok(Map::new())
+}
+
+/// `AttachPolicyTo{User,Group}` and `DetachPolicyFrom{User,Group}`: the action's name says which.
+async fn attach_or_detach_policy(
+    admin: &IdentityAdmin,
+    action: &str,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    custom_policy_type(p)?;
+    let policy = p.required("PolicyName")?;
+    let to = if action.ends_with("User") {
+        Principal::User(p.required("UserName")?.to_string())
+    } else {
+        Principal::Group(p.required("GroupName")?.to_string())
+    };
+    if action.starts_with("Attach") {
+        admin.attach(policy, &to).await?;
+    } else {
+        admin.detach(policy, &to).await?;
+    }
+    Ok(Map::new())
+}
+
+async fn list_policies_for_user(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    let name = p.required("UserName")?;
+    let snap = admin.snapshot().await?;
+    if !snap.users.iter().any(|u| u.name == name) {
+        return Err(ActionError::RamNotFound {
+            kind: "User",
+            what: format!("RAM user {name:?}"),
+        });
+    }
+    let policies: Vec<Value> = snap
+        .attachments
+        .iter()
+        .filter(|a| a.kind == PrincipalKind::User && a.principal == name)
+        .map(|a| {
+            json!({"PolicyName": a.policy, "PolicyType": "Custom", "Description": "",
+                   "DefaultVersion": "v1"})
+        })
+        .collect();
+    Ok(obj(json!({"Policies": {"Policy": policies}})))
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Groups
+
+async fn create_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    refuse_unstored(p, &["Comments"])?;
+    let name = p.required("GroupName")?;
+    admin.create_group(name).await?;
+    Ok(obj(
+        json!({"Group": {"GroupName": name, "Comments": "", "CreateDate": ram_time(Utc::now())}}),
+    ))
+}
+
+async fn delete_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    admin.delete_group(p.required("GroupName")?).await?;
+    Ok(Map::new())
+}
+
+async fn add_user_to_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    admin
+        .add_member(p.required("GroupName")?, p.required("UserName")?)
+        .await?;
+    Ok(Map::new())
+}
+
+async fn remove_user_from_group(
+    admin: &IdentityAdmin,
+    p: &Params,
+) -> Result<Map<String, Value>, ActionError> {
+    admin
+        .remove_member(p.required("GroupName")?, p.required("UserName")?)
+        .await?;
+    Ok(Map::new())
 }

@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ddsvault_catalog::{AccessKeyRecord, ArchiveCompression, Catalog};
@@ -350,11 +349,11 @@ pub(crate) fn job_runner(
                 compression,
                 parallel_collections: cfg.backup.parallel_collections,
                 scratch_dir: cfg.data_dir.join("scratch"),
-                stall_timeout: Duration::from_secs(cfg.backup.stall_timeout_secs),
+                stall_timeout: cfg.backup.stall_timeout,
             },
             cfg.backup.max_concurrent_jobs,
         )
-        .with_lease(cfg.jobs.lease()),
+        .with_lease(cfg.jobs.lease),
     );
     runner.set_pins(
         cfg.instances
@@ -408,9 +407,9 @@ pub(crate) async fn collector(
         Gc::new(
             Arc::clone(&stores.catalog),
             stores.repo.clone(),
-            Duration::from_secs(cfg.retention.gc_interval_secs),
+            cfg.retention.gc_interval,
         )
-        .with_chunk_grace(Duration::from_secs(cfg.retention.chunk_grace_secs))
+        .with_chunk_grace(cfg.retention.chunk_grace)
         .with_audit_retention(cfg.retention.audit_retention_days),
     );
     for instance in crate::crashed_snapshots(recovered) {
@@ -433,7 +432,7 @@ pub(crate) fn scheduler(
                 cfg.instances.iter().map(|i| i.id.clone()).collect(),
                 node_id.to_string(),
                 cfg.backup.compression,
-                Duration::from_secs(cfg.scheduler.tick_secs),
+                cfg.scheduler.tick,
             )
             .with_runner(Arc::clone(runner))
             // Instances provisioned or registered while serving are scheduled by their policy too.
@@ -467,7 +466,9 @@ pub(crate) async fn app_state(
     } = stores;
     // The key of download URLs lives in the catalog so every process sharing it signs and verifies alike.
     let download_key = crate::download::load_key(&catalog, &parts.master).await?;
-    let skew = chrono::Duration::seconds(i64::try_from(cfg.timestamp_skew_secs).unwrap_or(900));
+    // chrono's range (±i64::MAX ms) is narrower than std's; a skew beyond it falls back to the default.
+    let skew = chrono::Duration::from_std(cfg.timestamp_skew)
+        .unwrap_or_else(|_| chrono::Duration::seconds(900));
     let mut state = AppState::new(
         cfg.region_id.clone(),
         parts.account_id,
@@ -477,7 +478,8 @@ pub(crate) async fn app_state(
         repo,
         crate::download::UrlSigner::new(
             download_key,
-            i64::try_from(cfg.download_url_ttl_secs).unwrap_or(3600),
+            // The signer adds it to epoch seconds.
+            i64::try_from(cfg.download_url_ttl.as_secs()).unwrap_or(3600),
         ),
         parts.identities,
         parts.instances,
@@ -489,7 +491,7 @@ pub(crate) async fn app_state(
         cfg.server.nonces_per_access_key,
     );
     state.shared_nonces = api && cfg.shared_nonces();
-    state.body_timeout = Duration::from_secs(cfg.server.idle_timeout_secs);
+    state.body_timeout = cfg.server.idle_timeout;
     if !copy_targets.is_empty() {
         state.copier = Some(Arc::new(
             ddsvault_jobs::copies::Copier::new(
@@ -502,9 +504,9 @@ pub(crate) async fn app_state(
         ));
     }
     state.provisioner = parts.provisioner;
-    state.retention_lock_cooling_off = chrono::Duration::seconds(
-        i64::try_from(cfg.retention.lock_cooling_off_secs).unwrap_or(86_400),
-    );
+    // Validated to at most a year, well within chrono's range.
+    state.retention_lock_cooling_off = chrono::Duration::from_std(cfg.retention.lock_cooling_off)
+        .unwrap_or_else(|_| chrono::Duration::seconds(86_400));
     let _ = state
         .throttle
         .set(crate::throttle::Throttle::new(cfg.throttling.clone()));

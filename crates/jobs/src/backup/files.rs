@@ -185,6 +185,8 @@ impl NewChunks {
     }
 }
 
+/// One file-level backup: inspect the instance, image and store each data file (the loop below), publish what was
+/// stored, then write the manifest that commits the backup.
 async fn run_job(
     runner: &Runner,
     job: &Job,
@@ -192,65 +194,15 @@ async fn run_job(
     cancel: &CancellationToken,
     written: &NewChunks,
 ) -> Result<(), JobError> {
-    let backup_id = job
-        .backup_id
-        .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
-    let spec = runner.instance(&job.instance_id)?;
-    let data_path = spec.data_path.clone().ok_or_else(|| {
-        JobError::Other(format!(
-            "{} backups need data_path in the configuration of instance {}",
-            method.name(),
-            job.instance_id
-        ))
-    })?;
-
-    // What the chunk store holds already, with sizes, from one listing: a chunk in it is reused without asking
-    // the store, if its size is the one the previous snapshot recorded. A chunk swept after this listing is caught
-    // by verify_reused before the snapshot commits. The listing and the previous snapshot's index are read while
-    // the server is connected to: all three wait on I/O.
-    let seen = async {
-        match method {
-            FileMethod::Snapshot => {
-                let (known, previous) = tokio::join!(
-                    runner.repo.stored_chunk_sizes(&job.instance_id),
-                    previous_snapshot(runner, &job.instance_id, backup_id)
-                );
-                Ok::<_, JobError>((known?, previous))
-            }
-            FileMethod::Physical => Ok(Default::default()),
-        }
-    };
-    let server = async {
-        let client = connect(&spec.uri).await?;
-        Ok::<_, JobError>(discover(&client).await?)
-    };
-    let (topology, seen) = tokio::join!(server, seen);
-    let topology = topology?;
-    let (known, previous) = seen?;
-    let files = physical::plan(&topology, &data_path)?;
-    // The databases are the files (FerretDB keeps one file per database and removes it when the database is
-    // dropped). Asking the server instead costs a listDatabases, which FerretDB answers by measuring every
-    // database: longer than imaging a 100 MB one.
-    let mut databases: Vec<String> = files
-        .iter()
-        .map(|f| f.database.clone())
-        .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
-        .collect();
-    databases.dedup();
-    if databases.is_empty() {
-        return Err(JobError::NoDatabase(job.instance_id.clone()));
-    }
-
-    let scratch = Scratch(scratch_dir(&runner.settings.scratch_dir, job.id));
-    // A leftover of a crashed earlier attempt with the same id cannot exist (ids are unique), but a stale
-    // directory must never be mistaken for this job's images.
-    let _ = std::fs::remove_dir_all(&scratch.0);
-    std::fs::create_dir_all(&scratch.0).map_err(|e| {
-        JobError::Other(format!(
-            "create scratch directory {}: {e}",
-            scratch.0.display()
-        ))
-    })?;
+    let Inspected {
+        backup_id,
+        topology,
+        files,
+        databases,
+        known,
+        previous,
+    } = inspect(runner, job, method).await?;
+    let scratch = fresh_scratch(runner, job)?;
 
     let total: u64 = files.iter().map(|f| on_disk_size(&f.path)).sum();
     let done = Arc::new(AtomicU64::new(0));
@@ -309,66 +261,13 @@ async fn run_job(
     let stored = with_heartbeat(runner, job, &progress, &work_cancel, work).await??;
     progress.set_phase(Phase::Uploading);
 
-    let mut manifest_files = Vec::new();
-    let mut index = SnapshotIndex::default();
-    for s in &stored {
-        if let Some(mf) = &s.manifest_file {
-            let from = runner
-                .repo
-                .write_path(&staging.join(&mf.name)?, &prefix.join(&mf.name)?);
-            runner.repo.rename(&from, &prefix.join(&mf.name)?).await?;
-            manifest_files.push(mf.clone());
-        }
-        if let Some(sf) = &s.snapshot_file {
-            index.files.push(sf.clone());
-        }
-    }
+    let (mut manifest_files, index) = publish_files(runner, &staging, &prefix, &stored).await?;
     let image_bytes: u64 = stored.iter().map(|s| s.size).sum();
-    let details = serde_json::json!({
-        "format": match method {
-            FileMethod::Physical => "ferretdb-sqlite-files",
-            FileMethod::Snapshot => "ferretdb-sqlite-chunks",
-        },
-        "image": if physical::sqlite::has_page_reader() { "sqlite-dbpage" } else { "sqlite-online-backup" },
-        "files": files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-        "image_bytes": image_bytes,
-        "stored_bytes_new": stored.iter().map(|s| s.new_bytes).sum::<u64>(),
-        "chunks": stored.iter().map(|s| s.chunks).sum::<u64>(),
-        "chunks_new": stored.iter().map(|s| s.new_chunks).sum::<u64>(),
-        "chunks_unchanged": stored.iter().map(|s| s.unchanged).sum::<u64>(),
-        "chunks_repaired": stored.iter().map(|s| s.repaired).sum::<u64>(),
-        "chunking": stored.iter().filter_map(|s| s.chunking.map(Chunking::label)).collect::<Vec<_>>(),
-        "server_version": topology.server_version,
-        "ferretdb_version": topology.ferretdb_version,
-        "topology": format!("{:?}", topology.kind),
-        "set_name": topology.set_name,
-    });
+    let details = details_of(method, &files, &stored, image_bytes, &topology);
     let end_time = Utc::now();
     if method == FileMethod::Snapshot {
-        let reused: std::collections::HashMap<String, u64> = stored
-            .iter()
-            .flat_map(|s| s.reused.iter().cloned())
-            .collect();
-        let written: Vec<String> = stored
-            .iter()
-            .flat_map(|s| s.written.iter().cloned())
-            .collect();
-        let write_index = async {
-            // Chunk files were written without an fsync each: they are made durable (an fsync each when they are
-            // few, one sync of the filesystem otherwise) before the index names them.
-            runner.repo.sync_chunks(&job.instance_id, &written).await?;
-            Ok::<_, JobError>(
-                runner
-                    .repo
-                    .write_snapshot_index(&prefix, &index, level)
-                    .await?,
-            )
-        };
-        // Both only have to be done before the manifest commits the snapshot; they wait on different I/O.
-        let (entry, ()) = tokio::try_join!(
-            write_index,
-            verify_reused(&runner.repo, &job.instance_id, &reused)
-        )?;
+        let entry =
+            seal_snapshot(runner, &job.instance_id, &prefix, &index, level, &stored).await?;
         manifest_files.push(entry);
     }
     let extra = serde_json::json!({
@@ -396,6 +295,187 @@ async fn run_job(
         end_time,
     )
     .await
+}
+
+/// What a file-level backup found before imaging anything.
+struct Inspected {
+    backup_id: i64,
+    topology: ddsvault_mongo::topology::Topology,
+    /// The data files to image.
+    files: Vec<DataFile>,
+    /// The user databases the files hold.
+    databases: Vec<String>,
+    /// Snapshot: the chunk store's chunks with their stored sizes (empty for Physical).
+    known: std::collections::HashMap<String, u64>,
+    /// Snapshot: the previous snapshot's index (empty for Physical).
+    previous: Previous,
+}
+
+/// Connects to the instance and plans its data files; for a snapshot, lists the chunk store and reads the previous
+/// snapshot meanwhile.
+async fn inspect(runner: &Runner, job: &Job, method: FileMethod) -> Result<Inspected, JobError> {
+    let backup_id = job
+        .backup_id
+        .ok_or_else(|| JobError::Other("backup job has no backup set".into()))?;
+    let spec = runner.instance(&job.instance_id)?;
+    let data_path = spec.data_path.clone().ok_or_else(|| {
+        JobError::Other(format!(
+            "{} backups need data_path in the configuration of instance {}",
+            method.name(),
+            job.instance_id
+        ))
+    })?;
+
+    // What the chunk store holds already, with sizes, from one listing: a chunk in it is reused without asking
+    // the store, if its size is the one the previous snapshot recorded. A chunk swept after this listing is caught
+    // by verify_reused before the snapshot commits. The listing and the previous snapshot's index are read while
+    // the server is connected to: all three wait on I/O.
+    let seen = async {
+        match method {
+            FileMethod::Snapshot => {
+                let (known, previous) = tokio::join!(
+                    runner.repo.stored_chunk_sizes(&job.instance_id),
+                    previous_snapshot(runner, &job.instance_id, backup_id)
+                );
+                Ok::<_, JobError>((known?, previous))
+            }
+            FileMethod::Physical => Ok(Default::default()),
+        }
+    };
+    let server = async {
+        let client = connect(&spec.uri).await?;
+        Ok::<_, JobError>(discover(&client).await?)
+    };
+    let (topology, seen) = tokio::join!(server, seen);
+    let topology = topology?;
+    let (known, previous) = seen?;
+    let files = physical::plan(&topology, &data_path)?;
+    // The databases are the files (FerretDB keeps one file per database and removes it when the database is
+    // dropped). Asking the server instead costs a listDatabases, which FerretDB answers by measuring every
+    // database: longer than imaging a 100 MB one.
+    let mut databases: Vec<String> = files
+        .iter()
+        .map(|f| f.database.clone())
+        .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
+        .collect();
+    databases.dedup();
+    if databases.is_empty() {
+        return Err(JobError::NoDatabase(job.instance_id.clone()));
+    }
+    Ok(Inspected {
+        backup_id,
+        topology,
+        files,
+        databases,
+        known,
+        previous,
+    })
+}
+
+/// The job's scratch directory for its images, empty; removed when the returned value drops.
+fn fresh_scratch(runner: &Runner, job: &Job) -> Result<Scratch, JobError> {
+    let scratch = Scratch(scratch_dir(&runner.settings.scratch_dir, job.id));
+    // A leftover of a crashed earlier attempt with the same id cannot exist (ids are unique), but a stale
+    // directory must never be mistaken for this job's images.
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    std::fs::create_dir_all(&scratch.0).map_err(|e| {
+        JobError::Other(format!(
+            "create scratch directory {}: {e}",
+            scratch.0.display()
+        ))
+    })?;
+    Ok(scratch)
+}
+
+/// Moves each stored whole file (Physical) from staging to the backup's prefix, and gathers the snapshot index of
+/// the chunked ones (Snapshot).
+async fn publish_files(
+    runner: &Runner,
+    staging: &RepoPath,
+    prefix: &RepoPath,
+    stored: &[Stored],
+) -> Result<(Vec<ManifestFile>, SnapshotIndex), JobError> {
+    let mut manifest_files = Vec::new();
+    let mut index = SnapshotIndex::default();
+    for s in stored {
+        if let Some(mf) = &s.manifest_file {
+            let from = runner
+                .repo
+                .write_path(&staging.join(&mf.name)?, &prefix.join(&mf.name)?);
+            runner.repo.rename(&from, &prefix.join(&mf.name)?).await?;
+            manifest_files.push(mf.clone());
+        }
+        if let Some(sf) = &s.snapshot_file {
+            index.files.push(sf.clone());
+        }
+    }
+    Ok((manifest_files, index))
+}
+
+/// The backup's details (catalog and manifest): format, imaging, sizes, chunk counts, the server.
+fn details_of(
+    method: FileMethod,
+    files: &[DataFile],
+    stored: &[Stored],
+    image_bytes: u64,
+    topology: &ddsvault_mongo::topology::Topology,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format": match method {
+            FileMethod::Physical => "ferretdb-sqlite-files",
+            FileMethod::Snapshot => "ferretdb-sqlite-chunks",
+        },
+        "image": if physical::sqlite::has_page_reader() { "sqlite-dbpage" } else { "sqlite-online-backup" },
+        "files": files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "image_bytes": image_bytes,
+        "stored_bytes_new": stored.iter().map(|s| s.new_bytes).sum::<u64>(),
+        "chunks": stored.iter().map(|s| s.chunks).sum::<u64>(),
+        "chunks_new": stored.iter().map(|s| s.new_chunks).sum::<u64>(),
+        "chunks_unchanged": stored.iter().map(|s| s.unchanged).sum::<u64>(),
+        "chunks_repaired": stored.iter().map(|s| s.repaired).sum::<u64>(),
+        "chunking": stored.iter().filter_map(|s| s.chunking.map(Chunking::label)).collect::<Vec<_>>(),
+        "server_version": topology.server_version,
+        "ferretdb_version": topology.ferretdb_version,
+        "topology": format!("{:?}", topology.kind),
+        "set_name": topology.set_name,
+    })
+}
+
+/// A snapshot's last steps before its manifest: its new chunks made durable and its index written (the manifest
+/// entry returned), and every reused chunk checked still there.
+async fn seal_snapshot(
+    runner: &Runner,
+    instance_id: &str,
+    prefix: &RepoPath,
+    index: &SnapshotIndex,
+    level: i32,
+    stored: &[Stored],
+) -> Result<ManifestFile, JobError> {
+    let reused: std::collections::HashMap<String, u64> = stored
+        .iter()
+        .flat_map(|s| s.reused.iter().cloned())
+        .collect();
+    let written: Vec<String> = stored
+        .iter()
+        .flat_map(|s| s.written.iter().cloned())
+        .collect();
+    let write_index = async {
+        // Chunk files were written without an fsync each: they are made durable (an fsync each when they are
+        // few, one sync of the filesystem otherwise) before the index names them.
+        runner.repo.sync_chunks(instance_id, &written).await?;
+        Ok::<_, JobError>(
+            runner
+                .repo
+                .write_snapshot_index(prefix, index, level)
+                .await?,
+        )
+    };
+    // Both only have to be done before the manifest commits the snapshot; they wait on different I/O.
+    let (entry, ()) = tokio::try_join!(
+        write_index,
+        verify_reused(&runner.repo, instance_id, &reused)
+    )?;
+    Ok(entry)
 }
 
 /// Marks the job and backup Success (after the manifest is written), as the logical job does.

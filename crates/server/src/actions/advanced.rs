@@ -242,12 +242,30 @@ fn check_data(d: &DataPolicy) -> Result<(), ApiError> {
 }
 
 /// Validates the whole call and returns the policies with it applied. Nothing is stored by this function.
+///
+/// The steps run in this order, and the first error refuses the call: the standard policy's fields, each data
+/// policy item, the rules across data policies, each log policy item.
 pub(crate) fn apply_advanced(
     mut standard: BackupPolicy,
     mut advanced: AdvancedPolicy,
     p: &Params,
     region: &str,
 ) -> Result<(BackupPolicy, AdvancedPolicy), ApiError> {
+    apply_standard_fields(&mut standard, p)?;
+    for (n, item) in items(p, DATA)?.iter().enumerate() {
+        apply_data_item(&mut advanced, n, item, region)?;
+    }
+    check_data_policies(&standard, &advanced)?;
+    for (n, item) in items(p, LOG)?.iter().enumerate() {
+        apply_log_item(&mut advanced, n, item, region)?;
+    }
+    advanced.enabled = true;
+    Ok((standard, advanced))
+}
+
+/// The standard policy's fields the call carries: `BackupRetentionPolicyOnClusterDeletion` (required),
+/// `PreferredBackupTime`, `SnapshotBackupType`.
+fn apply_standard_fields(standard: &mut BackupPolicy, p: &Params) -> Result<(), ApiError> {
     let deletion = p.required("BackupRetentionPolicyOnClusterDeletion")?;
     match deletion.trim().parse::<i64>() {
         Ok(v @ 0..=2) => standard.backup_retention_policy_on_cluster_deletion = v,
@@ -271,84 +289,97 @@ pub(crate) fn apply_advanced(
         }
         standard.snapshot_backup_type = v.to_string();
     }
+    Ok(())
+}
 
-    for (n, item) in items(p, DATA)?.iter().enumerate() {
-        let at = |why: String| bad(DATA, format!("Item {}: {why}", n + 1));
-        let action = field(item, "ActionType")
-            .ok_or_else(|| at("ActionType is required: CREATE, UPDATE or DELETE.".into()))?;
-        let existing = |advanced: &AdvancedPolicy| -> Result<usize, ApiError> {
-            let pid = field(item, "PolicyId")
-                .ok_or_else(|| at(format!("PolicyId is required with {action}.")))?;
-            advanced
-                .data_policies
-                .iter()
-                .position(|d| d.policy_id == pid)
-                .ok_or_else(|| at(format!("there is no data policy with PolicyId {pid:?}.")))
-        };
-        match action.as_str() {
-            "DELETE" => {
-                let i = existing(&advanced)?;
-                advanced.data_policies.remove(i);
-                continue;
-            }
-            "CREATE" | "UPDATE" => {}
-            other => {
-                return Err(at(format!(
-                    "ActionType {other:?} is not one of CREATE, UPDATE, DELETE."
-                )))
-            }
+/// Item `n` (0-based) of `AdvancedBackupDataPolicies`: CREATE, UPDATE or DELETE one data policy.
+fn apply_data_item(
+    advanced: &mut AdvancedPolicy,
+    n: usize,
+    item: &Map<String, Value>,
+    region: &str,
+) -> Result<(), ApiError> {
+    let at = |why: String| bad(DATA, format!("Item {}: {why}", n + 1));
+    let action = field(item, "ActionType")
+        .ok_or_else(|| at("ActionType is required: CREATE, UPDATE or DELETE.".into()))?;
+    let existing = |advanced: &AdvancedPolicy| -> Result<usize, ApiError> {
+        let pid = field(item, "PolicyId")
+            .ok_or_else(|| at(format!("PolicyId is required with {action}.")))?;
+        advanced
+            .data_policies
+            .iter()
+            .position(|d| d.policy_id == pid)
+            .ok_or_else(|| at(format!("there is no data policy with PolicyId {pid:?}.")))
+    };
+    match action.as_str() {
+        "DELETE" => {
+            let i = existing(advanced)?;
+            advanced.data_policies.remove(i);
+            return Ok(());
         }
-        same_region_only(item, region)?;
-        let mut d = if action == "CREATE" {
-            for req in ["BackupPolicy", "PreferredBackupPeriod", "RetentionType"] {
-                if field(item, req).is_none() {
-                    return Err(at(format!("{req} is required with CREATE.")));
-                }
-            }
-            DataPolicy {
-                src_type: "db".into(),
-                dest_type: "level1".into(),
-                src_region: region.to_string(),
-                dest_region: region.to_string(),
-                ..DataPolicy::default()
-            }
-        } else {
-            advanced.data_policies[existing(&advanced)?].clone()
-        };
-        if let Some(v) = field(item, "BackupPolicy") {
-            d.backup_policy = v;
-        }
-        if let Some(v) = field(item, "PreferredBackupPeriod") {
-            d.preferred_backup_period = v;
-        }
-        if let Some(v) = field(item, "RetentionType") {
-            d.retention_type = v;
-        }
-        match int_field(item, DATA, "RetentionPeriod")? {
-            Some(v) => d.retention_period = v,
-            None if d.retention_type == "delay" && d.retention_period == 0 => {
-                return Err(at(
-                    "RetentionPeriod is required when RetentionType is delay.".into(),
-                ))
-            }
-            None => {}
-        }
-        if d.retention_type == "never" {
-            d.retention_period = 0;
-        }
-        if let Some(v) = bool_field(item, DATA, "PreserveOneEachHour")? {
-            d.preserve_one_each_hour = v;
-        }
-        check_data(&d).map_err(|e| at(e.message.clone()))?;
-        if action == "CREATE" {
-            advanced.last_policy_id += 1;
-            d.policy_id = advanced.last_policy_id.to_string();
-            advanced.data_policies.push(d);
-        } else {
-            let i = existing(&advanced)?;
-            advanced.data_policies[i] = d;
+        "CREATE" | "UPDATE" => {}
+        other => {
+            return Err(at(format!(
+                "ActionType {other:?} is not one of CREATE, UPDATE, DELETE."
+            )))
         }
     }
+    same_region_only(item, region)?;
+    let mut d = if action == "CREATE" {
+        for req in ["BackupPolicy", "PreferredBackupPeriod", "RetentionType"] {
+            if field(item, req).is_none() {
+                return Err(at(format!("{req} is required with CREATE.")));
+            }
+        }
+        DataPolicy {
+            src_type: "db".into(),
+            dest_type: "level1".into(),
+            src_region: region.to_string(),
+            dest_region: region.to_string(),
+            ..DataPolicy::default()
+        }
+    } else {
+        advanced.data_policies[existing(advanced)?].clone()
+    };
+    if let Some(v) = field(item, "BackupPolicy") {
+        d.backup_policy = v;
+    }
+    if let Some(v) = field(item, "PreferredBackupPeriod") {
+        d.preferred_backup_period = v;
+    }
+    if let Some(v) = field(item, "RetentionType") {
+        d.retention_type = v;
+    }
+    match int_field(item, DATA, "RetentionPeriod")? {
+        Some(v) => d.retention_period = v,
+        None if d.retention_type == "delay" && d.retention_period == 0 => {
+            return Err(at(
+                "RetentionPeriod is required when RetentionType is delay.".into(),
+            ))
+        }
+        None => {}
+    }
+    if d.retention_type == "never" {
+        d.retention_period = 0;
+    }
+    if let Some(v) = bool_field(item, DATA, "PreserveOneEachHour")? {
+        d.preserve_one_each_hour = v;
+    }
+    check_data(&d).map_err(|e| at(e.message.clone()))?;
+    if action == "CREATE" {
+        advanced.last_policy_id += 1;
+        d.policy_id = advanced.last_policy_id.to_string();
+        advanced.data_policies.push(d);
+    } else {
+        let i = existing(advanced)?;
+        advanced.data_policies[i] = d;
+    }
+    Ok(())
+}
+
+/// The rules across data policies: at most one high-frequency (`backupInterval`) policy, and only with Flash
+/// snapshots.
+fn check_data_policies(standard: &BackupPolicy, advanced: &AdvancedPolicy) -> Result<(), ApiError> {
     let intervals = advanced
         .data_policies
         .iter()
@@ -366,50 +397,55 @@ pub(crate) fn apply_advanced(
             "A backupInterval (high-frequency) policy needs SnapshotBackupType=Flash.".into(),
         ));
     }
+    Ok(())
+}
 
-    for (n, item) in items(p, LOG)?.iter().enumerate() {
-        let at = |why: String| bad(LOG, format!("Item {}: {why}", n + 1));
-        match field(item, "ActionType").as_deref() {
-            Some("CREATE" | "UPDATE") => {}
-            Some(other) => {
-                return Err(at(format!(
-                    "ActionType {other:?} is not one of CREATE, UPDATE."
-                )))
-            }
-            None => return Err(at("ActionType is required: CREATE or UPDATE.".into())),
+/// Item `n` (0-based) of `AdvancedBackupLogPolicies`: CREATE or UPDATE the instance's one log policy.
+fn apply_log_item(
+    advanced: &mut AdvancedPolicy,
+    n: usize,
+    item: &Map<String, Value>,
+    region: &str,
+) -> Result<(), ApiError> {
+    let at = |why: String| bad(LOG, format!("Item {}: {why}", n + 1));
+    match field(item, "ActionType").as_deref() {
+        Some("CREATE" | "UPDATE") => {}
+        Some(other) => {
+            return Err(at(format!(
+                "ActionType {other:?} is not one of CREATE, UPDATE."
+            )))
         }
-        same_region_only(item, region)?;
-        let enable = int_field(item, LOG, "EnableLogBackup")?
-            .ok_or_else(|| at("EnableLogBackup is required: 1 or 0.".into()))?;
-        if enable != 0 && enable != 1 {
-            return Err(at("EnableLogBackup must be 1 or 0.".into()));
-        }
-        // Same-region log backup is one policy per instance: CREATE and UPDATE both set it.
-        let mut l = advanced.log_policies.first().cloned().unwrap_or(LogPolicy {
-            retention_type: "delay".into(),
-            retention_period: 7,
-            src_type: "db".into(),
-            dest_type: "level1".into(),
-            src_region: region.to_string(),
-            dest_region: region.to_string(),
-            ..LogPolicy::default()
-        });
-        l.enable_log_backup = enable;
-        if let Some(v) = field(item, "RetentionType") {
-            l.retention_type = v;
-        }
-        if let Some(v) = int_field(item, LOG, "RetentionPeriod")? {
-            l.retention_period = v;
-        }
-        let retention =
-            Retention::parse(&l.retention_type, Some(l.retention_period)).map_err(at)?;
-        if retention == Retention::Never {
-            l.retention_period = 0;
-        }
-        advanced.log_policies = vec![l];
+        None => return Err(at("ActionType is required: CREATE or UPDATE.".into())),
     }
-    advanced.enabled = true;
-    Ok((standard, advanced))
+    same_region_only(item, region)?;
+    let enable = int_field(item, LOG, "EnableLogBackup")?
+        .ok_or_else(|| at("EnableLogBackup is required: 1 or 0.".into()))?;
+    if enable != 0 && enable != 1 {
+        return Err(at("EnableLogBackup must be 1 or 0.".into()));
+    }
+    // Same-region log backup is one policy per instance: CREATE and UPDATE both set it.
+    let mut l = advanced.log_policies.first().cloned().unwrap_or(LogPolicy {
+        retention_type: "delay".into(),
+        retention_period: 7,
+        src_type: "db".into(),
+        dest_type: "level1".into(),
+        src_region: region.to_string(),
+        dest_region: region.to_string(),
+        ..LogPolicy::default()
+    });
+    l.enable_log_backup = enable;
+    if let Some(v) = field(item, "RetentionType") {
+        l.retention_type = v;
+    }
+    if let Some(v) = int_field(item, LOG, "RetentionPeriod")? {
+        l.retention_period = v;
+    }
+    let retention = Retention::parse(&l.retention_type, Some(l.retention_period)).map_err(at)?;
+    if retention == Retention::Never {
+        l.retention_period = 0;
+    }
+    advanced.log_policies = vec![l];
+    Ok(())
 }
 
 #[cfg(test)]

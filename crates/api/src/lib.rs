@@ -45,6 +45,7 @@
 //! assert_eq!(status, 400);
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod encoding;

@@ -45,7 +45,6 @@
 //! assert_eq!(status, 400);
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod encoding;

@@ -52,7 +52,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
 
 /// A root AccessKey created on first start. The secret is shown once, by the caller, on the terminal.
 pub struct CreatedRootKey {
+    /// The AccessKeyId.
     pub id: String,
+    /// The AccessKeySecret in clear.
     pub secret: String,
 }
 

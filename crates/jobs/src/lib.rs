@@ -10,7 +10,6 @@
 //! settings), report through [`progress`] and check backups through [`integrity`]. [`scheduler`], [`gc`],
 //! [`retention`], [`copies`], [`pitr`] and the rest run beside the runner.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 mod archive;
 pub mod backup;

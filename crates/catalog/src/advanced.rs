@@ -75,7 +75,12 @@ pub enum Schedule {
     /// Days of the month (`dayOfMonth`, `1`..`31`, `-1` = the last day).
     Monthly(Vec<i32>),
     /// One day of the year (`dayOfYear`, `MM-DD`).
-    Yearly { month: u32, day: u32 },
+    Yearly {
+        /// The month, 1–12.
+        month: u32,
+        /// The day of the month, 1–31.
+        day: u32,
+    },
     /// High-frequency snapshots every that many minutes (`backupInterval`).
     Interval(i64),
 }

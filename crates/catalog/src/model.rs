@@ -625,14 +625,20 @@ pub enum DeleteMark {
     /// The backup is now (or already was) `Deleting`; its files may be removed, then its row.
     Marked(Box<Backup>),
     /// A pending or running restore (or restore drill) job reads the backup: it was left untouched.
-    InUse { job_id: i64 },
+    InUse {
+        /// The pending or running job that reads the backup.
+        job_id: i64,
+    },
     /// The backup is still being taken.
     Running,
     /// No such backup.
     NotFound,
     /// The instance's retention lock holds (only [`crate::CatalogBackend::mark_backup_deleting_unless_locked`]);
     /// `unlock_at` is when a requested unlock takes effect, `None` while no unlock was requested.
-    Locked { unlock_at: Option<DateTime<Utc>> },
+    Locked {
+        /// When a requested unlock takes effect; `None` while no unlock was requested.
+        unlock_at: Option<DateTime<Utc>>,
+    },
 }
 
 /// Outcome of [`crate::CatalogBackend::create_scheduled_backup_job`].
@@ -643,7 +649,12 @@ pub enum ScheduledJob {
     /// The slot was already taken (by another process, or before a restart): nothing was done.
     AlreadyTaken,
     /// The slot is recorded as skipped: the instance had an active job (e.g. a manual backup or a restore).
-    Skipped { job_id: i64, kind: JobKind },
+    Skipped {
+        /// The active job the slot met.
+        job_id: i64,
+        /// That job's kind.
+        kind: JobKind,
+    },
 }
 
 /// A slot recorded in the schedule.
@@ -1199,5 +1210,10 @@ pub enum ScheduledDrill {
     /// The slot was already taken (another process, or before a restart).
     AlreadyTaken,
     /// The scratch target had an active job: the slot is recorded as skipped.
-    Skipped { job_id: i64, kind: JobKind },
+    Skipped {
+        /// The active job the slot met.
+        job_id: i64,
+        /// That job's kind.
+        kind: JobKind,
+    },
 }

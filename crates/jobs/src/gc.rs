@@ -50,15 +50,24 @@ pub enum Deletion {
     /// Files and row are gone.
     Deleted,
     /// A pending or running restore job reads the backup; nothing was touched.
-    InUse { job_id: i64 },
+    InUse {
+        /// The restore job that reads the backup.
+        job_id: i64,
+    },
     /// The backup is still being taken; nothing was touched.
     Running,
     /// No such backup (perhaps deleted concurrently).
     NotFound,
     /// The instance's retention lock holds (requested deletions only); nothing was touched.
-    Locked { unlock_at: Option<DateTime<Utc>> },
+    Locked {
+        /// When a requested unlock takes effect; `None` while no unlock was requested.
+        unlock_at: Option<DateTime<Utc>>,
+    },
     /// The backup's objects are under S3 Object Lock retention until then; nothing was touched.
-    Retained { until: DateTime<Utc> },
+    Retained {
+        /// When the Object Lock retention of the objects ends.
+        until: DateTime<Utc>,
+    },
 }
 
 /// Deletes one backup in the safe order described in the module documentation.

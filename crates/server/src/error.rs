@@ -112,7 +112,12 @@ pub enum ActionError {
     BackupNotAvailable(String),
     /// A deletion met a pending or running restore job that reads the backup; nothing was deleted.
     #[error("backup {backup_id} is read by restore job {job_id}")]
-    BackupInUse { backup_id: i64, job_id: i64 },
+    BackupInUse {
+        /// The backup.
+        backup_id: i64,
+        /// The restore job that reads it.
+        job_id: i64,
+    },
     /// `BackupExpireTime` cannot be parsed.
     #[error("invalid BackupExpireTime: {0}")]
     ExpireTimeMalformed(String),
@@ -154,13 +159,28 @@ pub enum ActionError {
     /// A RAM entity (or link) the call names does not exist; `kind` is Alibaba's code suffix (`User`, `Group`,
     /// `Policy`, `User.AccessKey`, `User.Policy`, `Group.Policy`, `Group.User`).
     #[error("{what} does not exist")]
-    RamNotFound { kind: &'static str, what: String },
+    RamNotFound {
+        /// Alibaba's code suffix (see above).
+        kind: &'static str,
+        /// The entity (or link), as the message names it.
+        what: String,
+    },
     /// The RAM entity (or link) to create exists already.
     #[error("{what} already exists")]
-    RamExists { kind: &'static str, what: String },
+    RamExists {
+        /// Alibaba's code suffix, as for `RamNotFound`.
+        kind: &'static str,
+        /// The entity (or link), as the message names it.
+        what: String,
+    },
     /// The RAM entity cannot be deleted while something depends on it.
     #[error("{message}")]
-    RamDeleteConflict { kind: &'static str, message: String },
+    RamDeleteConflict {
+        /// Alibaba's code suffix, as for `RamNotFound`.
+        kind: &'static str,
+        /// What still depends on the entity, as answered.
+        message: String,
+    },
     /// The user has the maximum number of AccessKeys.
     #[error("{0}")]
     RamKeyLimit(String),
@@ -197,10 +217,18 @@ pub enum ActionError {
     BackupFilesGone(String),
     /// A `Range` header outside the file of `size` bytes.
     #[error("range not satisfiable (size {size})")]
-    RangeNotSatisfiable { size: u64 },
+    RangeNotSatisfiable {
+        /// The file's size in bytes.
+        size: u64,
+    },
     /// A point-in-time restore to a second no recoverable range holds (docs/pitr.md); nothing is written.
     #[error("restore time {time} is outside every recoverable range")]
-    RestoreTimeOutOfRange { time: String, ranges: String },
+    RestoreTimeOutOfRange {
+        /// The requested restore time, as answered.
+        time: String,
+        /// The recoverable ranges, as the message lists them.
+        ranges: String,
+    },
     /// CreateDBInstance on a node without `[provisioning]` (docs/provisioning.md).
     #[error("provisioning is not configured")]
     ProvisioningNotConfigured,
@@ -227,10 +255,20 @@ pub enum ActionError {
     ConnectionStringUnreachable(String),
     /// RegisterDBInstance with an id a configured, provisioned or registered instance has.
     #[error("instance {id} exists already ({origin})")]
-    InstanceIdTaken { id: String, origin: &'static str },
+    InstanceIdTaken {
+        /// The requested instance id.
+        id: String,
+        /// What the existing instance is (configured, provisioned or registered).
+        origin: &'static str,
+    },
     /// Modify/UnregisterDBInstance of an instance that was not registered at run time (`origin` says what it is).
     #[error("instance {id} is {origin}, not registered")]
-    NotRegistered { id: String, origin: &'static str },
+    NotRegistered {
+        /// The instance id.
+        id: String,
+        /// What the instance is instead (configured or provisioned).
+        origin: &'static str,
+    },
     /// UnregisterDBInstance while a job of the instance is pending or running.
     #[error("instance {instance} has an active {} job {job_id}", kind_name(*.kind))]
     InstanceHasActiveJob {

@@ -4,6 +4,7 @@
 //! behind → start the job runner → serve. Shutdown runs the other way: stop accepting requests, let in-flight
 //! ones finish, cancel background tasks with a deadline, close the catalog.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod actions;
 pub mod alerts;

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct AdvancedPolicy {
     /// `ModifyAdvancedBackupStatus` or a first `ModifyAdvancedBackupPolicy` turned advanced backup on.
     pub enabled: bool,
+    /// The data (full backup) policies, in `PolicyId` order of creation.
     pub data_policies: Vec<DataPolicy>,
+    /// The log backup policies.
     pub log_policies: Vec<LogPolicy>,
     /// The last number used for a `PolicyId`; ids are never reused, even after a DELETE.
     pub last_policy_id: u64,
@@ -21,17 +23,25 @@ pub struct AdvancedPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct DataPolicy {
+    /// `PolicyId`: assigned from `last_policy_id`, never reused.
     pub policy_id: String,
     /// `dayOfWeek` | `dayOfMonth` | `dayOfYear` | `backupInterval`.
     pub backup_policy: String,
+    /// `PreferredBackupPeriod`, read according to `backup_policy` (see [`Schedule::parse`]).
     pub preferred_backup_period: String,
     /// `never` | `delay`.
     pub retention_type: String,
+    /// `RetentionPeriod`: days the backups are kept when `retention_type` is `delay` (7–7300).
     pub retention_period: i64,
+    /// `SrcType`: only `db` is accepted.
     pub src_type: String,
+    /// `SrcRegion`: only this server's region (or absent) is accepted.
     pub src_region: String,
+    /// `DestType`: only `level1` is accepted.
     pub dest_type: String,
+    /// `DestRegion`: only this server's region (or absent) is accepted.
     pub dest_region: String,
+    /// `PreserveOneEachHour`: whether one high-frequency backup per hour is kept.
     pub preserve_one_each_hour: bool,
 }
 
@@ -39,13 +49,21 @@ pub struct DataPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct LogPolicy {
+    /// `PolicyId`: assigned from `last_policy_id`, never reused.
     pub policy_id: String,
+    /// `EnableLogBackup` as requested.
     pub enable_log_backup: i64,
+    /// `RetentionType`: `never` | `delay`.
     pub retention_type: String,
+    /// `RetentionPeriod`: days kept when `retention_type` is `delay`.
     pub retention_period: i64,
+    /// `SrcType` as requested.
     pub src_type: String,
+    /// `SrcRegion` as requested.
     pub src_region: String,
+    /// `DestType` as requested.
     pub dest_type: String,
+    /// `DestRegion` as requested.
     pub dest_region: String,
 }
 
@@ -57,7 +75,12 @@ pub enum Schedule {
     /// Days of the month (`dayOfMonth`, `1`..`31`, `-1` = the last day).
     Monthly(Vec<i32>),
     /// One day of the year (`dayOfYear`, `MM-DD`).
-    Yearly { month: u32, day: u32 },
+    Yearly {
+        /// The month, 1–12.
+        month: u32,
+        /// The day of the month, 1–31.
+        day: u32,
+    },
     /// High-frequency snapshots every that many minutes (`backupInterval`).
     Interval(i64),
 }
@@ -194,6 +217,7 @@ impl Schedule {
 /// How long a policy keeps its backups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Retention {
+    /// `RetentionType = delay`: this many days after the backup.
     Days(i64),
     /// `RetentionType = never`: forever.
     Never,
@@ -251,7 +275,9 @@ impl DataPolicy {
 /// The retention lock of an instance: while active, backups can be neither deleted nor expire early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionLock {
+    /// The instance the lock protects.
     pub instance_id: String,
+    /// When the lock was switched on.
     pub enabled_at: DateTime<Utc>,
     /// When a requested unlock takes effect; `None` while no unlock is requested.
     pub unlock_at: Option<DateTime<Utc>>,

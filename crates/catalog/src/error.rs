@@ -7,7 +7,9 @@ pub enum CatalogError {
     /// refused insert and the look-up of what held the instance).
     #[error("instance already has an active job {job_id}")]
     ActiveJobExists {
+        /// The active job.
         job_id: i64,
+        /// Its kind; `None` when it ended before it could be looked up.
         kind: Option<crate::JobKind>,
     },
     /// A row the caller named does not exist (or is not in the state the call needs).

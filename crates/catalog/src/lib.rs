@@ -5,6 +5,7 @@
 //! engine sits behind the crate-private [`CatalogBackend`] trait so that PostgreSQL can join SQLite without touching
 //! callers. One conformance suite ([`conformance`]) runs against every engine.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod advanced;
 pub mod copies;

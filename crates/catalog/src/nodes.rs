@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 pub struct NodeRecord {
     /// The node id (`node_id`, or the one generated in its data directory).
     pub id: String,
+    /// The host name of the machine it runs on.
     pub hostname: String,
     /// The API listen address, or [`NODE_AGENT`] for a process without an API listener.
     pub api: String,

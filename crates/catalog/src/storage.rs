@@ -16,7 +16,9 @@ pub struct BackupStorage {
 /// One snapshot chunk of an instance's store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkUsage {
+    /// The chunk's content digest (its name in the store).
     pub digest: String,
+    /// Stored (compressed) bytes.
     pub size: u64,
 }
 

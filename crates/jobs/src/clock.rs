@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 /// Where "now" comes from: the system clock in production, a controlled one in tests.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current instant.
     fn now(&self) -> DateTime<Utc>;
 }
 

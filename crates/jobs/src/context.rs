@@ -23,7 +23,9 @@ pub const MIN_LEASE: Duration = Duration::from_secs(2);
 /// Logical backup tuning.
 #[derive(Clone, Debug)]
 pub struct BackupSettings {
+    /// How logical archives are compressed (`[backup] compression`).
     pub compression: ddsvault_mongo::archive::Compression,
+    /// How many collections a logical backup dumps at once.
     pub parallel_collections: usize,
     /// Local scratch space of file-level backups (one `job-<id>` directory per running job).
     pub scratch_dir: std::path::PathBuf,
@@ -67,6 +69,7 @@ pub(crate) struct Placement {
 }
 
 impl Runner {
+    /// A runner of this node (`node_id`) over `catalog`, `repo` and the known `instances`.
     pub fn new(
         catalog: Catalog,
         repo: Repository,

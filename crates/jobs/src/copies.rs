@@ -33,17 +33,24 @@ const BATCH: u32 = 20;
 /// A second repository, named by its Dds region (`DestRegion`).
 #[derive(Clone, Debug)]
 pub struct CopyTarget {
+    /// The Dds region that names the repository (`DestRegion`).
     pub dest_region: String,
+    /// The destination repository.
     pub repo: Repository,
 }
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyReport {
+    /// Copies newly queued.
     pub queued: u64,
+    /// Copies that succeeded, as (backup id, destination region).
     pub copied: Vec<(i64, String)>,
+    /// Failed attempts that will be retried.
     pub retried: u64,
+    /// Copies given up after the last attempt, as (backup id, destination region).
     pub failed: Vec<(i64, String)>,
+    /// Expired copies deleted from their destination.
     pub expired: u64,
 }
 
@@ -123,6 +130,7 @@ fn backoff(attempts: i64) -> chrono::Duration {
 }
 
 impl Copier {
+    /// A copier from `source` to `targets`, for the backups of `instances`.
     pub fn new(
         catalog: Catalog,
         source: Repository,

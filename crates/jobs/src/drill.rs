@@ -41,8 +41,11 @@ const MAX_MISMATCHES: usize = 100;
 /// What the backup recorded about one collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
+    /// The database name.
     pub db: String,
+    /// The collection name.
     pub collection: String,
+    /// The document count the manifest recorded.
     pub documents: u64,
     /// `None`: the backup recorded no checksum (taken before checksums existed, or imported).
     pub checksum: Option<DocSetChecksum>,
@@ -51,7 +54,9 @@ pub struct Expected {
 /// What was read back from the scratch instance for one collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restored {
+    /// The documents read back.
     pub documents: u64,
+    /// The checksum of the documents read back.
     pub checksum: DocSetChecksum,
 }
 
@@ -102,11 +107,17 @@ pub fn expected_of(extra: &serde_json::Value) -> Result<Vec<Expected>, String> {
 /// One collection that did not come back as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch {
+    /// The database name.
     pub db: String,
+    /// The collection name.
     pub collection: String,
+    /// The document count the backup recorded.
     pub expected_documents: u64,
+    /// The document count read back.
     pub restored_documents: u64,
+    /// The checksum the backup recorded (hex); `None` when it recorded none.
     pub expected_checksum: Option<String>,
+    /// The checksum of the documents read back (hex).
     pub restored_checksum: String,
 }
 

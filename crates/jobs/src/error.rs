@@ -7,10 +7,13 @@ use ddsvault_repo::RepoError;
 /// (connection strings are never formatted into it). [`JobError::code`] names the failure's source.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
+    /// The job names an instance this node has no configuration for.
     #[error("instance {0} is not configured on this ddsvault node")]
     UnknownInstance(String),
+    /// A backup found no user database on the instance.
     #[error("instance {0} has no user database to back up")]
     NoDatabase(String),
+    /// The job was cancelled (e.g. a restore's export was cancelled).
     #[error("job was cancelled: {0}")]
     Cancelled(String),
     /// The watchdog found no progress for the stall timeout.
@@ -27,15 +30,19 @@ pub enum JobError {
     /// not by the MongoDB layer the call went through.
     #[error("filesystem: {0}")]
     Filesystem(String),
+    /// A MongoDB operation failed.
     #[error("MongoDB: {0}")]
     Mongo(MongoError),
+    /// A repository operation failed.
     #[error("repository: {0}")]
     Repo(#[from] RepoError),
+    /// A catalog operation failed.
     #[error("catalog: {0}")]
     Catalog(#[from] ddsvault_catalog::CatalogError),
     /// A restore drill found that the backup does not restore to what it recorded (docs/drills.md).
     #[error("restore drill failed: {0}")]
     DrillFailed(String),
+    /// Any other failure, described by the message.
     #[error("{0}")]
     Other(String),
 }

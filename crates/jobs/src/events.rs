@@ -10,8 +10,11 @@ use chrono::{DateTime, Utc};
 /// How one job ended (as recorded in the catalog).
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobOutcome {
+    /// The job's id.
     pub job_id: i64,
+    /// The instance the job worked on.
     pub instance_id: String,
+    /// What the job did.
     pub kind: ddsvault_catalog::JobKind,
     /// The job's method; `None` when the job names none.
     pub method: Option<ddsvault_catalog::BackupMethod>,
@@ -28,6 +31,7 @@ pub struct JobOutcome {
 }
 
 impl JobOutcome {
+    /// Whether the job reached Success.
     pub fn succeeded(&self) -> bool {
         self.error_code.is_none()
     }
@@ -36,14 +40,19 @@ impl JobOutcome {
 /// How one restore drill ended (docs/drills.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DrillOutcome {
+    /// The id of the recorded drill.
     pub drill_id: i64,
     /// The instance the backup is of.
     pub instance_id: String,
+    /// The backup set drilled.
     pub backup_id: i64,
     /// The scratch instance it was restored into.
     pub target: String,
+    /// The drill job.
     pub job_id: i64,
+    /// Whether the drill passed.
     pub passed: bool,
+    /// How long the drill took.
     pub duration: Duration,
     /// What failed (the first mismatches, or why the restore failed); `None` when it passed.
     pub message: Option<String>,
@@ -56,9 +65,11 @@ pub enum Event {
     JobFinished(JobOutcome),
     /// A scheduled slot did not get its backup: the instance had an active job when the slot opened.
     SlotMissed {
+        /// The instance whose slot was missed.
         instance_id: String,
         /// `standard` | `high_frequency`.
         schedule: String,
+        /// When the slot's window starts.
         slot: DateTime<Utc>,
         /// Why: `active_job`.
         reason: &'static str,
@@ -71,6 +82,7 @@ pub enum Event {
 
 /// Receives events; must return quickly and never block.
 pub trait EventSink: Send + Sync + std::fmt::Debug {
+    /// Handles one event; must not block.
     fn emit(&self, event: &Event);
 }
 

@@ -50,15 +50,24 @@ pub enum Deletion {
     /// Files and row are gone.
     Deleted,
     /// A pending or running restore job reads the backup; nothing was touched.
-    InUse { job_id: i64 },
+    InUse {
+        /// The restore job that reads the backup.
+        job_id: i64,
+    },
     /// The backup is still being taken; nothing was touched.
     Running,
     /// No such backup (perhaps deleted concurrently).
     NotFound,
     /// The instance's retention lock holds (requested deletions only); nothing was touched.
-    Locked { unlock_at: Option<DateTime<Utc>> },
+    Locked {
+        /// When a requested unlock takes effect; `None` while no unlock was requested.
+        unlock_at: Option<DateTime<Utc>>,
+    },
     /// The backup's objects are under S3 Object Lock retention until then; nothing was touched.
-    Retained { until: DateTime<Utc> },
+    Retained {
+        /// When the Object Lock retention of the objects ends.
+        until: DateTime<Utc>,
+    },
 }
 
 /// Deletes one backup in the safe order described in the module documentation.
@@ -231,6 +240,7 @@ pub struct GcReport {
 /// The orphan chunks of one instance's chunk store: swept by a pass, or what a dry run would sweep.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkSweep {
+    /// The instance whose chunk store this is.
     pub instance_id: String,
     /// Orphan chunks (deleted, or that a pass would delete).
     pub chunks: u64,
@@ -247,6 +257,7 @@ pub struct ChunkSweep {
 /// What retention decides for the expired backups of one instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstancePlan {
+    /// The instance.
     pub instance_id: String,
     /// The backups whose recorded expiry has passed.
     pub expired: Vec<Backup>,
@@ -257,9 +268,11 @@ pub struct InstancePlan {
 /// What `ddsvault retention --dry-run` shows: the deletions a pass would do now, and why.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DryRun {
+    /// The instant the dry run was computed for.
     pub now: DateTime<Utc>,
     /// Deletions interrupted earlier (a pass finishes them).
     pub unfinished: Vec<Backup>,
+    /// Retention's decision for each instance with expired backups.
     pub plans: Vec<InstancePlan>,
     /// Orphan chunks a pass would sweep now, per chunk store (computed before the deletions above, so the
     /// chunks only those backups use are not counted yet).
@@ -283,6 +296,7 @@ pub struct Gc {
 }
 
 impl Gc {
+    /// A collector over `catalog` and `repo` that runs a pass every `interval`.
     pub fn new(catalog: Catalog, repo: Repository, interval: Duration) -> Self {
         Self {
             catalog,

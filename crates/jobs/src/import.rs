@@ -40,6 +40,7 @@ pub struct ImportRequest {
     pub compression: Compression,
     /// When the dump started / finished, if the caller knows better than the archive and the file.
     pub start_time: Option<DateTime<Utc>>,
+    /// See `start_time`.
     pub end_time: Option<DateTime<Utc>>,
     /// Days to keep it from its end time (-1 = permanent); `None`: the instance's backup policy.
     pub retention_days: Option<i64>,
@@ -57,6 +58,7 @@ pub enum TimesFrom {
 }
 
 impl TimesFrom {
+    /// The name shown and recorded: `given`, `oplog` or `file`.
     pub fn as_str(self) -> &'static str {
         match self {
             TimesFrom::Given => "given",
@@ -69,18 +71,31 @@ impl TimesFrom {
 /// The imported backup.
 #[derive(Debug, Clone)]
 pub struct Imported {
+    /// The new backup set.
     pub backup_id: i64,
+    /// The import job recorded for it.
     pub job_id: i64,
+    /// When the dump started.
     pub start_time: DateTime<Utc>,
+    /// When the dump finished.
     pub end_time: DateTime<Utc>,
+    /// When the backup expires ([`ddsvault_catalog::permanent_expiry`] for a permanent one).
     pub expire_time: DateTime<Utc>,
+    /// Where `start_time` and `end_time` come from.
     pub times_from: TimesFrom,
+    /// The archive's object name under the backup's prefix.
     pub archive_name: String,
+    /// Stored bytes of the archive.
     pub size: u64,
+    /// Hex SHA-256 of the stored archive.
     pub sha256: String,
+    /// The databases the archive holds.
     pub databases: Vec<String>,
+    /// Number of collections in the archive.
     pub collections: usize,
+    /// Number of documents in the archive.
     pub documents: u64,
+    /// Number of oplog entries in the archive (0 without `--oplog`).
     pub oplog_entries: u64,
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn sealed_details(
 /// A manifest checked against its backup's catalog row.
 #[derive(Debug, Clone)]
 pub struct CheckedManifest {
+    /// The manifest as read from the repository.
     pub manifest: Manifest,
     /// The manifest's bytes matched the hash the catalog recorded. False only for backups completed before
     /// hashes were recorded.
@@ -174,11 +175,15 @@ fn check_statements(path: &RepoPath, m: &Manifest, b: &Backup) -> Result<(), Rep
 /// What [`verify_backup`] checked.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The backup's method.
     pub method: BackupMethod,
     /// Data files (a snapshot's files as its index lists them).
     pub files: usize,
+    /// Bytes of the data files that matched the manifest.
     pub bytes: u64,
+    /// Collections read from a logical archive (0 for other methods).
     pub namespaces: usize,
+    /// Documents read from a logical archive (0 for other methods).
     pub documents: u64,
     /// Snapshot chunks read back and checked (0 for other methods).
     pub chunks: u64,

@@ -10,6 +10,7 @@
 //! settings), report through [`progress`] and check backups through [`integrity`]. [`scheduler`], [`gc`],
 //! [`retention`], [`copies`], [`pitr`] and the rest run beside the runner.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod archive;
 pub mod backup;

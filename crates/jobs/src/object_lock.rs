@@ -56,6 +56,7 @@ pub struct ObjectLocker {
 }
 
 impl ObjectLocker {
+    /// A locker for the backups in `catalog` whose objects are in `repo`.
     pub fn new(catalog: Catalog, repo: Repository) -> Self {
         Self {
             catalog,

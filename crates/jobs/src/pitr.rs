@@ -231,10 +231,15 @@ impl Recent {
 
 /// Follows one instance's oplog into slices (see the module docs).
 pub struct Follower {
+    /// Where the slices are recorded.
     pub catalog: Catalog,
+    /// Where the slice objects are stored.
     pub repo: Repository,
+    /// The instance whose oplog is followed.
     pub instance: InstanceSpec,
+    /// This process's node id, the owner of the follower claim.
     pub node_id: String,
+    /// Slice size and timing.
     pub settings: LogSettings,
 }
 
@@ -494,8 +499,11 @@ impl Follower {
 /// Slices that follow each other without a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
+    /// Exclusive lower bound of the chain (a [`ddsvault_catalog::ts_key`]).
     pub start_excl: i64,
+    /// Inclusive upper bound of the chain (a [`ddsvault_catalog::ts_key`]).
     pub end_incl: i64,
+    /// The chain's slices, oldest first.
     pub slices: Vec<LogSlice>,
 }
 
@@ -521,7 +529,9 @@ pub fn chains(slices: &[LogSlice]) -> Vec<Chain> {
 /// A full backup a point-in-time restore can start from: its consistency point as a [`ts_key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Base {
+    /// The backup set.
     pub backup_id: i64,
+    /// Its consistency point (a [`ddsvault_catalog::ts_key`]).
     pub consistent: i64,
 }
 
@@ -542,7 +552,9 @@ pub fn base_of(b: &Backup) -> Option<Base> {
 /// A recoverable range, in whole seconds (both included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoverRange {
+    /// First recoverable second (Unix time).
     pub begin: u32,
+    /// Last recoverable second (Unix time).
     pub end: u32,
 }
 
@@ -568,8 +580,11 @@ pub fn recover_ranges(chains: &[Chain], bases: &[Base]) -> Vec<RecoverRange> {
 /// consistency point up to the end of second `t`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PitrPlan {
+    /// The full backup restored first.
     pub base: Base,
+    /// The slices replayed after it, oldest first.
     pub slices: Vec<LogSlice>,
+    /// Replay stops after this point: the end of second `t` (a [`ddsvault_catalog::ts_key`]).
     pub until: i64,
 }
 

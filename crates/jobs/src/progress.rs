@@ -78,13 +78,17 @@ pub struct Progress {
 /// The progress detail stored with the job and answered by the task APIs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProgressDetail {
+    /// The job's current phase.
     pub phase: Phase,
+    /// Documents done in the current phase.
     pub docs_done: u64,
     /// Estimate; 0 when unknown.
     pub docs_total: u64,
+    /// Bytes done in the current phase.
     pub bytes_done: u64,
     /// Estimate; 0 when unknown.
     pub bytes_total: u64,
+    /// Oplog entries captured or replayed so far.
     pub oplog_entries: u64,
 }
 
@@ -104,6 +108,7 @@ impl Progress {
         }
     }
 
+    /// The current phase.
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
@@ -119,6 +124,7 @@ impl Progress {
         }
     }
 
+    /// The current percent, 0–99.
     pub fn percent(&self) -> i32 {
         self.percent.load(Ordering::Relaxed)
     }
@@ -146,6 +152,7 @@ impl Progress {
         self.oplog_entries.store(n, Ordering::Relaxed);
     }
 
+    /// A snapshot of the phase and counters, as stored with the job.
     pub fn detail(&self) -> ProgressDetail {
         ProgressDetail {
             phase: self.phase(),

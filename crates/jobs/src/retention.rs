@@ -24,8 +24,11 @@ use ddsvault_catalog::{permanent_expiry, AdvancedPolicy, BackupPolicy};
 /// One advanced data policy that takes backups on some days.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tier {
+    /// The advanced policy's `PolicyId`.
     pub policy_id: String,
+    /// The days it takes backups on.
     pub schedule: Schedule,
+    /// How long its backups are kept.
     pub retention: Retention,
 }
 
@@ -33,8 +36,11 @@ pub struct Tier {
 /// `hourly`, the first snapshot of each UTC hour is kept that long instead (PreserveOneEachHour).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HighFrequency {
+    /// Minutes between snapshots (`BackupInterval`).
     pub interval_minutes: i64,
+    /// How long every snapshot is kept after its slot.
     pub all: Retention,
+    /// How long the first snapshot of each UTC hour is kept (PreserveOneEachHour); `None`: off.
     pub hourly: Option<Retention>,
 }
 
@@ -43,6 +49,7 @@ pub struct HighFrequency {
 pub struct RetentionRules {
     /// Advanced day-based data policies; empty = the standard policy decides the days.
     pub tiers: Vec<Tier>,
+    /// High-frequency snapshots, when they are on.
     pub high_frequency: Option<HighFrequency>,
 }
 
@@ -132,13 +139,16 @@ impl RetentionRules {
 /// Which schedule took a backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SlotKind {
+    /// The standard schedule: the policy window (`PreferredBackupTime`) on the policy days.
     Standard,
+    /// The high-frequency schedule (`BackupInterval`).
     HighFrequency,
 }
 
 /// What retention needs to know of one successful backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
+    /// The backup set.
     pub backup_id: i64,
     /// The recorded expiry; `None` only for a backup that never completed (kept: not ours to judge).
     pub expire_time: Option<DateTime<Utc>>,
@@ -149,22 +159,29 @@ pub struct Candidate {
 /// A backup kept, until when (`None`: forever) and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keep {
+    /// The backup set.
     pub backup_id: i64,
+    /// The new expiry; `None`: forever.
     pub until: Option<DateTime<Utc>>,
+    /// Which rule keeps it.
     pub reason: String,
 }
 
 /// A backup to delete, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delete {
+    /// The backup set.
     pub backup_id: i64,
+    /// Why no rule keeps it.
     pub reason: String,
 }
 
 /// The outcome of [`plan_retention`], each list sorted by backup id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Backups kept longer than their recorded expiry.
     pub keep: Vec<Keep>,
+    /// Backups to delete.
     pub delete: Vec<Delete>,
 }
 

@@ -193,19 +193,40 @@ pub enum TickOutcome {
     /// No window is open.
     Idle,
     /// The slot's job was created.
-    Created { slot: DateTime<Utc>, job_id: i64 },
+    Created {
+        /// The start of the slot's window.
+        slot: DateTime<Utc>,
+        /// The job created.
+        job_id: i64,
+    },
     /// The slot had been taken already (earlier tick, restart, other process).
-    AlreadyTaken { slot: DateTime<Utc> },
+    AlreadyTaken {
+        /// The start of the slot's window.
+        slot: DateTime<Utc>,
+    },
     /// The window's slot waits for an active high-frequency job to end (next tick, inside the window).
-    Waiting { slot: DateTime<Utc>, job_id: i64 },
+    Waiting {
+        /// The start of the slot's window.
+        slot: DateTime<Utc>,
+        /// The active high-frequency job waited for.
+        job_id: i64,
+    },
     /// What the high-frequency schedule did (reported after the window's outcome, only when it is on).
     HighFrequency(Box<TickOutcome>),
     /// The slot met an active job and was recorded as skipped.
-    Skipped { slot: DateTime<Utc>, job_id: i64 },
+    Skipped {
+        /// The start of the slot's window.
+        slot: DateTime<Utc>,
+        /// The active job the slot met.
+        job_id: i64,
+    },
     /// What the drill schedule did (reported after the backup outcomes, only inside a drill window).
     Drill(Box<TickOutcome>),
     /// A drill window is open but the instance has no successful Logical backup to drill yet.
-    NothingToDrill { slot: DateTime<Utc> },
+    NothingToDrill {
+        /// The start of the drill window's slot.
+        slot: DateTime<Utc>,
+    },
 }
 
 /// Starts automatic backups.

@@ -44,9 +44,13 @@ impl ScrubReport {
 /// One chunk moved to quarantine.
 #[derive(Debug, Clone)]
 pub struct QuarantinedChunk {
+    /// The instance whose chunk store holds it.
     pub instance_id: String,
+    /// The chunk's SHA-256 (its name in the store).
     pub sha256: String,
+    /// What was wrong with it.
     pub reason: String,
+    /// Where it was moved.
     pub moved_to: RepoPath,
 }
 

@@ -4,9 +4,11 @@
 /// What the runner needs to know of an instance.
 #[derive(Clone)]
 pub struct InstanceSpec {
+    /// The instance id.
     pub id: String,
     /// Connection string; never logged.
     pub uri: String,
+    /// The Dds `StorageType` of the instance.
     pub storage_type: String,
     /// The node's data directory, read by Physical and Snapshot backups.
     pub data_path: Option<std::path::PathBuf>,

@@ -16,6 +16,7 @@ pub struct Tasks {
 }
 
 impl Tasks {
+    /// A fresh root token with no task.
     pub fn new() -> Self {
         Self::default()
     }

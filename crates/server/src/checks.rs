@@ -32,7 +32,9 @@ pub enum Status {
 pub struct Finding {
     /// What was checked (`reachable`, `topology`, `oplog`, `data_path`, `default_method`, `secrets`, …).
     pub check: &'static str,
+    /// The verdict.
     pub status: Status,
+    /// What was found, free of secrets.
     pub message: String,
 }
 

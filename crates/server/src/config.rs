@@ -18,7 +18,9 @@ use crate::error::ConfigError;
 
 /// Default listen address: loopback only, so a fresh start never exposes the API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `region_id`.
 pub const DEFAULT_REGION: &str = "cn-hangzhou";
+/// Default `data_dir`.
 pub const DEFAULT_DATA_DIR: &str = "./ddsvault-data";
 /// Alibaba accepts request timestamps within 15 minutes of its clock.
 pub const DEFAULT_SKEW: Duration = Duration::from_secs(900);
@@ -110,12 +112,16 @@ pub struct Config {
     /// Connection and request-path bounds.
     #[serde(default)]
     pub server: ServerConfig,
+    /// `[[access_keys]]`: AccessKeys declared by the file (synchronised into the catalog at start).
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
+    /// `[[ram_users]]`: RAM users declared by the file.
     #[serde(default)]
     pub ram_users: Vec<RamUserConfig>,
+    /// `[[ram_policies]]`: custom RAM policies declared by the file.
     #[serde(default)]
     pub ram_policies: Vec<RamPolicyConfig>,
+    /// `[[instances]]`: the configured instances.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
     /// `/metrics`, `/healthz`, `/readyz` (docs/monitoring.md).
@@ -161,6 +167,7 @@ pub const ALERT_EVENTS: [&str; 4] = [
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
+    /// `[[alerts.webhooks]]`: where notifications are sent.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
     /// Notifications waiting per webhook; a new one finding the queue full is dropped (counted and logged).
@@ -805,6 +812,7 @@ pub struct ProvisioningConfig {
     /// First and last port handed to new instances (on 127.0.0.1).
     #[serde(default = "default_port_min")]
     pub port_min: u16,
+    /// See `port_min`; default 27199.
     #[serde(default = "default_port_max")]
     pub port_max: u16,
     /// Where instance directories go; default `<data_dir>/instances`.
@@ -895,11 +903,14 @@ impl ProvisioningConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
+    /// Calls per second refilled.
     pub rate: f64,
+    /// Calls allowed at once (the bucket's size).
     pub burst: u32,
 }
 
 impl RateLimit {
+    /// `burst` as a float, for the bucket arithmetic.
     pub fn burst_f64(self) -> f64 {
         f64::from(self.burst)
     }
@@ -909,6 +920,7 @@ impl RateLimit {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottlingConfig {
+    /// Whether flow control applies at all; default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Each AccessKey's own limit, over all actions.
@@ -975,7 +987,9 @@ fn default_tick() -> Duration {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessKeyConfig {
+    /// The AccessKeyId.
     pub id: String,
+    /// The AccessKeySecret; never logged.
     pub secret: String,
     /// `root` for the account itself, otherwise the name of a `[[ram_users]]` entry.
     pub user: String,
@@ -996,7 +1010,9 @@ impl std::fmt::Debug for AccessKeyConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RamUserConfig {
+    /// The user name.
     pub name: String,
+    /// Names of the policies attached to the user.
     #[serde(default)]
     pub policies: Vec<String>,
 }
@@ -1005,6 +1021,7 @@ pub struct RamUserConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RamPolicyConfig {
+    /// The policy name.
     pub name: String,
     /// A RAM policy document (JSON).
     pub document: String,
@@ -1014,11 +1031,14 @@ pub struct RamPolicyConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
+    /// The instance id (`DBInstanceId`).
     pub id: String,
     /// MongoDB connection string; may hold a password, so it is never logged or returned.
     pub uri: String,
+    /// The Dds `StorageType`, one of [`STORAGE_TYPES`]; default `local_ssd`.
     #[serde(default = "default_storage_type")]
     pub storage_type: String,
+    /// Free text answered as `DBInstanceDescription`; default empty.
     #[serde(default)]
     pub description: String,
     /// The node's data directory as ddsvault sees it (ddsvault must run on that host, or have it mounted):

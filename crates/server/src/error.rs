@@ -17,19 +17,27 @@ pub struct ConfigError(pub String);
 /// Everything that can go wrong while serving or starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration cannot be used.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A catalog operation failed.
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+    /// A repository operation failed.
     #[error("repository: {0}")]
     Repo(#[from] ddsvault_repo::RepoError),
+    /// A jobs-layer operation failed.
     #[error("jobs: {0}")]
     Jobs(#[from] ddsvault_jobs::JobError),
+    /// The listen address cannot be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
+        /// The address as configured.
         addr: String,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// The HTTP server failed while serving.
     #[error("serve: {0}")]
     Serve(std::io::Error),
     /// An input of an offline command (an archive file, a namespace selection, an instance) that cannot be used, or
@@ -47,59 +55,82 @@ fn kind_name(kind: Option<ddsvault_catalog::JobKind>) -> &'static str {
     kind.map_or("unknown", ddsvault_catalog::JobKind::as_str)
 }
 
+/// Business errors of the Dds actions, named for what the client must do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// A parameter-level error already expressed as an API error (missing / invalid parameter).
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The `DBInstanceId` names no known instance.
     #[error("instance {0} not found")]
     InstanceNotFound(String),
+    /// The named backup does not exist.
     #[error("backup {0} not found")]
     BackupNotFound(String),
+    /// The instance already has a pending or running job.
     #[error("a {} job ({job_id}) is already pending or running for the instance", kind_name(*.kind))]
     JobExists {
+        /// The active job.
         job_id: i64,
         /// `None` when the job ended before it could be named.
         kind: Option<ddsvault_catalog::JobKind>,
     },
+    /// A backup found no user database on the instance.
     #[error("the instance has no user database")]
     NoDatabase,
     /// A restore drill was asked of an instance without a successful Logical backup.
     #[error("instance {0} has no backup to drill")]
     NothingToDrill(String),
+    /// The requested backup method cannot be used for the instance; the text says why.
     #[error("backup method not supported: {0}")]
     BackupMethodNotSupported(String),
     /// A file-level backup was asked for an instance whose data directory is not configured.
     #[error("{method} backups of {instance} need data_path in its configuration")]
     DataPathMissing {
+        /// The instance.
         instance: String,
+        /// The file-level method asked for.
         method: ddsvault_catalog::BackupMethod,
     },
     /// A Physical or Snapshot restore into an instance whose data directory is not configured.
     #[error("restoring a {method} backup into {instance} needs data_path in its configuration")]
     RestoreDataPathMissing {
+        /// The target instance.
         instance: String,
+        /// The backup's method.
         method: ddsvault_catalog::BackupMethod,
     },
     /// A Physical or Snapshot restore into a node that runs (or whose state cannot be checked); the text says
     /// what was found and holds no connection string.
     #[error("the node is not stopped: {0}")]
     NodeNotStopped(String),
+    /// `BackupRetentionPeriod` is out of range or malformed.
     #[error("invalid BackupRetentionPeriod: {0}")]
     InvalidRetention(String),
     /// The backup is not in a state the action accepts (running, failed…).
     #[error("backup not available: {0}")]
     BackupNotAvailable(String),
+    /// A deletion met a pending or running restore job that reads the backup; nothing was deleted.
     #[error("backup {backup_id} is read by restore job {job_id}")]
-    BackupInUse { backup_id: i64, job_id: i64 },
+    BackupInUse {
+        /// The backup.
+        backup_id: i64,
+        /// The restore job that reads it.
+        job_id: i64,
+    },
+    /// `BackupExpireTime` cannot be parsed.
     #[error("invalid BackupExpireTime: {0}")]
     ExpireTimeMalformed(String),
+    /// `BackupExpireTime` is not later than the backup's current expiry.
     #[error("BackupExpireTime does not extend the expiry: {0}")]
     ExpireTimeNotExtended(String),
+    /// `BackupExpireTime` is outside the accepted range.
     #[error("BackupExpireTime out of range: {0}")]
     ExpireTimeOutOfRange(String),
+    /// `PreferredBackupTime` is not a valid one-hour UTC window.
     #[error("invalid PreferredBackupTime: {0}")]
     InvalidBackupTime(String),
+    /// `PreferredBackupPeriod` is not a valid list of weekdays.
     #[error("invalid PreferredBackupPeriod: {0}")]
     InvalidBackupPeriod(String),
     /// A geo-redundant (cross-region) setting: ddsvault keeps backups in one repository.
@@ -108,14 +139,18 @@ pub enum ActionError {
     /// The instance's retention lock forbids deleting or shortening backups.
     #[error("retention lock of {instance} is on")]
     RetentionLocked {
+        /// The instance.
         instance: String,
+        /// When a requested unlock takes effect; `None` while none was requested.
         unlock_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// The backup's objects carry S3 Object Lock (COMPLIANCE) retention until `until`: the store refuses to
     /// delete them before, and so does ddsvault.
     #[error("backup {backup_id} is retained by S3 Object Lock until {until}")]
     ObjectRetained {
+        /// The backup.
         backup_id: i64,
+        /// The end of the retention.
         until: chrono::DateTime<chrono::Utc>,
     },
     /// The instance cannot be reached; the text is already free of credentials.
@@ -124,18 +159,35 @@ pub enum ActionError {
     /// A RAM entity (or link) the call names does not exist; `kind` is Alibaba's code suffix (`User`, `Group`,
     /// `Policy`, `User.AccessKey`, `User.Policy`, `Group.Policy`, `Group.User`).
     #[error("{what} does not exist")]
-    RamNotFound { kind: &'static str, what: String },
+    RamNotFound {
+        /// Alibaba's code suffix (see above).
+        kind: &'static str,
+        /// The entity (or link), as the message names it.
+        what: String,
+    },
     /// The RAM entity (or link) to create exists already.
     #[error("{what} already exists")]
-    RamExists { kind: &'static str, what: String },
+    RamExists {
+        /// Alibaba's code suffix, as for `RamNotFound`.
+        kind: &'static str,
+        /// The entity (or link), as the message names it.
+        what: String,
+    },
     /// The RAM entity cannot be deleted while something depends on it.
     #[error("{message}")]
-    RamDeleteConflict { kind: &'static str, message: String },
+    RamDeleteConflict {
+        /// Alibaba's code suffix, as for `RamNotFound`.
+        kind: &'static str,
+        /// What still depends on the entity, as answered.
+        message: String,
+    },
     /// The user has the maximum number of AccessKeys.
     #[error("{0}")]
     RamKeyLimit(String),
+    /// A catalog operation failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// An unexpected failure; the text says what.
     #[error("internal: {0}")]
     Internal(String),
     /// A feature or parameter this ddsvault version does not implement; the text names it and what to use.
@@ -147,8 +199,11 @@ pub enum ActionError {
     /// A restore would overwrite a collection and DropExisting was not given.
     #[error("{db}.{collection} exists in {instance}")]
     NamespaceExists {
+        /// The database.
         db: String,
+        /// The collection.
         collection: String,
+        /// The target instance.
         instance: String,
     },
     /// A download URL whose signature or fields do not check out; the text says which.
@@ -162,10 +217,18 @@ pub enum ActionError {
     BackupFilesGone(String),
     /// A `Range` header outside the file of `size` bytes.
     #[error("range not satisfiable (size {size})")]
-    RangeNotSatisfiable { size: u64 },
+    RangeNotSatisfiable {
+        /// The file's size in bytes.
+        size: u64,
+    },
     /// A point-in-time restore to a second no recoverable range holds (docs/pitr.md); nothing is written.
     #[error("restore time {time} is outside every recoverable range")]
-    RestoreTimeOutOfRange { time: String, ranges: String },
+    RestoreTimeOutOfRange {
+        /// The requested restore time, as answered.
+        time: String,
+        /// The recoverable ranges, as the message lists them.
+        ranges: String,
+    },
     /// CreateDBInstance on a node without `[provisioning]` (docs/provisioning.md).
     #[error("provisioning is not configured")]
     ProvisioningNotConfigured,
@@ -192,15 +255,28 @@ pub enum ActionError {
     ConnectionStringUnreachable(String),
     /// RegisterDBInstance with an id a configured, provisioned or registered instance has.
     #[error("instance {id} exists already ({origin})")]
-    InstanceIdTaken { id: String, origin: &'static str },
+    InstanceIdTaken {
+        /// The requested instance id.
+        id: String,
+        /// What the existing instance is (configured, provisioned or registered).
+        origin: &'static str,
+    },
     /// Modify/UnregisterDBInstance of an instance that was not registered at run time (`origin` says what it is).
     #[error("instance {id} is {origin}, not registered")]
-    NotRegistered { id: String, origin: &'static str },
+    NotRegistered {
+        /// The instance id.
+        id: String,
+        /// What the instance is instead (configured or provisioned).
+        origin: &'static str,
+    },
     /// UnregisterDBInstance while a job of the instance is pending or running.
     #[error("instance {instance} has an active {} job {job_id}", kind_name(*.kind))]
     InstanceHasActiveJob {
+        /// The instance.
         instance: String,
+        /// The active job.
         job_id: i64,
+        /// Its kind; `None` when it ended before it could be named.
         kind: Option<ddsvault_catalog::JobKind>,
     },
     /// UnregisterDBInstance while the instance's retention lock is on.

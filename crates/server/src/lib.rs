@@ -4,6 +4,7 @@
 //! behind → start the job runner → serve. Shutdown runs the other way: stop accepting requests, let in-flight
 //! ones finish, cancel background tasks with a deadline, close the catalog.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod actions;
 pub mod alerts;
@@ -51,7 +52,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
 
 /// A root AccessKey created on first start. The secret is shown once, by the caller, on the terminal.
 pub struct CreatedRootKey {
+    /// The AccessKeyId.
     pub id: String,
+    /// The AccessKeySecret in clear.
     pub secret: String,
 }
 

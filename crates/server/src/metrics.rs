@@ -154,6 +154,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every ddsvault metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ddsvault");
         let api_calls = Family::<CallLabels, Counter>::default();
@@ -492,7 +493,9 @@ impl EventSink for Metrics {
 /// Hands each event to every watcher: the metrics, and the alert webhooks when configured.
 #[derive(Debug)]
 pub struct Watchers {
+    /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The alert webhooks; `None` when none are configured.
     pub alerts: Option<Arc<crate::alerts::Alerts>>,
 }
 
@@ -513,7 +516,9 @@ pub struct Readiness(Mutex<Option<(Instant, ReadyReport)>>);
 /// the reasons go to the log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ReadyReport {
+    /// `ok` when the catalog answered a read in time, else `unavailable`.
     pub catalog: &'static str,
+    /// `ok` when the repository answered a ping in time, else `unavailable`.
     pub repository: &'static str,
 }
 

@@ -123,6 +123,7 @@ fn hostname() -> String {
 pub struct Drain(pub(crate) Arc<Runner>);
 
 impl Drain {
+    /// Starts draining.
     pub fn start(&self) {
         self.0.drain();
     }
@@ -131,6 +132,7 @@ impl Drain {
 /// A node as `ddsvault nodes` shows it.
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
+    /// The node's record as it last reported itself.
     pub node: NodeRecord,
     /// `up`, `down` (no heartbeat within the stale bound) or `draining`.
     pub state: &'static str,

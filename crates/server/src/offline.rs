@@ -15,8 +15,11 @@ use crate::{Config, ConfigError, ServerError};
 /// What `download` wrote.
 #[derive(Debug)]
 pub struct Downloaded {
+    /// The backup file written (its name in the manifest).
     pub file: String,
+    /// Bytes written.
     pub size: u64,
+    /// Hex SHA-256 of the bytes written (checked against the manifest).
     pub sha256: String,
 }
 
@@ -423,8 +426,11 @@ pub async fn import(
 /// What `restore --to-dir` wrote.
 #[derive(Debug)]
 pub struct RestoredFiles {
+    /// The backup's method.
     pub method: ddsvault_catalog::BackupMethod,
+    /// The files written.
     pub files: Vec<String>,
+    /// Total bytes written.
     pub bytes: u64,
 }
 

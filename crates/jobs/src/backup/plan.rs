@@ -26,7 +26,9 @@ pub enum PlanError {
     /// A file-level method on an instance without `data_path`.
     #[error("instance {instance} has no data_path: {method} backups copy its data files")]
     DataPathMissing {
+        /// The instance asked for.
         instance: String,
+        /// The file-level method asked for.
         method: BackupMethod,
     },
     /// `listDatabases` failed (the message may hold the connection string: callers redact it).
@@ -129,6 +131,7 @@ pub fn file_backup_possible(
 /// One look at an instance: what it is and which user databases it holds.
 #[derive(Clone, Debug)]
 pub struct Inspection {
+    /// Its topology (replica set, sharded cluster, …).
     pub topo: Topology,
     /// Its user databases.
     pub databases: Vec<String>,

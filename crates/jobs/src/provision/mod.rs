@@ -121,6 +121,7 @@ pub struct Provisioner {
 }
 
 impl Provisioner {
+    /// A provisioner with `settings` and no server started yet.
     pub fn new(settings: ProvisionSettings) -> Self {
         Self {
             settings,
@@ -137,6 +138,7 @@ impl Provisioner {
         lock(&self.supervision).get(id).cloned().unwrap_or_default()
     }
 
+    /// The `[provisioning]` settings it runs with.
     pub fn settings(&self) -> &ProvisionSettings {
         &self.settings
     }

@@ -23,8 +23,11 @@ pub const CLI_SOURCE: &str = "cli";
 
 /// A key just created: the only moment its secret is shown.
 pub struct CreatedKey {
+    /// The AccessKeyId.
     pub id: String,
+    /// The RAM user it belongs to (`root` for the account).
     pub user: String,
+    /// The secret in clear; shown once and never stored in this form.
     pub secret: String,
 }
 
@@ -41,18 +44,26 @@ impl std::fmt::Debug for CreatedKey {
 /// What `ram key list` shows of a key (never its secret).
 #[derive(Debug, Clone)]
 pub struct KeyInfo {
+    /// The AccessKeyId.
     pub id: String,
+    /// The RAM user it belongs to (`root` for the account).
     pub user: String,
+    /// Whether the key may sign requests.
     pub active: bool,
+    /// `config`, `generated` or `cli`.
     pub source: String,
+    /// When the key was created.
     pub created_at: DateTime<Utc>,
+    /// When the key last signed a request (coarse, about once a minute); `None`: never.
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Something to attach a policy to.
 #[derive(Debug, Clone)]
 pub enum Principal {
+    /// A RAM user, by name.
     User(String),
+    /// A RAM group, by name.
     Group(String),
 }
 

@@ -27,8 +27,11 @@ const NONCE_LEN: usize = 12;
 /// Where the master key came from, for the start-up log (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
+    /// The `DDSVAULT_MASTER_KEY` environment variable.
     Env,
+    /// An existing key file: `secret_key_file`, or `<data_dir>/master.key`.
     File(PathBuf),
+    /// A key file created at this start with a fresh random key.
     Generated(PathBuf),
 }
 
@@ -36,6 +39,7 @@ pub enum KeySource {
 pub struct MasterKey {
     cipher: Aes256Gcm,
     check: String,
+    /// Where the key came from.
     pub source: KeySource,
 }
 

@@ -106,7 +106,7 @@ class Ddsvault:
 
 
 def config_text(data_dir: Path, instances: dict, extra: str = "") -> str:
-    """A configuration with the test keys, RAM users and the given instances {id: (uri, storage_type[, data_path])}."""
+    """A configuration with the test keys, RAM users and the given instances {id: (uri, storage_type)}."""
     lines = [
         'listen = "127.0.0.1:0"',
         f'region_id = "{REGION}"',
@@ -127,9 +127,8 @@ def config_text(data_dir: Path, instances: dict, extra: str = "") -> str:
         "[[ram_policies]]", 'name = "NoTasks"',
         """document = '''{"Version":"1","Statement":[{"Effect":"Deny","Action":"dds:DescribeBackupTask?","Resource":"*"},{"Effect":"Deny","Action":"dds:DescribeBackupTask?","Resource":"acs:dds:*:*:dbinstance/*"}]}'''""",
     ]
-    for iid, (uri, storage, *data_path) in instances.items():
+    for iid, (uri, storage) in instances.items():
         lines += ["[[instances]]", f'id = "{iid}"', f'uri = "{uri}"', f'storage_type = "{storage}"']
-        lines += [f'data_path = "{p}"' for p in data_path]
     if "[scheduler]" not in extra:
         # Automatic backups would add jobs the tests do not expect; test_policy.py turns the scheduler on itself.
         lines += ["[scheduler]", "enabled = false"]

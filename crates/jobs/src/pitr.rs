@@ -301,13 +301,7 @@ impl Follower {
         let idle = self.settings.poll;
         let id = &self.instance.id;
         let now = Utc::now();
-        let lease = chrono::Duration::from_std(self.settings.lease)
-            .unwrap_or_else(|_| chrono::Duration::seconds(30));
-        if !self
-            .catalog
-            .claim_log_follower(id, &self.node_id, now, now + lease)
-            .await?
-        {
+        if !self.hold_claim().await? {
             // Another process follows this instance.
             *open = None;
             return Ok(idle);
@@ -380,12 +374,7 @@ impl Follower {
             // FerretDB 1.24 answers the read above by scanning the whole oplog, which can outlast the lease on a
             // long one; without holding it again here, storing would be refused and the same read repeated forever.
             // Lost to another process meanwhile: what was read is dropped, that process follows from the catalog.
-            let now = Utc::now();
-            if !self
-                .catalog
-                .claim_log_follower(id, &self.node_id, now, now + lease)
-                .await?
-            {
+            if !self.hold_claim().await? {
                 *open = None;
                 return Ok(idle);
             }
@@ -435,6 +424,18 @@ impl Follower {
         } else {
             next_in + Duration::from_millis(5)
         })
+    }
+
+    /// Takes or renews this process's claim on following the instance, for one lease from now; `false` when
+    /// another process holds it.
+    async fn hold_claim(&self) -> Result<bool, JobError> {
+        let now = Utc::now();
+        let lease = chrono::Duration::from_std(self.settings.lease)
+            .unwrap_or_else(|_| chrono::Duration::seconds(30));
+        Ok(self
+            .catalog
+            .claim_log_follower(&self.instance.id, &self.node_id, now, now + lease)
+            .await?)
     }
 
     fn append(o: &mut Open, entries: impl Iterator<Item = (Timestamp, bson::RawDocumentBuf)>) {
